@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 

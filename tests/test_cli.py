@@ -113,8 +113,6 @@ def test_score_streaming_is_within_1e3_of_exact(tmp_path, isolated_cache):
 
 
 @pytest.mark.integration
-@pytest.mark.skip(reason="known bug (issue 6 note): since the app caches layer names and the overview by model "
-                  "(commit 9439e6b), the app no longer finds what `wnb score` stored; the keys must be unified")
 def test_score_lands_in_the_cache_the_app_reads(tmp_path, isolated_cache, monkeypatch):
     """A whole-model score with a budget preset is what the app's model overview shows, and the copy in
     <output>/cache is enough for another machine's app."""

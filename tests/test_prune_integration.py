@@ -3,7 +3,6 @@ tokens. Perplexity must order as in the paper: magnitude > Wanda >= SparseGPT > 
 import hashlib
 
 import pytest
-import torch
 
 import wnb
 

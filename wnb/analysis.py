@@ -103,10 +103,18 @@ def relative_improvement(study: LayerStudy) -> pd.DataFrame:
     err_sgpt, _ = output_rmse(dense, study.outputs("sparsegpt"))
     err_exp, _ = output_rmse(dense, study.outputs("expansion"))
     ri = torch.where(err_exp > 0, err_sgpt / err_exp, torch.full_like(err_exp, float("nan")))
-    y = dense_calib.double()
+    variance, mean = _var_mean(dense_calib)
     return pd.DataFrame({"neuron": np.arange(dense.shape[1]), "wd": wasserstein_to_gaussian(dense_calib).numpy(),
-                         "mean": y.mean(0).numpy(), "variance": y.var(0, correction=0).numpy(),
+                         "mean": mean.numpy(), "variance": variance.numpy(),
                          "rmse_sparsegpt": err_sgpt.numpy(), "rmse_expansion": err_exp.numpy(), "ri": ri.numpy()})
+
+
+def _var_mean(y: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column population variance and mean in float64, a few columns at a time (no float64 copy of ``y``)."""
+    variance, mean = (torch.empty(y.shape[1], dtype=torch.float64) for _ in range(2))
+    for s in range(0, y.shape[1], chunk):
+        variance[s:s + chunk], mean[s:s + chunk] = torch.var_mean(y[:, s:s + chunk].double(), dim=0, correction=0)
+    return variance, mean
 
 
 def ri_regression(table: pd.DataFrame, predictors=("wd", "mean", "variance"), target: str = "ri") -> pd.DataFrame:

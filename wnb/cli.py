@@ -275,8 +275,8 @@ def _score(args, run: RunFolder, session) -> str:
                          lambda: _neuron_stats(lm, layers, session.calib, tokens, method, args),
                          enabled=not args.no_cache)
     scores = {name: s["wd"] for name, s in stats.items()}
-    if method == "exact" and layers == session.ffn_layers():  # what the app's model overview reads
-        cache.cached("layer_scores", session.key(tokens=tokens), lambda: scores, enabled=not args.no_cache)
+    if method == "exact" and layers == session.ffn_layers():
+        session.store_overview(scores, tokens)  # what the app's model overview reads
 
     rows = []
     for name, s in stats.items():

@@ -107,10 +107,16 @@ def sample_pairs(n_tokens: int, n_pairs: int = 50_000, seed: int = 0) -> tuple[t
     return perm[:n_pairs], perm[n_pairs:2 * n_pairs]
 
 
+PAIR_CHUNK = 4096  # token pairs whose input difference is held at once
+
+
 def _input_pairs(inputs: torch.Tensor, n_pairs: int, seed: int):
     """Sampled pairs with distinct inputs and their input distance normalized by the largest one."""
     i, j = sample_pairs(inputs.shape[0], n_pairs, seed)
-    dx = torch.linalg.vector_norm(inputs[i].double() - inputs[j].double(), dim=1)
+    dx = torch.empty(i.numel(), dtype=torch.float64)
+    for s in range(0, i.numel(), PAIR_CHUNK):  # chunked: P x d_in float64 differences would be ~0.7 GB
+        a, b = i[s:s + PAIR_CHUNK], j[s:s + PAIR_CHUNK]
+        dx[s:s + PAIR_CHUNK] = torch.linalg.vector_norm(inputs[a].double() - inputs[b].double(), dim=1)
     keep = dx > 0
     if not keep.any():
         raise WnbError("every sampled pair has identical inputs; mapping difficulty is undefined")
@@ -130,7 +136,7 @@ def pair_distances(inputs: torch.Tensor, outputs: torch.Tensor, n_pairs: int = 5
 
 
 def mapping_difficulty(inputs: torch.Tensor, outputs: torch.Tensor, n_pairs: int = 50_000, seed: int = 0,
-                       chunk: int = 256) -> torch.Tensor:
+                       chunk: int = 64) -> torch.Tensor:
     """Per-neuron mapping difficulty (PAPER.md §3): mean of (|Δy| / median|Δy|) / (‖Δx‖ / max‖Δx‖).
 
     Returns ``[n_neurons]`` float64; NaN where the median output difference is zero.

@@ -107,7 +107,7 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     """
     import pandas as pd
 
-    from .prune import check_method, pruned, sparsity_label
+    from .prune import check_method, sparsity_label
 
     for method in methods:
         check_method(method)

@@ -112,11 +112,17 @@ def output_histogram(series, standardize_by: str | None = "each", weights: Mappi
         ax.plot(t, stats.norm.pdf(t), color="black", linestyle="--", linewidth=1.3, label=GAUSSIAN_LABEL)
     ax.set_xlabel("standardized output" if standardize_by else "output")
     ax.set_ylabel("density")
+    _finish(ax, title)
+    return fig
+
+
+def _finish(ax, title: str | None, legend: bool = True) -> None:
+    """The common ending of a single-axes figure: optional title, small frameless legend, no top/right spines."""
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    if legend:
+        ax.legend(fontsize=8, frameon=False)
     sns.despine(ax=ax)
-    return fig
 
 
 def density(values, edges) -> np.ndarray:
@@ -197,10 +203,7 @@ def neuron_scatter(table: pd.DataFrame, x: str = "wd", y: str = "md", highlight:
         ax.plot(t, slope * t + intercept, color="black", linewidth=1, label=f"fit, R² = {r2:.2f}")
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    sns.despine(ax=ax)
+    _finish(ax, title)
     return fig
 
 
@@ -346,10 +349,7 @@ def perplexity_curves(table: pd.DataFrame, title: str | None = None) -> Figure:
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("sparsity (fraction of weights set to zero)")
     ax.set_ylabel("perplexity (held out)")
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    sns.despine(ax=ax)
+    _finish(ax, title)
     return fig
 
 
@@ -374,9 +374,7 @@ def ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
         ax.set_ylim(low * 0.97, bars["perplexity"].max() * 1.04)
     ax.set_xlabel("neurons chosen by")
     ax.set_ylabel("perplexity (held out)")
-    if title:
-        ax.set_title(title, fontsize=10)
-    sns.despine(ax=ax)
+    _finish(ax, title, legend=False)
     return fig
 
 

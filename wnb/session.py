@@ -53,9 +53,9 @@ BUDGET_ENV = "WNB_BUDGET"
 DEFAULT_BUDGET = "medium"
 # The overview captures every FFN layer's outputs; more than this many bytes at once is split into
 # several capture passes (each stops after its deepest layer) so the app stays within Binder's 2 GB.
-# Batches of 4 windows keep nnsight's per-batch copies of the saved outputs small beside that store.
+# Batches of at most 256 tokens keep nnsight's per-batch copies of the saved outputs small beside that store.
 OVERVIEW_MAX_BYTES = 192 << 20
-OVERVIEW_BATCH = 4
+OVERVIEW_BATCH_TOKENS = 256
 
 
 def budget_from_env(default: str = DEFAULT_BUDGET) -> str:
@@ -158,6 +158,7 @@ class Session:
         self._layer: LayerView | None = None
         self._study = None  # (key, LayerStudy) of the last layer study
         self._names: dict[str, list[str]] | None = None
+        return_freed_memory()
 
     # ------------------------------------------------------------- inputs
 
@@ -255,10 +256,18 @@ class Session:
 
         return cache.cached("overview", self.key(tokens=tokens), compute, enabled=self.use_cache)
 
+    def store_overview(self, scores: dict[str, torch.Tensor], tokens: int) -> None:
+        """Keep whole-model scores computed elsewhere (``wnb score``) where :meth:`overview` finds them."""
+        if list(scores) != self.ffn_layers():
+            raise ValueError("the model overview holds scores of every FFN layer, in forward order")
+        cache.cached("overview", self.key(tokens=tokens), lambda: (scores, overview_table(self.lm, scores)),
+                     enabled=self.use_cache)
+
     def _layer_scores(self, tokens: int, progress: bool) -> dict[str, torch.Tensor]:
         scores: dict[str, torch.Tensor] = {}
         for group in split_by_memory(self.lm, self.ffn_layers(), tokens, OVERVIEW_MAX_BYTES):
-            scores.update(layer_scores(self.lm, self.calib, group, max_tokens=tokens, batch_size=OVERVIEW_BATCH,
+            batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
+            scores.update(layer_scores(self.lm, self.calib, group, max_tokens=tokens, batch_size=batch,
                                        progress=progress))
         return scores
 
@@ -412,3 +421,22 @@ def _study_from_tensors(d: dict):
 def _capture_one(lm: LM, name: str, windows: torch.Tensor, progress: bool) -> dict[str, torch.Tensor]:
     acts = capture(lm, [name], windows, progress=progress)[name]
     return {"inputs": acts.inputs, "outputs": acts.outputs}
+
+
+def return_freed_memory() -> None:
+    """Have glibc give large freed blocks back to the system (Linux; a no-op elsewhere).
+
+    glibc raises its mmap threshold each time a large block is freed, so later tensors of tens of MB come
+    from the heap and stay resident after they are freed. The app's kernel must stay under Binder's 2 GB;
+    a fixed 1 MiB threshold (``mallopt(M_MMAP_THRESHOLD)``) keeps its resting memory ~150 MB lower.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        pass

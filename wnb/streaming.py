@@ -264,7 +264,7 @@ def _piecewise_linear_w1(z: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
         first = fa * run + (fb - fa) / w * run * run / 2 - (_int_cdf(root) - g[rows, cols])
         whole = signed[rows, cols]
         result.index_add_(0, rows, first.abs() + (whole - first).abs() - whole.abs())
-    lo, hi = z[:, 0], z[:, -1]
+    hi = z[:, -1]
     return result + g[:, 0] + _phi(hi) - hi * torch.special.ndtr(-hi)  # tails: ∫Φ below, ∫(1 − Φ) above
 
 

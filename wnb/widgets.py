@@ -542,6 +542,11 @@ class LayerNeuronPanel(Panel):
         parts = self.layer.value.split(".")
         return ".".join(parts[-3:]) if len(parts) > 3 else self.layer.value
 
+    def current(self):
+        """The layer-level result if it belongs to the selected layer (else None: nothing to redraw)."""
+        result = self.result
+        return result if result is not None and result.layer == self.layer.value else None
+
     def recompute(self) -> None:  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
 
@@ -639,8 +644,8 @@ class SparsityView(LayerNeuronPanel):
                   f"{self.result.dense.shape[0]:,} held-out tokens")
 
     def redraw(self) -> None:
-        result = self.result
-        if result is None or result.layer != self.layer.value:
+        result = self.current()
+        if result is None:
             return
         neuron = self.neuron
         row = result.errors[result.errors["neuron"] == neuron].iloc[0]
@@ -766,8 +771,8 @@ class ExpansionView(LayerNeuronPanel):
     def redraw(self) -> None:
         from . import analysis
 
-        study = self.result
-        if study is None or study.layer != self.layer.value:
+        study = self.current()
+        if study is None:
             return
         neuron = self.neuron
         frame = analysis.expert_outputs(study, neuron)
