@@ -34,12 +34,12 @@ def _numpy(values) -> np.ndarray:
 
 
 def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6, wspace: float = 0.28,
-            suptitle: bool = False) -> tuple[Figure, list]:
+            suptitle: bool = False, right: float = 0.2) -> tuple[Figure, list]:
     # Fixed margins (in inches) instead of a layout engine: the engine doubles the drawing time,
-    # and re-selecting a neuron must stay under a second.
-    fig = Figure(figsize=(width * ncols, height + (0.3 if suptitle else 0)))
-    w, h = width * ncols, height + (0.3 if suptitle else 0)
-    fig.subplots_adjust(left=0.75 / w, right=1 - 0.2 / w, bottom=0.6 / h, top=1 - (0.7 if suptitle else 0.4) / h,
+    # and re-selecting a neuron must stay under a second. ``right``: the right margin in inches.
+    w, h = width * ncols + right - 0.2, height + (0.3 if suptitle else 0)
+    fig = Figure(figsize=(w, h))
+    fig.subplots_adjust(left=0.75 / w, right=1 - right / w, bottom=0.6 / h, top=1 - (0.7 if suptitle else 0.4) / h,
                         wspace=wspace)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
@@ -239,7 +239,11 @@ def wd_overview(scores: Mapping[str, torch.Tensor], style: str = "heatmap", bins
         raise WnbError(f"style must be 'heatmap' or 'violin' (got {style!r})")
     frame = scores_frame(scores, blocks)
     kinds = list(dict.fromkeys(frame["kind"]))
-    fig, axes = _figure(len(kinds), width=4.6, height=3.8, wspace=0.45)
+    heatmap = style == "heatmap"
+    fig, axes = _figure(len(kinds), width=4.2, height=3.8, wspace=0.3, right=1.3 if heatmap else 0.2)
+    if heatmap:  # one colour bar for all panels (they share the scale), in the right margin
+        w, h = fig.get_size_inches()
+        colorbar = fig.add_axes((1 - 1.05 / w, 0.6 / h, 0.15 / w, 1 - 1.0 / h))
     edges = np.linspace(0.0, frame["wd"].max() * 1.0001, bins + 1)
     for ax, kind in zip(axes, kinds):
         part = frame[frame["kind"] == kind]
@@ -254,8 +258,9 @@ def wd_overview(scores: Mapping[str, torch.Tensor], style: str = "heatmap", bins
             grid = share_grid(part, edges)
             share = grid.to_numpy().T
             with np.errstate(divide="ignore"):
-                sns.heatmap(np.log10(share), mask=share == 0, ax=ax, cmap="mako_r",
-                            cbar_kws={"label": "log10 share (blank: 0)"},
+                sns.heatmap(np.log10(share), mask=share == 0, ax=ax, cmap="mako_r", cbar=ax is axes[-1],
+                            cbar_ax=colorbar if ax is axes[-1] else None,
+                            cbar_kws={"label": "log10 share of the layer's neurons (blank: none)"},
                             xticklabels=max(1, grid.shape[0] // 10), yticklabels=False, vmin=-4, vmax=0)
             ax.invert_yaxis()
             ticks = np.linspace(0, bins, 5)
