@@ -6,9 +6,11 @@
    layer; gate and up share a router) vs plain SparseGPT of the same layers.
 3. ppl: whole-model perplexity of SparseGPT vs expansion with k = 4 and 16 at 50%, 70% and 2:4.
 4. ri: per-neuron RI = err_SparseGPT / err_expansion for one layer at 90%, regressed on WD, output mean
-   and variance, and RI of the Wasserstein neurons (top 3% by WD) vs the rest.
+   and variance, and RI of the Wasserstein neurons (top 3% by WD) vs the rest, for k = 4 and 16 and two
+   calibration sizes (``--calib`` and ``--ri-calib`` windows): experts need many tokens each.
 
-    python benchmarks/bench_expand.py [--parts forward,build,ppl,ri] [--calib 32] [--eval 16]
+    python benchmarks/bench_expand.py [--parts forward,build,ppl,ri] [--calib 32] [--eval 16] [--ri-calib 512]
+                                        [--sparsities 0.5,0.7,2:4]
 """
 from __future__ import annotations
 
@@ -98,9 +100,11 @@ def bench_ri(lm, calib, held, sparsity=0.9, k=16):
     study = wnb.study_layer(lm, LAYER, calib, held, n_experts=k, sparsity=sparsity, progress=False)
     ri = wnb.relative_improvement(study)
     reg = wnb.ri_regression(ri)
+    reg.insert(0, "calib tokens", calib.numel())
+    reg.insert(1, "k", k)
     top = wnb.top_neurons(torch.tensor(ri["wd"].values), fraction=0.03).numpy()
     rest = ri.drop(index=top)
-    summary = {"layer": LAYER, "sparsity": sparsity, "k": k, "median RI": ri["ri"].median(),
+    summary = {"calib tokens": calib.numel(), "k": k, "median RI": ri["ri"].median(),
                "median RI, top 3% WD": ri.loc[top, "ri"].median(), "median RI, rest": rest["ri"].median(),
                "mean rel. error SparseGPT": (ri["rmse_sparsegpt"] / ri["variance"] ** 0.5).mean(),
                "mean rel. error expansion": (ri["rmse_expansion"] / ri["variance"] ** 0.5).mean()}
@@ -115,6 +119,8 @@ def main():
     parser.add_argument("--parts", default="forward,build,ppl,ri")
     parser.add_argument("--calib", type=int, default=32, help="calibration windows of 128 tokens")
     parser.add_argument("--eval", type=int, default=16, help="held-out windows of 128 tokens")
+    parser.add_argument("--sparsities", default="0.5,0.7,2:4", help="sparsities of the ppl part")
+    parser.add_argument("--ri-calib", type=int, default=512, help="calibration windows of 128 tokens, second RI run")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -128,10 +134,20 @@ def main():
     if "build" in parts:
         print(f"Build, block {BLOCK}, k = 16, 50%:\n" + table(bench_build(lm, calib)) + "\n", flush=True)
     if "ri" in parts:
-        reg, summary = bench_ri(lm, calib, held)
-        print("RI regression:\n" + table(reg) + "\n\n" + table(summary) + "\n", flush=True)
+        regs, summaries = [], []
+        # one draw: its first --calib windows are the small set, its held-out windows are disjoint from both
+        big, ri_held = wnb.token_windows(lm, wnb.load_corpus(), seq_len=128, n_calib=args.ri_calib, n_eval=args.eval,
+                                         seed=0)
+        for windows in (big[:args.calib], big):
+            for k in (4, 16):
+                reg, summary = bench_ri(lm, windows, ri_held, k=k)
+                regs += reg
+                summaries += summary
+        print(f"RI of {LAYER} at 90%, held-out {ri_held.numel():,} tokens:\n" + table(summaries) + "\n\n"
+              "Regression of RI on each predictor:\n" + table(regs) + "\n", flush=True)
     if "ppl" in parts:
-        print("Perplexity:\n" + table(bench_ppl(lm, calib, held)) + "\n", flush=True)
+        sparsities = [s if ":" in s else float(s) for s in args.sparsities.split(",")]
+        print("Perplexity:\n" + table(bench_ppl(lm, calib, held, sparsities)) + "\n", flush=True)
 
 
 if __name__ == "__main__":

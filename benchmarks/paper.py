@@ -64,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     if args.small:
-        args.model, args.corpus, args.seq_len, args.windows, args.eval_windows = None, "bundled", 128, 16, 8
+        args.model, args.corpus, args.seq_len, args.windows, args.eval_windows = None, "bundled", 128, 128, 16
         args.neuron, args.detail_tokens = None, 1 << 30
         args.model_experts = args.model_experts or [1, 4]
     args.model_experts = args.model_experts or args.experts
