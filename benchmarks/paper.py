@@ -63,10 +63,12 @@ def parse_args(argv=None):
     p.add_argument("-o", "--output", default="paper-results")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    if args.small:
-        args.model, args.corpus, args.seq_len, args.windows, args.eval_windows = None, "bundled", 128, 128, 16
-        args.neuron, args.detail_tokens = None, 1 << 30
-        args.model_experts = args.model_experts or [1, 4]
+    if args.small:  # the bundled model and corpus; options given explicitly still win
+        small = {"model": None, "corpus": "bundled", "seq_len": 128, "windows": 128, "eval_windows": 16,
+                 "neuron": None, "detail_tokens": 1 << 30, "model_experts": [1, 4]}
+        for name, value in small.items():
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
     args.model_experts = args.model_experts or args.experts
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(args.parts) - set(PARTS)
