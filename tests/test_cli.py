@@ -279,8 +279,11 @@ def test_unknown_layer_after_start_is_recorded(tmp_path, isolated_cache, capsys)
 def test_sigint_leaves_an_incomplete_manifest(tmp_path, isolated_cache):
     out = tmp_path / "sigint"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # As from a terminal: a job started in the background of a non-interactive shell (as CI may run us)
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "wnb.cli", "score", "--budget", "large", "--wd", "exact",
-                             "-q", "-o", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "-q", "-o", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "manifest.json").exists() and "model" in manifest(out)):
         time.sleep(0.2)

@@ -399,3 +399,29 @@ def test_pruned_neurons_by_criterion_and_dict(tiny_llama, tiny_windows):
     with pytest.raises(WnbError, match="no entry"):
         with pruned(tiny_llama, "magnitude", 0.5, layers=layers[:2], neurons={layers[0]: [1]}, progress=False):
             pass
+
+
+def test_streamed_hessians_equal_the_all_in_memory_path(tiny, tiny_windows):
+    """Whole-model SparseGPT accumulates each Hessian batch by batch while the block runs (no block's
+    inputs kept); it gives the weights of the path that keeps every calibration input (keep_inputs)."""
+    layers = wnb.ffn_layers(tiny)
+    with pruned(tiny, "sparsegpt", 0.5, calib=tiny_windows, batch_size=2, progress=False):
+        streamed = {n: wnb.layer_weight(tiny, n).detach().clone() for n in layers}
+    with pruned(tiny, "sparsegpt", 0.5, calib=tiny_windows, batch_size=2, keep_inputs=True, progress=False):
+        kept = {n: wnb.layer_weight(tiny, n).detach().clone() for n in layers}
+    for name in layers:
+        assert torch.equal(streamed[name] == 0, kept[name] == 0), name
+        torch.testing.assert_close(streamed[name], kept[name], rtol=0, atol=1e-5)
+
+
+def test_walk_passes_batches_on_without_keeping_them(tiny_llama, tiny_windows):
+    from wnb.sequential import walk
+
+    seen = []
+    layers = wnb.ffn_layers(tiny_llama)
+    for _, inputs in walk(tiny_llama, tiny_windows, layers, batch_size=2, progress=False,
+                          on_inputs=lambda name, x: seen.append((name, x.shape[0]))):
+        assert all(v is None for v in inputs.values())
+    assert {name for name, _ in seen} == set(layers)
+    assert max(rows for _, rows in seen) == 2 * tiny_windows.shape[1]
+    assert len(seen) == len(layers) * tiny_windows.shape[0] // 2

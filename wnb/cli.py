@@ -363,8 +363,9 @@ def _prune(args, run: RunFolder, session) -> str:
     check_method(args.method)
     label = sparsity_label(args.sparsity)
     layers = _layers(lm, args.layers)
-    _check_fits(_prune_bytes(lm, layers, session.calib.numel()), torch.device("cpu"),
-                "the calibration inputs and Hessians of one block")
+    keeps_inputs = args.method != "sparsegpt" or isinstance(args.neurons, str)  # see wnb.pruned
+    _check_fits(_prune_bytes(lm, layers, session.calib.numel(), keeps_inputs), torch.device("cpu"),
+                "the hidden states, calibration inputs and Hessians of one block")
     progress = not args.quiet
     key = session.key(methods=[args.method], sparsities=[label], layers=list(layers), held_out=session.held_out)
     start = time.perf_counter()
@@ -400,15 +401,19 @@ def _prune(args, run: RunFolder, session) -> str:
             f"{dense:.2f} dense → {ppl:.2f} pruned")
 
 
-def _prune_bytes(lm, layers, tokens: int) -> int:
-    """Largest block's calibration inputs (float32) and float64 Hessians, what sequential pruning holds."""
+def _prune_bytes(lm, layers, tokens: int, keeps_inputs: bool = True) -> int:
+    """What sequential pruning holds at once: the hidden states of every calibration token entering and
+    leaving a block, and the largest block's float64 Hessians plus (Wanda, neuron criteria) its float32
+    calibration inputs. SparseGPT's Hessians are accumulated batch by batch, so it keeps no inputs."""
     from .models import block_of, layer_weight
 
     per_block: dict[int, int] = {}
     for name in layers:
         d_in = layer_weight(lm, name).shape[1]
-        per_block[block_of(lm, name)] = per_block.get(block_of(lm, name), 0) + tokens * d_in * 4 + d_in * d_in * 8
-    return max(per_block.values())
+        need = d_in * d_in * 8 + (tokens * d_in * 4 if keeps_inputs else 0)
+        per_block[block_of(lm, name)] = per_block.get(block_of(lm, name), 0) + need
+    hidden = 2 * tokens * lm.model.config.hidden_size * lm.model.dtype.itemsize
+    return hidden + max(per_block.values())
 
 
 # ---------------------------------------------------------------- expand

@@ -449,10 +449,42 @@ def _plan_neurons(lm, layers, neurons):
     return {name: check_rows(neurons[name], layer_weight(lm, name).shape[0]) for name in layers}
 
 
+class _Hessians:
+    """SparseGPT accumulators fed batch by batch during a walk (``walk(on_inputs=...)``), so no block's
+    calibration inputs are ever kept whole. Layers fed the very same tensor (Llama's gate and up
+    projections) share one accumulator."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.clear()
+
+    def clear(self) -> None:
+        self.acc: dict[str, SparseGPT] = {}
+        self.alias: dict[str, str] = {}
+        self._last: tuple[torch.Tensor, str] | None = None
+
+    def __call__(self, name: str, x: torch.Tensor) -> None:
+        from .models import layer_weight
+
+        if name not in self.acc and name not in self.alias:
+            last = self._last
+            if (last is not None and last[0].data_ptr() == x.data_ptr() and last[0].shape == x.shape
+                    and torch.equal(last[0], x)):
+                self.alias[name] = last[1]
+            else:
+                self.acc[name] = SparseGPT(layer_weight(self.lm, name).detach())
+        if name in self.acc:
+            self.acc[name].add_batch(x)
+        self._last = (x, self.alias.get(name, name))
+
+    def __getitem__(self, name: str) -> SparseGPT:
+        return self.acc[self.alias.get(name, name)]
+
+
 @contextmanager
 def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None, neurons=None,
            fraction: float = 0.03, seed: int = 0, blocksize: int = 128, percdamp: float = 0.01,
-           batch_size: int = 8, progress: bool = True):
+           batch_size: int = 8, progress: bool = True, keep_inputs: bool = False):
     """Prune layers of ``lm`` (default: every FFN layer) for the duration of a ``with`` block.
 
     Pruning is sequential: the calibration inputs of block ``l`` are computed through the blocks
@@ -460,6 +492,10 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     or a criterion of :func:`select_neurons` applied per layer to its calibration outputs with
     ``fraction`` and ``seed`` (random draws differ per layer). On exit, also after an exception or a
     KeyboardInterrupt, every dense weight is restored bit for bit. Yields a :class:`PruneReport`.
+
+    SparseGPT accumulates each layer's Hessian batch by batch while its block runs, so memory does not
+    grow with the number of calibration tokens; Wanda, neuron criteria and ``keep_inputs=True`` keep a
+    block's calibration inputs in CPU memory instead (same result up to float32 summation order).
     """
     from .capture import check_windows
     from .models import check_layers, ffn_layers, layer_weight, module, require_local
@@ -493,8 +529,12 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
         if needs_walk:
             from .sequential import walk
 
-            for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False):
-                _prune_block(lm, inputs, **opts)
+            stream = method == "sparsegpt" and not isinstance(plan, str) and not keep_inputs
+            hessians = _Hessians(lm) if stream else None
+            for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=hessians):
+                _prune_block(lm, inputs, hessians=hessians, **opts)
+                if hessians is not None:
+                    hessians.clear()
         else:
             for name in layers:
                 _prune_block(lm, {name: None}, **opts)
@@ -508,8 +548,9 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
 
 
 def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed, blocksize, percdamp,
-                 report, bar) -> None:
-    """Prune the layers of one block given their calibration inputs; write the weights into the model."""
+                 report, bar, hessians: _Hessians | None = None) -> None:
+    """Prune the layers of one block given their calibration inputs (or SparseGPT's accumulated
+    ``hessians``); write the weights into the model."""
     from .models import layer_weight, set_layer_weight
 
     shared: list[tuple[torch.Tensor, SparseGPT]] = []
@@ -520,7 +561,8 @@ def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed
         damping = None
         if method == "sparsegpt":
             sgpt = SparseGPT(weight)
-            same = next((s for xs, s in shared if xs.shape == x.shape and torch.equal(xs, x)), None)
+            same = (hessians[name] if hessians is not None else
+                    next((s for xs, s in shared if xs.shape == x.shape and torch.equal(xs, x)), None))
             if same is None:  # gate_proj and up_proj see the same inputs: one Hessian for both
                 sgpt.add_batch(x)
                 shared.append((x, sgpt))

@@ -63,13 +63,17 @@ def group_by_block(lm: LM, layers) -> dict[int, list[str]]:
 
 
 @torch.no_grad()
-def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True,
-         desc: str = "blocks") -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, desc: str = "blocks",
+         on_inputs=None) -> Iterator[tuple[int, dict[str, torch.Tensor | None]]]:
     """Yield ``(block_index, {layer: inputs})`` for every block holding one of ``layers``, in order.
 
     ``inputs`` are the layer's calibration inputs ``[tokens, d_in]`` (float32, CPU) computed through the
     blocks before it *as modified so far*. Changes the caller makes to the block before asking for the
     next item are used to compute the next block's inputs.
+
+    ``on_inputs(layer, x)``: if given, it receives each batch's inputs ``x [batch tokens, d_in]`` (on the
+    model's device, in its dtype) as the block runs, nothing is kept, and the dict's values are None:
+    memory no longer grows with the number of calibration tokens (e.g. to accumulate Hessians).
     """
     require_local(lm, "walking the blocks (sequential pruning or expansion)")
     groups = group_by_block(lm, layers)
@@ -80,23 +84,26 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True,
     for index in tqdm(range(last + 1), desc=desc, disable=not progress, leave=False):
         block = module(lm, blocks[index])
         if index in groups:
-            yield index, _collect_inputs(lm, block, groups[index], batches)
+            yield index, _collect_inputs(lm, block, groups[index], batches, on_inputs)
         if index < last:
             batches = _run_block(block, batches)
 
 
-def _collect_inputs(lm: LM, block, names, batches) -> dict[str, torch.Tensor]:
-    """Run the block once with forward hooks on ``names``; return each layer's inputs."""
+def _collect_inputs(lm: LM, block, names, batches, on_inputs=None) -> dict[str, torch.Tensor | None]:
+    """Run the block once with forward hooks on ``names``; return each layer's inputs (or pass them on)."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     hooks = []
     for name in names:
         def hook(mod, args, _name=name):
-            x = args[0]
-            seen[_name].append(x.reshape(-1, x.shape[-1]).to("cpu", torch.float32))
+            x = args[0].reshape(-1, args[0].shape[-1])
+            if on_inputs is not None:
+                on_inputs(_name, x)
+            else:
+                seen[_name].append(x.to("cpu", torch.float32))
         hooks.append(module(lm, name).register_forward_pre_hook(hook))
     try:
         _run_block(block, batches)
     finally:
         for h in hooks:
             h.remove()
-    return {n: torch.cat(xs) for n, xs in seen.items()}
+    return {n: torch.cat(xs) if xs else None for n, xs in seen.items()}
