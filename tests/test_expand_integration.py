@@ -33,19 +33,13 @@ def test_layer_error_falls_as_experts_grow(bundled, many_windows):
 
 
 def test_expansion_beats_sparsegpt_on_the_model(bundled, many_windows):
-    """Sequential expansion at 50% (k = 16) vs sequential SparseGPT at 50%, end-to-end perplexity.
-
-    Restricted to the FFN layers of the first two blocks to keep the test near a minute (a full-model
-    run takes ~13 min on 2 CPU cores; its numbers are in benchmarks/README.md): the model is still run
-    whole, the second block is calibrated on the first as expanded, and both methods get the same layers
-    and the same 8,192 calibration tokens.
-    """
+    """Whole model, every FFN layer at 50%: sequential Sparse Expansion with k = 16 has a lower held-out
+    perplexity than sequential SparseGPT on the same 8,192 calibration tokens (measured 24.3 vs 25.8;
+    ~5 min on 2 CPU cores, most of it building 16 experts for each of the 90 layers)."""
     calib, held = many_windows
-    layers = [n for n in wnb.ffn_layers(bundled) if wnb.models.block_of(bundled, n) < 2]
-    assert len(layers) == 6
-    with wnb.pruned(bundled, "sparsegpt", 0.5, calib, layers=layers, progress=False):
+    with wnb.pruned(bundled, "sparsegpt", 0.5, calib, progress=False):
         ppl_sparsegpt = wnb.perplexity(bundled, held, progress=False)
-    with wnb.expanded(bundled, n_experts=16, sparsity=0.5, calib=calib, layers=layers, progress=False) as exp:
+    with wnb.expanded(bundled, n_experts=16, sparsity=0.5, calib=calib, progress=False) as exp:
         ppl_expansion = wnb.perplexity(bundled, held, progress=False)
-        assert set(exp.layers) == set(layers)
+        assert set(exp.layers) == set(wnb.ffn_layers(bundled))
     assert ppl_expansion < ppl_sparsegpt, (ppl_expansion, ppl_sparsegpt)
