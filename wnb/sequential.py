@@ -90,8 +90,11 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
 
 
 def _collect_inputs(lm: LM, block, names, batches, on_inputs=None) -> dict[str, torch.Tensor | None]:
-    """Run the block once with forward hooks on ``names``; return each layer's inputs (or pass them on)."""
+    """Run the block on every batch with pre-hooks on ``names``, stopping each batch as soon as all of
+    them have their input (the rest of the block's output is not needed); return each layer's inputs
+    (or pass them on to ``on_inputs``)."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    pending: set[str] = set()
     hooks = []
     for name in names:
         def hook(mod, args, _name=name):
@@ -100,9 +103,17 @@ def _collect_inputs(lm: LM, block, names, batches, on_inputs=None) -> dict[str, 
                 on_inputs(_name, x)
             else:
                 seen[_name].append(x.to("cpu", torch.float32))
+            pending.discard(_name)
+            if not pending:
+                raise _Caught
         hooks.append(module(lm, name).register_forward_pre_hook(hook))
     try:
-        _run_block(block, batches)
+        for hidden, args, kwargs in batches:
+            pending.update(names)
+            try:
+                block(hidden, *args, **kwargs)
+            except _Caught:
+                pass
     finally:
         for h in hooks:
             h.remove()

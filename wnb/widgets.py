@@ -24,9 +24,15 @@ import ipywidgets as widgets
 import pandas as pd
 from IPython.display import Image
 
+from transformers.utils import logging as hf_logging
+
 from . import plots
 from .errors import WnbError
 from .session import BUDGETS, SCOPES, LayerView, Session, budget_from_env
+
+# The panels say what they are doing in their status line; transformers' own loading and conversion bars
+# (some drawn from worker threads, outside the panel's progress area) would stay on the page for good.
+hf_logging.disable_progress_bar()
 
 # With WNB_STRICT=1 (the notebook tests) a panel still shows the message, then re-raises, so that a
 # failing panel fails the run instead of passing quietly.
