@@ -122,14 +122,17 @@ def test_app_in_chromium(page):
     check_no_errors(page)
 
     # another neuron, picked in the table
-    hist, pairs = src(page, "histogram"), src(page, "pairs")
+    hist, pairs, wd_md = src(page, "histogram"), src(page, "pairs"), src(page, "wd-md")
     fifth = page.locator(".wnb-neurons .wnb-table select option").nth(4).inner_text().split()
     page.select_option(".wnb-neurons .wnb-table select", index=4)
     hist = wait_changed(page, "histogram", hist)
     wait_changed(page, "pairs", pairs)
+    wait_changed(page, "wd-md", wd_md)  # the selected neuron is circled there too
     page.wait_for_function("() => document.querySelector('.wnb-neurons .wnb-summary').innerText"
                            ".includes('rank 5 of')", timeout=STEP_S * 1000)
     assert f"neuron {fifth[1]}" in summary(page)
+    page.wait_for_function("([n]) => document.querySelector('.wnb-neurons').innerText.includes(`_neuron${n}.png`)",
+                           arg=[fifth[1]], timeout=STEP_S * 1000)  # the download links follow the neuron
     page.screenshot(path=str(SHOTS / "2_neuron.png"), full_page=True)
 
     # another neuron, typed into the neuron box

