@@ -95,7 +95,7 @@ def relative_improvement(study: LayerStudy) -> pd.DataFrame:
     """One row per neuron: WD, output mean and variance of the dense outputs on the calibration tokens,
     held-out RMSE against the dense outputs of SparseGPT and of the expansion, and
     ``ri = rmse_sparsegpt / rmse_expansion`` (NaN where the expansion's error is 0)."""
-    from .entanglement import wasserstein_to_gaussian
+    from .entanglement import output_moments, wasserstein_to_gaussian
     from .evaluate import output_rmse
 
     dense_calib = study.outputs("dense", "calib")
@@ -103,18 +103,10 @@ def relative_improvement(study: LayerStudy) -> pd.DataFrame:
     err_sgpt, _ = output_rmse(dense, study.outputs("sparsegpt"))
     err_exp, _ = output_rmse(dense, study.outputs("expansion"))
     ri = torch.where(err_exp > 0, err_sgpt / err_exp, torch.full_like(err_exp, float("nan")))
-    variance, mean = _var_mean(dense_calib)
+    variance, mean = output_moments(dense_calib)
     return pd.DataFrame({"neuron": np.arange(dense.shape[1]), "wd": wasserstein_to_gaussian(dense_calib).numpy(),
                          "mean": mean.numpy(), "variance": variance.numpy(),
                          "rmse_sparsegpt": err_sgpt.numpy(), "rmse_expansion": err_exp.numpy(), "ri": ri.numpy()})
-
-
-def _var_mean(y: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-column population variance and mean in float64, a few columns at a time (no float64 copy of ``y``)."""
-    variance, mean = (torch.empty(y.shape[1], dtype=torch.float64) for _ in range(2))
-    for s in range(0, y.shape[1], chunk):
-        variance[s:s + chunk], mean[s:s + chunk] = torch.var_mean(y[:, s:s + chunk].double(), dim=0, correction=0)
-    return variance, mean
 
 
 def ri_regression(table: pd.DataFrame, predictors=("wd", "mean", "variance"), target: str = "ri") -> pd.DataFrame:

@@ -332,7 +332,7 @@ def _layer_view(session, name: str, args):
 def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str, torch.Tensor]]:
     """Per layer: WD, mean and variance of every neuron, exact (layers captured in groups that fit) or streaming."""
     from .capture import available_memory, capture, split_by_memory
-    from .entanglement import wasserstein_to_gaussian
+    from .entanglement import output_moments, wasserstein_to_gaussian
     from .streaming import stream_scores
 
     progress = not args.quiet
@@ -347,8 +347,8 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
         acts = capture(lm, group, calib, max_tokens=tokens, batch_size=args.batch_size, inputs=False, progress=progress)
         for name in group:
             y = acts.pop(name).outputs
-            stats[name] = {"wd": wasserstein_to_gaussian(y), "mean": y.double().mean(0),
-                           "variance": y.double().var(0, correction=0)}
+            variance, mean = output_moments(y)
+            stats[name] = {"wd": wasserstein_to_gaussian(y), "mean": mean, "variance": variance}
     return stats
 
 
@@ -357,13 +357,13 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
 def _prune(args, run: RunFolder, session) -> str:
     from . import plots
     from .evaluate import perplexity
-    from .prune import check_method, pruned, sparsity_label
+    from .prune import check_method, pruned, sparsity_label, streams_hessians
 
     lm = session.lm
     check_method(args.method)
     label = sparsity_label(args.sparsity)
     layers = _layers(lm, args.layers)
-    keeps_inputs = args.method != "sparsegpt" or isinstance(args.neurons, str)  # see wnb.pruned
+    keeps_inputs = not streams_hessians(args.method, args.neurons)
     _check_fits(_prune_bytes(lm, layers, session.calib.numel(), keeps_inputs), torch.device("cpu"),
                 "the hidden states, calibration inputs and Hessians of one block")
     progress = not args.quiet

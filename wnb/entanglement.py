@@ -162,6 +162,16 @@ def _check_xy(inputs: torch.Tensor, outputs: torch.Tensor) -> None:
                        f"(got {tuple(inputs.shape)} and {tuple(outputs.shape)})")
 
 
+def output_moments(y: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-neuron population variance and mean of ``y [samples, neurons]`` in float64 (CPU), a few
+    columns at a time so that no float64 copy of the whole of ``y`` is made."""
+    variance, mean = (torch.empty(y.shape[1], dtype=torch.float64) for _ in range(2))
+    for s in range(0, y.shape[1], chunk):
+        part = y[:, s:s + chunk].detach().to("cpu", torch.float64)
+        variance[s:s + chunk], mean[s:s + chunk] = torch.var_mean(part, dim=0, correction=0)
+    return variance, mean
+
+
 def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weight: torch.Tensor | None = None,
                  n_pairs: int = 50_000, seed: int = 0) -> pd.DataFrame:
     """One row per neuron: WD, rank, MD (if inputs given), output mean and variance, weight norm.
@@ -169,9 +179,9 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
     Sorted by WD, highest first; ``rank`` 1 is the most entangled neuron.
     """
     wd = wasserstein_to_gaussian(outputs)
-    y = outputs.double()
+    variance, mean = output_moments(outputs)
     table = pd.DataFrame({"neuron": np.arange(outputs.shape[1]), "wd": wd.numpy(),
-                          "mean": y.mean(0).numpy(), "variance": y.var(0, correction=0).numpy()})
+                          "mean": mean.numpy(), "variance": variance.numpy()})
     if inputs is not None:
         table["md"] = mapping_difficulty(inputs, outputs, n_pairs=n_pairs, seed=seed).numpy()
     if weight is not None:

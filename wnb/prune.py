@@ -449,6 +449,12 @@ def _plan_neurons(lm, layers, neurons):
     return {name: check_rows(neurons[name], layer_weight(lm, name).shape[0]) for name in layers}
 
 
+def streams_hessians(method: str, neurons=None) -> bool:
+    """Whether whole-model pruning accumulates Hessians batch by batch instead of keeping each block's
+    calibration inputs: SparseGPT does, unless neurons are chosen by a criterion on the layer's outputs."""
+    return method == "sparsegpt" and not isinstance(neurons, str)
+
+
 class _Hessians:
     """SparseGPT accumulators fed batch by batch during a walk (``walk(on_inputs=...)``), so no block's
     calibration inputs are ever kept whole. Layers fed the very same tensor (Llama's gate and up
@@ -529,7 +535,7 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
         if needs_walk:
             from .sequential import walk
 
-            stream = method == "sparsegpt" and not isinstance(plan, str) and not keep_inputs
+            stream = streams_hessians(method, plan) and not keep_inputs
             hessians = _Hessians(lm) if stream else None
             for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=hessians):
                 _prune_block(lm, inputs, hessians=hessians, **opts)
