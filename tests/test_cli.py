@@ -289,6 +289,7 @@ def test_sigint_leaves_an_incomplete_manifest(tmp_path, isolated_cache):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err.decode()[-2000:]
+    assert proc.returncode == -signal.SIGINT, err.decode()[-2000:]  # the shell shows 130
+    assert "Loading weights" not in err.decode()  # -q silences transformers' bars too
     info = manifest(out)
     assert info["status"] == "incomplete" and info["error"] == "interrupted"

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -147,6 +149,9 @@ def _setup(args, run: RunFolder):
     from .models import estimate_model_bytes, load_model, resolve_device, resolve_dtype
     from .session import Session, check_budget
 
+    if args.quiet:  # transformers' own loading bars too
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     budget = check_budget(args.budget)
     remote = {"ndif": True, "local": "local"}.get(args.remote, False)
     if remote:
@@ -589,7 +594,7 @@ RUNNERS = {"score": _score, "prune": _prune, "expand": _expand, "sweep": _sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``wnb`` command; returns the exit status (0 done, 1 failed or interrupted, 2 bad input)."""
+    """Runs one ``wnb`` command; returns the exit status (0 done, 1 failed, 2 bad input, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     path = Path(args.output or f"wnb-{args.command}").expanduser()
@@ -627,5 +632,18 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def entry() -> None:
+    """The ``wnb`` command. An interrupted run, once its manifest says incomplete, ends by SIGINT as the shell
+    convention asks (the shell shows 130), so a calling script stops too; always so, as CPython may otherwise
+    end a run that handled its interrupt with either 130 or the signal."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
