@@ -401,13 +401,15 @@ def test_pruned_neurons_by_criterion_and_dict(tiny_llama, tiny_windows):
             pass
 
 
-def test_streamed_hessians_equal_the_all_in_memory_path(tiny, tiny_windows):
-    """Whole-model SparseGPT accumulates each Hessian batch by batch while the block runs (no block's
-    inputs kept); it gives the weights of the path that keeps every calibration input (keep_inputs)."""
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_streamed_statistics_equal_the_all_in_memory_path(tiny, tiny_windows, method):
+    """Whole-model SparseGPT and Wanda accumulate Hessians / column norms batch by batch while the block
+    runs (no block's inputs kept); they give the weights of the path that keeps every calibration input
+    (keep_inputs)."""
     layers = wnb.ffn_layers(tiny)
-    with pruned(tiny, "sparsegpt", 0.5, calib=tiny_windows, batch_size=2, progress=False):
+    with pruned(tiny, method, 0.5, calib=tiny_windows, batch_size=2, progress=False):
         streamed = {n: wnb.layer_weight(tiny, n).detach().clone() for n in layers}
-    with pruned(tiny, "sparsegpt", 0.5, calib=tiny_windows, batch_size=2, keep_inputs=True, progress=False):
+    with pruned(tiny, method, 0.5, calib=tiny_windows, batch_size=2, keep_inputs=True, progress=False):
         kept = {n: wnb.layer_weight(tiny, n).detach().clone() for n in layers}
     for name in layers:
         assert torch.equal(streamed[name] == 0, kept[name] == 0), name
@@ -425,3 +427,60 @@ def test_walk_passes_batches_on_without_keeping_them(tiny_llama, tiny_windows):
     assert {name for name, _ in seen} == set(layers)
     assert max(rows for _, rows in seen) == 2 * tiny_windows.shape[1]
     assert len(seen) == len(layers) * tiny_windows.shape[0] // 2
+
+
+ATTENTION = {"LlamaForCausalLM": "self_attn", "GPT2LMHeadModel": "attn", "GPTNeoXForCausalLM": "attention"}
+
+
+def _prune_all_counting_attention(lm, windows):
+    """SparseGPT on every FFN layer; returns (pruned weights, attention calls per block)."""
+    calls = {}
+    layers = wnb.ffn_layers(lm)  # (finding the forward order runs the model once)
+    blocks = wnb.models.decoder_blocks(lm)
+    hooks = [lm.model.get_submodule(f"{b}.{ATTENTION[lm.name]}").register_forward_hook(
+        lambda m, a, o, _i=i: calls.__setitem__(_i, calls.get(_i, 0) + 1)) for i, b in enumerate(blocks)]
+    try:
+        with pruned(lm, "sparsegpt", 0.5, calib=windows, batch_size=2, progress=False):
+            weights = {n: wnb.layer_weight(lm, n).detach().clone() for n in layers}
+    finally:
+        for h in hooks:
+            h.remove()
+    return weights, calls
+
+
+def _assert_same_weights(a, b):
+    for name in a:
+        assert torch.equal(a[name] == 0, b[name] == 0), name
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
+
+
+def test_walk_runs_attention_once_when_only_the_mlp_changes(tiny, tiny_windows, monkeypatch):
+    """Blocks that add their MLP to the residual (Llama, GPT-2) get their second run as the MLP alone,
+    from the residual kept by the first: attention runs once per batch, and the weights equal those
+    of whole-block second runs. GPT-NeoX's parallel residual has no such form: attention runs twice."""
+    import wnb.sequential as sequential
+
+    got, calls = _prune_all_counting_attention(tiny, tiny_windows)
+    monkeypatch.setattr(sequential, "_residual_mlp", lambda *a: None)
+    whole, whole_calls = _prune_all_counting_attention(tiny, tiny_windows)
+    _assert_same_weights(got, whole)
+    batches = tiny_windows.shape[0] // 2
+    assert whole_calls == {0: 2 * batches, 1: 2 * batches, 2: batches}  # the last block is never run twice
+    once = tiny.name != "GPTNeoXForCausalLM"
+    # (+ 1: the form is checked once, on one batch of the first block, against the whole block)
+    assert calls == ({0: batches + 1, 1: batches, 2: batches} if once else whole_calls)
+
+
+def test_walk_falls_back_to_whole_blocks_when_the_mlp_form_does_not_hold(tiny_llama, tiny_windows, monkeypatch):
+    """The MLP-only second run is checked once against the whole block: with a wrong residual form
+    (the attention's norm taken for the MLP's) the check fails and every block is run whole."""
+    import wnb.sequential as sequential
+
+    monkeypatch.setattr(sequential, "_residual_mlp", lambda *a: None)
+    whole, _ = _prune_all_counting_attention(tiny_llama, tiny_windows)
+    monkeypatch.undo()
+    monkeypatch.setattr(sequential, "_RESIDUAL_MLP", (("input_layernorm", "mlp"),))
+    got, calls = _prune_all_counting_attention(tiny_llama, tiny_windows)
+    _assert_same_weights(got, whole)
+    batches = tiny_windows.shape[0] // 2
+    assert calls == {0: 2 * batches + 1, 1: 2 * batches, 2: batches}  # + the check's one batch

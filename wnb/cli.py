@@ -362,15 +362,15 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
 def _prune(args, run: RunFolder, session) -> str:
     from . import plots
     from .evaluate import perplexity
-    from .prune import check_method, pruned, sparsity_label, streams_hessians
+    from .prune import check_method, pruned, sparsity_label, streams_inputs
 
     lm = session.lm
     check_method(args.method)
     label = sparsity_label(args.sparsity)
     layers = _layers(lm, args.layers)
-    keeps_inputs = not streams_hessians(args.method, args.neurons)
-    _check_fits(_prune_bytes(lm, layers, session.calib.numel(), keeps_inputs), torch.device("cpu"),
-                "the hidden states, calibration inputs and Hessians of one block")
+    keeps_inputs = not streams_inputs(args.method, args.neurons)
+    _check_fits(_prune_bytes(lm, layers, session.calib.numel(), args.method, keeps_inputs), torch.device("cpu"),
+                "the hidden states, calibration inputs and statistics of one block")
     progress = not args.quiet
     key = session.key(methods=[args.method], sparsities=[label], layers=list(layers), held_out=session.held_out)
     start = time.perf_counter()
@@ -406,18 +406,19 @@ def _prune(args, run: RunFolder, session) -> str:
             f"{dense:.2f} dense → {ppl:.2f} pruned")
 
 
-def _prune_bytes(lm, layers, tokens: int, keeps_inputs: bool = True) -> int:
+def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True) -> int:
     """What sequential pruning holds at once: the hidden states of every calibration token entering and
-    leaving a block, and the largest block's float64 Hessians plus (Wanda, neuron criteria) its float32
-    calibration inputs. SparseGPT's Hessians are accumulated batch by batch, so it keeps no inputs."""
+    leaving a block and the residual after its attention, and the largest block's float64 statistics
+    (SparseGPT's Hessians, Wanda's column norms) plus, where they are kept (neuron criteria), its float32
+    calibration inputs."""
     from .models import block_of, layer_weight
 
     per_block: dict[int, int] = {}
     for name in layers:
         d_in = layer_weight(lm, name).shape[1]
-        need = d_in * d_in * 8 + (tokens * d_in * 4 if keeps_inputs else 0)
+        need = (d_in * d_in * 8 if method == "sparsegpt" else d_in * 8) + (tokens * d_in * 4 if keeps_inputs else 0)
         per_block[block_of(lm, name)] = per_block.get(block_of(lm, name), 0) + need
-    hidden = 2 * tokens * lm.model.config.hidden_size * lm.model.dtype.itemsize
+    hidden = 3 * tokens * lm.model.config.hidden_size * lm.model.dtype.itemsize
     return hidden + max(per_block.values())
 
 

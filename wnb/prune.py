@@ -130,15 +130,22 @@ def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def _lowest_mask(scores: torch.Tensor, k: int, dim: int | None = None) -> torch.Tensor:
-    """True at the k lowest scores overall (``dim=None``) or along ``dim`` (per row for ``dim=1``)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    """True at the k lowest scores overall (``dim=None``) or along ``dim`` (per row for ``dim=1``).
+
+    A k-th-value selection (linear time; ``topk`` with k near half the entries is several times
+    slower on CPU): everything below the k-th value, then as many entries equal to it as are still
+    missing, the first ones in index order, so that exactly k are chosen.
+    """
+    flat = dim is None
+    values = scores.reshape(1, -1) if flat else scores.movedim(dim, -1)
     if k == 0:
-        return mask
-    if dim is None:
-        low = torch.topk(scores.flatten(), k, largest=False).indices
-        return mask.flatten().scatter_(0, low, True).reshape(scores.shape)
-    low = torch.topk(scores, k, dim=dim, largest=False).indices
-    return mask.scatter_(dim, low, True)
+        return torch.zeros_like(scores, dtype=torch.bool)
+    kth = torch.kthvalue(values, k, dim=-1, keepdim=True).values
+    mask = values < kth
+    missing = k - mask.sum(-1, keepdim=True)
+    ties = values == kth
+    mask |= ties & (ties.cumsum(-1) <= missing)
+    return mask.reshape(scores.shape) if flat else mask.movedim(-1, dim)
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity=0.5) -> torch.Tensor:
@@ -153,20 +160,37 @@ def magnitude_mask(weight: torch.Tensor, sparsity=0.5) -> torch.Tensor:
 
 def wanda_scores(weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """``|W_ij| · ‖X_j‖₂`` with the column norm over all calibration tokens (float64 accumulation)."""
-    norms = torch.zeros(weight.shape[1], dtype=torch.float64, device=weight.device)
-    for chunk in inputs.split(_HESSIAN_CHUNK):
-        norms += chunk.to(weight.device, torch.float64).square().sum(0)
-    return weight.detach().abs().double() * norms.sqrt()[None]
+    squares = ColumnSquares(weight.shape[1], weight.device)
+    squares.add_batch(inputs)
+    return _wanda_scores(weight, squares.sums)
+
+
+def _wanda_scores(weight: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:
+    return weight.detach().abs().double() * squares.to(weight.device).sqrt()[None]
 
 
 def wanda_mask(weight: torch.Tensor, inputs: torch.Tensor, sparsity=0.5) -> torch.Tensor:
     """Boolean mask (True = pruned) of the lowest Wanda scores per row, or n of every m per row."""
+    return _wanda_mask(weight, wanda_scores(weight, _as_inputs(inputs, weight.shape[1])), sparsity)
+
+
+def _wanda_mask(weight: torch.Tensor, scores: torch.Tensor, sparsity) -> torch.Tensor:
     fraction, n, m = parse_sparsity(sparsity)
     check_nm(m, weight.shape[1])
-    scores = wanda_scores(weight, _as_inputs(inputs, weight.shape[1]))
     if m:
         return _nm_mask(scores, n, m)
     return _lowest_mask(scores, _count(fraction, scores.shape[1]), dim=1)
+
+
+class ColumnSquares:
+    """``Σ x_j²`` per input column (float64), accumulated batch by batch: all Wanda needs of the inputs."""
+
+    def __init__(self, columns: int, device=None):
+        self.sums = torch.zeros(columns, dtype=torch.float64, device=device)
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        for chunk in inputs.reshape(-1, inputs.shape[-1]).split(_HESSIAN_CHUNK):
+            self.sums += chunk.to(self.sums.device, torch.float64).square().sum(0)
 
 
 # ---------------------------------------------------------------- SparseGPT
@@ -329,12 +353,17 @@ def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", s
         sgpt = SparseGPT(weight)
         sgpt.add_batch(inputs)
         return sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp, rows=rows)
+    return _masked(weight, rows, lambda part: magnitude_mask(part, sparsity) if method == "magnitude"
+                   else wanda_mask(part, inputs, sparsity))
+
+
+def _masked(weight: torch.Tensor, rows, mask_of) -> torch.Tensor:
+    """A float32 copy of ``weight`` with ``mask_of(rows of it)`` zeroed in those rows (all if None)."""
     out = weight.detach().to(torch.float32).clone()
     part = out if rows is None else out[rows]
     if part.numel() == 0:
         return out
-    mask = magnitude_mask(part, sparsity) if method == "magnitude" else wanda_mask(part, inputs, sparsity)
-    part = part.masked_fill(mask, 0)
+    part = part.masked_fill(mask_of(part), 0)
     if rows is None:
         return part
     out[rows] = part
@@ -449,23 +478,25 @@ def _plan_neurons(lm, layers, neurons):
     return {name: check_rows(neurons[name], layer_weight(lm, name).shape[0]) for name in layers}
 
 
-def streams_hessians(method: str, neurons=None) -> bool:
-    """Whether whole-model pruning accumulates Hessians batch by batch instead of keeping each block's
-    calibration inputs: SparseGPT does, unless neurons are chosen by a criterion on the layer's outputs."""
-    return method == "sparsegpt" and not isinstance(neurons, str)
+def streams_inputs(method: str, neurons=None) -> bool:
+    """Whether whole-model pruning accumulates what the method needs of the inputs batch by batch
+    (SparseGPT's Hessians, Wanda's column norms) instead of keeping each block's calibration inputs:
+    it does, unless neurons are chosen by a criterion on the layer's outputs."""
+    return method in ("sparsegpt", "wanda") and not isinstance(neurons, str)
 
 
-class _Hessians:
-    """SparseGPT accumulators fed batch by batch during a walk (``walk(on_inputs=...)``), so no block's
-    calibration inputs are ever kept whole. Layers fed the very same tensor (Llama's gate and up
-    projections) share one accumulator."""
+class _Accumulators:
+    """Per-layer statistics of the inputs fed batch by batch during a walk (``walk(on_inputs=...)``):
+    SparseGPT Hessians or Wanda column sums of squares, so no block's calibration inputs are ever
+    kept whole. Layers fed the very same tensor (Llama's gate and up projections) share one."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, method: str):
         self.lm = lm
+        self.method = method
         self.clear()
 
     def clear(self) -> None:
-        self.acc: dict[str, SparseGPT] = {}
+        self.acc: dict[str, SparseGPT | ColumnSquares] = {}
         self.alias: dict[str, str] = {}
         self._last: tuple[torch.Tensor, str] | None = None
 
@@ -478,12 +509,14 @@ class _Hessians:
                     and torch.equal(last[0], x)):
                 self.alias[name] = last[1]
             else:
-                self.acc[name] = SparseGPT(layer_weight(self.lm, name).detach())
+                weight = layer_weight(self.lm, name).detach()
+                self.acc[name] = (SparseGPT(weight) if self.method == "sparsegpt"
+                                  else ColumnSquares(weight.shape[1], weight.device))
         if name in self.acc:
             self.acc[name].add_batch(x)
         self._last = (x, self.alias.get(name, name))
 
-    def __getitem__(self, name: str) -> SparseGPT:
+    def __getitem__(self, name: str) -> SparseGPT | ColumnSquares:
         return self.acc[self.alias.get(name, name)]
 
 
@@ -499,9 +532,10 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     ``fraction`` and ``seed`` (random draws differ per layer). On exit, also after an exception or a
     KeyboardInterrupt, every dense weight is restored bit for bit. Yields a :class:`PruneReport`.
 
-    SparseGPT accumulates each layer's Hessian batch by batch while its block runs, so memory does not
-    grow with the number of calibration tokens; Wanda, neuron criteria and ``keep_inputs=True`` keep a
-    block's calibration inputs in CPU memory instead (same result up to float32 summation order).
+    SparseGPT and Wanda accumulate what they need of each layer's inputs (Hessian, column norms) batch
+    by batch while its block runs, so memory does not grow with the number of calibration tokens;
+    neuron criteria and ``keep_inputs=True`` keep a block's calibration inputs in CPU memory instead
+    (same result up to summation order).
     """
     from .capture import check_windows
     from .models import check_layers, ffn_layers, layer_weight, module, require_local
@@ -535,12 +569,12 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
         if needs_walk:
             from .sequential import walk
 
-            stream = streams_hessians(method, plan) and not keep_inputs
-            hessians = _Hessians(lm) if stream else None
-            for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=hessians):
-                _prune_block(lm, inputs, hessians=hessians, **opts)
-                if hessians is not None:
-                    hessians.clear()
+            stream = streams_inputs(method, plan) and not keep_inputs
+            stats = _Accumulators(lm, method) if stream else None
+            for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=stats):
+                _prune_block(lm, inputs, stats=stats, **opts)
+                if stats is not None:
+                    stats.clear()
         else:
             for name in layers:
                 _prune_block(lm, {name: None}, **opts)
@@ -554,9 +588,9 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
 
 
 def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed, blocksize, percdamp,
-                 report, bar, hessians: _Hessians | None = None) -> None:
-    """Prune the layers of one block given their calibration inputs (or SparseGPT's accumulated
-    ``hessians``); write the weights into the model."""
+                 report, bar, stats: _Accumulators | None = None) -> None:
+    """Prune the layers of one block given their calibration inputs (or the statistics of them
+    accumulated during the walk, ``stats``); write the weights into the model."""
     from .models import layer_weight, set_layer_weight
 
     shared: list[tuple[torch.Tensor, SparseGPT]] = []
@@ -567,7 +601,7 @@ def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed
         damping = None
         if method == "sparsegpt":
             sgpt = SparseGPT(weight)
-            same = (hessians[name] if hessians is not None else
+            same = (stats[name] if stats is not None else
                     next((s for xs, s in shared if xs.shape == x.shape and torch.equal(xs, x)), None))
             if same is None:  # gate_proj and up_proj see the same inputs: one Hessian for both
                 sgpt.add_batch(x)
@@ -576,6 +610,9 @@ def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed
                 sgpt.H, sgpt.nsamples = same.H, same.nsamples
             new = sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp, rows=rows)
             damping = sgpt.damping
+        elif method == "wanda" and stats is not None:
+            new = _masked(weight, rows, lambda part: _wanda_mask(part, _wanda_scores(part, stats[name].sums),
+                                                                 sparsity))
         else:
             new = prune_weight(weight, x, method, sparsity, neurons=rows)
         set_layer_weight(lm, name, new)

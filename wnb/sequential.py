@@ -5,6 +5,11 @@ the hidden states entering block 0 are caught once, each block is run on them, t
 block's layers, the edited block is run again, and its outputs feed the next block. The rest of the
 model (later blocks, the LM head) is never run.
 
+When every edited layer sits in the block's MLP and the block adds its MLP to the residual stream
+(``out = h + mlp(norm(h))``, ``h`` the residual after attention: Llama, Mistral, Qwen2, GPT-2, GPT-NeoX
+without parallel residual), the second run is the MLP alone on the ``h`` kept from the first run;
+attention is not run twice. That form is checked once per walk, on one batch, against the whole block.
+
     for block, inputs in walk(lm, calib, layers):
         for name, x in inputs.items():      # x: [tokens, d_in] float32 on the CPU
             ...                             # replace or edit the layer; the walk sees the change
@@ -54,6 +59,33 @@ def _run_block(block, batches):
     return outs
 
 
+# (norm, mlp): child names of a block computing out = h + mlp(norm(h)), h being the norm's input.
+_RESIDUAL_MLP = (("post_attention_layernorm", "mlp"), ("ln_2", "mlp"))
+
+
+def _residual_mlp(lm: LM, block, block_name: str, names) -> tuple[str, str] | None:
+    """The (norm, mlp) children through which the block adds its MLP, if every layer in ``names`` is in
+    that MLP; None otherwise (the block must then be run whole)."""
+    if getattr(lm.model.config, "use_parallel_residual", False) or hasattr(block, "post_feedforward_layernorm"):
+        return None
+    for norm, mlp in _RESIDUAL_MLP:
+        if (isinstance(getattr(block, norm, None), torch.nn.Module) and isinstance(getattr(block, mlp, None), torch.nn.Module)
+                and all(n.startswith(f"{block_name}.{mlp}.") for n in names)):
+            return norm, mlp
+    return None
+
+
+def _run_mlp(block, parts: tuple[str, str], residuals, batches):
+    """The block's outputs from the residuals ``h`` kept by the first run: ``h + mlp(norm(h))``."""
+    norm, mlp = (getattr(block, p) for p in parts)
+    return [(h + mlp(norm(h)), args, kwargs) for h, (_, args, kwargs) in zip(residuals, batches)]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    tol = 1e-4 if a.dtype == torch.float32 else 2e-2
+    return bool(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol * float(b.float().abs().mean())))
+
+
 def group_by_block(lm: LM, layers) -> dict[int, list[str]]:
     """Layer names grouped by the index of the block that holds them, in forward order."""
     groups: dict[int, list[str]] = defaultdict(list)
@@ -81,21 +113,37 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
     blocks = decoder_blocks(lm)
     batches = _catch_block_inputs(lm, windows, batch_size)
     last = max(groups)
+    shortcut_ok = None  # the MLP-only second run, once checked against the whole block
     for index in tqdm(range(last + 1), desc=desc, disable=not progress, leave=False):
         block = module(lm, blocks[index])
+        parts = _residual_mlp(lm, block, blocks[index], groups.get(index, ())) if shortcut_ok is not False else None
+        residuals: list[torch.Tensor] = []
         if index in groups:
-            yield index, _collect_inputs(lm, block, groups[index], batches, on_inputs)
-        if index < last:
+            yield index, _collect_inputs(lm, block, groups[index], batches, on_inputs,
+                                         keep=(getattr(block, parts[0]), residuals) if parts else None)
+        if index == last:
+            break
+        if parts and index in groups:
+            outs = _run_mlp(block, parts, residuals, batches)
+            if shortcut_ok is None:
+                shortcut_ok = _same(outs[0][0], _run_block(block, batches[:1])[0][0])
+                if not shortcut_ok:
+                    outs = _run_block(block, batches)
+            batches = outs
+        else:
             batches = _run_block(block, batches)
 
 
-def _collect_inputs(lm: LM, block, names, batches, on_inputs=None) -> dict[str, torch.Tensor | None]:
+def _collect_inputs(lm: LM, block, names, batches, on_inputs=None, keep=None) -> dict[str, torch.Tensor | None]:
     """Run the block on every batch with pre-hooks on ``names``, stopping each batch as soon as all of
     them have their input (the rest of the block's output is not needed); return each layer's inputs
-    (or pass them on to ``on_inputs``)."""
+    (or pass them on to ``on_inputs``). ``keep=(module, list)``: the input of that module in every
+    batch is appended to the list (the residual the MLP-only second run starts from)."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     pending: set[str] = set()
     hooks = []
+    if keep is not None:
+        hooks.append(keep[0].register_forward_pre_hook(lambda mod, args: keep[1].append(args[0])))
     for name in names:
         def hook(mod, args, _name=name):
             x = args[0].reshape(-1, args[0].shape[-1])
