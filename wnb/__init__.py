@@ -18,6 +18,7 @@ from .analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_
                        ri_regression, study_layer, token_shares)
 from .evaluate import ablation, layer_outputs, neuron_errors, output_rmse, output_shift, perplexity, sweep
 from .prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
+from .offload import offload_blocks, resident
 from .sequential import walk
 from .streaming import StreamingWD, stream_scores
 from .models import (LM, decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers, load_model,
@@ -27,10 +28,10 @@ __all__ = ["ablation", "Activations", "cache_dir", "capture", "decoder_blocks", 
            "estimate_bytes", "expand_layer", "expanded", "Expansion", "expansion_sweep", "expert_outputs",
            "ffn_layers", "first_ffn_layers", "kmeans", "layer_outputs", "layer_scores", "layer_weight",
            "LayerStudy", "linear_layers", "LM", "load_corpus", "load_model", "mapping_difficulty",
-           "neuron_errors", "neuron_table", "output_rmse", "output_shift", "overview", "overview_table",
-           "pair_distances", "parse_sparsity", "perplexity", "prune_layer", "prune_weight", "pruned",
-           "relative_improvement", "ri_regression", "RoutedLayer", "Router", "select_neurons", "SparseGPT",
-           "stream_scores", "StreamingWD", "study_layer", "sweep", "token_shares", "token_windows",
-           "top_neurons", "walk", "wasserstein_to_gaussian", "WnbError", "wrap_model"]
+           "neuron_errors", "neuron_table", "offload_blocks", "output_rmse", "output_shift", "overview",
+           "overview_table", "pair_distances", "parse_sparsity", "perplexity", "prune_layer", "prune_weight",
+           "pruned", "relative_improvement", "resident", "ri_regression", "RoutedLayer", "Router",
+           "select_neurons", "SparseGPT", "stream_scores", "StreamingWD", "study_layer", "sweep", "token_shares",
+           "token_windows", "top_neurons", "walk", "wasserstein_to_gaussian", "WnbError", "wrap_model"]
 
 __version__ = "0.1.0"

@@ -35,6 +35,7 @@ from .errors import WnbError
 COMMANDS = ("score", "prune", "expand", "sweep")
 LAYER_SETS = ("ffn", "first-ffn", "all-linear")
 MANIFEST = "manifest.json"
+OFFLOAD_ACTIVATIONS = 2 << 30  # GPU bytes kept free for activations and logits when blocks are offloaded
 
 
 # ---------------------------------------------------------------- the output folder
@@ -146,7 +147,7 @@ def _setup(args, run: RunFolder):
     """Load the model (once its estimated size is known to fit) and cut the windows; returns a
     :class:`wnb.session.Session` holding both, whose cached analyses the app reads too."""
     from .data import load_corpus, token_windows
-    from .models import estimate_model_bytes, load_model, resolve_device, resolve_dtype
+    from .models import estimate_block_bytes, estimate_model_bytes, load_model, resolve_device, resolve_dtype
     from .session import Session, check_budget
 
     if args.quiet:  # transformers' own loading bars too
@@ -168,16 +169,27 @@ def _setup(args, run: RunFolder):
     if not remote:
         weights = estimate_model_bytes(args.model, dtype, args.revision, args.trust_remote_code)
         estimate["model_weights"] = weights
-        _check_fits(weights, device, "the model's weights")
+        if args.offload:
+            blocks = estimate_block_bytes(args.model, dtype, args.revision, args.trust_remote_code)
+            on_gpu = weights - sum(blocks) + max(blocks) + OFFLOAD_ACTIVATIONS
+            estimate["gpu_with_offload"] = on_gpu
+            _check_fits(weights, torch.device("cpu"), "the model's weights (held in CPU memory with --offload)")
+            _check_fits(on_gpu, device, "the weights outside the transformer blocks, the largest block and room "
+                        "for activations (--offload)")
+        else:
+            _check_fits(weights, device, "the model's weights",
+                        hint=", or --offload (blocks in CPU memory, one at a time on the GPU)" if device.type == "cuda"
+                        else "")
     lm = load_model(args.model, device=args.device if not remote else "auto", dtype=args.dtype if not remote else None,
-                    revision=args.revision, trust_remote_code=args.trust_remote_code, remote=remote)
+                    revision=args.revision, trust_remote_code=args.trust_remote_code, remote=remote,
+                    offload=args.offload)
     key = cache.key(model=lm.name, text=text, seq_len=seq_len, n_calib=n_calib, n_eval=n_eval, seed=args.seed)
     calib, held_out = cache.cached("windows", key,
                                    lambda: token_windows(lm, text, seq_len, n_calib, n_eval, args.seed),
                                    enabled=not args.no_cache)
     session = Session(args.model, args.corpus, args.budget, args.seed, lm=lm, calib=calib, held_out=held_out,
                       use_cache=not args.no_cache, n_pairs=getattr(args, "pairs", 50_000))
-    run.note(model={"name": lm.name, "revision": args.revision, "remote": remote or False,
+    run.note(model={"name": lm.name, "revision": args.revision, "remote": remote or False, "offload": args.offload,
                     "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.") if not remote else "remote"},
              windows={"corpus": args.corpus, "seq_len": seq_len, "calibration": n_calib, "held_out": n_eval,
                       "seed": args.seed}, memory_estimate_bytes=estimate)
@@ -194,6 +206,9 @@ def _validate(args) -> None:
                        "--remote works with wnb score only")
     if not args.remote:
         resolve_dtype(args.dtype, resolve_device(args.device))  # CUDA asked for where there is none
+    if args.offload:
+        from .offload import check_offload
+        check_offload(args.device, {"ndif": True, "local": "local"}.get(args.remote, False))
     positive = {"--seq-len": args.seq_len, "--windows": args.windows, "--batch-size": args.batch_size,
                 "--max-tokens": getattr(args, "max_tokens", None), "--experts": getattr(args, "experts", None),
                 "--pca-factor": getattr(args, "pca_factor", None), "--pairs": getattr(args, "pairs", None)}
@@ -222,8 +237,9 @@ def _validate(args) -> None:
             parse_sparsity(sparsity)
 
 
-def _check_fits(need: int, device: torch.device, what: str) -> None:
-    """Refuse work whose memory estimate exceeds 90% of what the device has free now."""
+def _check_fits(need: int, device: torch.device, what: str, hint: str = "") -> None:
+    """Refuse work whose memory estimate exceeds 90% of what the device has free now; ``hint`` is added
+    to the list of ways out."""
     from .capture import available_memory
 
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
@@ -231,7 +247,7 @@ def _check_fits(need: int, device: torch.device, what: str) -> None:
         where = f"{device} has {free / 2**30:.1f} GiB free" if device.type == "cuda" else \
             f"this machine has {free / 2**30:.1f} GiB of RAM available"
         raise WnbError(f"{what} need about {need / 2**30:.1f} GiB but {where}; use a smaller dtype "
-                       "(--dtype bfloat16), fewer tokens or layers, or a larger device")
+                       f"(--dtype bfloat16), fewer tokens or layers, or a larger device{hint}")
 
 
 def _layers(lm, spec: list[str] | None) -> list[str]:
@@ -515,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--remote", choices=("ndif", "local"), default=None,
                        help="score only: run the model on NDIF (key from NDIF_API_KEY), or 'local' to simulate that "
                             "path in this process")
+    model.add_argument("--offload", action="store_true",
+                       help="keep the transformer blocks in CPU memory and move each onto the GPU only while it "
+                            "runs, so a model larger than the GPU fits (CUDA only; slower: every block crosses "
+                            "the bus on each pass). The GPU then needs the weights outside the blocks, the largest "
+                            "block and room for activations; CPU memory holds all weights")
     data = common.add_argument_group("tokens")
     data.add_argument("--corpus", default="bundled", help="bundled, wikitext2 (needs network) or a .txt path")
     data.add_argument("--budget", default="medium", choices=("small", "medium", "large"),

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import WnbError
+from .offload import follow
 
 
 # ---------------------------------------------------------------- k-means
@@ -380,6 +381,7 @@ def swap_module(lm, name: str, new: nn.Module) -> nn.Module:
         setattr(env, leaf, new)
     if lm.model.get_submodule(name) is not new:
         setattr(lm.model.get_submodule(parent), leaf, new)
+    follow(lm, new, lm.model.get_submodule(parent))
     if isinstance(old, RoutedLayer):
         old.router._last = (None, -1, None)
     return old

@@ -40,6 +40,9 @@ class LM:
     ``remote`` is False for a local model, True for one run on NDIF (``model`` is then a weightless
     skeleton on the meta device and ``device`` is where inputs are prepared), or ``"local"`` for
     nnsight's in-process simulation of the remote path.
+
+    ``offload`` is None, or the GPU the transformer blocks are moved onto one at a time from CPU memory
+    (``load_model(..., offload=True)``, :mod:`wnb.offload`); ``device`` is then that GPU too.
     """
 
     model: nn.Module
@@ -49,6 +52,7 @@ class LM:
     name: str
     _order: list[str] | None = field(default=None, repr=False)
     remote: bool | str = False
+    offload: torch.device | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -89,7 +93,7 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 
 
 def load_model(name: str | None = None, device: str = "auto", dtype=None, revision: str | None = None,
-               trust_remote_code: bool = False, remote: bool | str = False) -> LM:
+               trust_remote_code: bool = False, remote: bool | str = False, offload: bool = False) -> LM:
     """Load a causal LM for study.
 
     ``name=None`` is the bundled SmolLM2-135M-Instruct (offline). Otherwise a Hugging Face id or a
@@ -100,17 +104,28 @@ def load_model(name: str | None = None, device: str = "auto", dtype=None, revisi
     config and tokenizer are loaded here, captures send the trace and get the saved tensors back;
     pruning, expansion and perplexity need local weights and refuse. ``remote="local"`` is nnsight's
     in-process simulation of that path (weights loaded here), for checking it offline.
+
+    ``offload=True`` (CUDA only) keeps the transformer blocks in CPU memory and moves each onto the GPU
+    only while it runs, so a model larger than the GPU fits; see :mod:`wnb.offload`.
     """
+    if offload:
+        from .offload import check_offload
+        check_offload(device, remote)
     if remote:
         return _load_remote(name, device, dtype, revision, trust_remote_code, remote)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    where = torch.device("cpu") if offload else dev
     if name is None or name == BUNDLED:
         model, tokenizer = _load_bundled()
-        model = model.to(device=dev, dtype=dt)
-        return wrap_model(model, tokenizer, BUNDLED)
-    model, tokenizer = _load_hf(name, dt, revision, trust_remote_code)
-    return wrap_model(model.to(dev), tokenizer, name)
+        lm = wrap_model(model.to(device=where, dtype=dt), tokenizer, BUNDLED)
+    else:
+        model, tokenizer = _load_hf(name, dt, revision, trust_remote_code)
+        lm = wrap_model(model.to(where), tokenizer, name)
+    if offload:
+        from .offload import offload_blocks
+        offload_blocks(lm, dev)
+    return lm
 
 
 def _load_hf(name: str, dtype: torch.dtype, revision: str | None, trust_remote_code: bool):
@@ -170,27 +185,53 @@ def estimate_model_bytes(name: str | None = None, dtype=torch.float32, revision:
                          trust_remote_code: bool = False) -> int:
     """Bytes the weights of ``name`` take in ``dtype``, from its config alone (built on the meta device,
     nothing downloaded but the config), so a run can be refused before loading a model that cannot fit."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    dtype = DTYPES[str(dtype).removeprefix("torch.")] if not isinstance(dtype, torch.dtype) else dtype
+    dtype = _as_dtype(dtype)
     if name is None or name == BUNDLED:  # its float32 copy is on disk already
-        if not _cache_complete(_bundled_cache()):
-            _load_bundled()
-        stored = sum(p.stat().st_size for p in _bundled_cache().glob("*.safetensors"))
+        stored = sum(p.stat().st_size for p in _bundled_folder().glob("*.safetensors"))
         return stored * dtype.itemsize // 4
-    try:
-        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-        with init_empty_weights():
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise WnbError(f"could not read the config of {name!r}: {str(exc).splitlines()[0]}") from exc
+    skeleton = _skeleton(name, revision, trust_remote_code)
     count = sum(p.numel() for p in skeleton.parameters())
     out, inp = skeleton.get_output_embeddings(), skeleton.get_input_embeddings()
-    if getattr(config, "tie_word_embeddings", False) and out is not None and inp is not None \
+    if getattr(skeleton.config, "tie_word_embeddings", False) and out is not None and inp is not None \
             and out.weight is not inp.weight:  # the skeleton is not tied; the loaded model is
         count -= out.weight.numel()
     return count * dtype.itemsize
+
+
+def estimate_block_bytes(name: str | None = None, dtype=torch.float32, revision: str | None = None,
+                         trust_remote_code: bool = False) -> list[int]:
+    """Bytes the weights of each transformer block of ``name`` take in ``dtype``, in order, from its
+    config alone (as :func:`estimate_model_bytes`): with ``offload=True`` the GPU holds the largest one
+    besides the weights outside the blocks."""
+    dtype = _as_dtype(dtype)
+    source = str(_bundled_folder()) if name is None or name == BUNDLED else name
+    skeleton = _skeleton(source, revision if source == name else None, trust_remote_code)
+    return [sum(p.numel() for p in skeleton.get_submodule(b).parameters()) * dtype.itemsize
+            for b in _block_names(skeleton, source)]
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    return dtype if isinstance(dtype, torch.dtype) else DTYPES[str(dtype).removeprefix("torch.")]
+
+
+def _bundled_folder() -> Path:
+    """The bundled model's float32 copy in the cache (made from the GGUF the first time)."""
+    if not _cache_complete(_bundled_cache()):
+        _load_bundled()
+    return _bundled_cache()
+
+
+def _skeleton(name: str, revision: str | None, trust_remote_code: bool) -> nn.Module:
+    """The model built from its config on the meta device: shapes without weights."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise WnbError(f"could not read the config of {name!r}: {str(exc).splitlines()[0]}") from exc
 
 
 def require_local(lm: LM, what: str) -> None:
@@ -362,13 +403,17 @@ def layer_bias(lm: LM, name: str) -> torch.Tensor | None:
 
 def decoder_blocks(lm: LM) -> list[str]:
     """Names of the transformer blocks (the longest ModuleList of the model), in order."""
+    return _block_names(lm.model, lm.name)
+
+
+def _block_names(model: nn.Module, name: str) -> list[str]:
     best = ""
     length = 0
-    for n, m in lm.model.named_modules():
+    for n, m in model.named_modules():
         if isinstance(m, nn.ModuleList) and len(m) > length:
             best, length = n, len(m)
     if not best:
-        raise WnbError(f"could not find the transformer blocks of {lm.name}")
+        raise WnbError(f"could not find the transformer blocks of {name}")
     return [f"{best}.{i}" for i in range(length)]
 
 

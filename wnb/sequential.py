@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .capture import check_windows
 from .models import LM, block_of, check_layers, decoder_blocks, module, require_local
+from .offload import resident
 
 
 class _Caught(Exception):
@@ -118,20 +119,21 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
         block = module(lm, blocks[index])
         parts = _residual_mlp(lm, block, blocks[index], groups.get(index, ())) if shortcut_ok is not False else None
         residuals: list[torch.Tensor] = []
-        if index in groups:
-            yield index, _collect_inputs(lm, block, groups[index], batches, on_inputs,
-                                         keep=(getattr(block, parts[0]), residuals) if parts else None)
-        if index == last:
-            break
-        if parts and index in groups:
-            outs = _run_mlp(block, parts, residuals, batches)
-            if shortcut_ok is None:
-                shortcut_ok = _same(outs[0][0], _run_block(block, batches[:1])[0][0])
-                if not shortcut_ok:
-                    outs = _run_block(block, batches)
-            batches = outs
-        else:
-            batches = _run_block(block, batches)
+        with resident(lm, block):  # an offloaded model keeps this block on the GPU until it is done
+            if index in groups:
+                yield index, _collect_inputs(lm, block, groups[index], batches, on_inputs,
+                                             keep=(getattr(block, parts[0]), residuals) if parts else None)
+            if index == last:
+                break
+            if parts and index in groups:
+                outs = _run_mlp(block, parts, residuals, batches)
+                if shortcut_ok is None:
+                    shortcut_ok = _same(outs[0][0], _run_block(block, batches[:1])[0][0])
+                    if not shortcut_ok:
+                        outs = _run_block(block, batches)
+                batches = outs
+            else:
+                batches = _run_block(block, batches)
 
 
 def _collect_inputs(lm: LM, block, names, batches, on_inputs=None, keep=None) -> dict[str, torch.Tensor | None]:
