@@ -16,7 +16,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -213,7 +212,6 @@ class SparseGPT:
         self.device = weight.device
         self.H = torch.zeros(self.columns, self.columns, dtype=torch.float64, device=self.device)
         self.nsamples = 0
-        self._gram: np.ndarray | None = None  # ssyrk's output buffer (CPU)
         self.damping: float | None = None
         self.dead: torch.Tensor | None = None
 
@@ -222,30 +220,14 @@ class SparseGPT:
         x = _as_inputs(inputs, self.columns)
         for chunk in x.split(_HESSIAN_CHUNK):
             chunk = chunk.to(self.device, torch.float32)
-            if self.device.type == "cpu":
-                self.H += self._lower_gram(chunk)
-            else:
-                self.H += (chunk.T @ chunk).double()
+            self.H += (chunk.T @ chunk).double()
         self.nsamples += x.shape[0]
 
-    def _lower_gram(self, chunk: torch.Tensor) -> torch.Tensor:
-        """The lower triangle of ``chunkᵀ chunk`` by BLAS ``ssyrk``: half the work of a full product,
-        which on a CPU is most of what whole-model SparseGPT spends outside the model itself."""
-        from scipy.linalg.blas import ssyrk
-
-        if self._gram is None:
-            self._gram = np.zeros((self.columns, self.columns), dtype=np.float32, order="F")
-        # chunkᵀ is column-major [in, n]; ssyrk fills the upper triangle of the column-major result,
-        # i.e. the lower triangle of its row-major transpose.
-        ssyrk(1.0, chunk.detach().contiguous().numpy().T, beta=0.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
-        return torch.from_numpy(self._gram).T
-
     def hessian(self) -> torch.Tensor:
-        """``2/N · Σ x xᵀ`` (float64), made exactly symmetric from its lower triangle."""
+        """``2/N · Σ x xᵀ`` (float64)."""
         if self.nsamples == 0:
             raise WnbError("SparseGPT has no calibration inputs yet; call add_batch(inputs) first")
-        lower = torch.tril(self.H)
-        return (lower + torch.tril(self.H, -1).T) * (2.0 / self.nsamples)
+        return self.H * (2.0 / self.nsamples)
 
     def prune(self, sparsity=0.5, blocksize: int = 128, percdamp: float = 0.01, rows=None,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
