@@ -73,6 +73,19 @@ def test_sparsegpt_matches_reference(sparsity, n, m, dtype):
     assert sgpt.damping == 0.01
 
 
+@pytest.mark.parametrize("cols", [40, 1000])
+def test_sparsegpt_hessian_is_twice_the_mean_gram_matrix(cols):
+    """Batches of any size, inputs narrower and wider than one strip of xᵀx: 2/N · XᵀX in float64."""
+    x = torch.randn(900, cols, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.1, 3, cols)
+    sgpt = SparseGPT(torch.zeros(8, cols))
+    for chunk in x.split([1, 300, 599]):
+        sgpt.add_batch(chunk)
+    H = sgpt.hessian()
+    expected = 2.0 / 900 * (x.double().T @ x.double())
+    assert H.dtype == torch.float64 and torch.equal(H, H.T)
+    torch.testing.assert_close(H, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_sparsegpt_partial_last_block_and_dead_inputs():
     weight, inputs = make_layer(cols=200)
     inputs[:, [3, 150]] = 0  # dead inputs: H_ii = 0
