@@ -33,15 +33,17 @@ def machine() -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """A Markdown table of dict rows (keys of the first row are the columns)."""
-    cols = list(rows[0])
+    """A Markdown table of dict rows (every key of any row is a column, in order of appearance)."""
+    cols = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |")
     return "\n".join(lines)
 
 
 def _fmt(v) -> str:
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)

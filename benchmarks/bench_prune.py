@@ -11,7 +11,7 @@
 5. ``llmc``: llm-compressor's oneshot SparseGPT and Wanda on the same FFN linears, windows and sparsity,
    run in its own virtual environment (``benchmarks/.venv-llmc``, see ``llmc_oneshot.py``).
 
-    python benchmarks/bench_prune.py [layers model table ablation llmc] [--calib 32] [--eval 32]
+    python benchmarks/bench_prune.py [layers model table ablation llmc] [--calib 32] [--eval 32] [--repeat 1]
 """
 from __future__ import annotations
 
@@ -133,8 +133,10 @@ def _show(frame) -> dict:
     return row
 
 
-def bench_llmc(lm, calib, held_out, sparsity=0.5):
-    """llm-compressor in its own environment vs wnb here, on the same windows; both evaluated here."""
+def bench_llmc(lm, calib, held_out, sparsity=0.5, repeat: int = 1):
+    """llm-compressor in its own environment vs wnb here, on the same windows; both evaluated here.
+    With ``repeat`` > 1 the two tools alternate that many times and each keeps its best time (this
+    machine's speed drifts by up to ±20% over minutes; alternating exposes both to the same drift)."""
     if not LLMC_PYTHON.exists():
         return [{"note": f"{LLMC_PYTHON} missing: create it as described in benchmarks/README.md"}]
     from wnb.models import _bundled_cache
@@ -142,27 +144,31 @@ def bench_llmc(lm, calib, held_out, sparsity=0.5):
     folder = HERE / ".llmc-work"
     folder.mkdir(exist_ok=True)
     torch.save({"calib": calib}, folder / "calib.pt")
-    rows = []
-    dense_ppl = wnb.perplexity(lm, held_out, progress=False)
-    rows.append({"tool": "dense", "method": "-", "prune s": 0.0, "perplexity": dense_ppl})
+    rows = [{"tool": "dense", "method": "-", "prune s": 0.0, "perplexity": wnb.perplexity(lm, held_out, progress=False)}]
     for method in ("sparsegpt", "wanda"):
         out = folder / f"{method}.pt"
         cmd = [str(LLMC_PYTHON), str(HERE / "llmc_oneshot.py"), str(_bundled_cache()), str(folder / "calib.pt"),
                method, str(sparsity), str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            rows.append({"tool": "llm-compressor", "method": method, "prune s": float("nan"),
-                         "perplexity": float("nan"), "note": proc.stderr.strip().splitlines()[-1][:200]})
+        theirs, ours = [], []
+        for _ in range(repeat):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                rows.append({"tool": "llm-compressor", "method": method, "prune s": float("nan"),
+                             "perplexity": float("nan"), "note": proc.stderr.strip().splitlines()[-1][:200]})
+                break
+            result = torch.load(out)
+            theirs.append(result["seconds"])
+            start = time.perf_counter()
+            with wnb.pruned(lm, method, sparsity, calib=calib, progress=False):
+                ours.append(time.perf_counter() - start)
+                ppl = wnb.perplexity(lm, held_out, progress=False)
+            print(f"   {method}: llm-compressor {theirs[-1]:.1f} s, wnb {ours[-1]:.1f} s", flush=True)
+        if not theirs:
             continue
-        result = torch.load(out)
-        ppl = _perplexity_with(lm, result["weights"], held_out)
-        rows.append({"tool": "llm-compressor", "method": method, "prune s": result["seconds"], "perplexity": ppl})
-        start = time.perf_counter()
-        with wnb.pruned(lm, method, sparsity, calib=calib, progress=False):
-            seconds = time.perf_counter() - start
-            ppl = wnb.perplexity(lm, held_out, progress=False)
-        rows.append({"tool": "wnb", "method": method, "prune s": seconds, "perplexity": ppl,
-                     "time vs llmc": seconds / rows[-1]["prune s"]})
+        rows.append({"tool": "llm-compressor", "method": method, "prune s": min(theirs),
+                     "perplexity": _perplexity_with(lm, result["weights"], held_out), "runs s": theirs})
+        rows.append({"tool": "wnb", "method": method, "prune s": min(ours), "perplexity": ppl, "runs s": ours,
+                     "time vs llmc": min(ours) / min(theirs)})
     return rows
 
 
@@ -188,6 +194,8 @@ def main():
                         choices=["layers", "model", "table", "ablation", "llmc"])
     parser.add_argument("--calib", type=int, default=32, help="calibration windows of 256 tokens")
     parser.add_argument("--eval", type=int, default=32, help="held-out windows of 256 tokens")
+    parser.add_argument("--repeat", type=int, default=1, help="llmc: alternate the two tools this many times, "
+                        "keep each one's best time")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
     lm = wnb.load_model(device="cpu")
@@ -205,7 +213,7 @@ def main():
         elif part == "ablation":
             rows = bench_ablation(lm, calib, held_out)
         else:
-            rows = bench_llmc(lm, calib, held_out)
+            rows = bench_llmc(lm, calib, held_out, repeat=args.repeat)
         results[part] = rows
         print(f"## {part} ({time.perf_counter() - start:.0f} s)\n\n{table(rows)}\n", flush=True)
     if args.json:
