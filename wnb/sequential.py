@@ -70,8 +70,9 @@ def _residual_mlp(lm: LM, block, block_name: str, names) -> tuple[str, str] | No
     if getattr(lm.model.config, "use_parallel_residual", False) or hasattr(block, "post_feedforward_layernorm"):
         return None
     for norm, mlp in _RESIDUAL_MLP:
-        if (isinstance(getattr(block, norm, None), torch.nn.Module) and isinstance(getattr(block, mlp, None), torch.nn.Module)
-                and all(n.startswith(f"{block_name}.{mlp}.") for n in names)):
+        modules = (getattr(block, norm, None), getattr(block, mlp, None))
+        if all(isinstance(m, torch.nn.Module) for m in modules) and all(n.startswith(f"{block_name}.{mlp}.")
+                                                                         for n in names):
             return norm, mlp
     return None
 
@@ -117,15 +118,16 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
     shortcut_ok = None  # the MLP-only second run, once checked against the whole block
     for index in tqdm(range(last + 1), desc=desc, disable=not progress, leave=False):
         block = module(lm, blocks[index])
-        parts = _residual_mlp(lm, block, blocks[index], groups.get(index, ())) if shortcut_ok is not False else None
+        names = groups.get(index)
+        parts = _residual_mlp(lm, block, blocks[index], names) if names and shortcut_ok is not False else None
         residuals: list[torch.Tensor] = []
         with resident(lm, block):  # an offloaded model keeps this block on the GPU until it is done
-            if index in groups:
-                yield index, _collect_inputs(lm, block, groups[index], batches, on_inputs,
+            if names:
+                yield index, _collect_inputs(lm, block, names, batches, on_inputs,
                                              keep=(getattr(block, parts[0]), residuals) if parts else None)
             if index == last:
                 break
-            if parts and index in groups:
+            if parts:
                 outs = _run_mlp(block, parts, residuals, batches)
                 if shortcut_ok is None:
                     shortcut_ok = _same(outs[0][0], _run_block(block, batches[:1])[0][0])
