@@ -24,8 +24,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 SHOTS = ROOT / "test-output" / "browser"
 READY_S = 240  # first start on a cold cache: model conversion + one capture, on a busy 2-core machine
 STEP_S = 120
-# Python's error names and Voila's cell-error banner; plain words such as "error after pruning" are fine.
-BAD_TEXT = re.compile(r"Traceback|\b[A-Z]\w*Error\b|\bException\b|There was an error")
+# Python's error names, Voila's cell-error banner, and a widget view whose model is gone (a closed
+# progress bar left in an output area); plain words such as "error after pruning" are fine.
+BAD_TEXT = re.compile(r"Traceback|\b[A-Z]\w*Error\b|\bException\b|There was an error|Loading widget|"
+                      r"Error displaying widget")
 
 
 def free_port() -> int:

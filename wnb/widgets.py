@@ -141,9 +141,18 @@ class Panel(widgets.VBox):
             if failure is not None:
                 raise failure
         finally:
-            self.progress.outputs = ()
+            self._fresh_progress()
             for b, state in zip(self.buttons, states):
                 b.disabled = state
+
+    def _fresh_progress(self) -> None:
+        """Swap in an empty progress area. Clearing the old one is not enough: the page appends each
+        captured bar to it and sends that state back, which may arrive after the clear and bring back a
+        bar tqdm has closed meanwhile ("Error displaying widget: model not found" for good)."""
+        old = self.progress
+        self.progress = widgets.Output()
+        self.children = tuple(self.progress if child is old else child for child in self.children)
+        old.close()
 
     def guarded(self, fn: Callable, *args, **kwargs):
         """Run ``fn``; on any error show one readable line in the panel instead of a traceback."""
