@@ -154,7 +154,7 @@ def _setup(args, run: RunFolder):
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     budget = check_budget(args.budget)
-    remote = {"ndif": True, "local": "local"}.get(args.remote, False)
+    remote = _remote(args)
     if remote:
         device, dtype = torch.device("cpu"), None
     else:
@@ -196,6 +196,11 @@ def _setup(args, run: RunFolder):
     return session
 
 
+def _remote(args) -> bool | str:
+    """``--remote`` as load_model's ``remote=`` (True: NDIF, "local": nnsight's simulation, False)."""
+    return {"ndif": True, "local": "local"}.get(args.remote, False)
+
+
 def _validate(args) -> None:
     """Everything that can be checked without the model, before the output folder is touched."""
     from .models import resolve_device, resolve_dtype
@@ -208,7 +213,7 @@ def _validate(args) -> None:
         resolve_dtype(args.dtype, resolve_device(args.device))  # CUDA asked for where there is none
     if args.offload:
         from .offload import check_offload
-        check_offload(args.device, {"ndif": True, "local": "local"}.get(args.remote, False))
+        check_offload(args.device, _remote(args))
     positive = {"--seq-len": args.seq_len, "--windows": args.windows, "--batch-size": args.batch_size,
                 "--max-tokens": getattr(args, "max_tokens", None), "--experts": getattr(args, "experts", None),
                 "--pca-factor": getattr(args, "pca_factor", None), "--pairs": getattr(args, "pairs", None)}
