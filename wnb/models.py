@@ -185,7 +185,7 @@ def estimate_model_bytes(name: str | None = None, dtype=torch.float32, revision:
                          trust_remote_code: bool = False) -> int:
     """Bytes the weights of ``name`` take in ``dtype``, from its config alone (built on the meta device,
     nothing downloaded but the config), so a run can be refused before loading a model that cannot fit."""
-    dtype = _as_dtype(dtype)
+    dtype = resolve_dtype(dtype, torch.device("cpu"))  # a name or a dtype; unsupported ones refused
     if name is None or name == BUNDLED:  # its float32 copy is on disk already
         stored = sum(p.stat().st_size for p in _bundled_folder().glob("*.safetensors"))
         return stored * dtype.itemsize // 4
@@ -203,15 +203,11 @@ def estimate_block_bytes(name: str | None = None, dtype=torch.float32, revision:
     """Bytes the weights of each transformer block of ``name`` take in ``dtype``, in order, from its
     config alone (as :func:`estimate_model_bytes`): with ``offload=True`` the GPU holds the largest one
     besides the weights outside the blocks."""
-    dtype = _as_dtype(dtype)
+    dtype = resolve_dtype(dtype, torch.device("cpu"))  # a name or a dtype; unsupported ones refused
     source = str(_bundled_folder()) if name is None or name == BUNDLED else name
     skeleton = _skeleton(source, revision if source == name else None, trust_remote_code)
     return [sum(p.numel() for p in skeleton.get_submodule(b).parameters()) * dtype.itemsize
             for b in _block_names(skeleton, source)]
-
-
-def _as_dtype(dtype) -> torch.dtype:
-    return dtype if isinstance(dtype, torch.dtype) else DTYPES[str(dtype).removeprefix("torch.")]
 
 
 def _bundled_folder() -> Path:
