@@ -168,6 +168,23 @@ def test_prune_equals_the_api(tmp_path, isolated_cache, capsys, monkeypatch):
     pd.testing.assert_frame_equal(session.sweep(["wanda"], ["2:4"], [GATE, UP]), table, check_exact=False, rtol=1e-12)
 
 
+def test_prune_no_true_sequential_equals_the_api(tmp_path, isolated_cache):
+    """--no-true-sequential calibrates down_proj on the dense block, as the API's true_sequential=False,
+    and gives another model than the default (down_proj calibrated on the pruned gate_proj)."""
+    out = tmp_path / "prune"
+    assert run("prune", *SMALL, "--layers", GATE, DOWN, "--no-true-sequential", "-o", out) == 0
+    assert manifest(out)["arguments"]["true_sequential"] is False
+    lm, calib, held_out = windows()
+    ppl = {}
+    for order in (True, False):
+        with wnb.pruned(lm, "sparsegpt", 0.5, calib=calib, layers=[GATE, DOWN], true_sequential=order,
+                        progress=False):
+            ppl[order] = wnb.perplexity(lm, held_out, progress=False)
+    table = pd.read_csv(out / "perplexity.csv")
+    assert table["perplexity"].iloc[1] == pytest.approx(ppl[False], rel=1e-9)
+    assert ppl[True] != pytest.approx(ppl[False], rel=1e-6)
+
+
 @pytest.mark.integration
 def test_expand_equals_the_api(tmp_path, isolated_cache):
     out = tmp_path / "expand"

@@ -2,6 +2,7 @@
 updates, numpy inverse), brute-force Wanda and magnitude masks, and manual sequential pruning."""
 import hashlib
 import math
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -442,23 +443,56 @@ def test_walk_passes_batches_on_without_keeping_them(tiny_llama, tiny_windows):
     assert len(seen) == len(layers) * tiny_windows.shape[0] // 2
 
 
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_every_ffn_layer_calibrated_in_order(tiny, tiny_windows, method, true_sequential):
+    """Redone by hand with capture (nnsight, independent of the block walker) on the model as pruned so
+    far. True-sequential: layer by layer in forward order, so down_proj sees the pruned gate and up
+    projections. Block order: each block's layers all from one capture of the block as it entered."""
+    layers = wnb.ffn_layers(tiny)
+    dense = {n: wnb.layer_weight(tiny, n).detach().clone() for n in layers}
+    with pruned(tiny, method, 0.5, calib=tiny_windows, true_sequential=true_sequential, progress=False):
+        got = {n: wnb.layer_weight(tiny, n).detach().clone() for n in layers}
+    steps = [[n] for n in layers] if true_sequential else list(_by_block(tiny).values())
+    manual = {}
+    try:
+        for step in steps:
+            captured = wnb.capture(tiny, step, tiny_windows, outputs=False, progress=False)
+            for name in step:
+                manual[name] = prune_weight(dense[name], captured[name].inputs, method, 0.5)
+            for name in step:
+                wnb.models.set_layer_weight(tiny, name, manual[name])
+    finally:
+        for name in layers:
+            wnb.models.set_layer_weight(tiny, name, dense[name])
+    _assert_same_weights(got, manual)
+
+
 ATTENTION = {"LlamaForCausalLM": "self_attn", "GPT2LMHeadModel": "attn", "GPTNeoXForCausalLM": "attention"}
 
 
-def _prune_all_counting_attention(lm, windows):
-    """SparseGPT on every FFN layer; returns (pruned weights, attention calls per block)."""
-    calls = {}
+def _prune_all_counting_calls(lm, windows, **kwargs):
+    """SparseGPT on every FFN layer; returns (pruned weights, calls per block of its attention and of
+    each FFN layer, by the layer's name within the block)."""
+    calls = defaultdict(lambda: defaultdict(int))
     layers = wnb.ffn_layers(lm)  # (finding the forward order runs the model once)
     blocks = wnb.models.decoder_blocks(lm)
-    hooks = [lm.model.get_submodule(f"{b}.{ATTENTION[lm.name]}").register_forward_hook(
-        lambda m, a, o, _i=i: calls.__setitem__(_i, calls.get(_i, 0) + 1)) for i, b in enumerate(blocks)]
+    counted = [(i, "attention", f"{b}.{ATTENTION[lm.name]}") for i, b in enumerate(blocks)]
+    counted += [(wnb.models.block_of(lm, n), n.rsplit(".", 1)[1], n) for n in layers]
+
+    def count(i, what):
+        def hook(mod, args, out):
+            calls[i][what] += 1
+        return hook
+
+    hooks = [lm.model.get_submodule(name).register_forward_hook(count(i, what)) for i, what, name in counted]
     try:
-        with pruned(lm, "sparsegpt", 0.5, calib=windows, batch_size=2, progress=False):
+        with pruned(lm, "sparsegpt", 0.5, calib=windows, batch_size=2, progress=False, **kwargs):
             weights = {n: wnb.layer_weight(lm, n).detach().clone() for n in layers}
     finally:
         for h in hooks:
             h.remove()
-    return weights, calls
+    return weights, {i: dict(c) for i, c in calls.items()}
 
 
 def _assert_same_weights(a, b):
@@ -467,33 +501,59 @@ def _assert_same_weights(a, b):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
 
 
-def test_walk_runs_attention_once_when_only_the_mlp_changes(tiny, tiny_windows, monkeypatch):
-    """Blocks that add their MLP to the residual (Llama, GPT-2) get their second run as the MLP alone,
-    from the residual kept by the first: attention runs once per batch, and the weights equal those
-    of whole-block second runs. GPT-NeoX's parallel residual has no such form: attention runs twice."""
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_walk_runs_each_layer_once_when_only_the_mlp_changes(tiny, tiny_windows, monkeypatch, true_sequential):
+    """Blocks that add their MLP to the residual (Llama, GPT-2) run attention once per batch: later
+    stages and the outputs start from the residual kept by the first run, and the outputs from the
+    kept inputs of the last layer. True-sequential then runs every layer once per batch. The weights
+    equal those of whole-block runs. GPT-NeoX's parallel residual has no such form: blocks run whole."""
     import wnb.sequential as sequential
 
-    got, calls = _prune_all_counting_attention(tiny, tiny_windows)
+    got, calls = _prune_all_counting_calls(tiny, tiny_windows, true_sequential=true_sequential)
     monkeypatch.setattr(sequential, "_residual_mlp", lambda *a: None)
-    whole, whole_calls = _prune_all_counting_attention(tiny, tiny_windows)
+    whole, whole_calls = _prune_all_counting_calls(tiny, tiny_windows, true_sequential=true_sequential)
     _assert_same_weights(got, whole)
     batches = tiny_windows.shape[0] // 2
-    assert whole_calls == {0: 2 * batches, 1: 2 * batches, 2: batches}  # the last block is never run twice
-    once = tiny.name != "GPTNeoXForCausalLM"
-    # (+ 1: the form is checked once, on one batch of the first block, against the whole block)
-    assert calls == ({0: batches + 1, 1: batches, 2: batches} if once else whole_calls)
+    runs = 3 if true_sequential else 2  # a run per stage, then one for the outputs (not in the last block)
+    probe = 1 if true_sequential else 0  # one batch of the first block, to find the stages
+    assert [c["attention"] for c in whole_calls.values()] == [runs * batches + probe, runs * batches,
+                                                              (runs - 1) * batches]
+    if tiny.name == "GPTNeoXForCausalLM":
+        assert calls == whole_calls
+        return
+    # (+ 1: the first block's probe on one batch checks the forms against the whole block)
+    assert [c["attention"] for c in calls.values()] == [batches + 1, batches, batches]
+    first = {k: v for k, v in calls[1].items() if k != "attention"}
+    if true_sequential:
+        assert set(first.values()) == {batches}, first
+    else:  # the layers before the last run twice: on the dense block, then in the edited one
+        assert first == {**{k: 2 * batches for k in first}, list(first)[-1]: batches}, first
+
+
+def test_walk_runs_the_mlp_again_when_the_last_inputs_would_be_too_big(tiny_llama, tiny_windows, monkeypatch):
+    import wnb.sequential as sequential
+
+    kept, _ = _prune_all_counting_calls(tiny_llama, tiny_windows)
+    monkeypatch.setattr(sequential, "KEEP_BYTES", 0)
+    rerun, calls = _prune_all_counting_calls(tiny_llama, tiny_windows)
+    _assert_same_weights(rerun, kept)
+    batches = tiny_windows.shape[0] // 2
+    # the probe runs gate_proj twice (whole block, MLP alone); stage 2 and the outputs once per batch each
+    assert calls[0]["gate_proj"] == 2 * batches + 2 and calls[1]["gate_proj"] == 2 * batches
+    assert calls[2]["gate_proj"] == batches
 
 
 def test_walk_falls_back_to_whole_blocks_when_the_mlp_form_does_not_hold(tiny_llama, tiny_windows, monkeypatch):
-    """The MLP-only second run is checked once against the whole block: with a wrong residual form
-    (the attention's norm taken for the MLP's) the check fails and every block is run whole."""
+    """The MLP-only runs are checked once against the whole block: with a wrong residual form (the
+    attention's norm taken for the MLP's) the check fails and every block is run whole."""
     import wnb.sequential as sequential
 
     monkeypatch.setattr(sequential, "_residual_mlp", lambda *a: None)
-    whole, _ = _prune_all_counting_attention(tiny_llama, tiny_windows)
+    whole, _ = _prune_all_counting_calls(tiny_llama, tiny_windows)
     monkeypatch.undo()
     monkeypatch.setattr(sequential, "_RESIDUAL_MLP", (("input_layernorm", "mlp"),))
-    got, calls = _prune_all_counting_attention(tiny_llama, tiny_windows)
+    got, calls = _prune_all_counting_calls(tiny_llama, tiny_windows)
     _assert_same_weights(got, whole)
     batches = tiny_windows.shape[0] // 2
-    assert calls == {0: 2 * batches + 1, 1: 2 * batches, 2: batches}  # + the check's one batch
+    assert [c["attention"] for c in calls.values()] == [3 * batches + 1, 3 * batches, 2 * batches]
+

@@ -393,14 +393,16 @@ def _prune(args, run: RunFolder, session) -> str:
     _check_fits(_prune_bytes(lm, layers, session.calib.numel(), args.method, keeps_inputs), torch.device("cpu"),
                 "the hidden states, calibration inputs and statistics of one block")
     progress = not args.quiet
-    key = session.key(methods=[args.method], sparsities=[label], layers=list(layers), held_out=session.held_out)
+    key = session.key(methods=[args.method], sparsities=[label], layers=list(layers), held_out=session.held_out,
+                      true_sequential=args.true_sequential)
     start = time.perf_counter()
     dense = perplexity(lm, session.held_out, batch_size=args.batch_size, progress=progress)
     rows = [{"method": "dense", "sparsity": "0%", "perplexity": dense, "prune_seconds": 0.0,
              "eval_seconds": time.perf_counter() - start}]
     start = time.perf_counter()
     with pruned(lm, args.method, args.sparsity, calib=session.calib, layers=layers, neurons=args.neurons,
-                fraction=args.fraction, seed=args.seed, batch_size=args.batch_size, progress=progress) as report:
+                fraction=args.fraction, seed=args.seed, batch_size=args.batch_size, progress=progress,
+                true_sequential=args.true_sequential) as report:
         middle = time.perf_counter()
         ppl = perplexity(lm, session.held_out, batch_size=args.batch_size, progress=progress)
         if args.save_model:
@@ -429,18 +431,22 @@ def _prune(args, run: RunFolder, session) -> str:
 
 def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True) -> int:
     """What sequential pruning holds at once: the hidden states of every calibration token entering and
-    leaving a block and the residual after its attention, and the largest block's float64 statistics
-    (SparseGPT's Hessians, Wanda's column norms) plus, where they are kept (neuron criteria), its float32
-    calibration inputs."""
+    leaving a block and the residual after its attention, the inputs of a block's last layer kept for its
+    outputs (at most ``sequential.KEEP_BYTES``), and the largest block's float64 statistics (SparseGPT's
+    Hessians, Wanda's column norms) plus, where they are kept (neuron criteria), its float32 calibration
+    inputs."""
     from .models import block_of, layer_weight
+    from .sequential import KEEP_BYTES
 
     per_block: dict[int, int] = {}
     for name in layers:
         d_in = layer_weight(lm, name).shape[1]
         need = (d_in * d_in * 8 if method == "sparsegpt" else d_in * 8) + (tokens * d_in * 4 if keeps_inputs else 0)
         per_block[block_of(lm, name)] = per_block.get(block_of(lm, name), 0) + need
-    hidden = 3 * tokens * lm.model.config.hidden_size * lm.model.dtype.itemsize
-    return hidden + max(per_block.values())
+    itemsize = lm.model.dtype.itemsize
+    hidden = 3 * tokens * lm.model.config.hidden_size * itemsize
+    widest = max(layer_weight(lm, name).shape[1] for name in layers)
+    return hidden + min(tokens * widest * itemsize, KEEP_BYTES) + max(per_block.values())
 
 
 # ---------------------------------------------------------------- expand
@@ -459,12 +465,13 @@ def _expand(args, run: RunFolder, session) -> str:
     # The key of Session.expansion_perplexity (so the app shows it), without the app's memory cap.
     pca = {} if args.pca_factor == 32 else {"pca_factor": args.pca_factor}  # the app always uses 32
     key = session.key(layers=list(layers), n_experts=list(ks), sparsity=sparsity_label(args.sparsity),
-                      held_out=session.held_out, **pca)
+                      held_out=session.held_out, true_sequential=args.true_sequential, **pca)
     table = cache.cached("expansion_perplexity", key,
                          lambda: expansion_sweep(lm, session.calib, session.held_out, n_experts=ks,
                                                  sparsities=(args.sparsity,), layers=layers, seed=args.seed,
                                                  pca_factor=args.pca_factor, batch_size=args.batch_size,
-                                                 progress=progress), enabled=not args.no_cache)
+                                                 progress=progress, true_sequential=args.true_sequential),
+                         enabled=not args.no_cache)
     run.table("perplexity.csv", table, "held-out perplexity and the first layer's relative output error: dense, "
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
@@ -500,13 +507,16 @@ def _sweep(args, run: RunFolder, session) -> str:
         check_method(method)
     labels = [sparsity_label(s) for s in args.sparsities]
     progress = not args.quiet
-    table = session.sweep(args.methods, args.sparsities, layers, progress=progress)
+    table = session.sweep(args.methods, args.sparsities, layers, progress=progress,
+                          true_sequential=args.true_sequential)
     if args.experts:
-        key = session.key(layers=list(layers), n_experts=list(args.experts), sparsities=labels, held_out=session.held_out)
+        key = session.key(layers=list(layers), n_experts=list(args.experts), sparsities=labels, held_out=session.held_out,
+                          true_sequential=args.true_sequential)
         more = cache.cached("expansion_sweep", key,
                             lambda: expansion_sweep(lm, session.calib, session.held_out, n_experts=tuple(args.experts),
                                                     sparsities=tuple(args.sparsities), layers=layers, dense=False,
-                                                    seed=args.seed, progress=progress), enabled=not args.no_cache)
+                                                    seed=args.seed, progress=progress,
+                                                    true_sequential=args.true_sequential), enabled=not args.no_cache)
         more = more.assign(method=more["method"].where(more["method"] != "expansion",
                                                        "expansion k=" + more["n_experts"].astype(str)))
         table = pd.concat([table, more[more["n_experts"] != 1]], ignore_index=True)
@@ -594,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, default=0.03, help="share of rows chosen with --neurons (default 0.03)")
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
     p.add_argument("--save-model", action="store_true", help="also write the pruned model into <output>/model")
+    _true_sequential_flag(p)
 
     p = sub.add_parser("expand", parents=[common], help="Sparse Expansion: k sparse experts per layer",
                        description="Replace the chosen layers by k SparseGPT experts routed by PCA + k-means "
@@ -605,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the detail layer's analysis always uses 32, as the app)")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
+    _true_sequential_flag(p)
 
     p = sub.add_parser("sweep", parents=[common], help="perplexity vs sparsity for several methods",
                        description="Prune with every method at every sparsity (paper Fig. 9), optionally Sparse "
@@ -614,7 +626,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", nargs="*", type=int, default=[], metavar="K",
                    help="also Sparse Expansion with these numbers of experts (e.g. 2 4 8 16)")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
+    _true_sequential_flag(p)
     return parser
+
+
+def _true_sequential_flag(p) -> None:
+    p.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=True,
+                   help="calibrate each layer on the block's already pruned (or expanded) layers before it, e.g. "
+                   "down_proj on the pruned gate and up projections (default); --no-true-sequential calibrates "
+                   "all of a block's layers on the block as it entered, as the reference SparseGPT and Wanda code")
 
 
 RUNNERS = {"score": _score, "prune": _prune, "expand": _expand, "sweep": _sweep}

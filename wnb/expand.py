@@ -460,10 +460,12 @@ def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_byte
 @contextmanager
 def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca_factor=32, n_init: int = 4,
              seed: int = 0, blocksize: int = 128, percdamp: float = 0.01, batch_size: int = 8,
-             max_bytes: int | None = None, progress: bool = True):
+             max_bytes: int | None = None, progress: bool = True, true_sequential: bool = True):
     """Sparse Expansion of the FFN layers (or ``layers``) for the duration of a ``with`` block.
 
-    Block by block (calibration inputs of block l come from the already expanded blocks < l), each layer
+    Block by block (calibration inputs of block l come from the already expanded blocks < l, and with
+    ``true_sequential`` from the block's already expanded layers: down_proj's router and experts see
+    the expanded gate and up projections' outputs; see ``wnb.walk``), each layer
     gets a router fitted on its inputs (layers fed the same input share one) and ``n_experts`` SparseGPT
     experts at ``sparsity`` (a fraction or ``"N:M"``). Yields an :class:`Expansion`. On exit, also after an
     error or an interrupt, the dense modules are put back: the model is bit for bit what it was.
@@ -477,7 +479,8 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
     try:
         bar = tqdm(total=len(layers) * n_experts, desc=f"Sparse Expansion, {n_experts} experts",
                    disable=not progress, leave=False)
-        for _, inputs in walk(lm, windows, layers, batch_size=batch_size, progress=progress):
+        for _, inputs in walk(lm, windows, layers, batch_size=batch_size, progress=progress,
+                              true_sequential=true_sequential):
             for group in shared_input_groups(inputs):
                 x = inputs[group[0]].to(lm.device)
                 router = Router.fit(x, n_experts, pca_factor, n_init=n_init, seed=seed)

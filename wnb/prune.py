@@ -191,7 +191,7 @@ class ColumnSquares:
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         for chunk in inputs.reshape(-1, inputs.shape[-1]).split(_HESSIAN_CHUNK):
-            self.sums += chunk.to(self.sums.device, torch.float64).square().sum(0)
+            self.sums += chunk.float().square().sum(0, dtype=torch.float64).to(self.sums.device)
 
 
 # ---------------------------------------------------------------- SparseGPT
@@ -536,11 +536,14 @@ class _Accumulators:
 @contextmanager
 def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None, neurons=None,
            fraction: float = 0.03, seed: int = 0, blocksize: int = 128, percdamp: float = 0.01,
-           batch_size: int = 8, progress: bool = True, keep_inputs: bool = False):
+           batch_size: int = 8, progress: bool = True, keep_inputs: bool = False, true_sequential: bool = True):
     """Prune layers of ``lm`` (default: every FFN layer) for the duration of a ``with`` block.
 
     Pruning is sequential: the calibration inputs of block ``l`` are computed through the blocks
-    ``< l`` as already pruned (``wnb.walk``). ``neurons`` restricts pruning to rows: ``{layer: indices}``,
+    ``< l`` as already pruned (``wnb.walk``), and within a block (``true_sequential=True``) through
+    its layers already pruned: down_proj is calibrated on the pruned gate and up projections' outputs.
+    ``true_sequential=False`` calibrates all of a block's layers on the block as it entered (the
+    reference SparseGPT and Wanda code; llm-compressor). ``neurons`` restricts pruning to rows: ``{layer: indices}``,
     or a criterion of :func:`select_neurons` applied per layer to its calibration outputs with
     ``fraction`` and ``seed`` (random draws differ per layer). On exit, also after an exception or a
     KeyboardInterrupt, every dense weight is restored bit for bit. Yields a :class:`PruneReport`.
@@ -584,7 +587,8 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
 
             stream = streams_inputs(method, plan) and not keep_inputs
             stats = _Accumulators(lm, method) if stream else None
-            for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=stats):
+            for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=stats,
+                                 true_sequential=true_sequential):
                 _prune_block(lm, inputs, stats=stats, **opts)
                 if stats is not None:
                     stats.clear()

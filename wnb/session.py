@@ -318,30 +318,33 @@ class Session:
                                                     on="neuron").sort_values("rank").reset_index(drop=True)
         return PruneView(view.name, method, label, dense, pruned, errors)
 
-    def sweep(self, methods, sparsities, layers, progress: bool = True) -> pd.DataFrame:
+    def sweep(self, methods, sparsities, layers, progress: bool = True, true_sequential: bool = True) -> pd.DataFrame:
         """Perplexity vs sparsity of every method (wnb.sweep on ``layers``), cached."""
         from . import evaluate
         from .prune import sparsity_label
 
         labels = [sparsity_label(s) for s in sparsities]
-        key = self.key(methods=list(methods), sparsities=labels, layers=list(layers), held_out=self.held_out)
+        key = self.key(methods=list(methods), sparsities=labels, layers=list(layers), held_out=self.held_out,
+                       true_sequential=true_sequential)
         return cache.cached("sweep", key,
                             lambda: evaluate.sweep(self.lm, self.calib, self.held_out, methods=tuple(methods),
-                                                   sparsities=tuple(labels), layers=list(layers), progress=progress),
+                                                   sparsities=tuple(labels), layers=list(layers), progress=progress,
+                                                   true_sequential=true_sequential),
                             enabled=self.use_cache)
 
     def ablation(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, true_sequential: bool = True) -> pd.DataFrame:
         """The paper's Fig. 3 (wnb.ablation on ``layers``), cached."""
         from . import evaluate
         from .prune import sparsity_label
 
         key = self.key(layers=list(layers), fraction=fraction, sparsity=sparsity_label(sparsity), method=method,
-                       held_out=self.held_out)
+                       held_out=self.held_out, true_sequential=true_sequential)
         return cache.cached("ablation", key,
                             lambda: evaluate.ablation(self.lm, self.calib, self.held_out, fraction=fraction,
                                                       sparsity=sparsity, method=method, layers=list(layers),
-                                                      seed=self.seed, progress=progress),
+                                                      seed=self.seed, progress=progress,
+                                                      true_sequential=true_sequential),
                             enabled=self.use_cache)
 
     def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True):
@@ -383,7 +386,7 @@ class Session:
         return cache.cached("expansion_analysis", key, compute, enabled=self.use_cache)
 
     def expansion_perplexity(self, layers, n_experts: int = 16, sparsity=0.5,
-                             progress: bool = True) -> pd.DataFrame:
+                             progress: bool = True, true_sequential: bool = True) -> pd.DataFrame:
         """Perplexity of dense, SparseGPT (k = 1) and Sparse Expansion with ``n_experts`` on ``layers``
         (wnb.expansion_sweep), cached. The experts held at once are capped at ``APP_EXPERT_BYTES``."""
         from .analysis import expansion_sweep
@@ -391,11 +394,12 @@ class Session:
 
         ks = (1,) if int(n_experts) == 1 else (1, int(n_experts))
         key = self.key(layers=list(layers), n_experts=list(ks), sparsity=sparsity_label(sparsity),
-                       held_out=self.held_out)
+                       held_out=self.held_out, true_sequential=true_sequential)
         return cache.cached("expansion_perplexity", key,
                             lambda: expansion_sweep(self.lm, self.calib, self.held_out, n_experts=ks,
                                                     sparsities=(sparsity,), layers=list(layers), seed=self.seed,
-                                                    max_bytes=APP_EXPERT_BYTES, progress=progress),
+                                                    max_bytes=APP_EXPERT_BYTES, progress=progress,
+                                                    true_sequential=true_sequential),
                             enabled=self.use_cache)
 
 
