@@ -275,6 +275,27 @@ def test_expanded_routers_are_fitted_on_the_inputs_of_the_expanded_earlier_block
     assert not torch.allclose(dense, seen[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_down_proj_router_sees_the_expanded_gate_and_up_only_when_true_sequential(tiny_llama, tiny_windows,
+                                                                                   true_sequential):
+    """Block 0's down_proj: true-sequential fits its router on what the expanded gate and up projections
+    produce (its inputs in the expanded model); block order fits it on the dense model's inputs."""
+    name = "model.layers.0.mlp.down_proj"
+    dense = wnb.capture(tiny_llama, [name], tiny_windows, outputs=False, progress=False)[name].inputs
+    seen = []
+    with expanded(tiny_llama, n_experts=3, calib=tiny_windows, pca_factor=4, seed=2, progress=False,
+                  true_sequential=true_sequential) as exp:
+        layer = tiny_llama.model.get_submodule(name)
+        hook = layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].reshape(-1, 64).clone()))
+        with torch.no_grad():
+            tiny_llama.model(tiny_windows)
+        hook.remove()
+        centroids = exp.layers[name].router.centroids
+    assert not torch.allclose(dense, seen[0], atol=1e-3)
+    refit = Router.fit(seen[0] if true_sequential else dense, 3, pca_factor=4, seed=2)
+    torch.testing.assert_close(refit.centroids, centroids, rtol=1e-4, atol=1e-4)
+
+
 def test_expanded_layers_subset_and_n_m(tiny_gpt2, tiny_windows):
     name = "transformer.h.1.mlp.c_fc"
     with expanded(tiny_gpt2, n_experts=2, sparsity="2:4", calib=tiny_windows, layers=[name], pca_factor=4,
