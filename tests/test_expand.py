@@ -258,21 +258,27 @@ def test_expanded_restores_after_an_interrupt_while_building(tiny_llama, tiny_wi
     _assert_restored(tiny_llama, snap, tiny_windows, dense)
 
 
+def _expanded_router_and_inputs(lm, windows, name, **kwargs):
+    """Expand every FFN layer (3 experts, seed 2); return the centroids of ``name``'s router and the
+    inputs ``name`` receives in the expanded model (plain forward pre-hook)."""
+    seen = []
+    with expanded(lm, n_experts=3, calib=windows, pca_factor=4, seed=2, progress=False, **kwargs) as exp:
+        layer = lm.model.get_submodule(name)
+        hook = layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+        with torch.no_grad():
+            lm.model(windows)
+        hook.remove()
+        return exp.layers[name].router.centroids, seen[0].clone()
+
+
 def test_expanded_routers_are_fitted_on_the_inputs_of_the_expanded_earlier_blocks(tiny_neox, tiny_windows):
     name = "gpt_neox.layers.2.mlp.dense_h_to_4h"
-    seen = []
-    with expanded(tiny_neox, n_experts=3, calib=tiny_windows, pca_factor=4, seed=2, progress=False) as exp:
-        layer = tiny_neox.model.get_submodule(name)
-        hook = layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].reshape(-1, 32).clone()))
-        with torch.no_grad():
-            tiny_neox.model(tiny_windows)
-        hook.remove()
-        centroids = exp.layers[name].router.centroids
-    refit = Router.fit(seen[0], 3, pca_factor=4, seed=2)
+    centroids, seen = _expanded_router_and_inputs(tiny_neox, tiny_windows, name)
+    refit = Router.fit(seen, 3, pca_factor=4, seed=2)
     torch.testing.assert_close(refit.centroids, centroids, rtol=1e-4, atol=1e-4)
     # the dense model's inputs to the same layer are different (blocks 0 and 1 were expanded)
     dense = wnb.capture(tiny_neox, [name], tiny_windows, outputs=False, progress=False)[name].inputs
-    assert not torch.allclose(dense, seen[0], atol=1e-3)
+    assert not torch.allclose(dense, seen, atol=1e-3)
 
 
 @pytest.mark.parametrize("true_sequential", [True, False])
@@ -282,17 +288,9 @@ def test_down_proj_router_sees_the_expanded_gate_and_up_only_when_true_sequentia
     produce (its inputs in the expanded model); block order fits it on the dense model's inputs."""
     name = "model.layers.0.mlp.down_proj"
     dense = wnb.capture(tiny_llama, [name], tiny_windows, outputs=False, progress=False)[name].inputs
-    seen = []
-    with expanded(tiny_llama, n_experts=3, calib=tiny_windows, pca_factor=4, seed=2, progress=False,
-                  true_sequential=true_sequential) as exp:
-        layer = tiny_llama.model.get_submodule(name)
-        hook = layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].reshape(-1, 64).clone()))
-        with torch.no_grad():
-            tiny_llama.model(tiny_windows)
-        hook.remove()
-        centroids = exp.layers[name].router.centroids
-    assert not torch.allclose(dense, seen[0], atol=1e-3)
-    refit = Router.fit(seen[0] if true_sequential else dense, 3, pca_factor=4, seed=2)
+    centroids, seen = _expanded_router_and_inputs(tiny_llama, tiny_windows, name, true_sequential=true_sequential)
+    assert not torch.allclose(dense, seen, atol=1e-3)
+    refit = Router.fit(seen if true_sequential else dense, 3, pca_factor=4, seed=2)
     torch.testing.assert_close(refit.centroids, centroids, rtol=1e-4, atol=1e-4)
 
 

@@ -229,11 +229,13 @@ def _collect_inputs(lm: LM, names, calls, on_inputs=None, keep: list | None = No
             if keep is not None:
                 keep.append(args[0])
             x = args[0].reshape(-1, args[0].shape[-1])
+            if on_inputs is None:
+                x = x.to("cpu", torch.float32)
             for fed in (names if shared else [_name]):
                 if on_inputs is not None:
                     on_inputs(fed, x)
                 else:
-                    seen[fed].append(x.to("cpu", torch.float32))
+                    seen[fed].append(x)
                 pending.discard(fed)
             if not pending:
                 raise _Caught
