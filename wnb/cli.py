@@ -439,13 +439,14 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
     from .sequential import KEEP_BYTES
 
     per_block: dict[int, int] = {}
+    widest = 0
     for name in layers:
         d_in = layer_weight(lm, name).shape[1]
+        widest = max(widest, d_in)
         need = (d_in * d_in * 8 if method == "sparsegpt" else d_in * 8) + (tokens * d_in * 4 if keeps_inputs else 0)
         per_block[block_of(lm, name)] = per_block.get(block_of(lm, name), 0) + need
     itemsize = lm.model.dtype.itemsize
     hidden = 3 * tokens * lm.model.config.hidden_size * itemsize
-    widest = max(layer_weight(lm, name).shape[1] for name in layers)
     return hidden + min(tokens * widest * itemsize, KEEP_BYTES) + max(per_block.values())
 
 

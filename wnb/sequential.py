@@ -94,6 +94,12 @@ def _residual_mlp(lm: LM, block, block_name: str, names) -> tuple[str, str] | No
     return None
 
 
+def _mlp(block, parts: tuple[str, str], h: torch.Tensor) -> torch.Tensor:
+    """``mlp(norm(h))`` through the block's (norm, mlp) children ``parts``."""
+    norm, mlp = (getattr(block, p) for p in parts)
+    return mlp(norm(h))
+
+
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     tol = 1e-4 if a.dtype == torch.float32 else 2e-2
     return bool(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol * float(b.float().abs().mean())))
@@ -123,10 +129,11 @@ def _relative(block_name: str, names) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def _probe(lm: LM, block, block_name: str, names: list[str], batch, true_sequential: bool) -> _Plan:
+def _probe(lm: LM, block, block_name: str, names: list[str], batch, true_sequential: bool,
+           parts: tuple[str, str] | None) -> _Plan:
     """Run ``block`` on one batch to find its stages (layers grouped by the input tensor they are fed, in
-    the order they run) and whether the residual-MLP shortcuts reproduce its output."""
-    parts = _residual_mlp(lm, block, block_name, names)
+    the order they run) and whether the residual-MLP shortcuts through ``parts`` (``_residual_mlp``)
+    reproduce its output."""
     fed: dict[str, torch.Tensor] = {}
     produced: dict[str, torch.Tensor] = {}
     kept: list[torch.Tensor] = []
@@ -151,8 +158,8 @@ def _probe(lm: LM, block, block_name: str, names: list[str], batch, true_sequent
     stages: list[list[str]] = []
     if true_sequential:
         for name in order:
-            same = next((s for s in stages if fed[s[0]] is fed[name] or (
-                fed[s[0]].data_ptr() == fed[name].data_ptr() and fed[s[0]].shape == fed[name].shape)), None)
+            same = next((s for s in stages if fed[s[0]].data_ptr() == fed[name].data_ptr()
+                         and fed[s[0]].shape == fed[name].shape), None)
             if same is None:
                 stages.append([name])
             else:
@@ -162,7 +169,7 @@ def _probe(lm: LM, block, block_name: str, names: list[str], batch, true_sequent
     mlp_ok = last_ok = False
     if parts and kept:
         h = kept[0]
-        mlp_ok = _same(h + getattr(block, parts[1])(getattr(block, parts[0])(h)), out)
+        mlp_ok = _same(h + _mlp(block, parts, h), out)
         final = stages[-1]
         last_ok = (mlp_ok and len(final) == 1 and produced[final[0]].shape == out.shape
                    and _same(h + produced[final[0]], out))
@@ -181,8 +188,7 @@ class _BlockRuns:
     def _calls(self):
         if self.mlp is None or not self.residuals:
             return [lambda b=b: self.block(b[0], *b[1], **b[2]) for b in self.batches]
-        norm, mlp = (getattr(self.block, p) for p in self.mlp)
-        return [lambda h=h: mlp(norm(h)) for h in self.residuals]
+        return [lambda h=h: _mlp(self.block, self.mlp, h) for h in self.residuals]
 
     def collect(self, lm: LM, names, on_inputs=None, keep_last: bool = False,
                 shared: bool = False) -> dict[str, torch.Tensor | None]:
@@ -210,8 +216,7 @@ class _BlockRuns:
             layer = module(lm, self.last[0])
             outs = [h + layer(x) for h, x in zip(self.residuals, self.last[1])]
         else:
-            norm, mlp = (getattr(self.block, p) for p in self.mlp)
-            outs = [h + mlp(norm(h)) for h in self.residuals]
+            outs = [h + _mlp(self.block, self.mlp, h) for h in self.residuals]
         return [(out, args, kwargs) for out, (_, args, kwargs) in zip(outs, self.batches)]
 
 
@@ -283,8 +288,9 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
                 continue
             key = _relative(block_name, names)
             if key not in plans:
-                needed = (true_sequential and len(names) > 1) or _residual_mlp(lm, block, block_name, names)
-                plans[key] = (_probe(lm, block, block_name, names, batches[0], true_sequential) if needed
+                parts = _residual_mlp(lm, block, block_name, names)
+                needed = (true_sequential and len(names) > 1) or parts
+                plans[key] = (_probe(lm, block, block_name, names, batches[0], true_sequential, parts) if needed
                               else _Plan([list(key)], None, False))
             plan = plans[key]
             runs = _BlockRuns(block, batches, plan.mlp)
