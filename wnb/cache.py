@@ -1,6 +1,11 @@
 """On-disk cache: keyed by everything that changes a result, written atomically, safe to delete.
 
 The location is ``$WNB_CACHE`` if set, else ``$XDG_CACHE_HOME/wnb`` (default ``~/.cache/wnb``).
+
+Entries are safetensors files: the tensors of a result, and in the file's metadata a JSON description
+of the rest (dicts, lists, tuples, numbers, strings, DataFrames), the key's parts and a SHA-256 of the
+tensors. Nothing in an entry can run code when it is read (no pickle), and an entry whose checksum or
+key does not match is rebuilt, never used: cache folders may be copied from other machines.
 """
 from __future__ import annotations
 
@@ -10,10 +15,23 @@ import json
 import os
 import shutil
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+import pandas as pd
 import torch
+
+SUFFIX = ".safetensors"
+FORMAT = "wnb-cache-1"
+TMP_PREFIX = ".wnb-tmp."  # temporaries: .wnb-tmp.<pid>.<name>.<random>
+STALE_SECONDS = 600  # a temporary of a process still alive is left alone for this long
+
+
+class CacheWarning(UserWarning):
+    """A result could not be stored in the cache (it was still returned)."""
 
 
 def cache_dir() -> Path:
@@ -23,11 +41,29 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         path = Path(base) / "wnb"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .errors import WnbError
+
+        raise WnbError(f"the wnb cache folder {path} cannot be created ({exc.strerror}); set WNB_CACHE to a "
+                       "folder you can write") from exc
+    if path not in _swept:
+        _swept.add(path)
+        remove_stale_temporaries(path, depth=2)
     return path
 
 
-def key(**parts: Any) -> str:
+_swept: set[Path] = set()
+
+
+class Key(str):
+    """A cache key (a short hash) that remembers the JSON of the parts it was made from."""
+
+    parts: str
+
+
+def key(**parts: Any) -> Key:
     """A short stable hash of the keyword arguments (JSON with sorted keys; tensors by content)."""
 
     def encode(value: Any) -> Any:
@@ -42,27 +78,74 @@ def key(**parts: Any) -> str:
         return repr(value)
 
     text = json.dumps(encode(parts), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    made = Key(hashlib.sha256(text.encode()).hexdigest()[:20])
+    made.parts = text
+    return made
 
+
+# ---------------------------------------------------------------- temporaries
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
 
-    Works for a file or a folder, so a reader never sees a half-written result.
+    Works for a file or a folder, so a reader never sees a half-written result. The temporary folder's
+    name (``.wnb-tmp.<pid>.<name>.<random>``) lets a later run remove it if this process is killed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}.{path.name}.", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+def remove_stale_temporaries(folder: Path, depth: int = 0) -> list[Path]:
+    """Remove the temporaries :func:`atomic_path` left in ``folder`` (and ``depth`` levels below) when
+    their process was killed: only folders of wnb's own naming whose process is gone, or that are older
+    than ``STALE_SECONDS`` (a recycled process id). Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        if entry.name.startswith(TMP_PREFIX):
+            if _is_stale(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        elif depth > 0:
+            removed += remove_stale_temporaries(entry, depth - 1)
+    return removed
+
+
+def _is_stale(tmp: Path) -> bool:
+    pid_text = tmp.name[len(TMP_PREFIX):].split(".", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_SECONDS
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- recording (the CLI copies entries)
 
 _recorders: list[list[Path]] = []
 
@@ -85,24 +168,213 @@ def _record(path: Path) -> None:
             paths.append(path)
 
 
+# ---------------------------------------------------------------- entries
+
+def entry_path(kind: str, cache_key: str) -> Path:
+    return cache_dir() / kind / f"{cache_key}{SUFFIX}"
+
+
 def cached(kind: str, cache_key: str, compute: Callable[[], Any], enabled: bool = True) -> Any:
     """Return the stored result for (kind, key) or compute, store and return it.
 
-    Results are whatever ``torch.save`` takes (tensors, dicts, DataFrames). A file that cannot be read
-    is treated as missing and rebuilt.
+    Results may be tensors, numpy arrays, DataFrames, Series, and dicts, lists and tuples of those,
+    strings and numbers. An entry that cannot be read, fails its checksum or was stored under another
+    key is treated as missing and rebuilt.
     """
     if not enabled:
         return compute()
-    path = cache_dir() / kind / f"{cache_key}.pt"
+    path = entry_path(kind, cache_key)
     if path.exists():
         try:
-            value = torch.load(path, weights_only=False)
+            value = read_entry(path, kind, cache_key)
             _record(path)
             return value
-        except Exception:
-            path.unlink(missing_ok=True)
+        except Exception:  # unreadable, tampered with, or another key's: rebuild it
+            pass
     value = compute()
-    with atomic_path(path) as tmp:
-        torch.save(value, tmp)
+    try:
+        blob = write_entry(value, kind, cache_key)
+    except TypeError as exc:
+        warnings.warn(f"not cached ({kind}): {exc}", CacheWarning, stacklevel=2)
+        return value
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(blob)
+    except OSError as exc:
+        warnings.warn(f"not cached ({kind}): cannot write {path} ({exc.strerror})", CacheWarning, stacklevel=2)
+        return value
     _record(path)
     return value
+
+
+def write_entry(value: Any, kind: str, cache_key: str) -> bytes:
+    """``value`` as the bytes of one safetensors file (see the module docstring); TypeError if a part
+    of it is of a type the cache does not store."""
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode(value, tensors, set())
+    meta = {"format": FORMAT, "kind": kind, "key": str(cache_key), "parts": getattr(cache_key, "parts", ""),
+            "tree": json.dumps(tree), "sha256": _digest(tensors)}
+    return save(tensors, metadata=meta)
+
+
+def read_entry(path: Path, kind: str, cache_key: str) -> Any:
+    """The value stored at ``path``; ValueError if it is not wnb's, fails its checksum, or belongs to
+    another kind or key."""
+    from safetensors.torch import load
+
+    raw = Path(path).read_bytes()
+    meta = _metadata(raw)
+    if meta.get("format") != FORMAT or meta.get("kind") != kind or meta.get("key") != str(cache_key):
+        raise ValueError(f"{path} is not the cache entry of {kind}/{cache_key}")
+    parts = meta.get("parts", "")
+    expected = getattr(cache_key, "parts", None)
+    if expected is not None and parts != expected:
+        raise ValueError(f"{path} was stored for other key parts")
+    tensors = load(raw)
+    if _digest(tensors) != meta.get("sha256"):
+        raise ValueError(f"{path} fails its checksum")
+    return _decode(json.loads(meta["tree"]), tensors)
+
+
+def _metadata(raw: bytes) -> dict:
+    n = int.from_bytes(raw[:8], "little")
+    if not 0 < n <= len(raw) - 8:
+        raise ValueError("not a safetensors file")
+    return json.loads(raw[8:8 + n]).get("__metadata__") or {}
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# JSON tags: a dict with exactly one of these keys is a tagged value.
+_T, _ND, _TUPLE, _DICT, _DF, _SERIES, _RANGE, _FLOAT = "$tensor", "$ndarray", "$tuple", "$dict", "$frame", \
+    "$series", "$range", "$float"
+
+
+def _encode(value: Any, tensors: dict, seen: set) -> Any:
+    if isinstance(value, torch.Tensor):
+        return {_T: _store(value, tensors, seen)}
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            return {_ND: "object", "items": [_encode(v, tensors, seen) for v in value.tolist()]}
+        return {_ND: _store(torch.from_numpy(_plain_array(value)), tensors, seen), "dtype": str(value.dtype)}
+    if isinstance(value, pd.DataFrame):
+        return {_DF: [[_encode(c, tensors, seen), _series(value[c] if value.columns.is_unique else value.iloc[:, i],
+                                                          tensors, seen)]
+                      for i, c in enumerate(value.columns)],
+                "index": _index(value.index, tensors, seen)}
+    if isinstance(value, pd.Series):
+        return {_SERIES: _series(value, tensors, seen), "name": _encode(value.name, tensors, seen),
+                "index": _index(value.index, tensors, seen)}
+    if isinstance(value, np.generic):
+        return _encode(value.item(), tensors, seen)
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(v, tensors, seen) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors, seen) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+            return {k: _encode(v, tensors, seen) for k, v in value.items()}
+        return {_DICT: [[_encode(k, tensors, seen), _encode(v, tensors, seen)] for k, v in value.items()]}
+    if isinstance(value, float) and not np.isfinite(value):
+        return {_FLOAT: repr(value)}
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise TypeError(f"the cache does not store {type(value).__name__} values")
+
+
+def _plain_array(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "Mm":  # datetimes, durations: their int64 ticks
+        return np.ascontiguousarray(a.view(np.int64))
+    if a.dtype.kind == "u" and a.dtype.itemsize > 1:
+        return np.ascontiguousarray(a.astype(np.int64))
+    if a.dtype.kind not in "biuf" and a.dtype != np.bool_:
+        raise TypeError(f"the cache does not store numpy arrays of dtype {a.dtype}")
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()
+
+
+def _series(s: pd.Series, tensors: dict, seen: set) -> dict:
+    dtype = s.dtype
+    if isinstance(dtype, np.dtype) and dtype != object:
+        return {"values": _encode(s.to_numpy(), tensors, seen), "dtype": str(dtype)}
+    return {"values": [_encode(v, tensors, seen) for v in s.astype(object).tolist()], "dtype": str(dtype)}
+
+
+def _index(index: pd.Index, tensors: dict, seen: set) -> Any:
+    if isinstance(index, pd.RangeIndex):
+        return {_RANGE: [index.start, index.stop, index.step], "name": _encode(index.name, tensors, seen)}
+    if isinstance(index, pd.MultiIndex):
+        raise TypeError("the cache does not store DataFrames with a MultiIndex")
+    return {"values": _series(index.to_series(), tensors, seen), "name": _encode(index.name, tensors, seen)}
+
+
+def _store(t: torch.Tensor, tensors: dict, seen: set) -> str:
+    if t.layout != torch.strided or t.is_nested:
+        raise TypeError("the cache stores dense tensors only")
+    t = t.detach().cpu().contiguous()
+    ptr = t.untyped_storage().data_ptr()
+    if ptr in seen and t.numel():  # safetensors refuses tensors that share memory
+        t = t.clone()
+    seen.add(t.untyped_storage().data_ptr())
+    name = f"t{len(tensors)}"
+    tensors[name] = t
+    return name
+
+
+def _decode(tree: Any, tensors: dict) -> Any:
+    if isinstance(tree, list):
+        return [_decode(v, tensors) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if _T in tree:
+        return tensors[tree[_T]]
+    if _ND in tree:
+        if tree[_ND] == "object":
+            return np.array([_decode(v, tensors) for v in tree["items"]], dtype=object)
+        array, dtype = tensors[tree[_ND]].numpy(), np.dtype(tree["dtype"])
+        return array.view(dtype) if dtype.kind in "Mm" else array.astype(dtype, copy=False)
+    if _TUPLE in tree:
+        return tuple(_decode(v, tensors) for v in tree[_TUPLE])
+    if _DICT in tree:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in tree[_DICT]}
+    if _DF in tree:
+        columns = [(_decode(c, tensors), _decode_values(s, tensors)) for c, s in tree[_DF]]
+        frame = pd.DataFrame({i: values for i, (_, values) in enumerate(columns)},
+                             index=_decode_index(tree["index"], tensors))
+        frame.columns = pd.Index([c for c, _ in columns])
+        return frame
+    if _SERIES in tree:
+        return pd.Series(_decode_values(tree[_SERIES], tensors), index=_decode_index(tree["index"], tensors),
+                         name=_decode(tree["name"], tensors))
+    if _FLOAT in tree:
+        return float(tree[_FLOAT])
+    return {k: _decode(v, tensors) for k, v in tree.items()}
+
+
+def _decode_values(s: dict, tensors: dict):
+    values = s["values"]
+    if isinstance(values, dict) and _ND in values:
+        return pd.array(_decode(values, tensors), dtype=s["dtype"]) if s["dtype"] != "object" else \
+            _decode(values, tensors)
+    out = pd.Series([_decode(v, tensors) for v in values], dtype=object)
+    if s["dtype"] != "object":
+        with contextlib.suppress(TypeError, ValueError):
+            return out.astype(s["dtype"]).array
+    return out.array
+
+
+def _decode_index(tree: dict, tensors: dict) -> pd.Index:
+    name = _decode(tree["name"], tensors)
+    if _RANGE in tree:
+        start, stop, step = tree[_RANGE]
+        return pd.RangeIndex(start, stop, step, name=name)
+    return pd.Index(_decode_values(tree["values"], tensors), name=name)
