@@ -32,7 +32,11 @@ def isolated_cache(tmp_path, monkeypatch):
 
 
 def run(*argv) -> int:
-    return cli.main([str(a) for a in argv])
+    """The command's exit status; argparse's own refusals (SystemExit 2) count as one too."""
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
 
 
 def manifest(folder):
@@ -225,9 +229,8 @@ def test_cuda_where_there_is_none(tmp_path, capsys):
 
 
 def test_unsupported_dtype(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        run("score", "--dtype", "int8", "-o", tmp_path / "x")
-    assert exit_.value.code == 2 and "bfloat16" in capsys.readouterr().err
+    assert run("score", "--dtype", "int8", "-o", tmp_path / "x") == 2
+    assert "bfloat16" in capsys.readouterr().err
     with pytest.raises(WnbError, match="not supported"):
         wnb.load_model(dtype="float64")
 
@@ -239,6 +242,10 @@ def test_unsupported_dtype(tmp_path, capsys):
     (["score", "--fraction", "0"], "--fraction"),
     (["expand", "--experts", "0"], "--experts"),
     (["score", "--bins", "15"], "--bins"),
+    (["score", "--device", "tpu"], "unknown device"),
+    (["prune", "--sparsity", "abc"], "neither a fraction"),
+    (["prune", "--neurons", "loudest"], "--neurons"),
+    (["score", "--seq-len", "0"], "--seq-len"),
 ])
 def test_bad_arguments_refused_before_any_work(tmp_path, capsys, argv, message):
     assert run(*argv, "-o", tmp_path / "x") == 2
@@ -258,14 +265,66 @@ def test_existing_output_folder(tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_overwrite_replaces_a_wnb_folder(tmp_path, isolated_cache):
+def test_overwrite_replaces_only_what_wnb_wrote(tmp_path, isolated_cache, capsys):
     out = tmp_path / "again"
     args = ["score", *SMALL, "--layers", GATE, "--max-tokens", 64, "--detail", "none", "-o", out]
     assert run(*args) == 0
-    (out / "stale.csv").write_text("old")
-    assert run(*args) == 2
+    written = set(manifest(out)["files"])
+    assert run(*args) == 2  # exists: needs --overwrite
+    (out / "notes.txt").write_text("mine")
+    (out / "mydata").mkdir()
+    (out / "mydata" / "x.csv").write_text("1")
+    assert run(*args, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "mydata/x.csv" in err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "mydata" / "x.csv").read_text() == "1"
+    (out / "notes.txt").unlink()
+    (out / "mydata" / "x.csv").unlink()
     assert run(*args, "--overwrite") == 0
-    assert not (out / "stale.csv").exists() and manifest(out)["status"] == "complete"
+    assert manifest(out)["status"] == "complete" and set(manifest(out)["files"]) == written
+
+
+def test_a_hand_made_manifest_deletes_nothing(tmp_path, capsys):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    out = tmp_path / "fake"
+    out.mkdir()
+    (out / "data.csv").write_text("keep too")
+    (out / "manifest.json").write_text(json.dumps({"wnb": "0.1.0", "files": {"../precious.txt": "x", "/etc/hosts": "y"}}))
+    assert run("score", "-o", out, "--overwrite") == 2
+    assert "data.csv" in capsys.readouterr().err
+    assert outside.read_text() == "keep" and (out / "data.csv").read_text() == "keep too"
+
+
+def test_output_through_a_link_or_into_a_file_is_refused(tmp_path, capsys):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert run("score", "-o", tmp_path / "link") == 2
+    assert "symbolic link" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert run("score", "-o", tmp_path / "file") == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert run("score", "-o", tmp_path / "file" / "sub") == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
+    from wnb import cache
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    stale = tmp_path / f".wnb-tmp.{pid}.neurons.csv.abc123"
+    stale.mkdir()
+    (stale / "neurons.csv").write_text("half")
+    alive = tmp_path / f".wnb-tmp.{os.getppid()}.layers.csv.def456"  # a running process: its work is kept
+    alive.mkdir()
+    mine = tmp_path / ".neurons.csv.user"  # not wnb's naming
+    mine.mkdir()
+    assert cache.remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and alive.exists() and mine.exists()
 
 
 @pytest.mark.integration
@@ -281,6 +340,16 @@ def test_interrupted_run_is_marked_incomplete(tmp_path, isolated_cache, monkeypa
     assert info["status"] == "incomplete" and info["error"] == "interrupted" and info["finished"] is None
     assert "neurons.csv" in info["files"]
     assert "incomplete" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_bad_detail_layer_is_refused_before_pruning(tmp_path, isolated_cache, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("pruning started before the arguments were checked")
+
+    monkeypatch.setattr(wnb.prune, "pruned", never)
+    assert run("prune", *SMALL, "--detail", "model.layers.1.mlp.gate", "-o", tmp_path / "d") == 1
+    assert "closest valid names" in capsys.readouterr().err
 
 
 @pytest.mark.integration

@@ -74,7 +74,7 @@ def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0
 
     (layer,) = check_layers(lm, [layer])
     weight = layer_weight(lm, layer).detach().to("cpu", torch.float32)
-    calib, held_out = check_windows(calib), check_windows(held_out)
+    calib, held_out = check_windows(calib, lm), check_windows(held_out, lm)
     n_calib = calib.numel() if max_tokens is None else min(calib.numel(), max_tokens)
     check_router_args(n_calib, weight.shape[1], n_experts, pca_factor)
     _, _, m = parse_sparsity(sparsity)
@@ -240,7 +240,7 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     from .models import check_layers, ffn_layers, layer_bias, layer_weight
     from .prune import sparsity_label
 
-    held_out = check_windows(held_out)
+    held_out = check_windows(held_out, lm, min_len=2)
     layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)
     error_layer = layers[0] if error_layer is None else error_layer
     if error_layer not in layers:

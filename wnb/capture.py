@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import WnbError
+from .checks import check_int
 from .models import LM, check_layers
 
 
@@ -40,17 +41,38 @@ def available_memory() -> int:
     return 4 << 30
 
 
-def check_windows(windows) -> torch.Tensor:
-    """Accept ``[n, seq_len]`` (or one ``[seq_len]``) integer token ids; refuse empty input."""
+def check_windows(windows, lm: LM | None = None, min_len: int = 1) -> torch.Tensor:
+    """Accept ``[n, seq_len]`` (or one ``[seq_len]``) integer token ids; refuse empty input, windows shorter
+    than ``min_len`` and, given the model, ids outside its vocabulary."""
+    if windows is None:
+        raise WnbError("token windows are missing: pass [n_windows, seq_len] token ids (see wnb.token_windows)")
     if not isinstance(windows, torch.Tensor):
-        windows = torch.as_tensor(windows)
+        try:
+            windows = torch.as_tensor(windows)
+        except (TypeError, ValueError, RuntimeError):
+            raise WnbError("token windows must be a [n_windows, seq_len] tensor of integer token ids") from None
     if windows.dim() == 1:
         windows = windows[None]
     if windows.dim() != 2 or windows.numel() == 0:
         raise WnbError(f"token windows must be a non-empty [n_windows, seq_len] tensor (got shape {tuple(windows.shape)})")
-    if windows.dtype.is_floating_point:
-        raise WnbError("token windows must hold integer token ids, not floats")
-    return windows.long()
+    if windows.dtype.is_floating_point or windows.dtype.is_complex or windows.dtype == torch.bool:
+        raise WnbError(f"token windows must hold integer token ids, not {windows.dtype}")
+    if windows.shape[1] < min_len:
+        raise WnbError(f"token windows must have at least {min_len} tokens each (got {windows.shape[1]})")
+    windows = windows.long()
+    vocab = vocab_size(lm) if lm is not None else None
+    if vocab is not None:
+        low, high = int(windows.min()), int(windows.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise WnbError(f"token id {bad} is outside the vocabulary of {lm.name} (ids 0 to {vocab - 1})")
+    return windows
+
+
+def vocab_size(lm: LM) -> int | None:
+    """Rows of the input embedding (the ids the model accepts), None where it has none."""
+    embedding = lm.model.get_input_embeddings() if hasattr(lm.model, "get_input_embeddings") else None
+    return getattr(embedding, "num_embeddings", None)
 
 
 def estimate_bytes(lm: LM, layers, n_tokens: int, inputs: bool = True, outputs: bool = True) -> int:
@@ -95,11 +117,10 @@ def capture(lm: LM, layers, windows, max_tokens: int | None = None, batch_size: 
     per token is needed; capture then returns an empty dict (used by :mod:`wnb.streaming`).
     """
     layers = check_layers(lm, layers)
-    windows = check_windows(windows)
+    windows = check_windows(windows, lm)
     if not (inputs or outputs):
         raise WnbError("nothing to capture: inputs and outputs are both False")
-    if batch_size < 1:
-        raise WnbError(f"batch_size must be at least 1 (got {batch_size})")
+    batch_size = check_int(batch_size, "batch_size")
     n_win, seq_len = windows.shape
     total = n_win * seq_len if max_tokens is None else min(int(max_tokens), n_win * seq_len)
     if total <= 0:

@@ -17,6 +17,7 @@ the app there open them with the same model, corpus, budget and seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -50,27 +51,47 @@ class RunFolder:
 
     @staticmethod
     def check(path: Path, overwrite: bool) -> None:
-        """Refuse an existing folder unless ``overwrite``; never delete a folder wnb did not write."""
+        """Refuse an output that is a link, a file, not writable, or an existing folder (unless ``overwrite``);
+        with ``overwrite``, refuse a folder holding anything its wnb manifest does not list as written by wnb."""
+        if path.is_symlink():
+            raise WnbError(f"output {path} is a symbolic link; give the folder itself as --output")
+        if path.exists() and not path.is_dir():
+            raise WnbError(f"output {path} exists and is not a folder; choose another --output")
+        parent = next((p for p in [path, *path.absolute().parents] if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise WnbError(f"cannot write the output folder {path}: {parent} is not a folder you can write; "
+                           "choose another --output")
         if not path.exists():
             return
-        if not path.is_dir():
-            raise WnbError(f"output {path} exists and is not a folder; choose another --output")
-        contents = list(path.iterdir())
-        if not contents:
+        cache.remove_stale_temporaries(path)
+        if not any(path.iterdir()):
             return
         if not overwrite:
             raise WnbError(f"output folder {path} already exists; pass --overwrite to replace it or choose "
                            "another --output")
-        if not _is_wnb_folder(path):
+        owned = _owned_files(path)
+        if owned is None:
             raise WnbError(f"refusing to overwrite {path}: it has no wnb {MANIFEST}, so it was not written by "
                            "wnb; choose another --output")
+        others = [str(p.relative_to(path)) for p in _files(path) if p not in owned]
+        if others:
+            shown = ", ".join(sorted(others)[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise WnbError(f"refusing to overwrite {path}: it holds files wnb did not write ({shown}); move them "
+                           "or choose another --output")
 
     def start(self, arguments: dict) -> None:
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
-        self.manifest["arguments"] = arguments
-        self._save()
+        """Remove the previous run's files (only those its manifest lists; :meth:`check` refused anything
+        else) and write the new manifest."""
+        try:
+            if self.path.is_dir():
+                for file in _owned_files(self.path) or ():
+                    file.unlink(missing_ok=True)
+                _remove_empty_folders(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.manifest["arguments"] = arguments
+            self._save()
+        except OSError as exc:
+            raise WnbError(f"cannot write the output folder {self.path}: {exc.strerror}") from exc
 
     def note(self, **items) -> None:
         self.manifest.update(items)
@@ -120,11 +141,54 @@ class RunFolder:
             tmp.write_text(json.dumps(self.manifest, indent=2, default=_jsonable))
 
 
-def _is_wnb_folder(path: Path) -> bool:
+def _owned_files(path: Path) -> set[Path] | None:
+    """The files of ``path`` that its wnb manifest lists as written by wnb (None without a wnb manifest).
+    Listed names that are absolute, climb out of the folder or pass through a link are ignored."""
     try:
-        return "wnb" in json.loads((path / MANIFEST).read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    if not isinstance(manifest, dict) or "wnb" not in manifest:
+        return None
+    listed = [str(n) for n in manifest.get("files") or {}] + [f"cache/{n}" for n in manifest.get("cache") or []]
+    owned = {path / MANIFEST}
+    for name in listed:
+        target = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not _inside(target, path):
+            continue
+        owned.update(_files(target) if name.endswith("/") and target.is_dir() else [target])
+    return owned
+
+
+def _inside(target: Path, folder: Path) -> bool:
+    """True if ``target`` lies under ``folder`` with no symbolic link on the way."""
+    current = target
+    while current != folder:
+        if current.is_symlink():
+            return False
+        if current.parent == current:
+            return False
+        current = current.parent
+    return True
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every file and link under ``folder`` (links are listed, never followed)."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        root_path = Path(root)
+        found += [root_path / n for n in names]
+        found += [root_path / d for d in dirs if (root_path / d).is_symlink()]
+    return found
+
+
+def _remove_empty_folders(folder: Path) -> None:
+    for root, dirs, _ in os.walk(folder, topdown=False):
+        for d in dirs:
+            sub = Path(root) / d
+            if not sub.is_symlink():
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
 
 
 def _now() -> str:
@@ -193,6 +257,9 @@ def _setup(args, run: RunFolder):
                     "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.") if not remote else "remote"},
              windows={"corpus": args.corpus, "seq_len": seq_len, "calibration": n_calib, "held_out": n_eval,
                       "seed": args.seed}, memory_estimate_bytes=estimate)
+    _layers(lm, getattr(args, "layers", None))  # names that need the model, checked before any long work
+    if hasattr(args, "detail"):
+        _detail_layer(session, args.detail)
     return session
 
 
@@ -234,6 +301,16 @@ def _validate(args) -> None:
     for k in experts if isinstance(experts, list) else []:  # sweep's list of k
         if k < 1:
             raise WnbError(f"--experts must be at least 1 (got {k})")
+    neurons = getattr(args, "neurons", None)
+    if neurons is not None:
+        from .prune import CRITERIA
+        if neurons not in CRITERIA:
+            raise WnbError(f"--neurons {neurons!r} is not a selection; choose one of {', '.join(CRITERIA)}")
+    if not args.no_cache:
+        where = cache.cache_dir()
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise WnbError(f"the wnb cache {where} is not writable; set WNB_CACHE to a folder you can write, "
+                           "or pass --no-cache")
     for method in [getattr(args, "method", None)] + list(getattr(args, "methods", [])):
         if method is not None:
             check_method(method)
@@ -531,7 +608,14 @@ def _sweep(args, run: RunFolder, session) -> str:
 # ---------------------------------------------------------------- command line
 
 def _sparsity(text: str):
-    return text if ":" in text else float(text)
+    """argparse type of --sparsity: a fraction such as 0.5 or 50%, or N:M such as 2:4."""
+    from .prune import parse_sparsity
+
+    try:
+        parse_sparsity(text)
+    except WnbError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text if ":" in text else float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,14 +50,30 @@ def tokenize(lm, text: str) -> torch.Tensor:
     return ids.long()
 
 
+def context_length(lm) -> int | None:
+    """The longest input the model was built for (its config's position limit), None if it names none."""
+    config = getattr(lm.model, "config", None)
+    for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def token_windows(lm, text: str, seq_len: int = 256, n_calib: int = 32, n_eval: int = 32, seed: int = 0):
     """Cut the tokenized text into non-overlapping windows and draw disjoint calibration and held-out sets.
 
     Returns ``(calib [n_calib, seq_len], held_out [n_eval, seq_len])`` LongTensors, seeded.
     """
-    if seq_len < 2:
-        raise WnbError(f"seq_len must be at least 2 (got {seq_len})")
-    if n_calib < 0 or n_eval < 0 or n_calib + n_eval == 0:
+    from .checks import check_int
+
+    seq_len = check_int(seq_len, "seq_len", minimum=2)
+    n_calib, n_eval, seed = check_int(n_calib, "n_calib", 0), check_int(n_eval, "n_eval", 0), check_int(seed, "seed", 0)
+    context = context_length(lm)
+    if context is not None and seq_len > context:
+        raise WnbError(f"seq_len {seq_len} is longer than {lm.name}'s context of {context} tokens; "
+                       f"use at most {context}")
+    if n_calib + n_eval == 0:
         raise WnbError(f"n_calib and n_eval must be non-negative and not both zero (got {n_calib}, {n_eval})")
     ids = tokenize(lm, text)
     available = ids.numel() // seq_len

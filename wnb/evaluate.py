@@ -17,8 +17,11 @@ def perplexity(lm, windows, batch_size: int = 8, progress: bool = True) -> float
     """``exp(mean next-token NLL)`` over non-overlapping windows (every window predicts seq_len − 1 tokens)."""
     from .models import require_local
 
+    from .checks import check_int
+
     require_local(lm, "perplexity")
-    windows = check_windows(windows)
+    windows = check_windows(windows, lm, min_len=2)  # every window predicts its tokens after the first
+    batch_size = check_int(batch_size, "batch_size")
     total_nll = 0.0
     count = 0
     for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", disable=not progress, leave=False):
@@ -112,7 +115,7 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     for method in methods:
         check_method(method)
     labels = [sparsity_label(s) for s in sparsities]
-    held_out = check_windows(held_out)
+    held_out = check_windows(held_out, lm, min_len=2)
     rows = []
     if dense:
         start = time.perf_counter()
@@ -144,7 +147,7 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
         if criterion not in CRITERIA:
             raise WnbError(f"unknown neuron selection {criterion!r}; choose from {', '.join(CRITERIA)}")
     label = sparsity_label(sparsity)
-    held_out = check_windows(held_out)
+    held_out = check_windows(held_out, lm, min_len=2)
     rows = []
     if dense:
         start = time.perf_counter()

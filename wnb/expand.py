@@ -12,6 +12,8 @@ the whole model, block by block, and puts the dense modules back on exit.
 """
 from __future__ import annotations
 
+import numbers
+
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -242,8 +244,11 @@ def _version(x: torch.Tensor) -> int | None:
 
 def check_router_args(n_tokens: int, d_in: int, n_clusters, pca_factor) -> None:
     """Refuse a bad expert count or PCA factor before any work (raises WnbError)."""
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 1:
+    from .checks import check_int
+
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
         raise WnbError(f"n_experts must be a positive integer (got {n_clusters!r}); the paper uses 16")
+    n_clusters = check_int(n_clusters, "n_experts")
     if n_clusters > n_tokens:
         raise WnbError(f"n_experts={n_clusters} is more than the {n_tokens} calibration tokens; "
                        "use fewer experts or more calibration windows")
@@ -358,6 +363,9 @@ def expand_layer(weight: torch.Tensor, inputs: torch.Tensor, bias: torch.Tensor 
                        f"(got {tuple(weight.shape)} and {tuple(inputs.shape)})")
     _, _, m = parse_sparsity(sparsity)
     check_nm(m, weight.shape[1])
+    if router is None:
+        check_router_args(inputs.shape[0], weight.shape[1], n_experts, pca_factor)
+        n_experts = int(n_experts)
     inputs = inputs.to(weight.device)
     if router is None:
         router = Router.fit(inputs, n_experts, pca_factor, n_init=n_init, seed=seed)
@@ -442,7 +450,7 @@ def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_byte
     if calib is None:
         raise WnbError("Sparse Expansion needs calibration windows: calib=[n_windows, seq_len] token ids "
                        "(see wnb.token_windows)")
-    windows = check_windows(calib)
+    windows = check_windows(calib, lm)
     layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)
     _, _, m = parse_sparsity(sparsity)
     for name in layers:
@@ -473,7 +481,11 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
     from .models import layer_bias, layer_weight
     from .sequential import walk
 
+    from .checks import check_int
+
     layers, windows = check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes)
+    n_experts = check_int(n_experts, "n_experts")
+    batch_size = check_int(batch_size, "batch_size")
     swapped: dict[str, nn.Module] = {}
     routed: dict[str, RoutedLayer] = {}
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -72,7 +73,12 @@ def wrap_model(model: nn.Module, tokenizer=None, name: str | None = None) -> LM:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise WnbError(f"unknown device {str(device)!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise WnbError(f"device {str(device)!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N' (or 'mps')")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise WnbError(f"device {str(device)!r} was asked for but no CUDA device is available here; "
                        "use device='cpu' or 'auto'")
@@ -279,7 +285,7 @@ def _load_bundled():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = _bundled_cache()
-    if _cache_complete(folder):
+    if _cache_complete(folder) and _copy_intact(folder):
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -298,9 +304,41 @@ def _load_bundled():
     with atomic_path(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        sizes = {p.name: p.stat().st_size for p in tmp.glob("*.safetensors")}
-        (tmp / "wnb-complete.json").write_text(json.dumps({"source": gguf.name, "sizes": sizes}))
+        files = sorted(tmp.glob("*.safetensors"))
+        sizes = {p.name: p.stat().st_size for p in files}
+        hashes = {p.name: _sha256(p) for p in files}
+        (tmp / "wnb-complete.json").write_text(json.dumps({"source": gguf.name, "sizes": sizes, "sha256": hashes}))
+    _verified.update((folder / n, s) for n, s in sizes.items())
     return model, tokenizer
+
+
+_verified: set[tuple[Path, int]] = set()  # weight files whose checksum this process has checked
+
+
+def _copy_intact(folder: Path) -> bool:
+    """True if every weight file of the float32 copy has the SHA-256 recorded when it was written (checked
+    once per process and file): same-size garbage must not load as a model."""
+    try:
+        recorded = json.loads((folder / "wnb-complete.json").read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        return False  # a copy from before checksums were recorded: rebuilt once
+    for name, digest in recorded.items():
+        path = folder / name
+        stamp = (path, path.stat().st_size)
+        if stamp in _verified:
+            continue
+        if _sha256(path) != digest:
+            return False
+        _verified.add(stamp)
+    return True
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _cache_complete(folder: Path) -> bool:
@@ -362,6 +400,9 @@ def check_layers(lm: LM, layers) -> list[str]:
     """Validate layer names; return them in forward order. Unknown names list the closest valid ones."""
     if isinstance(layers, str):
         layers = [layers]
+    if layers is None or not all(isinstance(n, str) for n in _iterable(layers)):
+        raise WnbError(f"layers must be a layer name or a list of names (got {layers!r}); pick names from "
+                       "wnb.ffn_layers(lm) or wnb.linear_layers(lm)")
     layers = list(dict.fromkeys(layers))
     if not layers:
         raise WnbError("no layers given; pick names from wnb.ffn_layers(lm) or wnb.linear_layers(lm)")
@@ -373,6 +414,13 @@ def check_layers(lm: LM, layers) -> list[str]:
                            f"{', '.join(close)} (all: wnb.linear_layers(lm))")
     index = {n: i for i, n in enumerate(valid)}
     return sorted(layers, key=index.__getitem__)
+
+
+def _iterable(value) -> list:
+    try:
+        return list(value)
+    except TypeError:
+        return [None]
 
 
 def module(lm: LM, name: str) -> nn.Module:

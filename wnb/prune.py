@@ -176,6 +176,8 @@ def wanda_mask(weight: torch.Tensor, inputs: torch.Tensor, sparsity=0.5) -> torc
 
 
 def _wanda_mask(weight: torch.Tensor, scores: torch.Tensor, sparsity) -> torch.Tensor:
+    if not torch.isfinite(scores).all():
+        raise WnbError("the calibration inputs (or the weight) hold NaN or infinite values; Wanda cannot use them")
     fraction, n, m = parse_sparsity(sparsity)
     check_nm(m, weight.shape[1])
     if m:
@@ -354,9 +356,13 @@ def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", s
     ``neurons`` (indices or a boolean mask) restricts pruning to those rows; every other row is
     returned unchanged, bit for bit. ``blocksize`` and ``percdamp`` are SparseGPT's.
     """
+    from .checks import check_float, check_int
+
     check_method(method)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise WnbError("weight must be a 2-D [out, in] tensor (use wnb.layer_weight(lm, name))")
+    percdamp = check_float(percdamp, "percdamp", 0)
+    blocksize = check_int(blocksize, "blocksize")
     _, n, m = parse_sparsity(sparsity)
     check_nm(m, weight.shape[1], "the weight")
     rows = check_rows(neurons, weight.shape[0])
@@ -533,6 +539,21 @@ class _Accumulators:
         return self.acc[self.alias.get(name, name)]
 
 
+def check_untied(lm, layers) -> None:
+    """Refuse layers whose weight is shared with another module (``lm_head`` tied to the input embedding):
+    pruning one would silently prune the other too."""
+    from .models import module
+
+    owners: dict[int, list[str]] = {}
+    for name, param in lm.model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    for name in layers:
+        shared = [n for n in owners.get(id(module(lm, name).weight), []) if not n.startswith(name + ".")]
+        if shared:
+            raise WnbError(f"{name}'s weight is tied to {', '.join(shared)} (the model shares them), so pruning it "
+                           "would prune that too; pick another layer (e.g. the FFN layers)")
+
+
 @contextmanager
 def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None, neurons=None,
            fraction: float = 0.03, seed: int = 0, blocksize: int = 128, percdamp: float = 0.01,
@@ -556,21 +577,27 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     from .capture import check_windows
     from .models import check_layers, ffn_layers, layer_weight, module, require_local
 
+    from .checks import check_float, check_int
+
     require_local(lm, "pruning")
     check_method(method)
+    batch_size = check_int(batch_size, "batch_size")
+    blocksize = check_int(blocksize, "blocksize")
+    percdamp = check_float(percdamp, "percdamp", 0)
     label = sparsity_label(sparsity)
     _, _, m = parse_sparsity(sparsity)
     layers = check_layers(lm, list(neurons) if isinstance(neurons, dict) and layers is None
                           else ffn_layers(lm) if layers is None else layers)
     for name in layers:
         check_nm(m, layer_weight(lm, name).shape[1], name)
+    check_untied(lm, layers)
     plan = _plan_neurons(lm, layers, neurons)
     needs_walk = method != "magnitude" or isinstance(plan, str)
     if needs_walk:
         if calib is None:
             raise WnbError(f"{method} pruning{' with neuron selection' if isinstance(plan, str) else ''} needs "
                            "calibration windows: pass calib= (from wnb.token_windows)")
-        calib = check_windows(calib)
+        calib = check_windows(calib, lm)
     if isinstance(plan, str) and not 0 < fraction <= 1:
         raise WnbError(f"fraction must be in (0, 1] (got {fraction})")
     if blocksize < 1 or (m and blocksize % m):

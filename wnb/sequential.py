@@ -274,7 +274,7 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
     """
     require_local(lm, "walking the blocks (sequential pruning or expansion)")
     groups = group_by_block(lm, layers)
-    windows = check_windows(windows)
+    windows = check_windows(windows, lm)
     blocks = decoder_blocks(lm)
     batches = _catch_block_inputs(lm, windows, batch_size)
     last = max(groups)
