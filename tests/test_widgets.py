@@ -205,12 +205,107 @@ def test_run_button_and_overview(app):
     assert app.neurons.view.name == "model.layers.2.mlp.up_proj" and app.neurons.last_error is None
 
 
-def test_settings_refuse_a_missing_corpus_file(app):
-    app.settings.corpus.value = "/no/such/corpus.txt"
+PATHS = ["/etc/passwd", "/etc/shadow", "/no/such/file.txt", "~/.bashrc", "../../etc/hosts", "notebooks/../wnb", "wnb/cache.py/x",
+         "C:\\Windows\\win.ini", "file:///etc/passwd", "./models", "/root"]
+
+
+@pytest.fixture
+def nothing_opened(monkeypatch):
+    """Record every file opened or read (open, os.open, Path.open/read_text/read_bytes/stat) that is one of
+    the typed PATHS; a refusal must leave the list empty."""
+    import builtins
+    import os
+    from pathlib import Path
+
+    typed = {os.path.abspath(os.path.expanduser(p)) for p in PATHS} | set(PATHS)
+    opened = []
+
+    def watch(what, real):
+        def wrapper(*args, **kwargs):
+            target = args[0] if args else None
+            if isinstance(target, (str, bytes, os.PathLike)):
+                text = os.fsdecode(target)
+                if text in typed or os.path.abspath(text) in typed:
+                    opened.append((what, text))
+            return real(*args, **kwargs)
+        return wrapper
+
+    for owner, name in ((builtins, "open"), (os, "open"), (os, "stat"), (Path, "open"), (Path, "read_text"),
+                        (Path, "read_bytes"), (Path, "stat")):
+        monkeypatch.setattr(owner, name, watch(name, getattr(owner, name)))
+    return opened
+
+
+@pytest.mark.parametrize("field", ["model", "corpus"])
+def test_the_app_opens_no_typed_path(field, nothing_opened):
+    messages = set()
+    for path in PATHS:
+        with pytest.raises(wnb.WnbError) as refused:
+            Session(**{field: path}, budget="small", restricted=True)
+        messages.add(str(refused.value).replace(repr(path[:60]), "<input>"))
+    assert len(messages) == 1, messages  # the same words whether or not the path exists
+    (message,) = messages
+    assert "opens no file" in message or "offers by name" in message
+    assert nothing_opened == []
+
+
+def test_settings_show_the_refusal_and_keep_the_session(app, nothing_opened):
     old = app.settings.session
+    app.settings.model.value = "/etc/passwd"
     app.settings.apply.click()
-    assert "unknown corpus '/no/such/corpus.txt'" in app.settings.last_error
+    assert "offers by name" in app.settings.last_error and "/etc/passwd" in app.settings.last_error
     assert app.settings.session is old and not app.settings.apply.disabled
+    with pytest.raises(Exception):  # the corpus is a choice, not a text box
+        app.settings.corpus.value = "/etc/passwd"
+    assert nothing_opened == []
+
+
+def test_offered_model_folders_and_hub_ids(tmp_path, monkeypatch):
+    from wnb import sources
+
+    (tmp_path / "mine" / "tiny").mkdir(parents=True)
+    (tmp_path / "mine" / "tiny" / "config.json").write_text("{}")
+    (tmp_path / "mine" / "notamodel").mkdir()
+    monkeypatch.setenv("WNB_MODEL_DIRS", str(tmp_path / "mine"))
+    assert sources.app_model("tiny") == ("tiny", str(tmp_path / "mine" / "tiny"))
+    assert sources.app_model("EleutherAI/pythia-160m") == ("EleutherAI/pythia-160m", None)
+    assert sources.app_model("") == (None, None)
+    assert sources.app_model("notamodel") == ("notamodel", None)  # a bare hub id (like gpt2), never a folder here
+    for bad in (str(tmp_path / "mine" / "tiny"), "a/b/c", "../tiny", ".hidden/x", "a/../b"):
+        with pytest.raises(wnb.WnbError, match="offers by name"):
+            sources.app_model(bad)
+    assert "tiny" in ww.Settings(budget="small").model.options
+
+
+def test_an_uploaded_corpus_is_checked_for_text(tiny_llama):
+    from wnb import sources
+
+    text = "The cat sat on the mat. " * 20
+    assert sources.app_corpus(sources.UPLOAD, text.encode()) == text
+    with pytest.raises(wnb.WnbError, match="not text"):
+        sources.app_corpus(sources.UPLOAD, b"\x7fELF\x00\x01binary")
+    with pytest.raises(wnb.WnbError, match="not UTF-8 text"):
+        sources.app_corpus(sources.UPLOAD, bytes(range(128, 256)) * 100)
+    with pytest.raises(wnb.WnbError, match="at most 16 MiB"):
+        sources.app_corpus(sources.UPLOAD, b"a" * (sources.MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(wnb.WnbError, match="upload first"):
+        sources.app_corpus(sources.UPLOAD, None)
+
+
+def test_a_binary_corpus_file_is_refused_by_the_api(tmp_path):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 400)
+    with pytest.raises(wnb.WnbError, match="not text"):
+        wnb.load_corpus(str(binary))
+
+
+def test_long_text_is_tokenized_in_pieces_cut_at_line_breaks():
+    from wnb.data import _pieces
+
+    text = ("word " * 50 + "\n") * 400
+    pieces = _pieces(text, 1000)
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 1000
+    assert all(p.endswith(("\n", " ")) for p in pieces[:-1])
 
 
 def test_budget_from_the_environment(monkeypatch):

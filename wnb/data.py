@@ -32,22 +32,48 @@ def load_corpus(name: str = "bundled", split: str = "train") -> str:
             raise WnbError(f"could not load WikiText-2 ({split}) through `datasets`: {exc}; it needs a network "
                            "connection the first time. The bundled corpus works offline: load_corpus()") from exc
         return "\n\n".join(rows["text"])
+    from .sources import decode_text
+
     path = Path(name).expanduser()
     if not path.is_file():
         raise WnbError(f"unknown corpus {name!r}: use 'bundled', 'wikitext2' or the path of a text file")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise WnbError(f"the corpus file {path} is empty")
-    return text
+    return decode_text(path.read_bytes(), f"the corpus file {path}")
 
 
-def tokenize(lm, text: str) -> torch.Tensor:
-    """The whole text as one 1-D LongTensor of token ids."""
+def tokenize(lm, text: str, progress: bool = True) -> torch.Tensor:
+    """The whole text as one 1-D LongTensor of token ids.
+
+    A text longer than ``CHUNK_CHARS`` is tokenized in pieces cut at line breaks (or, inside a very long
+    line, at spaces), with a progress bar: one huge line would otherwise take minutes with no sign of
+    life. Shorter texts (the bundled corpus) are tokenized whole, as before.
+    """
     if lm.tokenizer is None:
         raise WnbError(f"{lm.name} has no tokenizer; pass token windows directly")
-    ids = lm.tokenizer(text, return_tensors="pt", add_special_tokens=False,
-                       verbose=False).input_ids[0]
-    return ids.long()
+    pieces = [text] if len(text) <= CHUNK_CHARS else _pieces(text, CHUNK_CHARS)
+    from tqdm.auto import tqdm
+
+    ids = [lm.tokenizer(piece, return_tensors="pt", add_special_tokens=False, verbose=False).input_ids[0]
+           for piece in tqdm(pieces, desc=f"tokenizing {len(text) / 1e6:.1f}M characters", leave=False,
+                             disable=not progress or len(pieces) == 1)]
+    return torch.cat(ids).long()
+
+
+CHUNK_CHARS = 1 << 20
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of about ``size`` characters, each ending at a line break or a space when
+    one is near (the separator stays with the piece before it)."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = text.rfind("\n", start + size // 2, end)
+            cut = cut if cut >= 0 else text.rfind(" ", start + size // 2, end)
+            end = cut + 1 if cut >= 0 else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
 
 
 def context_length(lm) -> int | None:

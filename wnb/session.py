@@ -141,9 +141,22 @@ class Session:
 
     def __init__(self, model: str | None = None, corpus: str = "bundled", budget: str | None = None,
                  seed: int = 0, device: str = "auto", lm: LM | None = None, calib: torch.Tensor | None = None,
-                 held_out: torch.Tensor | None = None, use_cache: bool = True, n_pairs: int = 50_000):
+                 held_out: torch.Tensor | None = None, use_cache: bool = True, n_pairs: int = 50_000,
+                 restricted: bool = False, upload: bytes | None = None):
         self.model = (model or "").strip() or None
         self.corpus = (corpus or "bundled").strip()
+        # restricted (the app): no typed path is opened; see wnb.sources
+        self.restricted = restricted
+        self.upload = upload
+        self._folder = None
+        if restricted:
+            from .data import CORPORA
+            from .sources import UPLOAD, app_model
+
+            self.model, self._folder = app_model(self.model)
+            if self.corpus not in (*CORPORA, UPLOAD):
+                from .sources import app_corpus
+                app_corpus(self.corpus)  # raises: says what is allowed
         self.budget_name = budget or budget_from_env()
         self.budget = check_budget(self.budget_name)
         if int(seed) < 0:
@@ -165,7 +178,14 @@ class Session:
     @property
     def lm(self) -> LM:
         if self._lm is None:
-            self._lm = load_model(self.model, device=self.device)
+            if not self.restricted or self.model is None:
+                self._lm = load_model(self.model, device=self.device)
+            else:
+                from .sources import hub_folder
+
+                lm = load_model(self._folder or hub_folder(self.model), device=self.device)
+                lm.name = self.model  # the id or offered name, not the folder it was read from
+                self._lm = lm
         return self._lm
 
     @property
@@ -180,7 +200,11 @@ class Session:
     def _windows(self):
         if self._calib is None:
             b = self.budget
-            text = load_corpus(self.corpus)
+            if self.restricted:
+                from .sources import app_corpus
+                text = app_corpus(self.corpus, self.upload)
+            else:
+                text = load_corpus(self.corpus)
             key = cache.key(model=self.model_key, text=text, seq_len=b.seq_len, n_calib=b.n_calib, n_eval=b.n_eval,
                             seed=self.seed)
             self._calib, self._held_out = cache.cached(
