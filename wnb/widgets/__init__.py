@@ -1,0 +1,34 @@
+"""Widget panels shared by the notebooks and the Voila app.
+
+Every panel draws what a :class:`wnb.session.Session` returns; no analysis happens here. Callbacks
+run through :meth:`Panel.guarded`, which shows any error as a one-line message in the panel (the
+traceback goes to the server's terminal, never to the page), disables the Run buttons while busy,
+and sends tqdm progress bars into the panel.
+
+    app = wnb.widgets.App()     # settings + tabs: Entangled neurons, Model overview, Sparsity, Sparse Expansion
+    display(app)
+    app.start()                 # analyze the default layer
+"""
+from .. import plots  # noqa: F401  (tests patch wnb.widgets.plots)
+from .app import App, EntangledNeurons, Page
+from .expansion import ExpansionView
+from .neurons import TABLE_ROWS, NeuronView
+from .overview import OverviewView
+from .panel import (
+                    CSS,
+                    STRICT_ENV,
+                    LayerNeuronPanel,
+                    Panel,
+                    csv_link,
+                    data_link,
+                    error_text,
+                    png_link,
+                    show_figure,
+                    slug,
+)
+from .settings import Settings
+from .sparsity import SparsityView, parse_sparsities, scope_dropdown
+
+__all__ = ["App", "CSS", "csv_link", "data_link", "EntangledNeurons", "error_text", "ExpansionView",
+           "LayerNeuronPanel", "NeuronView", "OverviewView", "Page", "Panel", "parse_sparsities", "png_link",
+           "Settings", "scope_dropdown", "show_figure", "slug", "SparsityView", "STRICT_ENV", "TABLE_ROWS"]

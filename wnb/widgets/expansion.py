@@ -1,0 +1,125 @@
+"""Sparse Expansion: experts of one layer, RI vs WD, WD and MD before vs after, perplexity."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ipywidgets as widgets
+import pandas as pd
+
+from .. import plots
+from .panel import LayerNeuronPanel, csv_link, png_link, show_figure, slug
+from .sparsity import scope_dropdown
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+class ExpansionView(LayerNeuronPanel):
+    """Sparse Expansion of the selected layer: the neuron's dense / SparseGPT / expansion histograms,
+    each expert's histogram with its token share (Fig. 1f), RI vs WD with R² (Fig. 7), WD and MD before
+    vs after for the Wasserstein neurons (Fig. 5), and a perplexity table (dense, SparseGPT, expansion)."""
+
+    def __init__(self, settings: Settings, lazy: bool = False):
+        self.k = widgets.Dropdown(options=[1, 2, 4, 8, 16], value=16, description="experts",
+                                  layout=widgets.Layout(width="180px"))
+        self.sparsity = widgets.FloatSlider(value=0.5, min=0.1, max=0.95, step=0.05, description="sparsity",
+                                            continuous_update=False, readout_format=".0%")
+        self.compare_out = widgets.Output()
+        self.experts_out = widgets.Output()
+        self.ri_out = widgets.Output()
+        self.ri_table = widgets.HTML()
+        self.change_out = widgets.Output()
+        self.scope = scope_dropdown(settings.session.budget.scope)
+        self.run_ppl = widgets.Button(description="Measure perplexity", icon="play", button_style="primary")
+        self.ppl_table = widgets.HTML()
+        for part, name in ((self.compare_out, "compare"), (self.experts_out, "experts"), (self.ri_out, "ri"),
+                           (self.change_out, "change"), (self.ppl_table, "perplexity")):
+            part.add_class(f"wnb-{name}")
+        self.result = None
+        self.ri: pd.DataFrame | None = None
+        self.shares: pd.DataFrame | None = None
+        self.change: pd.DataFrame | None = None
+        self.ppl: pd.DataFrame | None = None
+        self.pngs: dict[str, bytes] = {}
+        super().__init__(
+            settings,
+            controls=[widgets.HBox([self.k, self.sparsity])],
+            body=[self.compare_out, self.experts_out,
+                  widgets.HBox([self.ri_out, self.ri_table]), self.change_out,
+                  widgets.HTML("<h4>Perplexity: dense, SparseGPT and Sparse Expansion</h4>"),
+                  widgets.HBox([self.scope, self.run_ppl]), self.ppl_table],
+            head_text="Cluster the layer's inputs (PCA + k-means) and give every cluster its own SparseGPT copy "
+                      "of the weight; each token uses its cluster's expert.", lazy=lazy)
+        self.buttons = [self.run_ppl]
+        self.add_class("wnb-expansion")
+        for control in (self.k, self.sparsity):
+            control.observe(self.callback(lambda _: self.recompute() if self.view is not None else None),
+                            names="value")
+        self.run_ppl.on_click(self.callback(lambda _: self.compute_perplexity()))
+
+    def recompute(self) -> None:
+        view = self._need_view()
+        with self.busy(f"building {self.k.value} experts of {view.name} at {self.sparsity.value:.0%} sparsity "
+                       "(cached afterwards)…"):
+            study = self.session.study(view.name, self.k.value, self.sparsity.value)
+            tables = self.session.expansion_analysis(view.name, self.k.value, self.sparsity.value)
+        self.result = study
+        self.ri, self.shares, self.change = tables["ri"], tables["shares"], tables["change"]
+        regression = tables["regression"]
+        fig = plots.neuron_scatter(self.ri, "wd", "ri", highlight=view.wasserstein_neurons(),
+                                   title=f"{self.short_name()}: RI vs WD, k = {self.k.value}")
+        self.pngs["ri_vs_wd"] = show_figure(self.ri_out, fig)
+        self.ri_table.value = ("<b>RI = RMSE(SparseGPT) / RMSE(expansion)</b> regressed on each predictor:" +
+                               regression.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0))
+        fig = plots.before_after(self.change,
+                                 title=f"{self.short_name()}: top {len(self.change)} neurons by WD, before vs "
+                                       f"after expansion")
+        self.pngs["before_after"] = show_figure(self.change_out, fig)
+        self.redraw()
+        self.info(f"{study.expansion.n_experts} experts of {view.name} at {self.sparsity.value:.0%} sparsity; "
+                  f"RI and histograms on {study.held_inputs.shape[0]:,} held-out tokens")
+
+    def redraw(self) -> None:
+        from .. import analysis
+
+        study = self.current()
+        if study is None:
+            return
+        neuron = self.neuron
+        frame = analysis.expert_outputs(study, neuron)
+        row = self.ri[self.ri["neuron"] == neuron].iloc[0]
+        self.summary.value = (f"<b>neuron {neuron}</b> · WD rank {self.rank.value} · WD {row['wd']:.4f} · held-out "
+                              f"RMSE SparseGPT {row['rmse_sparsegpt']:.4g}, expansion {row['rmse_expansion']:.4g} · "
+                              f"<b>RI {row['ri']:.2f}</b>")
+        name = f"{self.short_name()} · neuron {neuron}"
+        fig = plots.histogram_grid({"dense": frame["dense"], "SparseGPT": frame["sparsegpt"],
+                                    f"expansion, k = {study.expansion.n_experts}": frame["expansion"]},
+                                   standardize_by="first", ncols=3, title=f"{name}: held-out outputs")
+        self.pngs["dense_sparse_expansion"] = show_figure(self.compare_out, fig)
+        shares = dict(zip(self.shares["expert"], self.shares["share"]))
+        experts = {f"expert {c}": part["expansion"] for c, part in frame.groupby("expert") if len(part) >= 2}
+        weights = {f"expert {c}": shares[c] for c in shares}
+        fig = plots.histogram_grid(experts, standardize_by="each", weights=weights, ncols=4,
+                                   title=f"{name}: each expert's outputs on its own tokens, standardized per expert")
+        self.pngs["experts"] = show_figure(self.experts_out, fig)
+        self._links()
+
+    def compute_perplexity(self) -> None:
+        layers = self.session.scope_layers(self.scope.value, self.layer.value)
+        with self.busy(f"expanding {len(layers)} layer(s) into {self.k.value} experts and measuring perplexity…"):
+            self.ppl = self.session.expansion_perplexity(layers, self.k.value, self.sparsity.value)
+        self.ppl_table.value = self.ppl.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+        self.info(f"perplexity measured with {len(layers)} layer(s) changed")
+        self._links()
+
+    def _links(self) -> None:
+        stem = slug(self.layer.value)
+        links = []
+        if self.ri is not None:
+            links.append(csv_link(self.ri, f"relative_improvement_{stem}_k{self.k.value}.csv"))
+        if self.change is not None:
+            links.append(csv_link(self.change, f"before_after_{stem}_k{self.k.value}.csv"))
+        if self.ppl is not None:
+            links.append(csv_link(self.ppl, "expansion_perplexity.csv"))
+        links += [png_link(png, f"{kind}_{stem}.png") for kind, png in self.pngs.items()]
+        self.downloads.value = " · ".join(links)

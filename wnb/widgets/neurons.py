@@ -1,0 +1,202 @@
+"""Entangled neurons: a layer's neurons ranked by WD, one neuron against an ordinary one."""
+from __future__ import annotations
+
+import html
+import time
+from typing import TYPE_CHECKING
+
+import ipywidgets as widgets
+
+from .. import plots
+from ..errors import WnbError
+from ..session import LayerView, Session
+from .panel import CSS, Panel, csv_link, png_link, show_figure, slug
+
+TABLE_ROWS = 200  # neurons listed in the pick list (all of them are in the CSV download)
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+# ---------------------------------------------------------------- entangled neurons
+
+class NeuronView(Panel):
+    """Pick a layer, rank its neurons by WD, and look at one neuron against an ordinary one.
+
+    Shows the neuron table (rank, neuron, WD, MD, mean, variance), the selected neuron's standardized
+    output histogram with the N(0, 1) density, the pair scatter of normalized input distance vs
+    output difference next to the layer's median-WD neuron (paper Fig. 2b–d), and the WD-vs-MD
+    scatter of the layer (Fig. 2e), with CSV / PNG downloads.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        wide = widgets.Layout(width="460px")
+        self.layer = widgets.Dropdown(options=[], description="layer", layout=wide)
+        self.other = widgets.Text(value="", placeholder="or any linear layer by name, then Enter",
+                                  continuous_update=False, layout=widgets.Layout(width="360px"))
+        self.run = widgets.Button(description="Analyze layer", icon="play", button_style="primary")
+        self.head = widgets.HTML()
+        self.table = widgets.Select(options=[], rows=12, layout=widgets.Layout(width="560px"))
+        self.table.add_class("wnb-table")
+        self.rank = widgets.IntSlider(value=1, min=1, max=1, description="WD rank", continuous_update=False,
+                                      layout=widgets.Layout(width="460px"))
+        self.neuron = widgets.BoundedIntText(value=0, min=0, max=0, description="neuron",
+                                             layout=widgets.Layout(width="180px"))
+        self.summary = widgets.HTML()
+        self.hist_out = widgets.Output()
+        self.pairs_out = widgets.Output()
+        self.scatter_out = widgets.Output()
+        self.downloads = widgets.HTML()
+        # CSS classes name the parts for the browser test and for custom styling
+        for part, name in ((self.layer, "layer"), (self.other, "other-layer"), (self.rank, "rank"),
+                           (self.neuron, "neuron"), (self.summary, "summary"), (self.hist_out, "histogram"),
+                           (self.pairs_out, "pairs"), (self.scatter_out, "wd-md"), (self.downloads, "downloads")):
+            part.add_class(f"wnb-{name}")
+        self.view: LayerView | None = None
+        self.pngs: dict[str, bytes] = {}
+        self._syncing = False
+        super().__init__([
+            widgets.HTML(CSS),
+            widgets.HBox([self.layer, self.other, self.run]),
+            widgets.HBox([widgets.VBox([self.head, self.table]),
+                          widgets.VBox([self.rank, self.neuron, self.summary, self.downloads])]),
+            widgets.HBox([self.hist_out, self.scatter_out]),
+            self.pairs_out,
+        ], head=2)
+        self.buttons = [self.run]
+        self.add_class("wnb-neurons")
+        self.run.on_click(self.callback(lambda _: self.load()))
+        self.layer.observe(self.callback(self._layer_changed), names="value")
+        self.other.observe(self.callback(self._other_entered), names="value")
+        self.table.observe(self.callback(self._table_picked), names="value")
+        self.rank.observe(self.callback(self._rank_changed), names="value")
+        self.neuron.observe(self.callback(self._neuron_changed), names="value")
+        settings.on_change(lambda _: self.guarded(self.reset))
+
+    @property
+    def session(self) -> Session:
+        return self.settings.session
+
+    # -- public actions (also what tests drive)
+
+    def reset(self) -> None:
+        """Fill the layer list from the current session's model and analyze the default layer."""
+        self.view = None
+        with self.busy(f"loading {self.session.model_name} and the corpus…"):
+            layers = self.session.ffn_layers()
+            default = self.session.default_layer()
+            self.session.calib  # noqa: B018 - cut the windows here, under the progress area
+        if default not in layers:
+            layers = [default] + layers
+        with self._quiet():
+            self.layer.options = layers
+            self.layer.value = default
+        self.load()
+
+    def start(self) -> None:
+        self.guarded(self.reset)
+
+    def load(self, layer: str | None = None) -> None:
+        """Analyze ``layer`` (default: the dropdown's), then show its most entangled neuron."""
+        name = layer or self.layer.value
+        if not name:
+            raise WnbError("pick a layer first")
+        t0 = time.perf_counter()
+        with self.busy(f"capturing {name} and ranking its neurons (cached after the first time)…"):
+            view = self.session.layer(name)
+        self.view = view
+        self._fill_table(view)
+        self.show(1)
+        self.info(f"{name}: {view.n_neurons} neurons × {view.outputs.shape[0]:,} tokens, "
+                  f"ready in {time.perf_counter() - t0:.1f} s")
+
+    def show(self, rank: int) -> None:
+        """Select the neuron at WD ``rank`` and redraw its plots."""
+        view = self._need_view()
+        neuron = view.neuron_at(rank)
+        with self._quiet():
+            self.rank.value = rank
+            self.neuron.value = neuron
+            if rank <= len(self.table.options):
+                self.table.value = rank
+        self._draw(view, neuron)
+
+    def select_layer(self, name: str) -> None:
+        """Analyze any linear layer by name (added to the dropdown if it is not an FFN layer)."""
+        name = self.session.check_layer(name)
+        with self._quiet():
+            if name not in self.layer.options:
+                self.layer.options = list(self.layer.options) + [name]
+            self.layer.value = name
+        self.load(name)
+
+    # -- callbacks
+
+    def _layer_changed(self, change) -> None:
+        if not self._syncing and change["new"]:
+            self.load(change["new"])
+
+    def _other_entered(self, change) -> None:
+        if change["new"].strip():
+            self.select_layer(change["new"].strip())
+
+    def _table_picked(self, change) -> None:
+        if not self._syncing and change["new"] is not None:
+            self.show(change["new"])
+
+    def _rank_changed(self, change) -> None:
+        if not self._syncing:
+            self.show(change["new"])
+
+    def _neuron_changed(self, change) -> None:
+        if not self._syncing:
+            self.show(self._need_view().rank_of(change["new"]))
+
+    # -- drawing
+
+    _missing_view = "no layer analyzed yet: pick a layer and press Analyze layer"
+
+    def _fill_table(self, view: LayerView) -> None:
+        t = view.table
+        has_md = "md" in t.columns
+        self.head.value = ('<div class="wnb-head">' + html.escape(
+            f"{'rank':>5} {'neuron':>6} {'WD':>7} {'MD':>7} {'mean':>8} {'variance':>9}") + "</div>")
+        options = []
+        for row in t.head(TABLE_ROWS).itertuples():
+            md = f"{row.md:7.3f}" if has_md else f"{'':7}"
+            options.append((f"{row.rank:>5} {row.neuron:>6} {row.wd:7.4f} {md} {row.mean:8.3f} {row.variance:9.4f}",
+                            int(row.rank)))
+        with self._quiet():
+            self.table.options = options
+            self.rank.max = len(t)
+            self.neuron.max = view.n_neurons - 1
+        self.csv = csv_link(t, f"neurons_{slug(view.name)}.csv")
+
+    def _draw(self, view: LayerView, neuron: int) -> None:
+        row = view.row(neuron)
+        ordinary = view.ordinary_neuron()
+        if ordinary == neuron:
+            ordinary = view.neuron_at(1)
+        top = set(view.wasserstein_neurons())
+        kind = "Wasserstein neuron" if neuron in top else "neuron"
+        self.summary.value = (f"<b>neuron {neuron}</b> · rank {int(row['rank'])} of {view.n_neurons}"
+                              f"{' (top 3%: a Wasserstein neuron)' if neuron in top else ''}<br>"
+                              f"WD {row['wd']:.4f}" + (f" · MD {row['md']:.3f}" if "md" in row else "") +
+                              f" · mean {row['mean']:.4f} · variance {row['variance']:.4g}")
+        short = view.name.split(".")
+        short = ".".join(short[-3:]) if len(short) > 3 else view.name
+        hist = plots.output_histogram({f"neuron {neuron}": view.outputs[:, neuron]},
+                                      title=f"{short} · {kind} {neuron} · WD {row['wd']:.3f}")
+        self.pngs["histogram"] = show_figure(self.hist_out, hist)
+        dx, dy = view.pairs([neuron, ordinary])
+        pairs = plots.pair_scatter(dx, dy, {f"{kind} {neuron} (rank {view.rank_of(neuron)})": 0,
+                                            f"ordinary neuron {ordinary} (median WD)": 1}, seed=view.seed)
+        self.pngs["pairs"] = show_figure(self.pairs_out, pairs)
+        if "md" in view.table.columns:
+            scatter = plots.neuron_scatter(view.table, "wd", "md", highlight=sorted(top), selected=neuron,
+                                           title=f"{short}: WD vs MD of every neuron")
+            self.pngs["wd_md"] = show_figure(self.scatter_out, scatter)
+        stem = f"{slug(view.name)}_neuron{neuron}"
+        self.downloads.value = "<br>".join([self.csv] + [png_link(png, f"{kind_}_{stem}.png")
+                                                         for kind_, png in self.pngs.items()])

@@ -1,0 +1,87 @@
+"""Model overview: WD of every FFN neuron per block, as a heat map or violins."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable
+
+import ipywidgets as widgets
+import pandas as pd
+
+from .. import plots
+from .panel import CSS, Panel, csv_link, png_link, show_figure, slug
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+class OverviewView(Panel):
+    """WD of every neuron of every FFN layer, per block: heat map or violins, and a per-layer table."""
+
+    def __init__(self, settings: Settings, open_layer: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.open_layer = open_layer
+        self.run = widgets.Button(description="Compute overview", icon="play", button_style="primary")
+        self.style = widgets.ToggleButtons(options=[("heat map", "heatmap"), ("violins", "violin")], value="heatmap")
+        self.plot_out = widgets.Output()
+        self.plot_out.add_class("wnb-overview-plot")
+        self.table = widgets.HTML()
+        self.pick = widgets.Dropdown(options=[], description="layer", layout=widgets.Layout(width="420px"))
+        self.open_button = widgets.Button(description="Open in Entangled neurons", icon="search", disabled=True)
+        self.downloads = widgets.HTML()
+        self.scores = None
+        self.frame: pd.DataFrame | None = None
+        self.png: bytes | None = None
+        super().__init__([
+            widgets.HTML(CSS),
+            widgets.HTML("WD of every neuron of every FFN layer on the overview budget. Bright cells high up "
+                         "are layers with strongly non-Gaussian (entangled) neurons."),
+            widgets.HBox([self.run, self.style]),
+            self.plot_out,
+            widgets.HBox([self.pick, self.open_button]),
+            self.downloads,
+            self.table,
+        ], head=3)
+        self.buttons = [self.run, self.open_button]
+        self.add_class("wnb-overview")
+        self.run.on_click(self.callback(lambda _: self.compute()))
+        self.style.observe(self.callback(lambda _: self.draw()), names="value")
+        self.open_button.on_click(self.callback(lambda _: self._open()))
+        settings.on_change(lambda _: self.guarded(self.clear))
+
+    def clear(self) -> None:
+        self.scores = self.frame = self.png = None
+        self.plot_out.outputs = ()
+        self.table.value = self.downloads.value = ""
+        self.open_button.disabled = True
+        self.info("press Compute overview (one capture pass over the model; cached afterwards)")
+
+    def start(self) -> None:
+        """Compute (or load from the cache) and draw the overview; errors go to the panel."""
+        self.guarded(self.compute)
+
+    def compute(self) -> None:
+        session = self.settings.session
+        t0 = time.perf_counter()
+        with self.busy(f"scoring every FFN layer of {session.model_name} "
+                       f"({session.budget.overview_tokens:,} tokens per layer)…"):
+            self.scores, self.frame = session.overview()
+        self.pick.options = list(self.frame["layer"])
+        self.pick.value = self.frame.sort_values("top_over_median", ascending=False)["layer"].iloc[0]
+        self.open_button.disabled = self.open_layer is None
+        self.draw()
+        self.info(f"{len(self.frame)} layers scored in {time.perf_counter() - t0:.1f} s")
+
+    def draw(self) -> None:
+        if self.scores is None:
+            return
+        self.png = show_figure(self.plot_out, plots.wd_overview(self.scores, style=self.style.value))
+        shown = self.frame.drop(columns=["constant", "wd_min"]).copy()
+        self.table.value = shown.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0,
+                                         classes="wnb-overview")
+        name = slug(self.settings.session.model_name)
+        self.downloads.value = (csv_link(self.frame, f"overview_{name}.csv") + " · " +
+                                png_link(self.png, f"overview_{self.style.value}_{name}.png"))
+
+    def _open(self) -> None:
+        if self.open_layer is not None and self.pick.value:
+            self.open_layer(self.pick.value)

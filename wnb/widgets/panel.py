@@ -1,0 +1,252 @@
+"""The shared base of every panel: status line, progress area, guarded callbacks, downloads."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING, Callable
+
+import ipywidgets as widgets
+import pandas as pd
+from IPython.display import Image
+from transformers.utils import logging as hf_logging
+
+from .. import plots
+from ..errors import WnbError
+from ..session import LayerView, Session
+
+# The panels say what they are doing in their status line; transformers' own loading and conversion bars
+# (some drawn from worker threads, outside the panel's progress area) would stay on the page for good.
+hf_logging.disable_progress_bar()
+
+# With WNB_STRICT=1 (the notebook tests) a panel still shows the message, then re-raises, so that a
+# failing panel fails the run instead of passing quietly.
+STRICT_ENV = "WNB_STRICT"
+CSS = """
+<style>
+.wnb-table select { font-family: monospace; font-size: 12px; }
+.wnb-head { font-family: monospace; font-size: 12px; white-space: pre; }
+.wnb-error { color: #8a1020; background: #fdecee; border: 1px solid #f2b8c0; padding: 4px 8px; border-radius: 4px; }
+.wnb-info { color: #333; }
+</style>
+"""
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+# ---------------------------------------------------------------- small helpers
+
+def show_figure(out: widgets.Output, fig) -> bytes:
+    """Replace the contents of ``out`` with the figure as a PNG image; return the PNG bytes."""
+    png = plots.to_png(fig)
+    out.outputs = ()
+    out.append_display_data(Image(data=png, format="png"))
+    return png
+
+
+def data_link(data: bytes, filename: str, mime: str, text: str) -> str:
+    """An HTML link that downloads ``data`` as ``filename`` (a data: URI, so it works in Voila and Lab)."""
+    b64 = base64.b64encode(data).decode()
+    return (f'<a download="{html.escape(filename)}" href="data:{mime};base64,{b64}" target="_blank">'
+            f'{html.escape(text)}</a>')
+
+
+def csv_link(table: pd.DataFrame, filename: str) -> str:
+    return data_link(table.to_csv(index=False).encode(), filename, "text/csv", f"⬇ {filename}")
+
+
+def png_link(png: bytes, filename: str) -> str:
+    return data_link(png, filename, "image/png", f"⬇ {filename}")
+
+
+def slug(name: str) -> str:
+    return name.replace("/", "_").replace(" ", "_")
+
+
+def error_text(exc: BaseException) -> str:
+    """One readable line: a WnbError's own message, otherwise the exception type and its first line."""
+    if isinstance(exc, WnbError):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class Panel(widgets.VBox):
+    """A VBox with a status line, a progress area, and guarded callbacks."""
+
+    def __init__(self, children=(), head: int = 1, **kwargs):
+        """``children`` with the progress area and the status line after the first ``head`` of them
+        (right under the controls, where the user is looking)."""
+        self.status = widgets.HTML()
+        self.status.add_class("wnb-status")
+        self.progress = widgets.Output()
+        self.buttons: list[widgets.Button] = []
+        self.last_error: str | None = None
+        self._syncing = False
+        children = list(children)
+        super().__init__(children=children[:head] + [self.progress, self.status] + children[head:], **kwargs)
+
+    @contextlib.contextmanager
+    def _quiet(self):
+        """Set widget values without triggering our own observers."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+
+    def _need_view(self) -> LayerView:
+        """The panel's analysed layer, or a readable error when none is yet."""
+        if getattr(self, "view", None) is None:
+            raise WnbError(self._missing_view)
+        return self.view
+
+    def info(self, text: str) -> None:
+        self.status.value = f'<span class="wnb-info">{html.escape(text)}</span>'
+
+    def error(self, text: str) -> None:
+        self.last_error = text
+        self.status.value = f'<div class="wnb-error">⚠ {html.escape(text)}</div>'
+
+    @contextlib.contextmanager
+    def busy(self, message: str):
+        """Disable the buttons, show ``message`` and route progress bars into the panel while working."""
+        states = [b.disabled for b in self.buttons]
+        for b in self.buttons:
+            b.disabled = True
+        self.info(message)
+        failure = None
+        try:
+            with self.progress:
+                # An exception leaving an Output context is printed into it as a traceback (and
+                # swallowed) by IPython; catch it here and re-raise outside for guarded() to report.
+                try:
+                    yield
+                except Exception as exc:
+                    failure = exc
+            if failure is not None:
+                raise failure
+        finally:
+            self._fresh_progress()
+            for b, state in zip(self.buttons, states):
+                b.disabled = state
+
+    def _fresh_progress(self) -> None:
+        """Swap in an empty progress area. Clearing the old one is not enough: the page appends each
+        captured bar to it and sends that state back, which may arrive after the clear and bring back a
+        bar tqdm has closed meanwhile ("Error displaying widget: model not found" for good)."""
+        old = self.progress
+        self.progress = widgets.Output()
+        self.children = tuple(self.progress if child is old else child for child in self.children)
+        old.close()
+
+    def guarded(self, fn: Callable, *args, **kwargs):
+        """Run ``fn``; on any error show one readable line in the panel instead of a traceback."""
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # the page must never show a traceback
+            traceback.print_exc(file=sys.__stderr__)
+            self.error(error_text(exc))
+            if os.environ.get(STRICT_ENV, "") not in ("", "0"):
+                raise
+            return None
+        self.last_error = None
+        return result
+
+    def callback(self, fn: Callable) -> Callable:
+        """Wrap ``fn`` as a widget callback (``on_click`` / ``observe``) that never raises."""
+        return lambda *args: self.guarded(fn, *args)
+
+
+class LayerNeuronPanel(Panel):
+    """A panel with its own layer dropdown and WD-rank slider (neurons ranked as in Entangled neurons).
+
+    Subclasses implement ``recompute()`` (the layer-level work, run when the layer or a setting
+    changes) and ``redraw()`` (the neuron-level figures, run when the rank changes).
+    """
+
+    def __init__(self, settings: Settings, controls, body, head_text: str, lazy: bool = False):
+        """``lazy``: on new settings only clear (the app restarts the view when its tab is shown);
+        otherwise recompute the default layer at once."""
+        self.settings = settings
+        self.layer = widgets.Dropdown(options=[], description="layer", layout=widgets.Layout(width="420px"))
+        self.rank = widgets.IntSlider(value=1, min=1, max=1, description="WD rank", continuous_update=False,
+                                      layout=widgets.Layout(width="420px"))
+        self.summary = widgets.HTML()
+        self.downloads = widgets.HTML()
+        self.view: LayerView | None = None
+        self._syncing = False
+        for part, name in ((self.layer, "layer"), (self.rank, "rank"), (self.summary, "summary"),
+                           (self.downloads, "downloads")):
+            part.add_class(f"wnb-{name}")
+        super().__init__([widgets.HTML(CSS), widgets.HTML(head_text), widgets.HBox([self.layer, self.rank]),
+                          *controls, self.summary, *body, self.downloads], head=3 + len(controls))
+        self.layer.observe(self.callback(self._layer_changed), names="value")
+        self.rank.observe(self.callback(lambda change: None if self._syncing else self.redraw()), names="value")
+        settings.on_change(lambda _: self.guarded(self.clear if lazy else self.reset))
+
+    @property
+    def session(self) -> Session:
+        return self.settings.session
+
+    def clear(self) -> None:
+        """Forget the layer and the results (new settings)."""
+        self.view = self.result = None
+        self.summary.value = self.downloads.value = ""
+        for child in self._outputs():
+            child.outputs = ()
+        self.info("")
+
+    def _outputs(self) -> list[widgets.Output]:
+        return [w for w in vars(self).values() if isinstance(w, widgets.Output) and w is not self.progress]
+
+    @property
+    def neuron(self) -> int:
+        return self._need_view().neuron_at(self.rank.value)
+
+    def reset(self) -> None:
+        """Fill the layer list from the current session and compute the default layer."""
+        with self.busy(f"loading {self.session.model_name} and the corpus…"):
+            layers = self.session.ffn_layers()
+            default = self.session.default_layer()
+        with self._quiet():
+            self.layer.options = layers
+            self.layer.value = default
+        self.load()
+
+    def start(self) -> None:
+        self.guarded(self.reset)
+
+    def load(self) -> None:
+        """Rank the layer's neurons (cached), then recompute the layer-level results and redraw."""
+        with self.busy(f"capturing {self.layer.value} and ranking its neurons…"):
+            self.view = self.session.layer(self.layer.value)
+        with self._quiet():
+            self.rank.max = len(self.view.table)
+            self.rank.value = 1
+        self.recompute()
+
+    def _layer_changed(self, change) -> None:
+        if not self._syncing and change["new"]:
+            self.load()
+
+    _missing_view = "no layer analyzed yet: pick a layer"
+
+    def short_name(self) -> str:
+        parts = self.layer.value.split(".")
+        return ".".join(parts[-3:]) if len(parts) > 3 else self.layer.value
+
+    def current(self):
+        """The layer-level result if it belongs to the selected layer (else None: nothing to redraw)."""
+        result = self.result
+        return result if result is not None and result.layer == self.layer.value else None
+
+    def recompute(self) -> None:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def redraw(self) -> None:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,162 @@
+"""Sparsity: one layer pruned, per-neuron errors, perplexity sweeps and the Fig. 3 ablation."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ipywidgets as widgets
+import pandas as pd
+
+from .. import plots
+from ..errors import WnbError
+from ..session import SCOPES
+from .panel import LayerNeuronPanel, csv_link, png_link, show_figure, slug
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+def parse_sparsities(text: str) -> list[str]:
+    """``"0.3, 0.5, 2:4"`` → ``["0.3", "0.5", "2:4"]``, each checked by wnb's sparsity parser."""
+    from ..prune import parse_sparsity
+
+    items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
+    if not items:
+        raise WnbError("give at least one sparsity, e.g. 0.3, 0.5, 0.7, 2:4")
+    for item in items:
+        parse_sparsity(item)
+    return items
+
+
+def scope_dropdown(value: str) -> widgets.Dropdown:
+    return widgets.Dropdown(options=[(text, key) for key, text in SCOPES.items()], value=value,
+                            description="layers", layout=widgets.Layout(width="420px"))
+
+
+# ---------------------------------------------------------------- sparsity
+
+class SparsityView(LayerNeuronPanel):
+    """Prune the selected layer (magnitude / Wanda / SparseGPT, unstructured or N:M) and look at the
+    per-neuron error against WD and the selected neuron's dense vs pruned histograms; run whole-model
+    perplexity-vs-sparsity sweeps and the paper's Fig. 3 ablation."""
+
+    def __init__(self, settings: Settings, lazy: bool = False):
+        self.method = widgets.ToggleButtons(options=["magnitude", "wanda", "sparsegpt"], value="sparsegpt",
+                                            description="method")
+        self.sparsity = widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="sparsity",
+                                            continuous_update=False, readout_format=".0%")
+        self.pattern = widgets.Dropdown(options=["unstructured", "2:4", "4:8"], value="unstructured",
+                                        description="pattern", layout=widgets.Layout(width="220px"))
+        self.hist_out = widgets.Output()
+        self.error_out = widgets.Output()
+        self.scope = scope_dropdown(settings.session.budget.scope)
+        self.sparsities = widgets.Text(value=settings.session.budget.sweep, description="sparsities",
+                                       continuous_update=False, layout=widgets.Layout(width="320px"))
+        self.run_sweep = widgets.Button(description="Run sweep", icon="play", button_style="primary")
+        self.sweep_out = widgets.Output()
+        self.sweep_table = widgets.HTML()
+        self.fraction = widgets.BoundedFloatText(value=0.03, min=0.001, max=1.0, step=0.01, description="neurons",
+                                                 layout=widgets.Layout(width="180px"))
+        self.ablation_sparsity = widgets.FloatSlider(value=0.9, min=0.1, max=0.99, step=0.01, readout_format=".0%",
+                                                     description="of their weights", continuous_update=False,
+                                                     style={"description_width": "110px"})
+        self.run_ablation = widgets.Button(description="Run ablation", icon="play", button_style="primary")
+        self.ablation_out = widgets.Output()
+        self.ablation_table = widgets.HTML()
+        for part, name in ((self.hist_out, "pruned-histogram"), (self.error_out, "errors"), (self.sweep_out, "sweep"),
+                           (self.ablation_out, "ablation")):
+            part.add_class(f"wnb-{name}")
+        self.result: object = None
+        self.sweep_result: pd.DataFrame | None = None
+        self.ablation_result: pd.DataFrame | None = None
+        self.pngs: dict[str, bytes] = {}
+        super().__init__(
+            settings,
+            controls=[widgets.HBox([self.method, self.pattern]), self.sparsity],
+            body=[widgets.HBox([self.hist_out, self.error_out]),
+                  widgets.HTML("<h4>Whole model: perplexity vs sparsity</h4>"),
+                  widgets.HBox([self.scope, self.sparsities, self.run_sweep]), self.sweep_out, self.sweep_table,
+                  widgets.HTML("<h4>Which neurons hurt most when sparsified (paper Fig. 3)</h4>"
+                               "<p>Sparsify only a fraction of the neurons of every chosen layer, picked by WD, "
+                               "at random, by output mean, by variance or by weight norm.</p>"),
+                  widgets.HBox([self.fraction, self.ablation_sparsity, self.run_ablation]),
+                  self.ablation_out, self.ablation_table],
+            head_text="Prune the layer on its calibration tokens and compare its outputs on held-out tokens.",
+            lazy=lazy)
+        self.buttons = [self.run_sweep, self.run_ablation]
+        self.add_class("wnb-sparsity")
+        for control in (self.method, self.sparsity, self.pattern):
+            control.observe(self.callback(lambda _: self.recompute() if self.view is not None else None),
+                            names="value")
+        self.pattern.observe(lambda change: setattr(self.sparsity, "disabled", change["new"] != "unstructured"),
+                             names="value")
+        self.run_sweep.on_click(self.callback(lambda _: self.compute_sweep()))
+        self.run_ablation.on_click(self.callback(lambda _: self.compute_ablation()))
+
+    @property
+    def sparsity_value(self):
+        return self.sparsity.value if self.pattern.value == "unstructured" else self.pattern.value
+
+    def recompute(self) -> None:
+        view = self._need_view()
+        with self.busy(f"pruning {view.name} with {self.method.value}…"):
+            self.result = self.session.prune_view(view.name, self.method.value, self.sparsity_value)
+        self.redraw()
+        self.info(f"{view.name} pruned alone with {self.result.method} at {self.result.sparsity}; errors on "
+                  f"{self.result.dense.shape[0]:,} held-out tokens")
+
+    def redraw(self) -> None:
+        result = self.current()
+        if result is None:
+            return
+        neuron = self.neuron
+        row = result.errors[result.errors["neuron"] == neuron].iloc[0]
+        self.summary.value = (f"<b>neuron {neuron}</b> · WD rank {int(row['rank'])} · WD {row['wd']:.4f} · "
+                              f"{result.method} {result.sparsity}: held-out RMSE {row['rmse']:.4g} "
+                              f"({row['rel_rmse']:.1%} of the dense std), distribution shift {row['shift']:.4g}")
+        name = f"{self.short_name()} · neuron {neuron}"
+        hist = plots.output_histogram({"dense": result.dense[:, neuron],
+                                       f"{result.method} {result.sparsity}": result.pruned[:, neuron]},
+                                      standardize_by="first", title=f"{name}: dense vs pruned (held out)")
+        self.pngs["histogram"] = show_figure(self.hist_out, hist)
+        top = self._need_view().wasserstein_neurons()
+        scatter = plots.neuron_scatter(result.errors, "wd", "rel_rmse", highlight=top, selected=neuron,
+                                       title=f"{self.short_name()}: error after pruning vs WD")
+        self.pngs["error_vs_wd"] = show_figure(self.error_out, scatter)
+        self._links()
+
+    def compute_sweep(self) -> None:
+        layers = self.session.scope_layers(self.scope.value, self.layer.value)
+        sparsities = parse_sparsities(self.sparsities.value)
+        with self.busy(f"pruning {len(layers)} layer(s) with 3 methods × {len(sparsities)} sparsities and "
+                       "measuring perplexity (cached afterwards)…"):
+            self.sweep_result = self.session.sweep(("magnitude", "wanda", "sparsegpt"), sparsities, layers)
+        fig = plots.perplexity_curves(self.sweep_result, title=f"{len(layers)} layer(s) pruned")
+        self.pngs["sweep"] = show_figure(self.sweep_out, fig)
+        self.sweep_table.value = self.sweep_result.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+        self.info(f"sweep done: {len(self.sweep_result)} runs")
+        self._links()
+
+    def compute_ablation(self) -> None:
+        layers = self.session.scope_layers(self.scope.value, self.layer.value)
+        with self.busy(f"sparsifying {self.fraction.value:.1%} of the neurons of {len(layers)} layer(s), "
+                       "5 ways…"):
+            self.ablation_result = self.session.ablation(layers, self.fraction.value, self.ablation_sparsity.value)
+        fig = plots.ablation_bars(self.ablation_result, title=f"{self.fraction.value:.0%} of the neurons of "
+                                  f"{len(layers)} layer(s) at {self.ablation_sparsity.value:.0%} sparsity")
+        self.pngs["ablation"] = show_figure(self.ablation_out, fig)
+        self.ablation_table.value = self.ablation_result.to_html(index=False, float_format=lambda v: f"{v:.3f}",
+                                                                 border=0)
+        self.info("ablation done")
+        self._links()
+
+    def _links(self) -> None:
+        stem = slug(self.layer.value)
+        links = []
+        if self.result is not None:
+            links.append(csv_link(self.result.errors, f"errors_{stem}_{self.result.method}.csv"))
+        if self.sweep_result is not None:
+            links.append(csv_link(self.sweep_result, "sparsity_sweep.csv"))
+        if self.ablation_result is not None:
+            links.append(csv_link(self.ablation_result, "ablation.csv"))
+        links += [png_link(png, f"{kind}_{stem}.png") for kind, png in self.pngs.items()]
+        self.downloads.value = " · ".join(links)
