@@ -21,6 +21,11 @@ from .prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned,
 from .offload import offload_blocks, resident
 from .sequential import walk
 from .streaming import StreamingWD, stream_scores
+from .minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
+from .sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, sign_ablated,
+                            sign_ablation_depth, sign_ablation_study, wasserstein_scores)
+from .surprisal import (FUNCTION_WORDS, perplexity_interval, surprisal_by_class, token_class, token_classes,
+                        token_nll, token_surprisal, top_surprisal_tokens)
 from .models import (LM, decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers, load_model,
                      wrap_model)
 
@@ -33,5 +38,9 @@ __all__ = ["ablation", "Activations", "cache_dir", "capture", "decoder_blocks", 
            "pruned", "relative_improvement", "resident", "ri_regression", "RoutedLayer", "Router",
            "select_neurons", "SparseGPT", "stream_scores", "StreamingWD", "study_layer", "sweep", "token_shares",
            "token_windows", "top_neurons", "walk", "wasserstein_to_gaussian", "WnbError", "wrap_model"]
+__all__ += ["FUNCTION_WORDS", "matched_candidates", "minimal_pair_accuracy", "minimal_pair_scores", "minimal_pairs",
+            "perplexity_interval", "select_matched", "select_random", "select_wasserstein", "sentence_logprobs",
+            "sign_ablated", "sign_ablation_depth", "sign_ablation_study", "surprisal_by_class", "token_class",
+            "token_classes", "token_nll", "token_surprisal", "top_surprisal_tokens", "wasserstein_scores"]
 
 __version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""A word-level tokenizer over the agreement templates' words and tiny random models that use it, for
+the tests of minimal pairs and surprisal (the tiny models of conftest.py have no tokenizer)."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+import wnb
+
+mp = importlib.import_module("wnb.minimal_pairs")
+
+SPECIAL = ["[UNK]", "<s>", "</s>"]
+EXTRA = ["the", "The", "that", "and", "to", "of", "in", ".", ",", "she", "is", "cat", "1990", "ory"]
+
+
+def words() -> list[str]:
+    vocab = dict.fromkeys(SPECIAL)
+    for pair in mp._NOUNS + mp._INTRANSITIVE + mp._TRANSITIVE:
+        vocab.update(dict.fromkeys(pair))
+    for phrase in mp._PREPOSITIONS + mp._SAYING:
+        vocab.update(dict.fromkeys(phrase.split()))
+    vocab.update(dict.fromkeys(EXTRA))
+    return list(vocab)
+
+
+def word_tokenizer(bos: bool = True, eos: bool = True, chat_template: str | None = None,
+                   prepend_bos: bool = False):
+    """A fast word-level tokenizer (split on spaces and punctuation) with optional BOS/EOS tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(words())}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    if prepend_bos:
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    kwargs = {"unk_token": "[UNK]"}
+    if bos:
+        kwargs["bos_token"] = "<s>"
+    if eos:
+        kwargs["eos_token"] = "</s>"
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, **kwargs)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    return tok
+
+
+def tiny_word_llama(tokenizer=None, seed: int = 0, layers: int = 2):
+    """A tiny random Llama over the word vocabulary (its own copy: wrapped with its own tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(words()), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(config).eval()
+    return wnb.wrap_model(model, tokenizer if tokenizer is not None else word_tokenizer(), name="tiny-word-llama")

@@ -1,0 +1,450 @@
+"""Sign-specific ablation of neurons (Kong, Ning, Adler, Shavit, "Negative Pre-activations Differentiate
+Syntax", ICLR 2026; PAPER.md §8): the clamp, the study with its controls, and the depth profile.
+
+- :func:`sign_ablated` clamps chosen outputs of linear layers during every forward pass
+  (``"negative"``: y → max(y, 0), ``"positive"``: y → min(y, 0), ``"both"``: y → 0) with forward hooks;
+  weights are never touched and the hooks are gone when the ``with`` block ends, however it ends.
+- :func:`sign_ablation_study` ablates the top ``fraction`` of each layer's neurons by WD (the
+  Wasserstein neurons), random neurons of the same count per layer, and a perplexity-matched set of
+  neurons from outside the top 10% by WD, and measures held-out perplexity (and minimal-pair accuracy).
+- :func:`sign_ablation_depth` applies the Wasserstein ablation one layer at a time and cumulatively.
+
+Selections are ``{layer: LongTensor of neuron indices}``; :func:`wasserstein_scores` gives the WD they
+are chosen by, and can be computed once and passed to every function here as ``scores=``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Mapping
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .capture import check_windows
+from .errors import WnbError
+
+SIDES = ("negative", "positive", "both")
+CONTROLS = ("random", "matched")
+MATCHED_EXCLUDE = 0.10  # the matched control draws from outside the top 10% of each layer by WD
+MATCHED_TOLERANCE = 0.02  # ... and its perplexity must be within 2% of the Wasserstein ablation's
+
+
+# ---------------------------------------------------------------- the clamp
+
+def check_side(side: str) -> str:
+    if side not in SIDES:
+        raise WnbError(f"unknown side {side!r}; choose one of {', '.join(SIDES)} (negative: y -> max(y, 0), "
+                       "positive: y -> min(y, 0), both: y -> 0)")
+    return side
+
+
+def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
+    """Validate ``{layer: neuron indices}`` (indices or a boolean mask per layer); return the layers in
+    forward order with sorted unique ``LongTensor`` indices."""
+    from .models import check_layers, layer_weight
+    from .prune import check_rows
+
+    if not isinstance(neurons, Mapping):
+        raise WnbError("neurons must map layer names to neuron indices, e.g. "
+                       "{'model.layers.1.mlp.gate_proj': [3, 17]} (see wnb.select_wasserstein)")
+    if not neurons:
+        return {}
+    plan = {}
+    for name in check_layers(lm, list(neurons)):
+        value = neurons[name]
+        if value is None:
+            raise WnbError(f"no neuron indices given for {name!r}")
+        n_out = layer_weight(lm, name).shape[0]
+        try:
+            plan[name] = check_rows(value, n_out)
+        except WnbError as exc:
+            raise WnbError(f"{name} has {n_out} neurons: {exc}") from None
+    return plan
+
+
+class _Clamp:
+    """Forward hook: clamp the chosen output features in place (last dimension)."""
+
+    def __init__(self, index: torch.Tensor, side: str):
+        self.index = index
+        self.side = side
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def __call__(self, module, args, output):
+        if not isinstance(output, torch.Tensor):
+            raise WnbError(f"sign ablation needs a layer that returns one tensor (got {type(output).__name__})")
+        idx = self._on.get(output.device)
+        if idx is None:
+            idx = self._on[output.device] = self.index.to(output.device)
+        if self.side == "both":
+            return output.index_fill_(-1, idx, 0)
+        part = output.index_select(-1, idx)
+        part = part.clamp_(min=0) if self.side == "negative" else part.clamp_(max=0)
+        return output.index_copy_(-1, idx, part)
+
+
+@contextlib.contextmanager
+def sign_ablated(lm, neurons, side: str = "negative"):
+    """Clamp the chosen outputs of linear layers during every forward pass inside the ``with`` block.
+
+    ``neurons`` maps layer names (``wnb.linear_layers(lm)``) to neuron indices (output features).
+    ``side="negative"`` zeroes only their negative values (y → max(y, 0), the follow-up's intervention),
+    ``"positive"`` only the positive ones (y → min(y, 0)), ``"both"`` all (y → 0). Forward hooks do it, so
+    :func:`wnb.perplexity`, :func:`wnb.capture` (which then sees the clamped outputs), nnsight traces and
+    ``lm.model.generate`` all run the ablated model; the weights are never touched. The hooks are removed
+    on exit, also after an exception or Ctrl-C. Yields the validated ``{layer: indices}``.
+    """
+    from .models import module, require_local
+
+    check_side(side)
+    plan = check_neurons(lm, neurons)
+    require_local(lm, "sign ablation")
+    handles = []
+    try:
+        for name, idx in plan.items():
+            if idx.numel():
+                handles.append(module(lm, name).register_forward_hook(_Clamp(idx, side)))
+        yield plan
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ---------------------------------------------------------------- selections
+
+def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, batch_size: int = 8,
+                       streaming: bool = False, max_bytes: int | None = None,
+                       progress: bool = True) -> dict[str, torch.Tensor]:
+    """WD (to N(0, 1), PAPER.md §2) of every neuron of ``layers`` (default: the first FFN projection of
+    every block) over the calibration tokens, as ``{layer: [n_neurons] float64}``.
+
+    Exact WD (:func:`wnb.layer_scores`) captures the layers' outputs in as few passes as ``max_bytes``
+    allows (default: the smaller of 1 GiB and 60% of free memory; each pass stops after its deepest
+    layer); ``streaming=True`` uses :func:`wnb.stream_scores` instead (one pass, memory per neuron, WD
+    within ~1e-3).
+    """
+    from .capture import available_memory, split_by_memory
+    from .entanglement import layer_scores
+    from .models import check_layers, first_ffn_layers
+    from .streaming import stream_scores
+
+    layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
+    calib = check_windows(calib)
+    if streaming:
+        acc = stream_scores(lm, calib, layers, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
+        return {name: acc[name].wasserstein() for name in layers}
+    n_tokens = calib.numel() if max_tokens is None else min(int(max_tokens), calib.numel())
+    limit = min(1 << 30, int(0.6 * available_memory())) if max_bytes is None else int(max_bytes)
+    scores: dict[str, torch.Tensor] = {}
+    for group in split_by_memory(lm, layers, n_tokens, limit):
+        scores.update(layer_scores(lm, calib, group, max_tokens=max_tokens, batch_size=batch_size,
+                                   progress=progress))
+    return {name: scores[name] for name in layers}
+
+
+def _check_fraction(fraction: float) -> float:
+    if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise WnbError(f"fraction must be in (0, 1), the share of each layer's neurons (got {fraction!r}); "
+                       "the follow-up uses 0.01")
+    return float(fraction)
+
+
+def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
+    from .models import check_layers, layer_weight
+
+    if not isinstance(scores, Mapping) or not scores:
+        raise WnbError("scores must be {layer: WD per neuron}, as wnb.wasserstein_scores returns")
+    names = check_layers(lm, list(scores) if layers is None else layers)
+    missing = [n for n in names if n not in scores]
+    if missing:
+        raise WnbError(f"scores has no WD for {missing}; compute them with wnb.wasserstein_scores(lm, calib, layers)")
+    out = {}
+    for name in names:
+        wd = torch.as_tensor(scores[name]).double().flatten()
+        if wd.numel() != layer_weight(lm, name).shape[0]:
+            raise WnbError(f"scores[{name!r}] has {wd.numel()} entries but the layer has "
+                           f"{layer_weight(lm, name).shape[0]} neurons")
+        out[name] = wd
+    return out
+
+
+def select_wasserstein(scores: Mapping, fraction: float = 0.01) -> dict[str, torch.Tensor]:
+    """The Wasserstein neurons: the top ``fraction`` of each layer by WD (at least one), highest first."""
+    from .entanglement import top_neurons
+
+    _check_fraction(fraction)
+    return {name: top_neurons(torch.as_tensor(wd), fraction=fraction) for name, wd in scores.items()}
+
+
+def select_random(scores: Mapping, counts: Mapping, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``counts[layer]`` neurons per layer drawn uniformly from all of the layer's neurons (seeded; the
+    draw may include Wasserstein neurons, as in the follow-up's random control)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for name, wd in scores.items():
+        n = torch.as_tensor(wd).numel()
+        k = int(counts.get(name, 0))
+        if not 0 <= k <= n:
+            raise WnbError(f"cannot draw {k} of the {n} neurons of {name}")
+        out[name] = torch.randperm(n, generator=gen)[:k]
+    return out
+
+
+def matched_candidates(scores: Mapping, exclude: float = MATCHED_EXCLUDE, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per layer, its ranked neurons outside the top ``exclude`` by WD, in a seeded random order; the
+    perplexity-matched control takes a prefix of each (:func:`select_matched`)."""
+    from .entanglement import top_neurons
+
+    if not 0 < exclude < 1:
+        raise WnbError(f"exclude must be in (0, 1) (got {exclude})")
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for name, wd in scores.items():
+        wd = torch.as_tensor(wd).double()
+        ranked = top_neurons(wd, k=wd.numel())  # every non-constant neuron, highest WD first
+        top = max(1, round(exclude * wd.numel()))
+        pool = ranked[top:]
+        out[name] = pool[torch.randperm(pool.numel(), generator=gen)]
+    return out
+
+
+def select_matched(candidates: Mapping, count: int) -> dict[str, torch.Tensor]:
+    """The first ``count`` candidates of the widest pool and the same share of every other pool."""
+    widest = max(c.numel() for c in candidates.values())
+    count = max(0, min(int(count), widest))
+    return {name: c[:min(c.numel(), round(count * c.numel() / widest))] for name, c in candidates.items()}
+
+
+def _count(selection: Mapping) -> int:
+    return int(sum(idx.numel() for idx in selection.values()))
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed,
+              nll=None) -> dict:
+    from .minimal_pairs import minimal_pair_scores
+    from .surprisal import perplexity_interval, token_nll
+
+    start = time.perf_counter()
+    with sign_ablated(lm, selection, side):
+        if nll is None:
+            nll = token_nll(lm, held_out, batch_size=batch_size, progress=progress)
+        row = dict(zip(("perplexity", "ppl_low", "ppl_high"), perplexity_interval(nll, seed=seed)))
+        if pairs is not None:
+            row.update(_accuracy_columns(minimal_pair_scores(lm, pairs, batch_size=pair_batch_size,
+                                                             progress=progress)))
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def _accuracy_columns(scores: pd.DataFrame) -> dict:
+    out = {"accuracy": float(scores["correct"].mean())}
+    for phenomenon, group in scores.groupby("phenomenon", sort=False):
+        out[f"accuracy_{phenomenon}"] = float(group["correct"].mean())
+    return out
+
+
+def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress):
+    """Validate everything and return (held_out, pairs, scores) — WD computed here if not given."""
+    from .minimal_pairs import check_pairs
+    from .models import check_layers, first_ffn_layers, require_local
+
+    require_local(lm, "sign ablation")
+    check_side(side)
+    _check_fraction(fraction)
+    held_out = check_windows(held_out)
+    if held_out.shape[1] < 2:
+        raise WnbError("held-out windows need at least 2 tokens each")
+    if pairs is not None:
+        pairs = check_pairs(pairs)
+        if lm.tokenizer is None:
+            raise WnbError(f"{lm.name} has no tokenizer; minimal pairs need one (pass pairs=None)")
+    if scores is not None:
+        scores = _check_scores(lm, scores, layers)
+    else:
+        names = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
+        if calib is None:
+            raise WnbError("calibration windows are needed to compute WD: pass calib= (or scores=)")
+        calib = check_windows(calib)
+        scores = wasserstein_scores(lm, calib, names, batch_size=batch_size, progress=progress)
+    return held_out, pairs, scores
+
+
+def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01, side: str = "negative",
+                        controls=("random", "matched"), seeds=(0, 1, 2), pairs=None, progress: bool = True,
+                        scores: Mapping | None = None, matched_seeds=None, exclude: float = MATCHED_EXCLUDE,
+                        tolerance: float = MATCHED_TOLERANCE, batch_size: int = 8,
+                        pair_batch_size: int = 32) -> pd.DataFrame:
+    """The follow-up's main experiment: held-out perplexity (and minimal-pair accuracy) of the model
+    with the sign-specific ablation of its Wasserstein neurons, of random neurons and of a
+    perplexity-matched set of non-Wasserstein neurons.
+
+    - ``wasserstein``: the top ``fraction`` of each of ``layers`` (default: the first FFN projection of
+      every block) by WD over ``calib`` (or ``scores`` from :func:`wasserstein_scores`).
+    - ``random``, one per seed: the same count per layer, uniform over all of the layer's neurons
+      (they may overlap the Wasserstein set; nothing keeps them disjoint).
+    - ``matched``, one per ``matched_seeds`` (default: the first seed): neurons from outside the top
+      ``exclude`` (10%) of each layer by WD, in a seeded random order; the count per layer is found by
+      bisection so that the held-out perplexity is within ``tolerance`` (2%) of the Wasserstein
+      ablation's. ``target_perplexity``, ``within_tolerance``, ``evaluations`` (perplexity passes) and
+      ``note`` report the search; when even all candidates stay below the target the row says so.
+
+    ``pairs``: minimal pairs (:func:`wnb.minimal_pairs`, or its name) scored for every row.
+    Returns one row per ablation (and a ``dense`` row first): ``selection, seed, side, n_neurons,
+    per_layer, perplexity, ppl_low, ppl_high`` (95% bootstrap interval over held-out windows),
+    ``accuracy`` and ``accuracy_<phenomenon>`` when pairs are given, the matched columns, ``seconds``.
+    The model is unchanged afterwards (also after Ctrl-C).
+    """
+    check_side(side)
+    _check_fraction(fraction)
+    if isinstance(controls, str):
+        controls = (controls,)
+    controls = tuple(controls)
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise WnbError(f"unknown controls {unknown}; choose from {', '.join(CONTROLS)}")
+    seeds = [int(s) for s in seeds]
+    if controls and not seeds:
+        raise WnbError("seeds is empty; the controls need at least one seed")
+    matched_seeds = seeds[:1] if matched_seeds is None else [int(s) for s in matched_seeds]
+    if not 0 < tolerance < 1:
+        raise WnbError(f"tolerance must be in (0, 1) (got {tolerance})")
+    if not fraction < exclude < 1:
+        raise WnbError(f"exclude must be in (fraction, 1) = ({fraction}, 1) so that the matched control "
+                       f"is disjoint from the Wasserstein neurons (got {exclude})")
+    held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
+                                       progress)
+    wasserstein = select_wasserstein(scores, fraction)
+    counts = {name: idx.numel() for name, idx in wasserstein.items()}
+    plan = [("dense", None), ("wasserstein", None)]
+    plan += [("random", s) for s in seeds if "random" in controls]
+    plan += [("matched", s) for s in matched_seeds if "matched" in controls]
+    opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
+                progress=progress, seed=0)
+    rows = []
+    bar = tqdm(plan, desc="sign ablation study", disable=not progress, leave=False)
+    for selection, seed in bar:
+        bar.set_postfix_str(selection if seed is None else f"{selection} {seed}")
+        extra = {}
+        if selection == "dense":
+            chosen = {}
+        elif selection == "wasserstein":
+            chosen = wasserstein
+        elif selection == "random":
+            chosen = select_random(scores, counts, seed)
+        else:
+            target = next(r["perplexity"] for r in rows if r["selection"] == "wasserstein")
+            chosen, extra = _match(lm, held_out, scores, target, seed, exclude, tolerance, opts)
+        row = {"selection": selection, "seed": seed, "side": side, "n_neurons": _count(chosen),
+               "per_layer": max((i.numel() for i in chosen.values()), default=0)}
+        row.update(_evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts))
+        if extra:
+            row["seconds"] += extra.pop("search_seconds")
+            row.update(extra)
+        rows.append(row)
+    bar.close()
+    table = pd.DataFrame(rows)
+    table["seed"] = table["seed"].astype("Int64")
+    return table
+
+
+def _bisect(ppl, widest: int, target: float, tolerance: float) -> tuple[int, bool]:
+    """The count in [0, widest] whose ``ppl(count)`` is within ``tolerance`` of ``target``, by bisection
+    (assuming perplexity rises with the count; ``ppl(0)`` is the dense model's). Returns (count,
+    reached): ``reached`` is False when even ``ppl(widest)`` stays below the target band, and the count
+    is then ``widest``; when no count gets within the band, the closest one evaluated."""
+    seen: dict[int, float] = {}
+
+    def at(count: int) -> float:
+        if count not in seen:
+            seen[count] = ppl(count)
+        return seen[count]
+
+    if at(widest) < target * (1 - tolerance):
+        return widest, False
+    lo, hi = 0, widest
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if abs(at(mid) / target - 1) <= tolerance:
+            return mid, True
+        if at(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return min(seen, key=lambda c: (abs(seen[c] / target - 1), c)), True
+
+
+def _match(lm, held_out, scores, target, seed, exclude, tolerance, opts):
+    """Bisection over the per-layer count of the matched control; returns (selection, report)."""
+    from .surprisal import token_nll
+
+    start = time.perf_counter()
+    candidates = matched_candidates(scores, exclude, seed)
+    widest = max(c.numel() for c in candidates.values())
+    cache: dict[int, float] = {}
+    nlls: dict[int, torch.Tensor] = {}
+
+    def ppl(count: int) -> float:
+        if count not in cache:
+            with sign_ablated(lm, select_matched(candidates, count), opts["side"]):
+                nlls[count] = token_nll(lm, held_out, batch_size=opts["batch_size"], progress=opts["progress"])
+            cache[count] = math.exp(nlls[count].double().mean().item())
+        return cache[count]
+
+    best, reached = _bisect(ppl, widest, target, tolerance)
+    within = abs(cache[best] / target - 1) <= tolerance
+    total = _count(candidates)
+    if not reached:
+        note = (f"all {total} candidates (outside the top {exclude:.0%} by WD) reach perplexity only "
+                f"{cache[widest]:.4g} < target {target:.4g}")
+    elif within:
+        note = f"within {tolerance * 100:g}% of the Wasserstein ablation's perplexity"
+    else:
+        note = (f"closest count found: perplexity {cache[best]:.4g} vs target {target:.4g} "
+                f"(perplexity does not rise smoothly enough with the count to get within {tolerance * 100:g}%)")
+    return select_matched(candidates, best), {
+        "target_perplexity": target, "within_tolerance": within, "evaluations": len(cache),
+        "candidates": total, "note": note, "search_seconds": time.perf_counter() - start, "nll": nlls[best]}
+
+
+# ---------------------------------------------------------------- depth profile
+
+def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01, side: str = "negative",
+                        pairs=None, progress: bool = True, scores: Mapping | None = None,
+                        cumulative: bool = True, batch_size: int = 8, pair_batch_size: int = 32) -> pd.DataFrame:
+    """The Wasserstein ablation one layer at a time (``mode="layer"``) and over layers 0..l
+    (``mode="cumulative"``), against the dense model (``mode="dense"``, first row).
+
+    Columns: ``mode, block, layer, n_neurons, perplexity, ppl_low, ppl_high, delta_perplexity`` and,
+    with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
+    cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation.
+    """
+    from .models import block_of
+
+    held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
+                                       progress)
+    wasserstein = select_wasserstein(scores, fraction)
+    names = list(wasserstein)
+    plan = [("dense", None, {})]
+    plan += [("layer", name, {name: wasserstein[name]}) for name in names]
+    if cumulative:
+        plan += [("cumulative", name, {n: wasserstein[n] for n in names[:i + 1]}) for i, name in enumerate(names)]
+    opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
+                progress=progress, seed=0)
+    rows = []
+    for mode, name, chosen in tqdm(plan, desc="depth profile", disable=not progress, leave=False):
+        row = {"mode": mode, "block": block_of(lm, name) if name else None, "layer": name,
+               "n_neurons": _count(chosen)}
+        row.update(_evaluate(lm, held_out, chosen, **opts))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    dense = table.iloc[0]
+    table.insert(7, "delta_perplexity", table["perplexity"] - dense["perplexity"])
+    if pairs is not None:
+        table.insert(table.columns.get_loc("accuracy") + 1, "delta_accuracy", table["accuracy"] - dense["accuracy"])
+    table["block"] = table["block"].astype("Int64")
+    return table

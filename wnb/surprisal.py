@@ -1,0 +1,265 @@
+"""Per-token surprisal: next-token NLL of every held-out token, dense vs an intervention, by token class.
+
+The follow-up paper (Kong et al., ICLR 2026) tags tokens with a part-of-speech tagger; wnb cannot ship
+a tagger model, so a token's class comes from a **closed English word list shipped here**
+(:data:`FUNCTION_WORDS`: determiners, prepositions, pronouns, auxiliaries and modals, conjunctions)
+and from its characters. How a (subword) token maps to a class:
+
+1. Its text is ``tokenizer.decode([id])`` with surrounding whitespace stripped and lower-cased
+   (``" The"`` → ``"the"``).
+2. Empty (a space or newline token), a special token, or an undecodable byte piece → ``"other"``.
+3. Only digits (with ``.`` ``,`` between them) → ``"number"``; only punctuation or symbols →
+   ``"punctuation"``.
+4. A word of the closed list → its function class (a word in several lists gets the first of
+   determiner, preposition, pronoun, auxiliary, conjunction: ``"that"`` is a determiner).
+5. Anything else with a letter → ``"content"``.
+
+With context (:func:`token_classes`), a token that is a piece of a longer word — it starts with a
+letter and the previous token ends with one (no space between), or the next token continues it — is
+``"content"`` even if its text is on the list (``"the"`` of ``"the" + "ory"``). Every class belongs to
+one of the groups function, content, punctuation, number, other (:data:`CLASS_GROUPS`).
+"""
+from __future__ import annotations
+
+import math
+import unicodedata
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .capture import check_windows
+from .errors import WnbError
+
+# The closed word list (lower case). Contractions appear as the pieces BPE tokenizers cut them into.
+FUNCTION_WORDS: dict[str, tuple[str, ...]] = {
+    "determiner": (
+        "a", "an", "the", "this", "that", "these", "those", "my", "your", "his", "its", "our", "their",
+        "whose", "each", "every", "either", "neither", "some", "any", "no", "all", "both", "few", "many",
+        "much", "more", "most", "several", "such", "what", "which", "whatever", "whichever", "another",
+        "other", "enough", "less", "least", "fewer",
+    ),
+    "preposition": (
+        "about", "above", "across", "after", "against", "along", "amid", "among", "around", "as", "at",
+        "before", "behind", "below", "beneath", "beside", "besides", "between", "beyond", "by", "despite",
+        "down", "during", "except", "for", "from", "in", "inside", "into", "like", "near", "of", "off",
+        "on", "onto", "out", "outside", "over", "past", "per", "since", "than", "through", "throughout",
+        "till", "to", "toward", "towards", "under", "underneath", "until", "unto", "up", "upon", "via",
+        "with", "within", "without",
+    ),
+    "pronoun": (
+        "i", "me", "mine", "myself", "you", "yours", "yourself", "yourselves", "he", "him", "himself",
+        "she", "her", "hers", "herself", "it", "itself", "we", "us", "ours", "ourselves", "they", "them",
+        "theirs", "themselves", "who", "whom", "whoever", "someone", "somebody", "something", "anyone",
+        "anybody", "anything", "everyone", "everybody", "everything", "nobody", "nothing", "none",
+        "one", "oneself", "there",
+    ),
+    "auxiliary": (
+        "be", "am", "is", "are", "was", "were", "been", "being", "have", "has", "had", "having", "do",
+        "does", "did", "done", "doing", "will", "would", "shall", "should", "can", "could", "may",
+        "might", "must", "ought", "not", "n't", "'s", "'re", "'m", "'ve", "'ll", "'d", "'t", "don",
+        "doesn", "didn", "isn", "aren", "wasn", "weren", "haven", "hasn", "hadn", "couldn", "shouldn",
+        "wouldn", "mustn",
+    ),
+    "conjunction": (
+        "and", "or", "but", "nor", "so", "yet", "if", "because", "although", "though", "while",
+        "whereas", "unless", "whether", "when", "whenever", "where", "wherever", "once", "lest", "then",
+        "also", "however", "therefore", "thus", "hence",
+    ),
+}
+FUNCTION_CLASSES = tuple(FUNCTION_WORDS)
+CLASSES = FUNCTION_CLASSES + ("content", "punctuation", "number", "other")
+CLASS_GROUPS = {**{c: "function" for c in FUNCTION_CLASSES}, "content": "content",
+                "punctuation": "punctuation", "number": "number", "other": "other"}
+
+_WORD_CLASS: dict[str, str] = {}
+for _cls, _words in FUNCTION_WORDS.items():
+    for _w in _words:
+        _WORD_CLASS.setdefault(_w, _cls)
+
+
+def _is_punct(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "PS"
+
+
+def token_class(text: str) -> str:
+    """The class of one token from its text alone (rules 1–5 of the module docstring)."""
+    word = text.strip().lower()
+    if not word or "\ufffd" in word:
+        return "other"
+    if word.replace(",", "").replace(".", "").isdigit() and word[0].isdigit():
+        return "number"
+    if all(_is_punct(ch) for ch in word):
+        return "punctuation"
+    word = word.replace("\u2019", "'")
+    if word in _WORD_CLASS:
+        return _WORD_CLASS[word]
+    if any(ch.isalpha() for ch in word):
+        return "content"
+    return "other"
+
+
+def token_texts(lm, ids) -> list[str]:
+    """The decoded text of each token id (``"<id 5>"`` when the model has no tokenizer)."""
+    ids = [int(i) for i in ids]
+    tok = lm.tokenizer
+    if tok is None:
+        return [f"<id {i}>" for i in ids]
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    cache: dict[int, str] = {}
+    out = []
+    for i in ids:
+        if i not in cache:
+            cache[i] = "" if i in special else tok.decode([i])
+        out.append(cache[i])
+    return out
+
+
+def token_classes(lm, ids) -> list[str]:
+    """The class of each token of a 1-D id sequence, with the subword rule of the module docstring."""
+    texts = token_texts(lm, ids)
+    if lm.tokenizer is None:
+        return ["other"] * len(texts)
+    return _classes_in_context(texts)
+
+
+def _classes_in_context(texts: list[str]) -> list[str]:
+    classes = []
+    for i, text in enumerate(texts):
+        cls = token_class(text)
+        if cls in FUNCTION_CLASSES:
+            prev = texts[i - 1] if i else ""
+            nxt = texts[i + 1] if i + 1 < len(texts) else ""
+            joined_left = bool(text) and text[0].isalpha() and bool(prev) and prev[-1].isalpha()
+            joined_right = bool(nxt) and nxt[0].isalpha() and text[-1:].isalpha()
+            if joined_left or joined_right:
+                cls = "content"
+        classes.append(cls)
+    return classes
+
+
+# ---------------------------------------------------------------- per-token NLL
+
+@torch.no_grad()
+def token_nll(lm, windows, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """Next-token NLL of every token of every window: ``[n_windows, seq_len − 1]`` float32 on the CPU.
+
+    Entry ``[w, t]`` is ``−log p(windows[w, t + 1] | windows[w, :t + 1])``; ``exp(mean)`` is
+    :func:`wnb.perplexity` of the same windows (up to float summation order).
+    """
+    from .models import require_local
+
+    require_local(lm, "per-token NLL")
+    windows = check_windows(windows)
+    if windows.shape[1] < 2:
+        raise WnbError(f"windows need at least 2 tokens to predict one (got seq_len {windows.shape[1]})")
+    if batch_size < 1:
+        raise WnbError(f"batch_size must be at least 1 (got {batch_size})")
+    out = torch.empty(windows.shape[0], windows.shape[1] - 1, dtype=torch.float32)
+    for start in tqdm(range(0, windows.shape[0], batch_size), desc="token NLL", disable=not progress, leave=False):
+        ids = windows[start:start + batch_size].to(lm.device)
+        logits = lm.model(ids).logits
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+        out[start:start + ids.shape[0]] = nll.cpu()
+    return out
+
+
+def perplexity_interval(nll: torch.Tensor, level: float = 0.95, n_boot: int = 1000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """Perplexity ``exp(mean NLL)`` of ``nll [n_windows, tokens]`` and a percentile bootstrap interval
+    over windows (``n_boot`` resamples of the windows with replacement, seeded)."""
+    nll = torch.as_tensor(nll, dtype=torch.float64)
+    if nll.dim() != 2 or nll.numel() == 0:
+        raise WnbError(f"nll must be a non-empty [n_windows, tokens] tensor (got shape {tuple(nll.shape)})")
+    per_window = nll.mean(1).numpy()
+    ppl = math.exp(float(per_window.mean()))
+    if per_window.size < 2:
+        return ppl, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = per_window[rng.integers(0, per_window.size, (n_boot, per_window.size))].mean(1)
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return ppl, math.exp(lo), math.exp(hi)
+
+
+# ---------------------------------------------------------------- dense vs ablated
+
+def token_surprisal(lm, windows, neurons, side: str = "negative", batch_size: int = 8,
+                    progress: bool = True, dense_nll: torch.Tensor | None = None) -> pd.DataFrame:
+    """Dense and sign-ablated NLL of every predicted token of ``windows``, one row per token.
+
+    ``neurons`` and ``side`` are those of :func:`wnb.sign_ablated` (e.g. the Wasserstein neurons from
+    :func:`wnb.select_wasserstein`). Columns: ``window, position`` (index of the predicted token in its
+    window, from 1), ``token_id, token`` (its decoded text), ``token_class, group`` (see the module
+    docstring), ``dense_nll, ablated_nll, delta_nll`` (nats). ``dense_nll`` may be passed to skip the
+    dense pass. Aggregate with :func:`surprisal_by_class` and :func:`top_surprisal_tokens`.
+    """
+    from .sign_ablation import check_neurons, check_side, sign_ablated
+
+    check_side(side)
+    plan = check_neurons(lm, neurons)
+    windows = check_windows(windows)
+    if dense_nll is None:
+        dense_nll = token_nll(lm, windows, batch_size=batch_size, progress=progress)
+    elif tuple(dense_nll.shape) != (windows.shape[0], windows.shape[1] - 1):
+        raise WnbError(f"dense_nll has shape {tuple(dense_nll.shape)} but the windows need "
+                       f"{(windows.shape[0], windows.shape[1] - 1)}")
+    with sign_ablated(lm, plan, side):
+        ablated = token_nll(lm, windows, batch_size=batch_size, progress=progress)
+    n, t = dense_nll.shape
+    ids = windows[:, 1:]
+    texts, classes = [], []
+    for w in range(n):
+        row_texts = token_texts(lm, windows[w].tolist())
+        row_classes = _classes_in_context(row_texts) if lm.tokenizer is not None else ["other"] * len(row_texts)
+        texts += row_texts[1:]
+        classes += row_classes[1:]
+    table = pd.DataFrame({
+        "window": np.repeat(np.arange(n), t), "position": np.tile(np.arange(1, t + 1), n),
+        "token_id": ids.reshape(-1).numpy(), "token": texts, "token_class": classes,
+        "group": [CLASS_GROUPS[c] for c in classes],
+        "dense_nll": dense_nll.reshape(-1).double().numpy(), "ablated_nll": ablated.reshape(-1).double().numpy(),
+    })
+    table["delta_nll"] = table["ablated_nll"] - table["dense_nll"]
+    return table
+
+
+def surprisal_by_class(table: pd.DataFrame, by: str = "token_class") -> pd.DataFrame:
+    """Mean Δ NLL per token class (``by="token_class"``) or per group (``by="group"``) of a
+    :func:`token_surprisal` table: ``n_tokens, token_share, dense_nll, ablated_nll, delta_nll, delta_sem``
+    and ``excess_share`` — the class's part of the total Δ NLL (compare it with ``token_share``)."""
+    if by not in ("token_class", "group"):
+        raise WnbError(f"by must be 'token_class' or 'group' (got {by!r})")
+    if table.empty:
+        raise WnbError("the surprisal table is empty")
+    total = table["delta_nll"].sum()
+    grouped = table.groupby(by, sort=False)
+    out = pd.DataFrame({
+        "n_tokens": grouped.size(),
+        "dense_nll": grouped["dense_nll"].mean(), "ablated_nll": grouped["ablated_nll"].mean(),
+        "delta_nll": grouped["delta_nll"].mean(),
+        "delta_sem": grouped["delta_nll"].std(ddof=1) / np.sqrt(grouped.size()),
+        "excess_share": grouped["delta_nll"].sum() / total if total != 0 else np.nan,
+    })
+    out.insert(1, "token_share", out["n_tokens"] / len(table))
+    order = [c for c in (CLASSES if by == "token_class" else dict.fromkeys(CLASS_GROUPS.values())) if c in out.index]
+    out = out.loc[order].reset_index()
+    if by == "token_class":
+        out.insert(1, "group", out["token_class"].map(CLASS_GROUPS))
+    return out
+
+
+def top_surprisal_tokens(table: pd.DataFrame, n: int = 20, min_count: int = 5) -> pd.DataFrame:
+    """The ``n`` token ids with the largest mean Δ NLL among those predicted at least ``min_count``
+    times: ``token_id, token, token_class, count, dense_nll, ablated_nll, delta_nll``."""
+    if n < 1 or min_count < 1:
+        raise WnbError(f"n and min_count must be at least 1 (got {n}, {min_count})")
+    grouped = table.groupby("token_id", sort=False)
+    out = pd.DataFrame({
+        "token": grouped["token"].first(), "token_class": grouped["token_class"].agg(lambda c: c.mode().iat[0]),
+        "count": grouped.size(), "dense_nll": grouped["dense_nll"].mean(),
+        "ablated_nll": grouped["ablated_nll"].mean(), "delta_nll": grouped["delta_nll"].mean(),
+    })
+    out = out[out["count"] >= min_count].sort_values("delta_nll", ascending=False, kind="stable")
+    return out.head(n).reset_index()
