@@ -64,6 +64,23 @@ def test_kmeans_restarts_keep_the_best_inertia():
     assert best <= max(single)
 
 
+def test_greedy_seeding_puts_one_centroid_in_each_blob_more_often():
+    from wnb.expand import _kmeans_pp, greedy_trials
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [40.0, 0.0], [0.0, 40.0], [40.0, 40.0], [20.0, 80.0], [80.0, 20.0]])
+    sizes = [400, 300, 200, 100, 50, 25]  # uneven blobs: plain D² draws often miss the small ones
+    x = torch.cat([c + torch.randn(n, 2, generator=g) for c, n in zip(centres, sizes)])
+
+    def covers(trials, seed):
+        seeds = _kmeans_pp(x, 6, torch.Generator().manual_seed(seed), trials)
+        return len(set(torch.cdist(seeds, centres).argmin(1).tolist())) == 6
+
+    plain = sum(covers(1, s) for s in range(60))
+    greedy = sum(covers(greedy_trials(6), s) for s in range(60))
+    assert greedy > plain and greedy >= 50, (plain, greedy)
+
+
 def test_kmeans_refills_an_empty_cluster():
     x, truth = blobs(centers=3)
     init = torch.stack([x[truth == 0][0], x[truth == 1][0], torch.full((5,), 1e4)])  # third centroid far away

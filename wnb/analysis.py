@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import WnbError
+from .expand import N_INIT
 from .expand import RoutedLayer, expand_layer
 
 
@@ -63,7 +64,7 @@ def _inputs(study: LayerStudy, on: str) -> torch.Tensor:
 
 
 def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0.5, pca_factor=32,
-                n_init: int = 4, seed: int = 0, blocksize: int = 128, percdamp: float = 0.01,
+                n_init: int = N_INIT, seed: int = 0, blocksize: int = 128, percdamp: float = 0.01,
                 max_tokens: int | None = None, progress: bool = True) -> LayerStudy:
     """Capture ``layer``'s inputs on ``calib`` and ``held_out`` from the dense model, prune it with SparseGPT
     and expand it into ``n_experts`` experts at ``sparsity``. The model is not changed."""
