@@ -66,7 +66,12 @@ def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
 
 
 class _Clamp:
-    """Forward hook: clamp the chosen output features in place (last dimension)."""
+    """Forward hook: return a copy of the output with the chosen features (last dimension) clamped.
+
+    Not in place: nnsight reads a layer's output inside its ``forward``, before PyTorch's forward hooks
+    run, and keeps a reference; an in-place clamp would reach that reference or not depending on whether
+    the trace stopped at this layer (``wnb.capture`` stops after its deepest layer, before its hooks).
+    With a copy, a capture of an ablated layer always gives its output before the clamp."""
 
     def __init__(self, index: torch.Tensor, side: str):
         self.index = index
@@ -80,10 +85,10 @@ class _Clamp:
         if idx is None:
             idx = self._on[output.device] = self.index.to(output.device)
         if self.side == "both":
-            return output.index_fill_(-1, idx, 0)
+            return output.index_fill(-1, idx, 0)
         part = output.index_select(-1, idx)
         part = part.clamp_(min=0) if self.side == "negative" else part.clamp_(max=0)
-        return output.index_copy_(-1, idx, part)
+        return output.index_copy(-1, idx, part)
 
 
 @contextlib.contextmanager
@@ -93,9 +98,11 @@ def sign_ablated(lm, neurons, side: str = "negative"):
     ``neurons`` maps layer names (``wnb.linear_layers(lm)``) to neuron indices (output features).
     ``side="negative"`` zeroes only their negative values (y → max(y, 0), the follow-up's intervention),
     ``"positive"`` only the positive ones (y → min(y, 0)), ``"both"`` all (y → 0). Forward hooks do it, so
-    :func:`wnb.perplexity`, :func:`wnb.capture` (which then sees the clamped outputs), nnsight traces and
-    ``lm.model.generate`` all run the ablated model; the weights are never touched. The hooks are removed
-    on exit, also after an exception or Ctrl-C. Yields the validated ``{layer: indices}``.
+    :func:`wnb.perplexity`, :func:`wnb.capture`, nnsight traces and ``lm.model.generate`` all run the
+    ablated model; the weights are never touched. The clamp acts as the layer returns, after nnsight
+    reads its output: a capture of an ablated layer itself gives its output before the clamp (what it
+    computes from its, possibly ablated, inputs), every later layer sees the clamped values. The hooks
+    are removed on exit, also after an exception or Ctrl-C. Yields the validated ``{layer: indices}``.
     """
     from .models import module, require_local
 

@@ -5,8 +5,8 @@ a tagger model, so a token's class comes from a **closed English word list shipp
 (:data:`FUNCTION_WORDS`: determiners, prepositions, pronouns, auxiliaries and modals, conjunctions)
 and from its characters. How a (subword) token maps to a class:
 
-1. Its text is ``tokenizer.decode([id])`` with surrounding whitespace stripped and lower-cased
-   (``" The"`` → ``"the"``).
+1. Its text (:func:`token_texts`: what it adds to the decoded text, with its leading space) with
+   surrounding whitespace stripped and lower-cased (``" The"`` → ``"the"``).
 2. Empty (a space or newline token), a special token, or an undecodable byte piece → ``"other"``.
 3. Only digits (with ``.`` ``,`` between them) → ``"number"``; only punctuation or symbols →
    ``"punctuation"``.
@@ -58,7 +58,7 @@ FUNCTION_WORDS: dict[str, tuple[str, ...]] = {
     ),
     "auxiliary": (
         "be", "am", "is", "are", "was", "were", "been", "being", "have", "has", "had", "having", "do",
-        "does", "did", "done", "doing", "will", "would", "shall", "should", "can", "could", "may",
+        "does", "did", "will", "would", "shall", "should", "can", "could", "may",
         "might", "must", "ought", "not", "n't", "'s", "'re", "'m", "'ve", "'ll", "'d", "'t", "don",
         "doesn", "didn", "isn", "aren", "wasn", "weren", "haven", "hasn", "hadn", "couldn", "shouldn",
         "wouldn", "mustn",
@@ -102,18 +102,36 @@ def token_class(text: str) -> str:
 
 
 def token_texts(lm, ids) -> list[str]:
-    """The decoded text of each token id (``"<id 5>"`` when the model has no tokenizer)."""
+    """The text each token of a 1-D id sequence adds in context (``"<id 5>"`` without a tokenizer).
+
+    Token i's text is what decoding ``[ids[i-1], ids[i]]`` adds to decoding ``ids[i-1]`` alone, so a
+    word-initial SentencePiece token (``"▁cat"``, which decodes alone as ``"cat"``) keeps its leading
+    space and a WordPiece continuation (``"##ory"``) has none; the first token and tokens after a
+    special token are decoded alone; special tokens are ``""``.
+    """
     ids = [int(i) for i in ids]
     tok = lm.tokenizer
     if tok is None:
         return [f"<id {i}>" for i in ids]
     special = set(getattr(tok, "all_special_ids", []) or [])
-    cache: dict[int, str] = {}
+    alone: dict[int, str] = {}
+    pairs: dict[tuple[int, int], str] = {}
+
+    def single(i: int) -> str:
+        if i not in alone:
+            alone[i] = "" if i in special else tok.decode([i])
+        return alone[i]
+
     out = []
-    for i in ids:
-        if i not in cache:
-            cache[i] = "" if i in special else tok.decode([i])
-        out.append(cache[i])
+    for k, i in enumerate(ids):
+        prev = ids[k - 1] if k else None
+        if i in special or prev is None or prev in special:
+            out.append(single(i))
+            continue
+        if (prev, i) not in pairs:
+            head, both = single(prev), tok.decode([prev, i])
+            pairs[(prev, i)] = both[len(head):] if both.startswith(head) else single(i)
+        out.append(pairs[(prev, i)])
     return out
 
 

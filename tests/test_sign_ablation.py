@@ -1,0 +1,391 @@
+"""Sign-specific ablation: the clamp against a plain PyTorch hook, hook removal, the study's controls,
+the matched control's bisection, the depth profile, and bad input refused before any work."""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+import wnb
+
+sa = importlib.import_module("wnb.sign_ablation")  # wnb.sign_ablated is the function, not the module
+
+
+def _picks(lm, per_layer=5, seed=0):
+    """A few neurons of every first-FFN layer of ``lm``."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in wnb.first_ffn_layers(lm):
+        n = wnb.layer_weight(lm, name).shape[0]
+        out[name] = torch.randperm(n, generator=gen)[:per_layer]
+    return out
+
+
+def _reference_hooks(lm, neurons, side):
+    """The same intervention written as plain PyTorch forward hooks that return a modified copy."""
+    def make(idx):
+        def hook(mod, args, out):
+            out = out.clone()
+            if side == "negative":
+                out[..., idx] = out[..., idx].clamp(min=0)
+            elif side == "positive":
+                out[..., idx] = out[..., idx].clamp(max=0)
+            else:
+                out[..., idx] = 0
+            return out
+        return hook
+    return [lm.model.get_submodule(n).register_forward_hook(make(torch.as_tensor(i))) for n, i in neurons.items()]
+
+
+def _hook_count(lm) -> int:
+    return sum(len(m._forward_hooks) for m in lm.model.modules())
+
+
+def _logits(lm, ids):
+    with torch.no_grad():
+        return lm.model(ids).logits
+
+
+# ---------------------------------------------------------------- the clamp
+
+@pytest.mark.parametrize("side", sa.SIDES)
+def test_clamp_equals_a_plain_forward_hook(tiny, tiny_windows, side):
+    neurons = _picks(tiny, per_layer=8)
+    dense = _logits(tiny, tiny_windows)
+    weights = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    hooks_before = _hook_count(tiny)
+    with wnb.sign_ablated(tiny, neurons, side=side) as plan:
+        assert _hook_count(tiny) == hooks_before + len(neurons)
+        assert set(plan) == set(neurons)
+        ours = _logits(tiny, tiny_windows)
+    handles = _reference_hooks(tiny, neurons, side)
+    try:
+        reference = _logits(tiny, tiny_windows)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert not torch.equal(ours, dense)  # the intervention does something
+    assert _hook_count(tiny) == hooks_before
+    torch.testing.assert_close(_logits(tiny, tiny_windows), dense, rtol=0, atol=0)
+    for k, v in tiny.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
+@pytest.mark.parametrize("side", sa.SIDES)
+def test_only_the_chosen_outputs_change(tiny, tiny_windows, side):
+    layer = wnb.first_ffn_layers(tiny)[1]
+    chosen = torch.tensor([0, 5, 9, 31])
+    seen = []
+    mod = tiny.model.get_submodule(layer)
+    with wnb.sign_ablated(tiny, {layer: chosen}, side=side):
+        spy = mod.register_forward_hook(lambda m, a, o: seen.append(o.reshape(-1, o.shape[-1]).clone()))
+        try:
+            # the layer's own output in a capture is the one before the clamp, whether or not the trace
+            # stops at this layer
+            own = wnb.capture(tiny, [layer], tiny_windows, inputs=False, progress=False)[layer].outputs
+            later = wnb.linear_layers(tiny)[wnb.linear_layers(tiny).index(layer) + 1]
+            both = wnb.capture(tiny, [layer, later], tiny_windows, inputs=False, progress=False)[layer].outputs
+            _logits(tiny, tiny_windows)
+        finally:
+            spy.remove()
+    dense = wnb.capture(tiny, [layer], tiny_windows, inputs=False, progress=False)[layer].outputs
+    torch.testing.assert_close(own, dense, rtol=0, atol=0)
+    torch.testing.assert_close(both, dense, rtol=0, atol=0)
+    ablated = seen[-1]  # what the rest of the model got (a hook after the clamp's sees its result)
+    rest = torch.ones(dense.shape[1], dtype=torch.bool)
+    rest[chosen] = False
+    torch.testing.assert_close(ablated[:, rest], dense[:, rest], rtol=0, atol=0)
+    expect = {"negative": dense[:, chosen].clamp(min=0), "positive": dense[:, chosen].clamp(max=0),
+              "both": torch.zeros_like(dense[:, chosen])}[side]
+    torch.testing.assert_close(ablated[:, chosen], expect, rtol=0, atol=0)
+    assert (dense[:, chosen] < 0).any() and (dense[:, chosen] > 0).any()
+
+
+def test_applies_inside_nnsight_traces_perplexity_and_capture(tiny_llama, tiny_windows):
+    neurons = _picks(tiny_llama, per_layer=10)
+    later = "model.layers.2.mlp.down_proj"
+    handles = _reference_hooks(tiny_llama, neurons, "negative")
+    try:
+        ref_logits = _logits(tiny_llama, tiny_windows)
+        ref_ppl = wnb.perplexity(tiny_llama, tiny_windows, progress=False)
+        ref_later = wnb.capture(tiny_llama, [later], tiny_windows, progress=False)[later]
+    finally:
+        for h in handles:
+            h.remove()
+    dense_ppl = wnb.perplexity(tiny_llama, tiny_windows, progress=False)
+    with wnb.sign_ablated(tiny_llama, neurons):
+        with torch.no_grad(), tiny_llama.nnsight.trace(tiny_windows):
+            saved = tiny_llama.nnsight.output.save()
+        traced = saved.value if hasattr(saved, "value") else saved
+        traced = traced.logits if hasattr(traced, "logits") else traced[0]
+        ppl = wnb.perplexity(tiny_llama, tiny_windows, progress=False)
+        later_acts = wnb.capture(tiny_llama, [later], tiny_windows, progress=False)[later]
+    torch.testing.assert_close(traced, ref_logits, rtol=0, atol=1e-6)
+    assert ppl == pytest.approx(ref_ppl, rel=1e-12) and ppl != dense_ppl
+    torch.testing.assert_close(later_acts.inputs, ref_later.inputs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(later_acts.outputs, ref_later.outputs, rtol=0, atol=1e-6)
+
+
+def test_applies_during_generation(tiny_llama):
+    neurons = _picks(tiny_llama, per_layer=20)
+    prompt = torch.tensor([[3, 14, 15, 92, 65]])
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    handles = _reference_hooks(tiny_llama, neurons, "both")
+    try:
+        reference = tiny_llama.model.generate(prompt, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    calls = []
+    layer = next(iter(neurons))
+    with wnb.sign_ablated(tiny_llama, neurons, side="both"):
+        # registered after the clamp, so it sees the clamp's result
+        spy = tiny_llama.model.get_submodule(layer).register_forward_hook(lambda m, a, o: calls.append(o.clone()))
+        try:
+            ours = tiny_llama.model.generate(prompt, **kw)
+        finally:
+            spy.remove()
+    assert torch.equal(ours, reference)
+    assert len(calls) == 6  # one forward per new token, every one clamped
+    assert all((c[..., neurons[layer]] == 0).all() for c in calls)
+
+
+def test_hooks_removed_after_an_exception(tiny_llama, tiny_windows):
+    before, dense = _hook_count(tiny_llama), _logits(tiny_llama, tiny_windows)
+    with pytest.raises(RuntimeError, match="boom"):
+        with wnb.sign_ablated(tiny_llama, _picks(tiny_llama)):
+            _logits(tiny_llama, tiny_windows)
+            raise RuntimeError("boom")
+    assert _hook_count(tiny_llama) == before
+    torch.testing.assert_close(_logits(tiny_llama, tiny_windows), dense, rtol=0, atol=0)
+
+
+def test_hooks_removed_after_keyboard_interrupt(tiny_llama, tiny_windows):
+    before = _hook_count(tiny_llama)
+    with pytest.raises(KeyboardInterrupt):
+        with wnb.sign_ablated(tiny_llama, _picks(tiny_llama)):
+            raise KeyboardInterrupt
+    assert _hook_count(tiny_llama) == before
+
+
+def test_hooks_removed_after_sigint(tiny_llama, tiny_windows):
+    """A real Ctrl-C: SIGINT sent to this process while the ablated model runs."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT does not raise KeyboardInterrupt in this process")
+    before, dense = _hook_count(tiny_llama), _logits(tiny_llama, tiny_windows)
+    with pytest.raises(KeyboardInterrupt):
+        with wnb.sign_ablated(tiny_llama, _picks(tiny_llama)):
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the handler runs between bytecodes
+                _logits(tiny_llama, tiny_windows)
+    assert _hook_count(tiny_llama) == before
+    torch.testing.assert_close(_logits(tiny_llama, tiny_windows), dense, rtol=0, atol=0)
+
+
+def test_neurons_accept_lists_masks_and_empty(tiny_llama, tiny_windows):
+    layer = wnb.first_ffn_layers(tiny_llama)[0]
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[[1, 2, 3]] = True
+    with wnb.sign_ablated(tiny_llama, {layer: mask}) as plan:
+        assert plan[layer].tolist() == [1, 2, 3]
+        a = _logits(tiny_llama, tiny_windows)
+    with wnb.sign_ablated(tiny_llama, {layer: [3, 2, 1, 1]}):
+        torch.testing.assert_close(_logits(tiny_llama, tiny_windows), a, rtol=0, atol=0)
+    before = _hook_count(tiny_llama)
+    with wnb.sign_ablated(tiny_llama, {}), wnb.sign_ablated(tiny_llama, {layer: []}):
+        assert _hook_count(tiny_llama) == before
+
+
+@pytest.mark.parametrize("neurons, side, match", [
+    ({"model.layers.0.mlp.gate_proj": [1]}, "negativ", "unknown side"),
+    ({"model.layers.0.mlp.gate_prj": [1]}, "negative", "not a linear layer.*closest valid names"),
+    ({"model.layers.0.mlp.gate_proj": [64]}, "negative", r"64 neurons.*\[0, 64\)"),
+    ({"model.layers.0.mlp.gate_proj": [-1]}, "negative", r"\[0, 64\)"),
+    ({"model.layers.0.mlp.gate_proj": [0.5]}, "negative", "integer"),
+    ({"model.layers.0.mlp.gate_proj": None}, "negative", "no neuron indices"),
+    ([1, 2], "negative", "map layer names"),
+])
+def test_bad_input_is_refused_before_any_hook(tiny_llama, neurons, side, match):
+    before = _hook_count(tiny_llama)
+    with pytest.raises(wnb.WnbError, match=match):
+        with wnb.sign_ablated(tiny_llama, neurons, side=side):
+            pytest.fail("the block must not run")
+    assert _hook_count(tiny_llama) == before
+
+
+# ---------------------------------------------------------------- selections and the study
+
+@pytest.fixture(scope="module")
+def windows():
+    gen = torch.Generator().manual_seed(7)
+    return torch.randint(0, 128, (6, 24), generator=gen), torch.randint(0, 128, (6, 24), generator=gen)
+
+
+@pytest.fixture(scope="module")
+def scores(tiny_llama, windows):
+    return wnb.wasserstein_scores(tiny_llama, windows[0], progress=False)
+
+
+def test_wasserstein_scores_match_layer_wd(tiny_llama, windows, scores):
+    layers = wnb.first_ffn_layers(tiny_llama)
+    assert list(scores) == layers
+    acts = wnb.capture(tiny_llama, layers, windows[0], inputs=False, progress=False)
+    for name in layers:
+        torch.testing.assert_close(scores[name], wnb.wasserstein_to_gaussian(acts[name].outputs))
+    # capture split over several passes by the memory cap gives the same numbers
+    small = wnb.wasserstein_scores(tiny_llama, windows[0], max_bytes=1, progress=False)
+    for name in layers:
+        torch.testing.assert_close(small[name], scores[name])
+    streamed = wnb.wasserstein_scores(tiny_llama, windows[0], streaming=True, progress=False)
+    for name in layers:
+        torch.testing.assert_close(streamed[name], scores[name], atol=5e-3, rtol=0)
+
+
+def test_selections(scores):
+    top = wnb.select_wasserstein(scores, fraction=0.05)
+    for name, wd in scores.items():
+        k = round(0.05 * wd.numel())
+        assert top[name].numel() == k
+        assert set(top[name].tolist()) == set(torch.argsort(wd, descending=True)[:k].tolist())
+    counts = {n: i.numel() for n, i in top.items()}
+    a, b = wnb.select_random(scores, counts, seed=1), wnb.select_random(scores, counts, seed=1)
+    assert all(torch.equal(a[n], b[n]) and a[n].numel() == counts[n] for n in scores)
+    assert any(not torch.equal(a[n], c) for n, c in wnb.select_random(scores, counts, seed=2).items())
+    cands = wnb.matched_candidates(scores, exclude=0.10, seed=0)
+    for name, wd in scores.items():
+        excluded = set(torch.argsort(wd, descending=True)[:round(0.10 * wd.numel())].tolist())
+        assert not excluded & set(cands[name].tolist())
+        assert len(excluded) + cands[name].numel() == wd.numel()
+    sel = wnb.select_matched(cands, 7)
+    assert all(torch.equal(sel[n], cands[n][:7]) for n in cands)
+
+
+def test_bisection_finds_the_count_within_tolerance():
+    calls = []
+
+    def ppl(count):
+        calls.append(count)
+        return 10.0 + 0.5 * count
+
+    count, reached = sa._bisect(ppl, widest=1000, target=60.0, tolerance=0.02)
+    assert reached and abs((10 + 0.5 * count) / 60 - 1) <= 0.02
+    assert len(calls) <= 12
+    count, reached = sa._bisect(ppl, widest=50, target=60.0, tolerance=0.02)  # 35 at most: unreachable
+    assert (count, reached) == (50, False)
+    step = lambda c: 10.0 if c < 300 else 100.0  # noqa: E731 - jumps over the band: the closest
+    count, reached = sa._bisect(step, widest=1000, target=60.0, tolerance=0.02)
+    assert reached and count in (299, 300)
+
+
+def _study(lm, windows, scores, **kw):
+    return wnb.sign_ablation_study(lm, None, windows[1], fraction=0.05, scores=scores, progress=False, **kw)
+
+
+def test_study_table_and_controls(tiny_llama, windows, scores):
+    table = _study(tiny_llama, windows, scores, seeds=(0, 1))
+    assert list(table["selection"]) == ["dense", "wasserstein", "random", "random", "matched"]
+    assert table["seed"].tolist()[2:] == [0, 1, 0]
+    top = wnb.select_wasserstein(scores, 0.05)
+    counts = {n: i.numel() for n, i in top.items()}
+    w = table.iloc[1]
+    assert w["n_neurons"] == sum(counts.values())
+    assert (table.loc[table.selection == "random", "n_neurons"] == w["n_neurons"]).all()
+    for seed in (0, 1):
+        assert {n: i.numel() for n, i in wnb.select_random(scores, counts, seed).items()} == counts
+    dense = wnb.perplexity(tiny_llama, windows[1], progress=False)
+    assert table.iloc[0]["perplexity"] == pytest.approx(dense, rel=1e-6)
+    with wnb.sign_ablated(tiny_llama, top):
+        assert w["perplexity"] == pytest.approx(wnb.perplexity(tiny_llama, windows[1], progress=False), rel=1e-6)
+    assert (table["ppl_low"] <= table["perplexity"]).all() and (table["perplexity"] <= table["ppl_high"]).all()
+
+    m = table.iloc[-1]
+    assert m["target_perplexity"] == w["perplexity"] and m["within_tolerance"]
+    assert abs(m["perplexity"] / m["target_perplexity"] - 1) <= 0.02
+    matched = wnb.select_matched(wnb.matched_candidates(scores, 0.10, seed=0), m["per_layer"])
+    assert sum(i.numel() for i in matched.values()) == m["n_neurons"]
+    for name in scores:
+        assert not set(matched[name].tolist()) & set(top[name].tolist())  # disjoint from the Wasserstein set
+    with wnb.sign_ablated(tiny_llama, matched):
+        assert m["perplexity"] == pytest.approx(wnb.perplexity(tiny_llama, windows[1], progress=False), rel=1e-6)
+
+    again = _study(tiny_llama, windows, scores, seeds=(0, 1))
+    cols = ["selection", "seed", "n_neurons", "perplexity", "ppl_low", "ppl_high"]
+    assert again[cols].equals(table[cols])  # deterministic
+
+
+def test_matched_control_that_cannot_reach_the_target(tiny_llama, windows, scores):
+    opts = dict(side="negative", batch_size=8, progress=False)
+    chosen, report = sa._match(tiny_llama, windows[1], scores, target=1e9, seed=0, exclude=0.1,
+                               tolerance=0.02, opts=opts)
+    assert not report["within_tolerance"] and report["evaluations"] == 1
+    assert "all" in report["note"] and "candidates" in report["note"]
+    assert sum(i.numel() for i in chosen.values()) == report["candidates"]
+
+
+def test_study_with_minimal_pairs_and_computed_scores():
+    from _tiny_words import tiny_word_llama
+
+    lm = tiny_word_llama()
+    pairs = wnb.minimal_pairs(n=3, phenomena=["simple", "vp_coordination"])
+    ids = lm.tokenizer(" ".join(p["good"] for p in wnb.minimal_pairs(n=8)), add_special_tokens=False).input_ids
+    windows = torch.tensor(ids[:16 * 12]).view(12, 16)
+    table = wnb.sign_ablation_study(lm, windows[:6], windows[6:], fraction=0.05, seeds=(0,), pairs=pairs,
+                                    controls=("random",), progress=False)
+    assert list(table["selection"]) == ["dense", "wasserstein", "random"]
+    for col in ("accuracy", "accuracy_simple", "accuracy_vp_coordination"):
+        assert table[col].between(0, 1).all()
+    dense_acc = wnb.minimal_pair_accuracy(lm, pairs, progress=False)
+    assert table.iloc[0]["accuracy_simple"] == dense_acc.set_index("phenomenon").loc["simple", "accuracy"]
+
+
+def test_depth_profile(tiny_llama, windows, scores):
+    depth = wnb.sign_ablation_depth(tiny_llama, None, windows[1], fraction=0.05, scores=scores, progress=False)
+    layers = list(scores)
+    assert list(depth["mode"]) == ["dense"] + ["layer"] * len(layers) + ["cumulative"] * len(layers)
+    assert depth.iloc[0]["delta_perplexity"] == 0
+    single, cumulative = depth[depth["mode"] == "layer"], depth[depth["mode"] == "cumulative"]
+    assert list(single["layer"]) == layers and list(single["block"]) == [0, 1, 2]
+    assert list(cumulative["n_neurons"]) == [3, 6, 9]
+    assert single.iloc[0]["perplexity"] == cumulative.iloc[0]["perplexity"]
+    study = _study(tiny_llama, windows, scores, controls=())
+    assert cumulative.iloc[-1]["perplexity"] == pytest.approx(study.iloc[1]["perplexity"], rel=1e-12)
+    assert (depth["delta_perplexity"] == depth["perplexity"] - depth.iloc[0]["perplexity"]).all()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(side="neg"), "unknown side"), (dict(fraction=0), r"fraction must be in \(0, 1\)"),
+    (dict(fraction=1), "fraction"), (dict(fraction=1.5), "fraction"), (dict(fraction=-0.1), "fraction"),
+    (dict(fraction="0.01"), "fraction"), (dict(controls=("random", "shuffled")), "unknown controls"),
+    (dict(layers=["model.layers.9.mlp.gate_proj"]), "not a linear layer"), (dict(seeds=()), "seeds"),
+    (dict(pairs=[]), "no minimal pairs"), (dict(pairs="no-such-pairs"), "unknown minimal pairs"),
+    (dict(exclude=0.005), "exclude"), (dict(tolerance=0), "tolerance"),
+])
+def test_study_refuses_bad_input_before_any_work(tiny_llama, windows, monkeypatch, kw, match):
+    def no_work(*a, **k):
+        raise AssertionError("work started before the input was checked")
+
+    surprisal = importlib.import_module("wnb.surprisal")
+    monkeypatch.setattr(sa, "wasserstein_scores", no_work)
+    monkeypatch.setattr(surprisal, "token_nll", no_work)
+    with pytest.raises(wnb.WnbError, match=match):
+        wnb.sign_ablation_study(tiny_llama, windows[0], windows[1], progress=False, **kw)
+
+
+def test_study_refuses_an_empty_pair_file_and_bad_scores(tiny_llama, windows, scores, tmp_path):
+    empty = tmp_path / "pairs.jsonl"
+    empty.write_text("")
+    with pytest.raises(wnb.WnbError, match="no minimal pairs"):
+        wnb.sign_ablation_study(tiny_llama, windows[0], windows[1], pairs=str(empty), progress=False)
+    name = next(iter(scores))
+    with pytest.raises(wnb.WnbError, match="64 neurons"):
+        _study(tiny_llama, windows, {name: scores[name][:10]})
+    with pytest.raises(wnb.WnbError, match="calib"):
+        wnb.sign_ablation_study(tiny_llama, None, windows[1], progress=False)
+    with pytest.raises(wnb.WnbError, match="unknown side"):
+        wnb.sign_ablation_depth(tiny_llama, None, windows[1], scores=scores, side="up", progress=False)
