@@ -19,6 +19,38 @@ def test_perplexity_equals_hf_loss(tiny, tiny_windows):
         math.exp(np.mean(losses)), rel=1e-5)
 
 
+def test_window_nll_equals_hf_loss_per_window(tiny, tiny_windows):
+    from wnb.evaluate import window_nll
+
+    with torch.no_grad():
+        losses = [tiny.model(w[None], labels=w[None]).loss.item() for w in tiny_windows]
+    np.testing.assert_allclose(window_nll(tiny, tiny_windows, batch_size=4, progress=False).numpy(), losses, rtol=1e-5)
+
+
+def test_bootstrap_interval_matches_an_independent_resampling():
+    from wnb.evaluate import bootstrap_interval
+
+    nll = np.random.default_rng(3).gamma(9.0, 0.3, size=40)  # per-window NLLs, spread like real windows
+    low, high = bootstrap_interval(torch.tensor(nll), n_boot=20_000, seed=1)
+    rng = np.random.default_rng(11)
+    boot = np.exp(nll[rng.integers(0, nll.size, size=(20_000, nll.size))].mean(1))
+    ref_low, ref_high = np.percentile(boot, [2.5, 97.5])
+    width = ref_high - ref_low
+    assert abs(low - ref_low) < 0.05 * width and abs(high - ref_high) < 0.05 * width
+    assert low < math.exp(nll.mean()) < high
+    assert bootstrap_interval(torch.tensor(nll), n_boot=500, seed=1) == bootstrap_interval(torch.tensor(nll),
+                                                                                          n_boot=500, seed=1)
+    point = bootstrap_interval(torch.tensor([2.0]))
+    assert point[0] == pytest.approx(math.exp(2.0)) and point[1] == pytest.approx(math.exp(2.0))
+
+
+def test_sweep_rows_carry_intervals(tiny_llama, tiny_windows):
+    table = wnb.sweep(tiny_llama, tiny_windows[:4], tiny_windows[4:], methods=("magnitude",), sparsities=(0.5,),
+                      progress=False)
+    assert {"ppl_low", "ppl_high"} <= set(table.columns)
+    assert (table["ppl_low"] <= table["perplexity"]).all() and (table["perplexity"] <= table["ppl_high"]).all()
+
+
 def test_output_rmse_matches_numpy():
     g = torch.Generator().manual_seed(0)
     dense = torch.randn(400, 7, generator=g) * torch.arange(1, 8)

@@ -236,7 +236,7 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     dense row first unless ``dense=False``). Other keywords go to :func:`wnb.expanded`.
     """
     from .capture import check_windows
-    from .evaluate import perplexity
+    from .evaluate import perplexity_interval
     from .expand import check_expansion, expanded
     from .models import check_layers, ffn_layers, layer_bias, layer_weight
     from .prune import sparsity_label
@@ -252,8 +252,8 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     rows = []
     if dense:
         start = time.perf_counter()
-        ppl = perplexity(lm, held_out, batch_size=batch_size, progress=progress)
-        rows.append({"method": "dense", "n_experts": 0, "sparsity": "0%", "perplexity": ppl, "layer_error": 0.0,
+        ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
+        rows.append({"method": "dense", "n_experts": 0, "sparsity": "0%", **ppl, "layer_error": 0.0,
                      "build_seconds": 0.0, "eval_seconds": time.perf_counter() - start})
     weight, bias = layer_weight(lm, error_layer).detach().clone(), layer_bias(lm, error_layer)
     bias = None if bias is None else bias.detach().clone()
@@ -265,10 +265,10 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
             meter = _ErrorMeter(weight, bias)
             hook = exp.layers[error_layer].register_forward_hook(meter)
             try:
-                ppl = perplexity(lm, held_out, batch_size=batch_size, progress=progress)
+                ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
             finally:
                 hook.remove()
         rows.append({"method": "sparsegpt" if k == 1 else "expansion", "n_experts": k,
-                     "sparsity": sparsity_label(s), "perplexity": ppl, "layer_error": meter.relative,
+                     "sparsity": sparsity_label(s), **ppl, "layer_error": meter.relative,
                      "build_seconds": built - start, "eval_seconds": time.perf_counter() - built})
     return pd.DataFrame(rows)

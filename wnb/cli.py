@@ -459,7 +459,7 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
 
 def _prune(args, run: RunFolder, session) -> str:
     from . import plots
-    from .evaluate import perplexity
+    from .evaluate import perplexity_interval
     from .prune import check_method, pruned, sparsity_label, streams_inputs
 
     lm = session.lm
@@ -473,25 +473,26 @@ def _prune(args, run: RunFolder, session) -> str:
     key = session.key(methods=[args.method], sparsities=[label], layers=list(layers), held_out=session.held_out,
                       true_sequential=args.true_sequential)
     start = time.perf_counter()
-    dense = perplexity(lm, session.held_out, batch_size=args.batch_size, progress=progress)
-    rows = [{"method": "dense", "sparsity": "0%", "perplexity": dense, "prune_seconds": 0.0,
+    dense = perplexity_interval(lm, session.held_out, batch_size=args.batch_size, progress=progress)
+    rows = [{"method": "dense", "sparsity": "0%", **dense, "prune_seconds": 0.0,
              "eval_seconds": time.perf_counter() - start}]
     start = time.perf_counter()
     with pruned(lm, args.method, args.sparsity, calib=session.calib, layers=layers, neurons=args.neurons,
                 fraction=args.fraction, seed=args.seed, batch_size=args.batch_size, progress=progress,
                 true_sequential=args.true_sequential) as report:
         middle = time.perf_counter()
-        ppl = perplexity(lm, session.held_out, batch_size=args.batch_size, progress=progress)
+        ppl = perplexity_interval(lm, session.held_out, batch_size=args.batch_size, progress=progress)
         if args.save_model:
             with cache.atomic_path(run.path / "model") as tmp:
                 lm.model.save_pretrained(tmp, safe_serialization=True)
                 if lm.tokenizer is not None:
                     lm.tokenizer.save_pretrained(tmp)
             run.manifest["files"]["model/"] = "the pruned model (Hugging Face format, safetensors)"
-    rows.append({"method": args.method, "sparsity": label, "perplexity": ppl, "prune_seconds": middle - start,
+    rows.append({"method": args.method, "sparsity": label, **ppl, "prune_seconds": middle - start,
                  "eval_seconds": time.perf_counter() - middle})
     table = pd.DataFrame(rows)
-    run.table("perplexity.csv", table, "held-out perplexity of the dense and the pruned model")
+    run.table("perplexity.csv", table, "held-out perplexity of the dense and the pruned model, with a 95% "
+              "bootstrap interval over the held-out windows (ppl_low, ppl_high)")
     run.table("layers.csv", report.table(), "what pruning did to each layer: zeros, rows pruned, damping, seconds")
     if args.neurons is None:  # the numbers the app's sweep of this one method and sparsity shows
         cache.cached("sweep", key, lambda: table, enabled=not args.no_cache)
@@ -503,7 +504,12 @@ def _prune(args, run: RunFolder, session) -> str:
         run.figure("detail_error_vs_wd.png", plots.neuron_scatter(view.errors, "wd", "rel_rmse", title=detail),
                    "per-neuron relative output error after pruning vs WD")
     return (f"pruned {len(layers)} layer(s) of {lm.name} with {args.method} at {label}: held-out perplexity "
-            f"{dense:.2f} dense → {ppl:.2f} pruned")
+            f"{_ppl(dense)} dense → {_ppl(ppl)} pruned")
+
+
+def _ppl(row: dict) -> str:
+    """A perplexity with its 95% bootstrap interval, for the one-line summaries."""
+    return f"{row['perplexity']:.2f} [{row['ppl_low']:.2f}, {row['ppl_high']:.2f}]"
 
 
 def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True) -> int:

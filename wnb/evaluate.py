@@ -12,25 +12,52 @@ from tqdm.auto import tqdm
 from .capture import check_windows
 
 
-@torch.no_grad()
 def perplexity(lm, windows, batch_size: int = 8, progress: bool = True) -> float:
     """``exp(mean next-token NLL)`` over non-overlapping windows (every window predicts seq_len − 1 tokens)."""
-    from .models import require_local
+    return math.exp(float(window_nll(lm, windows, batch_size, progress).mean()))
 
+
+@torch.no_grad()
+def window_nll(lm, windows, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """Mean next-token NLL of each window, ``[n_windows]`` float64 (all windows have the same length, so
+    their mean is the mean over every predicted token)."""
     from .checks import check_int
+    from .models import require_local
 
     require_local(lm, "perplexity")
     windows = check_windows(windows, lm, min_len=2)  # every window predicts its tokens after the first
     batch_size = check_int(batch_size, "batch_size")
-    total_nll = 0.0
-    count = 0
+    parts = []
     for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", disable=not progress, leave=False):
         ids = windows[start:start + batch_size].to(lm.device)
         logits = lm.model(ids).logits.float()
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-        total_nll += nll.item()
-        count += ids[:, 1:].numel()
-    return math.exp(total_nll / count)
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [batch, seq - 1]
+        parts.append(nll.double().mean(1).cpu())
+    return torch.cat(parts)
+
+
+def bootstrap_interval(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the perplexity from per-window NLLs (:func:`window_nll`): the
+    windows are resampled with replacement ``n_boot`` times (seeded). With one window it is a point."""
+    from .errors import WnbError
+
+    nll = torch.as_tensor(nll, dtype=torch.float64).flatten()
+    if nll.numel() == 0:
+        raise WnbError("no windows to bootstrap")
+    gen = torch.Generator().manual_seed(int(seed))
+    picks = torch.randint(nll.numel(), (n_boot, nll.numel()), generator=gen)
+    ppl = nll[picks].mean(1).exp()
+    tail = (1 - level) / 2
+    low, high = torch.quantile(ppl, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return low, high
+
+
+def perplexity_interval(lm, windows, batch_size: int = 8, progress: bool = True, n_boot: int = 1000,
+                        level: float = 0.95, seed: int = 0) -> dict:
+    """``{"perplexity", "ppl_low", "ppl_high"}``: the perplexity and its 95% bootstrap interval over windows."""
+    nll = window_nll(lm, windows, batch_size, progress)
+    low, high = bootstrap_interval(nll, n_boot, level, seed)
+    return {"perplexity": math.exp(float(nll.mean())), "ppl_low": low, "ppl_high": high}
 
 
 # ---------------------------------------------------------------- per-neuron comparison
@@ -119,8 +146,8 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     rows = []
     if dense:
         start = time.perf_counter()
-        ppl = perplexity(lm, held_out, batch_size=batch_size, progress=progress)
-        rows.append({"method": "dense", "sparsity": "0%", "perplexity": ppl, "prune_seconds": 0.0,
+        ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
+        rows.append({"method": "dense", "sparsity": "0%", **ppl, "prune_seconds": 0.0,
                      "eval_seconds": time.perf_counter() - start})
     for method in methods:
         for sparsity, label in zip(sparsities, labels):
@@ -151,8 +178,8 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
     rows = []
     if dense:
         start = time.perf_counter()
-        ppl = perplexity(lm, held_out, batch_size=batch_size, progress=progress)
-        rows.append({"criterion": "dense", "fraction": 0.0, "sparsity": "0%", "perplexity": ppl,
+        ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
+        rows.append({"criterion": "dense", "fraction": 0.0, "sparsity": "0%", **ppl,
                      "prune_seconds": 0.0, "eval_seconds": time.perf_counter() - start})
     for criterion in criteria:
         rows.append(_pruned_perplexity(lm, calib, held_out, batch_size, progress,
@@ -168,5 +195,5 @@ def _pruned_perplexity(lm, calib, held_out, batch_size, progress, row: dict, **p
     start = time.perf_counter()
     with pruned(lm, calib=calib, batch_size=batch_size, progress=progress, **prune_kw):
         middle = time.perf_counter()
-        ppl = perplexity(lm, held_out, batch_size=batch_size, progress=progress)
-    return {**row, "perplexity": ppl, "prune_seconds": middle - start, "eval_seconds": time.perf_counter() - middle}
+        ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
+    return {**row, **ppl, "prune_seconds": middle - start, "eval_seconds": time.perf_counter() - middle}

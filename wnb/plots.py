@@ -328,8 +328,9 @@ def perplexity_curves(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Perplexity vs sparsity per method (paper Fig. 9) from :func:`wnb.sweep` / :func:`wnb.expansion_sweep`.
 
     Unstructured sparsities are joined by lines; N:M patterns are open markers at their fraction of
-    zeros; a ``dense`` row is a dashed horizontal line. The perplexity axis is logarithmic when the
-    values span more than a factor of 3.
+    zeros; a ``dense`` row is a dashed horizontal line. With ``ppl_low`` / ``ppl_high`` columns (the
+    95% bootstrap interval over held-out windows) the intervals are drawn as bands and error bars. The
+    perplexity axis is logarithmic when the values span more than a factor of 3.
     """
     for column in ("method", "sparsity", "perplexity"):
         if column not in table.columns:
@@ -337,23 +338,33 @@ def perplexity_curves(table: pd.DataFrame, title: str | None = None) -> Figure:
     fig, (ax,) = _figure(width=5.4, height=3.8)
     colors = dict(zip([m for m in dict.fromkeys(table["method"]) if m != "dense"], sns.color_palette(PALETTE)))
     dense = table[table["method"] == "dense"]
+    intervals = {"ppl_low", "ppl_high"} <= set(table.columns)
     if len(dense):
         ax.axhline(dense["perplexity"].iloc[0], color="black", linestyle="--", linewidth=1, label="dense")
+        if intervals:
+            ax.axhspan(dense["ppl_low"].iloc[0], dense["ppl_high"].iloc[0], color="black", alpha=0.08, linewidth=0)
     for method, color in colors.items():
         part = table[table["method"] == method]
         nm = part["sparsity"].str.contains(":")
         line = part[~nm].assign(x=lambda d: d["sparsity"].map(sparsity_value)).sort_values("x")
         if len(line):
             ax.plot(line["x"], line["perplexity"], marker="o", color=color, label=method)
+            if intervals:
+                ax.fill_between(line["x"], line["ppl_low"], line["ppl_high"], color=color, alpha=0.18, linewidth=0)
         for _, row in part[nm].iterrows():
-            ax.scatter([sparsity_value(row["sparsity"])], [row["perplexity"]], s=60, facecolors="none",
+            x = sparsity_value(row["sparsity"])
+            ax.scatter([x], [row["perplexity"]], s=60, facecolors="none",
                        edgecolors=color, linewidths=1.6, label=f"{method} {row['sparsity']}", zorder=3)
+            if intervals:
+                ax.errorbar([x], [row["perplexity"]], yerr=[[row["perplexity"] - row["ppl_low"]],
+                                                            [row["ppl_high"] - row["perplexity"]]],
+                            color=color, capsize=3, linewidth=1, fmt="none")
     values = table["perplexity"].to_numpy(float)
     if np.nanmax(values) > 3 * np.nanmin(values):  # log only when the range is wide
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("sparsity (fraction of weights set to zero)")
-    ax.set_ylabel("perplexity (held out)")
+    ax.set_ylabel("perplexity (held out" + (", 95% interval)" if intervals else ")"))
     _finish(ax, title)
     return fig
 
@@ -368,17 +379,23 @@ def ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
     bars = table[table["criterion"] != "dense"]
     blue, orange = sns.color_palette(PALETTE)[:2]
     colors = [orange if c == "wd" else blue for c in bars["criterion"]]
-    ax.bar(bars["criterion"], bars["perplexity"], color=colors)
-    for x, value in enumerate(bars["perplexity"]):
-        ax.text(x, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+    intervals = {"ppl_low", "ppl_high"} <= set(table.columns)
+    yerr = [bars["perplexity"] - bars["ppl_low"], bars["ppl_high"] - bars["perplexity"]] if intervals else None
+    ax.bar(bars["criterion"], bars["perplexity"], color=colors, yerr=yerr, capsize=3,
+           error_kw={"linewidth": 1, "ecolor": "#333"})
+    tops = bars["ppl_high"] if intervals else bars["perplexity"]
+    for x, (value, top) in enumerate(zip(bars["perplexity"], tops)):
+        ax.text(x, top, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
     dense = table[table["criterion"] == "dense"]
     if len(dense):
         ax.axhline(dense["perplexity"].iloc[0], color="black", linestyle="--", linewidth=1, label="dense")
         ax.legend(fontsize=8, frameon=False, loc="lower right")
-        low = min(dense["perplexity"].iloc[0], bars["perplexity"].min())
-        ax.set_ylim(low * 0.97, bars["perplexity"].max() * 1.04)
+        if intervals:
+            ax.axhspan(dense["ppl_low"].iloc[0], dense["ppl_high"].iloc[0], color="black", alpha=0.08, linewidth=0)
+        low = min(dense["perplexity"].iloc[0], (bars["ppl_low"] if intervals else bars["perplexity"]).min())
+        ax.set_ylim(low * 0.97, tops.max() * 1.05)
     ax.set_xlabel("neurons chosen by")
-    ax.set_ylabel("perplexity (held out)")
+    ax.set_ylabel("perplexity (held out" + (", 95% interval)" if intervals else ")"))
     _finish(ax, title, legend=False)
     return fig
 
