@@ -13,6 +13,9 @@ from .data import load_corpus, token_windows
 from .entanglement import (layer_scores, mapping_difficulty, neuron_table, overview, overview_table,
                            pair_distances, top_neurons, wasserstein_to_gaussian)
 from .errors import WnbError
+from .entanglement import layer_statistics
+from .positions import drop_positions, position_profile, position_tail_share
+from .sign_view import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
 from .expand import Expansion, Router, RoutedLayer, expand_layer, expanded, kmeans
 from .analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_outputs, relative_improvement,
                        ri_regression, study_layer, token_shares)
@@ -42,5 +45,8 @@ __all__ += ["FUNCTION_WORDS", "matched_candidates", "minimal_pair_accuracy", "mi
             "perplexity_interval", "select_matched", "select_random", "select_wasserstein", "sentence_logprobs",
             "sign_ablated", "sign_ablation_depth", "sign_ablation_study", "surprisal_by_class", "token_class",
             "token_classes", "token_nll", "token_surprisal", "top_surprisal_tokens", "wasserstein_scores"]
+
+__all__ += ["drop_positions", "gate_up_quadrants", "layer_statistics", "position_profile", "position_tail_share",
+            "shape_statistics", "sign_quadrants", "wasserstein_split"]
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .checks import check_int
 from .errors import WnbError
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
@@ -41,14 +42,29 @@ def _median(x: torch.Tensor) -> torch.Tensor:
     return (lower + upper) / 2
 
 
+def _samples(outputs) -> torch.Tensor:
+    """A 2-D tensor of samples: torch tensors as they are, numpy arrays wrapped; anything else refused."""
+    if isinstance(outputs, np.ndarray):
+        outputs = torch.from_numpy(outputs)
+    if not isinstance(outputs, torch.Tensor):
+        raise WnbError(f"outputs must be a torch tensor or a numpy array [n_samples, n_neurons] "
+                       f"(got {type(outputs).__name__})")
+    if outputs.dim() != 2:
+        raise WnbError(f"outputs must be [n_samples, n_neurons] (got shape {tuple(outputs.shape)})")
+    if outputs.dtype.is_complex or outputs.dtype == torch.bool:
+        raise WnbError(f"outputs must hold real numbers (got {outputs.dtype})")
+    return outputs
+
+
 def wasserstein_to_gaussian(outputs: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Exact W1 distance of each column's standardized distribution to N(0, 1).
 
-    ``outputs`` is ``[n_samples, n_neurons]``; returns ``[n_neurons]`` float64. Columns with zero
-    variance (constant neurons) get NaN. Work is chunked over neurons so memory stays bounded.
+    ``outputs`` is ``[n_samples, n_neurons]`` (a torch tensor on any device, or a numpy array; bfloat16
+    and float16 are upcast exactly to float32); returns ``[n_neurons]`` float64. Columns with zero
+    variance (constant neurons) get NaN. Work is chunked over ``chunk`` neurons so memory stays bounded.
     """
-    if outputs.dim() != 2:
-        raise WnbError(f"outputs must be [n_samples, n_neurons] (got shape {tuple(outputs.shape)})")
+    outputs = _samples(outputs)
+    chunk = check_int(chunk, "chunk")
     n, m = outputs.shape
     if n < 2:
         raise WnbError(f"at least 2 samples are needed to standardize (got {n})")
@@ -59,8 +75,8 @@ def wasserstein_to_gaussian(outputs: torch.Tensor, chunk: int = 256) -> torch.Te
     result = torch.empty(m, dtype=torch.float64)
     for start in range(0, m, chunk):
         y = outputs[:, start:start + chunk].detach().cpu()
-        if not y.dtype.is_floating_point:
-            y = y.double()
+        if y.dtype not in (torch.float32, torch.float64):  # numpy sorts neither bfloat16 nor float16
+            y = y.float() if y.dtype.is_floating_point else y.double()
         # one neuron per row; numpy's vectorized sort is several times faster than torch.sort on CPU
         y_sorted = torch.from_numpy(np.sort(y.T.contiguous().numpy(), axis=1)).double()
         std, mean = torch.std_mean(y_sorted, dim=1, correction=0, keepdim=True)
@@ -85,10 +101,12 @@ def wasserstein_to_gaussian(outputs: torch.Tensor, chunk: int = 256) -> torch.Te
 def top_neurons(scores: torch.Tensor, fraction: float = 0.03, k: int | None = None) -> torch.Tensor:
     """Indices of the highest-scoring neurons, highest first; NaN (constant) neurons are never ranked.
 
-    ``fraction`` of the layer (paper: 3%, at least one neuron) unless ``k`` is given.
+    ``fraction`` of the layer (paper: 3%, at least one neuron) unless ``k`` (a positive whole number) is given.
     """
     scores = torch.as_tensor(scores).double()
-    if k is None:
+    if k is not None:
+        k = check_int(k, "k")
+    else:
         if not 0 < fraction <= 1:
             raise WnbError(f"fraction must be in (0, 1] (got {fraction})")
         k = max(1, round(fraction * scores.numel()))
@@ -100,6 +118,7 @@ def top_neurons(scores: torch.Tensor, fraction: float = 0.03, k: int | None = No
 
 def sample_pairs(n_tokens: int, n_pairs: int = 50_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint random token pairs (each token in at most one pair), seeded."""
+    n_pairs = check_int(n_pairs, "n_pairs")  # the paper uses 50,000
     if n_tokens < 2:
         raise WnbError(f"mapping difficulty needs at least 2 tokens (got {n_tokens})")
     n_pairs = min(n_pairs, n_tokens // 2)
@@ -173,11 +192,25 @@ def output_moments(y: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, tor
 
 
 def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weight: torch.Tensor | None = None,
-                 n_pairs: int = 50_000, seed: int = 0) -> pd.DataFrame:
+                 n_pairs: int = 50_000, seed: int = 0, *, sign: bool = False, seq_len: int | None = None,
+                 skip_first: int = 0) -> pd.DataFrame:
     """One row per neuron: WD, rank, MD (if inputs given), output mean and variance, weight norm.
 
     Sorted by WD, highest first; ``rank`` 1 is the most entangled neuron.
+
+    ``sign=True`` adds the sign view (:func:`wnb.sign_view.sign_columns`): ``frac_negative, skewness,
+    kurtosis`` (excess), ``wd_lower, wd_upper`` (the WD integral over t < 0 and t > 0; they add up to
+    ``wd``) and ``lower_share``. Given ``seq_len`` (the capture's window length: rows are flattened
+    window-major), ``skip_first`` positions of every window are dropped from every statistic, and the
+    columns ``pos0_tail_share`` (:func:`wnb.position_tail_share`: share of the neuron's outputs beyond ±2.5σ
+    at the first position kept) and ``sink`` (that share ``>= wnb.positions.SINK_SHARE``) are added.
     """
+    from .positions import drop_positions, position_tail_share, sink_flags
+
+    if skip_first and seq_len is None:
+        raise WnbError("skip_first needs seq_len: the window length of the capture (rows are window-major)")
+    if seq_len is not None:
+        outputs, inputs = drop_positions(outputs, seq_len, skip_first), drop_positions(inputs, seq_len, skip_first)
     wd = wasserstein_to_gaussian(outputs)
     variance, mean = output_moments(outputs)
     table = pd.DataFrame({"neuron": np.arange(outputs.shape[1]), "wd": wd.numpy(),
@@ -186,48 +219,98 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
         table["md"] = mapping_difficulty(inputs, outputs, n_pairs=n_pairs, seed=seed).numpy()
     if weight is not None:
         table["weight_norm"] = torch.linalg.vector_norm(weight.detach().double().cpu(), dim=1).numpy()
+    if sign:
+        from .sign_view import sign_columns
+
+        for name, column in sign_columns(outputs).items():
+            table[name] = column
+    if seq_len is not None:
+        # outputs already lost their first skip_first positions: the first kept position is now 0
+        share = position_tail_share(outputs, seq_len - skip_first)
+        table["pos0_tail_share"] = share.numpy()
+        table["sink"] = sink_flags(share).numpy()
     table = table.sort_values("wd", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table
 
 
-def layer_scores(lm, windows, layers=None, max_tokens: int | None = 2048, batch_size: int = 8,
-                 progress: bool = True) -> dict[str, torch.Tensor]:
-    """WD of every neuron of every FFN layer (or ``layers``), from one capture pass of outputs only."""
-    from .capture import capture
+def _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first):
+    """One capture pass of outputs only; yields ``(layer, outputs without the first skip_first positions,
+    the kept window length)`` and frees each layer once the caller is done with it."""
+    from .capture import capture, check_windows
     from .models import ffn_layers
+    from .positions import check_skip, drop_positions
 
+    windows = check_windows(windows, lm)
+    seq_len, skip_first = check_skip(windows.shape[1], skip_first)
     layers = ffn_layers(lm) if layers is None else layers
     acts = capture(lm, layers, windows, max_tokens=max_tokens, batch_size=batch_size, inputs=False,
                    progress=progress)
-    scores = {}
     for name in list(acts):
-        scores[name] = wasserstein_to_gaussian(acts.pop(name).outputs)  # free each layer once scored
-    return scores
+        yield name, drop_positions(acts.pop(name).outputs, seq_len, skip_first), seq_len - skip_first
 
 
-def overview_table(lm, scores: dict[str, torch.Tensor], fraction: float = 0.03, top: int = 5) -> pd.DataFrame:
+def layer_statistics(lm, windows, layers=None, max_tokens: int | None = 2048, batch_size: int = 8,
+                     progress: bool = True, skip_first: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Per FFN layer (or ``layers``), from one capture pass of outputs only: ``{"wd": [d], "pos0_tail_share":
+    [d]}`` (WD, and the share of each neuron's tails at the first position kept, see
+    :func:`wnb.position_tail_share`). ``skip_first`` drops that many positions from every window first."""
+    from .positions import position_tail_share
+
+    return {name: {"wd": wasserstein_to_gaussian(y), "pos0_tail_share": position_tail_share(y, seq_len)}
+            for name, y, seq_len in _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first)}
+
+
+def layer_scores(lm, windows, layers=None, max_tokens: int | None = 2048, batch_size: int = 8,
+                 progress: bool = True, skip_first: int = 0) -> dict[str, torch.Tensor]:
+    """WD of every neuron of every FFN layer (or ``layers``), from one capture pass of outputs only;
+    ``skip_first`` drops that many positions from every window (0: all, as in the paper)."""
+    return {name: wasserstein_to_gaussian(y)
+            for name, y, _ in _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first)}
+
+
+def overview_table(lm, scores: dict[str, torch.Tensor], fraction: float = 0.03, top: int = 5,
+                   pos0_shares: dict[str, torch.Tensor] | None = None) -> pd.DataFrame:
     """One row per layer: block, kind, neurons, WD quantiles, mean WD of the top ``fraction`` (the
-    Wasserstein neurons), its ratio to the median, and the ``top`` neuron indices."""
+    Wasserstein neurons), its ratio to the median, and the ``top`` neuron indices.
+
+    A layer whose neurons are all constant (NaN WD) gets NaN statistics and no top neurons. Given
+    ``pos0_shares`` (``{layer: [d]}``, e.g. from :func:`layer_statistics`), ``sinks`` counts the layer's
+    neurons flagged as first-position tails (share >= ``wnb.positions.SINK_SHARE``) and ``sink_top_share``
+    is the share of its Wasserstein neurons so flagged.
+    """
     from .models import block_of
+    from .positions import sink_flags
 
     rows = []
     for name, wd in scores.items():
+        wd = torch.as_tensor(wd).double()
         best = top_neurons(wd, fraction)
         finite = wd[~torch.isnan(wd)]
-        q = torch.quantile(finite, torch.tensor([0.0, 0.25, 0.5, 0.75, 0.95, 1.0], dtype=torch.float64))
-        rows.append({"block": block_of(lm, name), "layer": name, "kind": name.rsplit(".", 1)[-1],
-                     "neurons": wd.numel(), "constant": int(torch.isnan(wd).sum()),
-                     "wd_min": q[0].item(), "wd_q25": q[1].item(), "wd_median": q[2].item(),
-                     "wd_q75": q[3].item(), "wd_q95": q[4].item(), "wd_max": q[5].item(),
-                     "wd_top_mean": wd[best].mean().item(),
-                     "top_over_median": (wd[best].mean() / q[2]).item(),
-                     "top_neurons": best[:top].tolist()})
+        if finite.numel():
+            q = torch.quantile(finite, torch.tensor([0.0, 0.25, 0.5, 0.75, 0.95, 1.0], dtype=torch.float64))
+        else:
+            q = torch.full((6,), float("nan"), dtype=torch.float64)
+        top_mean = wd[best].mean() if best.numel() else torch.tensor(float("nan"), dtype=torch.float64)
+        row = {"block": block_of(lm, name), "layer": name, "kind": name.rsplit(".", 1)[-1],
+               "neurons": wd.numel(), "constant": int(torch.isnan(wd).sum()),
+               "wd_min": q[0].item(), "wd_q25": q[1].item(), "wd_median": q[2].item(),
+               "wd_q75": q[3].item(), "wd_q95": q[4].item(), "wd_max": q[5].item(),
+               "wd_top_mean": top_mean.item(), "top_over_median": (top_mean / q[2]).item(),
+               "top_neurons": best[:top].tolist()}
+        if pos0_shares is not None:
+            flags = sink_flags(pos0_shares[name])
+            row["sinks"] = int(flags.sum())
+            row["sink_top_share"] = flags[best].double().mean().item() if best.numel() else float("nan")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def overview(lm, windows, layers=None, fraction: float = 0.03, max_tokens: int | None = 2048,
-             batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
-    """Whole-model overview: :func:`layer_scores` of every FFN layer summarized by :func:`overview_table`."""
-    scores = layer_scores(lm, windows, layers, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
-    return overview_table(lm, scores, fraction)
+             batch_size: int = 8, progress: bool = True, skip_first: int = 0) -> pd.DataFrame:
+    """Whole-model overview: :func:`layer_statistics` of every FFN layer summarized by :func:`overview_table`
+    (with the first-position ``sinks`` columns); ``skip_first`` drops positions from every window."""
+    stats = layer_statistics(lm, windows, layers, max_tokens=max_tokens, batch_size=batch_size, progress=progress,
+                             skip_first=skip_first)
+    return overview_table(lm, {n: s["wd"] for n, s in stats.items()}, fraction,
+                          pos0_shares={n: s["pos0_tail_share"] for n, s in stats.items()})

@@ -270,12 +270,16 @@ def _piecewise_linear_w1(z: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
 
 def stream_scores(lm, windows, layers=None, max_tokens: int | None = None, batch_size: int = 8,
                   n_bins: int = 512, knee: float = 0.25, span: float = 1e4,
-                  progress: bool = True) -> dict[str, StreamingWD]:
+                  progress: bool = True, skip_first: int = 0) -> dict[str, StreamingWD]:
     """WD, mean and variance of every neuron of ``layers`` (default: all FFN layers) in one capture pass
-    that keeps no outputs: memory is per neuron, not per token. Returns ``{layer: StreamingWD}``."""
-    from .capture import capture
+    that keeps no outputs: memory is per neuron, not per token. Returns ``{layer: StreamingWD}``.
+    ``skip_first`` leaves the first positions of every window out (0: all, as in the paper)."""
+    from .capture import capture, check_windows
     from .models import ffn_layers
+    from .positions import check_skip
 
+    windows = check_windows(windows, lm)
+    seq_len, skip_first = check_skip(windows.shape[1], skip_first)
     layers = ffn_layers(lm) if layers is None else layers
     accumulators: dict[str, StreamingWD] = {}
 
@@ -283,7 +287,10 @@ def stream_scores(lm, windows, layers=None, max_tokens: int | None = None, batch
         for name, acts in batch.items():
             if name not in accumulators:
                 accumulators[name] = StreamingWD(n_bins, knee, span)
-            accumulators[name].update(acts.outputs)
+            y = acts.outputs
+            if skip_first:  # every batch starts at a window boundary
+                y = y[torch.arange(y.shape[0], device=y.device) % seq_len >= skip_first]
+            accumulators[name].update(y)
 
     capture(lm, layers, windows, max_tokens=max_tokens, batch_size=batch_size, inputs=False,
             progress=progress, on_batch=feed)

@@ -1,0 +1,216 @@
+"""The sign view: on which side of its distribution a neuron is non-Gaussian.
+
+The follow-up paper (PAPER.md §8) finds that gate_proj-like Wasserstein neurons differentiate on the
+*negative* side. These functions say where a neuron's non-Gaussianity sits:
+
+- :func:`wasserstein_split`: the exact W1 integral ``∫ |F_z(t) − Φ(t)| dt`` of the standardized outputs,
+  split into its part over ``t < 0`` and its part over ``t > 0`` (they add up to the WD);
+- :func:`shape_statistics`: share of outputs below zero, skewness, excess kurtosis;
+- :func:`sign_quadrants` / :func:`gate_up_quadrants`: for a gated MLP (SwiGLU, GeGLU), the share of
+  tokens in each sign quadrant of (gate_proj, up_proj) of a hidden neuron.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .checks import check_int
+from .errors import WnbError
+
+_SQRT_2PI = math.sqrt(2 * math.pi)
+
+
+def _phi(x: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-0.5 * x * x) / _SQRT_2PI
+
+
+def _int_cdf(x: torch.Tensor) -> torch.Tensor:
+    """``G(x) = ∫_{-∞}^x Φ = xΦ(x) + φ(x)``."""
+    return x * torch.special.ndtr(x) + _phi(x)
+
+
+def _int_sf(x: torch.Tensor) -> torch.Tensor:
+    """``H(x) = ∫_x^∞ (1 − Φ) = φ(x) − xΦ(−x)``."""
+    return _phi(x) - x * torch.special.ndtr(-x)
+
+
+def _pieces(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """``∫_a^b |c − Φ(t)| dt`` for ``a <= b`` with the crossing ``Φ(cross) = c`` (elementwise)."""
+    s = torch.minimum(torch.maximum(cross, a), b)
+    ga, gb, gs = _int_cdf(a), _int_cdf(b), _int_cdf(s)
+    return c * (s - a) - (gs - ga) + (gb - gs) - c * (b - s)
+
+
+def _split_sorted(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper parts of W1 for rows of sorted standardized samples ``z [m, n]`` (float64)."""
+    n = z.shape[1]
+    zero = torch.zeros((), dtype=torch.float64)
+    c = torch.arange(1, n, dtype=torch.float64) / n          # the empirical CDF between z_i and z_i+1
+    cross = torch.special.ndtri(c)
+    a, b = z[:, :-1], z[:, 1:]
+    lower = _pieces(a.clamp(max=0), b.clamp(max=0), c, cross).sum(1)
+    upper = _pieces(a.clamp(min=0), b.clamp(min=0), c, cross).sum(1)
+    first, last = z[:, 0], z[:, -1]
+    lower += _int_cdf(first.clamp(max=0)) + _int_sf(last.clamp(max=0)) - _int_sf(zero)
+    upper += _int_cdf(first.clamp(min=0)) - _int_cdf(zero) + _int_sf(last.clamp(min=0))
+    return lower, upper
+
+
+def as_outputs(outputs, name: str = "outputs") -> torch.Tensor:
+    """A ``[n_samples, n_neurons]`` tensor (numpy arrays accepted) in float32 or float64 on the CPU;
+    lower precisions (bfloat16, float16) are upcast exactly to float32."""
+    if isinstance(outputs, np.ndarray):
+        outputs = torch.from_numpy(outputs)
+    if not isinstance(outputs, torch.Tensor):
+        raise WnbError(f"{name} must be a torch tensor or a numpy array [n_samples, n_neurons] "
+                       f"(got {type(outputs).__name__})")
+    if outputs.dim() != 2:
+        raise WnbError(f"{name} must be [n_samples, n_neurons] (got shape {tuple(outputs.shape)})")
+    outputs = outputs.detach().cpu()
+    if outputs.dtype not in (torch.float32, torch.float64):
+        if outputs.dtype.is_complex or outputs.dtype == torch.bool:
+            raise WnbError(f"{name} must hold real numbers (got {outputs.dtype})")
+        outputs = outputs.float() if outputs.dtype.is_floating_point else outputs.double()
+    return outputs
+
+
+def wasserstein_split(outputs, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact W1 of each column's standardized distribution to N(0, 1), split at ``t = 0``.
+
+    Returns ``(lower, upper)``, each ``[n_neurons]`` float64: ``lower = ∫_{-∞}^0 |F_z − Φ|`` and
+    ``upper = ∫_0^∞ |F_z − Φ|``, so ``lower + upper`` is :func:`wnb.wasserstein_to_gaussian`. It says where
+    along the standardized axis the distribution departs from N(0, 1): a lump of outputs far below the bulk
+    puts most of it at ``t < 0``. A merely skewed distribution need not: a long right tail also pushes the
+    bulk left, which shows at ``t < 0`` (read it with ``skewness``). Constant columns: NaN.
+    """
+    y = as_outputs(outputs)
+    n, m = y.shape
+    if n < 2:
+        raise WnbError(f"at least 2 samples are needed to standardize (got {n})")
+    chunk = max(1, (1 << 21) // n) if chunk is None else check_int(chunk, "chunk")
+    lower, upper = (torch.empty(m, dtype=torch.float64) for _ in range(2))
+    for s in range(0, m, chunk):
+        part = torch.from_numpy(np.sort(y[:, s:s + chunk].T.contiguous().numpy(), axis=1)).double()
+        std, mean = torch.std_mean(part, dim=1, correction=0, keepdim=True)
+        lo, hi = _split_sorted((part - mean) / std)
+        bad = ~(std[:, 0] > 0) | ~torch.isfinite(std[:, 0])
+        lo[bad], hi[bad] = float("nan"), float("nan")
+        lower[s:s + chunk], upper[s:s + chunk] = lo, hi
+    return lower, upper
+
+
+def shape_statistics(outputs, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Per neuron, float64 ``[n_neurons]`` each: ``frac_negative`` (share of outputs below zero, raw outputs,
+    not standardized), ``skewness`` (third standardized moment) and ``kurtosis`` (excess: fourth standardized
+    moment − 3; 0 for a Gaussian). Population moments; NaN skewness and kurtosis for constant columns."""
+    y = as_outputs(outputs)
+    chunk = check_int(chunk, "chunk")
+    m = y.shape[1]
+    out = {k: torch.empty(m, dtype=torch.float64) for k in ("frac_negative", "skewness", "kurtosis")}
+    for s in range(0, m, chunk):
+        part = y[:, s:s + chunk].double()
+        out["frac_negative"][s:s + chunk] = (part < 0).double().mean(0)
+        d = part - part.mean(0)
+        var = (d * d).mean(0)
+        ok = var > 0
+        skew = (d ** 3).mean(0) / var.clamp_min(1e-300) ** 1.5
+        kurt = (d ** 4).mean(0) / var.clamp_min(1e-300) ** 2 - 3
+        out["skewness"][s:s + chunk] = torch.where(ok, skew, torch.nan)
+        out["kurtosis"][s:s + chunk] = torch.where(ok, kurt, torch.nan)
+    return out
+
+
+def sign_columns(outputs) -> dict[str, np.ndarray]:
+    """The sign view's columns of :func:`wnb.neuron_table`: ``frac_negative, skewness, kurtosis, wd_lower,
+    wd_upper, lower_share`` (``wd_lower / (wd_lower + wd_upper)``), as numpy arrays per neuron."""
+    stats = shape_statistics(outputs)
+    lower, upper = wasserstein_split(outputs)
+    cols = {k: v.numpy() for k, v in stats.items()}
+    cols.update(wd_lower=lower.numpy(), wd_upper=upper.numpy(), lower_share=(lower / (lower + upper)).numpy())
+    return cols
+
+
+# ---------------------------------------------------------------- gated MLPs: (gate, up) sign quadrants
+
+QUADRANTS = ("gate_neg_up_neg", "gate_neg_up_pos", "gate_pos_up_neg", "gate_pos_up_pos")
+
+
+def up_projection_of(lm, layer: str) -> str:
+    """The ``up_proj`` beside a gated MLP's ``gate_proj`` (SwiGLU / GeGLU); WnbError for any other layer."""
+    from .models import check_layers, forward_order
+
+    (layer,) = check_layers(lm, [layer])
+    parent, _, leaf = layer.rpartition(".")
+    up = f"{parent}.up_proj"
+    if leaf != "gate_proj" or up not in forward_order(lm):
+        raise WnbError(f"sign quadrants are defined for the gate_proj of a gated MLP (SwiGLU/GeGLU: gate_proj and "
+                       f"up_proj side by side, e.g. Llama's model.layers.0.mlp.gate_proj); {layer!r} is not one")
+    return up
+
+
+def _quadrant_counts(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``[4, d]`` counts of tokens per quadrant (order of :data:`QUADRANTS`; zero counts as positive)."""
+    g, u = gate < 0, up < 0
+    return torch.stack([(g & u).sum(0), (g & ~u).sum(0), (~g & u).sum(0), (~g & ~u).sum(0)])
+
+
+def _quadrant_table(counts: torch.Tensor, neurons: torch.Tensor) -> pd.DataFrame:
+    total = counts.sum(0).double()
+    table = pd.DataFrame({"neuron": neurons.numpy(), "tokens": total.long().numpy()})
+    for name, row in zip(QUADRANTS, counts.double()):
+        table[name] = (row / total).numpy()
+    return table
+
+
+def _neuron_index(neurons, d: int) -> torch.Tensor:
+    idx = torch.arange(d) if neurons is None else torch.as_tensor(neurons).long().flatten()
+    if idx.numel() == 0 or idx.min() < 0 or idx.max() >= d:
+        raise WnbError(f"neurons must be indices in [0, {d})")
+    return idx
+
+
+def sign_quadrants(gate, up, neurons=None) -> pd.DataFrame:
+    """Share of tokens in each sign quadrant of (gate, up) per hidden neuron of a gated MLP.
+
+    ``gate`` and ``up`` are the gate_proj and up_proj outputs ``[N, d_hidden]`` of the same tokens.
+    Columns ``neuron, tokens`` and the four shares of :data:`QUADRANTS` (``neg`` = below zero, ``pos`` =
+    zero or above). SwiGLU's output ``silu(gate)·up`` is small for a very negative gate whatever ``up``.
+    """
+    gate, up = as_outputs(gate, "gate"), as_outputs(up, "up")
+    if gate.shape != up.shape:
+        raise WnbError(f"gate and up outputs must be of the same tokens and neurons (got {tuple(gate.shape)} "
+                       f"and {tuple(up.shape)})")
+    idx = _neuron_index(neurons, gate.shape[1])
+    return _quadrant_table(_quadrant_counts(gate[:, idx], up[:, idx]), idx)
+
+
+def gate_up_quadrants(lm, layer: str, windows, neurons=None, max_tokens: int | None = None, batch_size: int = 8,
+                      skip_first: int = 0, progress: bool = True) -> pd.DataFrame:
+    """:func:`sign_quadrants` of a gate_proj ``layer`` and its up_proj over ``windows``, counted batch by batch
+    in one capture pass (memory per neuron, not per token). ``skip_first`` drops positions of every window."""
+    from .capture import capture, check_windows
+    from .models import layer_weight
+    from .positions import check_skip
+
+    up = up_projection_of(lm, layer)
+    windows = check_windows(windows, lm)
+    _, skip_first = check_skip(windows.shape[1], skip_first)
+    idx = None if neurons is None else _neuron_index(neurons, layer_weight(lm, layer).shape[0])
+    counts = []
+
+    def feed(batch):
+        keep = torch.arange(batch[layer].outputs.shape[0], device=batch[layer].outputs.device) % windows.shape[1]
+        keep = keep >= skip_first
+        g, u = batch[layer].outputs[keep], batch[up].outputs[keep]
+        if idx is not None:
+            g, u = g[:, idx.to(g.device)], u[:, idx.to(u.device)]
+        c = _quadrant_counts(g, u).cpu()
+        counts.append(c if not counts else counts.pop() + c)
+
+    capture(lm, [layer, up], windows, max_tokens=max_tokens, batch_size=batch_size, inputs=False,
+            progress=progress, on_batch=feed)
+    d = counts[0].shape[1]
+    return _quadrant_table(counts[0], torch.arange(d) if idx is None else idx)
