@@ -13,6 +13,7 @@ from .data import load_corpus, token_windows
 from .entanglement import (layer_scores, mapping_difficulty, neuron_table, overview, overview_table,
                            pair_distances, top_neurons, wasserstein_to_gaussian)
 from .errors import WnbError
+from .contexts import ContextAccumulator, NeuronContexts, contexts_from_outputs, neuron_contexts
 from .entanglement import layer_statistics
 from .positions import drop_positions, position_profile, position_tail_share
 from .sign_view import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
@@ -48,5 +49,7 @@ __all__ += ["FUNCTION_WORDS", "matched_candidates", "minimal_pair_accuracy", "mi
 
 __all__ += ["drop_positions", "gate_up_quadrants", "layer_statistics", "position_profile", "position_tail_share",
             "shape_statistics", "sign_quadrants", "wasserstein_split"]
+
+__all__ += ["ContextAccumulator", "contexts_from_outputs", "neuron_contexts", "NeuronContexts"]
 
 __version__ = "0.1.0"

@@ -1,0 +1,657 @@
+"""The contexts behind every neuron of a layer, from one capture pass with memory per neuron.
+
+``ctx = wnb.neuron_contexts(lm, layer, windows)`` runs the capture once (nnsight, batch by batch, no
+outputs kept) and feeds each batch to a :class:`ContextAccumulator`, which holds per neuron:
+
+- the ``k`` highest and the ``k`` lowest outputs with their flat token index (window-major:
+  ``window · seq_len + position``), merged batch by batch; ties go to the lower flat index, so the result
+  is that of a full sort by (value, index) whatever the batch sizes;
+- running sums for the mean and the (population) standard deviation, float64 across batches, per
+  position bin of the window (positions 0, 1, 2, 3, then 4–7, 8–15, … doubling), which give the
+  outputs by position and the overall moments;
+- ``n_samples`` seeded examples per band of the standardized distribution (:data:`BANDS`). Each token has
+  a pseudo-random key (a fixed bijective hash of its flat index and ``seed``); a band keeps the
+  ``n_samples`` members with the smallest keys, a uniform sample of the band that does not depend on
+  the batches. Bands are assigned with the mean and std of the batches seen so far (the first batch: its
+  own); :meth:`NeuronContexts.samples` re-assigns every kept example with the final mean and std, so an
+  example near a band edge can come from the neighbouring band's draw. Members beyond ±3σ are looked at
+  on every token; those within ±3σ (common) on the lowest-key sixteenth of each batch's tokens (at
+  least 128), which is still a uniform sample of them.
+
+Its state is ``O((k + 7·n_samples) · d_out)`` whatever the number of tokens; the only per-token part of a
+:class:`NeuronContexts` is the token windows themselves (4 bytes a token), kept to decode contexts.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .checks import check_int
+from .errors import WnbError
+
+BANDS = ((-math.inf, -3.0), (-3.0, -2.0), (-2.0, -1.0), (-1.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, math.inf))
+"""Bands of the standardized output ``z``, each ``(low, high]``: below −3σ, −3…−2σ, …, the bulk −1…1σ, …, above 3σ."""
+BAND_LABELS = ("below -3σ", "-3σ to -2σ", "-2σ to -1σ", "-1σ to 1σ", "1σ to 2σ", "2σ to 3σ", "above 3σ")
+_EDGES = (-3.0, -2.0, -1.0, 1.0, 2.0, 3.0)
+_RARE = 3.0          # |z| beyond which every token is looked at for the band samples
+_PREFIX_ROWS = 128   # at least this many lowest-key tokens of each batch are looked at for every band,
+_PREFIX_SHARE = 16   # and at least 1/16 of them
+_KEY_BITS = 44
+_NO_KEY = 1 << 62
+STATE_FORMAT = "wnb-contexts-1"
+
+
+# ---------------------------------------------------------------- helpers
+
+def token_keys(flat: torch.Tensor, seed: int) -> torch.Tensor:
+    """A pseudo-random key in ``[0, 2^44)`` per flat token index: a bijection (xor-shift and odd multiply
+    steps modulo 2^44), so distinct tokens never tie, the same for every batching and device."""
+    mask = (1 << _KEY_BITS) - 1
+    x = (flat.long() + (int(seed) * 0x9E3779B97F4A7C15) % (1 << _KEY_BITS)) & mask
+    for shift, mult in ((23, 0x6F4A7), (21, 0x4C957), (22, 0x7A3F1)):  # mult < 2^19: no int64 overflow
+        x = x ^ (x >> shift)
+        x = (x * mult) & mask
+    return x ^ (x >> 20)
+
+
+def _ordered(values: torch.Tensor) -> torch.Tensor:
+    """float32 → int64 with the same order (IEEE bits, negative magnitudes flipped)."""
+    bits = values.float().contiguous().view(torch.int32).long()
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _rank_in_group(group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Position of each element within its run of equal ``group`` values (``group`` sorted ascending)."""
+    counts = torch.bincount(group, minlength=n_groups)
+    starts = counts.cumsum(0) - counts
+    return torch.arange(group.numel(), device=group.device) - starts[group]
+
+
+def position_bins(seq_len: int, skip_first: int = 0) -> list[int]:
+    """Edges of the position bins over the kept positions: ``skip_first + (0, 1, 2, 3, 4, 8, 16, …)`` up to
+    ``seq_len`` (last edge exclusive)."""
+    edges, step = [0, 1, 2, 3, 4], 8
+    while step < seq_len - skip_first:
+        edges.append(step)
+        step *= 2
+    edges = [e for e in edges if e < seq_len - skip_first] + [seq_len - skip_first]
+    return [skip_first + e for e in edges]
+
+
+def _tokenizer_of(tokenizer):
+    return getattr(tokenizer, "tokenizer", tokenizer) if not hasattr(tokenizer, "decode") else tokenizer
+
+
+def decode(tokenizer, ids) -> str:
+    """Text of token ids: ``tokenizer.decode`` (no clean-up of spaces), or ``[id]`` per token without one."""
+    ids = [int(i) for i in ids]
+    tokenizer = _tokenizer_of(tokenizer)
+    if tokenizer is None:
+        return "".join(f"[{i}]" for i in ids)
+    return tokenizer.decode(ids, clean_up_tokenization_spaces=False) if ids else ""
+
+
+def decode_contexts(tokenizer, windows: torch.Tensor, flat, width: int = 8) -> pd.DataFrame:
+    """``window, position, token_id, token, left, right`` for flat token indices of ``windows [n, seq_len]``:
+    ``token`` is the decoded token, ``left`` / ``right`` the decoded ``width`` tokens before / after it in its
+    window (fewer at the window's edges)."""
+    width = check_int(width, "width", minimum=0)
+    seq_len = windows.shape[1]
+    flat = torch.as_tensor(flat).long().flatten().tolist()
+    rows = []
+    for f in flat:
+        w, p = divmod(f, seq_len)
+        ids = windows[w].tolist()
+        rows.append({"window": w, "position": p, "token_id": ids[p], "token": decode(tokenizer, ids[p:p + 1]),
+                     "left": decode(tokenizer, ids[max(0, p - width):p]),
+                     "right": decode(tokenizer, ids[p + 1:p + 1 + width])})
+    return pd.DataFrame(rows, columns=["window", "position", "token_id", "token", "left", "right"])
+
+
+# ---------------------------------------------------------------- running extremes
+
+_PAD = {"high": -math.inf, "low": math.inf}
+
+
+class RunningExtremes:
+    """The ``k`` highest and ``k`` lowest values of every column, with their flat indices, merged batch by batch.
+
+    Order is by value, ties by the lower index, exactly as one full sort of all values would give. Once
+    ``k`` values are held, only the elements beyond the current k-th value of their column are merged:
+    one sort by (column, value, index) of them and of the held values of their columns.
+    """
+
+    def __init__(self, n_neurons: int, k: int, device="cpu"):
+        self.k, self.d = int(k), int(n_neurons)
+        self.values = {side: torch.full((self.k, self.d), _PAD[side], device=device) for side in _PAD}
+        self.index = {side: torch.full((self.k, self.d), -1, dtype=torch.long, device=device) for side in _PAD}
+        self.n_seen = 0
+        self.max_index = -1
+
+    def thresholds(self, side: str) -> torch.Tensor | None:
+        """The current k-th value per column (an element must pass it to enter); None until k are held."""
+        return self.values[side][-1] if self.n_seen >= self.k else None
+
+    def after_held(self, flat: torch.Tensor) -> bool:
+        """Whether every index of ``flat`` is above every held one (then an equal value cannot enter)."""
+        return int(flat.min()) > self.max_index
+
+    def update(self, y: torch.Tensor, flat: torch.Tensor, keep: torch.Tensor | None = None,
+               candidates: dict | None = None) -> None:
+        """Add ``y [b, d]`` (float32, contiguous) whose rows are the flat indices ``flat [b]``; rows with
+        ``keep`` False are ignored. ``candidates`` may give, per side, ``(rows, cols)`` in row-major order
+        already known to hold every kept element beyond :meth:`thresholds` (when :meth:`after_held`)."""
+        n_kept = y.shape[0] if keep is None else int(keep.sum())
+        if n_kept == 0:
+            return
+        after = self.after_held(flat)
+        for side in _PAD:
+            if candidates is not None and side in candidates:
+                rows, cols = candidates[side]
+            else:
+                rows, cols = self._candidates(y, keep, n_kept, side, after)
+            self._merge(side, y.view(-1).take(rows * self.d + cols), flat[rows], cols, after)
+        self.n_seen += n_kept
+        self.max_index = max(self.max_index, int(flat.max()))
+
+    def _candidates(self, y, keep, n_kept, side, after):
+        thr = self.thresholds(side)
+        high = side == "high"
+        if thr is None:  # fewer than k held: the batch's own k-th value bounds what can enter
+            kept = y if keep is None else y[keep]
+            thr = kept.topk(min(self.k, n_kept), dim=0, largest=high).values[-1]
+            after = False  # elements equal to the batch's k-th value may enter
+        if after:
+            mask = y > thr if high else y < thr
+        else:
+            mask = y >= thr if high else y <= thr
+        if keep is not None:
+            mask &= keep[:, None]
+        return mask.nonzero(as_tuple=True)
+
+    def _merge(self, side, values, index, cols, after: bool) -> None:
+        """Merge candidates into the held values of their columns: one stable sort by (column, value), after a
+        stable sort by index unless the candidates all come after the held ones in index order."""
+        if cols.numel() == 0:
+            return
+        held_v, held_i = self.values[side], self.index[side]
+        touched = torch.zeros(self.d, dtype=torch.bool, device=cols.device)
+        touched[cols] = True
+        tc = touched.nonzero().flatten()
+        hv, hi = held_v[:, tc].T.reshape(-1), held_i[:, tc].T.reshape(-1)  # column by column, in rank order
+        hc = tc.repeat_interleave(self.k)
+        valid = hi >= 0
+        all_c = torch.cat([hc[valid], cols])
+        all_v = torch.cat([hv[valid], values.float()])
+        all_i = torch.cat([hi[valid], index])
+        order = torch.arange(all_i.numel(), device=cols.device) if after else torch.argsort(all_i, stable=True)
+        key = _ordered(all_v[order])
+        key = -key if side == "high" else key
+        # stable: equal values keep their order, i.e. the lower index first
+        order = order[torch.argsort(all_c[order] * (1 << 33) + key + (1 << 32), stable=True)]
+        cols_sorted = all_c[order]
+        rank = _rank_in_group(cols_sorted, self.d)
+        take = rank < self.k
+        held_v[:, tc] = _PAD[side]
+        held_i[:, tc] = -1
+        held_v[rank[take], cols_sorted[take]] = all_v[order][take]
+        held_i[rank[take], cols_sorted[take]] = all_i[order][take]
+
+
+# ---------------------------------------------------------------- band samples
+
+class BandSamples:
+    """``n_samples`` members per band and column with the smallest token keys (a seeded uniform sample).
+
+    State ``[bands · d, n_samples]`` (group = band · d + column), keys ascending within a group.
+    """
+
+    def __init__(self, n_neurons: int, n_samples: int, seed: int, device="cpu"):
+        self.d, self.r, self.seed = int(n_neurons), int(n_samples), int(seed)
+        self.groups = len(BANDS) * self.d
+        self.key = torch.full((self.groups, self.r), _NO_KEY, dtype=torch.long, device=device)
+        self.index = torch.full((self.groups, self.r), -1, dtype=torch.long, device=device)
+        self.values = torch.zeros(self.groups, self.r, device=device)
+        self.edges = torch.tensor(_EDGES, device=device)
+
+    def update(self, y, flat, keep, mean, std, rare: dict) -> None:
+        """Add a batch ``y [b, d]``: ``mean`` and ``std`` ``[d]`` (float32) set the bands; ``rare`` holds the
+        ``rows``, ``cols`` and ``values`` of every kept element beyond ±3 std (and maybe others)."""
+        keys = token_keys(flat, self.seed)
+        if keep is not None:
+            keys = torch.where(keep, keys, torch.full_like(keys, _NO_KEY))
+        n_kept = y.shape[0] if keep is None else int(keep.sum())
+        n_prefix = min(max(_PREFIX_ROWS, -(-n_kept // _PREFIX_SHARE)), n_kept)
+        prefix = keys.topk(n_prefix, largest=False).indices
+        safe = torch.where(std > 0, std, torch.ones_like(std))
+        limit = self.key[:, -1]  # a key must be below its group's n-th held key to enter
+        parts = [self._prefix(y, prefix, keys, mean, safe, limit), self._rare(y, prefix, keys, mean, safe, limit, rare)]
+        group, key, rows, values = (torch.cat(t) for t in zip(*parts))
+        self._merge(group, key, flat[rows], values)
+
+    def _prefix(self, y, prefix, keys, mean, safe, limit):
+        """Every element of the lowest-key rows that can enter its band."""
+        values = y.index_select(0, prefix)
+        group = torch.bucketize((values - mean) / safe, self.edges) * self.d + torch.arange(self.d, device=y.device)
+        ok = keys[prefix][:, None] < limit.take(group)
+        r, c = ok.nonzero(as_tuple=True)
+        return group[r, c], keys[prefix[r]], prefix[r], values[r, c]
+
+    def _rare(self, y, prefix, keys, mean, safe, limit, rare):
+        """The elements beyond ±3 std outside the prefix rows that can enter their band."""
+        rows, cols, values = rare["rows"], rare["cols"], rare["values"]
+        z = (values - mean[cols]) / safe[cols]
+        in_prefix = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+        in_prefix[prefix] = True
+        pick = (z.abs() > _RARE) & ~in_prefix[rows]
+        rows, cols, z, values = rows[pick], cols[pick], z[pick], values[pick]
+        group = torch.bucketize(z, self.edges) * self.d + cols
+        key = keys[rows]
+        ok = key < limit[group]
+        return group[ok], key[ok], rows[ok], values[ok]
+
+    def _merge(self, group, key, index, values) -> None:
+        """Keep, per touched group, the ``n_samples`` smallest keys of held and new entries (keys are unique)."""
+        if group.numel() == 0:
+            return
+        touched = torch.zeros(self.groups, dtype=torch.bool, device=group.device)
+        touched[group] = True
+        tg = touched.nonzero().flatten()
+        hk, hi, hv = self.key[tg].reshape(-1), self.index[tg].reshape(-1), self.values[tg].reshape(-1)
+        valid = hi >= 0
+        all_g = torch.cat([tg.repeat_interleave(self.r)[valid], group])
+        all_k = torch.cat([hk[valid], key])
+        all_i = torch.cat([hi[valid], index])
+        all_v = torch.cat([hv[valid], values.float()])
+        if self.groups < (1 << (62 - _KEY_BITS)):
+            order = torch.argsort(all_g * (1 << _KEY_BITS) + all_k)
+        else:
+            order = torch.argsort(all_k)
+            order = order[torch.argsort(all_g[order], stable=True)]
+        g = all_g[order]
+        rank = _rank_in_group(g, self.groups)
+        take = rank < self.r
+        self.key[tg], self.index[tg], self.values[tg] = _NO_KEY, -1, 0.0
+        g, slot = g[take], rank[take]
+        self.key[g, slot] = all_k[order][take]
+        self.index[g, slot] = all_i[order][take]
+        self.values[g, slot] = all_v[order][take]
+
+    def state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, index)``, each ``[bands, n_samples, d]``."""
+        shape = (len(BANDS), self.d, self.r)
+        return (self.values.view(shape).permute(0, 2, 1).contiguous(),
+                self.index.view(shape).permute(0, 2, 1).contiguous())
+
+
+# ---------------------------------------------------------------- the accumulator
+
+class ContextAccumulator:
+    """Everything :class:`NeuronContexts` needs, fed one batch of a layer's outputs at a time.
+
+    ``update(outputs, start)`` takes ``[b, d]`` outputs (any device and dtype; the state stays on that
+    device) of the flat tokens ``start … start + b − 1`` of windows of ``seq_len`` tokens (window-major);
+    positions below ``skip_first`` are left out of every statistic. :meth:`finish` gives the result.
+    The top and bottom ``k`` do not depend on how the tokens are split into batches; the band samples
+    do (bands are set with the moments of the batches before).
+    """
+
+    def __init__(self, n_neurons: int, seq_len: int, k: int = 20, n_samples: int = 8, skip_first: int = 0,
+                 seed: int = 0):
+        from .positions import check_skip
+
+        self.d = check_int(n_neurons, "n_neurons")
+        self.seq_len, self.skip_first = check_skip(seq_len, skip_first)
+        self.k = check_int(k, "k")
+        self.n_samples = check_int(n_samples, "n_samples")
+        self.seed = check_int(seed, "seed", minimum=0)
+        self.edges = position_bins(self.seq_len, self.skip_first)
+        self.n_tokens = 0
+        self._started = False
+
+    def _start(self, y: torch.Tensor, keep) -> None:
+        dev = y.device
+        first = y if keep is None else y[keep]
+        self.center = first.double().mean(0)
+        self._center32 = self.center.float()
+        n_bins = len(self.edges) - 1
+        self.bin_count = torch.zeros(n_bins + 1, dtype=torch.long, device=dev)
+        self.bin_s1 = torch.zeros(n_bins + 1, self.d, dtype=torch.float64, device=dev)
+        self.bin_s2 = torch.zeros_like(self.bin_s1)
+        # bin of each position; dropped positions go to the extra last bin, never read
+        pos = torch.arange(self.seq_len)
+        bins = torch.searchsorted(torch.tensor(self.edges), pos, right=True) - 1
+        self._bin_of = torch.where(pos >= self.skip_first, bins, torch.full_like(bins, n_bins)).to(dev)
+        self.extremes = RunningExtremes(self.d, self.k, dev)
+        self.bands = BandSamples(self.d, self.n_samples, self.seed, dev)
+        self._started = True
+
+    @torch.no_grad()
+    def update(self, outputs: torch.Tensor, start: int) -> "ContextAccumulator":
+        """Add the outputs ``[b, d]`` of flat tokens ``start … start + b − 1``; returns self."""
+        if outputs.dim() != 2 or outputs.shape[1] != self.d:
+            raise WnbError(f"outputs must be [tokens, {self.d}] (got shape {tuple(outputs.shape)})")
+        y = outputs.float().contiguous()
+        if y.shape[0] == 0:
+            return self
+        flat = torch.arange(start, start + y.shape[0], device=y.device)
+        pos = flat % self.seq_len
+        keep = None if self.skip_first == 0 else pos >= self.skip_first
+        if keep is not None and not keep.any():
+            return self
+        if not self._started:
+            self._start(y, keep)
+        counts, s1, s2, d2 = self._bin_sums(y, pos)
+        if self.n_tokens == 0:  # the first batch's bands use its own moments
+            mean, std = self._moments(s1, s2, counts)
+        else:
+            mean, std = self._moments(self.bin_s1, self.bin_s2, self.bin_count)
+        self.bin_s1 += s1
+        self.bin_s2 += s2
+        self.bin_count += counts
+        rare, candidates = self._beyond(y, d2, flat, keep, mean, std)
+        del d2
+        self.extremes.update(y, flat, keep, candidates)
+        self.bands.update(y, flat, keep, mean.float(), std.float(), rare)
+        self.n_tokens += int(counts[:-1].sum())
+        return self
+
+    def _bin_sums(self, y, pos):
+        """Per position bin: token count, and float64 sums of ``d = y − center`` and ``d²`` (one matmul each
+        with the bins' indicator matrix, float32 within the batch); also returns ``d²``."""
+        bins = self._bin_of[pos]
+        onehot = torch.zeros(self.bin_count.numel(), y.shape[0], device=y.device)
+        onehot[bins, torch.arange(y.shape[0], device=y.device)] = 1.0
+        if self.skip_first:
+            onehot[-1] = 0
+        d = y - self._center32
+        s1 = (onehot @ d).double()
+        d2 = d.mul_(d)
+        s2 = (onehot @ d2).double()
+        if not (torch.isfinite(s1).all() and torch.isfinite(s2).all()):
+            raise WnbError("the outputs contain NaN or infinite values; check the model's dtype (float16 overflows?)")
+        return torch.bincount(bins, minlength=self.bin_count.numel()), s1, s2, d2
+
+    def _beyond(self, y, d2, flat, keep, mean, std):
+        """One pass over ``d² = (y − center)²`` finds a superset of the elements beyond ±3 std (for the band
+        samples) and, once ``k`` are held and the batch comes after them, beyond the held k-th values (for
+        the extremes); both are then picked exactly from it. Returns ``(rare, candidates or None)``."""
+        ext = self.extremes
+        thr_hi, thr_lo = ext.thresholds("high"), ext.thresholds("low")
+        use = thr_hi is not None and ext.after_held(flat)
+        drift = (mean - self.center).abs()
+        bound = _RARE * std - drift  # |y − mean| > 3 std implies |y − center| > this
+        scale = self.center.abs() + mean.abs() + _RARE * std
+        if use:
+            bound = torch.minimum(bound, torch.minimum(thr_hi.double() - self.center, self.center - thr_lo.double()))
+            scale = scale + thr_hi.double().abs() + thr_lo.double().abs()
+        bound = bound - 1e-6 * scale  # margin for float32 rounding of d and d²
+        # no bound (threshold on the centre's wrong side): every element is a candidate, even d = 0
+        mask = d2 > torch.where(bound > 0, bound * bound * (1 - 1e-6), -1.0).float()
+        if keep is not None:
+            mask &= keep[:, None]
+        lin = mask.view(-1).nonzero().squeeze(1)
+        del mask
+        rows = torch.div(lin, self.d, rounding_mode="floor")
+        cols = lin - rows * self.d
+        values = y.view(-1).take(lin)
+        rare = {"rows": rows, "cols": cols, "values": values}
+        if not use:
+            return rare, None
+        hi, lo = values > thr_hi[cols], values < thr_lo[cols]
+        return rare, {"high": (rows[hi], cols[hi]), "low": (rows[lo], cols[lo])}
+
+    def _moments(self, s1, s2, counts) -> tuple[torch.Tensor, torch.Tensor]:
+        n = counts[:-1].sum().double()
+        shift = s1[:-1].sum(0) / n
+        return self.center + shift, (s2[:-1].sum(0) / n - shift * shift).clamp_min(0).sqrt()
+
+    def finish(self, windows, tokenizer=None, layer: str = "", width: int = 8) -> "NeuronContexts":
+        """The :class:`NeuronContexts` of everything fed so far (``windows [n, seq_len]``: their token ids;
+        ``tokenizer`` or an ``LM`` decodes them; ``width`` tokens of context each side)."""
+        if self.n_tokens < 2:
+            raise WnbError(f"at least 2 tokens are needed for contexts with z-scores (got {self.n_tokens})")
+        mean, std = self._moments(self.bin_s1, self.bin_s2, self.bin_count)
+        counts = self.bin_count[:-1].double()
+        shift = self.bin_s1[:-1] / counts.clamp_min(1)[:, None]
+        bin_var = (self.bin_s2[:-1] / counts.clamp_min(1)[:, None] - shift * shift).clamp_min(0)
+        ext = self.extremes
+        sample_values, sample_index = self.bands.state()
+        state = {"format": STATE_FORMAT, "layer": layer, "k": self.k, "n_samples": self.n_samples,
+                 "seq_len": self.seq_len, "skip_first": self.skip_first, "seed": self.seed, "n_tokens": self.n_tokens,
+                 "windows": torch.as_tensor(windows).to(torch.int32).cpu(),
+                 "mean": mean.cpu(), "std": std.cpu(),
+                 "high_values": ext.values["high"].cpu(), "high_index": ext.index["high"].cpu(),
+                 "low_values": ext.values["low"].cpu(), "low_index": ext.index["low"].cpu(),
+                 "sample_values": sample_values.cpu(), "sample_index": sample_index.cpu(),
+                 "bin_edges": torch.tensor(self.edges), "bin_count": self.bin_count[:-1].cpu(),
+                 "bin_mean": (self.center + shift).cpu(), "bin_std": bin_var.sqrt().cpu()}
+        return NeuronContexts.from_state(state, tokenizer, width)
+
+
+# ---------------------------------------------------------------- the result
+
+_TENSORS = {"windows": 2, "mean": 1, "std": 1, "high_values": 2, "high_index": 2, "low_values": 2, "low_index": 2,
+            "sample_values": 3, "sample_index": 3, "bin_edges": 1, "bin_count": 1, "bin_mean": 2, "bin_std": 2}
+_META = {"layer": str, "k": int, "n_samples": int, "seq_len": int, "skip_first": int, "seed": int, "n_tokens": int}
+
+
+class NeuronContexts:
+    """The contexts of every neuron of one layer (see :func:`neuron_contexts`).
+
+    ``top(neuron, side)`` gives the ``k`` highest or lowest outputs with their decoded contexts,
+    ``samples(neuron, seed)`` seeded examples of every band, ``positions(neuron)`` the outputs by position,
+    ``table()`` one row per neuron (moments, extremes, first-position share). ``to_state()`` /
+    ``from_state(state, tokenizer)`` turn it into plain tensors, ints and strings (safetensors-cacheable).
+    """
+
+    def __init__(self, state: dict, tokenizer=None, width: int = 8):
+        self.state = state
+        self.tokenizer = _tokenizer_of(tokenizer)
+        self.width = check_int(width, "width", minimum=0)
+        for name in _META:
+            setattr(self, name, state[name])
+        self.windows = state["windows"]
+        self.mean, self.std = state["mean"], state["std"]
+
+    # -- state
+
+    def to_state(self) -> dict:
+        """Plain tensors, ints and strings (no objects): store with safetensors + JSON metadata."""
+        return dict(self.state)
+
+    @classmethod
+    def from_state(cls, state: dict, tokenizer=None, width: int = 8) -> "NeuronContexts":
+        """Rebuild from :meth:`to_state`'s dict; ``tokenizer`` (or an ``LM``) decodes the contexts."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise WnbError(f"not a NeuronContexts state (expected format {STATE_FORMAT!r})")
+        for name, dims in _TENSORS.items():
+            if not isinstance(state.get(name), torch.Tensor) or state[name].dim() != dims:
+                raise WnbError(f"NeuronContexts state: {name!r} must be a {dims}-D tensor")
+        for name, kind in _META.items():
+            if not isinstance(state.get(name), kind):
+                raise WnbError(f"NeuronContexts state: {name!r} must be a {kind.__name__}")
+        d, k = state["mean"].numel(), state["k"]
+        if state["high_index"].shape != (k, d) or state["sample_index"].shape != (len(BANDS), state["n_samples"], d):
+            raise WnbError("NeuronContexts state: the tensors' shapes do not match k, n_samples and the neurons")
+        if state["windows"].shape[1] != state["seq_len"]:
+            raise WnbError("NeuronContexts state: the windows do not have seq_len tokens")
+        return cls(dict(state), tokenizer, width)
+
+    def nbytes(self, windows: bool = False) -> int:
+        """Bytes of the per-neuron state (and of the token windows when ``windows``)."""
+        return sum(t.numel() * t.element_size() for name, t in self.state.items()
+                   if isinstance(t, torch.Tensor) and (windows or name != "windows"))
+
+    @property
+    def n_neurons(self) -> int:
+        return self.mean.numel()
+
+    # -- per neuron
+
+    def _neuron(self, neuron) -> int:
+        neuron = check_int(neuron, "neuron", minimum=0)
+        if neuron >= self.n_neurons:
+            raise WnbError(f"neuron must be between 0 and {self.n_neurons - 1} for {self.layer or 'this layer'} "
+                           f"(got {neuron})")
+        return neuron
+
+    def z(self, values, neuron: int) -> np.ndarray:
+        """Standardized outputs of ``neuron`` (NaN when it is constant)."""
+        std = float(self.std[neuron])
+        values = np.asarray(values, dtype=np.float64)
+        return (values - float(self.mean[neuron])) / std if std > 0 else np.full(values.shape, np.nan)
+
+    def _frame(self, index, values, neuron, width) -> pd.DataFrame:
+        width = self.width if width is None else width
+        frame = decode_contexts(self.tokenizer, self.windows, index, width)
+        frame.insert(2, "value", np.asarray(values, dtype=np.float64))
+        frame.insert(3, "z", self.z(values, neuron))
+        return frame
+
+    def top(self, neuron: int, side: str = "high", k: int | None = None, width: int | None = None) -> pd.DataFrame:
+        """The ``k`` (default: all held) highest (``side="high"``) or lowest (``"low"``) outputs of ``neuron``:
+        ``rank, window, position, value, z, token, left, right`` (and ``token_id``), most extreme first."""
+        neuron = self._neuron(neuron)
+        if side not in ("high", "low"):
+            raise WnbError(f"side must be 'high' or 'low' (got {side!r})")
+        index = self.state[f"{side}_index"][:, neuron]
+        n = int((index >= 0).sum()) if k is None else min(check_int(k, "k"), int((index >= 0).sum()))
+        frame = self._frame(index[:n], self.state[f"{side}_values"][:n, neuron].double(), neuron, width)
+        frame.insert(0, "rank", np.arange(1, n + 1))
+        return frame[["rank", "window", "position", "value", "z", "token", "left", "right", "token_id"]]
+
+    def samples(self, neuron: int, seed: int = 0, per_band: int = 3, width: int | None = None) -> pd.DataFrame:
+        """Up to ``per_band`` seeded examples of each band of ``neuron``'s standardized outputs (:data:`BANDS`):
+        ``band, label, window, position, value, z, token, left, right, token_id``, by band then z.
+        The examples are drawn (with ``seed``) from the ``n_samples`` kept per band."""
+        neuron = self._neuron(neuron)
+        per_band = check_int(per_band, "per_band")
+        seed = check_int(seed, "seed", minimum=0)
+        index = self.state["sample_index"][:, :, neuron].flatten()
+        values = self.state["sample_values"][:, :, neuron].flatten().double()
+        valid = index >= 0
+        index, values = index[valid], values[valid]
+        order = torch.argsort(index)
+        index, values = index[order], values[order]
+        z = torch.from_numpy(self.z(values.numpy(), neuron))
+        band = torch.bucketize(z, torch.tensor(_EDGES, dtype=torch.float64))
+        band[torch.isnan(z)] = BANDS.index((-1.0, 1.0))  # a constant neuron: all bulk
+        gen = torch.Generator().manual_seed(seed)
+        chosen = []
+        for b in range(len(BANDS)):
+            members = torch.nonzero(band == b).flatten()
+            chosen.append(members[torch.randperm(members.numel(), generator=gen)[:per_band]])
+        chosen = torch.cat(chosen)
+        frame = self._frame(index[chosen], values[chosen], neuron, width)
+        frame.insert(0, "band", band[chosen].numpy())
+        frame.insert(1, "label", [BAND_LABELS[b] for b in band[chosen].tolist()])
+        frame = frame.sort_values(["band", "z"], kind="stable").reset_index(drop=True)
+        return frame[["band", "label", "window", "position", "value", "z", "token", "left", "right", "token_id"]]
+
+    def positions(self, neuron: int) -> pd.DataFrame:
+        """``neuron``'s outputs by position bin of the window: ``first, last`` (positions, inclusive),
+        ``count, mean, std`` and the same standardized (``mean_z, std_z``)."""
+        neuron = self._neuron(neuron)
+        edges = self.state["bin_edges"].tolist()
+        mean, std = self.state["bin_mean"][:, neuron].numpy(), self.state["bin_std"][:, neuron].numpy()
+        scale = float(self.std[neuron])
+        frame = pd.DataFrame({"first": edges[:-1], "last": [e - 1 for e in edges[1:]],
+                              "count": self.state["bin_count"].numpy(), "mean": mean, "std": std,
+                              "mean_z": (mean - float(self.mean[neuron])) / scale if scale > 0 else np.nan,
+                              "std_z": std / scale if scale > 0 else np.nan})
+        return frame[frame["count"] > 0].reset_index(drop=True)
+
+    # -- whole layer
+
+    def first_position_share(self) -> torch.Tensor:
+        """Per neuron (``[d]`` float64), the share of its ``k`` most extreme outputs (largest ``|z|``, from the
+        held highest and lowest) at the first position kept (position ``skip_first``: by default the first
+        token of every window, the usual attention sink). NaN for constant neurons."""
+        values = torch.cat([self.state["high_values"], self.state["low_values"]]).double()
+        index = torch.cat([self.state["high_index"], self.state["low_index"]])
+        k = self.state["k"]
+        dup = (self.state["low_index"][:, None] == self.state["high_index"][None]).any(1)  # held on both sides
+        dup = torch.cat([torch.zeros_like(dup), dup]) | (index < 0)
+        dist = ((values - self.mean) / torch.where(self.std > 0, self.std, torch.ones_like(self.std))).abs()
+        dist[dup] = -1
+        order = torch.argsort(index, dim=0)
+        order = order.gather(0, torch.argsort(dist.gather(0, order), dim=0, descending=True, stable=True))
+        top = order[:k]
+        n = (dist.gather(0, top) >= 0).sum(0).clamp_min(1)
+        at_first = (index.gather(0, top) % self.seq_len == self.skip_first) & (dist.gather(0, top) >= 0)
+        share = at_first.sum(0).double() / n
+        share[~(self.std > 0)] = float("nan")
+        return share
+
+    def table(self, sink_share: float | None = None) -> pd.DataFrame:
+        """One row per neuron: ``neuron, mean, std, min, max, first_share`` (:meth:`first_position_share`)
+        and ``sink`` (``first_share >= sink_share``, default :data:`wnb.positions.SINK_SHARE`)."""
+        from .positions import SINK_SHARE, sink_flags
+
+        share = self.first_position_share()
+        return pd.DataFrame({"neuron": np.arange(self.n_neurons), "mean": self.mean.numpy(), "std": self.std.numpy(),
+                             "min": self.state["low_values"][0].double().numpy(),
+                             "max": self.state["high_values"][0].double().numpy(),
+                             "first_share": share.numpy(),
+                             "sink": sink_flags(share, SINK_SHARE if sink_share is None else sink_share).numpy()})
+
+    def __repr__(self) -> str:
+        return (f"NeuronContexts({self.layer!r}, neurons={self.n_neurons}, tokens={self.n_tokens}, k={self.k}, "
+                f"skip_first={self.skip_first})")
+
+
+# ---------------------------------------------------------------- entry points
+
+def contexts_from_outputs(outputs: torch.Tensor, windows, tokenizer=None, layer: str = "", k: int = 20,
+                          width: int = 8, skip_first: int = 0, n_samples: int = 8, seed: int = 0,
+                          batch_tokens: int = 4096) -> NeuronContexts:
+    """:class:`NeuronContexts` of an already captured layer: ``outputs [N, d]`` of ``windows [n, seq_len]``
+    flattened window-major (``N <= n · seq_len``: the first ``N`` tokens), fed ``batch_tokens`` rows at a time."""
+    from .capture import check_windows
+
+    windows = check_windows(windows)
+    if outputs.dim() != 2 or not 0 < outputs.shape[0] <= windows.numel():
+        raise WnbError(f"outputs must be [N, d_out] with 0 < N <= {windows.numel()} tokens of the windows "
+                       f"(got shape {tuple(outputs.shape)})")
+    batch_tokens = check_int(batch_tokens, "batch_tokens")
+    acc = ContextAccumulator(outputs.shape[1], windows.shape[1], k, n_samples, skip_first, seed)
+    for start in range(0, outputs.shape[0], batch_tokens):
+        acc.update(outputs[start:start + batch_tokens], start)
+    return acc.finish(windows[: math.ceil(outputs.shape[0] / windows.shape[1])], tokenizer, layer, width)
+
+
+def neuron_contexts(lm, layer: str, windows, k: int = 20, width: int = 8, progress: bool = True,
+                    skip_first: int = 0, batch_size: int = 8, max_tokens: int | None = None, n_samples: int = 8,
+                    seed: int = 0) -> NeuronContexts:
+    """The contexts of every neuron of ``layer`` over ``windows`` in one capture pass (see the module docstring).
+
+    Keeps per neuron the ``k`` highest and lowest outputs, ``n_samples`` seeded examples per band, the
+    mean and std and the outputs by position; memory ``O((k + 7·n_samples) · d_out)`` whatever the number
+    of tokens. ``skip_first`` leaves the first positions of every window out (positions in the result
+    stay those of the windows); ``width`` is the tokens of context shown each side; ``max_tokens`` caps
+    the tokens (the first windows); ``batch_size`` is windows per batch.
+    """
+    from .capture import capture, check_windows
+    from .models import check_layers, layer_weight
+
+    if not isinstance(layer, str):
+        raise WnbError(f"layer must be one layer name, e.g. from wnb.ffn_layers(lm) (got {layer!r})")
+    (layer,) = check_layers(lm, [layer])
+    windows = check_windows(windows, lm)
+    check_int(width, "width", minimum=0)
+    acc = ContextAccumulator(layer_weight(lm, layer).shape[0], windows.shape[1], k, n_samples, skip_first, seed)
+    seen = [0]
+
+    def feed(batch):
+        y = batch[layer].outputs
+        acc.update(y, seen[0])
+        seen[0] += y.shape[0]
+
+    capture(lm, [layer], windows, max_tokens=max_tokens, batch_size=batch_size, inputs=False, progress=progress,
+            on_batch=feed)
+    used = windows[: math.ceil(seen[0] / windows.shape[1])]
+    return acc.finish(used, lm.tokenizer, layer, width)
