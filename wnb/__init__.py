@@ -15,7 +15,10 @@ from .entanglement import (layer_scores, mapping_difficulty, neuron_table, overv
 from .errors import WnbError
 from .contexts import ContextAccumulator, NeuronContexts, contexts_from_outputs, neuron_contexts
 from .entanglement import layer_statistics
+from .highlight import activation_html, context_html, contexts_html, token_activations, tokens_html
+from .per_expert import expert_contexts, expert_summary, tail_routing
 from .positions import drop_positions, position_profile, position_tail_share
+from .reading import differentiating_pairs, output_effect, tail_concentration, token_table
 from .sign_view import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
 from .expand import Expansion, Router, RoutedLayer, expand_layer, expanded, kmeans
 from .analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_outputs, relative_improvement,
@@ -47,9 +50,10 @@ __all__ += ["FUNCTION_WORDS", "matched_candidates", "minimal_pair_accuracy", "mi
             "sign_ablated", "sign_ablation_depth", "sign_ablation_study", "surprisal_by_class", "token_class",
             "token_classes", "token_nll", "token_surprisal", "top_surprisal_tokens", "wasserstein_scores"]
 
-__all__ += ["drop_positions", "gate_up_quadrants", "layer_statistics", "position_profile", "position_tail_share",
-            "shape_statistics", "sign_quadrants", "wasserstein_split"]
-
-__all__ += ["ContextAccumulator", "contexts_from_outputs", "neuron_contexts", "NeuronContexts"]
+__all__ += ["activation_html", "ContextAccumulator", "context_html", "contexts_from_outputs", "contexts_html",
+            "differentiating_pairs", "drop_positions", "expert_contexts", "expert_summary", "gate_up_quadrants",
+            "layer_statistics", "neuron_contexts", "NeuronContexts", "output_effect", "position_profile",
+            "position_tail_share", "shape_statistics", "sign_quadrants", "tail_concentration", "tail_routing",
+            "token_activations", "token_table", "tokens_html", "wasserstein_split"]
 
 __version__ = "0.1.0"
