@@ -477,6 +477,25 @@ def test_clustering_disentangles_a_bimodal_neuron():
     assert table.loc[0, "wd_before"] > 0.2
     assert table.loc[0, "wd_after"] < 0.5 * table.loc[0, "wd_before"]
     assert table.loc[0, "md_after"] < table.loc[0, "md_before"]
+    # the control: random groups of the experts' sizes are each still bimodal
+    assert table.loc[0, "wd_after_random"] > 0.8 * table.loc[0, "wd_before"]
+
+
+def test_random_partition_keeps_the_group_sizes_and_its_wd_is_recomputable():
+    from wnb.analysis import random_partition
+
+    study = synthetic_study()
+    labels = study.labels("held_out")
+    shuffled = random_partition(labels, seed=3)
+    assert torch.equal(torch.bincount(shuffled, minlength=4), torch.bincount(labels, minlength=4))
+    assert not torch.equal(shuffled, labels) and torch.equal(shuffled, random_partition(labels, seed=3))
+    table = wnb.entanglement_change(study, neurons=[0, 7], n_pairs=200, seed=3, md=False)
+    y, _ = per_token_expert_outputs(study, study.held_inputs)
+    for row in table.itertuples():
+        parts = [(float((shuffled == c).float().mean()),
+                  wnb.wasserstein_to_gaussian(y[shuffled == c][:, [row.neuron]])[0].item())
+                 for c in range(4) if (shuffled == c).sum() >= 2]
+        assert row.wd_after_random == pytest.approx(sum(s * w for s, w in parts) / sum(s for s, _ in parts), rel=1e-4)
 
 
 def test_study_layer_on_a_tiny_model(tiny_gpt2, tiny_windows):

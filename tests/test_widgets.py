@@ -179,11 +179,39 @@ def test_second_visit_comes_from_the_disk_cache(tiny_llama, windows, monkeypatch
 def test_downloads_hold_the_table_and_the_figures(app):
     view = app.neurons
     links = dict(re.findall(r'download="([^"]+)" href="data:[^;]+;base64,([^"]+)"', view.downloads.value))
-    csv_name = f"neurons_{LAYER}.csv"
+    csv_name = f"neurons_{LAYER}_small_seed0.csv"  # the budget and seed are in every name
     table = pd.read_csv(io.StringIO(base64.b64decode(links[csv_name]).decode()))
     pd.testing.assert_frame_equal(table, view.view.table.reset_index(drop=True), check_dtype=False, rtol=1e-9)
-    hist_name = f"histogram_{LAYER}_neuron{view.neuron.value}.png"
+    hist_name = f"histogram_{LAYER}_neuron{view.neuron.value}_small_seed0.png"
     assert base64.b64decode(links[hist_name]) == png_of(view.hist_out)
+    view.print_button.click()  # print quality: the same figures at 300 dpi, three times the pixels
+    printed = dict(re.findall(r'download="([^"]+)" href="data:[^;]+;base64,([^"]+)"', view.print_links.value))
+    big = base64.b64decode(printed[hist_name.replace(".png", "_300dpi.png")])
+    from PIL import Image as PILImage
+    small_size = PILImage.open(io.BytesIO(png_of(view.hist_out))).size
+    assert PILImage.open(io.BytesIO(big)).size == (3 * small_size[0], 3 * small_size[1])
+
+
+def test_the_median_neuron_is_compared_with_the_most_entangled(app, monkeypatch):
+    view = app.neurons
+    panels = []
+    real = ww.plots.pair_scatter
+    monkeypatch.setattr(ww.plots, "pair_scatter", lambda dx, dy, p, **kw: panels.append(list(p)) or real(dx, dy, p, **kw))
+    median = view.view.ordinary_neuron()
+    view.neuron.value = median
+    assert panels[-1][1] == f"most entangled neuron {view.view.neuron_at(1)} (rank 1)"
+    view.show(1)
+    assert panels[-1][1] == f"ordinary neuron {median} (median WD)"
+
+
+def test_a_rank_outside_the_pick_list_clears_its_highlight(app):
+    view = app.neurons
+    view.show(2)
+    assert view.table.value == 2
+    with view._quiet():
+        view.table.options = view.table.options[:3]
+    view.show(5)
+    assert view.table.value is None and view.rank.value == 5
 
 
 def test_run_button_and_overview(app):
@@ -370,7 +398,9 @@ def test_sparsity_sweep_and_ablation(app, tiny_llama, windows):
     table = view.sweep_result
     assert list(table["method"]) == ["dense"] + ["magnitude"] * 2 + ["wanda"] * 2 + ["sparsegpt"] * 2
     assert table["perplexity"].iloc[0] == pytest.approx(reference_perplexity(tiny_llama, windows[1]), rel=1e-5)
-    assert png_of(view.sweep_out) and "sparsity_sweep.csv" in view.downloads.value
+    assert png_of(view.sweep_out)
+    assert f"sparsity_sweep_{LAYER}_layer_0.5_2of4_small_seed0.csv" in view.downloads.value  # settings in the name
+    assert f"{LAYER} only pruned" in view.status.value  # the scope the numbers are for
     view.fraction.value = 0.1
     view.run_ablation.click()
     assert view.last_error is None, view.last_error

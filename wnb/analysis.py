@@ -162,6 +162,11 @@ def entanglement_change(study: LayerStudy, neurons=None, on: str = "held_out", o
     ``outputs="expansion"`` uses each expert's own outputs; ``"dense"`` the dense outputs split by expert
     (the effect of the clustering alone). Experts with fewer than 2 tokens or a constant output are left
     out of the average (weights renormalized). ``neurons`` defaults to all.
+
+    ``wd_after_random`` is the control for small samples: the same weighted WD over a seeded random
+    partition of the same tokens into groups of the experts' sizes (:func:`random_partition`). WD of a
+    few tokens is biased upward, so only ``wd_after`` below the control says the router separated the
+    distribution.
     """
     from .entanglement import mapping_difficulty, wasserstein_to_gaussian
 
@@ -175,32 +180,54 @@ def entanglement_change(study: LayerStudy, neurons=None, on: str = "held_out", o
     after_y = study.outputs(outputs, on)[:, idx]
     labels = study.labels(on)
     table = pd.DataFrame({"neuron": idx.numpy(), "wd_before": wasserstein_to_gaussian(dense).numpy()})
-    wd_sum, wd_weight = torch.zeros(idx.numel(), dtype=torch.float64), torch.zeros(idx.numel(), dtype=torch.float64)
-    md_sum, md_weight = wd_sum.clone(), wd_weight.clone()
-    for c in range(study.expansion.n_experts):
+    k = study.expansion.n_experts
+    table["wd_after"] = weighted_group_wd(after_y, labels, k).numpy()
+    table["wd_ratio"] = table["wd_after"] / table["wd_before"]
+    table["wd_after_random"] = weighted_group_wd(after_y, random_partition(labels, seed), k).numpy()
+    table["wd_ratio_random"] = table["wd_after_random"] / table["wd_before"]
+    md_sum, md_weight = torch.zeros(idx.numel(), dtype=torch.float64), torch.zeros(idx.numel(), dtype=torch.float64)
+    for c in range(k if md else 0):
         members = labels == c
-        share = members.double().mean()
         if members.sum() < 2:
             continue
-        wd = wasserstein_to_gaussian(after_y[members])
-        ok = ~torch.isnan(wd)
-        wd_sum[ok] += share * wd[ok]
-        wd_weight[ok] += share
-        if md:
-            try:
-                mdc = mapping_difficulty(x[members], after_y[members], n_pairs=n_pairs, seed=seed)
-            except WnbError:  # every pair of this expert's tokens has identical inputs
-                continue
-            ok = ~torch.isnan(mdc)
-            md_sum[ok] += share * mdc[ok]
-            md_weight[ok] += share
-    table["wd_after"] = (wd_sum / wd_weight).numpy()
-    table["wd_ratio"] = table["wd_after"] / table["wd_before"]
+        try:
+            mdc = mapping_difficulty(x[members], after_y[members], n_pairs=n_pairs, seed=seed)
+        except WnbError:  # every pair of this expert's tokens has identical inputs
+            continue
+        ok = ~torch.isnan(mdc)
+        md_sum[ok] += members.double().mean() * mdc[ok]
+        md_weight[ok] += members.double().mean()
     if md:
         table["md_before"] = mapping_difficulty(x, dense, n_pairs=n_pairs, seed=seed).numpy()
         table["md_after"] = (md_sum / md_weight).numpy()
         table["md_ratio"] = table["md_after"] / table["md_before"]
     return table
+
+
+def random_partition(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The labels shuffled over the tokens (seeded): groups of the same sizes, with no relation to the inputs."""
+    labels = torch.as_tensor(labels)
+    order = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(int(seed)))
+    return labels[order.to(labels.device)]
+
+
+def weighted_group_wd(outputs: torch.Tensor, labels: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Token-share weighted mean over groups of each neuron's WD on the group's tokens (groups of fewer than
+    2 tokens and constant outputs left out, weights renormalized): ``[n_neurons]`` float64."""
+    from .entanglement import wasserstein_to_gaussian
+
+    total = torch.zeros(outputs.shape[1], dtype=torch.float64)
+    weight = torch.zeros_like(total)
+    for c in range(n_groups):
+        members = labels == c
+        if members.sum() < 2:
+            continue
+        wd = wasserstein_to_gaussian(outputs[members])
+        ok = ~torch.isnan(wd)
+        share = members.double().mean()
+        total[ok] += share * wd[ok]
+        weight[ok] += share
+    return total / weight
 
 
 # ---------------------------------------------------------------- sweep over k and sparsity (Fig. 9)

@@ -153,6 +153,10 @@ def pair_scatter(dx, dy, panels: Mapping[str, int], max_points: int = 4000, seed
     top = max(np.quantile(y[keep][:, list(panels.values())], 0.995), 1.0) * 1.05
     for ax, (title, column) in zip(axes, panels.items()):
         ax.scatter(x[keep], y[keep, column], s=4, alpha=0.35, linewidths=0, color=sns.color_palette(PALETTE)[0])
+        above = int((y[keep, column] > top).sum())
+        if above:  # the axis stops at the 99.5th percentile of both panels: say what is cut off
+            ax.text(0.98, 0.98, f"{above} pair{'s' * (above > 1)} above the axis (clipped at the 99.5th "
+                    "percentile)", transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#555")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("normalized input distance")
         ax.set_ylim(0, top)
@@ -302,9 +306,16 @@ def histogram_grid(series: Mapping[str, object], standardize_by: str | None = "e
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     first = _numpy(series[labels[0]])
     for ax, label in zip(axes, labels):
+        share = f" · {weights[label]:.0%} of tokens" if weights and label in weights else ""
+        if _numpy(series[label]).size < 2:  # an expert no held-out token reached: say so, do not drop it
+            ax.text(0.5, 0.5, "no held-out tokens" if _numpy(series[label]).size == 0 else "1 held-out token",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=9, color="#666")
+            ax.set_title(f"{label}{share}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         output_histogram({label: series[label]}, standardize_by=standardize_by, bins=bins, ax=ax, reference=first)
         ax.set_xlabel(f"standardized by {labels[0]}" if standardize_by == "first" else ax.get_xlabel(), fontsize=8)
-        share = f" · {weights[label]:.0%} of tokens" if weights and label in weights else ""
         ax.set_title(f"{label}{share}", fontsize=9)
         ax.set_ylabel("density" if ax in axes[::ncols] else "", fontsize=8)
         ax.tick_params(labelsize=7)

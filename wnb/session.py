@@ -31,7 +31,7 @@ class Budget:
     n_calib: int
     n_eval: int
     overview_tokens: int
-    scope: str = "all"  # default layers of whole-model runs (see SCOPES)
+    scope: str = "layer"  # default layers of whole-model runs (see SCOPES): the cheap one
     sweep: str = "0.3, 0.5, 0.7, 2:4"  # default sparsities of the perplexity sweep
 
     @property
@@ -40,7 +40,7 @@ class Budget:
 
 
 BUDGETS = {
-    "small": Budget(seq_len=128, n_calib=8, n_eval=4, overview_tokens=512, scope="layer", sweep="0.5, 2:4"),
+    "small": Budget(seq_len=128, n_calib=8, n_eval=4, overview_tokens=512, sweep="0.5, 2:4"),
     "medium": Budget(seq_len=256, n_calib=32, n_eval=16, overview_tokens=1024),
     "large": Budget(seq_len=512, n_calib=64, n_eval=32, overview_tokens=4096),
 }

@@ -7,7 +7,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from .. import plots
-from .panel import LayerNeuronPanel, csv_link, png_link, show_figure, slug
+from .panel import LayerNeuronPanel, csv_link, png_link, slug
 from .sparsity import scope_dropdown
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ class ExpansionView(LayerNeuronPanel):
         self.shares: pd.DataFrame | None = None
         self.change: pd.DataFrame | None = None
         self.ppl: pd.DataFrame | None = None
-        self.pngs: dict[str, bytes] = {}
         super().__init__(
             settings,
             controls=[widgets.HBox([self.k, self.sparsity])],
@@ -68,16 +67,20 @@ class ExpansionView(LayerNeuronPanel):
         regression = tables["regression"]
         fig = plots.neuron_scatter(self.ri, "wd", "ri", highlight=view.wasserstein_neurons(),
                                    title=f"{self.short_name()}: RI vs WD, k = {self.k.value}")
-        self.pngs["ri_vs_wd"] = show_figure(self.ri_out, fig)
+        self.draw_figure("ri_vs_wd", self.ri_out, fig)
         self.ri_table.value = ("<b>RI = RMSE(SparseGPT) / RMSE(expansion)</b> regressed on each predictor:" +
                                regression.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0))
         fig = plots.before_after(self.change,
                                  title=f"{self.short_name()}: top {len(self.change)} neurons by WD, before vs "
                                        f"after expansion")
-        self.pngs["before_after"] = show_figure(self.change_out, fig)
+        self.draw_figure("before_after", self.change_out, fig)
         self.redraw()
+        small = [c for c, t in enumerate(study.expansion.tokens) if t < study.weight.shape[1]]
         self.info(f"{study.expansion.n_experts} experts of {view.name} at {self.sparsity.value:.0%} sparsity; "
-                  f"RI and histograms on {study.held_inputs.shape[0]:,} held-out tokens")
+                  f"RI and histograms on {study.held_inputs.shape[0]:,} held-out tokens" +
+                  (f". Caution: {len(small)} of the experts rest on fewer calibration tokens than the layer has "
+                   f"inputs ({study.weight.shape[1]}); their WD is biased upward by the small sample — compare "
+                   f"'WD after' with the random-partition control in the before/after table" if small else ""))
 
     def redraw(self) -> None:
         from .. import analysis
@@ -95,13 +98,16 @@ class ExpansionView(LayerNeuronPanel):
         fig = plots.histogram_grid({"dense": frame["dense"], "SparseGPT": frame["sparsegpt"],
                                     f"expansion, k = {study.expansion.n_experts}": frame["expansion"]},
                                    standardize_by="first", ncols=3, title=f"{name}: held-out outputs")
-        self.pngs["dense_sparse_expansion"] = show_figure(self.compare_out, fig)
+        self.draw_figure("dense_sparse_expansion", self.compare_out, fig)
         shares = dict(zip(self.shares["expert"], self.shares["share"]))
-        experts = {f"expert {c}": part["expansion"] for c, part in frame.groupby("expert") if len(part) >= 2}
+        groups = dict(iter(frame.groupby("expert")))
+        empty = frame["expansion"].iloc[:0]
+        experts = {f"expert {c}": groups[c]["expansion"] if c in groups else empty
+                   for c in range(study.expansion.n_experts)}
         weights = {f"expert {c}": shares[c] for c in shares}
         fig = plots.histogram_grid(experts, standardize_by="each", weights=weights, ncols=4,
                                    title=f"{name}: each expert's outputs on its own tokens, standardized per expert")
-        self.pngs["experts"] = show_figure(self.experts_out, fig)
+        self.draw_figure("experts", self.experts_out, fig)
         self._links()
 
     def compute_perplexity(self) -> None:
@@ -112,14 +118,19 @@ class ExpansionView(LayerNeuronPanel):
         self.info(f"perplexity measured with {len(layers)} layer(s) changed")
         self._links()
 
+    def file_stem(self) -> str:
+        return (f"{slug(self.layer.value)}_neuron{self.neuron}_k{self.k.value}_{slug(f'{self.sparsity.value:.0%}')}_"
+                f"{self.settings_tag()}")
+
     def _links(self) -> None:
-        stem = slug(self.layer.value)
+        stem = self.file_stem()
+        layer = f"{slug(self.layer.value)}_k{self.k.value}_{slug(f'{self.sparsity.value:.0%}')}_{self.settings_tag()}"
         links = []
         if self.ri is not None:
-            links.append(csv_link(self.ri, f"relative_improvement_{stem}_k{self.k.value}.csv"))
+            links.append(csv_link(self.ri, f"relative_improvement_{layer}.csv"))
         if self.change is not None:
-            links.append(csv_link(self.change, f"before_after_{stem}_k{self.k.value}.csv"))
+            links.append(csv_link(self.change, f"before_after_{layer}.csv"))
         if self.ppl is not None:
-            links.append(csv_link(self.ppl, "expansion_perplexity.csv"))
+            links.append(csv_link(self.ppl, f"expansion_perplexity_{slug(self.scope.value)}_{layer}.csv"))
         links += [png_link(png, f"{kind}_{stem}.png") for kind, png in self.pngs.items()]
         self.downloads.value = " · ".join(links)

@@ -10,7 +10,7 @@ import ipywidgets as widgets
 from .. import plots
 from ..errors import WnbError
 from ..session import LayerView, Session
-from .panel import CSS, Panel, csv_link, png_link, show_figure, slug
+from .panel import CSS, Panel, csv_link, png_link, slug
 
 TABLE_ROWS = 200  # neurons listed in the pick list (all of them are in the CSV download)
 
@@ -54,7 +54,6 @@ class NeuronView(Panel):
                            (self.pairs_out, "pairs"), (self.scatter_out, "wd-md"), (self.downloads, "downloads")):
             part.add_class(f"wnb-{name}")
         self.view: LayerView | None = None
-        self.pngs: dict[str, bytes] = {}
         self._syncing = False
         super().__init__([
             widgets.HTML(CSS),
@@ -118,8 +117,8 @@ class NeuronView(Panel):
         with self._quiet():
             self.rank.value = rank
             self.neuron.value = neuron
-            if rank <= len(self.table.options):
-                self.table.value = rank
+            # a rank outside the listed top rows clears the pick list's highlight instead of leaving an old row
+            self.table.value = rank if rank <= len(self.table.options) else None
         self._draw(view, neuron)
 
     def select_layer(self, name: str) -> None:
@@ -171,13 +170,15 @@ class NeuronView(Panel):
             self.table.options = options
             self.rank.max = len(t)
             self.neuron.max = view.n_neurons - 1
-        self.csv = csv_link(t, f"neurons_{slug(view.name)}.csv")
+        self.csv = csv_link(t, f"neurons_{slug(view.name)}_{self.settings_tag()}.csv")
 
     def _draw(self, view: LayerView, neuron: int) -> None:
         row = view.row(neuron)
         ordinary = view.ordinary_neuron()
-        if ordinary == neuron:
+        label = f"ordinary neuron {ordinary} (median WD)"
+        if ordinary == neuron:  # the median neuron itself: compare with the most entangled one instead
             ordinary = view.neuron_at(1)
+            label = f"most entangled neuron {ordinary} (rank 1)"
         top = set(view.wasserstein_neurons())
         kind = "Wasserstein neuron" if neuron in top else "neuron"
         self.summary.value = (f"<b>neuron {neuron}</b> · rank {int(row['rank'])} of {view.n_neurons}"
@@ -188,15 +189,17 @@ class NeuronView(Panel):
         short = ".".join(short[-3:]) if len(short) > 3 else view.name
         hist = plots.output_histogram({f"neuron {neuron}": view.outputs[:, neuron]},
                                       title=f"{short} · {kind} {neuron} · WD {row['wd']:.3f}")
-        self.pngs["histogram"] = show_figure(self.hist_out, hist)
+        self.draw_figure("histogram", self.hist_out, hist)
         dx, dy = view.pairs([neuron, ordinary])
         pairs = plots.pair_scatter(dx, dy, {f"{kind} {neuron} (rank {view.rank_of(neuron)})": 0,
-                                            f"ordinary neuron {ordinary} (median WD)": 1}, seed=view.seed)
-        self.pngs["pairs"] = show_figure(self.pairs_out, pairs)
+                                            label: 1}, seed=view.seed)
+        self.draw_figure("pairs", self.pairs_out, pairs)
         if "md" in view.table.columns:
             scatter = plots.neuron_scatter(view.table, "wd", "md", highlight=sorted(top), selected=neuron,
                                            title=f"{short}: WD vs MD of every neuron")
-            self.pngs["wd_md"] = show_figure(self.scatter_out, scatter)
-        stem = f"{slug(view.name)}_neuron{neuron}"
-        self.downloads.value = "<br>".join([self.csv] + [png_link(png, f"{kind_}_{stem}.png")
+            self.draw_figure("wd_md", self.scatter_out, scatter)
+        self.downloads.value = "<br>".join([self.csv] + [png_link(png, f"{kind_}_{self.file_stem()}.png")
                                                          for kind_, png in self.pngs.items()])
+
+    def file_stem(self) -> str:
+        return f"{slug(self.view.name)}_neuron{self.neuron.value}_{self.settings_tag()}" if self.view else "wnb"

@@ -8,7 +8,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from .. import plots
-from .panel import CSS, Panel, csv_link, png_link, show_figure, slug
+from .panel import CSS, Panel, csv_link, png_link, slug
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -26,15 +26,18 @@ class OverviewView(Panel):
         self.plot_out.add_class("wnb-overview-plot")
         self.table = widgets.HTML()
         self.pick = widgets.Dropdown(options=[], description="layer", layout=widgets.Layout(width="420px"))
-        self.open_button = widgets.Button(description="Open in Entangled neurons", icon="search", disabled=True)
+        self.open_button = widgets.Button(description="Open in Entangled neurons", icon="search", disabled=True,
+                                          layout=widgets.Layout(width="auto"))
         self.downloads = widgets.HTML()
         self.scores = None
         self.frame: pd.DataFrame | None = None
         self.png: bytes | None = None
         super().__init__([
             widgets.HTML(CSS),
-            widgets.HTML("WD of every neuron of every FFN layer on the overview budget. Bright cells high up "
-                         "are layers with strongly non-Gaussian (entangled) neurons."),
+            widgets.HTML("WD of every neuron of every FFN layer on the overview budget. Heat map: one column per "
+                         "block, WD upwards, colour = share of the layer's neurons at that WD (dark: many, light: "
+                         "few, blank: none). Cells far up, even light ones, are a layer's strongly non-Gaussian "
+                         "(entangled) neurons; pick the layer below to open it."),
             widgets.HBox([self.run, self.style]),
             self.plot_out,
             widgets.HBox([self.pick, self.open_button]),
@@ -74,11 +77,12 @@ class OverviewView(Panel):
     def draw(self) -> None:
         if self.scores is None:
             return
-        self.png = show_figure(self.plot_out, plots.wd_overview(self.scores, style=self.style.value))
+        self.draw_figure("overview", self.plot_out, plots.wd_overview(self.scores, style=self.style.value))
+        self.png = self.pngs["overview"]
         shown = self.frame.drop(columns=["constant", "wd_min"]).copy()
         self.table.value = shown.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0,
                                          classes="wnb-overview")
-        name = slug(self.settings.session.model_name)
+        name = f"{slug(self.settings.session.model_name)}_{self.settings_tag()}"
         self.downloads.value = (csv_link(self.frame, f"overview_{name}.csv") + " · " +
                                 png_link(self.png, f"overview_{self.style.value}_{name}.png"))
 

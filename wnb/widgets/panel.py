@@ -5,6 +5,7 @@ import base64
 import contextlib
 import html
 import os
+import re
 import sys
 import traceback
 from typing import TYPE_CHECKING, Callable
@@ -64,7 +65,9 @@ def png_link(png: bytes, filename: str) -> str:
 
 
 def slug(name: str) -> str:
-    return name.replace("/", "_").replace(" ", "_")
+    """``name`` as part of a file name (no slashes, spaces, colons or percent signs)."""
+    text = str(name).replace(":", "of").replace("%", "pct")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
 def error_text(exc: BaseException) -> str:
@@ -78,16 +81,25 @@ def error_text(exc: BaseException) -> str:
 class Panel(widgets.VBox):
     """A VBox with a status line, a progress area, and guarded callbacks."""
 
-    def __init__(self, children=(), head: int = 1, **kwargs):
+    def __init__(self, children=(), head: int = 1, printable: bool = True, **kwargs):
         """``children`` with the progress area and the status line after the first ``head`` of them
-        (right under the controls, where the user is looking)."""
+        (right under the controls, where the user is looking); ``printable`` adds the print-quality
+        download row at the end."""
         self.status = widgets.HTML()
         self.status.add_class("wnb-status")
         self.progress = widgets.Output()
         self.buttons: list[widgets.Button] = []
         self.last_error: str | None = None
+        self.pngs: dict[str, bytes] = {}  # the figures on screen, as PNG (what the download links hold)
+        self.figs: dict = {}  # and as figures, for the print-quality downloads
+        self.print_button = widgets.Button(description="Print-quality PNGs (300 dpi)", icon="print",
+                                           layout=widgets.Layout(width="auto"))
+        self.print_links = widgets.HTML()
+        self.print_links.add_class("wnb-print-links")
+        self.print_row = widgets.HBox([self.print_button, self.print_links])
+        self.print_button.on_click(self.callback(lambda _: self.print_quality()))
         self._syncing = False
-        children = list(children)
+        children = list(children) + ([self.print_row] if printable else [])
         super().__init__(children=children[:head] + [self.progress, self.status] + children[head:], **kwargs)
 
     @contextlib.contextmanager
@@ -156,6 +168,29 @@ class Panel(widgets.VBox):
             return None
         self.last_error = None
         return result
+
+    def draw_figure(self, kind: str, out: widgets.Output, fig) -> None:
+        """Show ``fig`` in ``out`` and keep it (as PNG and as a figure) for the downloads."""
+        self.pngs[kind] = show_figure(out, fig)
+        self.figs[kind] = fig
+        self.print_links.value = ""
+
+    def file_stem(self) -> str:
+        """What the download names say about the results (layer, neuron, method...); views refine it."""
+        return "wnb"
+
+    def settings_tag(self) -> str:
+        """The budget and seed of the current session, for download names."""
+        session = getattr(getattr(self, "settings", None), "session", None)
+        return f"{session.budget_name}_seed{session.seed}" if session is not None else "wnb"
+
+    def print_quality(self, dpi: int = 300) -> None:
+        """Download links of every figure on screen rendered again at ``dpi``."""
+        if not self.figs:
+            raise WnbError("no figure on screen yet")
+        self.print_links.value = " · ".join(
+            png_link(plots.to_png(fig, dpi=dpi), f"{kind}_{self.file_stem()}_{dpi}dpi.png")
+            for kind, fig in self.figs.items())
 
     def callback(self, fn: Callable) -> Callable:
         """Wrap ``fn`` as a widget callback (``on_click`` / ``observe``) that never raises."""

@@ -36,7 +36,7 @@ class Settings(Panel):
                                            layout=widgets.Layout(width="160px"))
         self.apply = widgets.Button(description="Apply settings", icon="check")
         super().__init__([widgets.HBox([self.model, self.corpus, self.upload, self.budget, self.seed, self.apply],
-                                       layout=widgets.Layout(flex_flow="row wrap"))])
+                                       layout=widgets.Layout(flex_flow="row wrap"))], printable=False)
         self.buttons = [self.apply]
         self._listeners: list[Callable[[Session], None]] = []
         self.session = session or Session(budget=budget, restricted=True)

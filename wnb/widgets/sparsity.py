@@ -9,7 +9,7 @@ import pandas as pd
 from .. import plots
 from ..errors import WnbError
 from ..session import SCOPES
-from .panel import LayerNeuronPanel, csv_link, png_link, show_figure, slug
+from .panel import LayerNeuronPanel, csv_link, png_link, slug
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -25,6 +25,15 @@ def parse_sparsities(text: str) -> list[str]:
     for item in items:
         parse_sparsity(item)
     return items
+
+
+def scope_title(scope: str, layers: list[str]) -> str:
+    """What a whole-model run changed, in words for headings: the layer, its block, or every FFN layer."""
+    if scope == "layer":
+        return f"{layers[0]} only"
+    if scope == "block":
+        return f"the {len(layers)} FFN layers of the selected layer's block"
+    return f"every FFN layer ({len(layers)})"
 
 
 def scope_dropdown(value: str) -> widgets.Dropdown:
@@ -68,7 +77,6 @@ class SparsityView(LayerNeuronPanel):
         self.result: object = None
         self.sweep_result: pd.DataFrame | None = None
         self.ablation_result: pd.DataFrame | None = None
-        self.pngs: dict[str, bytes] = {}
         super().__init__(
             settings,
             controls=[widgets.HBox([self.method, self.pattern]), self.sparsity],
@@ -117,11 +125,11 @@ class SparsityView(LayerNeuronPanel):
         hist = plots.output_histogram({"dense": result.dense[:, neuron],
                                        f"{result.method} {result.sparsity}": result.pruned[:, neuron]},
                                       standardize_by="first", title=f"{name}: dense vs pruned (held out)")
-        self.pngs["histogram"] = show_figure(self.hist_out, hist)
+        self.draw_figure("histogram", self.hist_out, hist)
         top = self._need_view().wasserstein_neurons()
         scatter = plots.neuron_scatter(result.errors, "wd", "rel_rmse", highlight=top, selected=neuron,
                                        title=f"{self.short_name()}: error after pruning vs WD")
-        self.pngs["error_vs_wd"] = show_figure(self.error_out, scatter)
+        self.draw_figure("error_vs_wd", self.error_out, scatter)
         self._links()
 
     def compute_sweep(self) -> None:
@@ -130,10 +138,11 @@ class SparsityView(LayerNeuronPanel):
         with self.busy(f"pruning {len(layers)} layer(s) with 3 methods × {len(sparsities)} sparsities and "
                        "measuring perplexity (cached afterwards)…"):
             self.sweep_result = self.session.sweep(("magnitude", "wanda", "sparsegpt"), sparsities, layers)
-        fig = plots.perplexity_curves(self.sweep_result, title=f"{len(layers)} layer(s) pruned")
-        self.pngs["sweep"] = show_figure(self.sweep_out, fig)
+        self.sweep_scope = scope_title(self.scope.value, layers)
+        fig = plots.perplexity_curves(self.sweep_result, title=f"pruned: {self.sweep_scope}")
+        self.draw_figure("sweep", self.sweep_out, fig)
         self.sweep_table.value = self.sweep_result.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
-        self.info(f"sweep done: {len(self.sweep_result)} runs")
+        self.info(f"sweep done: {len(self.sweep_result)} runs, {self.sweep_scope} pruned")
         self._links()
 
     def compute_ablation(self) -> None:
@@ -141,22 +150,30 @@ class SparsityView(LayerNeuronPanel):
         with self.busy(f"sparsifying {self.fraction.value:.1%} of the neurons of {len(layers)} layer(s), "
                        "5 ways…"):
             self.ablation_result = self.session.ablation(layers, self.fraction.value, self.ablation_sparsity.value)
+        self.ablation_scope = scope_title(self.scope.value, layers)
         fig = plots.ablation_bars(self.ablation_result, title=f"{self.fraction.value:.0%} of the neurons of "
-                                  f"{len(layers)} layer(s) at {self.ablation_sparsity.value:.0%} sparsity")
-        self.pngs["ablation"] = show_figure(self.ablation_out, fig)
+                                  f"{self.ablation_scope} at {self.ablation_sparsity.value:.0%} sparsity")
+        self.draw_figure("ablation", self.ablation_out, fig)
         self.ablation_table.value = self.ablation_result.to_html(index=False, float_format=lambda v: f"{v:.3f}",
                                                                  border=0)
         self.info("ablation done")
         self._links()
 
+    def file_stem(self) -> str:
+        result = self.current()
+        what = f"_{result.method}_{slug(result.sparsity)}" if result is not None else ""
+        return f"{slug(self.layer.value)}_neuron{self.neuron}{what}_{self.settings_tag()}"
+
     def _links(self) -> None:
-        stem = slug(self.layer.value)
+        stem, tag, scope = self.file_stem(), self.settings_tag(), slug(self.scope.value)
         links = []
         if self.result is not None:
-            links.append(csv_link(self.result.errors, f"errors_{stem}_{self.result.method}.csv"))
+            links.append(csv_link(self.result.errors, f"errors_{stem}.csv"))
         if self.sweep_result is not None:
-            links.append(csv_link(self.sweep_result, "sparsity_sweep.csv"))
+            links.append(csv_link(self.sweep_result, f"sparsity_sweep_{slug(self.layer.value)}_{scope}_"
+                                                     f"{slug(self.sparsities.value)}_{tag}.csv"))
         if self.ablation_result is not None:
-            links.append(csv_link(self.ablation_result, "ablation.csv"))
+            links.append(csv_link(self.ablation_result, f"ablation_{slug(self.layer.value)}_{scope}_"
+                                                        f"{self.fraction.value:g}_{self.ablation_sparsity.value:g}_{tag}.csv"))
         links += [png_link(png, f"{kind}_{stem}.png") for kind, png in self.pngs.items()]
         self.downloads.value = " · ".join(links)
