@@ -431,7 +431,7 @@ def test_expansion_view(app, tiny_llama, windows):
     assert view.last_error is None, view.last_error
     assert list(view.ppl["method"]) == ["dense", "sparsegpt", "expansion"]
     assert view.ppl["perplexity"].iloc[0] == pytest.approx(reference_perplexity(tiny_llama, windows[1]), rel=1e-5)
-    assert "expansion_perplexity.csv" in view.downloads.value
+    assert f"expansion_perplexity_layer_{LAYER}_k2_50pct_small_seed0.csv" in view.downloads.value
 
 
 def test_expansion_second_visit_from_disk(tiny_llama, windows, monkeypatch):
