@@ -44,30 +44,39 @@ _NO_KEY = 1 << 62
 STATE_FORMAT = "wnb-contexts-1"
 
 
+
 # ---------------------------------------------------------------- helpers
 
-def token_keys(flat: torch.Tensor, seed: int) -> torch.Tensor:
+def token_keys(flat, seed: int):
     """A pseudo-random key in ``[0, 2^44)`` per flat token index: a bijection (xor-shift and odd multiply
-    steps modulo 2^44), so distinct tokens never tie, the same for every batching and device."""
-    mask = (1 << _KEY_BITS) - 1
-    x = (flat.long() + (int(seed) * 0x9E3779B97F4A7C15) % (1 << _KEY_BITS)) & mask
+    steps modulo 2^44), so distinct tokens never tie, the same for every batching and device. Takes and
+    returns a numpy array or a torch tensor."""
+    as_torch = isinstance(flat, torch.Tensor)
+    x = flat.detach().cpu().numpy() if as_torch else np.asarray(flat)
+    mask = np.int64((1 << _KEY_BITS) - 1)
+    x = (x.astype(np.int64) + np.int64((int(seed) * 0x9E3779B97F4A7C15) % (1 << _KEY_BITS))) & mask
     for shift, mult in ((23, 0x6F4A7), (21, 0x4C957), (22, 0x7A3F1)):  # mult < 2^19: no int64 overflow
         x = x ^ (x >> shift)
-        x = (x * mult) & mask
-    return x ^ (x >> 20)
+        x = (x * np.int64(mult)) & mask
+    x = x ^ (x >> 20)
+    return torch.from_numpy(x).to(flat.device) if as_torch else x
 
 
-def _ordered(values: torch.Tensor) -> torch.Tensor:
+def _ordered(values: np.ndarray) -> np.ndarray:
     """float32 → int64 with the same order (IEEE bits, negative magnitudes flipped)."""
-    bits = values.float().contiguous().view(torch.int32).long()
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32).astype(np.int64)
+    return np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
-def _rank_in_group(group: torch.Tensor, n_groups: int) -> torch.Tensor:
+def _rank_in_group(group: np.ndarray, n_groups: int) -> np.ndarray:
     """Position of each element within its run of equal ``group`` values (``group`` sorted ascending)."""
-    counts = torch.bincount(group, minlength=n_groups)
-    starts = counts.cumsum(0) - counts
-    return torch.arange(group.numel(), device=group.device) - starts[group]
+    counts = np.bincount(group, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    return np.arange(group.size) - starts[group]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
 
 
 def position_bins(seq_len: int, skip_first: int = 0) -> list[int]:
@@ -113,7 +122,7 @@ def decode_contexts(tokenizer, windows: torch.Tensor, flat, width: int = 8) -> p
 
 # ---------------------------------------------------------------- running extremes
 
-_PAD = {"high": -math.inf, "low": math.inf}
+_PAD = {"high": -np.inf, "low": np.inf}
 
 
 class RunningExtremes:
@@ -121,41 +130,39 @@ class RunningExtremes:
 
     Order is by value, ties by the lower index, exactly as one full sort of all values would give. Once
     ``k`` values are held, only the elements beyond the current k-th value of their column are merged:
-    one sort by (column, value, index) of them and of the held values of their columns.
+    one sort by (column, value, index) of them and of the held values of their columns. The state is
+    numpy on the CPU (small); the comparisons over a batch run where the batch is.
     """
 
-    def __init__(self, n_neurons: int, k: int, device="cpu"):
+    def __init__(self, n_neurons: int, k: int):
         self.k, self.d = int(k), int(n_neurons)
-        self.values = {side: torch.full((self.k, self.d), _PAD[side], device=device) for side in _PAD}
-        self.index = {side: torch.full((self.k, self.d), -1, dtype=torch.long, device=device) for side in _PAD}
+        self.values = {side: np.full((self.k, self.d), _PAD[side], dtype=np.float32) for side in _PAD}
+        self.index = {side: np.full((self.k, self.d), -1, dtype=np.int64) for side in _PAD}
         self.n_seen = 0
         self.max_index = -1
 
-    def thresholds(self, side: str) -> torch.Tensor | None:
+    def thresholds(self, side: str) -> np.ndarray | None:
         """The current k-th value per column (an element must pass it to enter); None until k are held."""
         return self.values[side][-1] if self.n_seen >= self.k else None
 
-    def after_held(self, flat: torch.Tensor) -> bool:
-        """Whether every index of ``flat`` is above every held one (then an equal value cannot enter)."""
-        return int(flat.min()) > self.max_index
-
-    def update(self, y: torch.Tensor, flat: torch.Tensor, keep: torch.Tensor | None = None,
+    def update(self, y: torch.Tensor, start: int, keep: torch.Tensor | None = None,
                candidates: dict | None = None) -> None:
-        """Add ``y [b, d]`` (float32, contiguous) whose rows are the flat indices ``flat [b]``; rows with
-        ``keep`` False are ignored. ``candidates`` may give, per side, ``(rows, cols)`` in row-major order
-        already known to hold every kept element beyond :meth:`thresholds` (when :meth:`after_held`)."""
+        """Add ``y [b, d]`` (float32, contiguous), whose rows are the flat indices ``start … start + b − 1``;
+        rows with ``keep`` False are ignored. ``candidates`` may give, per side, numpy ``(rows, cols, values)``
+        in row-major order holding every kept element beyond :meth:`thresholds` (valid when ``start`` is
+        above every held index)."""
         n_kept = y.shape[0] if keep is None else int(keep.sum())
         if n_kept == 0:
             return
-        after = self.after_held(flat)
+        after = start > self.max_index
         for side in _PAD:
             if candidates is not None and side in candidates:
-                rows, cols = candidates[side]
+                rows, cols, values = candidates[side]
             else:
-                rows, cols = self._candidates(y, keep, n_kept, side, after)
-            self._merge(side, y.view(-1).take(rows * self.d + cols), flat[rows], cols, after)
+                rows, cols, values = self._candidates(y, keep, n_kept, side, after)
+            self._merge(side, values, start + rows, cols, after)
         self.n_seen += n_kept
-        self.max_index = max(self.max_index, int(flat.max()))
+        self.max_index = max(self.max_index, start + y.shape[0] - 1)
 
     def _candidates(self, y, keep, n_kept, side, after):
         thr = self.thresholds(side)
@@ -164,34 +171,38 @@ class RunningExtremes:
             kept = y if keep is None else y[keep]
             thr = kept.topk(min(self.k, n_kept), dim=0, largest=high).values[-1]
             after = False  # elements equal to the batch's k-th value may enter
+        else:
+            thr = torch.from_numpy(thr).to(y.device)
         if after:
             mask = y > thr if high else y < thr
         else:
             mask = y >= thr if high else y <= thr
         if keep is not None:
             mask &= keep[:, None]
-        return mask.nonzero(as_tuple=True)
+        lin = mask.view(-1).nonzero().squeeze(1)
+        values = _numpy(y.view(-1).take(lin))
+        lin = _numpy(lin)
+        return lin // self.d, lin % self.d, values
 
     def _merge(self, side, values, index, cols, after: bool) -> None:
         """Merge candidates into the held values of their columns: one stable sort by (column, value), after a
         stable sort by index unless the candidates all come after the held ones in index order."""
-        if cols.numel() == 0:
+        if cols.size == 0:
             return
         held_v, held_i = self.values[side], self.index[side]
-        touched = torch.zeros(self.d, dtype=torch.bool, device=cols.device)
+        touched = np.zeros(self.d, dtype=bool)
         touched[cols] = True
-        tc = touched.nonzero().flatten()
-        hv, hi = held_v[:, tc].T.reshape(-1), held_i[:, tc].T.reshape(-1)  # column by column, in rank order
-        hc = tc.repeat_interleave(self.k)
+        tc = np.flatnonzero(touched)
+        hv, hi = held_v[:, tc].T.ravel(), held_i[:, tc].T.ravel()  # column by column, in rank order
         valid = hi >= 0
-        all_c = torch.cat([hc[valid], cols])
-        all_v = torch.cat([hv[valid], values.float()])
-        all_i = torch.cat([hi[valid], index])
-        order = torch.arange(all_i.numel(), device=cols.device) if after else torch.argsort(all_i, stable=True)
+        all_c = np.concatenate([np.repeat(tc, self.k)[valid], cols])
+        all_v = np.concatenate([hv[valid], values.astype(np.float32)])
+        all_i = np.concatenate([hi[valid], index])
+        order = np.arange(all_i.size) if after else np.argsort(all_i, kind="stable")
         key = _ordered(all_v[order])
         key = -key if side == "high" else key
         # stable: equal values keep their order, i.e. the lower index first
-        order = order[torch.argsort(all_c[order] * (1 << 33) + key + (1 << 32), stable=True)]
+        order = order[np.argsort(all_c[order] * (1 << 33) + key + (1 << 32), kind="stable")]
         cols_sorted = all_c[order]
         rank = _rank_in_group(cols_sorted, self.d)
         take = rank < self.k
@@ -206,71 +217,70 @@ class RunningExtremes:
 class BandSamples:
     """``n_samples`` members per band and column with the smallest token keys (a seeded uniform sample).
 
-    State ``[bands · d, n_samples]`` (group = band · d + column), keys ascending within a group.
+    State ``[bands · d, n_samples]`` numpy arrays (group = band · d + column), keys ascending in a group.
     """
 
-    def __init__(self, n_neurons: int, n_samples: int, seed: int, device="cpu"):
+    def __init__(self, n_neurons: int, n_samples: int, seed: int):
         self.d, self.r, self.seed = int(n_neurons), int(n_samples), int(seed)
         self.groups = len(BANDS) * self.d
-        self.key = torch.full((self.groups, self.r), _NO_KEY, dtype=torch.long, device=device)
-        self.index = torch.full((self.groups, self.r), -1, dtype=torch.long, device=device)
-        self.values = torch.zeros(self.groups, self.r, device=device)
-        self.edges = torch.tensor(_EDGES, device=device)
+        self.key = np.full((self.groups, self.r), _NO_KEY, dtype=np.int64)
+        self.index = np.full((self.groups, self.r), -1, dtype=np.int64)
+        self.values = np.zeros((self.groups, self.r), dtype=np.float32)
+        self.edges = np.array(_EDGES)
 
-    def update(self, y, flat, keep, mean, std, rare: dict) -> None:
-        """Add a batch ``y [b, d]``: ``mean`` and ``std`` ``[d]`` (float32) set the bands; ``rare`` holds the
-        ``rows``, ``cols`` and ``values`` of every kept element beyond ±3 std (and maybe others)."""
-        keys = token_keys(flat, self.seed)
+    def update(self, y, start: int, keep, mean: np.ndarray, std: np.ndarray, rare: dict) -> None:
+        """Add a batch ``y [b, d]`` of flat tokens ``start …``: ``mean`` and ``std`` ``[d]`` set the bands;
+        ``rare`` holds numpy ``rows``, ``cols`` and ``values`` of every kept element beyond ±3 std (or more)."""
+        keys = token_keys(np.arange(start, start + y.shape[0]), self.seed)
         if keep is not None:
-            keys = torch.where(keep, keys, torch.full_like(keys, _NO_KEY))
+            keys = np.where(_numpy(keep), keys, _NO_KEY)
         n_kept = y.shape[0] if keep is None else int(keep.sum())
         n_prefix = min(max(_PREFIX_ROWS, -(-n_kept // _PREFIX_SHARE)), n_kept)
-        prefix = keys.topk(n_prefix, largest=False).indices
-        safe = torch.where(std > 0, std, torch.ones_like(std))
+        prefix = np.sort(np.argpartition(keys, n_prefix - 1)[:n_prefix]) if n_prefix < keys.size else np.arange(keys.size)
+        safe = np.where(std > 0, std, 1.0)
         limit = self.key[:, -1]  # a key must be below its group's n-th held key to enter
         parts = [self._prefix(y, prefix, keys, mean, safe, limit), self._rare(y, prefix, keys, mean, safe, limit, rare)]
-        group, key, rows, values = (torch.cat(t) for t in zip(*parts))
-        self._merge(group, key, flat[rows], values)
+        group, key, rows, values = (np.concatenate(t) for t in zip(*parts))
+        self._merge(group, key, start + rows, values)
 
     def _prefix(self, y, prefix, keys, mean, safe, limit):
         """Every element of the lowest-key rows that can enter its band."""
-        values = y.index_select(0, prefix)
-        group = torch.bucketize((values - mean) / safe, self.edges) * self.d + torch.arange(self.d, device=y.device)
-        ok = keys[prefix][:, None] < limit.take(group)
-        r, c = ok.nonzero(as_tuple=True)
+        values = _numpy(y.index_select(0, torch.from_numpy(prefix).to(y.device)))
+        group = np.searchsorted(self.edges, (values - mean) / safe, side="left") * self.d + np.arange(self.d)
+        r, c = np.nonzero(keys[prefix][:, None] < limit[group])
         return group[r, c], keys[prefix[r]], prefix[r], values[r, c]
 
     def _rare(self, y, prefix, keys, mean, safe, limit, rare):
         """The elements beyond ±3 std outside the prefix rows that can enter their band."""
         rows, cols, values = rare["rows"], rare["cols"], rare["values"]
         z = (values - mean[cols]) / safe[cols]
-        in_prefix = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+        in_prefix = np.zeros(y.shape[0], dtype=bool)
         in_prefix[prefix] = True
-        pick = (z.abs() > _RARE) & ~in_prefix[rows]
+        pick = (np.abs(z) > _RARE) & ~in_prefix[rows]
         rows, cols, z, values = rows[pick], cols[pick], z[pick], values[pick]
-        group = torch.bucketize(z, self.edges) * self.d + cols
+        group = np.searchsorted(self.edges, z, side="left") * self.d + cols
         key = keys[rows]
         ok = key < limit[group]
         return group[ok], key[ok], rows[ok], values[ok]
 
     def _merge(self, group, key, index, values) -> None:
         """Keep, per touched group, the ``n_samples`` smallest keys of held and new entries (keys are unique)."""
-        if group.numel() == 0:
+        if group.size == 0:
             return
-        touched = torch.zeros(self.groups, dtype=torch.bool, device=group.device)
+        touched = np.zeros(self.groups, dtype=bool)
         touched[group] = True
-        tg = touched.nonzero().flatten()
-        hk, hi, hv = self.key[tg].reshape(-1), self.index[tg].reshape(-1), self.values[tg].reshape(-1)
+        tg = np.flatnonzero(touched)
+        hk, hi, hv = self.key[tg].ravel(), self.index[tg].ravel(), self.values[tg].ravel()
         valid = hi >= 0
-        all_g = torch.cat([tg.repeat_interleave(self.r)[valid], group])
-        all_k = torch.cat([hk[valid], key])
-        all_i = torch.cat([hi[valid], index])
-        all_v = torch.cat([hv[valid], values.float()])
+        all_g = np.concatenate([np.repeat(tg, self.r)[valid], group])
+        all_k = np.concatenate([hk[valid], key])
+        all_i = np.concatenate([hi[valid], index])
+        all_v = np.concatenate([hv[valid], values.astype(np.float32)])
         if self.groups < (1 << (62 - _KEY_BITS)):
-            order = torch.argsort(all_g * (1 << _KEY_BITS) + all_k)
+            order = np.argsort(all_g * (1 << _KEY_BITS) + all_k)  # unique composite: no ties
         else:
-            order = torch.argsort(all_k)
-            order = order[torch.argsort(all_g[order], stable=True)]
+            order = np.argsort(all_k)
+            order = order[np.argsort(all_g[order], kind="stable")]
         g = all_g[order]
         rank = _rank_in_group(g, self.groups)
         take = rank < self.r
@@ -283,8 +293,8 @@ class BandSamples:
     def state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(values, index)``, each ``[bands, n_samples, d]``."""
         shape = (len(BANDS), self.d, self.r)
-        return (self.values.view(shape).permute(0, 2, 1).contiguous(),
-                self.index.view(shape).permute(0, 2, 1).contiguous())
+        return (torch.from_numpy(np.ascontiguousarray(self.values.reshape(shape).transpose(0, 2, 1))),
+                torch.from_numpy(np.ascontiguousarray(self.index.reshape(shape).transpose(0, 2, 1))))
 
 
 # ---------------------------------------------------------------- the accumulator
@@ -292,9 +302,10 @@ class BandSamples:
 class ContextAccumulator:
     """Everything :class:`NeuronContexts` needs, fed one batch of a layer's outputs at a time.
 
-    ``update(outputs, start)`` takes ``[b, d]`` outputs (any device and dtype; the state stays on that
-    device) of the flat tokens ``start … start + b − 1`` of windows of ``seq_len`` tokens (window-major);
-    positions below ``skip_first`` are left out of every statistic. :meth:`finish` gives the result.
+    ``update(outputs, start)`` takes ``[b, d]`` outputs (any device and dtype) of the flat tokens
+    ``start … start + b − 1`` of windows of ``seq_len`` tokens (window-major); positions below
+    ``skip_first`` are left out of every statistic. :meth:`finish` gives the result. The passes over a
+    batch run on its device; what they select (a few per cent of the elements) is merged on the CPU.
     The top and bottom ``k`` do not depend on how the tokens are split into batches; the band samples
     do (bands are set with the moments of the batches before).
     """
@@ -311,6 +322,8 @@ class ContextAccumulator:
         self.edges = position_bins(self.seq_len, self.skip_first)
         self.n_tokens = 0
         self._started = False
+        self.extremes = RunningExtremes(self.d, self.k)
+        self.bands = BandSamples(self.d, self.n_samples, self.seed)
 
     def _start(self, y: torch.Tensor, keep) -> None:
         dev = y.device
@@ -325,8 +338,6 @@ class ContextAccumulator:
         pos = torch.arange(self.seq_len)
         bins = torch.searchsorted(torch.tensor(self.edges), pos, right=True) - 1
         self._bin_of = torch.where(pos >= self.skip_first, bins, torch.full_like(bins, n_bins)).to(dev)
-        self.extremes = RunningExtremes(self.d, self.k, dev)
-        self.bands = BandSamples(self.d, self.n_samples, self.seed, dev)
         self._started = True
 
     @torch.no_grad()
@@ -334,11 +345,10 @@ class ContextAccumulator:
         """Add the outputs ``[b, d]`` of flat tokens ``start … start + b − 1``; returns self."""
         if outputs.dim() != 2 or outputs.shape[1] != self.d:
             raise WnbError(f"outputs must be [tokens, {self.d}] (got shape {tuple(outputs.shape)})")
-        y = outputs.float().contiguous()
+        y = outputs.detach().float().contiguous()
         if y.shape[0] == 0:
             return self
-        flat = torch.arange(start, start + y.shape[0], device=y.device)
-        pos = flat % self.seq_len
+        pos = torch.arange(start, start + y.shape[0], device=y.device) % self.seq_len
         keep = None if self.skip_first == 0 else pos >= self.skip_first
         if keep is not None and not keep.any():
             return self
@@ -352,10 +362,10 @@ class ContextAccumulator:
         self.bin_s1 += s1
         self.bin_s2 += s2
         self.bin_count += counts
-        rare, candidates = self._beyond(y, d2, flat, keep, mean, std)
+        rare, candidates = self._beyond(y, d2, start, keep, mean, std)
         del d2
-        self.extremes.update(y, flat, keep, candidates)
-        self.bands.update(y, flat, keep, mean.float(), std.float(), rare)
+        self.extremes.update(y, start, keep, candidates)
+        self.bands.update(y, start, keep, _numpy(mean), _numpy(std), rare)
         self.n_tokens += int(counts[:-1].sum())
         return self
 
@@ -375,19 +385,19 @@ class ContextAccumulator:
             raise WnbError("the outputs contain NaN or infinite values; check the model's dtype (float16 overflows?)")
         return torch.bincount(bins, minlength=self.bin_count.numel()), s1, s2, d2
 
-    def _beyond(self, y, d2, flat, keep, mean, std):
+    def _beyond(self, y, d2, start, keep, mean, std):
         """One pass over ``d² = (y − center)²`` finds a superset of the elements beyond ±3 std (for the band
         samples) and, once ``k`` are held and the batch comes after them, beyond the held k-th values (for
-        the extremes); both are then picked exactly from it. Returns ``(rare, candidates or None)``."""
+        the extremes); both are then picked exactly from it on the CPU. Returns ``(rare, candidates or None)``."""
         ext = self.extremes
         thr_hi, thr_lo = ext.thresholds("high"), ext.thresholds("low")
-        use = thr_hi is not None and ext.after_held(flat)
-        drift = (mean - self.center).abs()
-        bound = _RARE * std - drift  # |y − mean| > 3 std implies |y − center| > this
+        use = thr_hi is not None and start > ext.max_index
+        bound = _RARE * std - (mean - self.center).abs()  # |y − mean| > 3 std implies |y − center| > this
         scale = self.center.abs() + mean.abs() + _RARE * std
         if use:
-            bound = torch.minimum(bound, torch.minimum(thr_hi.double() - self.center, self.center - thr_lo.double()))
-            scale = scale + thr_hi.double().abs() + thr_lo.double().abs()
+            hi, lo = (torch.from_numpy(t).to(y.device, torch.float64) for t in (thr_hi, thr_lo))
+            bound = torch.minimum(bound, torch.minimum(hi - self.center, self.center - lo))
+            scale = scale + hi.abs() + lo.abs()
         bound = bound - 1e-6 * scale  # margin for float32 rounding of d and d²
         # no bound (threshold on the centre's wrong side): every element is a candidate, even d = 0
         mask = d2 > torch.where(bound > 0, bound * bound * (1 - 1e-6), -1.0).float()
@@ -395,14 +405,16 @@ class ContextAccumulator:
             mask &= keep[:, None]
         lin = mask.view(-1).nonzero().squeeze(1)
         del mask
-        rows = torch.div(lin, self.d, rounding_mode="floor")
-        cols = lin - rows * self.d
-        values = y.view(-1).take(lin)
+        values = _numpy(y.view(-1).take(lin))
+        lin = _numpy(lin)
+        rows, cols = lin // self.d, lin % self.d
         rare = {"rows": rows, "cols": cols, "values": values}
         if not use:
             return rare, None
-        hi, lo = values > thr_hi[cols], values < thr_lo[cols]
-        return rare, {"high": (rows[hi], cols[hi]), "low": (rows[lo], cols[lo])}
+        out = {}
+        for side, pick in (("high", values > thr_hi[cols]), ("low", values < thr_lo[cols])):
+            out[side] = (rows[pick], cols[pick], values[pick])
+        return rare, out
 
     def _moments(self, s1, s2, counts) -> tuple[torch.Tensor, torch.Tensor]:
         n = counts[:-1].sum().double()
@@ -424,8 +436,10 @@ class ContextAccumulator:
                  "seq_len": self.seq_len, "skip_first": self.skip_first, "seed": self.seed, "n_tokens": self.n_tokens,
                  "windows": torch.as_tensor(windows).to(torch.int32).cpu(),
                  "mean": mean.cpu(), "std": std.cpu(),
-                 "high_values": ext.values["high"].cpu(), "high_index": ext.index["high"].cpu(),
-                 "low_values": ext.values["low"].cpu(), "low_index": ext.index["low"].cpu(),
+                 "high_values": torch.from_numpy(ext.values["high"].copy()),
+                 "high_index": torch.from_numpy(ext.index["high"].copy()),
+                 "low_values": torch.from_numpy(ext.values["low"].copy()),
+                 "low_index": torch.from_numpy(ext.index["low"].copy()),
                  "sample_values": sample_values.cpu(), "sample_index": sample_index.cpu(),
                  "bin_edges": torch.tensor(self.edges), "bin_count": self.bin_count[:-1].cpu(),
                  "bin_mean": (self.center + shift).cpu(), "bin_std": bin_var.sqrt().cpu()}

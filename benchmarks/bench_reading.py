@@ -1,0 +1,71 @@
+"""Reading a neuron: neuron_contexts against the capture alone, and its state against the outputs it avoids.
+
+1. Time of ``wnb.neuron_contexts`` (k = 20: every neuron's 20 highest and lowest outputs, moments, outputs
+   by position, band samples) of layer 1 gate_proj over 65,536 tokens against ``wnb.capture`` of the same
+   layer's outputs alone (which keeps them on the CPU); both one pass over the same windows, same batches.
+   Runs alternate and each keeps its best time. Target: ratio ≤ 1.15.
+2. Bytes of the NeuronContexts state (per neuron, and the token windows it keeps to decode contexts)
+   against the float32 outputs [tokens, 1536] a capture holds.
+
+    python benchmarks/bench_reading.py [--tokens 65536] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import wnb
+from _util import machine, table
+
+LAYER = "model.layers.1.mlp.gate_proj"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=65_536)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8, help="windows of 256 tokens per batch")
+    args = parser.parse_args()
+    lm = wnb.load_model(device="cpu")
+    n_win = -(-args.tokens // 256)
+    windows, _ = wnb.token_windows(lm, wnb.load_corpus(), seq_len=256, n_calib=n_win, n_eval=0, seed=1)
+    windows = windows[:n_win]
+
+    def run_capture():
+        return wnb.capture(lm, [LAYER], windows, max_tokens=args.tokens, inputs=False, batch_size=args.batch_size,
+                           progress=False)[LAYER].outputs
+
+    def run_contexts():
+        return wnb.neuron_contexts(lm, LAYER, windows, k=20, max_tokens=args.tokens, batch_size=args.batch_size,
+                                   progress=False)
+
+    best = {"capture": float("inf"), "contexts": float("inf")}
+    outputs = ctx = None
+    run_capture()  # warm-up
+    for _ in range(args.repeat):
+        for name, fn in (("capture", run_capture), ("contexts", run_contexts)):
+            start = time.perf_counter()
+            result = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+            if name == "capture":
+                outputs = result
+            else:
+                ctx = result
+            del result
+    out_bytes = outputs.numel() * outputs.element_size()
+    rows = [{"what": f"neuron_contexts k=20, {outputs.shape[0]:,} tokens x {outputs.shape[1]:,} neurons",
+             "wnb s": best["contexts"], "baseline": "capture of the outputs alone", "baseline s": best["capture"],
+             "ratio": best["contexts"] / best["capture"], "target": "≤ 1.15"},
+            {"what": "state kept per neuron (k=20, 8 samples x 7 bands, moments, position bins)",
+             "wnb MiB": ctx.nbytes() / 2**20, "baseline": "float32 outputs [tokens, neurons]",
+             "baseline MiB": out_bytes / 2**20, "ratio": ctx.nbytes() / out_bytes},
+            {"what": "state + the token windows (int32) kept to decode contexts",
+             "wnb MiB": ctx.nbytes(windows=True) / 2**20, "baseline": "float32 outputs [tokens, neurons]",
+             "baseline MiB": out_bytes / 2**20, "ratio": ctx.nbytes(windows=True) / out_bytes}]
+    print(f"machine: {machine()}; best of {args.repeat} alternating runs; batches of {args.batch_size} windows x 256")
+    print(table(rows))
+    print(f"state per neuron: {ctx.nbytes() / outputs.shape[1]:,.0f} bytes (the same for any number of tokens)")
+
+
+if __name__ == "__main__":
+    main()
