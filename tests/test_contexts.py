@@ -256,6 +256,25 @@ def test_bad_arguments(tiny_llama, tiny_windows):
         wnb.contexts_from_outputs(torch.tensor([[1.0], [float("nan")]]), torch.zeros(1, 2, dtype=torch.long))
 
 
+def test_scale_is_the_largest_absolute_output():
+    y = torch.tensor([[1.0, -5.0], [-3.0, 2.0], [2.0, 0.0]])
+    ctx = wnb.contexts_from_outputs(y, torch.zeros(1, 3, dtype=torch.long), k=2)
+    assert ctx.scale(0) == 3.0 and ctx.scale(1) == 5.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_equals_cpu(tiny_windows):
+    gen = torch.Generator().manual_seed(9)
+    y = torch.randn(4000, 33, generator=gen) ** 3
+    windows = torch.zeros(40, 100, dtype=torch.long)
+    cpu = wnb.contexts_from_outputs(y, windows, k=6, batch_tokens=500)
+    gpu = wnb.contexts_from_outputs(y.cuda(), windows, k=6, batch_tokens=500)
+    for name in ("high_index", "low_index", "high_values", "low_values"):
+        assert torch.equal(cpu.state[name], gpu.state[name]), name
+    torch.testing.assert_close(cpu.std, gpu.std)  # the band samples may differ at band edges (float32 sums)
+    assert ((gpu.state["sample_index"] >= 0).sum() - (cpu.state["sample_index"] >= 0).sum()).abs() < 20
+
+
 @pytest.mark.integration
 def test_bundled_layer1_gate_proj_against_hooks_and_decode(bundled, bundled_windows):
     calib, _ = bundled_windows

@@ -10,16 +10,18 @@ outputs kept) and feeds each batch to a :class:`ContextAccumulator`, which holds
   position bin of the window (positions 0, 1, 2, 3, then 4–7, 8–15, … doubling), which give the
   outputs by position and the overall moments;
 - ``n_samples`` seeded examples per band of the standardized distribution (:data:`BANDS`). Each token has
-  a pseudo-random key (a fixed bijective hash of its flat index and ``seed``); a band keeps the
-  ``n_samples`` members with the smallest keys, a uniform sample of the band that does not depend on
-  the batches. Bands are assigned with the mean and std of the batches seen so far (the first batch: its
-  own); :meth:`NeuronContexts.samples` re-assigns every kept example with the final mean and std, so an
-  example near a band edge can come from the neighbouring band's draw. Members beyond ±3σ are looked at
-  on every token; those within ±3σ (common) on the lowest-key sixteenth of each batch's tokens (at
-  least 128), which is still a uniform sample of them.
+  a pseudo-random key (a fixed bijective hash of its flat index and ``seed``, independent of the
+  batches); a band keeps the ``n_samples`` members with the smallest keys among those looked at, a
+  uniform sample of the band. Members beyond ±3σ are looked at on every token; those within ±3σ (common)
+  on the lowest-key sixteenth of each batch's tokens (at least 128), which keeps the sample uniform.
+  Bands are assigned with the mean and std of the batches seen so far (the first batch: its own), so
+  the examples depend a little on the batch size; :meth:`NeuronContexts.samples` re-assigns every kept
+  example with the final mean and std, so one near a band edge can come from the neighbouring band's draw.
 
 Its state is ``O((k + 7·n_samples) · d_out)`` whatever the number of tokens; the only per-token part of a
-:class:`NeuronContexts` is the token windows themselves (4 bytes a token), kept to decode contexts.
+:class:`NeuronContexts` is the token windows themselves (4 bytes a token), kept to decode contexts. The
+passes over each batch run on its device (one comparison and one ``nonzero`` select a few per cent of
+the elements); the merges of what they select run in numpy on the CPU.
 """
 from __future__ import annotations
 
@@ -42,7 +44,6 @@ _PREFIX_SHARE = 16   # and at least 1/16 of them
 _KEY_BITS = 44
 _NO_KEY = 1 << 62
 STATE_FORMAT = "wnb-contexts-1"
-
 
 
 # ---------------------------------------------------------------- helpers
@@ -512,6 +513,12 @@ class NeuronContexts:
             raise WnbError(f"neuron must be between 0 and {self.n_neurons - 1} for {self.layer or 'this layer'} "
                            f"(got {neuron})")
         return neuron
+
+    def scale(self, neuron: int) -> float:
+        """The largest ``|output|`` of ``neuron`` seen: one colour scale for its contexts and text probes
+        (:func:`wnb.contexts_html`, :func:`wnb.activation_html`)."""
+        neuron = self._neuron(neuron)
+        return max(abs(float(self.state["high_values"][0, neuron])), abs(float(self.state["low_values"][0, neuron])))
 
     def z(self, values, neuron: int) -> np.ndarray:
         """Standardized outputs of ``neuron`` (NaN when it is constant)."""
