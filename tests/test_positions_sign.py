@@ -119,6 +119,9 @@ def test_bundled_layer11_down_proj_top_neurons_are_first_position_tails(bundled,
     calib, _ = bundled_windows
     layer = "model.layers.11.mlp.down_proj"
     y = wnb.capture(bundled, [layer], calib, inputs=False, progress=False)[layer].outputs
+    by_hand = by_hand_without_first(hook_outputs(bundled, [layer], calib)[layer], calib.shape[1])
+    skipped_scores = wnb.layer_scores(bundled, calib, [layer], max_tokens=None, skip_first=1, progress=False)
+    torch.testing.assert_close(skipped_scores[layer], wnb.wasserstein_to_gaussian(by_hand), rtol=0, atol=1e-6)
     table = wnb.neuron_table(y, seq_len=calib.shape[1])
     top = table.head(int(0.03 * len(table)))
     assert top["sink"].all() and (top["pos0_tail_share"] > 0.9).all()
