@@ -1,0 +1,155 @@
+"""Sign-specific ablation (issue 12) on the bundled model: time of the default study and where it goes,
+the clamp's overhead on a forward pass, and what the bundled model shows.
+
+1. ``study``: ``wnb.sign_ablation_study(lm, calib, held_out)`` at its defaults (first FFN projection of
+   every block, fraction 0.01, side negative, random controls for seeds 0, 1, 2, the perplexity-matched
+   control) on the app's small and medium budgets (``wnb.session.BUDGETS``; windows from
+   ``token_windows(lm, load_corpus(), seq_len, n_calib, n_eval, seed=0)``), timed end to end and split
+   into WD scoring, the dense pass, the Wasserstein ablation, the random controls and the matched search;
+   then the same study with the agreement minimal pairs.
+2. ``clamp``: one forward pass of 8 × 256 tokens dense vs inside ``wnb.sign_ablated`` (best of
+   ``--repeat``); target ≤ 1.05×.
+3. ``findings`` (medium budget): the study table with minimal pairs, Δ surprisal by token class for the
+   Wasserstein ablation and the matched control, the tokens whose NLL rises most, and the depth profile.
+
+    python benchmarks/bench_sign_ablation.py [study clamp findings] [--budgets small medium] [--pairs 100]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+import torch
+
+import wnb
+from wnb.session import BUDGETS
+from _util import machine, table
+
+
+def windows(lm, budget: str):
+    b = BUDGETS[budget]
+    return wnb.token_windows(lm, wnb.load_corpus(), b.seq_len, b.n_calib, b.n_eval, seed=0)
+
+
+def study_times(lm, budget: str, pairs) -> list[dict]:
+    calib, held_out = windows(lm, budget)
+    rows = []
+    for label, kw in (("default", {}), (f"+ {len(pairs)} agreement pairs", {"pairs": pairs})):
+        start = time.perf_counter()
+        study = wnb.sign_ablation_study(lm, calib, held_out, progress=False, **kw)
+        total = time.perf_counter() - start
+        by = study.groupby("selection", sort=False)["seconds"].sum()
+        matched = study[study.selection == "matched"].iloc[0]
+        rows.append({
+            "budget": budget, "study": label, "calib tokens": calib.numel(), "held-out tokens": held_out.numel(),
+            "total s": total, "WD s": total - study["seconds"].sum(), "dense s": by["dense"],
+            "wasserstein s": by["wasserstein"], "3 random s": by["random"], "matched s": by["matched"],
+            "matched passes": int(matched["evaluations"]),
+            "perplexity passes": 5 + int(matched["evaluations"]),
+        })
+        print(f"{budget} {label}: {total:.1f} s", flush=True)
+    return rows
+
+
+def clamp_overhead(lm, repeat: int) -> list[dict]:
+    calib, held_out = windows(lm, "medium")
+    ids = held_out[:8]
+    scores = wnb.wasserstein_scores(lm, calib, progress=False)
+
+    def forward():
+        with torch.no_grad():
+            lm.model(ids)
+
+    def best(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    rows = []
+    for fraction in (0.01, 0.10):
+        neurons = wnb.select_wasserstein(scores, fraction)
+        for side in ("negative", "both"):
+            # dense and ablated alternate, so a change of machine load hits both alike
+            dense = best(forward)
+            with wnb.sign_ablated(lm, neurons, side=side):
+                ablated = best(forward)
+            rows.append({"selection": f"top {fraction:.0%} of 30 gate_proj ({sum(len(i) for i in neurons.values())})",
+                         "side": side, "tokens": ids.numel(), "dense s": dense, "ablated s": ablated,
+                         "ratio": ablated / dense, "target": "≤ 1.05"})
+    return rows
+
+
+def findings(lm, n_pairs: int) -> None:
+    calib, held_out = windows(lm, "medium")
+    pairs = wnb.minimal_pairs("agreement", n=n_pairs)
+    start = time.perf_counter()
+    scores = wnb.wasserstein_scores(lm, calib, progress=False)
+    study = wnb.sign_ablation_study(lm, None, held_out, scores=scores, pairs=pairs, progress=False)
+    print(f"\n### Study at the defaults, medium budget, {len(pairs)} agreement pairs "
+          f"({time.perf_counter() - start:.0f} s)\n")
+    cols = ["selection", "seed", "n_neurons", "perplexity", "ppl_low", "ppl_high", "accuracy"]
+    cols += [c for c in study.columns if c.startswith("accuracy_")]
+    print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in study[cols].to_dict("records")]))
+    print("\nmatched: " + "; ".join(study["note"].dropna()))
+
+    wasserstein = wnb.select_wasserstein(scores, 0.01)
+    m = study[study.selection == "matched"].iloc[0]
+    matched = wnb.select_matched(wnb.matched_candidates(scores, seed=int(m["seed"])), int(m["per_layer"]))
+    dense_nll = wnb.token_nll(lm, held_out, progress=False)
+    rows = []
+    tables = {}
+    for name, neurons in (("wasserstein", wasserstein), ("matched", matched)):
+        tables[name] = wnb.token_surprisal(lm, held_out, neurons, dense_nll=dense_nll, progress=False)
+    for by in ("group", "token_class"):
+        merged = None
+        for name, t in tables.items():
+            s = wnb.surprisal_by_class(t, by=by)[[by, "n_tokens", "token_share", "delta_nll", "excess_share"]]
+            s = s.rename(columns={"delta_nll": f"Δ NLL {name}", "excess_share": f"excess share {name}"})
+            merged = s if merged is None else merged.merge(s.drop(columns=["n_tokens", "token_share"]), on=by)
+        rows = merged.to_dict("records")
+        print(f"\n### Δ NLL per token by {by} (held-out medium windows, {len(tables['wasserstein']):,} tokens)\n")
+        print(table(rows))
+    top = wnb.top_surprisal_tokens(tables["wasserstein"], n=15, min_count=5)
+    print("\n### Tokens whose NLL rises most under the Wasserstein ablation (≥ 5 occurrences)\n")
+    print(table([{"token": repr(r["token"]), "class": r["token_class"], "count": r["count"],
+                  "dense NLL": r["dense_nll"], "Δ NLL": r["delta_nll"]} for r in top.to_dict("records")]))
+
+    start = time.perf_counter()
+    depth = wnb.sign_ablation_depth(lm, None, held_out, scores=scores, progress=False)
+    print(f"\n### Depth profile, medium budget ({time.perf_counter() - start:.0f} s)\n")
+    single = depth[depth["mode"] == "layer"].set_index("block")
+    cumulative = depth[depth["mode"] == "cumulative"].set_index("block")
+    print(table([{"block": int(b), "Δ ppl this layer alone": single.loc[b, "delta_perplexity"],
+                  "Δ ppl layers 0..l": cumulative.loc[b, "delta_perplexity"]} for b in single.index]))
+    print(f"\nsum of the single-layer Δ ppl: {single['delta_perplexity'].sum():.3f}; all layers at once: "
+          f"{cumulative['delta_perplexity'].iloc[-1]:.3f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", default=["study", "clamp", "findings"])
+    parser.add_argument("--budgets", nargs="+", default=["small", "medium"], choices=list(BUDGETS))
+    parser.add_argument("--pairs", type=int, default=100, help="agreement pairs per phenomenon")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    lm = wnb.load_model(device="cpu")
+    print(f"Machine: {machine()}\n")
+    if "study" in args.parts:
+        pairs = wnb.minimal_pairs("agreement", n=args.pairs)
+        rows = [r for b in args.budgets for r in study_times(lm, b, pairs)]
+        print("\n### Time of the study\n")
+        print(table(rows))
+    if "clamp" in args.parts:
+        print("\n### Clamp overhead on one forward pass\n")
+        print(table(clamp_overhead(lm, args.repeat)))
+    if "findings" in args.parts:
+        findings(lm, args.pairs)
+
+
+if __name__ == "__main__":
+    main()
