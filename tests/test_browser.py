@@ -133,7 +133,7 @@ def test_app_in_chromium(page):
     page.wait_for_function("() => document.querySelector('.wnb-neurons .wnb-summary').innerText"
                            ".includes('rank 5 of')", timeout=STEP_S * 1000)
     assert f"neuron {fifth[1]}" in summary(page)
-    page.wait_for_function("([n]) => document.querySelector('.wnb-neurons').innerText.includes(`_neuron${n}.png`)",
+    page.wait_for_function("([n]) => document.querySelector('.wnb-neurons').innerText.includes(`_neuron${n}_small_seed0.png`)",
                            arg=[fifth[1]], timeout=STEP_S * 1000)  # the download links follow the neuron
     page.screenshot(path=str(SHOTS / "2_neuron.png"), full_page=True)
 
@@ -178,7 +178,7 @@ def test_sparsity_and_expansion_tabs(page):
     page.wait_for_function("() => document.querySelector('.wnb-sparsity .wnb-summary').innerText"
                            ".includes('magnitude 50%')", timeout=STEP_S * 1000)
     page.wait_for_function("() => document.querySelector('.wnb-sparsity .wnb-downloads').innerText"
-                           ".includes('_magnitude.csv')", timeout=STEP_S * 1000)
+                           ".includes('_magnitude_50pct_small_seed0.csv')", timeout=STEP_S * 1000)
     page.screenshot(path=str(SHOTS / "5_sparsity.png"), full_page=True)
     check_no_errors(page, ".wnb-sparsity")
     page.click("text=Sparse Expansion")
@@ -187,3 +187,40 @@ def test_sparsity_and_expansion_tabs(page):
     page.wait_for_selector(".wnb-expansion .wnb-change img", timeout=STEP_S * 1000)
     page.screenshot(path=str(SHOTS / "6_expansion.png"), full_page=True)
     check_no_errors(page, ".wnb-expansion")
+
+
+def test_cancel_a_running_sweep(page):
+    page.wait_for_selector(".wnb-neurons .wnb-histogram img", timeout=READY_S * 1000)
+    page.click("text=Sparsity")
+    page.wait_for_selector(".wnb-sparsity .wnb-pruned-histogram img", timeout=READY_S * 1000)
+    page.select_option(".wnb-sparsity .wnb-scope select", label="every FFN layer")  # a long sweep
+    run = page.locator(".wnb-sparsity button", has_text="Run sweep")
+    run.click()
+    cancel = page.locator(".wnb-sparsity button", has_text="Cancel")
+    cancel.wait_for(timeout=STEP_S * 1000)
+    page.wait_for_function("() => document.querySelector('.wnb-sparsity .wnb-job').innerText.includes('run ')",
+                           timeout=STEP_S * 1000)  # the job's bar counts its runs
+    page.screenshot(path=str(SHOTS / "7_sweep_running.png"), full_page=True)
+    cancel.click()
+    page.wait_for_function("() => document.querySelector('.wnb-sparsity').innerText.includes('cancelled')",
+                           timeout=STEP_S * 1000)
+    page.locator(".wnb-sparsity button", has_text="Run sweep").wait_for(timeout=STEP_S * 1000)
+    page.screenshot(path=str(SHOTS / "8_sweep_cancelled.png"), full_page=True)
+    check_no_errors(page, ".wnb-sparsity")
+
+
+def test_settings_row_fits_an_800_pixel_window(voila_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        narrow = browser.new_page(viewport={"width": 800, "height": 1200})
+        narrow.goto(voila_url, timeout=READY_S * 1000)
+        narrow.wait_for_selector(".wnb-neurons .wnb-histogram img", timeout=READY_S * 1000)
+        narrow.screenshot(path=str(SHOTS / "9_narrow.png"))
+        for control in ("model", "corpus", "budget", "seed"):
+            box = narrow.locator(f".wnb-settings .wnb-setting-{control}").bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, (control, box)
+        apply = narrow.locator(".wnb-settings button", has_text="Apply").bounding_box()
+        assert apply["width"] >= 100 and apply["x"] + apply["width"] <= 800, apply
+        browser.close()

@@ -472,3 +472,43 @@ def test_warm_visit_does_not_load_the_model(bundled, tmp_path, monkeypatch):
     assert warm.neurons.last_error is None and warm.settings.session._lm is None
     warm.neurons.other.value = "model.layers.1.mlp.gate_prj"  # a typo still gets wnb's suggestions
     assert "model.layers.1.mlp.gate_proj" in warm.neurons.last_error
+
+
+def test_cancel_stops_a_threaded_sweep_and_leaves_the_model_dense(tiny_llama, windows, tmp_path):
+    import time as clock
+
+    from wnb import cache, jobs
+
+    app = ww.App(session=make_session(tiny_llama, windows), threaded=True)
+    view = app.sparsity
+    view.start()
+    dense = {n: p.detach().clone() for n, p in tiny_llama.model.named_parameters()}
+    slow = [tiny_llama.model.get_submodule(b).register_forward_pre_hook(lambda *_: clock.sleep(0.02))
+            for b in wnb.decoder_blocks(tiny_llama)]  # a sweep that takes long enough to be cancelled
+    try:
+        view.scope.value = "all"
+        view.sparsities.value = "0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 2:4, 4:8"
+        view.run_sweep.click()
+        assert view.run_sweep.description == "Cancel" and view.job is not None
+        deadline = clock.monotonic() + 30
+        while view.job is not None and view.job.index < 2 and clock.monotonic() < deadline:
+            clock.sleep(0.05)
+        assert view.job is not None, "the sweep ended before it could be cancelled"
+        assert "run 3 of 31" in view.job_text.value and "elapsed" in view.job_text.value
+        pressed = clock.monotonic()
+        view.run_sweep.click()  # the same button, now Cancel
+        view.wait(timeout=30)
+        assert clock.monotonic() - pressed < 5  # stops at the next block
+    finally:
+        for hook in slow:
+            hook.remove()
+    assert view.job is None and jobs.active() is None
+    assert "cancelled" in view.status.value and view.run_sweep.description == "Run sweep"
+    for name, p in tiny_llama.model.named_parameters():
+        assert torch.equal(p, dense[name]), name  # bit-exact dense weights
+    sweeps = cache.cache_dir() / "sweep"
+    assert not sweeps.exists() or not any(sweeps.iterdir())  # no partial cache entry
+    view.sparsities.value = "0.5"
+    view.run_sweep.click()  # the view works again afterwards
+    view.wait(timeout=60)
+    assert view.last_error is None and list(view.sweep_result["sparsity"]) == ["0%"] * 1 + ["50%"] * 3

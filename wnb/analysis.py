@@ -254,7 +254,7 @@ class _ErrorMeter:
 
 def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=(0.5,), layers=None,
                     error_layer: str | None = None, dense: bool = True, batch_size: int = 8,
-                    progress: bool = True, **expand_kw) -> pd.DataFrame:
+                    progress: bool = True, on_run=None, **expand_kw) -> pd.DataFrame:
     """Whole-model Sparse Expansion for every ``k`` in ``n_experts`` at every sparsity: held-out perplexity
     and the held-out relative output error ``‖y − y_dense‖ / ‖y_dense‖`` of ``error_layer`` (default: the
     first expanded layer) on the inputs it receives in the expanded model. ``k = 1`` is plain SparseGPT.
@@ -276,8 +276,12 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     for k in n_experts:
         for s in sparsities:
             check_expansion(lm, k, s, calib, layers, expand_kw.get("pca_factor", 32), expand_kw.get("max_bytes"))
+    from .evaluate import _runs
+
     rows = []
+    report = _runs(on_run, int(dense) + len(sparsities) * len(n_experts))
     if dense:
+        report("dense")
         start = time.perf_counter()
         ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
         rows.append({"method": "dense", "n_experts": 0, "sparsity": "0%", **ppl, "layer_error": 0.0,
@@ -286,6 +290,7 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     bias = None if bias is None else bias.detach().clone()
     runs = [(s, k) for s in sparsities for k in n_experts]
     for s, k in tqdm(runs, desc="expansion sweep", disable=not progress, leave=False):
+        report(f"SparseGPT {sparsity_label(s)}" if k == 1 else f"{k} experts at {sparsity_label(s)}")
         start = time.perf_counter()
         with expanded(lm, k, s, calib, layers=layers, batch_size=batch_size, progress=progress, **expand_kw) as exp:
             built = time.perf_counter()

@@ -129,11 +129,12 @@ def neuron_errors(dense: torch.Tensor, approx: torch.Tensor):
 # ---------------------------------------------------------------- sweeps
 
 def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), sparsities=(0.5, 0.7, "2:4"),
-          layers=None, dense: bool = True, batch_size: int = 8, progress: bool = True, **prune_kw):
+          layers=None, dense: bool = True, batch_size: int = 8, progress: bool = True, on_run=None, **prune_kw):
     """Perplexity on ``held_out`` after whole-model pruning with every method at every sparsity.
 
-    Returns a tidy DataFrame: ``method, sparsity, perplexity, prune_seconds, eval_seconds`` (plus a
-    ``dense`` row first unless ``dense=False``). The model is dense again afterwards.
+    Returns a tidy DataFrame: ``method, sparsity, perplexity, ppl_low, ppl_high, prune_seconds,
+    eval_seconds`` (plus a ``dense`` row first unless ``dense=False``). The model is dense again
+    afterwards. ``on_run(index, total, label)`` is called before each run (e.g. :meth:`wnb.jobs.Job.begin`).
     """
     import pandas as pd
 
@@ -144,13 +145,16 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     labels = [sparsity_label(s) for s in sparsities]
     held_out = check_windows(held_out, lm, min_len=2)
     rows = []
+    report = _runs(on_run, int(dense) + len(methods) * len(labels))
     if dense:
+        report("dense")
         start = time.perf_counter()
         ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
         rows.append({"method": "dense", "sparsity": "0%", **ppl, "prune_seconds": 0.0,
                      "eval_seconds": time.perf_counter() - start})
     for method in methods:
         for sparsity, label in zip(sparsities, labels):
+            report(f"{method} {label}")
             rows.append(_pruned_perplexity(lm, calib, held_out, batch_size, progress,
                                            {"method": method, "sparsity": label},
                                            method=method, sparsity=sparsity, layers=layers, **prune_kw))
@@ -159,7 +163,7 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
 
 def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", "weight_norm"),
              fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt", layers=None, seed: int = 0,
-             dense: bool = True, batch_size: int = 8, progress: bool = True, **prune_kw):
+             dense: bool = True, batch_size: int = 8, progress: bool = True, on_run=None, **prune_kw):
     """The paper's Fig. 3: prune ``fraction`` of the neurons of every FFN layer (or ``layers``) at
     ``sparsity``, choosing them by each criterion, and measure perplexity on ``held_out``.
 
@@ -176,17 +180,26 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
     label = sparsity_label(sparsity)
     held_out = check_windows(held_out, lm, min_len=2)
     rows = []
+    report = _runs(on_run, int(dense) + len(criteria))
     if dense:
+        report("dense")
         start = time.perf_counter()
         ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
         rows.append({"criterion": "dense", "fraction": 0.0, "sparsity": "0%", **ppl,
                      "prune_seconds": 0.0, "eval_seconds": time.perf_counter() - start})
     for criterion in criteria:
+        report(f"{fraction:.0%} of the neurons by {criterion}, {label}")
         rows.append(_pruned_perplexity(lm, calib, held_out, batch_size, progress,
                                        {"criterion": criterion, "fraction": fraction, "sparsity": label},
                                        method=method, sparsity=sparsity, layers=layers, neurons=criterion,
                                        fraction=fraction, seed=seed, **prune_kw))
     return pd.DataFrame(rows)
+
+
+def _runs(on_run, total: int):
+    """A function ``report(label)`` that calls ``on_run(index, total, label)`` with the next index."""
+    count = iter(range(total))
+    return (lambda label: on_run(next(count), total, label)) if on_run is not None else (lambda label: None)
 
 
 def _pruned_perplexity(lm, calib, held_out, batch_size, progress, row: dict, **prune_kw) -> dict:

@@ -342,7 +342,8 @@ class Session:
                                                     on="neuron").sort_values("rank").reset_index(drop=True)
         return PruneView(view.name, method, label, dense, pruned, errors)
 
-    def sweep(self, methods, sparsities, layers, progress: bool = True, true_sequential: bool = True) -> pd.DataFrame:
+    def sweep(self, methods, sparsities, layers, progress: bool = True, true_sequential: bool = True,
+              on_run=None) -> pd.DataFrame:
         """Perplexity vs sparsity of every method (wnb.sweep on ``layers``), cached."""
         from . import evaluate
         from .prune import sparsity_label
@@ -353,11 +354,11 @@ class Session:
         return cache.cached("sweep", key,
                             lambda: evaluate.sweep(self.lm, self.calib, self.held_out, methods=tuple(methods),
                                                    sparsities=tuple(labels), layers=list(layers), progress=progress,
-                                                   true_sequential=true_sequential),
+                                                   true_sequential=true_sequential, on_run=on_run),
                             enabled=self.use_cache)
 
     def ablation(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
-                 progress: bool = True, true_sequential: bool = True) -> pd.DataFrame:
+                 progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
         """The paper's Fig. 3 (wnb.ablation on ``layers``), cached."""
         from . import evaluate
         from .prune import sparsity_label
@@ -368,7 +369,7 @@ class Session:
                             lambda: evaluate.ablation(self.lm, self.calib, self.held_out, fraction=fraction,
                                                       sparsity=sparsity, method=method, layers=list(layers),
                                                       seed=self.seed, progress=progress,
-                                                      true_sequential=true_sequential),
+                                                      true_sequential=true_sequential, on_run=on_run),
                             enabled=self.use_cache)
 
     def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True):
@@ -410,7 +411,7 @@ class Session:
         return cache.cached("expansion_analysis", key, compute, enabled=self.use_cache)
 
     def expansion_perplexity(self, layers, n_experts: int = 16, sparsity=0.5,
-                             progress: bool = True, true_sequential: bool = True) -> pd.DataFrame:
+                             progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
         """Perplexity of dense, SparseGPT (k = 1) and Sparse Expansion with ``n_experts`` on ``layers``
         (wnb.expansion_sweep), cached. The experts held at once are capped at ``APP_EXPERT_BYTES``."""
         from .analysis import expansion_sweep
@@ -423,7 +424,7 @@ class Session:
                             lambda: expansion_sweep(self.lm, self.calib, self.held_out, n_experts=ks,
                                                     sparsities=(sparsity,), layers=list(layers), seed=self.seed,
                                                     max_bytes=APP_EXPERT_BYTES, progress=progress,
-                                                    true_sequential=true_sequential),
+                                                    true_sequential=true_sequential, on_run=on_run),
                             enabled=self.use_cache)
 
 

@@ -40,7 +40,8 @@ class App(widgets.VBox):
 
     TITLES = ("Entangled neurons", "Model overview", "Sparsity", "Sparse Expansion")
 
-    def __init__(self, budget: str | None = None, session: Session | None = None):
+    def __init__(self, budget: str | None = None, session: Session | None = None, threaded: bool = False):
+        """``threaded`` (the Voila app): buttons run their jobs in a worker thread, so Cancel works."""
         self.settings = Settings(budget, session)
         self.neurons = NeuronView(self.settings)
         self.overview = OverviewView(self.settings, open_layer=self._open_layer)
@@ -48,6 +49,8 @@ class App(widgets.VBox):
         self.expansion = ExpansionView(self.settings, lazy=True)
         self.tabs = widgets.Tab(children=[self.neurons, self.overview, self.sparsity, self.expansion])
         self.tabs.titles = self.TITLES
+        for view in self.tabs.children:
+            view.threaded = threaded
         self._started: set[int] = set()
         self.tabs.observe(self._tab_opened, names="selected_index")
         self.settings.on_change(self._new_settings)

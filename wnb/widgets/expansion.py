@@ -54,14 +54,14 @@ class ExpansionView(LayerNeuronPanel):
         for control in (self.k, self.sparsity):
             control.observe(self.callback(lambda _: self.recompute() if self.view is not None else None),
                             names="value")
-        self.run_ppl.on_click(self.callback(lambda _: self.compute_perplexity()))
+        self.job_button(self.run_ppl, "expansion perplexity", lambda job: self.compute_perplexity(job))
 
     def recompute(self) -> None:
         view = self._need_view()
         with self.busy(f"building {self.k.value} experts of {view.name} at {self.sparsity.value:.0%} sparsity "
                        "(cached afterwards)…"):
-            study = self.session.study(view.name, self.k.value, self.sparsity.value)
-            tables = self.session.expansion_analysis(view.name, self.k.value, self.sparsity.value)
+            study = self.session.study(view.name, self.k.value, self.sparsity.value, progress=self.bars)
+            tables = self.session.expansion_analysis(view.name, self.k.value, self.sparsity.value, progress=self.bars)
         self.result = study
         self.ri, self.shares, self.change = tables["ri"], tables["shares"], tables["change"]
         regression = tables["regression"]
@@ -110,10 +110,11 @@ class ExpansionView(LayerNeuronPanel):
         self.draw_figure("experts", self.experts_out, fig)
         self._links()
 
-    def compute_perplexity(self) -> None:
+    def compute_perplexity(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
         with self.busy(f"expanding {len(layers)} layer(s) into {self.k.value} experts and measuring perplexity…"):
-            self.ppl = self.session.expansion_perplexity(layers, self.k.value, self.sparsity.value)
+            self.ppl = self.session.expansion_perplexity(layers, self.k.value, self.sparsity.value, progress=self.bars,
+                                                         on_run=job.begin if job else None)
         self.ppl_table.value = self.ppl.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
         self.info(f"perplexity measured with {len(layers)} layer(s) changed")
         self._links()

@@ -65,7 +65,7 @@ class NeuronView(Panel):
         ], head=2)
         self.buttons = [self.run]
         self.add_class("wnb-neurons")
-        self.run.on_click(self.callback(lambda _: self.load()))
+        self.job_button(self.run, "capturing the layer", lambda job: self.load())
         self.layer.observe(self.callback(self._layer_changed), names="value")
         self.other.observe(self.callback(self._other_entered), names="value")
         self.table.observe(self.callback(self._table_picked), names="value")
@@ -103,7 +103,7 @@ class NeuronView(Panel):
             raise WnbError("pick a layer first")
         t0 = time.perf_counter()
         with self.busy(f"capturing {name} and ranking its neurons (cached after the first time)…"):
-            view = self.session.layer(name)
+            view = self.session.layer(name, progress=self.bars)
         self.view = view
         self._fill_table(view)
         self.show(1)

@@ -46,7 +46,7 @@ class OverviewView(Panel):
         ], head=3)
         self.buttons = [self.run, self.open_button]
         self.add_class("wnb-overview")
-        self.run.on_click(self.callback(lambda _: self.compute()))
+        self.job_button(self.run, "model overview", lambda job: self.compute())
         self.style.observe(self.callback(lambda _: self.draw()), names="value")
         self.open_button.on_click(self.callback(lambda _: self._open()))
         settings.on_change(lambda _: self.guarded(self.clear))
@@ -67,7 +67,7 @@ class OverviewView(Panel):
         t0 = time.perf_counter()
         with self.busy(f"scoring every FFN layer of {session.model_name} "
                        f"({session.budget.overview_tokens:,} tokens per layer)…"):
-            self.scores, self.frame = session.overview()
+            self.scores, self.frame = session.overview(progress=self.bars)
         self.pick.options = list(self.frame["layer"])
         self.pick.value = self.frame.sort_values("top_over_median", ascending=False)["layer"].iloc[0]
         self.open_button.disabled = self.open_layer is None

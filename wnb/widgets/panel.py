@@ -7,6 +7,7 @@ import html
 import os
 import re
 import sys
+import threading
 import traceback
 from typing import TYPE_CHECKING, Callable
 
@@ -15,7 +16,7 @@ import pandas as pd
 from IPython.display import Image
 from transformers.utils import logging as hf_logging
 
-from .. import plots
+from .. import jobs, plots
 from ..errors import WnbError
 from ..session import LayerView, Session
 
@@ -79,7 +80,20 @@ def error_text(exc: BaseException) -> str:
 
 
 class Panel(widgets.VBox):
-    """A VBox with a status line, a progress area, and guarded callbacks."""
+    """A VBox with a status line, a progress area, and guarded callbacks.
+
+    Long work started by a button runs as a job (:meth:`job_button`): the button turns into Cancel, a
+    bar counts the job's runs with the time elapsed and left. With ``threaded`` (the app) the job runs
+    in a worker thread so that the page stays responsive and Cancel can be pressed; in notebooks and
+    tests it runs in the callback itself.
+    """
+
+    threaded = False
+
+    @property
+    def bars(self) -> bool:
+        """Whether wnb's own progress bars are drawn: not in a worker thread (the job's bar counts instead)."""
+        return not self.threaded
 
     def __init__(self, children=(), head: int = 1, printable: bool = True, **kwargs):
         """``children`` with the progress area and the status line after the first ``head`` of them
@@ -98,9 +112,16 @@ class Panel(widgets.VBox):
         self.print_links.add_class("wnb-print-links")
         self.print_row = widgets.HBox([self.print_button, self.print_links])
         self.print_button.on_click(self.callback(lambda _: self.print_quality()))
+        self.job_bar = widgets.FloatProgress(value=0, min=0, max=1, layout=widgets.Layout(width="240px"))
+        self.job_text = widgets.HTML()
+        self.job_row = widgets.HBox([self.job_bar, self.job_text], layout=widgets.Layout(display="none"))
+        self.job_row.add_class("wnb-job")
+        self.job: jobs.Job | None = None
+        self._worker: threading.Thread | None = None
         self._syncing = False
         children = list(children) + ([self.print_row] if printable else [])
-        super().__init__(children=children[:head] + [self.progress, self.status] + children[head:], **kwargs)
+        super().__init__(children=children[:head] + [self.job_row, self.progress, self.status] + children[head:],
+                         **kwargs)
 
     @contextlib.contextmanager
     def _quiet(self):
@@ -126,14 +147,17 @@ class Panel(widgets.VBox):
 
     @contextlib.contextmanager
     def busy(self, message: str):
-        """Disable the buttons, show ``message`` and route progress bars into the panel while working."""
-        states = [b.disabled for b in self.buttons]
-        for b in self.buttons:
+        """Disable the buttons, show ``message`` and route progress bars into the panel while working.
+        In a job's worker thread the job's own bar shows the progress and its Cancel button stays on."""
+        threaded = threading.current_thread() is not threading.main_thread()
+        buttons = [b for b in self.buttons if not (self.job is not None and b.description == "Cancel")]
+        states = [b.disabled for b in buttons]
+        for b in buttons:
             b.disabled = True
         self.info(message)
         failure = None
         try:
-            with self.progress:
+            with contextlib.nullcontext() if threaded else self.progress:
                 # An exception leaving an Output context is printed into it as a traceback (and
                 # swallowed) by IPython; catch it here and re-raise outside for guarded() to report.
                 try:
@@ -143,8 +167,9 @@ class Panel(widgets.VBox):
             if failure is not None:
                 raise failure
         finally:
-            self._fresh_progress()
-            for b, state in zip(self.buttons, states):
+            if not threaded:
+                self._fresh_progress()
+            for b, state in zip(buttons, states):
                 b.disabled = state
 
     def _fresh_progress(self) -> None:
@@ -159,7 +184,11 @@ class Panel(widgets.VBox):
     def guarded(self, fn: Callable, *args, **kwargs):
         """Run ``fn``; on any error show one readable line in the panel instead of a traceback."""
         try:
+            if jobs.active() is not None and self.job is None and threading.current_thread() is threading.main_thread():
+                raise WnbError(f"a job is running ({jobs.active().label}); wait for it or press its Cancel button")
             result = fn(*args, **kwargs)
+        except jobs.Cancelled:
+            raise
         except Exception as exc:  # the page must never show a traceback
             traceback.print_exc(file=sys.__stderr__)
             self.error(error_text(exc))
@@ -191,6 +220,67 @@ class Panel(widgets.VBox):
         self.print_links.value = " · ".join(
             png_link(plots.to_png(fig, dpi=dpi), f"{kind}_{self.file_stem()}_{dpi}dpi.png")
             for kind, fig in self.figs.items())
+
+    # -- jobs
+
+    def job_button(self, button: widgets.Button, label: str, work: Callable[[jobs.Job], None]) -> None:
+        """Make ``button`` start ``work(job)`` as a job, and cancel it while it runs."""
+        def clicked(_):
+            if self.job is not None:
+                self.job.cancel()
+                button.description = "Cancelling…"
+                return
+            try:
+                self.run_job(button, label, work)
+            except WnbError as exc:  # another job holds the one job slot
+                self.error(str(exc))
+
+        button.on_click(clicked)
+
+    def run_job(self, button: widgets.Button, label: str, work: Callable[[jobs.Job], None]) -> None:
+        """Start ``work`` as a job (in a worker thread when ``threaded``); :meth:`wait` joins it."""
+        job = jobs.Job(label, on_change=self._show_job)
+        with jobs.exclusive(job):  # refuses while another job runs; released by _job_body
+            pass
+        self.job = job
+        if self.threaded:
+            self._worker = threading.Thread(target=self._job_body, args=(job, button, work), daemon=True)
+            self._worker.start()
+        else:
+            self._job_body(job, button, work)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the running job's worker thread (tests and scripts)."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def _job_body(self, job: jobs.Job, button: widgets.Button, work) -> None:
+        look = (button.description, button.icon, button.button_style)
+        others = [(b, b.disabled) for b in self.buttons if b is not button]
+        button.description, button.icon, button.button_style = "Cancel", "stop", "danger"
+        for b, _ in others:
+            b.disabled = True
+        self.job_row.layout.display = ""
+        self._show_job(job)
+        self.info(f"{job.label}…")
+        try:
+            with jobs.exclusive(job), job.watching(self.session.lm if hasattr(self, "session") else None):
+                self.guarded(work, job)
+        except jobs.Cancelled:
+            self.info(f"cancelled: {job.label} stopped after {jobs._clock(job.elapsed())}; the model is dense "
+                      "again and nothing of it was cached")
+        except WnbError as exc:  # another job holds the slot
+            self.error(str(exc))
+        finally:
+            self.job = None
+            button.description, button.icon, button.button_style = look
+            for b, state in others:
+                b.disabled = state
+            self.job_row.layout.display = "none"
+
+    def _show_job(self, job: jobs.Job) -> None:
+        self.job_bar.value = job.fraction()
+        self.job_text.value = html.escape(job.text())
 
     def callback(self, fn: Callable) -> Callable:
         """Wrap ``fn`` as a widget callback (``on_click`` / ``observe``) that never raises."""

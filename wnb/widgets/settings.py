@@ -34,10 +34,15 @@ class Settings(Panel):
                                        layout=widgets.Layout(width="200px"))
         self.seed = widgets.BoundedIntText(value=0, min=0, max=2**31 - 1, description="seed",
                                            layout=widgets.Layout(width="160px"))
-        self.apply = widgets.Button(description="Apply settings", icon="check")
+        self.apply = widgets.Button(description="Apply settings", icon="check",
+                                    layout=widgets.Layout(width="auto", min_width="130px", flex="0 0 auto"))
+        for control, name in ((self.model, "model"), (self.corpus, "corpus"), (self.upload, "upload"),
+                              (self.budget, "budget"), (self.seed, "seed")):
+            control.add_class(f"wnb-setting-{name}")
         super().__init__([widgets.HBox([self.model, self.corpus, self.upload, self.budget, self.seed, self.apply],
                                        layout=widgets.Layout(flex_flow="row wrap"))], printable=False)
         self.buttons = [self.apply]
+        self.add_class("wnb-settings")
         self._listeners: list[Callable[[Session], None]] = []
         self.session = session or Session(budget=budget, restricted=True)
         self.apply.on_click(self.callback(lambda _: self.apply_settings()))

@@ -37,8 +37,10 @@ def scope_title(scope: str, layers: list[str]) -> str:
 
 
 def scope_dropdown(value: str) -> widgets.Dropdown:
-    return widgets.Dropdown(options=[(text, key) for key, text in SCOPES.items()], value=value,
-                            description="layers", layout=widgets.Layout(width="420px"))
+    scope = widgets.Dropdown(options=[(text, key) for key, text in SCOPES.items()], value=value,
+                             description="layers", layout=widgets.Layout(width="420px"))
+    scope.add_class("wnb-scope")
+    return scope
 
 
 # ---------------------------------------------------------------- sparsity
@@ -97,8 +99,8 @@ class SparsityView(LayerNeuronPanel):
                             names="value")
         self.pattern.observe(lambda change: setattr(self.sparsity, "disabled", change["new"] != "unstructured"),
                              names="value")
-        self.run_sweep.on_click(self.callback(lambda _: self.compute_sweep()))
-        self.run_ablation.on_click(self.callback(lambda _: self.compute_ablation()))
+        self.job_button(self.run_sweep, "perplexity sweep", lambda job: self.compute_sweep(job))
+        self.job_button(self.run_ablation, "ablation", lambda job: self.compute_ablation(job))
 
     @property
     def sparsity_value(self):
@@ -107,7 +109,7 @@ class SparsityView(LayerNeuronPanel):
     def recompute(self) -> None:
         view = self._need_view()
         with self.busy(f"pruning {view.name} with {self.method.value}…"):
-            self.result = self.session.prune_view(view.name, self.method.value, self.sparsity_value)
+            self.result = self.session.prune_view(view.name, self.method.value, self.sparsity_value, progress=self.bars)
         self.redraw()
         self.info(f"{view.name} pruned alone with {self.result.method} at {self.result.sparsity}; errors on "
                   f"{self.result.dense.shape[0]:,} held-out tokens")
@@ -132,12 +134,13 @@ class SparsityView(LayerNeuronPanel):
         self.draw_figure("error_vs_wd", self.error_out, scatter)
         self._links()
 
-    def compute_sweep(self) -> None:
+    def compute_sweep(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
         sparsities = parse_sparsities(self.sparsities.value)
         with self.busy(f"pruning {len(layers)} layer(s) with 3 methods × {len(sparsities)} sparsities and "
                        "measuring perplexity (cached afterwards)…"):
-            self.sweep_result = self.session.sweep(("magnitude", "wanda", "sparsegpt"), sparsities, layers)
+            self.sweep_result = self.session.sweep(("magnitude", "wanda", "sparsegpt"), sparsities, layers,
+                                                   progress=self.bars, on_run=job.begin if job else None)
         self.sweep_scope = scope_title(self.scope.value, layers)
         fig = plots.perplexity_curves(self.sweep_result, title=f"pruned: {self.sweep_scope}")
         self.draw_figure("sweep", self.sweep_out, fig)
@@ -145,11 +148,12 @@ class SparsityView(LayerNeuronPanel):
         self.info(f"sweep done: {len(self.sweep_result)} runs, {self.sweep_scope} pruned")
         self._links()
 
-    def compute_ablation(self) -> None:
+    def compute_ablation(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
         with self.busy(f"sparsifying {self.fraction.value:.1%} of the neurons of {len(layers)} layer(s), "
                        "5 ways…"):
-            self.ablation_result = self.session.ablation(layers, self.fraction.value, self.ablation_sparsity.value)
+            self.ablation_result = self.session.ablation(layers, self.fraction.value, self.ablation_sparsity.value,
+                                                         progress=self.bars, on_run=job.begin if job else None)
         self.ablation_scope = scope_title(self.scope.value, layers)
         fig = plots.ablation_bars(self.ablation_result, title=f"{self.fraction.value:.0%} of the neurons of "
                                   f"{self.ablation_scope} at {self.ablation_sparsity.value:.0%} sparsity")
