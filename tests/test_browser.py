@@ -190,7 +190,7 @@ def test_sparsity_and_expansion_tabs(page):
 
 
 def test_cancel_a_running_sweep(page):
-    page.wait_for_selector(".wnb-neurons .wnb-histogram img", timeout=READY_S * 1000)
+    page.wait_for_selector(".wnb-neurons .wnb-histogram img", state="attached", timeout=READY_S * 1000)
     page.click("text=Sparsity")
     page.wait_for_selector(".wnb-sparsity .wnb-pruned-histogram img", timeout=READY_S * 1000)
     page.select_option(".wnb-sparsity .wnb-scope select", label="every FFN layer")  # a long sweep
@@ -209,12 +209,9 @@ def test_cancel_a_running_sweep(page):
     check_no_errors(page, ".wnb-sparsity")
 
 
-def test_settings_row_fits_an_800_pixel_window(voila_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        narrow = browser.new_page(viewport={"width": 800, "height": 1200})
+def test_settings_row_fits_an_800_pixel_window(page, voila_url):
+    narrow = page.context.browser.new_page(viewport={"width": 800, "height": 1200})  # a second visitor
+    try:
         narrow.goto(voila_url, timeout=READY_S * 1000)
         narrow.wait_for_selector(".wnb-neurons .wnb-histogram img", timeout=READY_S * 1000)
         narrow.screenshot(path=str(SHOTS / "9_narrow.png"))
@@ -223,4 +220,6 @@ def test_settings_row_fits_an_800_pixel_window(voila_url):
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, (control, box)
         apply = narrow.locator(".wnb-settings button", has_text="Apply").bounding_box()
         assert apply["width"] >= 100 and apply["x"] + apply["width"] <= 800, apply
-        browser.close()
+        check_no_errors(narrow)
+    finally:
+        narrow.close()

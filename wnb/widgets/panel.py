@@ -33,6 +33,7 @@ CSS = """
 .wnb-head { font-family: monospace; font-size: 12px; white-space: pre; }
 .wnb-error { color: #8a1020; background: #fdecee; border: 1px solid #f2b8c0; padding: 4px 8px; border-radius: 4px; }
 .wnb-info { color: #333; }
+.wnb-downloads, .wnb-print-links { word-break: break-all; }
 </style>
 """
 
