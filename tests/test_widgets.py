@@ -512,3 +512,17 @@ def test_cancel_stops_a_threaded_sweep_and_leaves_the_model_dense(tiny_llama, wi
     view.run_sweep.click()  # the view works again afterwards
     view.wait(timeout=60)
     assert view.last_error is None and list(view.sweep_result["sparsity"]) == ["0%"] * 1 + ["50%"] * 3
+
+
+def test_a_very_large_layer_waits_for_confirmation(app, monkeypatch):
+    monkeypatch.setattr(wnb.session, "LARGE_LAYER_OUTPUTS", 10_000)  # the tiny lm_head (128 × 128) is very large
+    view = app.neurons
+    captured = []
+    real = wnb.session._capture_one
+    monkeypatch.setattr(wnb.session, "_capture_one", lambda *a: captured.append(a[1]) or real(*a))
+    view.other.value = "lm_head"
+    assert captured == [] and "Press Analyze layer again" in view.status.value and "128 neurons" in view.status.value
+    view.run.click()  # the second press goes ahead
+    assert captured == ["lm_head"] and view.view.name == "lm_head"
+    view.load("model.layers.2.mlp.down_proj")  # small layers never ask
+    assert view.view.name == "model.layers.2.mlp.down_proj"

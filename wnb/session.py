@@ -55,6 +55,10 @@ DEFAULT_BUDGET = "medium"
 # several capture passes (each stops after its deepest layer) so the app stays within Binder's 2 GB.
 # Batches of at most 256 tokens keep nnsight's per-batch copies of the saved outputs small beside that store.
 OVERVIEW_MAX_BYTES = 192 << 20
+# A layer whose capture holds more outputs than this (tokens × neurons) is analysed only after the user
+# confirms (lm_head: 49,152 neurons); the rough time per output comes from the neuron table on 2 cores.
+LARGE_LAYER_OUTPUTS = 40_000_000
+SECONDS_PER_OUTPUT = 1.5e-6
 OVERVIEW_BATCH_TOKENS = 256
 
 
@@ -267,6 +271,19 @@ class Session:
                                                   n_pairs=self.n_pairs, seed=self.seed), enabled=self.use_cache)
         self._layer = LayerView(name, acts["inputs"], acts["outputs"], table, self.n_pairs, self.seed)
         return self._layer
+
+    def layer_cost(self, name: str) -> dict:
+        """What analysing ``name`` will take: ``outputs`` (tokens × neurons), ``bytes`` of the capture,
+        a rough ``seconds`` (ranking every neuron dominates), and whether it is ``cached`` already."""
+        from .capture import estimate_bytes
+
+        name = self.check_layer(name)
+        if self.use_cache and cache.entry_path("capture", self.key(layer=name)).exists():
+            return {"cached": True}  # known without loading the model
+        tokens = self.calib.numel()
+        d_out = layer_weight(self.lm, name).shape[0]
+        return {"outputs": tokens * d_out, "bytes": estimate_bytes(self.lm, [name], tokens),
+                "seconds": tokens * d_out * SECONDS_PER_OUTPUT, "neurons": d_out, "cached": False}
 
     # ------------------------------------------------------------- model overview
 

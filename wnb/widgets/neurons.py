@@ -54,6 +54,7 @@ class NeuronView(Panel):
                            (self.pairs_out, "pairs"), (self.scatter_out, "wd-md"), (self.downloads, "downloads")):
             part.add_class(f"wnb-{name}")
         self.view: LayerView | None = None
+        self._pending: str | None = None  # a large layer waiting for the user's confirmation
         self._syncing = False
         super().__init__([
             widgets.HTML(CSS),
@@ -101,6 +102,8 @@ class NeuronView(Panel):
         name = layer or self.layer.value
         if not name:
             raise WnbError("pick a layer first")
+        if not self._confirmed(name):
+            return
         t0 = time.perf_counter()
         with self.busy(f"capturing {name} and ranking its neurons (cached after the first time)…"):
             view = self.session.layer(name, progress=self.bars)
@@ -120,6 +123,21 @@ class NeuronView(Panel):
             # a rank outside the listed top rows clears the pick list's highlight instead of leaving an old row
             self.table.value = rank if rank <= len(self.table.options) else None
         self._draw(view, neuron)
+
+    def _confirmed(self, name: str) -> bool:
+        """A layer with a very large capture (e.g. lm_head) waits for a second press of Analyze layer."""
+        from ..session import LARGE_LAYER_OUTPUTS
+
+        cost = self.session.layer_cost(name)
+        if cost["cached"] or cost["outputs"] <= LARGE_LAYER_OUTPUTS or self._pending == name:
+            self._pending = None
+            return True
+        self._pending = name
+        self.view = None
+        self.error(f"{name} has {cost['neurons']:,} neurons: its capture holds {cost['bytes'] / 2**30:.1f} GiB and "
+                   f"ranking them takes roughly {cost['seconds'] / 60:.0f} min here. Press Analyze layer again to "
+                   "go ahead, or pick another layer.")
+        return False
 
     def select_layer(self, name: str) -> None:
         """Analyze any linear layer by name (added to the dropdown if it is not an FFN layer)."""
