@@ -119,7 +119,7 @@ def test_app_in_chromium(page):
     assert page.locator(".wnb-neurons .wnb-pairs img").count() == 1
     assert page.locator(".wnb-neurons .wnb-wd-md img").count() == 1
     assert "rank 1 of 1536" in summary(page)
-    assert page.locator(".wnb-neurons .wnb-layer select").input_value() == "model.layers.1.mlp.gate_proj"
+    assert page.locator(".wnb-neurons .wnb-layer select").input_value() == "FFN · model.layers.1.mlp.gate_proj"
     page.screenshot(path=str(SHOTS / "1_start.png"), full_page=True)
     check_no_errors(page)
 
@@ -146,7 +146,7 @@ def test_app_in_chromium(page):
                            ".includes('neuron 7 ')", timeout=STEP_S * 1000)
 
     # another layer: a down_proj with 576 neurons
-    page.select_option(".wnb-neurons .wnb-layer select", label="model.layers.3.mlp.down_proj")
+    page.select_option(".wnb-neurons .wnb-layer select", label="FFN · model.layers.3.mlp.down_proj")
     page.wait_for_function("() => document.querySelector('.wnb-neurons .wnb-summary').innerText"
                            ".includes('of 576')", timeout=STEP_S * 1000)
     wait_changed(page, "histogram", hist)

@@ -77,7 +77,11 @@ def app(tiny_llama, windows):
 def test_start_lists_every_neuron_ranked_by_wd(app, tiny_llama, windows):
     view = app.neurons
     assert view.layer.value == LAYER
-    assert LAYER in view.layer.options and "model.layers.2.mlp.down_proj" in view.layer.options
+    choices = dict(view.layer.options)  # label -> name, every linear layer grouped by kind
+    assert choices[f"FFN · {LAYER}"] == LAYER and "FFN · model.layers.2.mlp.down_proj" in choices
+    assert "attention · model.layers.0.self_attn.q_proj" in choices and "other · lm_head" in choices
+    kinds = [label.split(" · ")[0] for label in choices]
+    assert kinds == sorted(kinds, key=["FFN", "attention", "other"].index)
     y = hooked_outputs(tiny_llama, LAYER, windows[0])
     rows = table_rows(view)
     assert len(rows) == y.shape[1] == view.rank.max
@@ -124,9 +128,8 @@ def test_changing_the_layer_and_any_linear_layer(app, tiny_llama):
     assert view.last_error is None
     assert len(view.table.options) == 32 == view.rank.max  # down_proj has hidden_size outputs
     assert png_of(view.hist_out) != first
-    view.other.value = "model.layers.0.self_attn.q_proj"  # not an FFN layer: added to the dropdown
+    view.other.value = "model.layers.0.self_attn.q_proj"  # typed by name: selected in the dropdown
     assert view.layer.value == "model.layers.0.self_attn.q_proj"
-    assert "model.layers.0.self_attn.q_proj" in view.layer.options
     assert view.view.name == "model.layers.0.self_attn.q_proj"
 
 
@@ -135,6 +138,7 @@ def test_errors_appear_as_one_readable_line(app):
     view.other.value = "model.layers.0.mlp.gate_prj"
     assert "is not a linear layer" in view.last_error and "model.layers.0.mlp.gate_proj" in view.last_error
     assert "wnb-error" in view.status.value and "Traceback" not in view.status.value
+    assert "wnb.linear_layers" not in view.last_error and "layer list" in view.last_error  # page words, not Python
     assert view.view.name == LAYER  # the previous layer stays on screen
     view.rank.value = 3  # and still works
     assert view.last_error is None and view.neuron.value == int(table_rows(view)[2][1])

@@ -18,6 +18,18 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 
+def layer_choices(ffn: list[str], linear: list[str]) -> list[tuple[str, str]]:
+    """Every linear layer as a ``(label, name)`` choice, grouped by kind: FFN, attention, the rest."""
+    def kind(name: str) -> str:
+        if name in ffn:
+            return "FFN"
+        return "attention" if any(part in name for part in ("attn", "attention")) else "other"
+
+    order = {"FFN": 0, "attention": 1, "other": 2}
+    ranked = sorted(enumerate(linear), key=lambda item: (order[kind(item[1])], item[0]))
+    return [(f"{kind(name)} · {name}", name) for _, name in ranked]
+
+
 # ---------------------------------------------------------------- entangled neurons
 
 class NeuronView(Panel):
@@ -84,11 +96,9 @@ class NeuronView(Panel):
         """Fill the layer list from the current session's model and analyze the default layer."""
         self.view = None
         with self.busy(f"loading {self.session.model_name} and the corpus…"):
-            layers = self.session.ffn_layers()
+            layers = layer_choices(self.session.ffn_layers(), self.session.linear_layers())
             default = self.session.default_layer()
             self.session.calib  # noqa: B018 - cut the windows here, under the progress area
-        if default not in layers:
-            layers = [default] + layers
         with self._quiet():
             self.layer.options = layers
             self.layer.value = default
@@ -143,8 +153,8 @@ class NeuronView(Panel):
         """Analyze any linear layer by name (added to the dropdown if it is not an FFN layer)."""
         name = self.session.check_layer(name)
         with self._quiet():
-            if name not in self.layer.options:
-                self.layer.options = list(self.layer.options) + [name]
+            if name not in [value for _, value in self.layer.options]:
+                self.layer.options = list(self.layer.options) + [(name, name)]
             self.layer.value = name
         self.load(name)
 

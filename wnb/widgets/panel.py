@@ -72,10 +72,20 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
+# The API's messages point at Python calls; on the page they point at the controls instead.
+PAGE_WORDS = {" (all: wnb.linear_layers(lm))": " (every layer is in the layer list)",
+              "pick names from wnb.ffn_layers(lm) or wnb.linear_layers(lm)": "pick one from the layer list",
+              ", e.g. from wnb.ffn_layers(lm)": " from the layer list"}
+
+
 def error_text(exc: BaseException) -> str:
-    """One readable line: a WnbError's own message, otherwise the exception type and its first line."""
+    """One readable line: a WnbError's own message (Python advice replaced by what to pick on the page),
+    otherwise the exception type and its first line."""
     if isinstance(exc, WnbError):
-        return str(exc)
+        text = str(exc)
+        for api, page in PAGE_WORDS.items():
+            text = text.replace(api, page)
+        return text
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
