@@ -530,3 +530,60 @@ def test_a_very_large_layer_waits_for_confirmation(app, monkeypatch):
     assert captured == ["lm_head"] and view.view.name == "lm_head"
     view.load("model.layers.2.mlp.down_proj")  # small layers never ask
     assert view.view.name == "model.layers.2.mlp.down_proj"
+
+
+def test_the_reading_section_shows_both_tails_tokens_and_a_probe(app, tiny_llama, windows, monkeypatch):
+    import html as html_lib
+
+    from wnb.reading import token_table
+
+    view = app.neurons
+    view.reading_box.selected_index = 0  # open "What it reads"
+    assert view.last_error is None, view.last_error
+    neuron = view.neuron.value
+    outputs = hooked_outputs(tiny_llama, LAYER, windows[0])[:, neuron]
+    order = np.argsort(-outputs, kind="stable")  # an independent ranking of the same capture
+    ctx = view.session.contexts(LAYER)
+    high = ctx.top(neuron, "high")
+    assert list(high["value"].head(5)) == pytest.approx(list(outputs[order[:5]]), rel=1e-5)
+    assert "Highest outputs" in view.reading.tails.value and "Lowest outputs" in view.reading.tails.value
+    assert view.reading.tails.value.count("background-color") >= 2 * min(10, len(high))  # highlighted tokens
+    tokens = view.reading.tables["tokens"]
+    assert tokens["count"].sum() == windows[0].numel()
+    assert "contexts_" in view.reading.downloads.value and "tokens_" in view.reading.downloads.value
+    view.show(2)  # the section follows the neuron
+    assert view.reading.neuron == view.neuron.value != neuron
+
+
+@pytest.mark.integration
+def test_the_text_probe_escapes_what_it_shows(bundled, monkeypatch):
+    calib, held_out = wnb.token_windows(bundled, wnb.load_corpus(), seq_len=32, n_calib=4, n_eval=1, seed=0)
+    app = ww.App(session=Session(lm=bundled, calib=calib, held_out=held_out, budget="small"))
+    app.start()
+    view = app.neurons
+    view.reading_box.selected_index = 0
+    assert view.last_error is None, view.last_error
+    assert "<script" not in view.reading.tails.value
+    view.reading.probe_text.value = "<script>alert(1)</script> & the cat sat on the mat"
+    view.reading.probe_button.click()
+    assert view.last_error is None, view.last_error
+    probe = view.reading.probe_out.value
+    assert "<script" not in probe and "&lt;" in probe and "&gt;" in probe  # shown as text, never as markup
+    assert "&amp;" in probe and probe.count("title=") >= 8  # every token carries its value
+    view.reading.probe_text.value = ""
+    view.reading.probe_button.click()
+    assert "empty" in view.last_error
+
+
+def test_dropping_the_first_token_reranks_the_layer(app, tiny_llama, windows):
+    view = app.neurons
+    view.skip_first.value = True
+    assert view.last_error is None and view.view.skip_first == 1
+    d = view.view.n_neurons
+    full = hooked_outputs(tiny_llama, LAYER, windows[0]).reshape(windows[0].shape[0], -1, d)
+    kept = full[:, 1:].reshape(-1, d)  # position 0 of every window dropped by hand
+    neuron = view.neuron.value
+    assert view.view.table.iloc[0]["wd"] == pytest.approx(reference_wd(kept[:, neuron]), abs=2e-3)
+    ranked = sorted(range(d), key=lambda i: -reference_wd(kept[:, i]))
+    assert neuron == ranked[0]
+    assert "_skip1_" in view.downloads.value

@@ -60,6 +60,8 @@ OVERVIEW_MAX_BYTES = 192 << 20
 LARGE_LAYER_OUTPUTS = 40_000_000
 SECONDS_PER_OUTPUT = 1.5e-6
 OVERVIEW_BATCH_TOKENS = 256
+CONTEXT_K = 20      # highest and lowest outputs kept per neuron for "What it reads"
+CONTEXT_WIDTH = 8   # tokens of context shown on each side
 
 
 def budget_from_env(default: str = DEFAULT_BUDGET) -> str:
@@ -86,10 +88,24 @@ class LayerView:
     n_pairs: int
     seed: int
     fraction: float = 0.03
+    seq_len: int | None = None
+    skip_first: int = 0  # positions of every window left out of the statistics (the attention sink)
 
     @property
     def n_neurons(self) -> int:
         return self.outputs.shape[1]
+
+    def kept(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows of a capture of this layer without the first ``skip_first`` positions of every window."""
+        if not self.skip_first:
+            return t
+        from .positions import drop_positions
+        return drop_positions(t, self.seq_len, self.skip_first)
+
+    @property
+    def kept_outputs(self) -> torch.Tensor:
+        """The outputs the statistics are computed on (all unless ``skip_first``)."""
+        return self.kept(self.outputs)
 
     @property
     def ranked(self) -> int:
@@ -120,7 +136,8 @@ class LayerView:
 
     def pairs(self, neurons: list[int]):
         """``(dx [P], dy [P, len(neurons)])`` of :func:`wnb.pair_distances` for these neurons."""
-        return pair_distances(self.inputs, self.outputs[:, neurons], n_pairs=self.n_pairs, seed=self.seed)
+        return pair_distances(self.kept(self.inputs), self.kept(self.outputs)[:, neurons], n_pairs=self.n_pairs,
+                              seed=self.seed)
 
 
 @dataclass
@@ -146,12 +163,14 @@ class Session:
     def __init__(self, model: str | None = None, corpus: str = "bundled", budget: str | None = None,
                  seed: int = 0, device: str = "auto", lm: LM | None = None, calib: torch.Tensor | None = None,
                  held_out: torch.Tensor | None = None, use_cache: bool = True, n_pairs: int = 50_000,
-                 restricted: bool = False, upload: bytes | None = None):
+                 restricted: bool = False, upload: bytes | None = None, skip_first: int = 0):
         self.model = (model or "").strip() or None
         self.corpus = (corpus or "bundled").strip()
         # restricted (the app): no typed path is opened; see wnb.sources
         self.restricted = restricted
         self.upload = upload
+        self.skip_first = int(skip_first)  # positions of every window left out of WD, MD and the tables
+        self._contexts = None  # (key, NeuronContexts) of the last layer read
         self._folder = None
         if restricted:
             from .data import CORPORA
@@ -261,16 +280,41 @@ class Session:
     def layer(self, name: str, progress: bool = True) -> LayerView:
         """Capture ``name`` on the calibration windows and rank its neurons (both cached on disk)."""
         name = self.check_layer(name)
-        if self._layer is not None and self._layer.name == name:
+        if self._layer is not None and self._layer.name == name and self._layer.skip_first == self.skip_first:
             return self._layer
         self._layer = None  # free the previous layer before capturing the next
         acts = cache.cached("capture", self.key(layer=name),
                             lambda: _capture_one(self.lm, name, self.calib, progress), enabled=self.use_cache)
-        table = cache.cached("neuron_table", self.key(layer=name, n_pairs=self.n_pairs),
+        seq_len = self.calib.shape[1]
+        if not 0 <= self.skip_first < seq_len:
+            raise WnbError(f"skip_first must be between 0 and {seq_len - 1}, the window length minus one "
+                           f"(got {self.skip_first})")
+        table = cache.cached("neuron_table", self.key(layer=name, n_pairs=self.n_pairs, sign=True,
+                                                      skip_first=self.skip_first),
                              lambda: neuron_table(acts["outputs"], acts["inputs"], layer_weight(self.lm, name),
-                                                  n_pairs=self.n_pairs, seed=self.seed), enabled=self.use_cache)
-        self._layer = LayerView(name, acts["inputs"], acts["outputs"], table, self.n_pairs, self.seed)
+                                                  n_pairs=self.n_pairs, seed=self.seed, sign=True, seq_len=seq_len,
+                                                  skip_first=self.skip_first), enabled=self.use_cache)
+        self._layer = LayerView(name, acts["inputs"], acts["outputs"], table, self.n_pairs, self.seed,
+                                seq_len=seq_len, skip_first=self.skip_first)
         return self._layer
+
+    def contexts(self, name: str, progress: bool = True):
+        """:class:`wnb.NeuronContexts` of every neuron of ``name`` (from its calibration capture, no second
+        pass; cached on disk and kept for the last layer, so re-selecting a neuron is instant)."""
+        from .contexts import NeuronContexts, contexts_from_outputs
+
+        view = self.layer(name, progress)
+        key = self.key(layer=view.name, k=CONTEXT_K, width=CONTEXT_WIDTH, skip_first=self.skip_first)
+        if self._contexts is not None and self._contexts[0] == key:
+            return self._contexts[1]
+        state = cache.cached("contexts", key,
+                             lambda: contexts_from_outputs(view.outputs, self.calib, None, view.name, k=CONTEXT_K,
+                                                           width=CONTEXT_WIDTH, skip_first=self.skip_first,
+                                                           seed=self.seed).to_state(),
+                             enabled=self.use_cache)
+        ctx = NeuronContexts.from_state(state, self.lm.tokenizer, width=CONTEXT_WIDTH)
+        self._contexts = (key, ctx)
+        return ctx
 
     def layer_cost(self, name: str) -> dict:
         """What analysing ``name`` will take: ``outputs`` (tokens × neurons), ``bytes`` of the capture,
@@ -295,7 +339,8 @@ class Session:
             scores = self._layer_scores(tokens, progress)
             return scores, overview_table(self.lm, scores)
 
-        return cache.cached("overview", self.key(tokens=tokens), compute, enabled=self.use_cache)
+        key = self.key(tokens=tokens) if not self.skip_first else self.key(tokens=tokens, skip_first=self.skip_first)
+        return cache.cached("overview", key, compute, enabled=self.use_cache)
 
     def store_overview(self, scores: dict[str, torch.Tensor], tokens: int) -> None:
         """Keep whole-model scores computed elsewhere (``wnb score``) where :meth:`overview` finds them."""
@@ -309,7 +354,7 @@ class Session:
         for group in split_by_memory(self.lm, self.ffn_layers(), tokens, OVERVIEW_MAX_BYTES):
             batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
             scores.update(layer_scores(self.lm, self.calib, group, max_tokens=tokens, batch_size=batch,
-                                       progress=progress))
+                                       progress=progress, skip_first=self.skip_first))
         return scores
 
     # ------------------------------------------------------------- sparsity and Sparse Expansion
@@ -443,6 +488,108 @@ class Session:
                                                     max_bytes=APP_EXPERT_BYTES, progress=progress,
                                                     true_sequential=true_sequential, on_run=on_run),
                             enabled=self.use_cache)
+
+
+    # ------------------------------------------------------------- sign ablation (the follow-up, issue 12)
+
+    def sign_scores(self, layers, tokens: int | None = None, progress: bool = True, **key_parts) -> dict:
+        """WD of every neuron of ``layers`` over the first ``tokens`` calibration tokens (default: the
+        budget's overview tokens), as :func:`wnb.wasserstein_scores` returns it; cached. ``key_parts``
+        (e.g. ``revision=``) only enter the cache key."""
+        from .sign_ablation import wasserstein_scores
+
+        layers = [self.check_layer(n) for n in layers]
+        tokens = min(int(tokens or self.budget.overview_tokens), self.calib.numel())
+        batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
+        return cache.cached("sign_scores", self.key(layers=layers, tokens=tokens, **key_parts),
+                            lambda: wasserstein_scores(self.lm, self.calib, layers, max_tokens=tokens, batch_size=batch,
+                                                       max_bytes=OVERVIEW_MAX_BYTES, progress=progress),
+                            enabled=self.use_cache)
+
+    def sign_pairs(self, name: str | None = "agreement", n: int | None = 10) -> list[dict] | None:
+        """Minimal pairs for the sign-ablation study (:func:`wnb.minimal_pairs` with the session's seed),
+        or None when ``name`` is None or the model has no tokenizer."""
+        from .minimal_pairs import minimal_pairs
+
+        if name is None or self.lm.tokenizer is None:
+            return None
+        return minimal_pairs(name, n=n, seed=self.seed)
+
+    def sign_ablation(self, layers, fraction: float = 0.01, side: str = "negative", controls=("random", "matched"),
+                      n_seeds: int = 3, pairs=None, tokens: int | None = None, tolerance: float = 0.02,
+                      progress: bool = True, **key_parts) -> pd.DataFrame:
+        """:func:`wnb.sign_ablation_study` on the held-out windows, random controls with seeds
+        ``seed .. seed + n_seeds - 1``, WD from :meth:`sign_scores`; cached (keyed by the pairs themselves)."""
+        from .sign_ablation import sign_ablation_study
+
+        scores = self.sign_scores(layers, tokens, progress, **key_parts)
+        seeds = [self.seed + i for i in range(int(n_seeds))]
+        key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side,
+                       controls=list(controls), seeds=seeds, pairs=pairs, held_out=self.held_out,
+                       tolerance=float(tolerance), **key_parts)
+        return _nullable_ints(cache.cached(
+            "sign_ablation", key,
+            lambda: _plain_ints(sign_ablation_study(self.lm, None, self.held_out, fraction=fraction, side=side,
+                                                    controls=tuple(controls), seeds=seeds, pairs=pairs, scores=scores,
+                                                    tolerance=tolerance, progress=progress)),
+            enabled=self.use_cache), ["seed"])
+
+    def sign_depth(self, layers, fraction: float = 0.01, side: str = "negative", pairs=None,
+                   tokens: int | None = None, progress: bool = True, **key_parts) -> pd.DataFrame:
+        """:func:`wnb.sign_ablation_depth` (one layer at a time and cumulative) on the held-out windows; cached."""
+        from .sign_ablation import sign_ablation_depth
+
+        scores = self.sign_scores(layers, tokens, progress, **key_parts)
+        key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, pairs=pairs,
+                       held_out=self.held_out, **key_parts)
+        return _nullable_ints(cache.cached(
+            "sign_depth", key,
+            lambda: _plain_ints(sign_ablation_depth(self.lm, None, self.held_out, fraction=fraction, side=side,
+                                                    pairs=pairs, scores=scores, progress=progress)),
+            enabled=self.use_cache), ["block"])
+
+    def sign_surprisal(self, layers, fraction: float = 0.01, side: str = "negative", matched: int | None = None,
+                       matched_seed: int | None = None, tokens: int | None = None, top: int = 20,
+                       progress: bool = True, **key_parts) -> dict:
+        """Per-token Δ NLL (:func:`wnb.token_surprisal`) of the Wasserstein ablation and, with ``matched``
+        (the matched control's per-layer count from the study), of the matched control, aggregated:
+        ``by_class`` and ``by_group`` (:func:`wnb.surprisal_by_class`, one block per ``selection``) and
+        ``top`` (:func:`wnb.top_surprisal_tokens` of the Wasserstein ablation); cached."""
+        from .sign_ablation import matched_candidates, select_matched, select_wasserstein
+        from .surprisal import surprisal_by_class, token_nll, token_surprisal, top_surprisal_tokens
+
+        scores = self.sign_scores(layers, tokens, progress, **key_parts)
+        matched_seed = self.seed if matched_seed is None else int(matched_seed)
+
+        def compute():
+            selections = {"wasserstein": select_wasserstein(scores, fraction)}
+            if matched is not None:
+                selections["matched"] = select_matched(matched_candidates(scores, seed=matched_seed), int(matched))
+            dense = token_nll(self.lm, self.held_out, progress=progress)
+            out = {"by_class": [], "by_group": [], "top": None}
+            for name, neurons in selections.items():
+                table = token_surprisal(self.lm, self.held_out, neurons, side=side, dense_nll=dense, progress=progress)
+                for by, part in (("token_class", "by_class"), ("group", "by_group")):
+                    out[part].append(surprisal_by_class(table, by=by).assign(selection=name))
+                if name == "wasserstein":
+                    out["top"] = top_surprisal_tokens(table, n=top, min_count=2)
+            out["by_class"] = pd.concat(out["by_class"], ignore_index=True)
+            out["by_group"] = pd.concat(out["by_group"], ignore_index=True)
+            return out
+
+        key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, matched=matched,
+                       matched_seed=matched_seed, top=top, held_out=self.held_out, **key_parts)
+        return cache.cached("sign_surprisal", key, compute, enabled=self.use_cache)
+
+
+def _plain_ints(table: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integer columns (``Int64``, which the cache cannot store) as float with NaN for missing."""
+    return table.astype({c: "float64" for c, t in table.dtypes.items() if isinstance(t, pd.Int64Dtype)})
+
+
+def _nullable_ints(table: pd.DataFrame, columns) -> pd.DataFrame:
+    """The inverse of :func:`_plain_ints` for ``columns``."""
+    return table.astype({c: "Int64" for c in columns if c in table.columns})
 
 
 def _study_tensors(study) -> dict:

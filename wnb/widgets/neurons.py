@@ -65,17 +65,30 @@ class NeuronView(Panel):
                            (self.neuron, "neuron"), (self.summary, "summary"), (self.hist_out, "histogram"),
                            (self.pairs_out, "pairs"), (self.scatter_out, "wd-md"), (self.downloads, "downloads")):
             part.add_class(f"wnb-{name}")
+        self.skip_first = widgets.Checkbox(value=False, indent=False,
+                                           description="drop the first token of every window (attention sink)",
+                                           layout=widgets.Layout(width="auto"))
+        self.skip_first.add_class("wnb-skip-first")
         self.view: LayerView | None = None
         self._pending: str | None = None  # a large layer waiting for the user's confirmation
         self._syncing = False
+        from .reading import ReadingSection
+
+        self.reading = ReadingSection(self)
+        self.reading_box = widgets.Accordion(children=[self.reading], selected_index=None)
+        self.reading_box.set_title(0, "What it reads: contexts of both tails, tokens, differentiating pairs, "
+                                      "what it writes, text probe")
+        self.reading_box.add_class("wnb-reading-box")
         super().__init__([
             widgets.HTML(CSS),
             widgets.HBox([self.layer, self.other, self.run]),
+            self.skip_first,
             widgets.HBox([widgets.VBox([self.head, self.table]),
                           widgets.VBox([self.rank, self.neuron, self.summary, self.downloads])]),
             widgets.HBox([self.hist_out, self.scatter_out]),
             self.pairs_out,
-        ], head=2)
+            self.reading_box,
+        ], head=3)
         self.buttons = [self.run]
         self.add_class("wnb-neurons")
         self.job_button(self.run, "capturing the layer", lambda job: self.load())
@@ -84,6 +97,8 @@ class NeuronView(Panel):
         self.table.observe(self.callback(self._table_picked), names="value")
         self.rank.observe(self.callback(self._rank_changed), names="value")
         self.neuron.observe(self.callback(self._neuron_changed), names="value")
+        self.skip_first.observe(self.callback(self._skip_changed), names="value")
+        self.reading_box.observe(self.callback(self._reading_opened), names="selected_index")
         settings.on_change(lambda _: self.guarded(self.reset))
 
     @property
@@ -176,6 +191,16 @@ class NeuronView(Panel):
         if not self._syncing:
             self.show(change["new"])
 
+    def _skip_changed(self, change) -> None:
+        self.session.skip_first = int(change["new"])
+        if self.view is not None:
+            self.load(self.view.name)
+
+    def _reading_opened(self, change) -> None:
+        if change["new"] == 0 and self.view is not None:
+            with self.busy("reading the layer's contexts (one pass over its capture, cached afterwards)…"):
+                self.reading.draw(self.neuron.value)
+
     def _neuron_changed(self, change) -> None:
         if not self._syncing:
             self.show(self._need_view().rank_of(change["new"]))
@@ -187,13 +212,17 @@ class NeuronView(Panel):
     def _fill_table(self, view: LayerView) -> None:
         t = view.table
         has_md = "md" in t.columns
+        signs = {"frac_negative", "wd_lower"} <= set(t.columns)
         self.head.value = ('<div class="wnb-head">' + html.escape(
-            f"{'rank':>5} {'neuron':>6} {'WD':>7} {'MD':>7} {'mean':>8} {'variance':>9}") + "</div>")
+            f"{'rank':>5} {'neuron':>6} {'WD':>7} {'MD':>7} {'mean':>8} {'variance':>9}" +
+            (f" {'<0':>4} {'W<0':>4}" if signs else "")) + "</div>")
         options = []
         for row in t.head(TABLE_ROWS).itertuples():
             md = f"{row.md:7.3f}" if has_md else f"{'':7}"
-            options.append((f"{row.rank:>5} {row.neuron:>6} {row.wd:7.4f} {md} {row.mean:8.3f} {row.variance:9.4f}",
-                            int(row.rank)))
+            sign = (f" {row.frac_negative:4.0%} {row.wd_lower / row.wd:4.0%}" if row.wd > 0 else "") if signs else ""
+            sink = " ⚓" if getattr(row, "sink", False) is True else ""
+            options.append((f"{row.rank:>5} {row.neuron:>6} {row.wd:7.4f} {md} {row.mean:8.3f} {row.variance:9.4f}"
+                            f"{sign}{sink}", int(row.rank)))
         with self._quiet():
             self.table.options = options
             self.rank.max = len(t)
@@ -215,7 +244,7 @@ class NeuronView(Panel):
                               f" · mean {row['mean']:.4f} · variance {row['variance']:.4g}")
         short = view.name.split(".")
         short = ".".join(short[-3:]) if len(short) > 3 else view.name
-        hist = plots.output_histogram({f"neuron {neuron}": view.outputs[:, neuron]},
+        hist = plots.output_histogram({f"neuron {neuron}": view.kept_outputs[:, neuron]},
                                       title=f"{short} · {kind} {neuron} · WD {row['wd']:.3f}")
         self.draw_figure("histogram", self.hist_out, hist)
         dx, dy = view.pairs([neuron, ordinary])
@@ -228,6 +257,11 @@ class NeuronView(Panel):
             self.draw_figure("wd_md", self.scatter_out, scatter)
         self.downloads.value = "<br>".join([self.csv] + [png_link(png, f"{kind_}_{self.file_stem()}.png")
                                                          for kind_, png in self.pngs.items()])
+        if self.reading_box.selected_index == 0:  # the reading section is open: it follows the neuron
+            self.reading.draw(neuron)
+        else:
+            self.reading.clear()
 
     def file_stem(self) -> str:
-        return f"{slug(self.view.name)}_neuron{self.neuron.value}_{self.settings_tag()}" if self.view else "wnb"
+        skip = f"_skip{self.view.skip_first}" if self.view and self.view.skip_first else ""
+        return f"{slug(self.view.name)}_neuron{self.neuron.value}{skip}_{self.settings_tag()}" if self.view else "wnb"
