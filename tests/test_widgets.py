@@ -430,6 +430,12 @@ def test_expansion_view(app, tiny_llama, windows):
     assert png_of(view.experts_out) != experts
     view.k.value = 2
     assert view.last_error is None and len(view.shares) == 2
+    study, contexts = view.result, view.expert_tables["expert_contexts"]
+    routed = study.expansion.router.predict(study.held_inputs[torch.as_tensor(contexts["token_index"].to_numpy())])
+    assert torch.equal(routed, torch.as_tensor(contexts["expert"].to_numpy()))  # the router itself agrees
+    tails = int(view.expert_tables["tail_routing"]["tail_tokens"].sum())
+    assert "Does the router separate" in view.expert_reading.value
+    assert ("random groups of the same sizes" in view.expert_reading.value) == (tails > 0)
     view.scope.value = "layer"
     view.run_ppl.click()
     assert view.last_error is None, view.last_error

@@ -1,6 +1,8 @@
 """Sparse Expansion: experts of one layer, RI vs WD, WD and MD before vs after, perplexity."""
 from __future__ import annotations
 
+import html
+
 from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
@@ -29,6 +31,8 @@ class ExpansionView(LayerNeuronPanel):
         self.ri_out = widgets.Output()
         self.ri_table = widgets.HTML()
         self.change_out = widgets.Output()
+        self.expert_reading = widgets.HTML()
+        self.expert_reading.add_class("wnb-expert-reading")
         self.scope = scope_dropdown(settings.session.budget.scope)
         self.run_ppl = widgets.Button(description="Measure perplexity", icon="play", button_style="primary")
         self.ppl_table = widgets.HTML()
@@ -43,7 +47,7 @@ class ExpansionView(LayerNeuronPanel):
         super().__init__(
             settings,
             controls=[widgets.HBox([self.k, self.sparsity])],
-            body=[self.compare_out, self.experts_out,
+            body=[self.compare_out, self.experts_out, self.expert_reading,
                   widgets.HBox([self.ri_out, self.ri_table]), self.change_out,
                   widgets.HTML("<h4>Perplexity: dense, SparseGPT and Sparse Expansion</h4>"),
                   widgets.HBox([self.scope, self.run_ppl]), self.ppl_table],
@@ -108,7 +112,32 @@ class ExpansionView(LayerNeuronPanel):
         fig = plots.histogram_grid(experts, standardize_by="each", weights=weights, ncols=4,
                                    title=f"{name}: each expert's outputs on its own tokens, standardized per expert")
         self.draw_figure("experts", self.experts_out, fig)
+        self._expert_texts(study, neuron)
         self._links()
+
+    def _expert_texts(self, study, neuron: int) -> None:
+        """Whether the router separates the neuron's tails (against random groups of the same sizes), and
+        each expert's highest and lowest held-out contexts."""
+        from ..per_expert import expert_contexts, expert_summary, tail_routing
+        from .reading import SHOWN, _contexts, _section
+
+        routing = tail_routing(study, neuron, seed=self.session.seed)
+        summary = expert_summary(study, neuron)
+        contexts = expert_contexts(study, neuron, self.session.held_out, self.session.lm.tokenizer, k=3)
+        self.expert_tables = {"tail_routing": routing, "expert_summary": summary, "expert_contexts": contexts}
+        lines = [f"{html.escape(r.tail)} tail, {r.tail_tokens} tokens: {r.largest_share:.0%} in expert "
+                 f"{r.largest_expert} (random groups of the same sizes: {r.control_share:.0%}); entropy "
+                 f"{r.entropy:.2f} bits (random: {r.control_entropy:.2f})" for r in routing.itertuples()
+                 if r.tail_tokens]
+        scale = float(contexts["value"].abs().max()) if len(contexts) else 1.0
+        parts = [_section("Does the router separate the neuron's tails?", "<br>".join(lines) or "<i>no tail tokens</i>")]
+        for expert, part in contexts.groupby("expert"):
+            row = summary[summary["expert"] == expert].iloc[0]
+            title = (f"expert {expert}: {row['share']:.0%} of the held-out tokens, WD of its outputs "
+                     f"{row['wd_expansion']:.3f}")
+            body = "".join(_contexts(part[part["side"] == side].head(SHOWN), scale) for side in ("high", "low"))
+            parts.append(_section(title, body))
+        self.expert_reading.value = "".join(parts)
 
     def compute_perplexity(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
@@ -133,5 +162,7 @@ class ExpansionView(LayerNeuronPanel):
             links.append(csv_link(self.change, f"before_after_{layer}.csv"))
         if self.ppl is not None:
             links.append(csv_link(self.ppl, f"expansion_perplexity_{slug(self.scope.value)}_{layer}.csv"))
+        for kind, table in getattr(self, "expert_tables", {}).items():
+            links.append(csv_link(table, f"{kind}_{stem}.csv"))
         links += [png_link(png, f"{kind}_{stem}.png") for kind, png in self.pngs.items()]
         self.downloads.value = " · ".join(links)
