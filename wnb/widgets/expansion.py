@@ -119,7 +119,7 @@ class ExpansionView(LayerNeuronPanel):
         """Whether the router separates the neuron's tails (against random groups of the same sizes), and
         each expert's highest and lowest held-out contexts."""
         from ..per_expert import expert_contexts, expert_summary, tail_routing
-        from .reading import SHOWN, _contexts, _section
+        from ..report import SHOWN, contexts_block, section
 
         routing = tail_routing(study, neuron, seed=self.session.seed)
         summary = expert_summary(study, neuron)
@@ -130,13 +130,13 @@ class ExpansionView(LayerNeuronPanel):
                  f"{r.entropy:.2f} bits (random: {r.control_entropy:.2f})" for r in routing.itertuples()
                  if r.tail_tokens]
         scale = float(contexts["value"].abs().max()) if len(contexts) else 1.0
-        parts = [_section("Does the router separate the neuron's tails?", "<br>".join(lines) or "<i>no tail tokens</i>")]
+        parts = [section("Does the router separate the neuron's tails?", "<br>".join(lines) or "<i>no tail tokens</i>")]
         for expert, part in contexts.groupby("expert"):
             row = summary[summary["expert"] == expert].iloc[0]
             title = (f"expert {expert}: {row['share']:.0%} of the held-out tokens, WD of its outputs "
                      f"{row['wd_expansion']:.3f}")
-            body = "".join(_contexts(part[part["side"] == side].head(SHOWN), scale) for side in ("high", "low"))
-            parts.append(_section(title, body))
+            body = "".join(contexts_block(part[part["side"] == side].head(SHOWN), scale) for side in ("high", "low"))
+            parts.append(section(title, body))
         self.expert_reading.value = "".join(parts)
 
     def compute_perplexity(self, job=None) -> None:
