@@ -33,7 +33,7 @@ import torch
 from . import __version__, cache
 from .errors import WnbError
 
-COMMANDS = ("score", "prune", "expand", "sweep")
+COMMANDS = ("score", "prune", "expand", "sweep", "neuron")
 LAYER_SETS = ("ffn", "first-ffn", "all-linear")
 MANIFEST = "manifest.json"
 OFFLOAD_ACTIVATIONS = 2 << 30  # GPU bytes kept free for activations and logits when blocks are offloaded
@@ -301,6 +301,17 @@ def _validate(args) -> None:
     for k in experts if isinstance(experts, list) else []:  # sweep's list of k
         if k < 1:
             raise WnbError(f"--experts must be at least 1 (got {k})")
+    if getattr(args, "contexts", None) is not None:
+        if args.contexts < 1:
+            raise WnbError(f"--contexts must be at least 1 (got {args.contexts})")
+        if args.no_cache or args.remote:
+            raise WnbError("--contexts stores the contexts in the cache the app reads: it needs the cache and "
+                           "local weights (drop --no-cache / --remote)")
+    if args.command == "neuron":
+        if any(n < 0 for n in args.neuron):
+            raise WnbError(f"--neuron takes neuron indices, 0 or more (got {min(args.neuron)})")
+        if args.skip_first < 0:
+            raise WnbError(f"--skip-first must be at least 0 (got {args.skip_first})")
     neurons = getattr(args, "neurons", None)
     if neurons is not None:
         from .prune import CRITERIA
@@ -351,6 +362,39 @@ def _detail_layer(session, name: str | None) -> str | None:
 
 # ---------------------------------------------------------------- score
 
+def _neuron(args, run: RunFolder, session) -> str:
+    from .models import check_layers, layer_weight
+    from .report import neuron_page
+
+    (layer,) = check_layers(session.lm, [args.layer])
+    n = layer_weight(session.lm, layer).shape[0]
+    bad = [i for i in args.neuron if not 0 <= i < n]
+    if bad:
+        raise WnbError(f"--neuron {bad[0]} is not a neuron of {layer}: it has neurons 0 to {n - 1}")
+    if not 0 <= args.skip_first < session.calib.shape[1]:
+        raise WnbError(f"--skip-first must be between 0 and {session.calib.shape[1] - 1} (got {args.skip_first})")
+    session.skip_first = args.skip_first
+    for neuron in args.neuron:
+        page, tables = neuron_page(session, layer, neuron, progress=not args.quiet)
+        run.text(f"neuron_{neuron}.html", page, f"{layer} neuron {neuron}: what it reads (self-contained HTML)")
+        for kind, table in tables.items():
+            run.table(f"neuron_{neuron}_{kind}.csv", table, f"{layer} neuron {neuron}: {kind.replace('_', ' ')}")
+    return f"{len(args.neuron)} page(s) of {layer} (neuron {', '.join(map(str, args.neuron))})"
+
+
+def _store_contexts(args, session, layers) -> None:
+    """``wnb score --contexts K``: every scored layer's contexts, where the app's Session.contexts reads them."""
+    from .contexts import neuron_contexts
+    from .session import CONTEXT_WIDTH, contexts_key
+
+    for name in layers:
+        cache.cached("contexts", contexts_key(session, name, args.contexts),
+                     lambda: neuron_contexts(session.lm, name, session.calib, k=args.contexts, width=CONTEXT_WIDTH,
+                                             progress=not args.quiet, batch_size=args.batch_size,
+                                             seed=args.seed).to_state(),
+                     enabled=not args.no_cache)
+
+
 def _score(args, run: RunFolder, session) -> str:
     from . import plots
     from .capture import available_memory, estimate_bytes
@@ -398,6 +442,9 @@ def _score(args, run: RunFolder, session) -> str:
     run.table("layers.csv", overview, f"one row per layer: WD quantiles, mean WD of the top {args.fraction:.0%} "
               "(the Wasserstein neurons) and its ratio to the median, top neuron indices")
     run.figure("wd_overview.png", plots.wd_overview(scores), "WD of every neuron per block and layer kind")
+    if args.contexts:
+        _store_contexts(args, session, layers)
+        run.note(contexts={"k": args.contexts, "layers": len(layers)})
 
     detail = _detail_layer(session, args.detail)
     if detail is not None:
@@ -683,6 +730,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
     p.add_argument("--pairs", type=int, default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
 
+    p.add_argument("--contexts", type=int, default=None, metavar="K",
+                   help="also keep every scored layer's K highest and lowest outputs with their contexts (one more "
+                        "pass per layer), in the cache the app's 'What it reads' uses (it shows K = 20)")
+
+    p = sub.add_parser("neuron", parents=[common], help="one self-contained HTML page per neuron: what it reads",
+                       description="Read neurons of one layer: both tails' contexts, band samples, token table, "
+                       "differentiating pairs, what it writes, outputs by position, figures; one HTML page per "
+                       "neuron (no external resources) and its tables as CSV.")
+    p.add_argument("--layer", required=True, help="the layer, e.g. model.layers.1.mlp.gate_proj")
+    p.add_argument("--neuron", type=int, nargs="+", required=True, metavar="N", help="neuron indices")
+    p.add_argument("--skip-first", type=int, default=0,
+                   help="positions of every window left out of the statistics (1 drops the attention sink)")
+    p.add_argument("--pairs", type=int, default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
+
     p = sub.add_parser("prune", parents=[common], help="prune the model once and measure perplexity",
                        description="Prune the chosen layers block by block (SparseGPT, Wanda or magnitude), "
                        "measure held-out perplexity against the dense model, and analyse one layer's per-neuron "
@@ -728,7 +789,7 @@ def _true_sequential_flag(p) -> None:
                    "all of a block's layers on the block as it entered, as the reference SparseGPT and Wanda code")
 
 
-RUNNERS = {"score": _score, "prune": _prune, "expand": _expand, "sweep": _sweep}
+RUNNERS = {"score": _score, "prune": _prune, "expand": _expand, "sweep": _sweep, "neuron": _neuron}
 
 
 def main(argv: list[str] | None = None) -> int:

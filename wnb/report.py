@@ -51,9 +51,13 @@ def tokens_block(tokens: pd.DataFrame) -> str:
     body = "".join(f"<tr><td style='padding:0 6px'><code>{html.escape(repr(r.token))}</code></td>"
                    f"<td style='text-align:right'>{r.count}</td><td style='text-align:right'>{r.mean:+.3f}</td>"
                    f"<td style='text-align:right'>{r.extreme:+.3f}</td>"
-                   f"<td style='text-align:right'>{r.lower_share:.0%}</td>"
-                   f"<td style='text-align:right'>{r.upper_share:.0%}</td></tr>" for r in tokens.itertuples())
+                   f"<td style='text-align:right'>{_share(r.lower_share)}</td>"
+                   f"<td style='text-align:right'>{_share(r.upper_share)}</td></tr>" for r in tokens.itertuples())
     return f"<table style='{_TABLE}'>{head}{body}</table>"
+
+
+def _share(value) -> str:
+    return "–" if pd.isna(value) else f"{value:.0%}"  # an empty tail has no shares
 
 
 def concentration_block(table: pd.DataFrame) -> str:
@@ -86,7 +90,7 @@ def position_note(ctx, neuron: int, skip_first: int, share: float) -> str:
 
     positions = ctx.positions(neuron)
     first = positions.iloc[0]
-    note = (f"{share:.0%} of its most extreme outputs sit at position {skip_first} of a window"
+    note = (f"{share:.0%} of its tail outputs (beyond ±2.5σ) sit at position {skip_first} of a window"
             f" (mean z there {first['mean_z']:+.2f}, {int(first['count']):,} tokens)")
     if share >= SINK_SHARE:
         note = ("⚓ <b>first-token artefact</b>: " + html.escape(note) + ". The model turns the first token of "
@@ -165,11 +169,17 @@ def neuron_page(session, layer: str, neuron: int, progress: bool = True) -> tupl
         f"<h1 style='font-size:20px'>{html.escape(view.name)} · neuron {neuron}</h1>",
         f"<p>{html.escape(session.model_name)} · {html.escape(summary)} · {view.outputs.shape[0]:,} calibration "
         f"tokens · seed {session.seed}</p>", _img(hist), _img(pair_png),
-        position_note(ctx, neuron, view.skip_first, float(ctx.first_position_share()[neuron])),
+        position_note(ctx, neuron, view.skip_first, tail_share_at_first(view, neuron)),
         *parts.values()])
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(view.name)} neuron {neuron}"
             f"</title></head><body style='font-family:sans-serif;max-width:1100px;margin:16px auto'>{body}</body></html>")
     return page, {k: v for k, v in tables.items() if isinstance(v, pd.DataFrame)}
+
+
+def tail_share_at_first(view, neuron: int) -> float:
+    """The share of ``neuron``'s tail outputs (beyond ±2.5σ) at the first position kept, from its layer's table."""
+    row = view.row(neuron)
+    return float(row["pos0_tail_share"]) if "pos0_tail_share" in row else float("nan")
 
 
 EFFECT_TITLE = ("What it writes: the logits one unit of its activation moves directly (the down projection's "

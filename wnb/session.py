@@ -298,17 +298,17 @@ class Session:
                                 seq_len=seq_len, skip_first=self.skip_first)
         return self._layer
 
-    def contexts(self, name: str, progress: bool = True):
+    def contexts(self, name: str, progress: bool = True, k: int = CONTEXT_K):
         """:class:`wnb.NeuronContexts` of every neuron of ``name`` (from its calibration capture, no second
         pass; cached on disk and kept for the last layer, so re-selecting a neuron is instant)."""
         from .contexts import NeuronContexts, contexts_from_outputs
 
         view = self.layer(name, progress)
-        key = self.key(layer=view.name, k=CONTEXT_K, width=CONTEXT_WIDTH, skip_first=self.skip_first)
+        key = contexts_key(self, view.name, k)
         if self._contexts is not None and self._contexts[0] == key:
             return self._contexts[1]
         state = cache.cached("contexts", key,
-                             lambda: contexts_from_outputs(view.outputs, self.calib, None, view.name, k=CONTEXT_K,
+                             lambda: contexts_from_outputs(view.outputs, self.calib, None, view.name, k=k,
                                                            width=CONTEXT_WIDTH, skip_first=self.skip_first,
                                                            seed=self.seed).to_state(),
                              enabled=self.use_cache)
@@ -590,6 +590,11 @@ def _plain_ints(table: pd.DataFrame) -> pd.DataFrame:
 def _nullable_ints(table: pd.DataFrame, columns) -> pd.DataFrame:
     """The inverse of :func:`_plain_ints` for ``columns``."""
     return table.astype({c: "Int64" for c in columns if c in table.columns})
+
+
+def contexts_key(session: "Session", layer: str, k: int = CONTEXT_K) -> str:
+    """The cache key of a layer's contexts (``wnb score --contexts`` stores them under it for the app)."""
+    return session.key(layer=layer, k=int(k), width=CONTEXT_WIDTH, skip_first=session.skip_first)
 
 
 def _study_tensors(study) -> dict:

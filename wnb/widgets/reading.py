@@ -13,7 +13,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from ..highlight import MAX_CHARS, activation_html
-from ..report import position_note, reading_sections, reading_tables
+from ..report import position_note, reading_sections, reading_tables, tail_share_at_first
 from .panel import csv_link
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ class ReadingSection(widgets.VBox):
             part.add_class(f"wnb-{name}")
         self.tables: dict[str, pd.DataFrame] = {}
         self.neuron: int | None = None
-        self._shares = None  # (contexts, first-position share of every neuron) of the layer shown
         super().__init__([self.position, self.tails, self.bands, self.tokens, self.pairs, self.effect,
                           widgets.HTML("<b>Text probe</b>: the neuron's output on every token of your text "
                                        "(diverging colours centred at 0; the value shows on hover)."),
@@ -62,9 +61,7 @@ class ReadingSection(widgets.VBox):
         parts = reading_sections(tables, ctx.scale(neuron))
         for name, part in parts.items():
             getattr(self, name).value = part
-        if self._shares is None or self._shares[0] is not ctx:  # per layer, not per neuron
-            self._shares = (ctx, ctx.first_position_share())
-        self.position.value = position_note(ctx, neuron, view.skip_first, float(self._shares[1][neuron]))
+        self.position.value = position_note(ctx, neuron, view.skip_first, tail_share_at_first(view, neuron))
         self.tables = {k: v for k, v in tables.items() if isinstance(v, pd.DataFrame)}
         self.neuron = neuron
         self.probe_out.value = ""
