@@ -5,13 +5,15 @@ run through :meth:`Panel.guarded`, which shows any error as a one-line message i
 traceback goes to the server's terminal, never to the page), disables the Run buttons while busy,
 and sends tqdm progress bars into the panel.
 
-    app = wnb.widgets.App()     # settings + tabs: Entangled neurons, Model overview, Sparsity, Sparse Expansion
+    app = wnb.widgets.App()     # settings + tabs: Entangled neurons, Model overview, Sparsity, Sparse Expansion,
+                                # Negative differentiation
     display(app)
     app.start()                 # analyze the default layer
 """
 from .. import plots  # noqa: F401  (tests patch wnb.widgets.plots)
 from .app import App, EntangledNeurons, Page
 from .expansion import ExpansionView
+from .negative import NegativeView
 from .neurons import TABLE_ROWS, NeuronView
 from .overview import OverviewView
 from .panel import (
@@ -30,5 +32,5 @@ from .settings import Settings
 from .sparsity import SparsityView, parse_sparsities, scope_dropdown
 
 __all__ = ["App", "CSS", "csv_link", "data_link", "EntangledNeurons", "error_text", "ExpansionView",
-           "LayerNeuronPanel", "NeuronView", "OverviewView", "Page", "Panel", "parse_sparsities", "png_link",
+           "LayerNeuronPanel", "NegativeView", "NeuronView", "OverviewView", "Page", "Panel", "parse_sparsities", "png_link",
            "Settings", "scope_dropdown", "show_figure", "slug", "SparsityView", "STRICT_ENV", "TABLE_ROWS"]

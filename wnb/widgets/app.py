@@ -5,6 +5,7 @@ import ipywidgets as widgets
 
 from ..session import Session
 from .expansion import ExpansionView
+from .negative import NegativeView
 from .neurons import NeuronView
 from .overview import OverviewView
 from .settings import Settings
@@ -38,7 +39,7 @@ class EntangledNeurons(widgets.VBox):
 class App(widgets.VBox):
     """The Voila app: shared settings and one tab per view."""
 
-    TITLES = ("Entangled neurons", "Model overview", "Sparsity", "Sparse Expansion")
+    TITLES = ("Entangled neurons", "Model overview", "Sparsity", "Sparse Expansion", "Negative differentiation")
 
     def __init__(self, budget: str | None = None, session: Session | None = None, threaded: bool = False):
         """``threaded`` (the Voila app): buttons run their jobs in a worker thread, so Cancel works."""
@@ -47,7 +48,8 @@ class App(widgets.VBox):
         self.overview = OverviewView(self.settings, open_layer=self._open_layer)
         self.sparsity = SparsityView(self.settings, lazy=True)
         self.expansion = ExpansionView(self.settings, lazy=True)
-        self.tabs = widgets.Tab(children=[self.neurons, self.overview, self.sparsity, self.expansion])
+        self.negative = NegativeView(self.settings, lazy=True)
+        self.tabs = widgets.Tab(children=[self.neurons, self.overview, self.sparsity, self.expansion, self.negative])
         self.tabs.titles = self.TITLES
         for view in self.tabs.children:
             view.threaded = threaded
@@ -65,9 +67,10 @@ class App(widgets.VBox):
         self.neurons.select_layer(name)
 
     def _tab_opened(self, change) -> None:
-        """The sparsity and expansion views compute their default layer the first time they are opened."""
+        """The sparsity and expansion views compute their default layer the first time they are opened; the
+        negative-differentiation view only fills its layer list (its study runs when Run is pressed)."""
         index = change["new"]
-        if index in (2, 3) and index not in self._started:
+        if index in (2, 3, 4) and index not in self._started:
             self._started.add(index)
             self.tabs.children[index].start()
 

@@ -1,0 +1,297 @@
+"""Negative differentiation: the follow-up's sign-specific ablation of the Wasserstein neurons (Kong,
+Ning, Adler, Shavit, ICLR 2026; PAPER.md §8) against random and perplexity-matched controls, with
+minimal-pair grammar, Δ surprisal by token class and the depth profile."""
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+import ipywidgets as widgets
+import pandas as pd
+
+from .. import plots
+from ..errors import WnbError
+from ..session import SCOPES, Session
+from .panel import CSS, Panel, csv_link, png_link, slug
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+# What the tab's layers box offers: the follow-up ablates the first FFN projection of every block.
+NEGATIVE_SCOPES = {"all": "the first FFN layer of every block", "block": SCOPES["block"], "layer": SCOPES["layer"]}
+SIDES = {"negative": "negative side: y → max(y, 0)", "positive": "positive side: y → min(y, 0)",
+         "both": "both sides: y → 0"}
+# Per budget: random-control seeds and agreement pairs per construction. On the bundled model every
+# perplexity pass and every pair scoring costs seconds on a laptop CPU, so the small budget keeps one
+# random seed and 5 pairs per construction (30 pairs) to stay near a minute; the depth profile (two
+# perplexity passes per layer) has its own button.
+APP_DEFAULTS = {"small": (1, 5), "medium": (3, 20), "large": (3, 50)}
+STEPS = ("WD of every neuron", "study: dense, Wasserstein and controls", "Δ surprisal by token class")
+
+
+def negative_layers(session: Session, scope: str, layer: str) -> list[str]:
+    """The layers the tab ablates: the first FFN projection of every block (``"all"``), the FFN layers of
+    ``layer``'s block, or ``layer`` alone."""
+    if scope == "all":
+        return list(session._layer_names()["first_ffn"]) or session.ffn_layers()
+    return session.scope_layers(scope, layer)
+
+
+class NegativeView(Panel):
+    """Zero only the negative (or positive, or all) outputs of the top ``fraction`` of each layer's
+    neurons by WD, and compare held-out perplexity and minimal-pair accuracy with the dense model, random
+    neurons of the same count and a perplexity-matched set of non-Wasserstein neurons; Δ surprisal per
+    token class and the ablation one layer at a time and cumulatively. Nothing runs until Run is pressed."""
+
+    def __init__(self, settings: Settings, lazy: bool = True):
+        self.settings = settings
+        self.layer = widgets.Dropdown(options=[], description="layer", layout=widgets.Layout(width="420px"))
+        self.scope = widgets.Dropdown(options=[(text, key) for key, text in NEGATIVE_SCOPES.items()], value="all",
+                                      description="layers", layout=widgets.Layout(width="420px"))
+        self.scope.add_class("wnb-scope")
+        self.fraction = widgets.BoundedFloatText(value=0.01, min=0.001, max=0.099, step=0.005, description="neurons",
+                                                 layout=widgets.Layout(width="180px"))
+        self.side = widgets.Dropdown(options=[(text, key) for key, text in SIDES.items()], value="negative",
+                                     description="side", layout=widgets.Layout(width="320px"))
+        seeds, n_pairs = APP_DEFAULTS.get(settings.session.budget_name, (3, 20))
+        self.random = widgets.Checkbox(value=True, description="random control", indent=False,
+                                       layout=widgets.Layout(width="130px"))
+        self.seeds = widgets.BoundedIntText(value=seeds, min=1, max=10, description="seeds",
+                                            layout=widgets.Layout(width="140px"))
+        self.pairs = widgets.BoundedIntText(value=n_pairs, min=1, max=500, description="pairs each",
+                                            layout=widgets.Layout(width="170px"))
+        self.matched = widgets.Checkbox(value=True, description="perplexity-matched control", indent=False)
+        self.run = widgets.Button(description="Run", icon="play", button_style="primary")
+        self.run_depth = widgets.Button(description="Run depth profile", icon="play", button_style="primary",
+                                        layout=widgets.Layout(width="auto"))
+        self.summary = widgets.HTML()
+        self.ppl_out = widgets.Output()
+        self.pairs_out = widgets.Output()
+        self.study_table = widgets.HTML()
+        self.surprisal_out = widgets.Output()
+        self.surprisal_table = widgets.HTML()
+        self.depth_out = widgets.Output()
+        self.depth_table = widgets.HTML()
+        self.downloads = widgets.HTML()
+        for part, name in ((self.layer, "layer"), (self.fraction, "fraction"), (self.side, "side"),
+                           (self.summary, "summary"), (self.ppl_out, "negative-perplexity"),
+                           (self.pairs_out, "negative-pairs"), (self.study_table, "negative-study"),
+                           (self.surprisal_out, "negative-surprisal"), (self.depth_out, "negative-depth"),
+                           (self.downloads, "downloads")):
+            part.add_class(f"wnb-{name}")
+        self.study: pd.DataFrame | None = None
+        self.surprisal: dict | None = None
+        self.depth: pd.DataFrame | None = None
+        self.layers: list[str] = []
+        head = ("<p>The follow-up paper (Kong et al., <i>Negative Pre-activations Differentiate Syntax</i>, ICLR "
+                "2026) zeroes only the <b>negative</b> outputs of the Wasserstein neurons of each block's first FFN "
+                "projection (gate_proj / dense_h_to_4h): the top 1% by WD. Weights are untouched; forward hooks "
+                "clamp the outputs and are removed afterwards.</p>"
+                "<p>Controls: random neurons of the same count per layer (one set per seed), and a "
+                "<b>perplexity-matched</b> set of neurons from outside the top 10% by WD whose count is found by "
+                "bisection so that perplexity comes within 2% of the Wasserstein ablation's. Grammar: "
+                "subject–verb agreement minimal pairs (<i>pairs each</i> per construction; Marvin &amp; Linzen "
+                "templates, generated offline), each scored by total sentence log-probability. WD is computed over "
+                "the budget's model-overview tokens. Each perplexity pass and each scoring of the pairs takes "
+                "seconds on a laptop CPU, so the small budget starts with one random seed and 5 pairs per "
+                "construction (about a minute on the bundled model); the medium budget with 3 seeds and 20 pairs. "
+                "The depth profile (two perplexity passes per layer) has its own button. Results are cached.</p>")
+        super().__init__([widgets.HTML(CSS), widgets.HTML(head),
+                          widgets.HBox([self.scope, self.layer]),
+                          widgets.HBox([self.fraction, self.side, self.random, self.seeds, self.matched,
+                                        self.pairs, self.run], layout=widgets.Layout(flex_flow="row wrap")),
+                          self.summary,
+                          widgets.HTML("<h4>Perplexity and grammar</h4>"),
+                          widgets.HBox([self.ppl_out, self.pairs_out], layout=widgets.Layout(flex_flow="row wrap")),
+                          self.study_table,
+                          widgets.HTML("<h4>Where the excess surprisal falls: Δ NLL by token class</h4>"
+                                       "<p>Token classes come from a closed English word list shipped in wnb "
+                                       "(determiners, prepositions, pronouns, auxiliaries, conjunctions), not a "
+                                       "part-of-speech tagger; word pieces count as content.</p>"),
+                          self.surprisal_out, self.surprisal_table,
+                          widgets.HTML("<h4>Depth profile: the ablation one layer at a time and over layers 0..l</h4>"),
+                          self.run_depth, self.depth_out, self.depth_table, self.downloads], head=4)
+        self.buttons = [self.run, self.run_depth]
+        self.add_class("wnb-negative")
+        self.layer.observe(lambda change: None if self._syncing else self._describe_scope(), names="value")
+        self.scope.observe(lambda change: self._describe_scope(), names="value")
+        self.job_button(self.run, "sign ablation", lambda job: self.compute(job))
+        self.job_button(self.run_depth, "depth profile", lambda job: self.compute_depth(job))
+        settings.on_change(lambda _: self.guarded(self.clear if lazy else self.start_view))
+
+    @property
+    def session(self) -> Session:
+        return self.settings.session
+
+    # -- life cycle
+
+    def start(self) -> None:
+        self.guarded(self.start_view)
+
+    def start_view(self) -> None:
+        """Fill the layer list (cheap, cached); the study itself runs only when Run is pressed."""
+        with self.busy(f"loading {self.session.model_name}…"):
+            layers = self.session.ffn_layers()
+            default = self.session.default_layer()
+        with self._quiet():
+            self.layer.options = layers
+            self.layer.value = default
+        self._describe_scope()
+        self.info("press Run to ablate the chosen neurons and measure perplexity, grammar and surprisal")
+
+    def clear(self) -> None:
+        self.study = self.surprisal = self.depth = None
+        self.pngs, self.figs = {}, {}
+        for out in (self.ppl_out, self.pairs_out, self.surprisal_out, self.depth_out):
+            out.outputs = ()
+        for part in (self.study_table, self.surprisal_table, self.depth_table, self.downloads, self.summary):
+            part.value = ""
+        self.info("")
+
+    def _describe_scope(self) -> None:
+        self.layer.disabled = self.scope.value == "all"
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        return tuple(c for c, box in (("random", self.random), ("matched", self.matched)) if box.value)
+
+    def selected_layers(self) -> list[str]:
+        if not self.layer.value and self.scope.value != "all":
+            raise WnbError("no layer selected: pick one from the layer list")
+        return negative_layers(self.session, self.scope.value, self.layer.value or self.session.default_layer())
+
+    # -- the work
+
+    def _arguments(self) -> tuple[list[str], float, str]:
+        fraction = float(self.fraction.value)
+        if not 0 < fraction < 1:
+            raise WnbError(f"neurons must be a share in (0, 1) of each layer (got {fraction})")
+        return self.selected_layers(), fraction, self.side.value
+
+    def compute(self, job=None) -> None:
+        """WD, the study with its controls and minimal pairs, and Δ surprisal by token class."""
+        session = self.session
+        layers, fraction, side = self._arguments()
+        controls = self.controls
+        self.clear()
+        self.layers = layers
+
+        def step(i: int) -> None:
+            if job is not None:
+                job.begin(i, len(STEPS), STEPS[i])
+
+        step(0)
+        with self.busy(f"WD of every neuron of {len(layers)} layer(s) (cached afterwards)…"):
+            session.sign_scores(layers, progress=self.bars)
+            pairs = session.sign_pairs("agreement", int(self.pairs.value))
+        step(1)
+        with self.busy(f"ablating the {side} side of the top {fraction:.1%} of {len(layers)} layer(s) and "
+                       f"{len(controls)} control(s), measuring perplexity"
+                       f"{' and minimal pairs' if pairs else ''}…"):
+            self.study = session.sign_ablation(layers, fraction, side, controls, int(self.seeds.value), pairs,
+                                               progress=self.bars)
+        self._draw_study(pairs is not None)
+        step(2)
+        matched = self.study[self.study["selection"] == "matched"]
+        with self.busy("per-token NLL, dense vs ablated, by token class…"):
+            self.surprisal = session.sign_surprisal(layers, fraction, side,
+                                                    matched=int(matched["per_layer"].iloc[0]) if len(matched) else None,
+                                                    matched_seed=int(matched["seed"].iloc[0]) if len(matched) else None,
+                                                    progress=self.bars)
+        self._draw_surprisal()
+        self._links()
+        self.info(f"done: {side} side of the top {fraction:.1%} of {len(layers)} layer(s) by WD, "
+                  f"{session.held_out.numel():,} held-out tokens; the depth profile runs with its own button")
+
+    def compute_depth(self, job=None) -> None:
+        """The Wasserstein ablation one layer at a time and over layers 0..l."""
+        session = self.session
+        layers, fraction, side = self._arguments()
+        self.layers = layers
+        if job is not None:
+            job.begin(0, 2, STEPS[0])
+        with self.busy(f"WD of every neuron of {len(layers)} layer(s) (cached afterwards)…"):
+            session.sign_scores(layers, progress=self.bars)
+        if job is not None:
+            job.begin(1, 2, f"depth profile: {2 * len(layers) + 1} perplexity passes")
+        with self.busy(f"depth profile: {len(layers)} layer(s) one at a time and cumulatively "
+                       f"({2 * len(layers) + 1} perplexity passes)…"):
+            self.depth = session.sign_depth(layers, fraction, side, progress=self.bars)
+        self._draw_depth()
+        self._links()
+        self.info(f"depth profile done: {len(layers)} layer(s), {side} side, top {fraction:.1%}")
+
+    # -- drawing
+
+    def _scope_words(self) -> str:
+        if self.scope.value == "all":
+            return f"first FFN layer of all {len(self.layers)} blocks"
+        return self.layers[0] if len(self.layers) == 1 else f"{len(self.layers)} FFN layers of block {self.layers[0].split('.')[-3]}"
+
+    def _draw_study(self, with_pairs: bool) -> None:
+        study = self.study
+        what = f"{self.side.value} side, top {self.fraction.value:.1%} of the {self._scope_words()}"
+        self.draw_figure("perplexity", self.ppl_out, plots.sign_ablation_bars(study, title=what))
+        if with_pairs and any(c.startswith("accuracy_") for c in study.columns):
+            self.draw_figure("minimal_pairs", self.pairs_out,
+                             plots.minimal_pair_bars(study, title="agreement minimal pairs"))
+        else:
+            self.pairs_out.outputs = ()
+        by = study.set_index("selection")
+        parts = [f"dense perplexity <b>{by.loc['dense', 'perplexity']:.3f}</b>",
+                 f"Wasserstein ablation <b>{by.loc['wasserstein', 'perplexity']:.3f}</b> "
+                 f"({int(by.loc['wasserstein', 'n_neurons']):,} neurons)"]
+        rand = study[study["selection"] == "random"]
+        if len(rand):
+            parts.append(f"random (same count) mean <b>{rand['perplexity'].mean():.3f}</b>")
+        matched = study[study["selection"] == "matched"]
+        if len(matched):
+            m = matched.iloc[0]
+            parts.append(f"matched control {int(m['n_neurons']):,} neurons: {m['perplexity']:.3f} — "
+                         f"{html.escape(str(m['note']))}")
+        if not with_pairs:
+            parts.append("no minimal pairs: the model has no tokenizer")
+        self.summary.value = " · ".join(parts)
+        shown = [c for c in study.columns if c not in ("side", "note")]
+        self.study_table.value = study[shown].to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0,
+                                                      na_rep="")
+
+    def _draw_surprisal(self) -> None:
+        table = self.surprisal["by_class"]
+        self.draw_figure("surprisal", self.surprisal_out,
+                         plots.surprisal_bars(table, title=f"Δ NLL by token class, {self.side.value} side"))
+        top = self.surprisal["top"]
+        cols = ["token", "token_class", "count", "dense_nll", "ablated_nll", "delta_nll"]
+        self.surprisal_table.value = ("<b>Tokens whose NLL rises most (Wasserstein ablation)</b>" +
+                                      top[cols].head(10).to_html(index=False, float_format=lambda v: f"{v:.3f}",
+                                                                 border=0))
+
+    def _draw_depth(self) -> None:
+        self.draw_figure("depth", self.depth_out,
+                         plots.depth_profile(self.depth, title=f"{self.side.value} side, top {self.fraction.value:.1%}"
+                                                               " per layer"))
+        single = self.depth[self.depth["mode"] == "layer"]
+        cumulative = self.depth[self.depth["mode"] == "cumulative"]
+        self.depth_table.value = (f"sum of the single-layer Δ perplexity {single['delta_perplexity'].sum():.3f}; "
+                                  f"all {len(single)} layer(s) at once {cumulative['delta_perplexity'].iloc[-1]:.3f}"
+                                  if len(cumulative) else "")
+
+    # -- downloads
+
+    def file_stem(self) -> str:
+        controls = "-".join(self.controls) or "nocontrols"
+        return (f"sign_ablation_{slug(self.scope.value)}_{slug(self.layer.value) if self.scope.value != 'all' else 'first_ffn'}_"
+                f"{self.fraction.value:g}_{self.side.value}_{controls}_{self.settings_tag()}")
+
+    def _links(self) -> None:
+        stem = self.file_stem()
+        links = []
+        if self.study is not None:
+            links.append(csv_link(self.study, f"study_{stem}.csv"))
+        if self.surprisal is not None:
+            links.append(csv_link(self.surprisal["by_class"], f"surprisal_by_class_{stem}.csv"))
+            links.append(csv_link(self.surprisal["top"], f"top_tokens_{stem}.csv"))
+        if self.depth is not None:
+            links.append(csv_link(self.depth, f"depth_{stem}.csv"))
+        links += [png_link(png, f"{kind}_{stem}.png") for kind, png in self.pngs.items()]
+        self.downloads.value = " · ".join(links)
