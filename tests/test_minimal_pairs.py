@@ -162,7 +162,7 @@ def test_batch_size_does_not_change_scores(word_lm):
 
 
 def test_first_token_conditioning_rule():
-    ids = lambda tok, name: [tok.convert_tokens_to_ids(name)]  # noqa: E731
+    ids = lambda tok, name: [tok.convert_tokens_to_ids(name)]
     plain = word_tokenizer()
     assert mp.prefix_ids(plain) == ids(plain, "<s>")                       # BOS
     chat = word_tokenizer(chat_template="{{ '<s>' + messages[0]['content'] }}")

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -278,7 +279,7 @@ def test_bisection_finds_the_count_within_tolerance():
     assert len(calls) <= 12
     count, reached = sa._bisect(ppl, widest=50, target=60.0, tolerance=0.02)  # 35 at most: unreachable
     assert (count, reached) == (50, False)
-    step = lambda c: 10.0 if c < 300 else 100.0  # noqa: E731 - jumps over the band: the closest
+    step = lambda c: 10.0 if c < 300 else 100.0  # jumps over the band: the closest
     count, reached = sa._bisect(step, widest=1000, target=60.0, tolerance=0.02)
     assert reached and count in (299, 300)
 
@@ -317,6 +318,26 @@ def test_study_table_and_controls(tiny_llama, windows, scores):
     again = _study(tiny_llama, windows, scores, seeds=(0, 1))
     cols = ["selection", "seed", "n_neurons", "perplexity", "ppl_low", "ppl_high"]
     assert again[cols].equals(table[cols])  # deterministic
+
+
+def test_study_selections_rebuild_every_row(tiny_llama, windows, scores):
+    table = _study(tiny_llama, windows, scores, seeds=(0, 1))
+    chosen = wnb.study_selections(table, scores)
+    assert list(chosen) == [("dense", None), ("wasserstein", None), ("random", 0), ("random", 1), ("matched", 0)]
+    for row in table.itertuples():
+        neurons = chosen[(row.selection, None if pd.isna(row.seed) else row.seed)]
+        with wnb.sign_ablated(tiny_llama, neurons):
+            assert wnb.perplexity(tiny_llama, windows[1], progress=False) == pytest.approx(row.perplexity, rel=1e-6)
+    long = wnb.selection_table(chosen, scores)
+    assert len(long) == table["n_neurons"].sum()
+    w = long[long.selection == "wasserstein"]
+    assert (w["wd_rank"] <= 3).all() and set(w["layer"]) == set(scores)
+    m = long[long.selection == "matched"]
+    assert (m["wd_rank"] > round(0.10 * 64)).all()  # outside the top 10%
+    one = wnb.selection_table(chosen[("wasserstein", None)])
+    assert list(one.columns) == ["selection", "seed", "layer", "neuron"] and len(one) == len(w)
+    with pytest.raises(wnb.WnbError, match="scores"):
+        wnb.study_selections(table, dict(list(scores.items())[:2]))  # not the scores the study used
 
 
 def test_matched_control_that_cannot_reach_the_target(tiny_llama, windows, scores):

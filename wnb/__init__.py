@@ -29,8 +29,9 @@ from .offload import offload_blocks, resident
 from .sequential import walk
 from .streaming import StreamingWD, stream_scores
 from .minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
-from .sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, sign_ablated,
-                            sign_ablation_depth, sign_ablation_study, wasserstein_scores)
+from .sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
+                            sign_ablated, sign_ablation_depth, sign_ablation_study, study_selections,
+                            wasserstein_scores)
 from .surprisal import (FUNCTION_WORDS, perplexity_interval, surprisal_by_class, token_class, token_classes,
                         token_nll, token_surprisal, top_surprisal_tokens)
 from .models import (LM, decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers, load_model,
@@ -46,9 +47,10 @@ __all__ = ["ablation", "Activations", "cache_dir", "capture", "decoder_blocks", 
            "select_neurons", "SparseGPT", "stream_scores", "StreamingWD", "study_layer", "sweep", "token_shares",
            "token_windows", "top_neurons", "walk", "wasserstein_to_gaussian", "WnbError", "wrap_model"]
 __all__ += ["FUNCTION_WORDS", "matched_candidates", "minimal_pair_accuracy", "minimal_pair_scores", "minimal_pairs",
-            "perplexity_interval", "select_matched", "select_random", "select_wasserstein", "sentence_logprobs",
-            "sign_ablated", "sign_ablation_depth", "sign_ablation_study", "surprisal_by_class", "token_class",
-            "token_classes", "token_nll", "token_surprisal", "top_surprisal_tokens", "wasserstein_scores"]
+            "perplexity_interval", "select_matched", "select_random", "select_wasserstein", "selection_table",
+            "sentence_logprobs", "sign_ablated", "sign_ablation_depth", "sign_ablation_study", "study_selections",
+            "surprisal_by_class", "token_class", "token_classes", "token_nll", "token_surprisal",
+            "top_surprisal_tokens", "wasserstein_scores"]
 
 __all__ += ["activation_html", "ContextAccumulator", "context_html", "contexts_from_outputs", "contexts_html",
             "differentiating_pairs", "drop_positions", "expert_contexts", "expert_summary", "gate_up_quadrants",

@@ -301,10 +301,11 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
       ``note`` report the search; when even all candidates stay below the target the row says so.
 
     ``pairs``: minimal pairs (:func:`wnb.minimal_pairs`, or its name) scored for every row.
-    Returns one row per ablation (and a ``dense`` row first): ``selection, seed, side, n_neurons,
-    per_layer, perplexity, ppl_low, ppl_high`` (95% bootstrap interval over held-out windows),
-    ``accuracy`` and ``accuracy_<phenomenon>`` when pairs are given, the matched columns, ``seconds``.
-    The model is unchanged afterwards (also after Ctrl-C).
+    Returns one row per ablation (and a ``dense`` row first): ``selection, seed, side, fraction,
+    n_neurons, per_layer`` (neurons in the widest layer), ``perplexity, ppl_low, ppl_high`` (95%
+    bootstrap interval over held-out windows), ``accuracy`` and ``accuracy_<phenomenon>`` when pairs
+    are given, the matched columns, ``seconds``. :func:`study_selections` gives each row's neurons back
+    from ``scores``. The model is unchanged afterwards (also after Ctrl-C).
     """
     check_side(side)
     _check_fraction(fraction)
@@ -333,27 +334,26 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
     opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
                 progress=progress, seed=0)
     rows = []
-    bar = tqdm(plan, desc="sign ablation study", disable=not progress, leave=False)
-    for selection, seed in bar:
-        bar.set_postfix_str(selection if seed is None else f"{selection} {seed}")
-        extra = {}
-        if selection == "dense":
-            chosen = {}
-        elif selection == "wasserstein":
-            chosen = wasserstein
-        elif selection == "random":
-            chosen = select_random(scores, counts, seed)
-        else:
-            target = next(r["perplexity"] for r in rows if r["selection"] == "wasserstein")
-            chosen, extra = _match(lm, held_out, scores, target, seed, exclude, tolerance, opts)
-        row = {"selection": selection, "seed": seed, "side": side, "n_neurons": _count(chosen),
-               "per_layer": max((i.numel() for i in chosen.values()), default=0)}
-        row.update(_evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts))
-        if extra:
-            row["seconds"] += extra.pop("search_seconds")
-            row.update(extra)
-        rows.append(row)
-    bar.close()
+    with tqdm(plan, desc="sign ablation study", disable=not progress, leave=False) as bar:
+        for selection, seed in bar:
+            bar.set_postfix_str(selection if seed is None else f"{selection} {seed}")
+            extra = {}
+            if selection == "dense":
+                chosen = {}
+            elif selection == "wasserstein":
+                chosen = wasserstein
+            elif selection == "random":
+                chosen = select_random(scores, counts, seed)
+            else:
+                target = next(r["perplexity"] for r in rows if r["selection"] == "wasserstein")
+                chosen, extra = _match(lm, held_out, scores, target, seed, exclude, tolerance, opts)
+            row = {"selection": selection, "seed": seed, "side": side, "fraction": fraction,
+                   "n_neurons": _count(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0)}
+            row.update(_evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts))
+            if extra:
+                row["seconds"] += extra.pop("search_seconds")
+                row.update(extra)
+            rows.append(row)
     table = pd.DataFrame(rows)
     table["seed"] = table["seed"].astype("Int64")
     return table
@@ -418,6 +418,59 @@ def _match(lm, held_out, scores, target, seed, exclude, tolerance, opts):
         "candidates": total, "note": note, "search_seconds": time.perf_counter() - start, "nll": nlls[best]}
 
 
+def study_selections(table: pd.DataFrame, scores: Mapping,
+                     exclude: float = MATCHED_EXCLUDE) -> dict[tuple[str, int | None], dict[str, torch.Tensor]]:
+    """The neurons each row of a :func:`sign_ablation_study` table ablated, rebuilt from the same
+    ``scores`` (and ``exclude``): ``{(selection, seed): {layer: indices}}`` (seed None for dense and
+    wasserstein)."""
+    out = {}
+    for row in table.itertuples(index=False):
+        seed = None if pd.isna(row.seed) else int(row.seed)
+        if row.selection == "dense":
+            chosen = {}
+        else:
+            wasserstein = select_wasserstein(scores, float(row.fraction))
+            if row.selection == "wasserstein":
+                chosen = wasserstein
+            elif row.selection == "random":
+                chosen = select_random(scores, {n: i.numel() for n, i in wasserstein.items()}, seed)
+            elif row.selection == "matched":
+                chosen = select_matched(matched_candidates(scores, exclude, seed), int(row.per_layer))
+            else:
+                raise WnbError(f"unknown selection {row.selection!r} in the table")
+        if _count(chosen) != row.n_neurons:
+            raise WnbError(f"the {row.selection} row has {row.n_neurons} neurons but these scores give "
+                           f"{_count(chosen)}: pass the scores (and exclude) the study used")
+        out[(row.selection, seed)] = chosen
+    return out
+
+
+def selection_table(selections: Mapping, scores: Mapping | None = None) -> pd.DataFrame:
+    """Long form of ``{(selection, seed): {layer: indices}}`` (or one ``{layer: indices}``): one row per
+    ablated neuron, ``selection, seed, layer, neuron`` and, with ``scores``, its ``wd`` and ``wd_rank``
+    in its layer (1 = highest)."""
+    if selections and all(isinstance(k, str) for k in selections):
+        selections = {("selection", None): selections}
+    rows = []
+    ranks = {}
+    for (selection, seed), chosen in selections.items():
+        for layer, idx in chosen.items():
+            for neuron in torch.as_tensor(idx).tolist():
+                row = {"selection": selection, "seed": seed, "layer": layer, "neuron": int(neuron)}
+                if scores is not None:
+                    if layer not in ranks:
+                        wd = torch.as_tensor(scores[layer]).double()
+                        order = torch.argsort(torch.nan_to_num(wd, nan=-math.inf), descending=True, stable=True)
+                        ranks[layer] = torch.empty_like(order)
+                        ranks[layer][order] = torch.arange(1, wd.numel() + 1)
+                    row["wd"] = float(torch.as_tensor(scores[layer])[neuron])
+                    row["wd_rank"] = int(ranks[layer][neuron])
+                rows.append(row)
+    table = pd.DataFrame(rows, columns=["selection", "seed", "layer", "neuron"] + (["wd", "wd_rank"] if scores else []))
+    table["seed"] = table["seed"].astype("Int64")
+    return table
+
+
 # ---------------------------------------------------------------- depth profile
 
 def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01, side: str = "negative",
@@ -443,11 +496,12 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
                 progress=progress, seed=0)
     rows = []
-    for mode, name, chosen in tqdm(plan, desc="depth profile", disable=not progress, leave=False):
-        row = {"mode": mode, "block": block_of(lm, name) if name else None, "layer": name,
-               "n_neurons": _count(chosen)}
-        row.update(_evaluate(lm, held_out, chosen, **opts))
-        rows.append(row)
+    with tqdm(plan, desc="depth profile", disable=not progress, leave=False) as bar:
+        for mode, name, chosen in bar:
+            row = {"mode": mode, "block": block_of(lm, name) if name else None, "layer": name,
+                   "n_neurons": _count(chosen)}
+            row.update(_evaluate(lm, held_out, chosen, **opts))
+            rows.append(row)
     table = pd.DataFrame(rows)
     dense = table.iloc[0]
     table.insert(7, "delta_perplexity", table["perplexity"] - dense["perplexity"])
