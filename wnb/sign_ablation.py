@@ -418,18 +418,21 @@ def _match(lm, held_out, scores, target, seed, exclude, tolerance, opts):
         "candidates": total, "note": note, "search_seconds": time.perf_counter() - start, "nll": nlls[best]}
 
 
-def study_selections(table: pd.DataFrame, scores: Mapping,
-                     exclude: float = MATCHED_EXCLUDE) -> dict[tuple[str, int | None], dict[str, torch.Tensor]]:
+def study_selections(table: pd.DataFrame, scores: Mapping, exclude: float = MATCHED_EXCLUDE,
+                     fraction: float | None = None) -> dict[tuple[str, int | None], dict[str, torch.Tensor]]:
     """The neurons each row of a :func:`sign_ablation_study` table ablated, rebuilt from the same
-    ``scores`` (and ``exclude``): ``{(selection, seed): {layer: indices}}`` (seed None for dense and
-    wasserstein)."""
+    ``scores`` (and ``exclude``; ``fraction`` from the table's column unless given):
+    ``{(selection, seed): {layer: indices}}`` (seed None for dense and wasserstein)."""
     out = {}
     for row in table.itertuples(index=False):
         seed = None if pd.isna(row.seed) else int(row.seed)
         if row.selection == "dense":
             chosen = {}
         else:
-            wasserstein = select_wasserstein(scores, float(row.fraction))
+            share = fraction if fraction is not None else getattr(row, "fraction", None)
+            if share is None:
+                raise WnbError("the table has no fraction column; pass fraction= (the study's)")
+            wasserstein = select_wasserstein(scores, float(share))
             if row.selection == "wasserstein":
                 chosen = wasserstein
             elif row.selection == "random":
