@@ -67,3 +67,24 @@ def bundled_windows(bundled):
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
     torch.set_num_threads(int(os.environ.get("WNB_TEST_THREADS", os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """An empty on-disk cache that still finds the bundled model's converted weights."""
+    real = wnb.models._bundled_cache()
+    root = tmp_path / "cache"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / real.name).symlink_to(real)
+    monkeypatch.setenv("WNB_CACHE", str(root))
+    return root
+
+
+def run_cli(*argv) -> int:
+    """The ``wnb`` command's exit status; argparse's own refusals (SystemExit 2) count as one too."""
+    from wnb import cli
+
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code

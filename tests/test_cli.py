@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import wnb
+from conftest import run_cli
 from wnb import cli
 from wnb.errors import WnbError
 
@@ -20,23 +21,8 @@ GATE, UP, DOWN = (f"model.layers.1.mlp.{leaf}" for leaf in ("gate_proj", "up_pro
 SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "1", "-q"]
 
 
-@pytest.fixture
-def isolated_cache(tmp_path, monkeypatch):
-    """An empty on-disk cache that still finds the bundled model's converted weights."""
-    real = wnb.models._bundled_cache()
-    root = tmp_path / "cache"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / real.name).symlink_to(real)
-    monkeypatch.setenv("WNB_CACHE", str(root))
-    return root
+run = run_cli
 
-
-def run(*argv) -> int:
-    """The command's exit status; argparse's own refusals (SystemExit 2) count as one too."""
-    try:
-        return cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        return exit_.code
 
 
 def manifest(folder):

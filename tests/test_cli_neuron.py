@@ -7,27 +7,14 @@ import pandas as pd
 import pytest
 
 import wnb
-from wnb import cli
+from conftest import run_cli
 
 LAYER = "model.layers.1.mlp.gate_proj"
 SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "1", "-q"]
 
 
-@pytest.fixture
-def isolated_cache(tmp_path, monkeypatch):
-    real = wnb.models._bundled_cache()
-    root = tmp_path / "cache"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / real.name).symlink_to(real)
-    monkeypatch.setenv("WNB_CACHE", str(root))
-    return root
+run = run_cli
 
-
-def run(*argv) -> int:
-    try:
-        return cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        return exit_.code
 
 
 @pytest.mark.integration
