@@ -33,7 +33,7 @@ import torch
 from . import __version__, cache
 from .errors import WnbError
 
-COMMANDS = ("score", "prune", "expand", "sweep", "neuron")
+COMMANDS = ("score", "prune", "expand", "sweep", "neuron", "negative")
 LAYER_SETS = ("ffn", "first-ffn", "all-linear")
 MANIFEST = "manifest.json"
 OFFLOAD_ACTIVATIONS = 2 << 30  # GPU bytes kept free for activations and logits when blocks are offloaded
@@ -312,6 +312,8 @@ def _validate(args) -> None:
             raise WnbError(f"--neuron takes neuron indices, 0 or more (got {min(args.neuron)})")
         if args.skip_first < 0:
             raise WnbError(f"--skip-first must be at least 0 (got {args.skip_first})")
+    if args.command == "negative":
+        _validate_negative(args)
     neurons = getattr(args, "neurons", None)
     if neurons is not None:
         from .prune import CRITERIA
@@ -658,6 +660,103 @@ def _sweep(args, run: RunFolder, session) -> str:
             f"{best['method']} at {best['sparsity']} with perplexity {best['perplexity']:.2f}")
 
 
+# ---------------------------------------------------------------- negative (sign ablation, issue 12)
+
+def _negative_pairs(args):
+    """The minimal pairs of ``--minimal-pairs`` (None for ``none``); raises WnbError for BLiMP offline or
+    an empty / malformed file."""
+    from .minimal_pairs import minimal_pairs
+
+    if args.minimal_pairs == "none":
+        return None
+    return minimal_pairs(args.minimal_pairs, n=args.pairs_per_phenomenon, seed=args.seed)
+
+
+def _validate_negative(args) -> None:
+    """``wnb negative``'s own arguments, before the model loads (the minimal pairs are read here too)."""
+    from .sign_ablation import MATCHED_EXCLUDE, check_side
+
+    check_side(args.side)
+    if not 0 < args.fraction < MATCHED_EXCLUDE:
+        raise WnbError(f"--fraction must be in (0, {MATCHED_EXCLUDE}): the share of each layer's neurons ablated, "
+                       f"below the {MATCHED_EXCLUDE:.0%} the matched control leaves out (got {args.fraction}; the "
+                       "follow-up uses 0.01)")
+    if args.control_seeds < 1:
+        raise WnbError(f"--control-seeds must be at least 1 (got {args.control_seeds})")
+    if args.pairs_per_phenomenon < 1:
+        raise WnbError(f"--pairs-per-phenomenon must be at least 1 (got {args.pairs_per_phenomenon})")
+    if not 0 < args.tolerance < 1:
+        raise WnbError(f"--tolerance must be in (0, 1) (got {args.tolerance}; default 0.02)")
+    if args.eval_windows is not None and args.eval_windows < 1:
+        raise WnbError("wnb negative measures perplexity on held-out windows: --eval-windows must be at least 1")
+    _negative_pairs(args)
+
+
+def _negative(args, run: RunFolder, session) -> str:
+    from . import plots
+
+    lm = session.lm
+    layers = _layers(lm, args.layers)
+    progress = not args.quiet
+    pairs = _negative_pairs(args)
+    if pairs is not None and lm.tokenizer is None:
+        raise WnbError(f"{lm.name} has no tokenizer, which minimal pairs need; pass --minimal-pairs none")
+    # the revision is no part of the model's name, so it goes into every key of this run
+    key = {"revision": args.revision} if args.revision else {}
+    tokens = args.max_tokens
+    controls = tuple(args.controls)
+    run.note(negative={"layers": len(layers), "wd_tokens": min(tokens or session.budget.overview_tokens,
+                                                               session.calib.numel()),
+                       "pairs": 0 if pairs is None else len(pairs),
+                       "control_seeds": [args.seed + i for i in range(args.control_seeds)]})
+    study = session.sign_ablation(layers, args.fraction, args.side, controls, args.control_seeds, pairs, tokens,
+                                  args.tolerance, progress=progress, **key)
+    run.table("study.csv", study, "one row per ablation: dense, wasserstein (top fraction by WD), random (one per "
+              "seed), matched (perplexity-matched non-Wasserstein neurons): neurons, perplexity with its 95% interval"
+              + (", minimal-pair accuracy per phenomenon" if pairs is not None else ""))
+    if pairs is not None:
+        run.table("minimal_pairs.csv", pd.DataFrame(pairs), "the minimal pairs scored (good, bad, phenomenon)")
+    what = f"{lm.name}: {args.side} side, top {args.fraction:.1%} of {len(layers)} layer(s)"
+    run.figure("perplexity.png", plots.sign_ablation_bars(study, title=what), "held-out perplexity per ablation")
+    if pairs is not None:
+        run.figure("minimal_pairs.png", plots.minimal_pair_bars(study, title=what),
+                   "minimal-pair accuracy per phenomenon and selection")
+    matched = study[study["selection"] == "matched"]
+    surprisal = session.sign_surprisal(layers, args.fraction, args.side, tokens=tokens,
+                                       matched=int(matched["per_layer"].iloc[0]) if len(matched) else None,
+                                       matched_seed=int(matched["seed"].iloc[0]) if len(matched) else None,
+                                       progress=progress, **key)
+    run.table("surprisal_by_class.csv", surprisal["by_class"], "mean Δ NLL per token class (closed word list), "
+              "Wasserstein ablation and matched control")
+    run.table("surprisal_by_group.csv", surprisal["by_group"], "mean Δ NLL per group: function, content, "
+              "punctuation, number, other")
+    run.table("top_tokens.csv", surprisal["top"], "tokens whose NLL rises most under the Wasserstein ablation")
+    run.figure("surprisal.png", plots.surprisal_bars(surprisal["by_class"], title=what), "Δ NLL by token class")
+    depth = None
+    if args.depth:
+        depth = session.sign_depth(layers, args.fraction, args.side, pairs if args.depth_pairs else None, tokens,
+                                   progress=progress, **key)
+        run.table("depth.csv", depth, "the Wasserstein ablation one layer at a time and over layers 0..l: "
+                  "perplexity and its change" + (", minimal-pair accuracy" if args.depth_pairs and pairs else ""))
+        run.figure("depth.png", plots.depth_profile(depth, title=what), "Δ perplexity per layer and cumulative")
+    by = study.groupby("selection", sort=False)["perplexity"].mean()
+    parts = [f"perplexity {by['dense']:.2f} dense, {by['wasserstein']:.2f} with the {args.side} side of "
+             f"{int(study.loc[study.selection == 'wasserstein', 'n_neurons'].iloc[0]):,} Wasserstein neurons"]
+    if "random" in by:
+        parts.append(f"{by['random']:.2f} random (mean of {args.control_seeds})")
+    if len(matched):
+        parts.append(f"{by['matched']:.2f} matched ({int(matched['n_neurons'].iloc[0]):,} neurons)")
+    if "accuracy" in study.columns:
+        acc = study.groupby("selection", sort=False)["accuracy"].mean()
+        parts.append(f"minimal pairs {acc['dense']:.1%} dense, {acc['wasserstein']:.1%} Wasserstein"
+                     + (f", {acc['matched']:.1%} matched" if "matched" in acc else ""))
+    if depth is not None:
+        single = depth[depth["mode"] == "layer"]["delta_perplexity"].sum()
+        parts.append(f"depth: single layers add up to Δ {single:.2f}, all at once Δ "
+                     f"{depth['delta_perplexity'].iloc[-1]:.2f}")
+    return "; ".join(parts)
+
+
 # ---------------------------------------------------------------- command line
 
 def _sparsity(text: str):
@@ -779,6 +878,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also Sparse Expansion with these numbers of experts (e.g. 2 4 8 16)")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
     _true_sequential_flag(p)
+
+    p = sub.add_parser("negative", parents=[common], help="sign ablation of the Wasserstein neurons (the follow-up)",
+                       description="The follow-up's experiment (Kong et al., 'Negative Pre-activations Differentiate "
+                       "Syntax', ICLR 2026): zero only the negative outputs of the top --fraction of each layer's "
+                       "neurons by WD and compare held-out perplexity and minimal-pair accuracy with random neurons "
+                       "of the same count and a perplexity-matched set of non-Wasserstein neurons; Δ surprisal by "
+                       "token class; the ablation one layer at a time and cumulatively. Training checkpoints: "
+                       "--revision. Writes study.csv, surprisal_*.csv, top_tokens.csv, depth.csv and PNG figures.")
+    p.add_argument("--layers", nargs="+", default=["first-ffn"], metavar="LAYER",
+                   help=layers_help.replace("(default: ffn)", "(default: first-ffn, as the follow-up)"))
+    p.add_argument("--fraction", type=float, default=0.01, help="share of each layer's neurons ablated, by WD "
+                   "(follow-up: 0.01; below 0.1, the share the matched control leaves out)")
+    p.add_argument("--side", default="negative", choices=("negative", "positive", "both"),
+                   help="negative: y -> max(y, 0) (the follow-up's), positive: y -> min(y, 0), both: y -> 0")
+    p.add_argument("--controls", nargs="*", default=["random", "matched"], choices=("random", "matched"),
+                   help="random (same count per layer, one set per seed) and matched (non-Wasserstein neurons, "
+                        "count bisected to the Wasserstein ablation's perplexity); none: give the flag alone")
+    p.add_argument("--control-seeds", type=int, default=3,
+                   help="random control sets, seeds --seed .. --seed + N - 1; the matched control uses --seed "
+                        "(default 3)")
+    p.add_argument("--tolerance", type=float, default=0.02,
+                   help="the matched control's perplexity within this share of the target (default 0.02)")
+    p.add_argument("--minimal-pairs", default="agreement", metavar="SOURCE",
+                   help="agreement (offline templates after Marvin & Linzen), blimp (needs a network), a JSONL file "
+                        "of {good, bad, phenomenon}, or none (default: agreement)")
+    p.add_argument("--pairs-per-phenomenon", type=int, default=100,
+                   help="minimal pairs per phenomenon (BLiMP: per paradigm), drawn with --seed (default 100)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="calibration tokens the WD is computed over (default: the budget's overview tokens)")
+    p.add_argument("--depth", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the depth profile: each layer alone and layers 0..l (2 perplexity passes per layer; "
+                        "--no-depth skips it)")
+    p.add_argument("--depth-pairs", action="store_true",
+                   help="score the minimal pairs at every step of the depth profile too (slow)")
     return parser
 
 
@@ -789,7 +922,8 @@ def _true_sequential_flag(p) -> None:
                    "all of a block's layers on the block as it entered, as the reference SparseGPT and Wanda code")
 
 
-RUNNERS = {"score": _score, "prune": _prune, "expand": _expand, "sweep": _sweep, "neuron": _neuron}
+RUNNERS = {"score": _score, "prune": _prune, "expand": _expand, "sweep": _sweep, "neuron": _neuron,
+           "negative": _negative}
 
 
 def main(argv: list[str] | None = None) -> int:

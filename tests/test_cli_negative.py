@@ -1,0 +1,108 @@
+"""``wnb negative`` (the follow-up's sign ablation) on the bundled model with tiny windows: files and
+manifest, values equal to the Python API's for the same arguments, bad arguments refused with exit 2
+before the model loads."""
+import importlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import wnb
+from wnb import cli
+
+LAYERS = [f"model.layers.{i}.mlp.gate_proj" for i in (0, 1, 2)]
+SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "2", "-q"]
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    real = wnb.models._bundled_cache()
+    root = tmp_path / "cache"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / real.name).symlink_to(real)
+    monkeypatch.setenv("WNB_CACHE", str(root))
+    return root
+
+
+def run(*argv) -> int:
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def test_listed_in_help(capsys):
+    assert "negative" in cli.COMMANDS and cli.RUNNERS["negative"] is cli._negative
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "negative" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_files_and_values_equal_the_api(tmp_path, isolated_cache, capsys):
+    out = tmp_path / "negative"
+    argv = ["negative", *SMALL, "--layers", *LAYERS, "--fraction", "0.02", "--control-seeds", "1",
+            "--pairs-per-phenomenon", "2", "--max-tokens", "128", "-o", out]
+    assert run(*argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["command"] == "negative"
+    for name in ("study.csv", "minimal_pairs.csv", "perplexity.png", "minimal_pairs.png", "surprisal_by_class.csv",
+                 "surprisal_by_group.csv", "top_tokens.csv", "surprisal.png", "depth.csv", "depth.png"):
+        assert name in manifest["files"] and (out / name).stat().st_size > 0, name
+    assert "wnb negative: perplexity" in capsys.readouterr().out
+
+    lm = wnb.load_model(device="cpu")
+    calib, held_out = wnb.token_windows(lm, wnb.load_corpus(), 64, 4, 2, seed=0)
+    scores = wnb.wasserstein_scores(lm, calib, LAYERS, max_tokens=128, progress=False)
+    pairs = wnb.minimal_pairs("agreement", n=2, seed=0)
+    ref = wnb.sign_ablation_study(lm, None, held_out, fraction=0.02, seeds=(0,), pairs=pairs, scores=scores,
+                                  progress=False)
+    study = pd.read_csv(out / "study.csv")
+    assert list(study["selection"]) == list(ref["selection"])
+    for column in ("n_neurons", "perplexity", "ppl_low", "ppl_high", "accuracy", "accuracy_simple"):
+        np.testing.assert_allclose(study[column], ref[column].to_numpy(float), rtol=1e-5)
+    depth = pd.read_csv(out / "depth.csv")
+    ref_depth = wnb.sign_ablation_depth(lm, None, held_out, fraction=0.02, scores=scores, progress=False)
+    np.testing.assert_allclose(depth["perplexity"], ref_depth["perplexity"], rtol=1e-5)
+    table = wnb.token_surprisal(lm, held_out, wnb.select_wasserstein(scores, 0.02), progress=False)
+    by_class = pd.read_csv(out / "surprisal_by_class.csv")
+    mine = by_class[by_class["selection"] == "wasserstein"]
+    np.testing.assert_allclose(mine["delta_nll"], wnb.surprisal_by_class(table)["delta_nll"], rtol=1e-5, atol=1e-7)
+    assert set(by_class["selection"]) == {"wasserstein", "matched"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--side", "up"], "invalid choice: 'up'"),
+    (["--fraction", "0.2"], "--fraction must be in (0, 0.1)"),
+    (["--fraction", "0"], "--fraction must be in"),
+    (["--control-seeds", "0"], "--control-seeds must be at least 1"),
+    (["--pairs-per-phenomenon", "0"], "--pairs-per-phenomenon must be at least 1"),
+    (["--tolerance", "1.5"], "--tolerance must be in (0, 1)"),
+    (["--controls", "shuffled"], "invalid choice: 'shuffled'"),
+    (["--minimal-pairs", "nosuchpairs"], "unknown minimal pairs 'nosuchpairs'"),
+    (["--eval-windows", "0"], "--eval-windows must be at least 1"),
+])
+def test_bad_arguments_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(wnb.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    assert run("negative", *argv, "-o", out) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_empty_pair_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(wnb.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    empty = tmp_path / "pairs.jsonl"
+    empty.write_text("\n")
+    assert run("negative", "--minimal-pairs", empty, "-o", tmp_path / "out") == 2
+    assert "holds no minimal pairs" in capsys.readouterr().err
+
+
+def test_blimp_offline_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(wnb.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(importlib.import_module("wnb.minimal_pairs"), "network_available", lambda *a, **k: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    assert run("negative", "--minimal-pairs", "blimp", "-o", tmp_path / "out") == 2
+    assert "BLiMP" in capsys.readouterr().err
