@@ -349,6 +349,15 @@ def test_matched_control_that_cannot_reach_the_target(tiny_llama, windows, score
     assert sum(i.numel() for i in chosen.values()) == report["candidates"]
 
 
+def test_study_runs_on_every_family(tiny, tiny_windows):
+    table = wnb.sign_ablation_study(tiny, tiny_windows[:3], tiny_windows[3:], fraction=0.05, seeds=(0,),
+                                    progress=False)
+    assert list(table["selection"]) == ["dense", "wasserstein", "random", "matched"]
+    assert table["perplexity"].notna().all()
+    assert table.iloc[1]["n_neurons"] == len(wnb.first_ffn_layers(tiny)) * round(
+        0.05 * wnb.layer_weight(tiny, wnb.first_ffn_layers(tiny)[0]).shape[0])
+
+
 def test_study_with_minimal_pairs_and_computed_scores():
     from _tiny_words import tiny_word_llama
 
