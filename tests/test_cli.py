@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -81,8 +82,14 @@ def test_score_files_and_values_equal_the_api(tmp_path, isolated_cache, capsys):
         torch.testing.assert_close(torch.tensor(rows["mean"].to_numpy()), y.double().mean(0))
         torch.testing.assert_close(torch.tensor(rows["variance"].to_numpy()), y.double().var(0, correction=0))
         assert rows.loc[rows["rank"] == 1, "neuron"].item() == wnb.top_neurons(wnb.wasserstein_to_gaussian(y), k=1).item()
+        z = (y.double() - y.double().mean(0)) / y.double().std(0, correction=0)
+        tail = z.abs() > 2.5
+        at_first = (torch.arange(y.shape[0]) % calib.shape[1] == 0)[:, None]
+        share = ((tail & at_first).sum(0) / tail.sum(0)).double()  # by hand: tails at position 0 (NaN: no tail)
+        np.testing.assert_allclose(rows["pos0_tail_share"].to_numpy(), share.numpy(), atol=1e-9)
     full = wnb.capture(lm, [GATE], calib, progress=False)[GATE]
-    expected = wnb.neuron_table(full.outputs, full.inputs, wnb.layer_weight(lm, GATE), n_pairs=300, seed=0)
+    expected = wnb.neuron_table(full.outputs, full.inputs, wnb.layer_weight(lm, GATE), n_pairs=300, seed=0,
+                                sign=True, seq_len=calib.shape[1])
     detail = pd.read_csv(out / "detail_neurons.csv")
     pd.testing.assert_frame_equal(detail.drop(columns="layer"), expected, check_exact=False, rtol=1e-9)
     layers = pd.read_csv(out / "layers.csv")

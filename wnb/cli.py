@@ -420,7 +420,8 @@ def _score(args, run: RunFolder, session) -> str:
              scoring={"layers": len(layers), "tokens_per_layer": tokens, "wd": method,
                       "bins": args.bins if method == "streaming" else None})
 
-    stats = cache.cached("neuron_stats", session.key(layers=layers, tokens=tokens, wd=method, bins=args.bins),
+    stats = cache.cached("neuron_stats", session.key(layers=layers, tokens=tokens, wd=method, bins=args.bins,
+                                                     positions=True),
                          lambda: _neuron_stats(lm, layers, session.calib, tokens, method, args),
                          enabled=not args.no_cache)
     scores = {name: s["wd"] for name, s in stats.items()}
@@ -435,11 +436,16 @@ def _score(args, run: RunFolder, session) -> str:
         if not lm.remote:
             frame["weight_norm"] = torch.linalg.vector_norm(layer_weight(lm, name).detach().double(), dim=1).cpu().numpy()
         frame["rank"] = frame["wd"].rank(ascending=False, method="first", na_option="bottom").astype(int)
+        if "pos0_tail_share" in s:  # exact scoring keeps positions: flag the first-token (attention sink) tails
+            from .positions import sink_flags
+            frame["pos0_tail_share"] = s["pos0_tail_share"].numpy()
+            frame["sink"] = sink_flags(s["pos0_tail_share"]).numpy()
         rows.append(frame)
     neurons = pd.concat(rows, ignore_index=True)
     run.table("neurons.csv", neurons, "one row per neuron: layer, block, kind, neuron, wd, mean, variance, "
               "weight_norm, rank within the layer (1 = most entangled)")
-    overview = overview_table(lm, scores, args.fraction)
+    shares = {n: s["pos0_tail_share"] for n, s in stats.items() if "pos0_tail_share" in s}
+    overview = overview_table(lm, scores, args.fraction, pos0_shares=shares if len(shares) == len(stats) else None)
     overview["top_neurons"] = overview["top_neurons"].map(lambda v: " ".join(map(str, v)))
     run.table("layers.csv", overview, f"one row per layer: WD quantiles, mean WD of the top {args.fraction:.0%} "
               "(the Wasserstein neurons) and its ratio to the median, top neuron indices")
@@ -485,6 +491,7 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
     """Per layer: WD, mean and variance of every neuron, exact (layers captured in groups that fit) or streaming."""
     from .capture import available_memory, capture, split_by_memory
     from .entanglement import output_moments, wasserstein_to_gaussian
+    from .positions import position_tail_share
     from .streaming import stream_scores
 
     progress = not args.quiet
@@ -500,7 +507,8 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
         for name in group:
             y = acts.pop(name).outputs
             variance, mean = output_moments(y)
-            stats[name] = {"wd": wasserstein_to_gaussian(y), "mean": mean, "variance": variance}
+            stats[name] = {"wd": wasserstein_to_gaussian(y), "mean": mean, "variance": variance,
+                           "pos0_tail_share": position_tail_share(y, calib.shape[1])}
     return stats
 
 
