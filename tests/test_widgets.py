@@ -557,6 +557,12 @@ def test_the_reading_section_shows_both_tails_tokens_and_a_probe(app, tiny_llama
     tokens = view.reading.tables["tokens"]
     assert tokens["count"].sum() == windows[0].numel()
     assert "contexts_" in view.reading.downloads.value and "tokens_" in view.reading.downloads.value
+    gate = torch.as_tensor(hooked_outputs(tiny_llama, LAYER, windows[0]))[:, neuron]  # quadrants by hand
+    up = torch.as_tensor(hooked_outputs(tiny_llama, LAYER.replace("gate_proj", "up_proj"), windows[0]))[:, neuron]
+    quadrants = view.reading.tables["sign_quadrants"].iloc[0]
+    assert quadrants["gate_neg_up_pos"] == pytest.approx(float(((gate < 0) & (up >= 0)).double().mean()))
+    assert quadrants["gate_pos_up_pos"] == pytest.approx(float(((gate >= 0) & (up >= 0)).double().mean()))
+    assert "Sign quadrants" in view.reading.effect.value
     view.show(2)  # the section follows the neuron
     assert view.reading.neuron == view.neuron.value != neuron
 

@@ -121,6 +121,9 @@ def reading_tables(session, view, ctx, neuron: int) -> dict:
         tables["output_effect"] = output_effect(session.lm, view.name, neuron, k=10)
     except WnbError as exc:
         tables["effect_note"] = str(exc)
+    quadrants = session.sign_quadrants(view.name)
+    if quadrants is not None:
+        tables["sign_quadrants"] = quadrants[quadrants["neuron"] == neuron].reset_index(drop=True)
     return tables
 
 
@@ -140,8 +143,23 @@ def reading_sections(tables: dict, scale: float) -> dict[str, str]:
         "pairs": section("Differentiating pairs: nearly the same input, far apart outputs (the dots of the pair "
                          "plot with the largest ratio)", pairs_block(tables["differentiating_pairs"], scale)),
         "effect": section(EFFECT_TITLE, effect_lines(effect) if effect is not None
-                          else f"<i>{html.escape(tables['effect_note'])}</i>"),
+                          else f"<i>{html.escape(tables['effect_note'])}</i>") + quadrant_line(tables),
     }
+
+
+def quadrant_line(tables: dict) -> str:
+    """For a gate_proj neuron: how its tokens fall in the sign quadrants of (gate, up)."""
+    quadrants = tables.get("sign_quadrants")
+    if quadrants is None or not len(quadrants):
+        return ""
+    from .sign_view import QUADRANTS
+
+    row = quadrants.iloc[0]
+    words = {"gate_neg_up_neg": "gate < 0, up < 0", "gate_neg_up_pos": "gate < 0, up ≥ 0",
+             "gate_pos_up_neg": "gate ≥ 0, up < 0", "gate_pos_up_pos": "gate ≥ 0, up ≥ 0"}
+    shares = " · ".join(f"{words[q]}: {row[q]:.0%}" for q in QUADRANTS)
+    return section("Sign quadrants of (gate, up) over the calibration tokens (SwiGLU's output is small when "
+                   "the gate is very negative, whatever up)", html.escape(shares))
 
 
 def neuron_page(session, layer: str, neuron: int, progress: bool = True) -> tuple[str, dict[str, pd.DataFrame]]:

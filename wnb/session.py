@@ -298,6 +298,26 @@ class Session:
                                 seq_len=seq_len, skip_first=self.skip_first)
         return self._layer
 
+    def sign_quadrants(self, name: str, progress: bool = True) -> pd.DataFrame | None:
+        """For a gated MLP's gate_proj: every neuron's share of calibration tokens in each sign quadrant of
+        (gate, up) (:func:`wnb.sign_quadrants`; the up_proj capture is cached like any layer's); None for
+        other layers."""
+        from .sign_view import sign_quadrants, up_projection_of
+
+        view = self.layer(name, progress)
+        try:
+            up = up_projection_of(self.lm, view.name)
+        except WnbError:
+            return None
+
+        def compute():
+            ups = cache.cached("capture", self.key(layer=up),
+                               lambda: _capture_one(self.lm, up, self.calib, progress), enabled=self.use_cache)
+            return sign_quadrants(view.kept_outputs, view.kept(ups["outputs"]))
+
+        return cache.cached("sign_quadrants", self.key(layer=view.name, skip_first=self.skip_first), compute,
+                            enabled=self.use_cache)
+
     def contexts(self, name: str, progress: bool = True, k: int = CONTEXT_K):
         """:class:`wnb.NeuronContexts` of every neuron of ``name`` (from its calibration capture, no second
         pass; cached on disk and kept for the last layer, so re-selecting a neuron is instant)."""
