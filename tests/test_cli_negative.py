@@ -9,27 +9,14 @@ import pandas as pd
 import pytest
 
 import wnb
+from conftest import run_cli
 from wnb import cli
 
 LAYERS = [f"model.layers.{i}.mlp.gate_proj" for i in (0, 1, 2)]
 SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "2", "-q"]
 
 
-@pytest.fixture
-def isolated_cache(tmp_path, monkeypatch):
-    real = wnb.models._bundled_cache()
-    root = tmp_path / "cache"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / real.name).symlink_to(real)
-    monkeypatch.setenv("WNB_CACHE", str(root))
-    return root
-
-
-def run(*argv) -> int:
-    try:
-        return cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        return exit_.code
+run = run_cli
 
 
 def test_listed_in_help(capsys):
