@@ -13,7 +13,7 @@ outputs kept) and feeds each batch to a :class:`ContextAccumulator`, which holds
   a pseudo-random key (a fixed bijective hash of its flat index and ``seed``, independent of the
   batches); a band keeps the ``n_samples`` members with the smallest keys among those looked at, a
   uniform sample of the band. Members beyond ±3σ are looked at on every token; those within ±3σ (common)
-  on the lowest-key sixteenth of each batch's tokens (at least 128), which keeps the sample uniform.
+  on the lowest-key 1/32 of each batch's tokens (at least 64), which keeps the sample uniform.
   Bands are assigned with the mean and std of the batches seen so far (the first batch: its own), so
   the examples depend a little on the batch size; :meth:`NeuronContexts.samples` re-assigns every kept
   example with the final mean and std, so one near a band edge can come from the neighbouring band's draw.
@@ -21,7 +21,7 @@ outputs kept) and feeds each batch to a :class:`ContextAccumulator`, which holds
 Its state is ``O((k + 7·n_samples) · d_out)`` whatever the number of tokens; the only per-token part of a
 :class:`NeuronContexts` is the token windows themselves (4 bytes a token), kept to decode contexts. The
 passes over each batch run on its device (one comparison and one ``nonzero`` select a few per cent of
-the elements); the merges of what they select run in numpy on the CPU.
+the elements); the merges of what they select run in numpy on the CPU, a few batches at a time.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ BANDS = ((-math.inf, -3.0), (-3.0, -2.0), (-2.0, -1.0), (-1.0, 1.0), (1.0, 2.0),
 BAND_LABELS = ("below -3σ", "-3σ to -2σ", "-2σ to -1σ", "-1σ to 1σ", "1σ to 2σ", "2σ to 3σ", "above 3σ")
 _EDGES = (-3.0, -2.0, -1.0, 1.0, 2.0, 3.0)
 _RARE = 3.0          # |z| beyond which every token is looked at for the band samples
-_PREFIX_ROWS = 128   # at least this many lowest-key tokens of each batch are looked at for every band,
-_PREFIX_SHARE = 16   # and at least 1/16 of them
+_PREFIX_ROWS = 64    # at least this many lowest-key tokens of each batch are looked at for every band,
+_PREFIX_SHARE = 32   # and at least 1/32 of them
 _KEY_BITS = 44
 _NO_KEY = 1 << 62
 STATE_FORMAT = "wnb-contexts-1"
@@ -141,10 +141,22 @@ class RunningExtremes:
         self.index = {side: np.full((self.k, self.d), -1, dtype=np.int64) for side in _PAD}
         self.n_seen = 0
         self.max_index = -1
+        self._pending = {side: [] for side in _PAD}  # candidates not merged yet, in index order
+        self._pending_n = {side: 0 for side in _PAD}
 
     def thresholds(self, side: str) -> np.ndarray | None:
-        """The current k-th value per column (an element must pass it to enter); None until k are held."""
+        """The k-th value per column held at the last merge: an element must pass it to enter (the true k-th
+        value can only be further out, so this bounds the candidates); None until k are held."""
         return self.values[side][-1] if self.n_seen >= self.k else None
+
+    def flush(self) -> "RunningExtremes":
+        """Merge the candidates kept back (merges wait until they are about as many as the held values)."""
+        for side in _PAD:
+            if self._pending[side]:
+                values, index, cols = (np.concatenate(t) for t in zip(*self._pending[side]))
+                self._pending[side], self._pending_n[side] = [], 0
+                self._merge(side, values, index, cols, after=True)
+        return self
 
     def update(self, y: torch.Tensor, start: int, keep: torch.Tensor | None = None,
                candidates: dict | None = None) -> None:
@@ -156,12 +168,21 @@ class RunningExtremes:
         if n_kept == 0:
             return
         after = start > self.max_index
+        steady = after and self.n_seen >= self.k  # k held, new indices above them: merging can wait
+        if not steady:
+            self.flush()
         for side in _PAD:
             if candidates is not None and side in candidates:
                 rows, cols, values = candidates[side]
             else:
                 rows, cols, values = self._candidates(y, keep, n_kept, side, after)
-            self._merge(side, values, start + rows, cols, after)
+            if steady:
+                self._pending[side].append((values, start + rows, cols))
+                self._pending_n[side] += cols.size
+                if self._pending_n[side] >= self.k * self.d:
+                    self.flush()
+            else:
+                self._merge(side, values, start + rows, cols, after)
         self.n_seen += n_kept
         self.max_index = max(self.max_index, start + y.shape[0] - 1)
 
@@ -228,6 +249,15 @@ class BandSamples:
         self.index = np.full((self.groups, self.r), -1, dtype=np.int64)
         self.values = np.zeros((self.groups, self.r), dtype=np.float32)
         self.edges = np.array(_EDGES)
+        self._pending, self._pending_n = [], 0  # candidates not merged yet
+
+    def flush(self) -> "BandSamples":
+        """Merge the candidates kept back (merges wait until they are about as many as the held samples)."""
+        if self._pending:
+            group, key, index, values = (np.concatenate(t) for t in zip(*self._pending))
+            self._pending, self._pending_n = [], 0
+            self._merge(group, key, index, values)
+        return self
 
     def update(self, y, start: int, keep, mean: np.ndarray, std: np.ndarray, rare: dict) -> None:
         """Add a batch ``y [b, d]`` of flat tokens ``start …``: ``mean`` and ``std`` ``[d]`` set the bands;
@@ -242,7 +272,11 @@ class BandSamples:
         limit = self.key[:, -1]  # a key must be below its group's n-th held key to enter
         parts = [self._prefix(y, prefix, keys, mean, safe, limit), self._rare(y, prefix, keys, mean, safe, limit, rare)]
         group, key, rows, values = (np.concatenate(t) for t in zip(*parts))
-        self._merge(group, key, start + rows, values)
+        # the limits used were those of the last merge: looser than the true ones, so nothing is missed
+        self._pending.append((group, key, start + rows, values))
+        self._pending_n += group.size
+        if self._pending_n >= self.key.size // 2:
+            self.flush()
 
     def _prefix(self, y, prefix, keys, mean, safe, limit):
         """Every element of the lowest-key rows that can enter its band."""
@@ -431,8 +465,8 @@ class ContextAccumulator:
         counts = self.bin_count[:-1].double()
         shift = self.bin_s1[:-1] / counts.clamp_min(1)[:, None]
         bin_var = (self.bin_s2[:-1] / counts.clamp_min(1)[:, None] - shift * shift).clamp_min(0)
-        ext = self.extremes
-        sample_values, sample_index = self.bands.state()
+        ext = self.extremes.flush()
+        sample_values, sample_index = self.bands.flush().state()
         state = {"format": STATE_FORMAT, "layer": layer, "k": self.k, "n_samples": self.n_samples,
                  "seq_len": self.seq_len, "skip_first": self.skip_first, "seed": self.seed, "n_tokens": self.n_tokens,
                  "windows": torch.as_tensor(windows).to(torch.int32).cpu(),
