@@ -5,10 +5,11 @@ the clamp's overhead on a forward pass, and what the bundled model shows.
    every block, fraction 0.01, side negative, random controls for seeds 0, 1, 2, the perplexity-matched
    control) on the app's small and medium budgets (``wnb.session.BUDGETS``; windows from
    ``token_windows(lm, load_corpus(), seq_len, n_calib, n_eval, seed=0)``), timed end to end and split
-   into WD scoring, the dense pass, the Wasserstein ablation, the random controls and the matched search;
-   then the same study with the agreement minimal pairs.
-2. ``clamp``: one forward pass of 8 × 256 tokens dense vs inside ``wnb.sign_ablated`` (best of
-   ``--repeat``); target ≤ 1.05×.
+   into its parts (WD scoring, one perplexity pass, one scoring of the minimal pairs) timed on their
+   own; then the same study with the agreement minimal pairs. Wall and CPU seconds: on a shared machine
+   the CPU time is the steadier number.
+2. ``clamp``: one forward pass of 8 × 256 tokens dense vs inside ``wnb.sign_ablated``, alternating,
+   ``--repeat`` pairs (median ratio of neighbours); target ≤ 1.05×.
 3. ``findings`` (medium budget): the study table with minimal pairs, Δ surprisal by token class for the
    Wasserstein ablation and the matched control, the tokens whose NLL rises most, and the depth profile.
 
@@ -32,55 +33,79 @@ def windows(lm, budget: str):
     return wnb.token_windows(lm, wnb.load_corpus(), b.seq_len, b.n_calib, b.n_eval, seed=0)
 
 
+class Clock:
+    """Wall and CPU seconds (this process, all threads) of a block: CPU time moves much less than wall
+    time when other jobs share the cores."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def study_times(lm, budget: str, pairs) -> list[dict]:
+    """The whole default study (and with pairs), and its parts timed on their own."""
+    from wnb.minimal_pairs import minimal_pair_scores
+
     calib, held_out = windows(lm, budget)
-    rows = []
+    with Clock() as wd:
+        scores = wnb.wasserstein_scores(lm, calib, progress=False)
+    with Clock() as ppl:
+        wnb.token_nll(lm, held_out, progress=False)
+    with Clock() as mp:
+        minimal_pair_scores(lm, pairs, progress=False)
+    rows = [{"budget": budget, "what": "WD of 30 × 1,536 gate_proj neurons", "tokens": calib.numel(),
+             "wall s": wd.wall, "CPU s": wd.cpu},
+            {"budget": budget, "what": "one perplexity pass (held-out)", "tokens": held_out.numel(),
+             "wall s": ppl.wall, "CPU s": ppl.cpu},
+            {"budget": budget, "what": f"one scoring of {len(pairs)} agreement pairs", "tokens": "",
+             "wall s": mp.wall, "CPU s": mp.cpu}]
     for label, kw in (("default", {}), (f"+ {len(pairs)} agreement pairs", {"pairs": pairs})):
-        start = time.perf_counter()
-        study = wnb.sign_ablation_study(lm, calib, held_out, progress=False, **kw)
-        total = time.perf_counter() - start
-        by = study.groupby("selection", sort=False)["seconds"].sum()
-        matched = study[study.selection == "matched"].iloc[0]
-        rows.append({
-            "budget": budget, "study": label, "calib tokens": calib.numel(), "held-out tokens": held_out.numel(),
-            "total s": total, "WD s": total - study["seconds"].sum(), "dense s": by["dense"],
-            "wasserstein s": by["wasserstein"], "3 random s": by["random"], "matched s": by["matched"],
-            "matched passes": int(matched["evaluations"]),
-            "perplexity passes": 5 + int(matched["evaluations"]),
-        })
-        print(f"{budget} {label}: {total:.1f} s", flush=True)
+        with Clock() as whole:
+            study = wnb.sign_ablation_study(lm, calib, held_out, progress=False, **kw)
+        passes = 5 + int(study.loc[study.selection == "matched", "evaluations"].iloc[0])
+        model = wd.cpu + passes * ppl.cpu + (len(study) * mp.cpu if kw else 0)
+        rows.append({"budget": budget, "what": f"study, {label}: {passes} perplexity passes"
+                     + (f" + {len(study)} pair scorings" if kw else ""), "tokens": "",
+                     "wall s": whole.wall, "CPU s": whole.cpu, "CPU of the parts": model})
+        print(f"{budget} {label}: {whole.wall:.1f} s wall, {whole.cpu:.1f} s CPU", flush=True)
+    del scores
     return rows
 
 
 def clamp_overhead(lm, repeat: int) -> list[dict]:
+    """Dense and ablated forward passes alternate (ABAB...), so a change of machine load hits both;
+    the ratio is the median of the ratios of neighbouring pairs."""
+    import statistics
+
     calib, held_out = windows(lm, "medium")
     ids = held_out[:8]
     scores = wnb.wasserstein_scores(lm, calib, progress=False)
 
     def forward():
-        with torch.no_grad():
+        with Clock() as c, torch.no_grad():
             lm.model(ids)
-
-    def best(fn) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return c
 
     rows = []
     for fraction in (0.01, 0.10):
         neurons = wnb.select_wasserstein(scores, fraction)
         for side in ("negative", "both"):
-            # dense and ablated alternate, so a change of machine load hits both alike
-            dense = best(forward)
-            with wnb.sign_ablated(lm, neurons, side=side):
-                ablated = best(forward)
+            forward()  # warm-up
+            dense, ablated = [], []
+            for _ in range(repeat):
+                dense.append(forward())
+                with wnb.sign_ablated(lm, neurons, side=side):
+                    ablated.append(forward())
             rows.append({"selection": f"top {fraction:.0%} of 30 gate_proj ({sum(len(i) for i in neurons.values())})",
-                         "side": side, "tokens": ids.numel(), "dense s": dense, "ablated s": ablated,
-                         "ratio": ablated / dense, "target": "≤ 1.05"})
+                         "side": side, "tokens": ids.numel(),
+                         "dense wall s (best)": min(c.wall for c in dense),
+                         "ablated wall s (best)": min(c.wall for c in ablated),
+                         "ratio wall": statistics.median(a.wall / d.wall for a, d in zip(ablated, dense)),
+                         "ratio CPU": statistics.median(a.cpu / d.cpu for a, d in zip(ablated, dense)),
+                         "target": "≤ 1.05"})
     return rows
 
 
@@ -138,14 +163,16 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     lm = wnb.load_model(device="cpu")
-    print(f"Machine: {machine()}\n")
+    load = open("/proc/loadavg").read().split()[0]
+    print(f"Machine: {machine()}; load average {load}\n")
     if "study" in args.parts:
         pairs = wnb.minimal_pairs("agreement", n=args.pairs)
         rows = [r for b in args.budgets for r in study_times(lm, b, pairs)]
-        print("\n### Time of the study\n")
+        print(f"\n### Time of the study (load average before: {load})\n")
         print(table(rows))
     if "clamp" in args.parts:
-        print("\n### Clamp overhead on one forward pass\n")
+        load = open("/proc/loadavg").read().split()[0]
+        print(f"\n### Clamp overhead on one forward pass (load average before: {load})\n")
         print(table(clamp_overhead(lm, args.repeat)))
     if "findings" in args.parts:
         findings(lm, args.pairs)
