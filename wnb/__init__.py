@@ -25,6 +25,7 @@ from .analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_
                        ri_regression, study_layer, token_shares)
 from .evaluate import ablation, layer_outputs, neuron_errors, output_rmse, output_shift, perplexity, sweep
 from .prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
+from .quantize import effective_bits, fit_grid, model_effective_bits, quantize
 from .offload import offload_blocks, resident
 from .sequential import walk
 from .streaming import StreamingWD, stream_scores
@@ -57,5 +58,7 @@ __all__ += ["activation_html", "ContextAccumulator", "context_html", "contexts_f
             "layer_statistics", "neuron_contexts", "NeuronContexts", "output_effect", "position_profile",
             "position_tail_share", "shape_statistics", "sign_quadrants", "tail_concentration", "tail_routing",
             "token_activations", "token_table", "tokens_html", "wasserstein_split"]
+
+__all__ += ["effective_bits", "fit_grid", "model_effective_bits", "quantize"]
 
 __version__ = "0.1.0"

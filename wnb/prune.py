@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import WnbError
+from .quantize import check_quant, fit_grid, quant_label, quantize, round_to_grid
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CRITERIA = ("wd", "random", "mean", "variance", "weight_norm")
@@ -232,16 +233,26 @@ class SparseGPT:
         return (torch.triu(self.H) + torch.triu(self.H, 1).T) * (2.0 / self.nsamples)
 
     def prune(self, sparsity=0.5, blocksize: int = 128, percdamp: float = 0.01, rows=None,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+              dtype: torch.dtype = torch.float32, bits: int | None = None,
+              group_size: int | None = None) -> torch.Tensor:
         """Prune the weight (only ``rows`` if given; the others are returned unchanged).
 
         Columns are processed in blocks of ``blocksize``; per block the mask drops the
         ``round(sparsity · rows · block)`` entries with the smallest ``w² / [H⁻¹]_jj²`` (one threshold
         across the rows), or for N:M the n smallest of every m columns of each row, and each column's
         error is pushed onto the later columns (OBS update). ``dtype`` is the precision of that loop.
+
+        ``bits`` (2 to 8) also quantizes every kept weight, as the sweep reaches its column, to the
+        min-max grid of its row (:mod:`wnb.quantize`) fitted on the dense row before pruning (the
+        reference code's ``--wbits``), or with ``group_size`` on each group's columns as they are when
+        the sweep reaches the group's first column (OBS-updated by the earlier columns, not yet pruned;
+        GPTQ reads them as of the start of the lazy-update block instead). The error ``w − q(w)`` of a
+        kept weight is pushed onto the later columns like the pruning error ``w`` of a pruned one. With
+        ``bits`` and sparsity 0 this is GPTQ.
         """
         fraction, n, m = parse_sparsity(sparsity)
         check_nm(m, self.columns)
+        bits, group_size = check_quant(bits, group_size, self.columns)
         if not isinstance(blocksize, int) or blocksize < 1 or (m and blocksize % m):
             raise WnbError(f"blocksize must be a positive integer{' and a multiple of M = ' + str(m) if m else ''} "
                            f"(got {blocksize!r})")
@@ -252,16 +263,22 @@ class SparseGPT:
         if not torch.isfinite(torch.diag(H)).all():  # a NaN or inf input makes its diagonal entry non-finite
             raise WnbError("the calibration inputs hold NaN or infinite values; SparseGPT cannot use them")
         out = self.weight.to(torch.float32).clone()
-        if fraction == 0 or (row_idx is not None and row_idx.numel() == 0):
+        if (fraction == 0 and bits is None) or (row_idx is not None and row_idx.numel() == 0):
             self.damping = percdamp
             return out
         W = (out if row_idx is None else out[row_idx]).to(dtype)
+        grid = None
+        if bits is not None and group_size is None:  # per channel: fitted on the dense rows
+            grid = tuple(t[:, 0] for t in fit_grid(W, bits))
         dead = torch.diag(H) == 0
         self.dead = torch.nonzero(dead).flatten().cpu()
         H[dead, dead] = 1.0
         W[:, dead] = 0
         hinv = self._inverse_factor(H, percdamp).to(dtype)
-        W = _sparsegpt_blocks(W, hinv, fraction, n, m, blocksize)
+        if bits is None:
+            W = _sparsegpt_blocks(W, hinv, fraction, n, m, blocksize)
+        else:
+            W = _sparsegpt_blocks(W, hinv, fraction, n, m, blocksize, bits=bits, group_size=group_size, grid=grid)
         if row_idx is None:
             return W.float()
         out[row_idx] = W.float()
@@ -304,18 +321,27 @@ def _add_upper_gram(H: torch.Tensor, x: torch.Tensor, strip: int = _GRAM_STRIP) 
 
 
 def _sparsegpt_blocks(W: torch.Tensor, hinv: torch.Tensor, fraction: float, n: int, m: int,
-                      blocksize: int) -> torch.Tensor:
+                      blocksize: int, bits: int | None = None, group_size: int | None = None,
+                      grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The SparseGPT column sweep on ``W [rows, cols]`` with ``hinv`` the upper Cholesky factor of H⁻¹.
 
     The sweep runs on ``Wᵀ`` so that every rank-1 OBS update touches contiguous memory (on CPU, an
     in-place update of a column slice of a row-major matrix is a slow strided loop).
+
+    With ``bits``, each column's kept weights become ``q(w)`` on the grid ``(scale, zero)`` (``[rows]``
+    each; per channel: ``grid``, with ``group_size``: fitted on each group's current columns when the
+    sweep reaches it) and the error ``(w − q) / d`` (pruned: ``q = 0``) is what gets pushed on.
     """
     WT = W.T.contiguous()  # [cols, rows]: row j of WT is column j of W
     cols = WT.shape[0]
+    quant = bits is not None
+    if quant and grid is not None:
+        q_scale, q_zero = grid
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = WT[i1:i2].clone()
         Err1 = torch.empty_like(W1)
+        Q1 = torch.empty_like(W1) if quant else None
         Hinv1 = hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
         if m:
@@ -335,26 +361,58 @@ def _sparsegpt_blocks(W: torch.Tensor, hinv: torch.Tensor, fraction: float, n: i
                     scores = W1[i:i + m].square() / d[i:i + m].square()[:, None]
                     mask1[i:i + m] = _nm_mask(scores.T, n, m).T
                     scale[i:i + m] = mask1[i:i + m] / d[i:i + m, None]
-                err = torch.mul(W1[i], scale[i], out=Err1[i])
+                if not quant:
+                    err = torch.mul(W1[i], scale[i], out=Err1[i])
+                else:
+                    if group_size is not None and (i1 + i) % group_size == 0:
+                        now = _columns_now(WT, W1, Err1, hinv, i1, i2, s1, s2, i, group_size)
+                        q_scale, q_zero = (t[:, 0] for t in fit_grid(now.T, bits))
+                    q = torch.masked_fill(round_to_grid(W1[i], q_scale, q_zero, bits), mask1[i], 0)
+                    Q1[i] = q
+                    err = torch.sub(W1[i], q, out=Err1[i]).div_(d[i])
                 W1[i + 1:s2].addr_(Hinv1[i, i + 1:s2], err, alpha=-1)
             if s2 < i2 - i1:
                 W1[s2:].addmm_(Hinv1[s1:s2, s2:].T, Err1[s1:s2], alpha=-1)
-        W1.masked_fill_(mask1, 0)
-        WT[i1:i2] = W1
+        if quant:
+            WT[i1:i2] = Q1
+        else:
+            W1.masked_fill_(mask1, 0)
+            WT[i1:i2] = W1
         if i2 < cols:
             WT[i2:].addmm_(hinv[i1:i2, i2:].T, Err1, alpha=-1)
     return WT.T
 
 
+def _columns_now(WT, W1, Err1, hinv, i1, i2, s1, s2, i, size) -> torch.Tensor:
+    """Columns ``i1 + i .. i1 + i + size − 1`` of the weight (``[size, rows]``, rows of ``Wᵀ``) as they are
+    when the sweep reaches column ``i1 + i``: with every earlier column's OBS update applied, also the
+    ones the lazy batching still holds back (later sub-blocks of the block wait for the current
+    sub-block's errors ``s1 .. i − 1``; later blocks for the block's errors ``0 .. i − 1``)."""
+    end = i1 + i + size
+    parts = [W1[i:min(s2, end - i1)]]  # the current sub-block is up to date
+    if end - i1 > s2 and s2 < i2 - i1:
+        upto = min(i2 - i1, end - i1)
+        parts.append(W1[s2:upto] - hinv[i1 + s1:i1 + i, i1 + s2:i1 + upto].T @ Err1[s1:i])
+    if end > i2:
+        parts.append(WT[i2:end] - hinv[i1:i1 + i, i2:end].T @ Err1[:i])
+    return torch.cat(parts)
+
+
 # ---------------------------------------------------------------- one layer
 
 def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", sparsity=0.5, neurons=None,
-                 blocksize: int = 128, percdamp: float = 0.01) -> torch.Tensor:
+                 blocksize: int = 128, percdamp: float = 0.01, bits: int | None = None,
+                 group_size: int | None = None) -> torch.Tensor:
     """Return a pruned copy ``[out, in]`` (float32, on the weight's device) of an ``[out, in]`` weight.
 
     ``inputs [tokens, in]`` are the layer's calibration inputs (needed by Wanda and SparseGPT).
     ``neurons`` (indices or a boolean mask) restricts pruning to those rows; every other row is
     returned unchanged, bit for bit. ``blocksize`` and ``percdamp`` are SparseGPT's.
+
+    ``bits`` (2 to 8) quantizes the pruned rows too, on a min-max grid per row (``group_size``: per
+    group of that many columns; see :mod:`wnb.quantize`): SparseGPT inside its sweep, propagating the
+    quantization error (:meth:`SparseGPT.prune`); Wanda and magnitude by rounding the masked weights to
+    the nearest point of the grid fitted on the dense rows (zeros stay zeros).
     """
     from .checks import check_float, check_int
 
@@ -365,24 +423,32 @@ def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", s
     blocksize = check_int(blocksize, "blocksize")
     _, n, m = parse_sparsity(sparsity)
     check_nm(m, weight.shape[1], "the weight")
+    bits, group_size = check_quant(bits, group_size, weight.shape[1])
     rows = check_rows(neurons, weight.shape[0])
     if method != "magnitude":
         inputs = _as_inputs(inputs, weight.shape[1])
     if method == "sparsegpt":
         sgpt = SparseGPT(weight)
         sgpt.add_batch(inputs)
-        return sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp, rows=rows)
+        return sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp, rows=rows, bits=bits,
+                          group_size=group_size)
     return _masked(weight, rows, lambda part: magnitude_mask(part, sparsity) if method == "magnitude"
-                   else wanda_mask(part, inputs, sparsity))
+                   else wanda_mask(part, inputs, sparsity), bits=bits, group_size=group_size)
 
 
-def _masked(weight: torch.Tensor, rows, mask_of) -> torch.Tensor:
-    """A float32 copy of ``weight`` with ``mask_of(rows of it)`` zeroed in those rows (all if None)."""
+def _masked(weight: torch.Tensor, rows, mask_of, bits: int | None = None, group_size: int | None = None) -> torch.Tensor:
+    """A float32 copy of ``weight`` with ``mask_of(rows of it)`` zeroed in those rows (all if None); with
+    ``bits``, those rows then rounded to the nearest point of the grid fitted on their dense values."""
     out = weight.detach().to(torch.float32).clone()
     part = out if rows is None else out[rows]
     if part.numel() == 0:
         return out
-    part = part.masked_fill(mask_of(part), 0)
+    if bits is None:
+        part = part.masked_fill(mask_of(part), 0)
+    else:
+        mask = mask_of(part)
+        part = quantize(part.masked_fill(mask, 0), bits, group_size,
+                        grid=fit_grid(part, bits, group_size)).masked_fill_(mask, 0)
     if rows is None:
         return part
     out[rows] = part
@@ -390,10 +456,12 @@ def _masked(weight: torch.Tensor, rows, mask_of) -> torch.Tensor:
 
 
 def prune_layer(lm, layer: str, acts, method: str = "sparsegpt", sparsity=0.5, neurons=None,
-                fraction: float = 0.03, seed: int = 0, **kw) -> torch.Tensor:
+                fraction: float = 0.03, seed: int = 0, bits: int | None = None, group_size: int | None = None,
+                **kw) -> torch.Tensor:
     """Pruned ``[out, in]`` weight of one layer from captured activations (``wnb.capture``); the model is
     not changed. ``neurons`` may be indices, a boolean mask or a selection criterion (see
-    :func:`select_neurons`, which then uses the captured outputs)."""
+    :func:`select_neurons`, which then uses the captured outputs). ``bits`` and ``group_size``
+    quantize as well (:func:`prune_weight`)."""
     from .models import check_layers, layer_weight, require_local
 
     require_local(lm, "pruning")
@@ -403,11 +471,12 @@ def prune_layer(lm, layer: str, acts, method: str = "sparsegpt", sparsity=0.5, n
         raise WnbError(f"layer {layer!r} was not captured; captured: {', '.join(acts) or 'none'}")
     act = acts[layer]
     weight = layer_weight(lm, layer).detach()
+    check_quant(bits, group_size, weight.shape[1], layer)
     if isinstance(neurons, str):
         if act.outputs is None and neurons in ("wd", "mean", "variance"):
             raise WnbError(f"selecting neurons by {neurons!r} needs the layer's outputs; capture with outputs=True")
         neurons = select_neurons(neurons, outputs=act.outputs, weight=weight, fraction=fraction, seed=seed)
-    return prune_weight(weight, act.inputs, method, sparsity, neurons=neurons, **kw)
+    return prune_weight(weight, act.inputs, method, sparsity, neurons=neurons, bits=bits, group_size=group_size, **kw)
 
 
 # ---------------------------------------------------------------- neuron subsets (paper Fig. 3)
@@ -467,15 +536,22 @@ class LayerReport:
     neurons: int          # rows pruned
     damping: float | None  # SparseGPT: fraction of mean(diag H) added (raised from percdamp if needed)
     seconds: float
+    bits: int | None = None        # quantization of the pruned rows (None: not quantized)
+    group_size: int | None = None  # columns per quantization grid (None: one grid per row)
 
 
 class PruneReport(dict):
     """``{layer: LayerReport}`` in pruning order; ``table()`` gives a DataFrame."""
 
     def table(self):
+        """One row per layer; the ``bits`` and ``group_size`` columns only when some layer was quantized."""
         import pandas as pd
 
-        return pd.DataFrame([vars(r) for r in self.values()])
+        frame = pd.DataFrame([vars(r) for r in self.values()])
+        for col in ("bits", "group_size"):
+            if col in frame and frame[col].isna().all():
+                frame = frame.drop(columns=col)
+        return frame
 
 
 def _plan_neurons(lm, layers, neurons):
@@ -557,8 +633,13 @@ def check_untied(lm, layers) -> None:
 @contextmanager
 def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None, neurons=None,
            fraction: float = 0.03, seed: int = 0, blocksize: int = 128, percdamp: float = 0.01,
-           batch_size: int = 8, progress: bool = True, keep_inputs: bool = False, true_sequential: bool = True):
+           batch_size: int = 8, progress: bool = True, keep_inputs: bool = False, true_sequential: bool = True,
+           bits: int | None = None, group_size: int | None = None):
     """Prune layers of ``lm`` (default: every FFN layer) for the duration of a ``with`` block.
+
+    ``bits`` (2 to 8) also quantizes the pruned weights, per output channel or per ``group_size``
+    columns (:func:`prune_weight`; SparseGPT propagates the quantization error inside its sweep, Wanda
+    and magnitude round to nearest); ``None`` (default) leaves them in full precision.
 
     Pruning is sequential: the calibration inputs of block ``l`` are computed through the blocks
     ``< l`` as already pruned (``wnb.walk``), and within a block (``true_sequential=True``) through
@@ -590,6 +671,8 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
                           else ffn_layers(lm) if layers is None else layers)
     for name in layers:
         check_nm(m, layer_weight(lm, name).shape[1], name)
+        bits, group_size = check_quant(bits, group_size, layer_weight(lm, name).shape[1], name)
+    bits, group_size = check_quant(bits, group_size)
     check_untied(lm, layers)
     plan = _plan_neurons(lm, layers, neurons)
     needs_walk = method != "magnitude" or isinstance(plan, str)
@@ -605,10 +688,13 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
 
     dense = {name: module(lm, name).weight.detach().to("cpu", copy=True) for name in layers}
     report = PruneReport()
-    bar = tqdm(total=len(layers), desc=f"prune {method} {label}", disable=not progress, leave=False)
+    desc = f"prune {method} {label}" + (f" {quant_label(bits, group_size)}" if bits is not None else "")
+    bar = tqdm(total=len(layers), desc=desc, disable=not progress, leave=False)
     try:
         opts = dict(method=method, sparsity=sparsity, label=label, plan=plan, fraction=fraction, seed=seed,
                     blocksize=blocksize, percdamp=percdamp, report=report, bar=bar)
+        if bits is not None:
+            opts.update(bits=bits, group_size=group_size)
         if needs_walk:
             from .sequential import walk
 
@@ -632,7 +718,8 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
 
 
 def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed, blocksize, percdamp,
-                 report, bar, stats: _Accumulators | None = None) -> None:
+                 report, bar, stats: _Accumulators | None = None, bits: int | None = None,
+                 group_size: int | None = None) -> None:
     """Prune the layers of one block given their calibration inputs (or the statistics of them
     accumulated during the walk, ``stats``); write the weights into the model."""
     from .models import layer_weight, set_layer_weight
@@ -652,18 +739,20 @@ def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed
                 shared.append((x, sgpt))
             else:
                 sgpt.H, sgpt.nsamples = same.H, same.nsamples
-            new = sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp, rows=rows)
+            new = sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp, rows=rows, bits=bits,
+                             group_size=group_size)
             damping = sgpt.damping
         elif method == "wanda" and stats is not None:
             new = _masked(weight, rows, lambda part: _wanda_mask(part, _wanda_scores(part, stats[name].sums),
-                                                                 sparsity))
+                                                                 sparsity), bits=bits, group_size=group_size)
         else:
-            new = prune_weight(weight, x, method, sparsity, neurons=rows)
+            new = prune_weight(weight, x, method, sparsity, neurons=rows, bits=bits, group_size=group_size)
         set_layer_weight(lm, name, new)
         report[name] = LayerReport(layer=name, method=method, sparsity=label,
                                    zeros=(new == 0).double().mean().item(),
                                    neurons=weight.shape[0] if rows is None else rows.numel(),
-                                   damping=damping, seconds=time.perf_counter() - start)
+                                   damping=damping, seconds=time.perf_counter() - start, bits=bits,
+                                   group_size=group_size)
         bar.set_postfix_str(name, refresh=False)
         bar.update(1)
 
