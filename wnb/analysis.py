@@ -65,13 +65,16 @@ def _inputs(study: LayerStudy, on: str) -> torch.Tensor:
 
 def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0.5, pca_factor=32,
                 n_init: int = N_INIT, seed: int = 0, blocksize: int = 128, percdamp: float = 0.01,
-                max_tokens: int | None = None, progress: bool = True) -> LayerStudy:
+                max_tokens: int | None = None, progress: bool = True, bits: int | None = None,
+                group_size: int | None = None) -> LayerStudy:
     """Capture ``layer``'s inputs on ``calib`` and ``held_out`` from the dense model, prune it with SparseGPT
-    and expand it into ``n_experts`` experts at ``sparsity``. The model is not changed."""
+    and expand it into ``n_experts`` experts at ``sparsity`` (both quantized with ``bits`` / ``group_size``
+    when given). The model is not changed."""
     from .capture import capture, check_windows
     from .expand import check_router_args
     from .models import check_layers, layer_bias, layer_weight
     from .prune import check_nm, parse_sparsity, prune_weight
+    from .quantize import check_quant
 
     (layer,) = check_layers(lm, [layer])
     weight = layer_weight(lm, layer).detach().to("cpu", torch.float32)
@@ -80,13 +83,16 @@ def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0
     check_router_args(n_calib, weight.shape[1], n_experts, pca_factor)
     _, _, m = parse_sparsity(sparsity)
     check_nm(m, weight.shape[1], layer)
+    bits, group_size = check_quant(bits, group_size, weight.shape[1], layer)
     x_calib = capture(lm, [layer], calib, max_tokens=max_tokens, outputs=False, progress=progress)[layer].inputs
     x_held = capture(lm, [layer], held_out, max_tokens=max_tokens, outputs=False, progress=progress)[layer].inputs
     bias = layer_bias(lm, layer)
     bias = None if bias is None else bias.detach().to("cpu", torch.float32)
-    pruned = prune_weight(weight, x_calib, "sparsegpt", sparsity, blocksize=blocksize, percdamp=percdamp)
+    pruned = prune_weight(weight, x_calib, "sparsegpt", sparsity, blocksize=blocksize, percdamp=percdamp, bits=bits,
+                          group_size=group_size)
     routed = expand_layer(weight, x_calib, bias, n_experts, sparsity, pca_factor=pca_factor, n_init=n_init, seed=seed,
-                          blocksize=blocksize, percdamp=percdamp, dtype=torch.float32, progress=progress)
+                          blocksize=blocksize, percdamp=percdamp, dtype=torch.float32, progress=progress, bits=bits,
+                          group_size=group_size)
     return LayerStudy(layer, weight, bias, x_calib, x_held, pruned, routed, sparsity)
 
 
@@ -260,13 +266,15 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     first expanded layer) on the inputs it receives in the expanded model. ``k = 1`` is plain SparseGPT.
 
     Returns ``method, n_experts, sparsity, perplexity, layer_error, build_seconds, eval_seconds`` (plus a
-    dense row first unless ``dense=False``). Other keywords go to :func:`wnb.expanded`.
+    dense row first unless ``dense=False``). Other keywords go to :func:`wnb.expanded`; with ``bits=``
+    (joint quantization) the expanded rows get a ``bits`` column (and ``group_size`` with groups).
     """
     from .capture import check_windows
     from .evaluate import perplexity_interval
     from .expand import check_expansion, expanded
     from .models import check_layers, ffn_layers, layer_bias, layer_weight
     from .prune import sparsity_label
+    from .quantize import check_quant, key_parts
 
     held_out = check_windows(held_out, lm, min_len=2)
     layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)
@@ -275,7 +283,9 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
         raise WnbError(f"error_layer {error_layer!r} is not among the expanded layers")
     for k in n_experts:
         for s in sparsities:
-            check_expansion(lm, k, s, calib, layers, expand_kw.get("pca_factor", 32), expand_kw.get("max_bytes"))
+            check_expansion(lm, k, s, calib, layers, expand_kw.get("pca_factor", 32), expand_kw.get("max_bytes"),
+                            expand_kw.get("bits"), expand_kw.get("group_size"))
+    quant = key_parts(*check_quant(expand_kw.get("bits"), expand_kw.get("group_size")))
     from .evaluate import _runs
 
     rows = []
@@ -301,6 +311,6 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
             finally:
                 hook.remove()
         rows.append({"method": "sparsegpt" if k == 1 else "expansion", "n_experts": k,
-                     "sparsity": sparsity_label(s), **ppl, "layer_error": meter.relative,
+                     "sparsity": sparsity_label(s), **quant, **ppl, "layer_error": meter.relative,
                      "build_seconds": built - start, "eval_seconds": time.perf_counter() - built})
     return pd.DataFrame(rows)

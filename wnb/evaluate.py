@@ -135,13 +135,17 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     Returns a tidy DataFrame: ``method, sparsity, perplexity, ppl_low, ppl_high, prune_seconds,
     eval_seconds`` (plus a ``dense`` row first unless ``dense=False``). The model is dense again
     afterwards. ``on_run(index, total, label)`` is called before each run (e.g. :meth:`wnb.jobs.Job.begin`).
+    Other keywords go to :func:`wnb.pruned`; with ``bits=`` (joint quantization) the pruned rows get a
+    ``bits`` column (and ``group_size`` with groups).
     """
     import pandas as pd
 
     from .prune import check_method, sparsity_label
+    from .quantize import check_quant, key_parts
 
     for method in methods:
         check_method(method)
+    quant = key_parts(*check_quant(prune_kw.get("bits"), prune_kw.get("group_size")))
     labels = [sparsity_label(s) for s in sparsities]
     held_out = check_windows(held_out, lm, min_len=2)
     rows = []
@@ -156,7 +160,7 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
         for sparsity, label in zip(sparsities, labels):
             report(f"{method} {label}")
             rows.append(_pruned_perplexity(lm, calib, held_out, batch_size, progress,
-                                           {"method": method, "sparsity": label},
+                                           {"method": method, "sparsity": label, **quant},
                                            method=method, sparsity=sparsity, layers=layers, **prune_kw))
     return pd.DataFrame(rows)
 

@@ -284,13 +284,18 @@ class Experts:
 
 def build_experts(weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, n_experts: int,
                   sparsity=0.5, blocksize: int = 128, percdamp: float = 0.01, progress: bool = False,
-                  desc: str = "experts") -> Experts:
-    """Expert ``c`` = ``weight [out, in]`` pruned by SparseGPT with the Hessian of the tokens labelled ``c``.
+                  desc: str = "experts", bits: int | None = None, group_size: int | None = None) -> Experts:
+    """Expert ``c`` = ``weight [out, in]`` pruned by SparseGPT with the Hessian of the tokens labelled ``c``
+    (and with ``bits``, quantized inside the sweep, per row or per ``group_size`` columns:
+    :meth:`wnb.SparseGPT.prune`).
 
     A cluster with no calibration tokens (possible only when the inputs have fewer than ``n_experts``
     distinct rows) gets the layer's plain SparseGPT weight, built from all tokens. Runs on the weight's device.
     """
     from .prune import SparseGPT
+    from .quantize import check_quant
+
+    bits, group_size = check_quant(bits, group_size, weight.shape[1])
 
     weight = weight.detach()
     inputs = inputs.to(weight.device)
@@ -301,7 +306,7 @@ def build_experts(weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tens
         members = inputs[labels == c]
         sgpt = SparseGPT(weight)
         sgpt.add_batch(members if members.shape[0] else inputs)
-        stack[c] = sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp)
+        stack[c] = sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp, bits=bits, group_size=group_size)
         tokens.append(int(members.shape[0]))
         damping.append(float(sgpt.damping))
     return Experts(stack, tokens, damping)
@@ -369,18 +374,21 @@ class RoutedLayer(nn.Module):
 def expand_layer(weight: torch.Tensor, inputs: torch.Tensor, bias: torch.Tensor | None = None,
                  n_experts: int = 16, sparsity=0.5, router: Router | None = None, pca_factor=32,
                  n_init: int = N_INIT, seed: int = 0, blocksize: int = 128, percdamp: float = 0.01, dtype=None,
-                 progress: bool = False) -> RoutedLayer:
+                 progress: bool = False, bits: int | None = None, group_size: int | None = None) -> RoutedLayer:
     """Sparse Expansion of one layer: fit a router on ``inputs [tokens, in]`` (unless given), build the experts.
 
-    ``weight`` is ``[out, in]`` (``wnb.layer_weight``); ``inputs`` are moved to its device.
+    ``weight`` is ``[out, in]`` (``wnb.layer_weight``); ``inputs`` are moved to its device. ``bits``
+    (2 to 8) quantizes every expert inside its SparseGPT sweep (``group_size``: per group of columns).
     """
     from .prune import parse_sparsity, check_nm
+    from .quantize import check_quant
 
     if weight.dim() != 2 or inputs.dim() != 2 or inputs.shape[1] != weight.shape[1]:
         raise WnbError(f"weight must be [out, in] and inputs [tokens, in] with the same in "
                        f"(got {tuple(weight.shape)} and {tuple(inputs.shape)})")
     _, _, m = parse_sparsity(sparsity)
     check_nm(m, weight.shape[1])
+    bits, group_size = check_quant(bits, group_size, weight.shape[1])
     if router is None:
         check_router_args(inputs.shape[0], weight.shape[1], n_experts, pca_factor)
         n_experts = int(n_experts)
@@ -389,7 +397,7 @@ def expand_layer(weight: torch.Tensor, inputs: torch.Tensor, bias: torch.Tensor 
         router = Router.fit(inputs, n_experts, pca_factor, n_init=n_init, seed=seed)
     router = router.to(weight.device)
     experts = build_experts(weight, inputs, router.predict(inputs), router.n_experts, sparsity, blocksize,
-                            percdamp, progress=progress)
+                            percdamp, progress=progress, bits=bits, group_size=group_size)
     return RoutedLayer(router, experts.weights, bias, experts.tokens, experts.damping,
                        dtype=dtype or weight.dtype)
 
@@ -419,6 +427,8 @@ class Expansion:
 
     layers: dict[str, RoutedLayer]
     percdamp: float
+    bits: int | None = None        # experts quantized to this many bits (None: full precision)
+    group_size: int | None = None  # columns per quantization grid (None: one per row)
 
     def report(self) -> pd.DataFrame:
         """One row per layer and expert: calibration tokens, token share, damping used, whether it was raised."""
@@ -459,11 +469,15 @@ def _free_bytes(device: torch.device) -> int:
     return available_memory()
 
 
-def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes=None) -> tuple[list[str], torch.Tensor]:
+def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes=None, bits=None,
+                    group_size=None) -> tuple[list[str], torch.Tensor]:
     """Validate a whole-model expansion before any work; return ``(layers in forward order, windows)``."""
     from .capture import check_windows
     from .models import check_layers, ffn_layers, layer_weight
     from .prune import check_nm, parse_sparsity
+    from .quantize import check_quant
+
+    check_quant(bits, group_size)
 
     if calib is None:
         raise WnbError("Sparse Expansion needs calibration windows: calib=[n_windows, seq_len] token ids "
@@ -475,6 +489,7 @@ def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_byte
         d_in = layer_weight(lm, name).shape[1]
         check_router_args(windows.numel(), d_in, n_experts, pca_factor)
         check_nm(m, d_in, name)
+        check_quant(bits, group_size, d_in, name)
     need = expert_bytes(lm, layers, n_experts)
     limit = int(0.6 * _free_bytes(lm.device)) if max_bytes is None else max_bytes
     if need > limit:
@@ -486,22 +501,28 @@ def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_byte
 @contextmanager
 def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca_factor=32, n_init: int = N_INIT,
              seed: int = 0, blocksize: int = 128, percdamp: float = 0.01, batch_size: int = 8,
-             max_bytes: int | None = None, progress: bool = True, true_sequential: bool = True):
+             max_bytes: int | None = None, progress: bool = True, true_sequential: bool = True,
+             bits: int | None = None, group_size: int | None = None):
     """Sparse Expansion of the FFN layers (or ``layers``) for the duration of a ``with`` block.
 
     Block by block (calibration inputs of block l come from the already expanded blocks < l, and with
     ``true_sequential`` from the block's already expanded layers: down_proj's router and experts see
     the expanded gate and up projections' outputs; see ``wnb.walk``), each layer
     gets a router fitted on its inputs (layers fed the same input share one) and ``n_experts`` SparseGPT
-    experts at ``sparsity`` (a fraction or ``"N:M"``). Yields an :class:`Expansion`. On exit, also after an
-    error or an interrupt, the dense modules are put back: the model is bit for bit what it was.
+    experts at ``sparsity`` (a fraction or ``"N:M"``), with ``bits`` (2 to 8) quantized inside their
+    SparseGPT sweeps (per row, or per ``group_size`` columns). Yields an :class:`Expansion`. On exit, also
+    after an error or an interrupt, the dense modules are put back: the model is bit for bit what it was.
     """
+    from .quantize import check_quant
+
     from .models import layer_bias, layer_weight
     from .sequential import walk
 
     from .checks import check_int
 
-    layers, windows = check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes)
+    layers, windows = check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes, bits,
+                                      group_size)
+    bits, group_size = check_quant(bits, group_size)
     n_experts = check_int(n_experts, "n_experts")
     batch_size = check_int(batch_size, "batch_size")
     swapped: dict[str, nn.Module] = {}
@@ -517,7 +538,8 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
                 labels = router.predict(x)
                 for name in group:
                     weight = layer_weight(lm, name)
-                    experts = build_experts(weight, x, labels, n_experts, sparsity, blocksize, percdamp)
+                    experts = build_experts(weight, x, labels, n_experts, sparsity, blocksize, percdamp,
+                                            bits=bits, group_size=group_size)
                     routed[name] = RoutedLayer(router, experts.weights, layer_bias(lm, name), experts.tokens,
                                                experts.damping, dtype=weight.dtype)
                     del experts
@@ -525,7 +547,7 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
                     bar.update(n_experts)
             del inputs
         bar.close()
-        yield Expansion(routed, percdamp)
+        yield Expansion(routed, percdamp, bits, group_size)
     finally:
         for name in reversed(list(swapped)):
             swap_module(lm, name, swapped[name])
