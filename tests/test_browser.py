@@ -223,6 +223,13 @@ def test_cancel_a_running_sweep(page):
     page.select_option(".wnb-sparsity .wnb-scope select", label="every FFN layer")  # a long sweep
     run = page.locator(".wnb-sparsity button", has_text="Run sweep")
     run.click()
+    # the size guard may ask first (its estimate says how long); then the second press goes ahead
+    page.wait_for_function("() => { const v = document.querySelector('.wnb-sparsity');"
+                           " return v.innerText.includes('Press Run sweep again') || v.querySelector('.wnb-job')"
+                           ".innerText.includes('run '); }", timeout=STEP_S * 1000)
+    if "Press Run sweep again" in page.inner_text(".wnb-sparsity .wnb-status"):
+        page.screenshot(path=str(SHOTS / "7a_sweep_estimate.png"), full_page=True)
+        page.locator(".wnb-sparsity button", has_text="Run sweep").click()
     cancel = page.locator(".wnb-sparsity button", has_text="Cancel")
     cancel.wait_for(timeout=STEP_S * 1000)
     page.wait_for_function("() => document.querySelector('.wnb-sparsity .wnb-job').innerText.includes('run ')",
@@ -234,6 +241,23 @@ def test_cancel_a_running_sweep(page):
     page.locator(".wnb-sparsity button", has_text="Run sweep").wait_for(timeout=STEP_S * 1000)
     page.screenshot(path=str(SHOTS / "8_sweep_cancelled.png"), full_page=True)
     check_no_errors(page, ".wnb-sparsity")
+
+
+def test_overview_layer_map_opens_a_layer(page):
+    page.wait_for_selector(".wnb-neurons .wnb-histogram img", state="attached", timeout=READY_S * 1000)
+    page.click(".lm-TabBar-tab >> text=Model overview")
+    page.locator(".wnb-overview button", has_text="Compute overview").click()
+    page.wait_for_selector(".wnb-overview .wnb-layer-map .wnb-map-cell", timeout=READY_S * 1000)
+    assert page.locator(".wnb-overview .wnb-layer-map .wnb-map-cell").count() == 90  # 30 blocks x 3 kinds
+    assert "first-token (attention sink) neurons" in page.inner_text(".wnb-overview .wnb-status")
+    page.screenshot(path=str(SHOTS / "10_overview.png"), full_page=True)
+    check_no_errors(page, ".wnb-overview")
+    page.locator(".wnb-overview .wnb-map-cell[title^='model.layers.11.mlp.down_proj']").click()
+    page.wait_for_function("() => document.querySelector('.wnb-neurons .wnb-summary').innerText"
+                           ".includes('of 576')", timeout=STEP_S * 1000)
+    page.wait_for_function("() => document.querySelector('.wnb-neurons .wnb-downloads').innerText"
+                           ".includes('model.layers.11.mlp.down_proj')", timeout=STEP_S * 1000)
+    check_no_errors(page, ".wnb-neurons")
 
 
 def test_settings_row_fits_an_800_pixel_window(page, voila_url):

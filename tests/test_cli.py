@@ -120,7 +120,7 @@ def test_score_lands_in_the_cache_the_app_reads(tmp_path, isolated_cache, monkey
     def no_compute(*a, **k):
         raise AssertionError("the app recomputed what the command had cached")
 
-    monkeypatch.setattr(wnb.session, "layer_scores", no_compute)
+    monkeypatch.setattr(wnb.session, "layer_statistics", no_compute)
     elsewhere = tmp_path / "other-machine"
     (elsewhere / "models").mkdir(parents=True)
     (elsewhere / "models" / wnb.models._bundled_cache().name).symlink_to(wnb.models._bundled_cache())
@@ -133,6 +133,8 @@ def test_score_lands_in_the_cache_the_app_reads(tmp_path, isolated_cache, monkey
     assert len(app_scores) == 90 and len(table) == 90
     rows = scores[scores["layer"] == GATE].sort_values("neuron")
     torch.testing.assert_close(torch.tensor(rows["wd"].to_numpy()), app_scores[GATE])
+    sinks = scores.groupby("layer")["sink"].sum()  # the command's first-token flags, counted per layer
+    assert dict(zip(table["layer"], table["sinks"])) == {name: int(sinks[name]) for name in table["layer"]}
 
 
 # ---------------------------------------------------------------- prune, expand, sweep

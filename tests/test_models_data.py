@@ -105,3 +105,17 @@ def test_token_windows_disjoint_seeded_and_sized(tiny_llama):
     assert not torch.equal(wnb.token_windows(lm, text, seq_len=10, n_calib=30, n_eval=20, seed=4)[0], calib)
     with pytest.raises(WnbError, match="1,000 tokens = 100 windows of 10.*30 calibration \\+ 80 held-out"):
         wnb.token_windows(lm, text, seq_len=10, n_calib=30, n_eval=80)
+
+
+def test_a_revision_is_part_of_the_model_name_and_so_of_every_cache_key(tiny_llama, tmp_path):
+    """Training checkpoints of one model id must not share cache entries: ``LM.name`` carries the revision
+    (a local folder ignores the revision when loading, which is enough to check the naming)."""
+    from _tiny_words import word_tokenizer
+
+    folder = tmp_path / "tiny"
+    tiny_llama.model.save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    plain = wnb.load_model(str(folder), device="cpu")
+    early = wnb.load_model(str(folder), device="cpu", revision="step1000")
+    assert plain.name == str(folder) and early.name == f"{folder}@step1000"
+    assert wnb.cache.key(model=plain.name) != wnb.cache.key(model=early.name)

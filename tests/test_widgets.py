@@ -7,6 +7,7 @@ import base64
 import io
 import re
 
+import ipywidgets
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ import torch
 from scipy import stats
 
 import wnb
+import wnb.evaluate
 import wnb.session
 import wnb.widgets as ww
 from wnb.session import Session
@@ -235,6 +237,31 @@ def test_run_button_and_overview(app):
     ov.open_button.click()
     assert app.tabs.selected_index == 0
     assert app.neurons.view.name == "model.layers.2.mlp.up_proj" and app.neurons.last_error is None
+    cells = [c for c in ov.map_box.children[1].children if isinstance(c, ipywidgets.Button)]
+    assert len(cells) == len(ov.frame)  # one cell per layer of the layer map
+    cell = next(c for c in cells if c.tooltip.startswith("model.layers.0.mlp.down_proj\n"))
+    app.tabs.selected_index = 1
+    cell.click()  # a click on the map opens that layer
+    assert app.tabs.selected_index == 0 and app.neurons.view.name == "model.layers.0.mlp.down_proj"
+
+
+def test_the_overview_counts_first_token_neurons_per_layer(app, tiny_llama, windows):
+    """``sinks`` per layer against an independent count: neurons whose outputs beyond 2.5 sigma sit at
+    position 0 of the windows at least half of the time (plain hooks, numpy)."""
+    ov = app.overview
+    ov.run.click()
+    assert ov.last_error is None, ov.last_error
+    calib = windows[0]
+    for name, sinks in zip(ov.frame["layer"], ov.frame["sinks"]):
+        y = hooked_outputs(tiny_llama, name, calib)
+        z = (y - y.mean(0)) / y.std(0)
+        tail = np.abs(z) > 2.5
+        first = (np.arange(len(y)) % calib.shape[1]) == 0
+        with np.errstate(invalid="ignore"):
+            share = tail[first].sum(0) / tail.sum(0)
+        assert sinks == int((share >= 0.5).sum()), name
+    assert ov.frame["sinks"].sum() > 0  # the random model has some; the check above is not vacuous
+    assert "first-token (attention sink) neurons" in ov.status.value
 
 
 PATHS = ["/etc/passwd", "/etc/shadow", "/no/such/file.txt", "~/.bashrc", "../../etc/hosts", "notebooks/../wnb", "wnb/cache.py/x",
@@ -536,6 +563,48 @@ def test_a_very_large_layer_waits_for_confirmation(app, monkeypatch):
     assert captured == ["lm_head"] and view.view.name == "lm_head"
     view.load("model.layers.2.mlp.down_proj")  # small layers never ask
     assert view.view.name == "model.layers.2.mlp.down_proj"
+
+
+def test_a_long_whole_model_job_waits_for_confirmation(app, monkeypatch):
+    monkeypatch.setattr(wnb.session, "LARGE_JOB_SECONDS", 0.0)  # every job on the tiny model is "long"
+    runs = []
+    real = wnb.evaluate.sweep
+    monkeypatch.setattr(wnb.evaluate, "sweep", lambda *a, **k: runs.append(k["sparsities"]) or real(*a, **k))
+    app.tabs.selected_index = 2
+    view = app.sparsity
+    view.scope.value = "all"
+    view.sparsities.value = "0.5"
+    view.run_sweep.click()
+    assert runs == [] and view.sweep_result is None
+    assert "Press Run sweep again" in view.status.value and "4 runs changing 9 layer(s)" in view.status.value
+    view.sparsities.value = "0.3"  # other settings: asks again
+    view.run_sweep.click()
+    assert runs == [] and "Press Run sweep again" in view.status.value
+    view.run_sweep.click()  # the second press of the same sweep goes ahead
+    assert runs == [("30%",)] and view.last_error is None, view.last_error
+    view.run_sweep.click()  # cached now: no question
+    assert runs == [("30%",)] and view.last_error is None
+    app.tabs.selected_index = 3
+    view = app.expansion
+    view.scope.value = "all"
+    view.run_ppl.click()
+    assert view.ppl is None and "Press Measure perplexity again" in view.status.value
+
+
+def test_job_estimates_count_the_linear_weights_passed(tiny_llama):
+    from wnb import estimates
+
+    linear = {n: m.weight.numel() for n, m in tiny_llama.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert estimates.forward_flops(tiny_llama, 10) == 2 * 10 * sum(linear.values())
+    first = {n: v for n, v in linear.items() if ".layers.0." in n}
+    assert estimates.forward_flops(tiny_llama, 10, depth=1) == 2 * 10 * sum(first.values())
+    d_out, d_in = tiny_llama.model.get_submodule(LAYER).weight.shape
+    gram, solve = 2 * 7 * d_in**2, d_in**3 + 2 * d_in**2 * d_out
+    assert estimates.prune_flops(tiny_llama, [LAYER], 7) == 2 * 7 * d_in + gram + solve
+    assert estimates.prune_flops(tiny_llama, [LAYER], 7, n_experts=4) == 2 * 7 * d_in + gram + 4 * solve
+    assert estimates.prune_flops(tiny_llama, [LAYER], 7, method="wanda") == 2 * 7 * d_in
+    assert estimates.held_bytes(tiny_llama, [LAYER], 4) == 4 * d_out * d_in * (1 + 4) + 4 * d_in**2
+    assert estimates.held_bytes(tiny_llama, [LAYER], 4, max_expert_bytes=100) == 4 * d_out * d_in + 4 * d_in**2 + 100
 
 
 def test_the_reading_section_shows_both_tails_tokens_and_a_probe(app, tiny_llama, windows, monkeypatch):

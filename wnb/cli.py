@@ -426,7 +426,7 @@ def _score(args, run: RunFolder, session) -> str:
                          enabled=not args.no_cache)
     scores = {name: s["wd"] for name, s in stats.items()}
     if method == "exact" and layers == session.ffn_layers():
-        session.store_overview(scores, tokens)  # what the app's model overview reads
+        session.store_overview(stats, tokens)  # what the app's model overview reads
 
     rows = []
     for name, s in stats.items():
@@ -709,8 +709,6 @@ def _negative(args, run: RunFolder, session) -> str:
     pairs = _negative_pairs(args)
     if pairs is not None and lm.tokenizer is None:
         raise WnbError(f"{lm.name} has no tokenizer, which minimal pairs need; pass --minimal-pairs none")
-    # the revision is no part of the model's name, so it goes into every key of this run
-    key = {"revision": args.revision} if args.revision else {}
     tokens = args.max_tokens
     controls = tuple(args.controls)
     run.note(negative={"layers": len(layers), "wd_tokens": min(tokens or session.budget.overview_tokens,
@@ -718,7 +716,7 @@ def _negative(args, run: RunFolder, session) -> str:
                        "pairs": 0 if pairs is None else len(pairs),
                        "control_seeds": [args.seed + i for i in range(args.control_seeds)]})
     study = session.sign_ablation(layers, args.fraction, args.side, controls, args.control_seeds, pairs, tokens,
-                                  args.tolerance, progress=progress, **key)
+                                  args.tolerance, progress=progress)
     run.table("study.csv", study, "one row per ablation: dense, wasserstein (top fraction by WD), random (one per "
               "seed), matched (perplexity-matched non-Wasserstein neurons): neurons, perplexity with its 95% interval"
               + (", minimal-pair accuracy per phenomenon" if pairs is not None else ""))
@@ -733,7 +731,7 @@ def _negative(args, run: RunFolder, session) -> str:
     surprisal = session.sign_surprisal(layers, args.fraction, args.side, tokens=tokens,
                                        matched=int(matched["per_layer"].iloc[0]) if len(matched) else None,
                                        matched_seed=int(matched["seed"].iloc[0]) if len(matched) else None,
-                                       progress=progress, **key)
+                                       progress=progress)
     run.table("surprisal_by_class.csv", surprisal["by_class"], "mean Δ NLL per token class (closed word list), "
               "Wasserstein ablation and matched control")
     run.table("surprisal_by_group.csv", surprisal["by_group"], "mean Δ NLL per group: function, content, "
@@ -743,7 +741,7 @@ def _negative(args, run: RunFolder, session) -> str:
     depth = None
     if args.depth:
         depth = session.sign_depth(layers, args.fraction, args.side, pairs if args.depth_pairs else None, tokens,
-                                   progress=progress, **key)
+                                   progress=progress)
         run.table("depth.csv", depth, "the Wasserstein ablation one layer at a time and over layers 0..l: "
                   "perplexity and its change" + (", minimal-pair accuracy" if args.depth_pairs and pairs else ""))
         run.figure("depth.png", plots.depth_profile(depth, title=what), "Δ perplexity per layer and cumulative")

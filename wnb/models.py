@@ -127,7 +127,7 @@ def load_model(name: str | None = None, device: str = "auto", dtype=None, revisi
         lm = wrap_model(model.to(device=where, dtype=dt), tokenizer, BUNDLED)
     else:
         model, tokenizer = _load_hf(name, dt, revision, trust_remote_code)
-        lm = wrap_model(model.to(where), tokenizer, name)
+        lm = wrap_model(model.to(where), tokenizer, model_label(name, revision))
     if offload:
         from .offload import offload_blocks
         offload_blocks(lm, dev)
@@ -151,6 +151,12 @@ def _load_hf(name: str, dtype: torch.dtype, revision: str | None, trust_remote_c
         raise WnbError(f"could not load model {name!r} (tried it as a {where}"
                        f"{', revision ' + repr(revision) if revision else ''}): {text.splitlines()[0]}; {hint}") from exc
     return model, tokenizer
+
+
+def model_label(name: str, revision: str | None = None) -> str:
+    """The model's ``LM.name``: its id, with ``@revision`` when a branch or checkpoint was asked for, so that
+    cache keys (which hold the name) tell checkpoints apart."""
+    return name if not revision else f"{name}@{revision}"
 
 
 def _load_remote(name, device, dtype, revision, trust_remote_code, remote) -> LM:
@@ -182,7 +188,7 @@ def _load_remote(name, device, dtype, revision, trust_remote_code, remote) -> LM
         raise WnbError(f"could not load the config and tokenizer of {name!r} for a remote run: "
                        f"{str(exc).splitlines()[0]}; check the name and the network connection") from exc
     lm = LM(model=wrapper._module, tokenizer=tokenizer, nnsight=wrapper, device=torch.device("cpu"),
-            name=BUNDLED if bundled else name, remote=remote)
+            name=BUNDLED if bundled else model_label(name, revision), remote=remote)
     forward_order(lm)  # on the meta skeleton, before anything loads weights
     return lm
 
@@ -240,7 +246,7 @@ def require_local(lm: LM, what: str) -> None:
     """Refuse work that needs the model's weights here when ``lm`` runs remotely."""
     if lm.remote:
         raise WnbError(f"{what} needs the model's weights on this machine, but {lm.name} was loaded with "
-                       f"remote={lm.remote!r}; load it with wnb.load_model({lm.name!r}) (remote=False) instead")
+                       f"remote={lm.remote!r}; load it with wnb.load_model(...) and remote=False instead")
 
 
 @contextlib.contextmanager

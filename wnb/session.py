@@ -17,7 +17,7 @@ import torch
 from . import cache
 from .capture import capture, split_by_memory
 from .data import load_corpus, token_windows
-from .entanglement import layer_scores, neuron_table, overview_table, pair_distances, top_neurons
+from .entanglement import layer_statistics, neuron_table, overview_table, pair_distances, top_neurons
 from .errors import WnbError
 from .models import (BUNDLED, LM, block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias,
                      layer_weight, linear_layers, load_model)
@@ -59,6 +59,9 @@ OVERVIEW_MAX_BYTES = 192 << 20
 # confirms (lm_head: 49,152 neurons); the rough time per output comes from the neuron table on 2 cores.
 LARGE_LAYER_OUTPUTS = 40_000_000
 SECONDS_PER_OUTPUT = 1.5e-6
+# Whole-model runs (sweeps, ablation, expansion perplexity) estimated above either also wait for confirmation.
+LARGE_JOB_SECONDS = 300
+LARGE_JOB_BYTES = 4 << 30
 OVERVIEW_BATCH_TOKENS = 256
 CONTEXT_K = 20      # highest and lowest outputs kept per neuron for "What it reads"
 CONTEXT_WIDTH = 8   # tokens of context shown on each side
@@ -338,44 +341,51 @@ class Session:
 
     def layer_cost(self, name: str) -> dict:
         """What analysing ``name`` will take: ``outputs`` (tokens × neurons), ``bytes`` of the capture,
-        a rough ``seconds`` (ranking every neuron dominates), and whether it is ``cached`` already."""
+        a rough ``seconds`` (ranking every neuron dominates), whether it is ``cached`` already, and
+        ``large`` when its outputs pass ``LARGE_LAYER_OUTPUTS`` (the app then asks before it starts)."""
         from .capture import estimate_bytes
 
         name = self.check_layer(name)
         if self.use_cache and cache.entry_path("capture", self.key(layer=name)).exists():
-            return {"cached": True}  # known without loading the model
+            return {"cached": True, "large": False}  # known without loading the model
         tokens = self.calib.numel()
         d_out = layer_weight(self.lm, name).shape[0]
         return {"outputs": tokens * d_out, "bytes": estimate_bytes(self.lm, [name], tokens),
-                "seconds": tokens * d_out * SECONDS_PER_OUTPUT, "neurons": d_out, "cached": False}
+                "seconds": tokens * d_out * SECONDS_PER_OUTPUT, "neurons": d_out, "cached": False,
+                "large": tokens * d_out > LARGE_LAYER_OUTPUTS}
 
     # ------------------------------------------------------------- model overview
 
     def overview(self, progress: bool = True) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-        """WD of every neuron of every FFN layer (``budget.overview_tokens`` tokens) and its per-layer table."""
+        """WD of every neuron of every FFN layer (``budget.overview_tokens`` tokens) and its per-layer table,
+        whose ``sinks`` column counts the neurons with first-token (attention sink) tails."""
         tokens = min(self.budget.overview_tokens, self.calib.numel())
 
         def compute():
-            scores = self._layer_scores(tokens, progress)
-            return scores, overview_table(self.lm, scores)
+            stats = self._layer_statistics(tokens, progress)
+            return _overview_of(self.lm, stats)
 
-        key = self.key(tokens=tokens) if not self.skip_first else self.key(tokens=tokens, skip_first=self.skip_first)
-        return cache.cached("overview", key, compute, enabled=self.use_cache)
+        return cache.cached("overview", self._overview_key(tokens), compute, enabled=self.use_cache)
 
-    def store_overview(self, scores: dict[str, torch.Tensor], tokens: int) -> None:
-        """Keep whole-model scores computed elsewhere (``wnb score``) where :meth:`overview` finds them."""
-        if list(scores) != self.ffn_layers():
+    def _overview_key(self, tokens: int) -> str:
+        extra = {"skip_first": self.skip_first} if self.skip_first else {}
+        return self.key(tokens=tokens, positions=True, **extra)
+
+    def store_overview(self, stats: dict[str, dict[str, torch.Tensor]], tokens: int) -> None:
+        """Keep whole-model statistics computed elsewhere (``wnb score``: ``{layer: {"wd", "pos0_tail_share"}}``)
+        where :meth:`overview` finds them."""
+        if list(stats) != self.ffn_layers():
             raise ValueError("the model overview holds scores of every FFN layer, in forward order")
-        cache.cached("overview", self.key(tokens=tokens), lambda: (scores, overview_table(self.lm, scores)),
+        cache.cached("overview", self._overview_key(tokens), lambda: _overview_of(self.lm, stats),
                      enabled=self.use_cache)
 
-    def _layer_scores(self, tokens: int, progress: bool) -> dict[str, torch.Tensor]:
-        scores: dict[str, torch.Tensor] = {}
+    def _layer_statistics(self, tokens: int, progress: bool) -> dict[str, dict[str, torch.Tensor]]:
+        stats: dict[str, dict[str, torch.Tensor]] = {}
         for group in split_by_memory(self.lm, self.ffn_layers(), tokens, OVERVIEW_MAX_BYTES):
             batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
-            scores.update(layer_scores(self.lm, self.calib, group, max_tokens=tokens, batch_size=batch,
-                                       progress=progress, skip_first=self.skip_first))
-        return scores
+            stats.update(layer_statistics(self.lm, self.calib, group, max_tokens=tokens, batch_size=batch,
+                                          progress=progress, skip_first=self.skip_first))
+        return stats
 
     # ------------------------------------------------------------- sparsity and Sparse Expansion
 
@@ -431,28 +441,48 @@ class Session:
         from .prune import sparsity_label
 
         labels = [sparsity_label(s) for s in sparsities]
-        key = self.key(methods=list(methods), sparsities=labels, layers=list(layers), held_out=self.held_out,
-                       true_sequential=true_sequential)
-        return cache.cached("sweep", key,
+        return cache.cached("sweep", self._sweep_key(methods, sparsities, layers, true_sequential),
                             lambda: evaluate.sweep(self.lm, self.calib, self.held_out, methods=tuple(methods),
                                                    sparsities=tuple(labels), layers=list(layers), progress=progress,
                                                    true_sequential=true_sequential, on_run=on_run),
                             enabled=self.use_cache)
 
+    def _sweep_key(self, methods, sparsities, layers, true_sequential: bool = True) -> str:
+        from .prune import sparsity_label
+
+        return self.key(methods=list(methods), sparsities=[sparsity_label(s) for s in sparsities],
+                        layers=list(layers), held_out=self.held_out, true_sequential=true_sequential)
+
+    def sweep_cost(self, methods, sparsities, layers, true_sequential: bool = True) -> dict:
+        """What :meth:`sweep` will take (see :meth:`job_cost`)."""
+        runs = [(method, 1) for method in methods for _ in sparsities]
+        return self.job_cost("sweep", self._sweep_key(methods, sparsities, layers, true_sequential), layers, runs)
+
     def ablation(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                  progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
         """The paper's Fig. 3 (wnb.ablation on ``layers``), cached."""
         from . import evaluate
-        from .prune import sparsity_label
 
-        key = self.key(layers=list(layers), fraction=fraction, sparsity=sparsity_label(sparsity), method=method,
-                       held_out=self.held_out, true_sequential=true_sequential)
-        return cache.cached("ablation", key,
+        return cache.cached("ablation", self._ablation_key(layers, fraction, sparsity, method, true_sequential),
                             lambda: evaluate.ablation(self.lm, self.calib, self.held_out, fraction=fraction,
                                                       sparsity=sparsity, method=method, layers=list(layers),
                                                       seed=self.seed, progress=progress,
                                                       true_sequential=true_sequential, on_run=on_run),
                             enabled=self.use_cache)
+
+    def _ablation_key(self, layers, fraction, sparsity, method, true_sequential: bool = True) -> str:
+        from .prune import sparsity_label
+
+        return self.key(layers=list(layers), fraction=fraction, sparsity=sparsity_label(sparsity), method=method,
+                        held_out=self.held_out, true_sequential=true_sequential)
+
+    def ablation_cost(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
+                      true_sequential: bool = True) -> dict:
+        """What :meth:`ablation` will take (see :meth:`job_cost`): one run per selection criterion."""
+        from .prune import CRITERIA
+
+        key = self._ablation_key(layers, fraction, sparsity, method, true_sequential)
+        return self.job_cost("ablation", key, layers, [(method, 1)] * len(CRITERIA))
 
     def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True):
         """Dense vs SparseGPT vs Sparse Expansion of one layer (wnb.study_layer), cached."""
@@ -497,31 +527,53 @@ class Session:
         """Perplexity of dense, SparseGPT (k = 1) and Sparse Expansion with ``n_experts`` on ``layers``
         (wnb.expansion_sweep), cached. The experts held at once are capped at ``APP_EXPERT_BYTES``."""
         from .analysis import expansion_sweep
-        from .prune import sparsity_label
 
-        ks = (1,) if int(n_experts) == 1 else (1, int(n_experts))
-        key = self.key(layers=list(layers), n_experts=list(ks), sparsity=sparsity_label(sparsity),
-                       held_out=self.held_out, true_sequential=true_sequential)
+        key = self._expansion_key(layers, n_experts, sparsity, true_sequential)
         return cache.cached("expansion_perplexity", key,
-                            lambda: expansion_sweep(self.lm, self.calib, self.held_out, n_experts=ks,
+                            lambda: expansion_sweep(self.lm, self.calib, self.held_out, n_experts=_expert_counts(n_experts),
                                                     sparsities=(sparsity,), layers=list(layers), seed=self.seed,
                                                     max_bytes=APP_EXPERT_BYTES, progress=progress,
                                                     true_sequential=true_sequential, on_run=on_run),
                             enabled=self.use_cache)
 
+    def _expansion_key(self, layers, n_experts, sparsity, true_sequential: bool = True) -> str:
+        from .prune import sparsity_label
 
-    # ------------------------------------------------------------- sign ablation (the follow-up, issue 12)
+        return self.key(layers=list(layers), n_experts=list(_expert_counts(n_experts)),
+                        sparsity=sparsity_label(sparsity), held_out=self.held_out, true_sequential=true_sequential)
 
-    def sign_scores(self, layers, tokens: int | None = None, progress: bool = True, **key_parts) -> dict:
+    def expansion_cost(self, layers, n_experts: int = 16, sparsity=0.5, true_sequential: bool = True) -> dict:
+        """What :meth:`expansion_perplexity` will take (see :meth:`job_cost`)."""
+        key = self._expansion_key(layers, n_experts, sparsity, true_sequential)
+        runs = [("sparsegpt", k) for k in _expert_counts(n_experts)]
+        return self.job_cost("expansion_perplexity", key, layers, runs)
+
+    def job_cost(self, kind: str, key: str, layers, runs) -> dict:
+        """A whole-model job's rough cost before it starts: ``cached`` (the result is on disk already),
+        ``seconds`` (a dense pass plus every ``(method, n_experts)`` run, see :mod:`wnb.estimates`),
+        ``bytes`` held beside the model by its largest run, and ``large`` when either passes
+        ``LARGE_JOB_SECONDS`` / ``LARGE_JOB_BYTES`` (the app then asks before it starts)."""
+        from . import estimates
+
+        if self.use_cache and cache.entry_path(kind, key).exists():
+            return {"cached": True, "large": False}
+        layers = list(layers)
+        calib, held = self.calib.numel(), self.held_out.numel()
+        seconds = estimates.seconds(self.lm, estimates.forward_flops(self.lm, held))
+        seconds += sum(estimates.run_seconds(self.lm, layers, calib, held, method, k) for method, k in runs)
+        held_bytes = max(estimates.held_bytes(self.lm, layers, k, APP_EXPERT_BYTES) for _, k in runs)
+        return {"cached": False, "seconds": seconds, "bytes": held_bytes, "runs": len(runs) + 1,
+                "layers": len(layers), "large": seconds > LARGE_JOB_SECONDS or held_bytes > LARGE_JOB_BYTES}
+
+    def sign_scores(self, layers, tokens: int | None = None, progress: bool = True) -> dict:
         """WD of every neuron of ``layers`` over the first ``tokens`` calibration tokens (default: the
-        budget's overview tokens), as :func:`wnb.wasserstein_scores` returns it; cached. ``key_parts``
-        (e.g. ``revision=``) only enter the cache key."""
+        budget's overview tokens), as :func:`wnb.wasserstein_scores` returns it; cached."""
         from .sign_ablation import wasserstein_scores
 
         layers = [self.check_layer(n) for n in layers]
         tokens = min(int(tokens or self.budget.overview_tokens), self.calib.numel())
         batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
-        return cache.cached("sign_scores", self.key(layers=layers, tokens=tokens, **key_parts),
+        return cache.cached("sign_scores", self.key(layers=layers, tokens=tokens),
                             lambda: wasserstein_scores(self.lm, self.calib, layers, max_tokens=tokens, batch_size=batch,
                                                        max_bytes=OVERVIEW_MAX_BYTES, progress=progress),
                             enabled=self.use_cache)
@@ -537,16 +589,16 @@ class Session:
 
     def sign_ablation(self, layers, fraction: float = 0.01, side: str = "negative", controls=("random", "matched"),
                       n_seeds: int = 3, pairs=None, tokens: int | None = None, tolerance: float = 0.02,
-                      progress: bool = True, **key_parts) -> pd.DataFrame:
+                      progress: bool = True) -> pd.DataFrame:
         """:func:`wnb.sign_ablation_study` on the held-out windows, random controls with seeds
         ``seed .. seed + n_seeds - 1``, WD from :meth:`sign_scores`; cached (keyed by the pairs themselves)."""
         from .sign_ablation import sign_ablation_study
 
-        scores = self.sign_scores(layers, tokens, progress, **key_parts)
+        scores = self.sign_scores(layers, tokens, progress)
         seeds = [self.seed + i for i in range(int(n_seeds))]
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side,
                        controls=list(controls), seeds=seeds, pairs=pairs, held_out=self.held_out,
-                       tolerance=float(tolerance), **key_parts)
+                       tolerance=float(tolerance))
         return _nullable_ints(cache.cached(
             "sign_ablation", key,
             lambda: _plain_ints(sign_ablation_study(self.lm, None, self.held_out, fraction=fraction, side=side,
@@ -555,13 +607,13 @@ class Session:
             enabled=self.use_cache), ["seed"])
 
     def sign_depth(self, layers, fraction: float = 0.01, side: str = "negative", pairs=None,
-                   tokens: int | None = None, progress: bool = True, **key_parts) -> pd.DataFrame:
+                   tokens: int | None = None, progress: bool = True) -> pd.DataFrame:
         """:func:`wnb.sign_ablation_depth` (one layer at a time and cumulative) on the held-out windows; cached."""
         from .sign_ablation import sign_ablation_depth
 
-        scores = self.sign_scores(layers, tokens, progress, **key_parts)
+        scores = self.sign_scores(layers, tokens, progress)
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, pairs=pairs,
-                       held_out=self.held_out, **key_parts)
+                       held_out=self.held_out)
         return _nullable_ints(cache.cached(
             "sign_depth", key,
             lambda: _plain_ints(sign_ablation_depth(self.lm, None, self.held_out, fraction=fraction, side=side,
@@ -570,7 +622,7 @@ class Session:
 
     def sign_surprisal(self, layers, fraction: float = 0.01, side: str = "negative", matched: int | None = None,
                        matched_seed: int | None = None, tokens: int | None = None, top: int = 20,
-                       progress: bool = True, **key_parts) -> dict:
+                       progress: bool = True) -> dict:
         """Per-token Δ NLL (:func:`wnb.token_surprisal`) of the Wasserstein ablation and, with ``matched``
         (the matched control's per-layer count from the study), of the matched control, aggregated:
         ``by_class`` and ``by_group`` (:func:`wnb.surprisal_by_class`, one block per ``selection``) and
@@ -578,7 +630,7 @@ class Session:
         from .sign_ablation import matched_candidates, select_matched, select_wasserstein
         from .surprisal import surprisal_by_class, token_nll, token_surprisal, top_surprisal_tokens
 
-        scores = self.sign_scores(layers, tokens, progress, **key_parts)
+        scores = self.sign_scores(layers, tokens, progress)
         matched_seed = self.seed if matched_seed is None else int(matched_seed)
 
         def compute():
@@ -598,7 +650,7 @@ class Session:
             return out
 
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, matched=matched,
-                       matched_seed=matched_seed, top=top, held_out=self.held_out, **key_parts)
+                       matched_seed=matched_seed, top=top, held_out=self.held_out)
         return cache.cached("sign_surprisal", key, compute, enabled=self.use_cache)
 
 
@@ -610,6 +662,17 @@ def _plain_ints(table: pd.DataFrame) -> pd.DataFrame:
 def _nullable_ints(table: pd.DataFrame, columns) -> pd.DataFrame:
     """The inverse of :func:`_plain_ints` for ``columns``."""
     return table.astype({c: "Int64" for c in columns if c in table.columns})
+
+
+def _overview_of(lm: LM, stats: dict) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
+    """The overview's value: WD per layer and the per-layer table with the first-token ``sinks`` columns."""
+    scores = {name: s["wd"] for name, s in stats.items()}
+    return scores, overview_table(lm, scores, pos0_shares={name: s["pos0_tail_share"] for name, s in stats.items()})
+
+
+def _expert_counts(n_experts) -> tuple[int, ...]:
+    """The expert counts an expansion perplexity compares: SparseGPT alone (k = 1) and ``n_experts``."""
+    return (1,) if int(n_experts) == 1 else (1, int(n_experts))
 
 
 def contexts_key(session: "Session", layer: str, k: int = CONTEXT_K) -> str:

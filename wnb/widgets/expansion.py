@@ -9,7 +9,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from .. import plots
-from .panel import LayerNeuronPanel, csv_link, png_link, slug
+from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 from .sparsity import scope_dropdown
 
 if TYPE_CHECKING:
@@ -141,6 +141,10 @@ class ExpansionView(LayerNeuronPanel):
 
     def compute_perplexity(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
+        cost = self.session.expansion_cost(layers, self.k.value, self.sparsity.value)
+        if not self.confirmed(f"expansion {layers} {self.k.value} {self.sparsity.value}", cost,
+                              cost_message(cost, "this expansion", "Measure perplexity")):
+            return
         with self.busy(f"expanding {len(layers)} layer(s) into {self.k.value} experts and measuring perplexity…"):
             self.ppl = self.session.expansion_perplexity(layers, self.k.value, self.sparsity.value, progress=self.bars,
                                                          on_run=job.begin if job else None)

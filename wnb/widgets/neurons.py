@@ -10,7 +10,7 @@ import ipywidgets as widgets
 from .. import plots
 from ..errors import WnbError
 from ..session import LayerView, Session
-from .panel import CSS, Panel, csv_link, png_link, slug
+from .panel import CSS, Panel, csv_link, png_link, rough_duration, slug
 
 TABLE_ROWS = 200  # neurons listed in the pick list (all of them are in the CSV download)
 
@@ -70,7 +70,6 @@ class NeuronView(Panel):
                                            layout=widgets.Layout(width="auto"))
         self.skip_first.add_class("wnb-skip-first")
         self.view: LayerView | None = None
-        self._pending: str | None = None  # a large layer waiting for the user's confirmation
         self._syncing = False
         from .reading import ReadingSection
 
@@ -151,18 +150,15 @@ class NeuronView(Panel):
 
     def _confirmed(self, name: str) -> bool:
         """A layer with a very large capture (e.g. lm_head) waits for a second press of Analyze layer."""
-        from ..session import LARGE_LAYER_OUTPUTS
-
         cost = self.session.layer_cost(name)
-        if cost["cached"] or cost["outputs"] <= LARGE_LAYER_OUTPUTS or self._pending == name:
-            self._pending = None
-            return True
-        self._pending = name
-        self.view = None
-        self.error(f"{name} has {cost['neurons']:,} neurons: its capture holds {cost['bytes'] / 2**30:.1f} GiB and "
-                   f"ranking them takes roughly {cost['seconds'] / 60:.0f} min here. Press Analyze layer again to "
-                   "go ahead, or pick another layer.")
-        return False
+        message = "" if not cost["large"] else (
+            f"{name} has {cost['neurons']:,} neurons: its capture holds {cost['bytes'] / 2**30:.1f} GiB and "
+            f"ranking them takes roughly {rough_duration(cost['seconds'])} here. Press Analyze layer again to go "
+            "ahead, or pick another layer.")
+        if not self.confirmed(name, cost, message):
+            self.view = None
+            return False
+        return True
 
     def select_layer(self, name: str) -> None:
         """Analyze any linear layer by name (added to the dropdown if it is not an FFN layer)."""

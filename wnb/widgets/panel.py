@@ -90,6 +90,23 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def rough_duration(seconds: float) -> str:
+    """``95`` → ``"2 min"``; under a minute in seconds, from 2 hours on in hours."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def cost_message(cost: dict, what: str, button: str) -> str:
+    """The size guard's words for a large whole-model job (``cost`` from the session's ``*_cost``);
+    empty when the job is not large."""
+    if not cost.get("large"):
+        return ""
+    return (f"{what}: {cost['runs']} runs changing {cost['layers']} layer(s) take roughly "
+            f"{rough_duration(cost['seconds'])} here and hold {cost['bytes'] / 2**30:.1f} GiB beside the model. "
+            f"Press {button} again to go ahead, or choose fewer layers (the layers list) or fewer settings.")
+
+
 class Panel(widgets.VBox):
     """A VBox with a status line, a progress area, and guarded callbacks.
 
@@ -115,6 +132,7 @@ class Panel(widgets.VBox):
         self.progress = widgets.Output()
         self.buttons: list[widgets.Button] = []
         self.last_error: str | None = None
+        self._pending: str | None = None  # a large job waiting for the user's confirmation (see confirmed)
         self.pngs: dict[str, bytes] = {}  # the figures on screen, as PNG (what the download links hold)
         self.figs: dict = {}  # and as figures, for the print-quality downloads
         self.print_button = widgets.Button(description="Print-quality PNGs (300 dpi)", icon="print",
@@ -148,6 +166,16 @@ class Panel(widgets.VBox):
         if getattr(self, "view", None) is None:
             raise WnbError(self._missing_view)
         return self.view
+
+    def confirmed(self, what: str, cost: dict, message: str) -> bool:
+        """Whether a job may start: yes unless its ``cost`` (from the session) is ``large``; then only
+        on the second request for the same ``what``, after ``message`` (the estimate) was shown."""
+        pending, self._pending = self._pending, None
+        if not cost.get("large") or pending == what:
+            return True
+        self._pending = what
+        self.error(message)
+        return False
 
     def info(self, text: str) -> None:
         self.status.value = f'<span class="wnb-info">{html.escape(text)}</span>'

@@ -9,7 +9,9 @@ import pandas as pd
 from .. import plots
 from ..errors import WnbError
 from ..session import SCOPES
-from .panel import LayerNeuronPanel, csv_link, png_link, slug
+from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
+
+SWEEP_METHODS = ("magnitude", "wanda", "sparsegpt")
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -137,9 +139,13 @@ class SparsityView(LayerNeuronPanel):
     def compute_sweep(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
         sparsities = parse_sparsities(self.sparsities.value)
+        cost = self.session.sweep_cost(SWEEP_METHODS, sparsities, layers)
+        if not self.confirmed(f"sweep {layers} {sparsities}", cost,
+                              cost_message(cost, "this sweep", "Run sweep")):
+            return
         with self.busy(f"pruning {len(layers)} layer(s) with 3 methods × {len(sparsities)} sparsities and "
                        "measuring perplexity (cached afterwards)…"):
-            self.sweep_result = self.session.sweep(("magnitude", "wanda", "sparsegpt"), sparsities, layers,
+            self.sweep_result = self.session.sweep(SWEEP_METHODS, sparsities, layers,
                                                    progress=self.bars, on_run=job.begin if job else None)
         self.sweep_scope = scope_title(self.scope.value, layers)
         fig = plots.perplexity_curves(self.sweep_result, title=f"pruned: {self.sweep_scope}")
@@ -150,6 +156,10 @@ class SparsityView(LayerNeuronPanel):
 
     def compute_ablation(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
+        cost = self.session.ablation_cost(layers, self.fraction.value, self.ablation_sparsity.value)
+        if not self.confirmed(f"ablation {layers} {self.fraction.value} {self.ablation_sparsity.value}", cost,
+                              cost_message(cost, "this ablation", "Run ablation")):
+            return
         with self.busy(f"sparsifying {self.fraction.value:.1%} of the neurons of {len(layers)} layer(s), "
                        "5 ways…"):
             self.ablation_result = self.session.ablation(layers, self.fraction.value, self.ablation_sparsity.value,
