@@ -38,6 +38,7 @@ from .surprisal import (FUNCTION_WORDS, perplexity_interval, surprisal_by_class,
 from .models import (LM, decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers, load_model,
                      wrap_model)
 from .saving import load_expanded, save_expanded, save_pruned
+from .tasks import evaluate_tasks
 
 __all__ = ["ablation", "Activations", "cache_dir", "capture", "decoder_blocks", "entanglement_change",
            "estimate_bytes", "expand_layer", "expanded", "Expansion", "expansion_sweep", "expert_outputs",
@@ -62,6 +63,6 @@ __all__ += ["activation_html", "ContextAccumulator", "context_html", "contexts_f
 
 __all__ += ["effective_bits", "fit_grid", "model_effective_bits", "quantize"]
 
-__all__ += ["load_expanded", "save_expanded", "save_pruned"]
+__all__ += ["evaluate_tasks", "load_expanded", "save_expanded", "save_pruned"]
 
 __version__ = "0.1.0"

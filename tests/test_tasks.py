@@ -1,0 +1,132 @@
+"""evaluate_tasks: lm-evaluation-harness on the in-memory model, checked against the same multiple-choice
+log-likelihoods computed by hand with plain transformers, on a local six-item task (tests/lm_eval_tasks)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import wnb
+
+from _tiny_words import tiny_word_llama
+
+pytest.importorskip("lm_eval")
+
+TASKS = Path(__file__).parent / "lm_eval_tasks"
+TASK = "wnb_tiny_mc"
+
+
+@pytest.fixture
+def in_tasks(monkeypatch):
+    """The task's data_files path is relative: run from its folder."""
+    monkeypatch.chdir(TASKS)
+
+
+def _items() -> list[dict]:
+    return [json.loads(line) for line in (TASKS / f"{TASK}.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _loglikelihood(lm, context: str, choice: str) -> float:
+    """log p(" " + choice | context) as lm-eval scores it: the whole text is tokenized and the context's
+    tokens split off its front."""
+    tok = lm.tokenizer
+    whole = tok(context + " " + choice).input_ids
+    ctx = tok(context).input_ids
+    cont = whole[len(ctx):]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(ids[:, :-1]).logits.float(), -1)[0]
+    return sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+
+
+def _by_hand(lm) -> dict[str, tuple[float, float]]:
+    acc, acc_norm = [], []
+    for item in _items():
+        lls = np.array([_loglikelihood(lm, item["query"], c) for c in item["choices"]])
+        lengths = np.array([float(len(c)) for c in item["choices"]])
+        acc.append(float(np.argmax(lls) == item["label"]))
+        acc_norm.append(float(np.argmax(lls / lengths) == item["label"]))
+
+    def with_stderr(values):  # lm-eval's mean and its standard error (sample deviation / sqrt n)
+        n = len(values)
+        mean = sum(values) / n
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+    return {"acc": with_stderr(acc), "acc_norm": with_stderr(acc_norm)}
+
+
+def _check(table, expected, n=6):
+    assert list(table.columns) == ["task", "metric", "value", "stderr", "filter", "n"]
+    assert set(table["task"]) == {TASK}
+    got = table.set_index("metric")
+    for metric, (value, stderr) in expected.items():
+        assert got.loc[metric, "value"] == pytest.approx(value, abs=1e-12)
+        assert got.loc[metric, "stderr"] == pytest.approx(stderr, abs=1e-12)
+        assert got.loc[metric, "n"] == n
+
+
+def test_local_task_equals_a_hand_computation(in_tasks):
+    lm = tiny_word_llama()
+    expected = _by_hand(lm)
+    pad = lm.tokenizer.pad_token
+    rng = (random.getstate(), torch.get_rng_state())
+    table = wnb.evaluate_tasks(lm, TASK, include_path=TASKS, batch_size=4)
+    _check(table, expected)
+    assert lm.tokenizer.pad_token == pad  # lm-eval's pad token went to a copy of the tokenizer
+    assert random.getstate() == rng[0] and torch.equal(torch.get_rng_state(), rng[1])  # generators put back
+
+
+def test_pruned_model_is_scored_as_it_is_inside_the_block(in_tasks):
+    lm = tiny_word_llama(seed=3)
+    with torch.no_grad():  # sharper predictions, so that pruning changes the model's choices
+        for p in lm.model.parameters():
+            if p.dim() == 2:
+                p.mul_(20)
+    calib = torch.randint(0, lm.model.config.vocab_size, (6, 16), generator=torch.Generator().manual_seed(1))
+    dense = _by_hand(lm)
+    with wnb.pruned(lm, method="magnitude", sparsity=0.9, progress=False):
+        expected = _by_hand(lm)
+        table = wnb.evaluate_tasks(lm, [TASK], include_path=TASKS, batch_size=2)
+    _check(table, expected)
+    assert expected != dense  # so the table is the pruned model's, not the dense one's
+    with wnb.expanded(lm, n_experts=2, calib=calib, pca_factor=4, progress=False):
+        expected_expanded = _by_hand(lm)
+        _check(wnb.evaluate_tasks(lm, [TASK], include_path=TASKS, batch_size=3), expected_expanded)
+    limited = wnb.evaluate_tasks(lm, TASK, include_path=TASKS, limit=3)
+    assert set(limited["n"]) == {3}
+
+
+def test_standard_task_offline_says_it_needs_a_network(monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as with no network, without the retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    lm = tiny_word_llama()
+    with pytest.raises(wnb.WnbError, match="Hugging Face hub, which cannot be reached"):
+        wnb.evaluate_tasks(lm, ["arc_easy"], limit=2)
+
+
+def test_bad_requests(in_tasks, monkeypatch):
+    lm = tiny_word_llama()
+    with pytest.raises(wnb.WnbError, match="unknown lm-eval task 'wnb_tiny_mcq'; did you mean wnb_tiny_mc"):
+        wnb.evaluate_tasks(lm, "wnb_tiny_mcq", include_path=TASKS)
+    with pytest.raises(wnb.WnbError, match="non-empty list"):
+        wnb.evaluate_tasks(lm, [], include_path=TASKS)
+    with pytest.raises(wnb.WnbError, match="batch_size"):
+        wnb.evaluate_tasks(lm, TASK, include_path=TASKS, batch_size=0)
+    with pytest.raises(wnb.WnbError, match="limit"):
+        wnb.evaluate_tasks(lm, TASK, include_path=TASKS, limit=-1)
+    with pytest.raises(wnb.WnbError, match="include_path"):
+        wnb.evaluate_tasks(lm, TASK, include_path=TASKS / "nowhere")
+    with pytest.raises(wnb.WnbError, match="no tokenizer"):
+        wnb.evaluate_tasks(wnb.wrap_model(lm.model), TASK, include_path=TASKS)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
+    with pytest.raises(wnb.WnbError, match=r"pip install 'wnb\[eval\]'"):
+        wnb.evaluate_tasks(lm, TASK, include_path=TASKS)
