@@ -65,6 +65,22 @@ def test_hf_checkpoint_reloads_with_transformers_alone(tmp_path, sparsity):
     assert not torch.equal(_logits(lm, ids), expected)  # the live model is dense again; the checkpoint is not
 
 
+def test_hf_checkpoint_of_each_family(tiny, tmp_path):
+    """Llama, GPT-NeoX and GPT-2 (Conv1D layers, LM head tied to the embedding), without a tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    ids = _windows(tiny.model.config.vocab_size, seed=4, n=2, length=10)
+    with wnb.pruned(tiny, method="magnitude", sparsity="2:4", progress=False):
+        expected = _logits(tiny, ids)
+        path = wnb.save_pruned(tiny, tmp_path / "ckpt", format="compressed-tensors")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert torch.equal(model(ids).logits, expected)
+    raw = json.loads((path / "config.json").read_text())["quantization_config"]["sparsity_config"]
+    assert raw["sparsity_structure"] == "2:4" and raw["targets"] == wnb.ffn_layers(tiny)
+    if getattr(tiny.model.config, "tie_word_embeddings", False):
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
 @pytest.mark.parametrize("sparsity,structure", [("2:4", "2:4"), (0.5, "unstructured")])
 def test_compressed_tensors_config_names_the_structure(tmp_path, sparsity, structure):
     from compressed_tensors.config import DenseSparsityConfig, SparsityCompressionConfig, SparsityStructure
@@ -118,6 +134,7 @@ def test_compressed_tensors_quantized_weights_read_back(tmp_path, method, bits, 
         with pytest.raises(wnb.WnbError, match="grid"):  # the weights are not on a 2-bit grid
             wnb.save_pruned(lm, tmp_path / "q2", format="compressed-tensors", bits=2)
         assert not (tmp_path / "q2").exists()
+        hf = wnb.save_pruned(lm, tmp_path / "hf", format="hf", report=report)  # the quantized values as they are
     block = json.loads((path / "config.json").read_text())["quantization_config"]
     assert block["sparsity_config"]["sparsity_structure"] == "2:4"
     config = QuantizationConfig.model_validate({k: v for k, v in block.items()
@@ -134,6 +151,8 @@ def test_compressed_tensors_quantized_weights_read_back(tmp_path, method, bits, 
         restored = compressor.decompress(local, scheme)["weight"]
         assert torch.equal(restored == 0, weight == 0)
         torch.testing.assert_close(restored, weight, rtol=1e-6, atol=1e-6 * weight.abs().max().item())
+    hf_stored = load_file(hf / "model.safetensors")
+    assert all(torch.equal(hf_stored[f"{n}.weight"], w) for n, w in weights.items())
 
 
 def test_recover_grid_when_values_skip_levels():
@@ -211,6 +230,15 @@ def test_load_expanded_gives_identical_logits(tiny, tiny_windows, tmp_path, pca_
     assert manifest["settings"] == {"n_experts": 2, "sparsity": "50%", "seed": 0}
     assert {p.name for p in (tmp_path / "exp").iterdir()} == {saving.EXPANSION_MANIFEST, saving.ROUTERS_FILE,
                                                                 *(e["file"] for e in manifest["layers"].values())}
+
+
+def test_load_expanded_keeps_quantized_experts(tiny_llama, tiny_windows, tmp_path):
+    ids, dense, expected, _ = _expand_and_save(tiny_llama, tiny_windows, tmp_path / "exp", bits=4, group_size=16)
+    manifest = json.loads((tmp_path / "exp" / saving.EXPANSION_MANIFEST).read_text())
+    assert (manifest["bits"], manifest["group_size"]) == (4, 16)
+    with wnb.load_expanded(tiny_llama, tmp_path / "exp") as expansion:
+        assert torch.equal(_logits(tiny_llama, ids), expected)
+        assert (expansion.bits, expansion.group_size) == (4, 16)
 
 
 def test_load_expanded_restores_dense_after_an_error(tiny_llama, tiny_windows, tmp_path):

@@ -321,10 +321,12 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
         raise WnbError("the model holds Sparse Expansion layers (inside `with wnb.expanded(...)`), which a plain "
                        "checkpoint cannot hold; save them with wnb.save_expanded(lm, path)")
     min_sparsity = check_float(min_sparsity, "min_sparsity", 0, 1, low_open=True)
-    bits, group_size = _bits_from(report, bits, group_size)
-    if bits is not None and format != "compressed-tensors":
-        raise WnbError("bits= writes integer weights with scales, which only format='compressed-tensors' holds; "
-                       "format='hf' stores the (already quantized) weights as they are: leave bits out")
+    if format == "hf":
+        if bits is not None or group_size is not None:
+            raise WnbError("bits= writes integer weights with scales, which only format='compressed-tensors' "
+                           "holds; format='hf' stores the (already quantized) weights as they are: leave bits out")
+    else:
+        bits, group_size = _bits_from(report, bits, group_size)
     if format == "compressed-tensors":
         _import_compressed_tensors()
     path = _check_target(path, overwrite, (PRUNED_MANIFEST,))
@@ -442,6 +444,7 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
 
     require_local(lm, "saving an expansion")
     present = _routed_layers(lm)
+    bits = group_size = None
     if expansion is None:
         layers = present
         percdamp = None
@@ -449,6 +452,7 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
         if not isinstance(expansion, Expansion):
             raise WnbError("expansion must be what `with wnb.expanded(...) as expansion` gives")
         layers, percdamp = dict(expansion.layers), expansion.percdamp
+        bits, group_size = getattr(expansion, "bits", None), getattr(expansion, "group_size", None)
         for name, layer in layers.items():
             if present.get(name) is not layer:
                 raise WnbError(f"{name} is not expanded in the model any more: call save_expanded inside the "
@@ -480,7 +484,8 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
                          "in_features": layer.in_features, "dtype": str(layer.experts.dtype).removeprefix("torch."),
                          "bias": layer.bias is not None, "tokens": tokens, "damping": damping}
     manifest = {"format": EXPANSION_FORMAT, "wnb": _version(), "model": lm.name,
-                "model_class": type(lm.model).__name__, "percdamp": percdamp, "settings": settings,
+                "model_class": type(lm.model).__name__, "percdamp": percdamp, "bits": bits,
+                "group_size": group_size, "settings": settings,
                 "routers": router_rows, "layers": entries, "files": {},
                 "fingerprint": _fingerprint(lm.model, order)}
     with atomic_path(path) as tmp:
@@ -610,7 +615,7 @@ def _check_fingerprint(lm, saved, skip: list[str]) -> None:
                            "one already pruned or changed); load the dense model it was built on")
 
 
-def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[list, float | None]:
+def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[list, float | None, dict]:
     """Everything checked and read into memory before the model is touched: ``[(name, RoutedLayer)]``."""
     from transformers.pytorch_utils import Conv1D
 
@@ -622,6 +627,9 @@ def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[lis
     routers = _need(manifest, "routers", list, where)
     files = _need(manifest, "files", dict, where)
     percdamp = _need(manifest, "percdamp", (int, float, type(None)), where)
+    quant = {key: manifest.get(key) for key in ("bits", "group_size")}
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) for v in quant.values()):
+        raise WnbError(f"{where}: bits and group_size must be whole numbers or null")
     _need(manifest, "settings", dict, where)
     if not layers:
         raise WnbError(f"{where} lists no layers")
@@ -682,7 +690,7 @@ def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[lis
         layer = RoutedLayer(built[index], experts.to(weight.device), None if saved_bias is None else
                             saved_bias.to(weight.device), tokens, damping, dtype=weight.dtype)
         plan.append((name, layer))
-    return plan, percdamp
+    return plan, percdamp, quant
 
 
 @contextlib.contextmanager
@@ -702,12 +710,14 @@ def load_expanded(lm, path, check_model: bool = True):
     require_local(lm, "loading an expansion")
     folder = Path(path).expanduser() if isinstance(path, (str, Path)) else path
     manifest = _read_manifest(folder)
-    plan, percdamp = _plan_load(lm, folder, manifest, check_model)
+    plan, percdamp, quant = _plan_load(lm, folder, manifest, check_model)
+    fields = getattr(Expansion, "__dataclass_fields__", {})
+    extra = {k: v for k, v in quant.items() if k in fields}
     swapped = {}
     try:
         for name, layer in plan:
             swapped[name] = swap_module(lm, name, layer)
-        yield Expansion(dict(plan), percdamp if percdamp is not None else float("nan"))
+        yield Expansion(dict(plan), percdamp if percdamp is not None else float("nan"), **extra)
     finally:
         for name in reversed(list(swapped)):
             swap_module(lm, name, swapped[name])
