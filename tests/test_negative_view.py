@@ -97,6 +97,30 @@ def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
     assert view.depth is None  # the depth profile has its own button
 
 
+def test_the_surprisal_and_depth_profile_reuse_the_study_passes(app, monkeypatch):
+    """Every held-out pass (dense, Wasserstein, each matched count) is computed once: the surprisal after
+    the study runs none, and the depth profile only the layer sets it has not seen."""
+    import wnb.surprisal
+
+    passes = []
+    real = wnb.surprisal.token_nll
+    monkeypatch.setattr(wnb.surprisal, "token_nll", lambda *a, **k: passes.append(1) or real(*a, **k))
+    app.tabs.selected_index = 4
+    view = app.negative
+    view.fraction.value = 0.05
+    view.seeds.value = 1
+    view.run.click()
+    assert view.last_error is None, view.last_error
+    study = view.study
+    matched = int(study.loc[study["selection"] == "matched", "evaluations"].iloc[0])
+    assert len(passes) == 3 + matched  # dense, wasserstein, random, the matched search; surprisal: none
+    passes.clear()
+    view.run_depth.click()
+    assert view.last_error is None, view.last_error
+    # measured before: the dense row and the full cumulative row; layer 0 alone is also "layers 0..0"
+    assert len(passes) == 2 * len(FIRST_FFN) - 2
+
+
 def test_depth_profile_button(app, tiny_llama):
     app.tabs.selected_index = 4
     view = app.negative

@@ -341,7 +341,7 @@ def test_study_selections_rebuild_every_row(tiny_llama, windows, scores):
 
 
 def test_matched_control_that_cannot_reach_the_target(tiny_llama, windows, scores):
-    opts = dict(side="negative", batch_size=8, progress=False)
+    opts = dict(side="negative", batch_size=8, progress=False, nll_fn=sa.ablated_nll)
     chosen, report = sa._match(tiny_llama, windows[1], scores, target=1e9, seed=0, exclude=0.1,
                                tolerance=0.02, opts=opts)
     assert not report["within_tolerance"] and report["evaluations"] == 1

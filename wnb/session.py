@@ -578,6 +578,20 @@ class Session:
                                                        max_bytes=OVERVIEW_MAX_BYTES, progress=progress),
                             enabled=self.use_cache)
 
+    def ablated_nll(self, lm, held_out, selection, side: str = "negative", batch_size: int = 8,
+                    progress: bool = True) -> torch.Tensor:
+        """:func:`wnb.sign_ablation.ablated_nll`, cached by the neurons themselves, so the study, its
+        surprisal and the depth profile share their held-out passes (e.g. the dense one)."""
+        from .sign_ablation import ablated_nll
+
+        neurons = {name: torch.as_tensor(idx).tolist() for name, idx in selection.items()}
+        key = cache.key(model=self.model_key, held_out=held_out, neurons=neurons,
+                        side=side if neurons else None)
+        return cache.cached("ablated_nll", key,
+                            lambda: ablated_nll(lm, held_out, selection, side, batch_size=batch_size,
+                                                progress=progress),
+                            enabled=self.use_cache)
+
     def sign_pairs(self, name: str | None = "agreement", n: int | None = 10) -> list[dict] | None:
         """Minimal pairs for the sign-ablation study (:func:`wnb.minimal_pairs` with the session's seed),
         or None when ``name`` is None or the model has no tokenizer."""
@@ -603,7 +617,8 @@ class Session:
             "sign_ablation", key,
             lambda: _plain_ints(sign_ablation_study(self.lm, None, self.held_out, fraction=fraction, side=side,
                                                     controls=tuple(controls), seeds=seeds, pairs=pairs, scores=scores,
-                                                    tolerance=tolerance, progress=progress)),
+                                                    tolerance=tolerance, progress=progress,
+                                                    nll_fn=self.ablated_nll)),
             enabled=self.use_cache), ["seed"])
 
     def sign_depth(self, layers, fraction: float = 0.01, side: str = "negative", pairs=None,
@@ -617,7 +632,8 @@ class Session:
         return _nullable_ints(cache.cached(
             "sign_depth", key,
             lambda: _plain_ints(sign_ablation_depth(self.lm, None, self.held_out, fraction=fraction, side=side,
-                                                    pairs=pairs, scores=scores, progress=progress)),
+                                                    pairs=pairs, scores=scores, progress=progress,
+                                                    nll_fn=self.ablated_nll)),
             enabled=self.use_cache), ["block"])
 
     def sign_surprisal(self, layers, fraction: float = 0.01, side: str = "negative", matched: int | None = None,
@@ -628,7 +644,7 @@ class Session:
         ``by_class`` and ``by_group`` (:func:`wnb.surprisal_by_class`, one block per ``selection``) and
         ``top`` (:func:`wnb.top_surprisal_tokens` of the Wasserstein ablation); cached."""
         from .sign_ablation import matched_candidates, select_matched, select_wasserstein
-        from .surprisal import surprisal_by_class, token_nll, token_surprisal, top_surprisal_tokens
+        from .surprisal import surprisal_by_class, token_surprisal, top_surprisal_tokens
 
         scores = self.sign_scores(layers, tokens, progress)
         matched_seed = self.seed if matched_seed is None else int(matched_seed)
@@ -637,10 +653,12 @@ class Session:
             selections = {"wasserstein": select_wasserstein(scores, fraction)}
             if matched is not None:
                 selections["matched"] = select_matched(matched_candidates(scores, seed=matched_seed), int(matched))
-            dense = token_nll(self.lm, self.held_out, progress=progress)
+            dense = self.ablated_nll(self.lm, self.held_out, {}, side, progress=progress)
             out = {"by_class": [], "by_group": [], "top": None}
             for name, neurons in selections.items():
-                table = token_surprisal(self.lm, self.held_out, neurons, side=side, dense_nll=dense, progress=progress)
+                ablated = self.ablated_nll(self.lm, self.held_out, neurons, side, progress=progress)
+                table = token_surprisal(self.lm, self.held_out, neurons, side=side, dense_nll=dense,
+                                        ablated_nll=ablated, progress=progress)
                 for by, part in (("token_class", "by_class"), ("group", "by_group")):
                     out[part].append(surprisal_by_class(table, by=by).assign(selection=name))
                 if name == "wasserstein":

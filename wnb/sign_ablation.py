@@ -231,16 +231,27 @@ def _count(selection: Mapping) -> int:
 
 # ---------------------------------------------------------------- evaluation
 
-def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed,
+def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int = 8,
+                progress: bool = True) -> torch.Tensor:
+    """Per-token NLL of ``held_out`` (:func:`wnb.token_nll`) with ``selection`` sign-ablated on ``side``:
+    what every row of the study, the matched search and the depth profile measure. ``nll_fn`` of those
+    functions replaces it (same arguments, e.g. a cached version)."""
+    from .surprisal import token_nll
+
+    with sign_ablated(lm, selection, side):
+        return token_nll(lm, held_out, batch_size=batch_size, progress=progress)
+
+
+def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
               nll=None) -> dict:
     from .minimal_pairs import minimal_pair_scores
-    from .surprisal import perplexity_interval, token_nll
+    from .surprisal import perplexity_interval
 
     start = time.perf_counter()
+    if nll is None:
+        nll = nll_fn(lm, held_out, selection, side, batch_size=batch_size, progress=progress)
+    row = dict(zip(("perplexity", "ppl_low", "ppl_high"), perplexity_interval(nll, seed=seed)))
     with sign_ablated(lm, selection, side):
-        if nll is None:
-            nll = token_nll(lm, held_out, batch_size=batch_size, progress=progress)
-        row = dict(zip(("perplexity", "ppl_low", "ppl_high"), perplexity_interval(nll, seed=seed)))
         if pairs is not None:
             row.update(_accuracy_columns(minimal_pair_scores(lm, pairs, batch_size=pair_batch_size,
                                                              progress=progress)))
@@ -285,7 +296,7 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
                         controls=("random", "matched"), seeds=(0, 1, 2), pairs=None, progress: bool = True,
                         scores: Mapping | None = None, matched_seeds=None, exclude: float = MATCHED_EXCLUDE,
                         tolerance: float = MATCHED_TOLERANCE, batch_size: int = 8,
-                        pair_batch_size: int = 32) -> pd.DataFrame:
+                        pair_batch_size: int = 32, nll_fn=None) -> pd.DataFrame:
     """The follow-up's main experiment: held-out perplexity (and minimal-pair accuracy) of the model
     with the sign-specific ablation of its Wasserstein neurons, of random neurons and of a
     perplexity-matched set of non-Wasserstein neurons.
@@ -305,7 +316,9 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
     n_neurons, per_layer`` (neurons in the widest layer), ``perplexity, ppl_low, ppl_high`` (95%
     bootstrap interval over held-out windows), ``accuracy`` and ``accuracy_<phenomenon>`` when pairs
     are given, the matched columns, ``seconds``. :func:`study_selections` gives each row's neurons back
-    from ``scores``. The model is unchanged afterwards (also after Ctrl-C).
+    from ``scores``. The model is unchanged afterwards (also after Ctrl-C). ``nll_fn`` (default
+    :func:`ablated_nll`, same arguments) computes each held-out pass; a cached one lets the surprisal
+    and the depth profile reuse the study's passes.
     """
     check_side(side)
     _check_fraction(fraction)
@@ -332,7 +345,7 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
     plan += [("random", s) for s in seeds if "random" in controls]
     plan += [("matched", s) for s in matched_seeds if "matched" in controls]
     opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
-                progress=progress, seed=0)
+                progress=progress, seed=0, nll_fn=nll_fn or ablated_nll)
     rows = []
     with tqdm(plan, desc="sign ablation study", disable=not progress, leave=False) as bar:
         for selection, seed in bar:
@@ -387,8 +400,6 @@ def _bisect(ppl, widest: int, target: float, tolerance: float) -> tuple[int, boo
 
 def _match(lm, held_out, scores, target, seed, exclude, tolerance, opts):
     """Bisection over the per-layer count of the matched control; returns (selection, report)."""
-    from .surprisal import token_nll
-
     start = time.perf_counter()
     candidates = matched_candidates(scores, exclude, seed)
     widest = max(c.numel() for c in candidates.values())
@@ -397,8 +408,8 @@ def _match(lm, held_out, scores, target, seed, exclude, tolerance, opts):
 
     def ppl(count: int) -> float:
         if count not in cache:
-            with sign_ablated(lm, select_matched(candidates, count), opts["side"]):
-                nlls[count] = token_nll(lm, held_out, batch_size=opts["batch_size"], progress=opts["progress"])
+            nlls[count] = opts["nll_fn"](lm, held_out, select_matched(candidates, count), opts["side"],
+                                         batch_size=opts["batch_size"], progress=opts["progress"])
             cache[count] = math.exp(nlls[count].double().mean().item())
         return cache[count]
 
@@ -478,13 +489,14 @@ def selection_table(selections: Mapping, scores: Mapping | None = None) -> pd.Da
 
 def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01, side: str = "negative",
                         pairs=None, progress: bool = True, scores: Mapping | None = None,
-                        cumulative: bool = True, batch_size: int = 8, pair_batch_size: int = 32) -> pd.DataFrame:
+                        cumulative: bool = True, batch_size: int = 8, pair_batch_size: int = 32,
+                        nll_fn=None) -> pd.DataFrame:
     """The Wasserstein ablation one layer at a time (``mode="layer"``) and over layers 0..l
     (``mode="cumulative"``), against the dense model (``mode="dense"``, first row).
 
     Columns: ``mode, block, layer, n_neurons, perplexity, ppl_low, ppl_high, delta_perplexity`` and,
     with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
-    cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation.
+    cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation. ``nll_fn`` as there.
     """
     from .models import block_of
 
@@ -497,7 +509,7 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     if cumulative:
         plan += [("cumulative", name, {n: wasserstein[n] for n in names[:i + 1]}) for i, name in enumerate(names)]
     opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
-                progress=progress, seed=0)
+                progress=progress, seed=0, nll_fn=nll_fn or ablated_nll)
     rows = []
     with tqdm(plan, desc="depth profile", disable=not progress, leave=False) as bar:
         for mode, name, chosen in bar:

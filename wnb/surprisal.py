@@ -204,27 +204,31 @@ def perplexity_interval(nll: torch.Tensor, level: float = 0.95, n_boot: int = 10
 # ---------------------------------------------------------------- dense vs ablated
 
 def token_surprisal(lm, windows, neurons, side: str = "negative", batch_size: int = 8,
-                    progress: bool = True, dense_nll: torch.Tensor | None = None) -> pd.DataFrame:
+                    progress: bool = True, dense_nll: torch.Tensor | None = None,
+                    ablated_nll: torch.Tensor | None = None) -> pd.DataFrame:
     """Dense and sign-ablated NLL of every predicted token of ``windows``, one row per token.
 
     ``neurons`` and ``side`` are those of :func:`wnb.sign_ablated` (e.g. the Wasserstein neurons from
     :func:`wnb.select_wasserstein`). Columns: ``window, position`` (index of the predicted token in its
     window, from 1), ``token_id, token`` (its decoded text), ``token_class, group`` (see the module
-    docstring), ``dense_nll, ablated_nll, delta_nll`` (nats). ``dense_nll`` may be passed to skip the
-    dense pass. Aggregate with :func:`surprisal_by_class` and :func:`top_surprisal_tokens`.
+    docstring), ``dense_nll, ablated_nll, delta_nll`` (nats). ``dense_nll`` and ``ablated_nll`` (each
+    ``[n_windows, seq_len − 1]`` from :func:`token_nll`) may be passed to skip those passes. Aggregate with :func:`surprisal_by_class` and :func:`top_surprisal_tokens`.
     """
     from .sign_ablation import check_neurons, check_side, sign_ablated
 
     check_side(side)
     plan = check_neurons(lm, neurons)
     windows = check_windows(windows)
+    shape = (windows.shape[0], windows.shape[1] - 1)
+    for name, given in (("dense_nll", dense_nll), ("ablated_nll", ablated_nll)):
+        if given is not None and tuple(given.shape) != shape:
+            raise WnbError(f"{name} has shape {tuple(given.shape)} but the windows need {shape}")
     if dense_nll is None:
         dense_nll = token_nll(lm, windows, batch_size=batch_size, progress=progress)
-    elif tuple(dense_nll.shape) != (windows.shape[0], windows.shape[1] - 1):
-        raise WnbError(f"dense_nll has shape {tuple(dense_nll.shape)} but the windows need "
-                       f"{(windows.shape[0], windows.shape[1] - 1)}")
-    with sign_ablated(lm, plan, side):
-        ablated = token_nll(lm, windows, batch_size=batch_size, progress=progress)
+    ablated = ablated_nll
+    if ablated is None:
+        with sign_ablated(lm, plan, side):
+            ablated = token_nll(lm, windows, batch_size=batch_size, progress=progress)
     n, t = dense_nll.shape
     ids = windows[:, 1:]
     texts, classes = [], []
