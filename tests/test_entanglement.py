@@ -145,3 +145,19 @@ def test_neuron_table_ranks_by_wd():
     assert list(table.columns) == ["rank", "neuron", "wd", "mean", "variance", "md", "weight_norm"]
     assert table["wd"].is_monotonic_decreasing
     np.testing.assert_allclose(table.set_index("neuron").loc[4, "variance"], y[:, 4].double().var(correction=0).item())
+
+
+def test_pairs_kept_for_the_next_neuron_are_not_used_after_the_inputs_change():
+    """_input_pairs keeps its last result for the same inputs tensor; an in-place change or another
+    tensor with equal shape must give the pairs of the new values (compared with a fresh copy)."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(400, 6, generator=g), torch.randn(400, 5, generator=g)
+    first = wnb.mapping_difficulty(x, y, n_pairs=150)
+    assert torch.equal(wnb.mapping_difficulty(x, y, n_pairs=150), first)
+    x[:50] *= 10  # in place: the kept pairs' distances are stale now
+    torch.testing.assert_close(wnb.mapping_difficulty(x, y, n_pairs=150),
+                               wnb.mapping_difficulty(x.clone(), y, n_pairs=150), rtol=0, atol=0)
+    other = torch.randn(400, 6, generator=g)
+    torch.testing.assert_close(wnb.mapping_difficulty(other, y, n_pairs=150),
+                               wnb.mapping_difficulty(other.clone(), y, n_pairs=150), rtol=0, atol=0)
+    assert not torch.equal(wnb.mapping_difficulty(other, y, n_pairs=150), first)

@@ -194,6 +194,16 @@ def down_projection_of(lm, layer: str) -> str:
     return down
 
 
+def _extremes(values: np.ndarray, k: int, descending: bool) -> np.ndarray:
+    """Indices of the ``k`` largest (or smallest) ``values`` in order, ties to the lower index: the first
+    ``k`` of a stable argsort, sorting only the candidates a partition finds (the vocabulary is 50k+
+    long; numpy, as torch's small-tensor ops are slow on a loaded CPU)."""
+    signed = values if descending else -values
+    bound = signed[np.argpartition(-signed, k - 1)[:k]].min()
+    candidates = np.flatnonzero(signed >= bound)  # every value that can be among the k, ties included
+    return candidates[np.argsort(-signed[candidates], kind="stable")[:k]]
+
+
 def output_effect(lm, layer: str, neuron: int, k: int = 20) -> pd.DataFrame:
     """The tokens whose logits an FFN hidden neuron raises and lowers most, per unit of its activation.
 
@@ -219,11 +229,11 @@ def output_effect(lm, layer: str, neuron: int, k: int = 20) -> pd.DataFrame:
     k = check_int(k, "k", maximum=unembed.shape[0])
     with torch.no_grad():
         column = w_down[:, neuron].detach().to(unembed.device, torch.float32)
-        effect = (unembed.detach().float() @ column).cpu().double()
+        effect = (unembed.detach().float() @ column).cpu().numpy().astype(np.float64)
     frames = []
     for side, descending in (("raises", True), ("lowers", False)):
-        order = torch.argsort(effect, descending=descending, stable=True)[:k]
-        frames.append(pd.DataFrame({"side": side, "rank": np.arange(1, k + 1), "token_id": order.numpy(),
+        order = _extremes(effect, k, descending)
+        frames.append(pd.DataFrame({"side": side, "rank": np.arange(1, k + 1), "token_id": order,
                                     "token": [decode(lm.tokenizer, [t]) for t in order.tolist()],
-                                    "effect": effect[order].numpy()}))
+                                    "effect": effect[order]}))
     return pd.concat(frames, ignore_index=True)
