@@ -167,6 +167,39 @@ def test_prune_equals_the_api(tmp_path, isolated_cache, capsys, monkeypatch):
     pd.testing.assert_frame_equal(session.sweep(["wanda"], ["2:4"], [GATE, UP]), table, check_exact=False, rtol=1e-12)
 
 
+@pytest.mark.integration
+def test_prune_with_bits_saves_a_checkpoint_transformers_loads(tmp_path, isolated_cache):
+    """--bits 4 --sparsity 2:4 --save-model: the saved weights (read by transformers alone) keep the 2:4
+    zeros, take at most 16 values per row, give the perplexity the command reported, and the table
+    states the effective bits."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "prune"
+    assert run("prune", *SMALL, "--sparsity", "2:4", "--bits", "4", "--layers", GATE, "--save-model", "-o", out) == 0
+    table = pd.read_csv(out / "perplexity.csv")
+    row = table[table["method"] == "sparsegpt"].iloc[0]
+    assert row["bits"] == 4 and row["effective_bits"] == pytest.approx(
+        wnb.effective_bits(4, "2:4", columns=wnb.layer_weight(windows()[0], GATE).shape[1]))
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    w = model.get_submodule(GATE).weight.detach()
+    assert ((w.view(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all()  # 2 of every 4 are zero
+    assert max(len(torch.unique(r[r != 0])) for r in w) <= 16  # a 4-bit grid per output channel
+    lm, _, held_out = windows()
+    saved = wnb.models.wrap_model(model, lm.tokenizer, "saved")
+    assert wnb.perplexity(saved, held_out, progress=False) == pytest.approx(row["perplexity"], rel=1e-5)
+
+
+@pytest.mark.integration
+def test_expand_save_model_reloads_the_same_expansion(tmp_path, isolated_cache):
+    out = tmp_path / "expand"
+    assert run("expand", *SMALL, "--experts", "2", "--layers", GATE, "--save-model", "-o", out) == 0
+    assert "expansion/" in manifest(out)["files"]
+    expected = pd.read_csv(out / "perplexity.csv").set_index("method").loc["expansion", "perplexity"]
+    lm, _, held_out = windows()
+    with wnb.load_expanded(lm, out / "expansion"):
+        assert wnb.perplexity(lm, held_out, progress=False) == pytest.approx(expected, rel=1e-5)
+
+
 def test_prune_no_true_sequential_equals_the_api(tmp_path, isolated_cache):
     """--no-true-sequential calibrates down_proj on the dense block, as the API's true_sequential=False,
     and gives another model than the default (down_proj calibrated on the pruned gate_proj)."""

@@ -301,6 +301,11 @@ def _validate(args) -> None:
     for k in experts if isinstance(experts, list) else []:  # sweep's list of k
         if k < 1:
             raise WnbError(f"--experts must be at least 1 (got {k})")
+    if getattr(args, "bits", None) is not None or getattr(args, "group_size", None) is not None:
+        from .quantize import check_quant
+        check_quant(args.bits, args.group_size)
+    if getattr(args, "save_format", "hf") != "hf" and not getattr(args, "save_model", False):
+        raise WnbError("--save-format says how --save-model writes the model: add --save-model")
     if getattr(args, "contexts", None) is not None:
         if args.contexts < 1:
             raise WnbError(f"--contexts must be at least 1 (got {args.contexts})")
@@ -518,6 +523,7 @@ def _prune(args, run: RunFolder, session) -> str:
     from . import plots
     from .evaluate import perplexity_interval
     from .prune import check_method, pruned, sparsity_label, streams_inputs
+    from .quantize import key_parts, model_effective_bits, quant_label
 
     lm = session.lm
     check_method(args.method)
@@ -527,8 +533,9 @@ def _prune(args, run: RunFolder, session) -> str:
     _check_fits(_prune_bytes(lm, layers, session.calib.numel(), args.method, keeps_inputs), torch.device("cpu"),
                 "the hidden states, calibration inputs and statistics of one block")
     progress = not args.quiet
+    quant = key_parts(args.bits, args.group_size)
     key = session.key(methods=[args.method], sparsities=[label], layers=list(layers), held_out=session.held_out,
-                      true_sequential=args.true_sequential)
+                      true_sequential=args.true_sequential, **quant)
     start = time.perf_counter()
     dense = perplexity_interval(lm, session.held_out, batch_size=args.batch_size, progress=progress)
     rows = [{"method": "dense", "sparsity": "0%", **dense, "prune_seconds": 0.0,
@@ -536,16 +543,19 @@ def _prune(args, run: RunFolder, session) -> str:
     start = time.perf_counter()
     with pruned(lm, args.method, args.sparsity, calib=session.calib, layers=layers, neurons=args.neurons,
                 fraction=args.fraction, seed=args.seed, batch_size=args.batch_size, progress=progress,
-                true_sequential=args.true_sequential) as report:
+                true_sequential=args.true_sequential, bits=args.bits, group_size=args.group_size) as report:
         middle = time.perf_counter()
         ppl = perplexity_interval(lm, session.held_out, batch_size=args.batch_size, progress=progress)
         if args.save_model:
+            from .saving import save_pruned
+
             with cache.atomic_path(run.path / "model") as tmp:
-                lm.model.save_pretrained(tmp, safe_serialization=True)
-                if lm.tokenizer is not None:
-                    lm.tokenizer.save_pretrained(tmp)
-            run.manifest["files"]["model/"] = "the pruned model (Hugging Face format, safetensors)"
-    rows.append({"method": args.method, "sparsity": label, **ppl, "prune_seconds": middle - start,
+                save_pruned(lm, tmp, format=args.save_format, report=report)
+            run.manifest["files"]["model/"] = (f"the pruned model ({args.save_format} checkpoint, safetensors; "
+                                               "AutoModelForCausalLM.from_pretrained loads it)")
+    if args.bits is not None:  # values, mask and scales per weight of the pruned layers
+        quant["effective_bits"] = model_effective_bits(lm, args.bits, args.sparsity, args.group_size, layers)
+    rows.append({"method": args.method, "sparsity": label, **quant, **ppl, "prune_seconds": middle - start,
                  "eval_seconds": time.perf_counter() - middle})
     table = pd.DataFrame(rows)
     run.table("perplexity.csv", table, "held-out perplexity of the dense and the pruned model, with a 95% "
@@ -560,7 +570,8 @@ def _prune(args, run: RunFolder, session) -> str:
                   f"{detail} pruned alone: per-neuron held-out output error with WD, mean, variance and rank")
         run.figure("detail_error_vs_wd.png", plots.neuron_scatter(view.errors, "wd", "rel_rmse", title=detail),
                    "per-neuron relative output error after pruning vs WD")
-    return (f"pruned {len(layers)} layer(s) of {lm.name} with {args.method} at {label}: held-out perplexity "
+    what = label if args.bits is None else f"{label} + {quant_label(args.bits, args.group_size)}"
+    return (f"pruned {len(layers)} layer(s) of {lm.name} with {args.method} at {what}: held-out perplexity "
             f"{_ppl(dense)} dense → {_ppl(ppl)} pruned")
 
 
@@ -597,6 +608,7 @@ def _expand(args, run: RunFolder, session) -> str:
     from .analysis import expansion_sweep
     from .expand import check_expansion
     from .prune import sparsity_label
+    from .quantize import key_parts
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -605,14 +617,27 @@ def _expand(args, run: RunFolder, session) -> str:
     ks = (1,) if args.experts == 1 else (1, args.experts)
     # The key of Session.expansion_perplexity (so the app shows it), without the app's memory cap.
     pca = {} if args.pca_factor == 32 else {"pca_factor": args.pca_factor}  # the app always uses 32
+    quant = key_parts(args.bits, args.group_size)
     key = session.key(layers=list(layers), n_experts=list(ks), sparsity=sparsity_label(args.sparsity),
-                      held_out=session.held_out, true_sequential=args.true_sequential, **pca)
+                      held_out=session.held_out, true_sequential=args.true_sequential, **pca, **quant)
     table = cache.cached("expansion_perplexity", key,
                          lambda: expansion_sweep(lm, session.calib, session.held_out, n_experts=ks,
                                                  sparsities=(args.sparsity,), layers=layers, seed=args.seed,
                                                  pca_factor=args.pca_factor, batch_size=args.batch_size,
-                                                 progress=progress, true_sequential=args.true_sequential),
+                                                 progress=progress, true_sequential=args.true_sequential,
+                                                 **quant),
                          enabled=not args.no_cache)
+    if args.save_model:
+        from .expand import expanded
+        from .saving import save_expanded
+
+        with expanded(lm, args.experts, args.sparsity, calib=session.calib, layers=layers, pca_factor=args.pca_factor,
+                      seed=args.seed, batch_size=args.batch_size, progress=progress,
+                      true_sequential=args.true_sequential, **quant) as expansion:
+            with cache.atomic_path(run.path / "expansion") as tmp:
+                save_expanded(lm, tmp, expansion)
+        run.manifest["files"]["expansion/"] = ("the Sparse Expansion: routers and experts (safetensors) and a JSON "
+                                               "manifest; with wnb.load_expanded(lm, path) on the dense model")
     run.table("perplexity.csv", table, "held-out perplexity and the first layer's relative output error: dense, "
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
@@ -860,7 +885,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "variance or weight_norm (the paper's Fig. 3 ablation); default: every row")
     p.add_argument("--fraction", type=float, default=0.03, help="share of rows chosen with --neurons (default 0.03)")
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
+    _quant_flags(p)
     p.add_argument("--save-model", action="store_true", help="also write the pruned model into <output>/model")
+    p.add_argument("--save-format", default="hf", choices=("hf", "compressed-tensors"),
+                   help="hf: a plain checkpoint with the zeros kept; compressed-tensors: with the sparsity (and "
+                   "quantization) config vLLM-style loaders read (needs wnb[compressed])")
     _true_sequential_flag(p)
 
     p = sub.add_parser("expand", parents=[common], help="Sparse Expansion: k sparse experts per layer",
@@ -873,6 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the detail layer's analysis always uses 32, as the app)")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
+    _quant_flags(p)
+    p.add_argument("--save-model", action="store_true", help="also write the expansion (routers and experts, "
+                   "safetensors + JSON; wnb.load_expanded reads it) into <output>/expansion: builds it once more")
     _true_sequential_flag(p)
 
     p = sub.add_parser("sweep", parents=[common], help="perplexity vs sparsity for several methods",
@@ -919,6 +951,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-pairs", action="store_true",
                    help="score the minimal pairs at every step of the depth profile too (slow)")
     return parser
+
+
+def _quant_flags(p) -> None:
+    p.add_argument("--bits", type=int, default=None, help="also quantize the kept weights to this many bits (2-8): "
+                   "inside SparseGPT's sweep, min-max per output channel (or group), as the paper's --quantize")
+    p.add_argument("--group-size", type=int, default=None, help="with --bits: one scale per this many columns "
+                   "(default: one per output channel)")
 
 
 def _true_sequential_flag(p) -> None:
