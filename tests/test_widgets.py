@@ -419,6 +419,28 @@ def test_sparsity_view_errors_match_plain_magnitude_pruning(app, tiny_llama, win
     assert view.sparsity.disabled and view.result.sparsity == "2:4"
 
 
+def test_sparsity_view_quantizes_the_kept_weights(app, tiny_llama, windows):
+    """weights = 4-bit: magnitude pruning, then the kept weights rounded to their row's min-max grid of
+    16 levels (fitted on the dense row, as GPTQ's quantizer), written out here with numpy."""
+    app.tabs.selected_index = 2
+    view = app.sparsity
+    view.method.value = "magnitude"
+    view.bits.value = 4
+    assert view.last_error is None, view.last_error
+    assert view.result.sparsity == "50% + 4-bit"
+    w = tiny_llama.model.get_submodule(LAYER).weight.detach().double().numpy()
+    kept = np.abs(w) > np.sort(np.abs(w).ravel())[w.size // 2 - 1]
+    lo, hi = np.minimum(w.min(1, keepdims=True), 0), np.maximum(w.max(1, keepdims=True), 0)
+    scale = (hi - lo) / 15
+    zero = np.round(-lo / scale)
+    q = scale * (np.clip(np.round(w / scale) + zero, 0, 15) - zero) * kept
+    x = hooked_inputs(tiny_llama, LAYER, windows[1]).numpy()
+    rmse = np.sqrt(((x @ q.T - x @ w.T) ** 2).mean(0))
+    errors = view.result.errors.sort_values("neuron")
+    np.testing.assert_allclose(errors["rmse"].to_numpy(), rmse, rtol=1e-3, atol=1e-5)
+    assert f"errors_{LAYER}_neuron{view.neuron}_magnitude_50pct_4-bit_small_seed0.csv" in view.downloads.value
+
+
 def test_sparsity_sweep_and_ablation(app, tiny_llama, windows):
     app.tabs.selected_index = 2
     view = app.sparsity

@@ -21,6 +21,7 @@ from .entanglement import layer_statistics, neuron_table, overview_table, pair_d
 from .errors import WnbError
 from .models import (BUNDLED, LM, block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias,
                      layer_weight, linear_layers, load_model)
+from .quantize import key_parts
 
 
 @dataclass(frozen=True)
@@ -412,9 +413,11 @@ class Session:
         same = [n for n in ffn if block_of(self.lm, n) == block]
         return same or [layer]
 
-    def prune_view(self, name: str, method: str = "sparsegpt", sparsity=0.5, progress: bool = True) -> PruneView:
-        """Prune one layer with ``method`` at ``sparsity`` (wnb.prune_layer on its calibration capture) and
-        compare its held-out outputs with the dense ones (wnb.neuron_errors). Cached."""
+    def prune_view(self, name: str, method: str = "sparsegpt", sparsity=0.5, progress: bool = True,
+                   bits: int | None = None) -> PruneView:
+        """Prune one layer with ``method`` at ``sparsity`` (wnb.prune_layer on its calibration capture; with
+        ``bits``, the kept weights quantized too) and compare its held-out outputs with the dense ones
+        (wnb.neuron_errors). Cached."""
         from .capture import Activations
         from .evaluate import layer_outputs, neuron_errors
         from .prune import check_method, prune_layer, sparsity_label
@@ -423,8 +426,9 @@ class Session:
         label = sparsity_label(sparsity)
         view = self.layer(name, progress)
         acts = {view.name: Activations(view.inputs, view.outputs)}
-        weight = cache.cached("pruned_weight", self.key(layer=view.name, method=method, sparsity=label),
-                              lambda: prune_layer(self.lm, view.name, acts, method=method, sparsity=sparsity),
+        weight = cache.cached("pruned_weight", self.key(layer=view.name, method=method, sparsity=label, **key_parts(bits)),
+                              lambda: prune_layer(self.lm, view.name, acts, method=method, sparsity=sparsity,
+                                                  bits=bits),
                               enabled=self.use_cache)
         x = self.held_inputs(view.name, progress)
         bias = layer_bias(self.lm, view.name)
@@ -432,31 +436,36 @@ class Session:
         pruned = layer_outputs(x, weight, bias)
         errors = neuron_errors(dense, pruned).merge(view.table[["neuron", "rank", "wd", "mean", "variance"]],
                                                     on="neuron").sort_values("rank").reset_index(drop=True)
+        if bits is not None:
+            from .quantize import quant_label
+            label = f"{label} + {quant_label(bits)}"
         return PruneView(view.name, method, label, dense, pruned, errors)
 
     def sweep(self, methods, sparsities, layers, progress: bool = True, true_sequential: bool = True,
-              on_run=None) -> pd.DataFrame:
-        """Perplexity vs sparsity of every method (wnb.sweep on ``layers``), cached."""
+              on_run=None, bits: int | None = None) -> pd.DataFrame:
+        """Perplexity vs sparsity of every method (wnb.sweep on ``layers``; ``bits`` quantizes too), cached."""
         from . import evaluate
         from .prune import sparsity_label
 
         labels = [sparsity_label(s) for s in sparsities]
-        return cache.cached("sweep", self._sweep_key(methods, sparsities, layers, true_sequential),
+        return cache.cached("sweep", self._sweep_key(methods, sparsities, layers, true_sequential, bits),
                             lambda: evaluate.sweep(self.lm, self.calib, self.held_out, methods=tuple(methods),
                                                    sparsities=tuple(labels), layers=list(layers), progress=progress,
-                                                   true_sequential=true_sequential, on_run=on_run),
+                                                   true_sequential=true_sequential, on_run=on_run, bits=bits),
                             enabled=self.use_cache)
 
-    def _sweep_key(self, methods, sparsities, layers, true_sequential: bool = True) -> str:
+    def _sweep_key(self, methods, sparsities, layers, true_sequential: bool = True, bits=None) -> str:
         from .prune import sparsity_label
 
         return self.key(methods=list(methods), sparsities=[sparsity_label(s) for s in sparsities],
-                        layers=list(layers), held_out=self.held_out, true_sequential=true_sequential)
+                        layers=list(layers), held_out=self.held_out, true_sequential=true_sequential,
+                        **key_parts(bits))
 
-    def sweep_cost(self, methods, sparsities, layers, true_sequential: bool = True) -> dict:
+    def sweep_cost(self, methods, sparsities, layers, true_sequential: bool = True, bits=None) -> dict:
         """What :meth:`sweep` will take (see :meth:`job_cost`)."""
         runs = [(method, 1) for method in methods for _ in sparsities]
-        return self.job_cost("sweep", self._sweep_key(methods, sparsities, layers, true_sequential), layers, runs)
+        key = self._sweep_key(methods, sparsities, layers, true_sequential, bits)
+        return self.job_cost("sweep", key, layers, runs)
 
     def ablation(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                  progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
@@ -484,25 +493,27 @@ class Session:
         key = self._ablation_key(layers, fraction, sparsity, method, true_sequential)
         return self.job_cost("ablation", key, layers, [(method, 1)] * len(CRITERIA))
 
-    def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True):
-        """Dense vs SparseGPT vs Sparse Expansion of one layer (wnb.study_layer), cached."""
+    def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True, bits: int | None = None):
+        """Dense vs SparseGPT vs Sparse Expansion of one layer (wnb.study_layer; ``bits`` quantizes both), cached."""
         from .analysis import study_layer
         from .prune import sparsity_label
 
         name = self.check_layer(name)
-        key = self.key(layer=name, n_experts=int(n_experts), sparsity=sparsity_label(sparsity), held_out=self.held_out)
+        key = self.key(layer=name, n_experts=int(n_experts), sparsity=sparsity_label(sparsity), held_out=self.held_out,
+                       **key_parts(bits))
         if self._study is not None and self._study[0] == key:
             return self._study[1]
         self._study = None
         stored = cache.cached("layer_study", key,
                               lambda: _study_tensors(study_layer(self.lm, name, self.calib, self.held_out,
                                                                  n_experts=int(n_experts), sparsity=sparsity,
-                                                                 seed=self.seed, progress=progress)),
+                                                                 seed=self.seed, progress=progress, bits=bits)),
                               enabled=self.use_cache)
         self._study = (key, _study_from_tensors(stored))
         return self._study[1]
 
-    def expansion_analysis(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True) -> dict:
+    def expansion_analysis(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True,
+                           bits: int | None = None) -> dict:
         """The layer study's tables, cached: ``ri`` (wnb.relative_improvement), ``regression``
         (wnb.ri_regression), ``shares`` (wnb.token_shares) and ``change`` (wnb.entanglement_change of
         the layer's Wasserstein neurons, WD and MD before vs after)."""
@@ -510,7 +521,7 @@ class Session:
         from .prune import sparsity_label
 
         view = self.layer(name, progress)
-        study = self.study(view.name, n_experts, sparsity, progress)
+        study = self.study(view.name, n_experts, sparsity, progress, bits)
 
         def compute():
             ri = analysis.relative_improvement(study)
@@ -519,32 +530,35 @@ class Session:
                                                            n_pairs=self.n_pairs, seed=self.seed)}
 
         key = self.key(layer=view.name, n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
-                       held_out=self.held_out, n_pairs=self.n_pairs)
+                       held_out=self.held_out, n_pairs=self.n_pairs, **key_parts(bits))
         return cache.cached("expansion_analysis", key, compute, enabled=self.use_cache)
 
-    def expansion_perplexity(self, layers, n_experts: int = 16, sparsity=0.5,
-                             progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
+    def expansion_perplexity(self, layers, n_experts: int = 16, sparsity=0.5, progress: bool = True,
+                             true_sequential: bool = True, on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity of dense, SparseGPT (k = 1) and Sparse Expansion with ``n_experts`` on ``layers``
         (wnb.expansion_sweep), cached. The experts held at once are capped at ``APP_EXPERT_BYTES``."""
         from .analysis import expansion_sweep
 
-        key = self._expansion_key(layers, n_experts, sparsity, true_sequential)
+        key = self._expansion_key(layers, n_experts, sparsity, true_sequential, bits)
         return cache.cached("expansion_perplexity", key,
                             lambda: expansion_sweep(self.lm, self.calib, self.held_out, n_experts=_expert_counts(n_experts),
                                                     sparsities=(sparsity,), layers=list(layers), seed=self.seed,
                                                     max_bytes=APP_EXPERT_BYTES, progress=progress,
-                                                    true_sequential=true_sequential, on_run=on_run),
+                                                    true_sequential=true_sequential, on_run=on_run,
+                                                    **key_parts(bits)),
                             enabled=self.use_cache)
 
-    def _expansion_key(self, layers, n_experts, sparsity, true_sequential: bool = True) -> str:
+    def _expansion_key(self, layers, n_experts, sparsity, true_sequential: bool = True, bits=None) -> str:
         from .prune import sparsity_label
 
         return self.key(layers=list(layers), n_experts=list(_expert_counts(n_experts)),
-                        sparsity=sparsity_label(sparsity), held_out=self.held_out, true_sequential=true_sequential)
+                        sparsity=sparsity_label(sparsity), held_out=self.held_out, true_sequential=true_sequential,
+                        **key_parts(bits))
 
-    def expansion_cost(self, layers, n_experts: int = 16, sparsity=0.5, true_sequential: bool = True) -> dict:
+    def expansion_cost(self, layers, n_experts: int = 16, sparsity=0.5, true_sequential: bool = True,
+                       bits=None) -> dict:
         """What :meth:`expansion_perplexity` will take (see :meth:`job_cost`)."""
-        key = self._expansion_key(layers, n_experts, sparsity, true_sequential)
+        key = self._expansion_key(layers, n_experts, sparsity, true_sequential, bits)
         runs = [("sparsegpt", k) for k in _expert_counts(n_experts)]
         return self.job_cost("expansion_perplexity", key, layers, runs)
 

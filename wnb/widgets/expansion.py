@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import plots
 from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
-from .sparsity import scope_dropdown
+from .sparsity import bits_dropdown, scope_dropdown
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -26,6 +26,7 @@ class ExpansionView(LayerNeuronPanel):
                                   layout=widgets.Layout(width="180px"))
         self.sparsity = widgets.FloatSlider(value=0.5, min=0.1, max=0.95, step=0.05, description="sparsity",
                                             continuous_update=False, readout_format=".0%")
+        self.bits = bits_dropdown()
         self.compare_out = widgets.Output()
         self.experts_out = widgets.Output()
         self.ri_out = widgets.Output()
@@ -46,7 +47,7 @@ class ExpansionView(LayerNeuronPanel):
         self.ppl: pd.DataFrame | None = None
         super().__init__(
             settings,
-            controls=[widgets.HBox([self.k, self.sparsity])],
+            controls=[widgets.HBox([self.k, self.sparsity, self.bits])],
             body=[self.compare_out, self.experts_out, self.expert_reading,
                   widgets.HBox([self.ri_out, self.ri_table]), self.change_out,
                   widgets.HTML("<h4>Perplexity: dense, SparseGPT and Sparse Expansion</h4>"),
@@ -55,7 +56,7 @@ class ExpansionView(LayerNeuronPanel):
                       "of the weight; each token uses its cluster's expert.", lazy=lazy)
         self.buttons = [self.run_ppl]
         self.add_class("wnb-expansion")
-        for control in (self.k, self.sparsity):
+        for control in (self.k, self.sparsity, self.bits):
             control.observe(self.callback(lambda _: self.recompute() if self.view is not None else None),
                             names="value")
         self.job_button(self.run_ppl, "expansion perplexity", lambda job: self.compute_perplexity(job))
@@ -64,8 +65,10 @@ class ExpansionView(LayerNeuronPanel):
         view = self._need_view()
         with self.busy(f"building {self.k.value} experts of {view.name} at {self.sparsity.value:.0%} sparsity "
                        "(cached afterwards)…"):
-            study = self.session.study(view.name, self.k.value, self.sparsity.value, progress=self.bars)
-            tables = self.session.expansion_analysis(view.name, self.k.value, self.sparsity.value, progress=self.bars)
+            study = self.session.study(view.name, self.k.value, self.sparsity.value, progress=self.bars,
+                                       bits=self.bits.value)
+            tables = self.session.expansion_analysis(view.name, self.k.value, self.sparsity.value, progress=self.bars,
+                                                     bits=self.bits.value)
         self.result = study
         self.ri, self.shares, self.change = tables["ri"], tables["shares"], tables["change"]
         regression = tables["regression"]
@@ -141,24 +144,27 @@ class ExpansionView(LayerNeuronPanel):
 
     def compute_perplexity(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
-        cost = self.session.expansion_cost(layers, self.k.value, self.sparsity.value)
-        if not self.confirmed(f"expansion {layers} {self.k.value} {self.sparsity.value}", cost,
+        cost = self.session.expansion_cost(layers, self.k.value, self.sparsity.value, bits=self.bits.value)
+        if not self.confirmed(f"expansion {layers} {self.k.value} {self.sparsity.value} {self.bits.value}", cost,
                               cost_message(cost, "this expansion", "Measure perplexity")):
             return
         with self.busy(f"expanding {len(layers)} layer(s) into {self.k.value} experts and measuring perplexity…"):
             self.ppl = self.session.expansion_perplexity(layers, self.k.value, self.sparsity.value, progress=self.bars,
-                                                         on_run=job.begin if job else None)
+                                                         on_run=job.begin if job else None, bits=self.bits.value)
         self.ppl_table.value = self.ppl.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
         self.info(f"perplexity measured with {len(layers)} layer(s) changed")
         self._links()
 
     def file_stem(self) -> str:
+        quant = f"{self.bits.value}bit_" if self.bits.value else ""
         return (f"{slug(self.layer.value)}_neuron{self.neuron}_k{self.k.value}_{slug(f'{self.sparsity.value:.0%}')}_"
-                f"{self.settings_tag()}")
+                f"{quant}{self.settings_tag()}")
 
     def _links(self) -> None:
         stem = self.file_stem()
-        layer = f"{slug(self.layer.value)}_k{self.k.value}_{slug(f'{self.sparsity.value:.0%}')}_{self.settings_tag()}"
+        quant = f"{self.bits.value}bit_" if self.bits.value else ""
+        layer = (f"{slug(self.layer.value)}_k{self.k.value}_{slug(f'{self.sparsity.value:.0%}')}_{quant}"
+                 f"{self.settings_tag()}")
         links = []
         if self.ri is not None:
             links.append(csv_link(self.ri, f"relative_improvement_{layer}.csv"))

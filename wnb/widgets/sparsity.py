@@ -38,6 +38,15 @@ def scope_title(scope: str, layers: list[str]) -> str:
     return f"every FFN layer ({len(layers)})"
 
 
+def bits_dropdown() -> widgets.Dropdown:
+    """Joint quantization of the kept weights (``bits=`` of pruning and expansion), off by default."""
+    bits = widgets.Dropdown(options=[("not quantized", None), ("8-bit", 8), ("4-bit", 4), ("3-bit", 3),
+                                     ("2-bit", 2)], value=None, description="weights",
+                            layout=widgets.Layout(width="220px"))
+    bits.add_class("wnb-bits")
+    return bits
+
+
 def scope_dropdown(value: str) -> widgets.Dropdown:
     scope = widgets.Dropdown(options=[(text, key) for key, text in SCOPES.items()], value=value,
                              description="layers", layout=widgets.Layout(width="420px"))
@@ -59,6 +68,7 @@ class SparsityView(LayerNeuronPanel):
                                             continuous_update=False, readout_format=".0%")
         self.pattern = widgets.Dropdown(options=["unstructured", "2:4", "4:8"], value="unstructured",
                                         description="pattern", layout=widgets.Layout(width="220px"))
+        self.bits = bits_dropdown()
         self.hist_out = widgets.Output()
         self.error_out = widgets.Output()
         self.scope = scope_dropdown(settings.session.budget.scope)
@@ -83,7 +93,7 @@ class SparsityView(LayerNeuronPanel):
         self.ablation_result: pd.DataFrame | None = None
         super().__init__(
             settings,
-            controls=[widgets.HBox([self.method, self.pattern]), self.sparsity],
+            controls=[widgets.HBox([self.method, self.pattern, self.bits]), self.sparsity],
             body=[widgets.HBox([self.hist_out, self.error_out]),
                   widgets.HTML("<h4>Whole model: perplexity vs sparsity</h4>"),
                   widgets.HBox([self.scope, self.sparsities, self.run_sweep]), self.sweep_out, self.sweep_table,
@@ -96,7 +106,7 @@ class SparsityView(LayerNeuronPanel):
             lazy=lazy)
         self.buttons = [self.run_sweep, self.run_ablation]
         self.add_class("wnb-sparsity")
-        for control in (self.method, self.sparsity, self.pattern):
+        for control in (self.method, self.sparsity, self.pattern, self.bits):
             control.observe(self.callback(lambda _: self.recompute() if self.view is not None else None),
                             names="value")
         self.pattern.observe(lambda change: setattr(self.sparsity, "disabled", change["new"] != "unstructured"),
@@ -111,7 +121,8 @@ class SparsityView(LayerNeuronPanel):
     def recompute(self) -> None:
         view = self._need_view()
         with self.busy(f"pruning {view.name} with {self.method.value}…"):
-            self.result = self.session.prune_view(view.name, self.method.value, self.sparsity_value, progress=self.bars)
+            self.result = self.session.prune_view(view.name, self.method.value, self.sparsity_value, progress=self.bars,
+                                                  bits=self.bits.value)
         self.redraw()
         self.info(f"{view.name} pruned alone with {self.result.method} at {self.result.sparsity}; errors on "
                   f"{self.result.dense.shape[0]:,} held-out tokens")
@@ -139,14 +150,14 @@ class SparsityView(LayerNeuronPanel):
     def compute_sweep(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
         sparsities = parse_sparsities(self.sparsities.value)
-        cost = self.session.sweep_cost(SWEEP_METHODS, sparsities, layers)
-        if not self.confirmed(f"sweep {layers} {sparsities}", cost,
+        cost = self.session.sweep_cost(SWEEP_METHODS, sparsities, layers, bits=self.bits.value)
+        if not self.confirmed(f"sweep {layers} {sparsities} {self.bits.value}", cost,
                               cost_message(cost, "this sweep", "Run sweep")):
             return
         with self.busy(f"pruning {len(layers)} layer(s) with 3 methods × {len(sparsities)} sparsities and "
                        "measuring perplexity (cached afterwards)…"):
-            self.sweep_result = self.session.sweep(SWEEP_METHODS, sparsities, layers,
-                                                   progress=self.bars, on_run=job.begin if job else None)
+            self.sweep_result = self.session.sweep(SWEEP_METHODS, sparsities, layers, progress=self.bars,
+                                                   on_run=job.begin if job else None, bits=self.bits.value)
         self.sweep_scope = scope_title(self.scope.value, layers)
         fig = plots.perplexity_curves(self.sweep_result, title=f"pruned: {self.sweep_scope}")
         self.draw_figure("sweep", self.sweep_out, fig)
@@ -184,8 +195,9 @@ class SparsityView(LayerNeuronPanel):
         if self.result is not None:
             links.append(csv_link(self.result.errors, f"errors_{stem}.csv"))
         if self.sweep_result is not None:
+            quant = f"_{self.bits.value}bit" if self.bits.value else ""
             links.append(csv_link(self.sweep_result, f"sparsity_sweep_{slug(self.layer.value)}_{scope}_"
-                                                     f"{slug(self.sparsities.value)}_{tag}.csv"))
+                                                     f"{slug(self.sparsities.value)}{quant}_{tag}.csv"))
         if self.ablation_result is not None:
             links.append(csv_link(self.ablation_result, f"ablation_{slug(self.layer.value)}_{scope}_"
                                                         f"{self.fraction.value:g}_{self.ablation_sparsity.value:g}_{tag}.csv"))
