@@ -130,3 +130,59 @@ def test_bad_requests(in_tasks, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
     with pytest.raises(wnb.WnbError, match=r"pip install 'wnb\[eval\]'"):
         wnb.evaluate_tasks(lm, TASK, include_path=TASKS)
+
+
+def test_the_agreement_task_is_the_minimal_pair_accuracy(tmp_path, monkeypatch):
+    """wnb_agreement through lm-eval (empty context: the tokenizer's start token, then the sentence)
+    gives the accuracy wnb.minimal_pair_accuracy computes on the same pairs, dense and pruned."""
+    import wnb.tasks as tasks
+
+    monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
+    lm = tiny_word_llama()
+    folder = tasks.agreement_task(n=4, seed=1)
+    assert folder.is_relative_to(tmp_path / "cache")  # written into wnb's cache, nowhere else
+    docs = [json.loads(line) for line in (folder / f"{tasks.AGREEMENT_TASK}.jsonl").read_text().splitlines()]
+    pairs = wnb.minimal_pairs(n=4, seed=1)
+    assert sorted(d["choices"][0] for d in docs) == sorted(p["good"] for p in pairs) and len(docs) == 24
+    assert len({d["phenomenon"] for d in docs[:6]}) > 2  # shuffled: a limit takes several constructions
+    mine = [{"good": d["choices"][0], "bad": d["choices"][1], "phenomenon": d["phenomenon"]} for d in docs]
+    calib = torch.tensor(lm.tokenizer(" ".join(p["good"] for p in pairs), add_special_tokens=False).input_ids
+                         [:8 * 12]).view(8, 12)
+    table = tasks.compare_tasks(lm, calib, [tasks.AGREEMENT_TASK], layers=["model.layers.1.mlp.gate_proj"],
+                                n_experts=1, include_path=folder, progress=False)
+    assert list(table["model"]) == ["dense", "sparsegpt"]
+    acc = table.set_index("model")["value"]
+    expected = wnb.minimal_pair_scores(lm, mine, progress=False)["correct"].mean()
+    assert acc["dense"] == pytest.approx(expected)
+    with wnb.pruned(lm, "sparsegpt", 0.5, calib=calib, layers=["model.layers.1.mlp.gate_proj"], progress=False):
+        expected = wnb.minimal_pair_scores(lm, mine, progress=False)["correct"].mean()
+    assert acc["sparsegpt"] == pytest.approx(expected)
+
+
+def test_the_expansion_tab_scores_tasks(tmp_path, monkeypatch):
+    """Score tasks in the Sparse Expansion tab: the table is compare_tasks with the tab's settings, the
+    bars are its acc values, and the CSV downloads."""
+    import wnb.tasks as tasks
+    import wnb.widgets as ww
+    from wnb.session import Session
+
+    monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("WNB_STRICT", raising=False)
+    lm = tiny_word_llama()
+    ids = lm.tokenizer(" ".join(p["good"] for p in wnb.minimal_pairs(n=8)), add_special_tokens=False).input_ids
+    windows = torch.tensor(ids[:16 * 12]).view(12, 16)
+    app = ww.App(session=Session(lm=lm, calib=windows[:8], held_out=windows[8:], budget="small"))
+    app.tabs.selected_index = 3
+    view = app.expansion
+    view.k.value = 2
+    view.tasks.limit.value = 30
+    view.tasks.run.click()
+    assert view.last_error is None, view.last_error
+    shown = view.tasks.table
+    ref = tasks.compare_tasks(lm, windows[:8], [tasks.AGREEMENT_TASK], layers=[view.layer.value], n_experts=2,
+                              limit=30, include_path=tasks.agreement_task(), progress=False)
+    assert list(shown["model"]) == ["dense", "sparsegpt", "expansion"] and (shown["n"] == 30).all()
+    np.testing.assert_allclose(shown["value"], ref["value"])
+    bars = [b.get_height() for b in view.figs["tasks"].axes[0].patches]
+    np.testing.assert_allclose(bars, shown["value"])
+    assert "tasks_wnb_agreement_" in view.tasks.links.value and ".csv" in view.tasks.links.value

@@ -411,6 +411,37 @@ def ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
     return fig
 
 
+def task_bars(table: pd.DataFrame, metric: str = "acc", title: str | None = None) -> Figure:
+    """Downstream task scores (:func:`wnb.tasks.compare_tasks`): one group of bars per task, one bar per
+    model (dense, SparseGPT, expansion), ``metric`` with its standard error where lm-eval gives one."""
+    for column in ("model", "task", "metric", "value"):
+        if column not in table.columns:
+            raise WnbError(f"the task table has no column {column!r}")
+    part = table[(table["metric"] == metric) & (table["filter"].fillna("none") == "none")] \
+        if "filter" in table.columns else table[table["metric"] == metric]
+    if part.empty:
+        raise WnbError(f"no {metric!r} scores in the table; it has {', '.join(sorted(set(table['metric'])))}")
+    tasks, models = list(dict.fromkeys(part["task"])), list(dict.fromkeys(part["model"]))
+    fig, (ax,) = _figure(width=max(4.0, 1.4 * len(tasks) * len(models) / 2 + 2), height=3.6)
+    width = 0.8 / len(models)
+    colors = sns.color_palette(PALETTE, len(models))
+    for m, (model, color) in enumerate(zip(models, colors)):
+        rows = part[part["model"] == model].set_index("task").reindex(tasks)
+        x = np.arange(len(tasks)) + (m - (len(models) - 1) / 2) * width
+        stderr = rows["stderr"].to_numpy(float) if "stderr" in rows.columns else None
+        ax.bar(x, rows["value"].to_numpy(float), width, color=color, label=model,
+               yerr=None if stderr is None or np.isnan(stderr).all() else np.nan_to_num(stderr), capsize=3,
+               error_kw={"linewidth": 1, "ecolor": "#333"})
+    ax.set_xticks(np.arange(len(tasks)))
+    ax.set_xticklabels(tasks)
+    ax.set_ylabel(f"{metric} (± standard error)")
+    top = 1.0 if part["value"].max() <= 1 else part["value"].max()
+    ax.set_ylim(0, top * 1.18)  # room for the legend above the bars
+    ax.legend(fontsize=8, frameon=False, loc="upper center", ncol=len(models))
+    _finish(ax, title, legend=False)
+    return fig
+
+
 def before_after(table: pd.DataFrame, metrics=("wd", "md"), highlight: Sequence[int] = (),
                  title: str | None = None) -> Figure:
     """Per-neuron ``<metric>_before`` vs ``<metric>_after`` (paper Fig. 5), one panel per metric, with

@@ -562,6 +562,25 @@ class Session:
         runs = [("sparsegpt", k) for k in _expert_counts(n_experts)]
         return self.job_cost("expansion_perplexity", key, layers, runs)
 
+    def task_scores(self, tasks, layers, n_experts: int = 16, sparsity=0.5, bits: int | None = None,
+                    limit: int | None = 100, progress: bool = True, on_run=None) -> pd.DataFrame:
+        """Downstream task scores of the dense, SparseGPT and Sparse Expansion models on ``layers``
+        (:func:`wnb.tasks.compare_tasks`; the experts held at once capped at ``APP_EXPERT_BYTES``), cached.
+        ``wnb_agreement`` (wnb's minimal pairs) needs no network; lm-eval's standard tasks do."""
+        from .prune import sparsity_label
+        from .tasks import AGREEMENT_TASK, agreement_task, compare_tasks
+
+        tasks = list(tasks)
+        include = agreement_task(seed=self.seed) if AGREEMENT_TASK in tasks else None
+        key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
+                       limit=limit, **key_parts(bits))
+        return _nullable_ints(cache.cached(
+            "task_scores", key,
+            lambda: _plain_ints(compare_tasks(self.lm, self.calib, tasks, list(layers), n_experts, sparsity, bits,
+                                              limit=limit, include_path=include, seed=self.seed, progress=progress,
+                                              on_run=on_run, max_bytes=APP_EXPERT_BYTES)),
+            enabled=self.use_cache), ["n"])
+
     def job_cost(self, kind: str, key: str, layers, runs) -> dict:
         """A whole-model job's rough cost before it starts: ``cached`` (the result is on disk already),
         ``seconds`` (a dense pass plus every ``(method, n_experts)`` run, see :mod:`wnb.estimates`),

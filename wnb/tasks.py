@@ -203,3 +203,78 @@ def _number(value) -> float:
     except (TypeError, ValueError):
         return math.nan
     return value
+
+
+# ---------------------------------------------------------------- a task that needs no network
+
+AGREEMENT_TASK = "wnb_agreement"
+
+
+def agreement_task(n: int = 20, seed: int = 0) -> Path:
+    """A folder holding an lm-eval task ``wnb_agreement``: wnb's subject–verb agreement minimal pairs
+    (:func:`wnb.minimal_pairs`, ``n`` per construction, ``seed``; shuffled with ``seed``, so that a
+    ``limit`` takes every construction) as two-choice items, the grammatical
+    sentence first, each scored by its total log-probability after the tokenizer's start token (lm-eval's
+    empty context), so ``acc`` is the minimal-pair accuracy. Written once into wnb's cache; pass it as
+    ``include_path`` (``evaluate_tasks(lm, [AGREEMENT_TASK], include_path=agreement_task())``). Needs no
+    network, which the standard tasks do."""
+    import json
+
+    from . import cache
+    from .checks import check_int
+    from .minimal_pairs import minimal_pairs
+
+    n, seed = check_int(n, "n"), check_int(seed, "seed", 0)
+    folder = cache.cache_dir() / "tasks" / f"agreement-n{n}-seed{seed}"
+    if (folder / f"{AGREEMENT_TASK}.yaml").is_file():
+        return folder
+    pairs = minimal_pairs("agreement", n=n, seed=seed)
+    order = random.Random(seed).sample(range(len(pairs)), len(pairs))  # so that a limit takes every construction
+    docs = [{"query": "", "choices": [pairs[i]["good"], pairs[i]["bad"]], "label": 0,
+             "phenomenon": pairs[i]["phenomenon"]} for i in order]
+    with cache.atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / f"{AGREEMENT_TASK}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+        data = json.dumps(str(folder / f"{AGREEMENT_TASK}.jsonl"))  # a JSON string is a YAML string
+        (tmp / f"{AGREEMENT_TASK}.yaml").write_text(
+            f"# wnb's agreement minimal pairs ({n} per construction, seed {seed}); written by wnb.agreement_task\n"
+            f"task: {AGREEMENT_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{query}}\"\n"
+            "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{label}}\"\ntarget_delimiter: \"\"\n"
+            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+            "metadata:\n  version: 1.0\n")
+    return folder
+
+
+def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0.5, bits: int | None = None,
+                  limit=None, include_path=None, seed: int = 0, batch_size: int = 8, progress: bool = True,
+                  on_run=None, max_bytes: int | None = None):
+    """:func:`evaluate_tasks` of the dense model, of SparseGPT at ``sparsity`` on ``layers`` (default: the
+    FFN layers) and of Sparse Expansion with ``n_experts`` experts (skipped for ``n_experts=1``), each
+    calibrated on ``calib``; ``bits`` quantizes both. One table with a ``model`` column first
+    (``dense``, ``sparsegpt``, ``expansion``). ``on_run(index, total, label)`` before each model."""
+    import pandas as pd
+
+    from .evaluate import _runs
+    from .expand import expanded
+    from .prune import pruned
+
+    models = ["dense", "sparsegpt"] + (["expansion"] if int(n_experts) > 1 else [])
+    report = _runs(on_run, len(models))
+    kw = dict(limit=limit, include_path=include_path, seed=seed, batch_size=batch_size)
+    quant = {"bits": bits} if bits is not None else {}
+    frames = []
+    for model in models:
+        report(model)
+        if model == "dense":
+            scores = evaluate_tasks(lm, tasks, **kw)
+        elif model == "sparsegpt":
+            with pruned(lm, "sparsegpt", sparsity, calib=calib, layers=layers, seed=seed, progress=progress, **quant):
+                scores = evaluate_tasks(lm, tasks, **kw)
+        else:
+            with expanded(lm, int(n_experts), sparsity, calib=calib, layers=layers, seed=seed, progress=progress,
+                          max_bytes=max_bytes, **quant):
+                scores = evaluate_tasks(lm, tasks, **kw)
+        frames.append(scores.assign(model=model))
+    table = pd.concat(frames, ignore_index=True)
+    return table[["model"] + [c for c in table.columns if c != "model"]]

@@ -45,13 +45,14 @@ class ExpansionView(LayerNeuronPanel):
         self.shares: pd.DataFrame | None = None
         self.change: pd.DataFrame | None = None
         self.ppl: pd.DataFrame | None = None
+        self.tasks_box = widgets.VBox()
         super().__init__(
             settings,
             controls=[widgets.HBox([self.k, self.sparsity, self.bits])],
             body=[self.compare_out, self.experts_out, self.expert_reading,
                   widgets.HBox([self.ri_out, self.ri_table]), self.change_out,
                   widgets.HTML("<h4>Perplexity: dense, SparseGPT and Sparse Expansion</h4>"),
-                  widgets.HBox([self.scope, self.run_ppl]), self.ppl_table],
+                  widgets.HBox([self.scope, self.run_ppl]), self.ppl_table, self.tasks_box],
             head_text="Cluster the layer's inputs (PCA + k-means) and give every cluster its own SparseGPT copy "
                       "of the weight; each token uses its cluster's expert.", lazy=lazy)
         self.buttons = [self.run_ppl]
@@ -60,6 +61,16 @@ class ExpansionView(LayerNeuronPanel):
             control.observe(self.callback(lambda _: self.recompute() if self.view is not None else None),
                             names="value")
         self.job_button(self.run_ppl, "expansion perplexity", lambda job: self.compute_perplexity(job))
+        from .tasks import TasksSection
+
+        self.tasks = TasksSection(self)
+        self.tasks_box.children = (self.tasks,)
+
+    def clear(self) -> None:
+        super().clear()
+        self.ppl = None
+        self.ppl_table.value = ""
+        self.tasks.clear()
 
     def recompute(self) -> None:
         view = self._need_view()

@@ -1,0 +1,74 @@
+"""Downstream tasks in the Sparse Expansion tab: lm-eval scores of the dense, SparseGPT and expanded models."""
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING
+
+import ipywidgets as widgets
+
+from .. import plots
+from ..tasks import AGREEMENT_TASK, INSTALL_EVAL
+from .panel import csv_link, png_link, slug
+
+if TYPE_CHECKING:
+    from .expansion import ExpansionView
+
+# Offered by name only (the app opens no typed path); all but the first download their data from the hub.
+TASK_CHOICES = [("agreement minimal pairs (wnb, offline)", AGREEMENT_TASK), ("ARC-Easy", "arc_easy"),
+                ("PIQA", "piqa"), ("HellaSwag", "hellaswag"), ("LAMBADA (OpenAI)", "lambada_openai"),
+                ("WinoGrande", "winogrande")]
+
+
+class TasksSection(widgets.VBox):
+    """Choose lm-eval tasks and score the dense model, SparseGPT and Sparse Expansion with the tab's
+    experts, sparsity, weights and layers; a bar chart, the table and its CSV."""
+
+    def __init__(self, view: ExpansionView):
+        self.view = view
+        self.available = importlib.util.find_spec("lm_eval") is not None
+        self.tasks = widgets.SelectMultiple(options=TASK_CHOICES, value=(AGREEMENT_TASK,), rows=4,
+                                            description="tasks", layout=widgets.Layout(width="420px"))
+        self.limit = widgets.BoundedIntText(value=100, min=1, max=100_000, description="items each",
+                                            layout=widgets.Layout(width="180px"))
+        self.run = widgets.Button(description="Score tasks", icon="play", button_style="primary")
+        self.plot_out = widgets.Output()
+        self.plot_out.add_class("wnb-task-plot")
+        self.table_html = widgets.HTML()
+        self.links = widgets.HTML()
+        self.table = None
+        intro = ("<h4>Downstream tasks (lm-evaluation-harness): dense, SparseGPT and Sparse Expansion</h4>"
+                 "<p>Each model as it is in memory, with the experts, sparsity, weights and layers chosen above. "
+                 "The agreement task is wnb's minimal pairs as two-choice items (acc = minimal-pair accuracy) and "
+                 "needs no network; the others download their data from the Hugging Face hub.</p>")
+        if not self.available:
+            super().__init__([widgets.HTML(intro + f"<p>lm-eval is not installed here: {INSTALL_EVAL}.</p>")])
+            return
+        super().__init__([widgets.HTML(intro), widgets.HBox([self.tasks, self.limit, self.run]), self.plot_out,
+                          self.table_html, self.links])
+        self.add_class("wnb-tasks")
+        view.buttons.append(self.run)
+        view.job_button(self.run, "downstream tasks", lambda job: self.compute(job))
+
+    def clear(self) -> None:
+        """Forget the scores (new settings)."""
+        self.table = None
+        self.plot_out.outputs = ()
+        self.table_html.value = self.links.value = ""
+
+    def compute(self, job=None) -> None:
+        view = self.view
+        session = view.session
+        if not self.tasks.value:
+            from ..errors import WnbError
+            raise WnbError("pick at least one task")
+        layers = session.scope_layers(view.scope.value, view.layer.value)
+        with view.busy(f"scoring {len(self.tasks.value)} task(s) on the dense, SparseGPT and expanded models…"):
+            self.table = session.task_scores(list(self.tasks.value), layers, view.k.value, view.sparsity.value,
+                                             bits=view.bits.value, limit=self.limit.value, progress=view.bars,
+                                             on_run=job.begin if job else None)
+        title = f"{len(layers)} layer(s), k = {view.k.value}, {view.sparsity.value:.0%}"
+        view.draw_figure("tasks", self.plot_out, plots.task_bars(self.table, title=title))
+        self.table_html.value = self.table.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0)
+        name = f"tasks_{slug('-'.join(self.tasks.value))}_{view.file_stem()}"
+        self.links.value = csv_link(self.table, f"{name}.csv") + " · " + png_link(view.pngs["tasks"], f"{name}.png")
+        view.info(f"tasks scored: {', '.join(self.tasks.value)} on {title}")
