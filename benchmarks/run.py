@@ -1,6 +1,6 @@
 """Run every benchmark script in turn (each prints its own table); `make bench` calls this.
 
-    python benchmarks/run.py [core prune expand kmeans reading sign_ablation app cli]
+    python benchmarks/run.py [core prune expand quantize kmeans reading sign_ablation app cli]
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["core", "prune", "expand", "kmeans", "reading", "sign_ablation", "app", "cli"]
+SCRIPTS = ["core", "prune", "expand", "quantize", "kmeans", "reading", "sign_ablation", "app", "cli"]
 
 
 def main() -> int:
