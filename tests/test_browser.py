@@ -225,8 +225,8 @@ def test_cancel_a_running_sweep(page):
     run.click()
     # the size guard may ask first (its estimate says how long); then the second press goes ahead
     page.wait_for_function("() => { const v = document.querySelector('.wnb-sparsity');"
-                           " return v.innerText.includes('Press Run sweep again') || v.querySelector('.wnb-job')"
-                           ".innerText.includes('run '); }", timeout=STEP_S * 1000)
+                           " return v.innerText.includes('Press Run sweep again') || /run \\d+ of \\d+: (dense|magn)/"
+                           ".test(v.querySelector('.wnb-job').innerText); }", timeout=STEP_S * 1000)
     if "Press Run sweep again" in page.inner_text(".wnb-sparsity .wnb-status"):
         page.screenshot(path=str(SHOTS / "7a_sweep_estimate.png"), full_page=True)
         page.locator(".wnb-sparsity button", has_text="Run sweep").click()
@@ -249,7 +249,8 @@ def test_overview_layer_map_opens_a_layer(page):
     page.locator(".wnb-overview button", has_text="Compute overview").click()
     page.wait_for_selector(".wnb-overview .wnb-layer-map .wnb-map-cell", timeout=READY_S * 1000)
     assert page.locator(".wnb-overview .wnb-layer-map .wnb-map-cell").count() == 90  # 30 blocks x 3 kinds
-    assert "first-token (attention sink) neurons" in page.inner_text(".wnb-overview .wnb-status")
+    page.wait_for_function("() => document.querySelector('.wnb-overview .wnb-status').innerText"
+                           ".includes('first-token (attention sink) neurons')", timeout=STEP_S * 1000)
     page.screenshot(path=str(SHOTS / "10_overview.png"), full_page=True)
     check_no_errors(page, ".wnb-overview")
     page.locator(".wnb-overview .wnb-map-cell[title^='model.layers.11.mlp.down_proj']").click()
@@ -258,6 +259,34 @@ def test_overview_layer_map_opens_a_layer(page):
     page.wait_for_function("() => document.querySelector('.wnb-neurons .wnb-downloads').innerText"
                            ".includes('model.layers.11.mlp.down_proj')", timeout=STEP_S * 1000)
     check_no_errors(page, ".wnb-neurons")
+
+
+def test_negative_differentiation_tab(page):
+    page.wait_for_selector(".wnb-neurons .wnb-histogram img", state="attached", timeout=READY_S * 1000)
+    page.click(".lm-TabBar-tab >> text=Negative differentiation")
+    page.locator(".wnb-negative button", has_text="Run").first.wait_for(timeout=STEP_S * 1000)
+    page.locator(".wnb-negative button:text-is('Run')").click()
+    page.wait_for_selector(".wnb-negative .wnb-negative-perplexity img", timeout=READY_S * 1000)
+    page.wait_for_selector(".wnb-negative .wnb-negative-pairs img", timeout=STEP_S * 1000)
+    page.wait_for_selector(".wnb-negative .wnb-negative-surprisal img", timeout=STEP_S * 1000)
+    study = page.inner_text(".wnb-negative .wnb-negative-study")
+    assert "wasserstein" in study and "matched" in study and "random" in study
+    assert "study_sign_ablation" in page.inner_text(".wnb-negative .wnb-downloads")
+    page.locator(".wnb-negative").screenshot(path=str(SHOTS / "11_negative.png"))
+    check_no_errors(page, ".wnb-negative")
+
+
+def test_downstream_tasks_in_the_expansion_tab(page):
+    page.wait_for_selector(".wnb-neurons .wnb-histogram img", state="attached", timeout=READY_S * 1000)
+    page.click(".lm-TabBar-tab >> text=Sparse Expansion")
+    page.wait_for_selector(".wnb-expansion .wnb-experts img", timeout=READY_S * 1000)
+    page.fill(".wnb-expansion .wnb-tasks input[type=number]", "12")
+    page.locator(".wnb-expansion button", has_text="Score tasks").click()
+    page.wait_for_selector(".wnb-expansion .wnb-task-plot img", timeout=READY_S * 1000)
+    text = page.inner_text(".wnb-expansion .wnb-tasks")
+    assert "wnb_agreement" in text and "sparsegpt" in text and "expansion" in text
+    page.locator(".wnb-expansion .wnb-tasks").screenshot(path=str(SHOTS / "12_tasks.png"))
+    check_no_errors(page, ".wnb-expansion")
 
 
 def test_settings_row_fits_an_800_pixel_window(page, voila_url):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import plots
 from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
-from .sparsity import bits_dropdown, scope_dropdown
+from .sparsity import bits_dropdown, bits_of, scope_dropdown
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -77,9 +77,9 @@ class ExpansionView(LayerNeuronPanel):
         with self.busy(f"building {self.k.value} experts of {view.name} at {self.sparsity.value:.0%} sparsity "
                        "(cached afterwards)…"):
             study = self.session.study(view.name, self.k.value, self.sparsity.value, progress=self.bars,
-                                       bits=self.bits.value)
+                                       bits=bits_of(self.bits))
             tables = self.session.expansion_analysis(view.name, self.k.value, self.sparsity.value, progress=self.bars,
-                                                     bits=self.bits.value)
+                                                     bits=bits_of(self.bits))
         self.result = study
         self.ri, self.shares, self.change = tables["ri"], tables["shares"], tables["change"]
         regression = tables["regression"]
@@ -155,13 +155,13 @@ class ExpansionView(LayerNeuronPanel):
 
     def compute_perplexity(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
-        cost = self.session.expansion_cost(layers, self.k.value, self.sparsity.value, bits=self.bits.value)
+        cost = self.session.expansion_cost(layers, self.k.value, self.sparsity.value, bits=bits_of(self.bits))
         if not self.confirmed(f"expansion {layers} {self.k.value} {self.sparsity.value} {self.bits.value}", cost,
                               cost_message(cost, "this expansion", "Measure perplexity")):
             return
         with self.busy(f"expanding {len(layers)} layer(s) into {self.k.value} experts and measuring perplexity…"):
             self.ppl = self.session.expansion_perplexity(layers, self.k.value, self.sparsity.value, progress=self.bars,
-                                                         on_run=job.begin if job else None, bits=self.bits.value)
+                                                         on_run=job.begin if job else None, bits=bits_of(self.bits))
         self.ppl_table.value = self.ppl.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
         self.info(f"perplexity measured with {len(layers)} layer(s) changed")
         self._links()

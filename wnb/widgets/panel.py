@@ -305,6 +305,7 @@ class Panel(widgets.VBox):
         try:
             with jobs.exclusive(job), job.watching(self.session.lm if hasattr(self, "session") else None):
                 self.guarded(work, job)
+                job.check()  # Cancel pressed while the work did no model pass (e.g. its estimate)
         except jobs.Cancelled:
             self.info(f"cancelled: {job.label} stopped after {jobs._clock(job.elapsed())}; the model is dense "
                       "again and nothing of it was cached")

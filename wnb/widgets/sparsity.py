@@ -40,11 +40,17 @@ def scope_title(scope: str, layers: list[str]) -> str:
 
 def bits_dropdown() -> widgets.Dropdown:
     """Joint quantization of the kept weights (``bits=`` of pruning and expansion), off by default."""
-    bits = widgets.Dropdown(options=[("not quantized", None), ("8-bit", 8), ("4-bit", 4), ("3-bit", 3),
-                                     ("2-bit", 2)], value=None, description="weights",
+    # 0 stands for "not quantized": a Dropdown's value None means "nothing selected" on the page
+    bits = widgets.Dropdown(options=[("not quantized", 0), ("8-bit", 8), ("4-bit", 4), ("3-bit", 3),
+                                     ("2-bit", 2)], value=0, description="weights",
                             layout=widgets.Layout(width="220px"))
     bits.add_class("wnb-bits")
     return bits
+
+
+def bits_of(dropdown: widgets.Dropdown) -> int | None:
+    """The ``bits=`` a :func:`bits_dropdown` stands for (None: not quantized)."""
+    return dropdown.value or None
 
 
 def scope_dropdown(value: str) -> widgets.Dropdown:
@@ -122,7 +128,7 @@ class SparsityView(LayerNeuronPanel):
         view = self._need_view()
         with self.busy(f"pruning {view.name} with {self.method.value}…"):
             self.result = self.session.prune_view(view.name, self.method.value, self.sparsity_value, progress=self.bars,
-                                                  bits=self.bits.value)
+                                                  bits=bits_of(self.bits))
         self.redraw()
         self.info(f"{view.name} pruned alone with {self.result.method} at {self.result.sparsity}; errors on "
                   f"{self.result.dense.shape[0]:,} held-out tokens")
@@ -150,14 +156,14 @@ class SparsityView(LayerNeuronPanel):
     def compute_sweep(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
         sparsities = parse_sparsities(self.sparsities.value)
-        cost = self.session.sweep_cost(SWEEP_METHODS, sparsities, layers, bits=self.bits.value)
+        cost = self.session.sweep_cost(SWEEP_METHODS, sparsities, layers, bits=bits_of(self.bits))
         if not self.confirmed(f"sweep {layers} {sparsities} {self.bits.value}", cost,
                               cost_message(cost, "this sweep", "Run sweep")):
             return
         with self.busy(f"pruning {len(layers)} layer(s) with 3 methods × {len(sparsities)} sparsities and "
                        "measuring perplexity (cached afterwards)…"):
             self.sweep_result = self.session.sweep(SWEEP_METHODS, sparsities, layers, progress=self.bars,
-                                                   on_run=job.begin if job else None, bits=self.bits.value)
+                                                   on_run=job.begin if job else None, bits=bits_of(self.bits))
         self.sweep_scope = scope_title(self.scope.value, layers)
         fig = plots.perplexity_curves(self.sweep_result, title=f"pruned: {self.sweep_scope}")
         self.draw_figure("sweep", self.sweep_out, fig)

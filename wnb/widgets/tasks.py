@@ -9,6 +9,7 @@ import ipywidgets as widgets
 from .. import plots
 from ..tasks import AGREEMENT_TASK, INSTALL_EVAL
 from .panel import csv_link, png_link, slug
+from .sparsity import bits_of
 
 if TYPE_CHECKING:
     from .expansion import ExpansionView
@@ -64,7 +65,7 @@ class TasksSection(widgets.VBox):
         layers = session.scope_layers(view.scope.value, view.layer.value)
         with view.busy(f"scoring {len(self.tasks.value)} task(s) on the dense, SparseGPT and expanded models…"):
             self.table = session.task_scores(list(self.tasks.value), layers, view.k.value, view.sparsity.value,
-                                             bits=view.bits.value, limit=self.limit.value, progress=view.bars,
+                                             bits=bits_of(view.bits), limit=self.limit.value, progress=view.bars,
                                              on_run=job.begin if job else None)
         title = f"{len(layers)} layer(s), k = {view.k.value}, {view.sparsity.value:.0%}"
         view.draw_figure("tasks", self.plot_out, plots.task_bars(self.table, title=title))
