@@ -7,8 +7,12 @@
    The accumulator alone is also timed on the captured outputs, in the same batches.
 2. Bytes of the NeuronContexts state (per neuron, and the token windows it keeps to decode contexts)
    against the float32 outputs [tokens, 1536] a capture holds.
+3. ``--reselect N``: the app's Entangled neurons view on the small budget (the layer analysed and its
+   contexts cached first): seconds from selecting another neuron until every part is redrawn (the three
+   figures, the summary and, open, the whole "What it reads" section), median of N neurons, against the
+   same with the section closed. Target: ≤ 0.5 s with the section open.
 
-    python benchmarks/bench_reading.py [--tokens 65536] [--repeat 3]
+    python benchmarks/bench_reading.py [--tokens 65536] [--repeat 3] [--reselect 10] [--only-reselect]
 """
 from __future__ import annotations
 
@@ -26,7 +30,13 @@ def main():
     parser.add_argument("--tokens", type=int, default=65_536)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8, help="windows of 256 tokens per batch")
+    parser.add_argument("--reselect", type=int, default=10, help="neurons re-selected in the app view (0: skip)")
+    parser.add_argument("--only-reselect", action="store_true", help="time the re-selection only")
     args = parser.parse_args()
+    if args.reselect:
+        print(table(reselect_rows(args.reselect)))
+    if args.only_reselect:
+        return
     lm = wnb.load_model(device="cpu")
     n_win = -(-args.tokens // 256)
     windows, _ = wnb.token_windows(lm, wnb.load_corpus(), seq_len=256, n_calib=n_win, n_eval=0, seed=1)
@@ -72,6 +82,32 @@ def main():
     print(f"machine: {machine()}; best of {args.repeat} alternating runs; batches of {args.batch_size} windows x 256")
     print(table(rows))
     print(f"state per neuron: {ctx.nbytes() / outputs.shape[1]:,.0f} bytes (the same for any number of tokens)")
+
+
+def reselect_rows(n: int) -> list[dict]:
+    """Median seconds of re-selecting ``n`` neurons with "What it reads" open and closed."""
+    import statistics
+
+    import wnb.widgets as ww
+    from wnb.session import Session
+
+    app = ww.App(session=Session(budget="small"))
+    app.start()
+    view = app.neurons
+    view.reading_box.selected_index = 0
+    view.show(2)  # warm: the contexts and the sign quadrants come from the cache from here on
+    times = {}
+    for state, index in (("open", 0), ("closed", None)):
+        view.reading_box.selected_index = index
+        times[state] = []
+        for rank in range(3, 3 + n):
+            start = time.perf_counter()
+            view.show(rank)
+            times[state].append(time.perf_counter() - start)
+    open_, closed = statistics.median(times["open"]), statistics.median(times["closed"])
+    return [{"what": f"re-select a neuron, 'What it reads' open (median of {n})", "wnb s": open_,
+             "baseline": "the same with the section closed (figures and summary only)", "baseline s": closed,
+             "ratio": open_ / closed, "target": "≤ 0.5 s", "max s": max(times["open"])}]
 
 
 def _timed(fn) -> float:
