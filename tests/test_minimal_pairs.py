@@ -199,3 +199,37 @@ def test_bundled_model_gets_simple_agreement_right(bundled):
                                       progress=False).set_index("phenomenon")
     assert table.loc["simple", "accuracy"] >= 0.9
     assert table.loc["vp_coordination", "accuracy"] >= 0.9
+
+
+def test_blimp_rows_become_pairs_per_paradigm(monkeypatch):
+    """BLiMP through `datasets`, with the hub replaced by two local paradigms of BLiMP's own columns (the
+    real download needs a network): n pairs per paradigm, seeded; the phenomenon is the paradigm's
+    linguistics term; phenomena filter by term or paradigm name."""
+    import datasets
+
+    def paradigm(uid, term, count):
+        return datasets.Dataset.from_list([
+            {"sentence_good": f"{uid} good {i}.", "sentence_bad": f"{uid} bad {i}.", "field": "syntax",
+             "linguistics_term": term, "UID": uid, "pairID": str(i)} for i in range(count)])
+
+    served = {"anaphor_number_agreement": paradigm("anaphor_number_agreement", "anaphor_agreement", 9),
+              "regular_plural_subject_verb_agreement_1": paradigm("regular_plural_subject_verb_agreement_1",
+                                                                  "subject_verb_agreement", 7)}
+    asked = []
+    monkeypatch.setattr(mp, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(datasets, "get_dataset_config_names", lambda name: asked.append(name) or list(served))
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split: served[config])
+    pairs = wnb.minimal_pairs("blimp", n=4, seed=3)
+    assert asked == ["nyu-mll/blimp"] and len(pairs) == 8
+    assert [p["phenomenon"] for p in pairs] == ["anaphor_agreement"] * 4 + ["subject_verb_agreement"] * 4
+    for p in pairs:
+        uid, _, i = p["good"].rstrip(".").partition(" good ")
+        assert p["paradigm"] == uid and p["bad"] == f"{uid} bad {i}."  # good and bad from the same row
+    assert wnb.minimal_pairs("blimp", n=4, seed=3) == pairs  # deterministic per seed
+    assert wnb.minimal_pairs("blimp", n=4, seed=4) != pairs
+    assert len(wnb.minimal_pairs("blimp", n=None)) == 16
+    only = wnb.minimal_pairs("blimp", n=2, phenomena=["subject_verb_agreement"])
+    assert {p["paradigm"] for p in only} == {"regular_plural_subject_verb_agreement_1"} and len(only) == 2
+    assert len(wnb.minimal_pairs("blimp", n=2, phenomena="anaphor_number_agreement")) == 2
+    with pytest.raises(wnb.WnbError, match="no BLiMP pairs match"):
+        wnb.minimal_pairs("blimp", phenomena=["island_effects"])
