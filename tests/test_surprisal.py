@@ -82,16 +82,22 @@ def test_token_nll_matches_perplexity(tiny, tiny_windows):
     assert nll[0, t].item() == pytest.approx(expect.item(), abs=1e-5)
 
 
-def test_perplexity_interval():
+def test_intervals_from_token_nll():
+    """wnb.evaluate.interval_of on per-token NLLs: exp of the mean, and the percentile bootstrap over
+    windows recomputed here from the same seeded draws of window indices."""
+    from wnb.evaluate import interval_of
+
     nll = torch.rand(10, 30, generator=torch.Generator().manual_seed(0)) * 4
-    ppl, lo, hi = wnb.perplexity_interval(nll)
-    assert ppl == pytest.approx(float(torch.exp(nll.double().mean())))
-    assert lo < ppl < hi
-    assert (ppl, lo, hi) == wnb.perplexity_interval(nll)
-    _, lo1, hi1 = wnb.perplexity_interval(nll[:1])
-    assert np.isnan(lo1) and np.isnan(hi1)
+    row = interval_of(nll, seed=3)
+    assert row["perplexity"] == pytest.approx(float(torch.exp(nll.double().mean())))
+    picks = torch.randint(10, (1000, 10), generator=torch.Generator().manual_seed(3))
+    draws = np.exp(nll.double().mean(1).numpy()[picks.numpy()].mean(1))
+    assert (row["ppl_low"], row["ppl_high"]) == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])))
+    assert row["ppl_low"] < row["perplexity"] < row["ppl_high"] and row == interval_of(nll, seed=3)
+    one = interval_of(nll[:1])
+    assert one["ppl_low"] == one["ppl_high"] == pytest.approx(one["perplexity"])  # one window: a point
     with pytest.raises(wnb.WnbError):
-        wnb.perplexity_interval(torch.empty(0, 3))
+        interval_of(torch.empty(0, 3))
 
 
 def test_token_surprisal_tables(word_lm, word_windows):

@@ -23,7 +23,8 @@ from .sign_view import gate_up_quadrants, shape_statistics, sign_quadrants, wass
 from .expand import Expansion, Router, RoutedLayer, expand_layer, expanded, kmeans
 from .analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_outputs, relative_improvement,
                        ri_regression, study_layer, token_shares)
-from .evaluate import ablation, layer_outputs, neuron_errors, output_rmse, output_shift, perplexity, sweep
+from .evaluate import (ablation, layer_outputs, neuron_errors, output_rmse, output_shift, perplexity,
+                       perplexity_interval, sweep, token_nll)
 from .prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
 from .quantize import effective_bits, fit_grid, model_effective_bits, quantize
 from .offload import offload_blocks, resident
@@ -33,8 +34,8 @@ from .minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_p
 from .sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
                             sign_ablated, sign_ablation_depth, sign_ablation_study, study_selections,
                             wasserstein_scores)
-from .surprisal import (FUNCTION_WORDS, perplexity_interval, surprisal_by_class, token_class, token_classes,
-                        token_nll, token_surprisal, top_surprisal_tokens)
+from .surprisal import (FUNCTION_WORDS, surprisal_by_class, token_class, token_classes, token_surprisal,
+                        top_surprisal_tokens)
 from .models import (LM, decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers, load_model,
                      wrap_model)
 from .saving import load_expanded, save_expanded, save_pruned

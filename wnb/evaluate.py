@@ -18,22 +18,32 @@ def perplexity(lm, windows, batch_size: int = 8, progress: bool = True) -> float
 
 
 @torch.no_grad()
-def window_nll(lm, windows, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
-    """Mean next-token NLL of each window, ``[n_windows]`` float64 (all windows have the same length, so
-    their mean is the mean over every predicted token)."""
+@torch.no_grad()
+def token_nll(lm, windows, batch_size: int = 8, progress: bool = True, desc: str = "token NLL") -> torch.Tensor:
+    """Next-token NLL of every token of every window: ``[n_windows, seq_len − 1]`` float32 on the CPU.
+
+    Entry ``[w, t]`` is ``−log p(windows[w, t + 1] | windows[w, :t + 1])``; ``exp(mean)`` is
+    :func:`wnb.perplexity` of the same windows (up to float summation order).
+    """
     from .checks import check_int
     from .models import require_local
 
     require_local(lm, "perplexity")
     windows = check_windows(windows, lm, min_len=2)  # every window predicts its tokens after the first
     batch_size = check_int(batch_size, "batch_size")
-    parts = []
-    for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", disable=not progress, leave=False):
+    out = torch.empty(windows.shape[0], windows.shape[1] - 1, dtype=torch.float32)
+    for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
         ids = windows[start:start + batch_size].to(lm.device)
-        logits = lm.model(ids).logits.float()
-        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [batch, seq - 1]
-        parts.append(nll.double().mean(1).cpu())
-    return torch.cat(parts)
+        logits = lm.model(ids).logits
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+        out[start:start + ids.shape[0]] = nll.cpu()
+    return out
+
+
+def window_nll(lm, windows, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """Mean next-token NLL of each window, ``[n_windows]`` float64 (all windows have the same length, so
+    their mean is the mean over every predicted token)."""
+    return token_nll(lm, windows, batch_size, progress, desc="perplexity").double().mean(1)
 
 
 def bootstrap_interval(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -52,12 +62,23 @@ def bootstrap_interval(nll, n_boot: int = 1000, level: float = 0.95, seed: int =
     return low, high
 
 
+def interval_of(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """``{"perplexity", "ppl_low", "ppl_high"}`` from NLLs per window ``[n_windows]`` or per token
+    ``[n_windows, tokens]`` (:func:`token_nll`; averaged per window first): :func:`bootstrap_interval`."""
+    from .errors import WnbError
+
+    nll = torch.as_tensor(nll, dtype=torch.float64)
+    if nll.numel() == 0 or nll.dim() not in (1, 2):
+        raise WnbError(f"nll must be non-empty, [n_windows] or [n_windows, tokens] (got shape {tuple(nll.shape)})")
+    per_window = nll.mean(1) if nll.dim() == 2 else nll
+    low, high = bootstrap_interval(per_window, n_boot, level, seed)
+    return {"perplexity": math.exp(float(per_window.mean())), "ppl_low": low, "ppl_high": high}
+
+
 def perplexity_interval(lm, windows, batch_size: int = 8, progress: bool = True, n_boot: int = 1000,
                         level: float = 0.95, seed: int = 0) -> dict:
     """``{"perplexity", "ppl_low", "ppl_high"}``: the perplexity and its 95% bootstrap interval over windows."""
-    nll = window_nll(lm, windows, batch_size, progress)
-    low, high = bootstrap_interval(nll, n_boot, level, seed)
-    return {"perplexity": math.exp(float(nll.mean())), "ppl_low": low, "ppl_high": high}
+    return interval_of(window_nll(lm, windows, batch_size, progress), n_boot, level, seed)
 
 
 # ---------------------------------------------------------------- per-neuron comparison

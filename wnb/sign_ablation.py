@@ -236,7 +236,7 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
     """Per-token NLL of ``held_out`` (:func:`wnb.token_nll`) with ``selection`` sign-ablated on ``side``:
     what every row of the study, the matched search and the depth profile measure. ``nll_fn`` of those
     functions replaces it (same arguments, e.g. a cached version)."""
-    from .surprisal import token_nll
+    from .evaluate import token_nll
 
     with sign_ablated(lm, selection, side):
         return token_nll(lm, held_out, batch_size=batch_size, progress=progress)
@@ -244,13 +244,13 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
 
 def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
               nll=None) -> dict:
+    from .evaluate import interval_of
     from .minimal_pairs import minimal_pair_scores
-    from .surprisal import perplexity_interval
 
     start = time.perf_counter()
     if nll is None:
         nll = nll_fn(lm, held_out, selection, side, batch_size=batch_size, progress=progress)
-    row = dict(zip(("perplexity", "ppl_low", "ppl_high"), perplexity_interval(nll, seed=seed)))
+    row = interval_of(nll, seed=seed)
     with sign_ablated(lm, selection, side):
         if pairs is not None:
             row.update(_accuracy_columns(minimal_pair_scores(lm, pairs, batch_size=pair_batch_size,

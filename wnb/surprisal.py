@@ -21,17 +21,15 @@ one of the groups function, content, punctuation, number, other (:data:`CLASS_GR
 """
 from __future__ import annotations
 
-import math
 import unicodedata
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .capture import check_windows
 from .errors import WnbError
+from .evaluate import token_nll
 
 # The closed word list (lower case). Contractions appear as the pieces BPE tokenizers cut them into.
 FUNCTION_WORDS: dict[str, tuple[str, ...]] = {
@@ -158,49 +156,6 @@ def _classes_in_context(texts: list[str]) -> list[str]:
     return classes
 
 
-# ---------------------------------------------------------------- per-token NLL
-
-@torch.no_grad()
-def token_nll(lm, windows, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
-    """Next-token NLL of every token of every window: ``[n_windows, seq_len − 1]`` float32 on the CPU.
-
-    Entry ``[w, t]`` is ``−log p(windows[w, t + 1] | windows[w, :t + 1])``; ``exp(mean)`` is
-    :func:`wnb.perplexity` of the same windows (up to float summation order).
-    """
-    from .models import require_local
-
-    require_local(lm, "per-token NLL")
-    windows = check_windows(windows)
-    if windows.shape[1] < 2:
-        raise WnbError(f"windows need at least 2 tokens to predict one (got seq_len {windows.shape[1]})")
-    if batch_size < 1:
-        raise WnbError(f"batch_size must be at least 1 (got {batch_size})")
-    out = torch.empty(windows.shape[0], windows.shape[1] - 1, dtype=torch.float32)
-    for start in tqdm(range(0, windows.shape[0], batch_size), desc="token NLL", disable=not progress, leave=False):
-        ids = windows[start:start + batch_size].to(lm.device)
-        logits = lm.model(ids).logits
-        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
-        out[start:start + ids.shape[0]] = nll.cpu()
-    return out
-
-
-def perplexity_interval(nll: torch.Tensor, level: float = 0.95, n_boot: int = 1000,
-                        seed: int = 0) -> tuple[float, float, float]:
-    """Perplexity ``exp(mean NLL)`` of ``nll [n_windows, tokens]`` and a percentile bootstrap interval
-    over windows (``n_boot`` resamples of the windows with replacement, seeded)."""
-    nll = torch.as_tensor(nll, dtype=torch.float64)
-    if nll.dim() != 2 or nll.numel() == 0:
-        raise WnbError(f"nll must be a non-empty [n_windows, tokens] tensor (got shape {tuple(nll.shape)})")
-    per_window = nll.mean(1).numpy()
-    ppl = math.exp(float(per_window.mean()))
-    if per_window.size < 2:
-        return ppl, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    draws = per_window[rng.integers(0, per_window.size, (n_boot, per_window.size))].mean(1)
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return ppl, math.exp(lo), math.exp(hi)
-
-
 # ---------------------------------------------------------------- dense vs ablated
 
 def token_surprisal(lm, windows, neurons, side: str = "negative", batch_size: int = 8,
@@ -212,7 +167,8 @@ def token_surprisal(lm, windows, neurons, side: str = "negative", batch_size: in
     :func:`wnb.select_wasserstein`). Columns: ``window, position`` (index of the predicted token in its
     window, from 1), ``token_id, token`` (its decoded text), ``token_class, group`` (see the module
     docstring), ``dense_nll, ablated_nll, delta_nll`` (nats). ``dense_nll`` and ``ablated_nll`` (each
-    ``[n_windows, seq_len − 1]`` from :func:`token_nll`) may be passed to skip those passes. Aggregate with :func:`surprisal_by_class` and :func:`top_surprisal_tokens`.
+    ``[n_windows, seq_len − 1]`` from :func:`wnb.token_nll`) may be passed to skip those passes.
+    Aggregate with :func:`surprisal_by_class` and :func:`top_surprisal_tokens`.
     """
     from .sign_ablation import check_neurons, check_side, sign_ablated
 
