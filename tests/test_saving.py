@@ -267,7 +267,7 @@ def _copy(saved, tmp_path) -> tuple[Path, dict]:
 
 def _rewrite(folder: Path, manifest: dict, file: str | None = None) -> None:
     if file is not None:
-        manifest["files"][file] = saving._sha256(folder / file)
+        manifest["files"][file] = wnb.cache.file_sha256(folder / file)
     (folder / saving.EXPANSION_MANIFEST).write_text(json.dumps(manifest))
 
 

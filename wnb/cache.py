@@ -105,6 +105,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file's bytes (read in 8 MiB pieces), as hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def remove_stale_temporaries(folder: Path, depth: int = 0) -> list[Path]:
     """Remove the temporaries :func:`atomic_path` left in ``folder`` (and ``depth`` levels below) when
     their process was killed: only folders of wnb's own naming whose process is gone, or that are older

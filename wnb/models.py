@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .cache import atomic_path, cache_dir
+from .cache import atomic_path, cache_dir, file_sha256
 from .errors import WnbError
 
 BUNDLED = "SmolLM2-135M-Instruct"
@@ -312,7 +311,7 @@ def _load_bundled():
         tokenizer.save_pretrained(tmp)
         files = sorted(tmp.glob("*.safetensors"))
         sizes = {p.name: p.stat().st_size for p in files}
-        hashes = {p.name: _sha256(p) for p in files}
+        hashes = {p.name: file_sha256(p) for p in files}
         (tmp / "wnb-complete.json").write_text(json.dumps({"source": gguf.name, "sizes": sizes, "sha256": hashes}))
     _verified.update((folder / n, s) for n, s in sizes.items())
     return model, tokenizer
@@ -333,18 +332,10 @@ def _copy_intact(folder: Path) -> bool:
         stamp = (path, path.stat().st_size)
         if stamp in _verified:
             continue
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return False
         _verified.add(stamp)
     return True
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _cache_complete(folder: Path) -> bool:

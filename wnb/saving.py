@@ -27,7 +27,6 @@ checked (format, JSON types, layer names, shapes, checksums, fingerprint) before
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cache import file_sha256
 from .errors import WnbError
 
 FORMATS = ("hf", "compressed-tensors")
@@ -73,14 +73,6 @@ def _check_target(path, overwrite: bool, markers: tuple[str, ...]) -> Path:
             raise WnbError(f"{path} is not empty and holds no earlier wnb save ({' or '.join(markers)}); "
                            "wnb only replaces its own saves: give a new folder")
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _routed_layers(lm) -> dict:
@@ -491,7 +483,7 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
     with atomic_path(path) as tmp:
         tmp.mkdir()
         save_file(router_tensors, str(tmp / ROUTERS_FILE), metadata={"format": EXPANSION_FORMAT})
-        manifest["files"][ROUTERS_FILE] = _sha256(tmp / ROUTERS_FILE)
+        manifest["files"][ROUTERS_FILE] = file_sha256(tmp / ROUTERS_FILE)
         for name in order:
             layer = layers[name]
             tensors = {"experts": layer.experts.detach().cpu().contiguous()}
@@ -499,7 +491,7 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
                 tensors["bias"] = layer.bias.detach().cpu().contiguous()
             file = entries[name]["file"]
             save_file(tensors, str(tmp / file), metadata={"format": EXPANSION_FORMAT, "layer": name})
-            manifest["files"][file] = _sha256(tmp / file)
+            manifest["files"][file] = file_sha256(tmp / file)
             del tensors
         (tmp / EXPANSION_MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
     return path
@@ -565,7 +557,7 @@ def _open_checked(folder: Path, file: str, files: dict):
     digest = files.get(file)
     if not isinstance(digest, str):
         raise WnbError(f"the manifest has no checksum for {file}")
-    if _sha256(target) != digest:
+    if file_sha256(target) != digest:
         raise WnbError(f"{target} does not match the checksum in the manifest (changed or from another save)")
     try:
         return safe_open(str(target), framework="pt", device="cpu")
