@@ -428,6 +428,9 @@ def test_sparsity_view_quantizes_the_kept_weights(app, tiny_llama, windows):
     view.bits.value = 4
     assert view.last_error is None, view.last_error
     assert view.result.sparsity == "50% + 4-bit"
+    # 4 bits x half the weights + 1 mask bit + (16 + 4) bits of scale and zero per row of d_in columns
+    d_in = tiny_llama.model.get_submodule(LAYER).in_features
+    assert f"{4 * 0.5 + 1 + 20 / d_in:.2f} bits per weight" in view.summary.value
     w = tiny_llama.model.get_submodule(LAYER).weight.detach().double().numpy()
     kept = np.abs(w) > np.sort(np.abs(w).ravel())[w.size // 2 - 1]
     lo, hi = np.minimum(w.min(1, keepdims=True), 0), np.maximum(w.max(1, keepdims=True), 0)

@@ -139,8 +139,14 @@ class SparsityView(LayerNeuronPanel):
             return
         neuron = self.neuron
         row = result.errors[result.errors["neuron"] == neuron].iloc[0]
+        bits = bits_of(self.bits)
+        storage = ""
+        if bits is not None:  # what the pruned and quantized layer costs per weight
+            from ..quantize import effective_bits
+            columns = self._need_view().inputs.shape[1]
+            storage = f" · {effective_bits(bits, self.sparsity_value, columns=columns):.2f} bits per weight"
         self.summary.value = (f"<b>neuron {neuron}</b> · WD rank {int(row['rank'])} · WD {row['wd']:.4f} · "
-                              f"{result.method} {result.sparsity}: held-out RMSE {row['rmse']:.4g} "
+                              f"{result.method} {result.sparsity}{storage}: held-out RMSE {row['rmse']:.4g} "
                               f"({row['rel_rmse']:.1%} of the dense std), distribution shift {row['shift']:.4g}")
         name = f"{self.short_name()} · neuron {neuron}"
         hist = plots.output_histogram({"dense": result.dense[:, neuron],
