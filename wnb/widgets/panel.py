@@ -32,6 +32,7 @@ CSS = """
 .wnb-table select { font-family: monospace; font-size: 12px; }
 .wnb-head { font-family: monospace; font-size: 12px; white-space: pre; }
 .wnb-error { color: #8a1020; background: #fdecee; border: 1px solid #f2b8c0; padding: 4px 8px; border-radius: 4px; }
+.wnb-warn { color: #5c4300; background: #fff5d6; border: 1px solid #efd48a; padding: 4px 8px; border-radius: 4px; }
 .wnb-info { color: #333; }
 .wnb-downloads, .wnb-print-links { word-break: break-all; }
 </style>
@@ -174,11 +175,15 @@ class Panel(widgets.VBox):
         if not cost.get("large") or pending == what:
             return True
         self._pending = what
-        self.error(message)
+        self.warn(message)
         return False
 
     def info(self, text: str) -> None:
         self.status.value = f'<span class="wnb-info">{html.escape(text)}</span>'
+
+    def warn(self, text: str) -> None:
+        """A question or a caution in the status line (not an error: nothing failed)."""
+        self.status.value = f'<div class="wnb-warn">⏱ {html.escape(text)}</div>'
 
     def error(self, text: str) -> None:
         self.last_error = text
