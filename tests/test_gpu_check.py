@@ -29,6 +29,7 @@ OPTIONAL_HERE = {
     "httpx2": "huggingface-hub 2.x's HTTP client; the machine's huggingface-hub 1.33 uses httpx",
     "httpcore2": "the same",
     "truststore": "the same",
+    "pytz": "pandas imports it only where it is installed (here lm-eval's dependencies bring it)",
 }
 
 
