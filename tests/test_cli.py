@@ -200,6 +200,28 @@ def test_expand_save_model_reloads_the_same_expansion(tmp_path, isolated_cache):
         assert wnb.perplexity(lm, held_out, progress=False) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.integration
+def test_expand_scores_tasks(tmp_path, isolated_cache):
+    """--tasks wnb_agreement: tasks.csv holds the dense, SparseGPT and expansion rows; the dense acc is the
+    minimal-pair accuracy of the task's first 10 pairs, computed here with wnb.minimal_pair_scores."""
+    import json as json_lib
+
+    from wnb.tasks import AGREEMENT_TASK, agreement_task
+
+    out = tmp_path / "expand"
+    assert run("expand", *SMALL, "--experts", "2", "--layers", GATE, "--tasks", AGREEMENT_TASK, "--task-limit", "10",
+               "-o", out) == 0
+    tasks = pd.read_csv(out / "tasks.csv")
+    assert list(tasks["model"]) == ["dense", "sparsegpt", "expansion"] and (tasks["n"] == 10).all()
+    assert {"tasks.csv", "tasks.png"} <= set(manifest(out)["files"])
+    docs = [json_lib.loads(line) for line in
+            (agreement_task() / f"{AGREEMENT_TASK}.jsonl").read_text().splitlines()][:10]
+    pairs = [{"good": d["choices"][0], "bad": d["choices"][1], "phenomenon": d["phenomenon"]} for d in docs]
+    lm, _, _ = windows()
+    expected = wnb.minimal_pair_scores(lm, pairs, progress=False)["correct"].mean()
+    assert tasks.loc[0, "value"] == pytest.approx(expected)
+
+
 def test_prune_no_true_sequential_equals_the_api(tmp_path, isolated_cache):
     """--no-true-sequential calibrates down_proj on the dense block, as the API's true_sequential=False,
     and gives another model than the default (down_proj calibrated on the pruned gate_proj)."""

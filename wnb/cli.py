@@ -304,6 +304,11 @@ def _validate(args) -> None:
     if getattr(args, "bits", None) is not None or getattr(args, "group_size", None) is not None:
         from .quantize import check_quant
         check_quant(args.bits, args.group_size)
+    if getattr(args, "tasks", None):
+        from .tasks import _lm_eval
+        _lm_eval()  # lm-eval missing: say so before the model loads
+        if args.task_limit is not None and args.task_limit < 1:
+            raise WnbError(f"--task-limit must be at least 1 (got {args.task_limit})")
     if getattr(args, "save_format", "hf") != "hf" and not getattr(args, "save_model", False):
         raise WnbError("--save-format says how --save-model writes the model: add --save-model")
     if getattr(args, "contexts", None) is not None:
@@ -641,6 +646,16 @@ def _expand(args, run: RunFolder, session) -> str:
     run.table("perplexity.csv", table, "held-out perplexity and the first layer's relative output error: dense, "
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
+    if args.tasks:
+        from .tasks import AGREEMENT_TASK, agreement_task, compare_tasks
+
+        include = agreement_task(seed=args.seed) if AGREEMENT_TASK in args.tasks else None
+        tasks = compare_tasks(lm, session.calib, args.tasks, layers, args.experts, args.sparsity, args.bits,
+                              limit=args.task_limit, include_path=include, seed=args.seed,
+                              batch_size=args.batch_size, progress=progress)
+        run.table("tasks.csv", tasks, "lm-evaluation-harness scores of the dense, SparseGPT and expanded models: "
+                  "task, metric, value, stderr, filter, n (documents scored)")
+        run.figure("tasks.png", plots.task_bars(tasks, title=lm.name), "acc per task and model")
     detail = _detail_layer(session, args.detail)
     if detail is not None:
         analysis = session.expansion_analysis(detail, args.experts, args.sparsity, progress=progress)
@@ -903,6 +918,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
     _quant_flags(p)
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="also score lm-eval tasks on the dense, "
+                   "SparseGPT and expanded models (needs wnb[eval]; wnb_agreement works offline, the standard "
+                   "tasks download their data)")
+    p.add_argument("--task-limit", type=int, default=None, help="documents per task (default: all)")
     p.add_argument("--save-model", action="store_true", help="also write the expansion (routers and experts, "
                    "safetensors + JSON; wnb.load_expanded reads it) into <output>/expansion: builds it once more")
     _true_sequential_flag(p)
