@@ -80,7 +80,8 @@ class SparsityView(LayerNeuronPanel):
         self.scope = scope_dropdown(settings.session.budget.scope)
         self.sparsities = widgets.Text(value=settings.session.budget.sweep, description="sparsities",
                                        continuous_update=False, layout=widgets.Layout(width="320px"))
-        self.run_sweep = widgets.Button(description="Run sweep", icon="play", button_style="primary")
+        self.run_sweep = widgets.Button(description="Run sweep", icon="play", button_style="primary",
+                                        layout=widgets.Layout(width="auto", min_width="120px"))
         self.sweep_out = widgets.Output()
         self.sweep_table = widgets.HTML()
         self.fraction = widgets.BoundedFloatText(value=0.03, min=0.001, max=1.0, step=0.01, description="neurons",
@@ -102,7 +103,8 @@ class SparsityView(LayerNeuronPanel):
             controls=[widgets.HBox([self.method, self.pattern, self.bits]), self.sparsity],
             body=[widgets.HBox([self.hist_out, self.error_out]),
                   widgets.HTML("<h4>Whole model: perplexity vs sparsity</h4>"),
-                  widgets.HBox([self.scope, self.sparsities, self.run_sweep]), self.sweep_out, self.sweep_table,
+                  widgets.HBox([self.scope, self.sparsities, self.run_sweep],
+                               layout=widgets.Layout(flex_flow="row wrap")), self.sweep_out, self.sweep_table,
                   widgets.HTML("<h4>Which neurons hurt most when sparsified (paper Fig. 3)</h4>"
                                "<p>Sparsify only a fraction of the neurons of every chosen layer, picked by WD, "
                                "at random, by output mean, by variance or by weight norm.</p>"),
