@@ -18,7 +18,6 @@ def perplexity(lm, windows, batch_size: int = 8, progress: bool = True) -> float
 
 
 @torch.no_grad()
-@torch.no_grad()
 def token_nll(lm, windows, batch_size: int = 8, progress: bool = True, desc: str = "token NLL") -> torch.Tensor:
     """Next-token NLL of every token of every window: ``[n_windows, seq_len − 1]`` float32 on the CPU.
 
