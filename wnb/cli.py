@@ -612,21 +612,21 @@ def _expand(args, run: RunFolder, session) -> str:
     from . import plots
     from .analysis import expansion_sweep
     from .expand import check_expansion
-    from .prune import sparsity_label
     from .quantize import key_parts
+    from .session import _expert_counts
 
     lm = session.lm
     layers = _layers(lm, args.layers)
     check_expansion(lm, args.experts, args.sparsity, session.calib, layers, args.pca_factor)
     progress = not args.quiet
-    ks = (1,) if args.experts == 1 else (1, args.experts)
     # The key of Session.expansion_perplexity (so the app shows it), without the app's memory cap.
     pca = {} if args.pca_factor == 32 else {"pca_factor": args.pca_factor}  # the app always uses 32
     quant = key_parts(args.bits, args.group_size)
-    key = session.key(layers=list(layers), n_experts=list(ks), sparsity=sparsity_label(args.sparsity),
-                      held_out=session.held_out, true_sequential=args.true_sequential, **pca, **quant)
+    key = session._expansion_key(layers, args.experts, args.sparsity, args.true_sequential, args.bits,
+                                 args.group_size, **pca)
     table = cache.cached("expansion_perplexity", key,
-                         lambda: expansion_sweep(lm, session.calib, session.held_out, n_experts=ks,
+                         lambda: expansion_sweep(lm, session.calib, session.held_out,
+                                                 n_experts=_expert_counts(args.experts),
                                                  sparsities=(args.sparsity,), layers=layers, seed=args.seed,
                                                  pca_factor=args.pca_factor, batch_size=args.batch_size,
                                                  progress=progress, true_sequential=args.true_sequential,
@@ -647,12 +647,10 @@ def _expand(args, run: RunFolder, session) -> str:
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
     if args.tasks:
-        from .tasks import AGREEMENT_TASK, agreement_task, compare_tasks
+        from .tasks import compare_tasks
 
-        include = agreement_task(seed=args.seed) if AGREEMENT_TASK in args.tasks else None
         tasks = compare_tasks(lm, session.calib, args.tasks, layers, args.experts, args.sparsity, args.bits,
-                              limit=args.task_limit, include_path=include, seed=args.seed,
-                              batch_size=args.batch_size, progress=progress)
+                              limit=args.task_limit, seed=args.seed, batch_size=args.batch_size, progress=progress)
         run.table("tasks.csv", tasks, "lm-evaluation-harness scores of the dense, SparseGPT and expanded models: "
                   "task, metric, value, stderr, filter, n (documents scored)")
         run.figure("tasks.png", plots.task_bars(tasks, title=lm.name), "acc per task and model")

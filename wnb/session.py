@@ -426,7 +426,8 @@ class Session:
         label = sparsity_label(sparsity)
         view = self.layer(name, progress)
         acts = {view.name: Activations(view.inputs, view.outputs)}
-        weight = cache.cached("pruned_weight", self.key(layer=view.name, method=method, sparsity=label, **key_parts(bits)),
+        key = self.key(layer=view.name, method=method, sparsity=label, **key_parts(bits))
+        weight = cache.cached("pruned_weight", key,
                               lambda: prune_layer(self.lm, view.name, acts, method=method, sparsity=sparsity,
                                                   bits=bits),
                               enabled=self.use_cache)
@@ -544,16 +545,18 @@ class Session:
                             lambda: expansion_sweep(self.lm, self.calib, self.held_out, n_experts=_expert_counts(n_experts),
                                                     sparsities=(sparsity,), layers=list(layers), seed=self.seed,
                                                     max_bytes=APP_EXPERT_BYTES, progress=progress,
-                                                    true_sequential=true_sequential, on_run=on_run,
-                                                    **key_parts(bits)),
+                                                    true_sequential=true_sequential, on_run=on_run, bits=bits),
                             enabled=self.use_cache)
 
-    def _expansion_key(self, layers, n_experts, sparsity, true_sequential: bool = True, bits=None) -> str:
+    def _expansion_key(self, layers, n_experts, sparsity, true_sequential: bool = True, bits=None,
+                       group_size=None, **extra) -> str:
+        """The key of :meth:`expansion_perplexity` (``wnb expand`` stores its table under it too, with
+        ``extra`` parts such as a ``pca_factor`` other than the app's)."""
         from .prune import sparsity_label
 
         return self.key(layers=list(layers), n_experts=list(_expert_counts(n_experts)),
                         sparsity=sparsity_label(sparsity), held_out=self.held_out, true_sequential=true_sequential,
-                        **key_parts(bits))
+                        **extra, **key_parts(bits, group_size))
 
     def expansion_cost(self, layers, n_experts: int = 16, sparsity=0.5, true_sequential: bool = True,
                        bits=None) -> dict:
@@ -568,16 +571,15 @@ class Session:
         (:func:`wnb.tasks.compare_tasks`; the experts held at once capped at ``APP_EXPERT_BYTES``), cached.
         ``wnb_agreement`` (wnb's minimal pairs) needs no network; lm-eval's standard tasks do."""
         from .prune import sparsity_label
-        from .tasks import AGREEMENT_TASK, agreement_task, compare_tasks
+        from .tasks import compare_tasks
 
         tasks = list(tasks)
-        include = agreement_task(seed=self.seed) if AGREEMENT_TASK in tasks else None
         key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
                        limit=limit, **key_parts(bits))
         return _nullable_ints(cache.cached(
             "task_scores", key,
             lambda: _plain_ints(compare_tasks(self.lm, self.calib, tasks, list(layers), n_experts, sparsity, bits,
-                                              limit=limit, include_path=include, seed=self.seed, progress=progress,
+                                              limit=limit, seed=self.seed, progress=progress,
                                               on_run=on_run, max_bytes=APP_EXPERT_BYTES)),
             enabled=self.use_cache), ["n"])
 
@@ -597,6 +599,8 @@ class Session:
         held_bytes = max(estimates.held_bytes(self.lm, layers, k, APP_EXPERT_BYTES) for _, k in runs)
         return {"cached": False, "seconds": seconds, "bytes": held_bytes, "runs": len(runs) + 1,
                 "layers": len(layers), "large": seconds > LARGE_JOB_SECONDS or held_bytes > LARGE_JOB_BYTES}
+
+    # ------------------------------------------------------------- sign ablation (the follow-up, issue 12)
 
     def sign_scores(self, layers, tokens: int | None = None, progress: bool = True) -> dict:
         """WD of every neuron of ``layers`` over the first ``tokens`` calibration tokens (default: the

@@ -115,7 +115,8 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
 
     ``tasks`` is a task (or group) name or a list of them; ``limit`` caps the documents per task (an
     integer, or a fraction below 1); ``batch_size`` documents per forward. ``include_path`` is a folder
-    of your own task YAMLs (lm-eval's ``TaskManager(include_path=...)``). ``num_fewshot`` overrides the
+    of your own task YAMLs (lm-eval's ``TaskManager(include_path=...)``); without one, ``wnb_agreement``
+    is :func:`agreement_task` with ``seed``. ``num_fewshot`` overrides the
     tasks' own; ``bootstrap_iters`` sizes the bootstrap of metrics whose standard error has no closed
     form (means have one); ``seed`` seeds lm-eval's sampling (the global generators are put back
     afterwards). Runs under the model's own dtype and device; call it inside ``with wnb.pruned(...)``,
@@ -152,6 +153,8 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
         num_fewshot = check_int(num_fewshot, "num_fewshot", 0)
     if max_length is not None:
         max_length = check_int(max_length, "max_length")
+    if include_path is None and AGREEMENT_TASK in names:  # wnb's own task, written into the cache
+        include_path = agreement_task(seed=seed)
     manager = task_manager(names, include_path)
 
     tokenizer = copy.deepcopy(lm.tokenizer)  # lm-eval may give it a pad token; keep the user's as it is
@@ -215,8 +218,8 @@ def agreement_task(n: int = 20, seed: int = 0) -> Path:
     (:func:`wnb.minimal_pairs`, ``n`` per construction, ``seed``; shuffled with ``seed``, so that a
     ``limit`` takes every construction) as two-choice items, the grammatical
     sentence first, each scored by its total log-probability after the tokenizer's start token (lm-eval's
-    empty context), so ``acc`` is the minimal-pair accuracy. Written once into wnb's cache; pass it as
-    ``include_path`` (``evaluate_tasks(lm, [AGREEMENT_TASK], include_path=agreement_task())``). Needs no
+    empty context), so ``acc`` is the minimal-pair accuracy. Written once into wnb's cache;
+    :func:`evaluate_tasks` uses it for ``wnb_agreement`` unless given another ``include_path``. Needs no
     network, which the standard tasks do."""
     import json
 
@@ -262,18 +265,17 @@ def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0
     models = ["dense", "sparsegpt"] + (["expansion"] if int(n_experts) > 1 else [])
     report = _runs(on_run, len(models))
     kw = dict(limit=limit, include_path=include_path, seed=seed, batch_size=batch_size)
-    quant = {"bits": bits} if bits is not None else {}
     frames = []
     for model in models:
         report(model)
         if model == "dense":
             scores = evaluate_tasks(lm, tasks, **kw)
         elif model == "sparsegpt":
-            with pruned(lm, "sparsegpt", sparsity, calib=calib, layers=layers, seed=seed, progress=progress, **quant):
+            with pruned(lm, "sparsegpt", sparsity, calib=calib, layers=layers, seed=seed, progress=progress, bits=bits):
                 scores = evaluate_tasks(lm, tasks, **kw)
         else:
             with expanded(lm, int(n_experts), sparsity, calib=calib, layers=layers, seed=seed, progress=progress,
-                          max_bytes=max_bytes, **quant):
+                          max_bytes=max_bytes, bits=bits):
                 scores = evaluate_tasks(lm, tasks, **kw)
         frames.append(scores.assign(model=model))
     table = pd.concat(frames, ignore_index=True)
