@@ -275,10 +275,7 @@ class SparseGPT:
         H[dead, dead] = 1.0
         W[:, dead] = 0
         hinv = self._inverse_factor(H, percdamp).to(dtype)
-        if bits is None:
-            W = _sparsegpt_blocks(W, hinv, fraction, n, m, blocksize)
-        else:
-            W = _sparsegpt_blocks(W, hinv, fraction, n, m, blocksize, bits=bits, group_size=group_size, grid=grid)
+        W = _sparsegpt_blocks(W, hinv, fraction, n, m, blocksize, bits=bits, group_size=group_size, grid=grid)
         if row_idx is None:
             return W.float()
         out[row_idx] = W.float()

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import plots
 from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
-from .sparsity import bits_dropdown, bits_of, scope_dropdown
+from .sparsity import bits_dropdown, bits_of, bits_tag, scope_dropdown
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -167,15 +167,13 @@ class ExpansionView(LayerNeuronPanel):
         self._links()
 
     def file_stem(self) -> str:
-        quant = f"{self.bits.value}bit_" if self.bits.value else ""
         return (f"{slug(self.layer.value)}_neuron{self.neuron}_k{self.k.value}_{slug(f'{self.sparsity.value:.0%}')}_"
-                f"{quant}{self.settings_tag()}")
+                f"{bits_tag(self.bits)}{self.settings_tag()}")
 
     def _links(self) -> None:
         stem = self.file_stem()
-        quant = f"{self.bits.value}bit_" if self.bits.value else ""
-        layer = (f"{slug(self.layer.value)}_k{self.k.value}_{slug(f'{self.sparsity.value:.0%}')}_{quant}"
-                 f"{self.settings_tag()}")
+        layer = (f"{slug(self.layer.value)}_k{self.k.value}_{slug(f'{self.sparsity.value:.0%}')}_"
+                 f"{bits_tag(self.bits)}{self.settings_tag()}")
         links = []
         if self.ri is not None:
             links.append(csv_link(self.ri, f"relative_improvement_{layer}.csv"))

@@ -1,11 +1,10 @@
 """Model overview: WD of every FFN neuron per block, as a heat map or violins."""
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Callable
-
 import html
 import math
+import time
+from typing import TYPE_CHECKING, Callable
 
 import ipywidgets as widgets
 import pandas as pd

@@ -53,6 +53,11 @@ def bits_of(dropdown: widgets.Dropdown) -> int | None:
     return dropdown.value or None
 
 
+def bits_tag(dropdown: widgets.Dropdown) -> str:
+    """The part of a download's name for a :func:`bits_dropdown`: ``"4bit_"``, or ``""`` unquantized."""
+    return f"{dropdown.value}bit_" if dropdown.value else ""
+
+
 def scope_dropdown(value: str) -> widgets.Dropdown:
     scope = widgets.Dropdown(options=[(text, key) for key, text in SCOPES.items()], value=value,
                              description="layers", layout=widgets.Layout(width="420px"))
@@ -209,9 +214,8 @@ class SparsityView(LayerNeuronPanel):
         if self.result is not None:
             links.append(csv_link(self.result.errors, f"errors_{stem}.csv"))
         if self.sweep_result is not None:
-            quant = f"_{self.bits.value}bit" if self.bits.value else ""
             links.append(csv_link(self.sweep_result, f"sparsity_sweep_{slug(self.layer.value)}_{scope}_"
-                                                     f"{slug(self.sparsities.value)}{quant}_{tag}.csv"))
+                                                     f"{slug(self.sparsities.value)}_{bits_tag(self.bits)}{tag}.csv"))
         if self.ablation_result is not None:
             links.append(csv_link(self.ablation_result, f"ablation_{slug(self.layer.value)}_{scope}_"
                                                         f"{self.fraction.value:g}_{self.ablation_sparsity.value:g}_{tag}.csv"))
