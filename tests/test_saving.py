@@ -187,6 +187,10 @@ def test_save_pruned_refusals(tmp_path, tiny_llama, tiny_windows):
     with wnb.pruned(lm, method="magnitude", sparsity=0.5, progress=False) as report:
         first = wnb.save_pruned(lm, tmp_path / "again")
         assert wnb.save_pruned(lm, first, overwrite=True) == first  # an earlier wnb save may be replaced
+        (first / "notes.txt").write_text("mine")  # ... but not a user's file put beside it
+        with pytest.raises(wnb.WnbError, match="also notes.txt, which wnb did not write"):
+            wnb.save_pruned(lm, first, overwrite=True)
+        assert (first / "notes.txt").read_text() == "mine" and (first / "wnb-saved.json").is_file()
     with pytest.raises(wnb.WnbError, match="no longer holds the pruned weights"):
         wnb.save_pruned(lm, tmp_path / "late", format="compressed-tensors", report=report)
     with pytest.raises(wnb.WnbError, match="does not have"):

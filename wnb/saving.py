@@ -59,7 +59,9 @@ def _version() -> str:
 
 
 def _check_target(path, overwrite: bool, markers: tuple[str, ...]) -> Path:
-    """The folder to write: new, empty, or (with ``overwrite``) an earlier wnb save of one of ``markers``."""
+    """The folder to write: new, empty, or (with ``overwrite``) an earlier wnb save of one of ``markers``
+    holding nothing but the files that save wrote (its manifest's ``written`` list): replacing the folder
+    must not take a user's file with it."""
     if not isinstance(path, (str, Path)) or not str(path):
         raise WnbError(f"path must be a folder path (got {path!r})")
     path = Path(path).expanduser()
@@ -69,10 +71,26 @@ def _check_target(path, overwrite: bool, markers: tuple[str, ...]) -> Path:
         if not overwrite:
             raise WnbError(f"{path} exists and is not empty; give a new folder, or overwrite=True to replace "
                            "an earlier wnb save there")
-        if not any((path / m).is_file() for m in markers):
+        marker = next((path / m for m in markers if (path / m).is_file()), None)
+        if marker is None:
             raise WnbError(f"{path} is not empty and holds no earlier wnb save ({' or '.join(markers)}); "
                            "wnb only replaces its own saves: give a new folder")
+        others = sorted(set(p.name for p in path.iterdir()) - set(_written(marker)) - {marker.name})
+        if others:
+            raise WnbError(f"{path} holds an earlier wnb save and also {', '.join(others)}, which wnb did not "
+                           "write; wnb only replaces its own files: move them, or give a new folder")
     return path
+
+
+def _written(manifest: Path) -> list[str]:
+    """The names an earlier save lists as written beside its manifest (none when it is unreadable)."""
+    try:
+        if manifest.stat().st_size > _MAX_MANIFEST_BYTES:
+            return []
+        written = json.loads(manifest.read_text()).get("written", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [w for w in written if isinstance(w, str)] if isinstance(written, list) else []
 
 
 def _routed_layers(lm) -> dict:
@@ -298,7 +316,8 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
 
     ``report`` (what ``with wnb.pruned(...) as report`` gives) names the pruned layers and is checked
     against the model; without it, layers with at least ``min_sparsity`` exact zeros count as pruned.
-    The folder must be new or empty; ``overwrite=True`` replaces an earlier wnb save. It is written
+    The folder must be new or empty; ``overwrite=True`` replaces an earlier wnb save that holds only the
+    files it wrote (anything else there is refused, named). It is written
     atomically, with a ``wnb-saved.json`` manifest. Only weights are saved: hooks (sign ablation) are not.
     Returns the folder.
     """
@@ -359,6 +378,7 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
             lm.tokenizer.save_pretrained(tmp)
         if format == "compressed-tensors":
             _write_compression_config(tmp, layers, structure, manifest["global_sparsity"], quant_config)
+        manifest["written"] = sorted(p.name for p in tmp.iterdir())
         (tmp / PRUNED_MANIFEST).write_text(json.dumps(manifest, indent=1))
     return path
 
@@ -426,7 +446,8 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
     in]``, ``bias``) and ``wnb-expansion.json``: the layers, their router, tokens and damping per expert,
     ``percdamp``, your ``settings`` (JSON-safe values, e.g. the sparsity and seed you used), the SHA-256 of
     every file and a fingerprint of the model's other parameters. ``expansion`` defaults to every routed
-    layer in the model. Returns the folder (new or empty; ``overwrite=True`` replaces an earlier save).
+    layer in the model. Returns the folder (new or empty; ``overwrite=True`` replaces an earlier save that holds
+    only its own files).
     """
     from safetensors.torch import save_file
 
@@ -493,6 +514,7 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
             save_file(tensors, str(tmp / file), metadata={"format": EXPANSION_FORMAT, "layer": name})
             manifest["files"][file] = file_sha256(tmp / file)
             del tensors
+        manifest["written"] = sorted(p.name for p in tmp.iterdir())
         (tmp / EXPANSION_MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
     return path
 
