@@ -215,7 +215,7 @@ def test_expand_scores_tasks(tmp_path, isolated_cache):
     assert list(tasks["model"]) == ["dense", "sparsegpt", "expansion"] and (tasks["n"] == 10).all()
     assert {"tasks.csv", "tasks.png"} <= set(manifest(out)["files"])
     docs = [json_lib.loads(line) for line in
-            (agreement_task() / f"{AGREEMENT_TASK}.jsonl").read_text().splitlines()][:10]
+            (agreement_task(folder=tmp_path / "task") / f"{AGREEMENT_TASK}.jsonl").read_text().splitlines()][:10]
     pairs = [{"good": d["choices"][0], "bad": d["choices"][1], "phenomenon": d["phenomenon"]} for d in docs]
     lm, _, _ = windows()
     expected = wnb.minimal_pair_scores(lm, pairs, progress=False)["correct"].mean()

@@ -139,8 +139,9 @@ def test_the_agreement_task_is_the_minimal_pair_accuracy(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
     lm = tiny_word_llama()
-    folder = tasks.agreement_task(n=4, seed=1)
-    assert folder.is_relative_to(tmp_path / "cache")  # written into wnb's cache, nowhere else
+    folder = tasks.agreement_task(n=4, seed=1, folder=tmp_path / "task")
+    assert sorted(p.name for p in folder.iterdir()) == [f"{tasks.AGREEMENT_TASK}.jsonl", f"{tasks.AGREEMENT_TASK}.yaml"]
+    assert not (tmp_path / "cache").exists()  # nothing of it in wnb's shared cache
     docs = [json.loads(line) for line in (folder / f"{tasks.AGREEMENT_TASK}.jsonl").read_text().splitlines()]
     pairs = wnb.minimal_pairs(n=4, seed=1)
     assert sorted(d["choices"][0] for d in docs) == sorted(p["good"] for p in pairs) and len(docs) == 24
@@ -180,9 +181,36 @@ def test_the_expansion_tab_scores_tasks(tmp_path, monkeypatch):
     assert view.last_error is None, view.last_error
     shown = view.tasks.table
     ref = tasks.compare_tasks(lm, windows[:8], [tasks.AGREEMENT_TASK], layers=[view.layer.value], n_experts=2,
-                              limit=30, include_path=tasks.agreement_task(), progress=False)
+                              limit=30, include_path=tasks.agreement_task(folder=tmp_path / "task"), progress=False)
     assert list(shown["model"]) == ["dense", "sparsegpt", "expansion"] and (shown["n"] == 30).all()
     np.testing.assert_allclose(shown["value"], ref["value"])
     bars = [b.get_height() for b in view.figs["tasks"].axes[0].patches]
     np.testing.assert_allclose(bars, shown["value"])
     assert "tasks_wnb_agreement_" in view.tasks.links.value and ".csv" in view.tasks.links.value
+
+
+def test_a_task_planted_in_the_cache_never_runs(tmp_path, monkeypatch):
+    """A copied cache folder must not run code: a wnb_agreement.yaml planted where earlier versions kept
+    the task (the cache's tasks/ folder), with a ``!function`` that would write a marker, is never read;
+    the task lm-eval runs is the one wnb writes afresh, and it is gone afterwards."""
+    import tempfile
+
+    import wnb.tasks as tasks
+
+    cache_root = tmp_path / "cache"
+    monkeypatch.setenv("WNB_CACHE", str(cache_root))
+    marker = tmp_path / "ran"
+    for folder in [cache_root / "tasks" / "agreement-n20-seed0"]:
+        folder.mkdir(parents=True)
+        (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef f(x):\n    return x\n")
+        (folder / f"{tasks.AGREEMENT_TASK}.yaml").write_text(
+            f"task: {tasks.AGREEMENT_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: "
+            f"{json.dumps(str(folder / 'x.jsonl'))}\ntest_split: test\noutput_type: multiple_choice\n"
+            "process_docs: !function evil.f\ndoc_to_text: \"\"\ndoc_to_choice: \"{{choices}}\"\n"
+            "doc_to_target: 0\n")
+    before = set(Path(tempfile.gettempdir()).glob("wnb-task-*"))
+    lm = tiny_word_llama()
+    table = wnb.evaluate_tasks(lm, tasks.AGREEMENT_TASK, limit=6)
+    assert not marker.exists()
+    assert list(table["n"]) == [6] and table["value"].between(0, 1).all()
+    assert set(Path(tempfile.gettempdir()).glob("wnb-task-*")) == before  # the run's folder is removed

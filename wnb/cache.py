@@ -34,6 +34,14 @@ class CacheWarning(UserWarning):
     """A result could not be stored in the cache (it was still returned)."""
 
 
+class Uncached:
+    """What a ``compute`` of :func:`cached` returns to hand back ``value`` without storing it (e.g. a
+    result that assumes the dense model, computed while the model was not dense)."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
 def cache_dir() -> Path:
     root = os.environ.get("WNB_CACHE")
     if root:
@@ -81,6 +89,12 @@ def key(**parts: Any) -> Key:
     made = Key(hashlib.sha256(text.encode()).hexdigest()[:20])
     made.parts = text
     return made
+
+
+def text_digest(text: str) -> str:
+    """A text's SHA-256 (hex): what cache keys hold of a corpus, never the text itself (an uploaded file
+    must not be kept on the server inside a key's description)."""
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 # ---------------------------------------------------------------- temporaries
@@ -191,7 +205,8 @@ def cached(kind: str, cache_key: str, compute: Callable[[], Any], enabled: bool 
     key is treated as missing and rebuilt.
     """
     if not enabled:
-        return compute()
+        value = compute()
+        return value.value if isinstance(value, Uncached) else value
     path = entry_path(kind, cache_key)
     if path.exists():
         try:
@@ -201,6 +216,8 @@ def cached(kind: str, cache_key: str, compute: Callable[[], Any], enabled: bool 
         except Exception:  # unreadable, tampered with, or another key's: rebuild it
             pass
     value = compute()
+    if isinstance(value, Uncached):
+        return value.value
     try:
         blob = write_entry(value, kind, cache_key)
     except TypeError as exc:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .errors import WnbError
 from .checks import check_int
 from .models import LM, check_layers
+from .state import holding
 
 
 @dataclass
@@ -147,7 +148,8 @@ def capture(lm: LM, layers, windows, max_tokens: int | None = None, batch_size: 
     batches = range(0, windows.shape[0], batch_size)
     for start in tqdm(batches, desc=f"capture {len(layers)} layer(s)", disable=not progress, leave=False):
         ids = windows[start:start + batch_size].to(lm.device)
-        saved = _trace_batch(lm, layers, ids, inputs, outputs)
+        with holding(lm, "a capture"):
+            saved = _trace_batch(lm, layers, ids, inputs, outputs)
         take = min(ids.numel(), total - filled)
         if on_batch is not None:
             on_batch({name: Activations(*(_flat(parts.get(k), take) for k in ("input", "output")))

@@ -247,7 +247,7 @@ def _setup(args, run: RunFolder):
     lm = load_model(args.model, device=args.device if not remote else "auto", dtype=args.dtype if not remote else None,
                     revision=args.revision, trust_remote_code=args.trust_remote_code, remote=remote,
                     offload=args.offload)
-    key = cache.key(model=lm.name, text=text, seq_len=seq_len, n_calib=n_calib, n_eval=n_eval, seed=args.seed)
+    key = cache.key(model=lm.name, text=cache.text_digest(text), seq_len=seq_len, n_calib=n_calib, n_eval=n_eval, seed=args.seed)
     calib, held_out = cache.cached("windows", key,
                                    lambda: token_windows(lm, text, seq_len, n_calib, n_eval, args.seed),
                                    enabled=not args.no_cache)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .capture import check_windows
+from .state import holding
 
 
 def perplexity(lm, windows, batch_size: int = 8, progress: bool = True) -> float:
@@ -33,7 +34,8 @@ def token_nll(lm, windows, batch_size: int = 8, progress: bool = True, desc: str
     out = torch.empty(windows.shape[0], windows.shape[1] - 1, dtype=torch.float32)
     for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
         ids = windows[start:start + batch_size].to(lm.device)
-        logits = lm.model(ids).logits
+        with holding(lm, "a perplexity pass"):
+            logits = lm.model(ids).logits
         nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
         out[start:start + ids.shape[0]] = nll.cpu()
     return out

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .errors import WnbError
 from .offload import follow
+from .state import changed
 
 N_INIT = 10  # k-means restarts (greedy k-means++); the authors use 100: benchmarks/bench_kmeans.py
 
@@ -525,29 +526,30 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
     bits, group_size = check_quant(bits, group_size)
     n_experts = check_int(n_experts, "n_experts")
     batch_size = check_int(batch_size, "batch_size")
-    swapped: dict[str, nn.Module] = {}
-    routed: dict[str, RoutedLayer] = {}
-    try:
-        bar = tqdm(total=len(layers) * n_experts, desc=f"Sparse Expansion, {n_experts} experts",
-                   disable=not progress, leave=False)
-        for _, inputs in walk(lm, windows, layers, batch_size=batch_size, progress=progress,
-                              true_sequential=true_sequential):
-            for group in shared_input_groups(inputs):
-                x = inputs[group[0]].to(lm.device)
-                router = Router.fit(x, n_experts, pca_factor, n_init=n_init, seed=seed)
-                labels = router.predict(x)
-                for name in group:
-                    weight = layer_weight(lm, name)
-                    experts = build_experts(weight, x, labels, n_experts, sparsity, blocksize, percdamp,
-                                            bits=bits, group_size=group_size)
-                    routed[name] = RoutedLayer(router, experts.weights, layer_bias(lm, name), experts.tokens,
-                                               experts.damping, dtype=weight.dtype)
-                    del experts
-                    swapped[name] = swap_module(lm, name, routed[name])
-                    bar.update(n_experts)
-            del inputs
-        bar.close()
-        yield Expansion(routed, percdamp, bits, group_size)
-    finally:
-        for name in reversed(list(swapped)):
-            swap_module(lm, name, swapped[name])
+    with changed(lm, f"Sparse Expansion ({n_experts} experts)"):  # holds the model until the dense modules are back
+        swapped: dict[str, nn.Module] = {}
+        routed: dict[str, RoutedLayer] = {}
+        try:
+            bar = tqdm(total=len(layers) * n_experts, desc=f"Sparse Expansion, {n_experts} experts",
+                       disable=not progress, leave=False)
+            for _, inputs in walk(lm, windows, layers, batch_size=batch_size, progress=progress,
+                                  true_sequential=true_sequential):
+                for group in shared_input_groups(inputs):
+                    x = inputs[group[0]].to(lm.device)
+                    router = Router.fit(x, n_experts, pca_factor, n_init=n_init, seed=seed)
+                    labels = router.predict(x)
+                    for name in group:
+                        weight = layer_weight(lm, name)
+                        experts = build_experts(weight, x, labels, n_experts, sparsity, blocksize, percdamp,
+                                                bits=bits, group_size=group_size)
+                        routed[name] = RoutedLayer(router, experts.weights, layer_bias(lm, name), experts.tokens,
+                                                   experts.damping, dtype=weight.dtype)
+                        del experts
+                        swapped[name] = swap_module(lm, name, routed[name])
+                        bar.update(n_experts)
+                del inputs
+            bar.close()
+            yield Expansion(routed, percdamp, bits, group_size)
+        finally:
+            for name in reversed(list(swapped)):
+                swap_module(lm, name, swapped[name])

@@ -37,6 +37,8 @@ class Job:
         self.on_change = on_change
         self._cancel = threading.Event()
         self._last_tick = 0.0
+        self.thread: threading.Thread | None = None  # where the job's work runs (set when it starts)
+        self.button = None  # the widget that started it (its Cancel button in the app)
 
     # -- progress
 

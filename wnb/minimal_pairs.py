@@ -45,6 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import WnbError
+from .state import holding
 
 SOURCES = ("agreement", "blimp")
 BLIMP = "nyu-mll/blimp"
@@ -358,7 +359,8 @@ def sentence_logprobs(lm, sentences, batch_size: int = 32, prefix: str | None = 
     scores = np.empty(len(encoded), dtype=np.float64)
     for batch in tqdm(batches, desc="minimal pairs", disable=not progress, leave=False):
         ids = torch.tensor([encoded[i] for i in batch], device=lm.device)
-        logits = lm.model(input_ids=ids).logits[:, skip - 1:-1].float()
+        with holding(lm, "minimal-pair scoring"):
+            logits = lm.model(input_ids=ids).logits[:, skip - 1:-1].float()
         target = ids[:, skip:, None]
         logp = logits.gather(-1, target)[..., 0] - torch.logsumexp(logits, dim=-1)
         scores[batch] = logp.double().sum(1).cpu().numpy()

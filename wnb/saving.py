@@ -37,6 +37,7 @@ from torch import nn
 
 from .cache import file_sha256
 from .errors import WnbError
+from .state import changed
 
 FORMATS = ("hf", "compressed-tensors")
 PRUNED_MANIFEST = "wnb-saved.json"
@@ -727,11 +728,12 @@ def load_expanded(lm, path, check_model: bool = True):
     plan, percdamp, quant = _plan_load(lm, folder, manifest, check_model)
     fields = getattr(Expansion, "__dataclass_fields__", {})
     extra = {k: v for k, v in quant.items() if k in fields}
-    swapped = {}
-    try:
-        for name, layer in plan:
-            swapped[name] = swap_module(lm, name, layer)
-        yield Expansion(dict(plan), percdamp if percdamp is not None else float("nan"), **extra)
-    finally:
-        for name in reversed(list(swapped)):
-            swap_module(lm, name, swapped[name])
+    with changed(lm, "a loaded Sparse Expansion"):
+        swapped = {}
+        try:
+            for name, layer in plan:
+                swapped[name] = swap_module(lm, name, layer)
+            yield Expansion(dict(plan), percdamp if percdamp is not None else float("nan"), **extra)
+        finally:
+            for name in reversed(list(swapped)):
+                swap_module(lm, name, swapped[name])

@@ -38,6 +38,7 @@ from .capture import check_windows
 from .errors import WnbError
 from .models import LM, block_of, check_layers, decoder_blocks, layer_weight, module, require_local
 from .offload import resident
+from .state import holding
 
 # Most the kept inputs of a block's last layer may take (all calibration tokens); above it the MLP is
 # run again for the block's outputs instead.
@@ -276,7 +277,9 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
     groups = group_by_block(lm, layers)
     windows = check_windows(windows, lm)
     blocks = decoder_blocks(lm)
-    batches = _catch_block_inputs(lm, windows, batch_size)
+    # every model pass holds the model (wnb.state); the caller's changes between items are its own
+    with holding(lm, "a calibration walk"):
+        batches = _catch_block_inputs(lm, windows, batch_size)
     last = max(groups)
     plans: dict[tuple[str, ...], _Plan] = {}
     for index in tqdm(range(last + 1), desc=desc, disable=not progress, leave=False):
@@ -284,24 +287,29 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
         names = groups.get(index)
         with resident(lm, block):  # an offloaded model keeps this block on the GPU until it is done
             if not names:
-                batches = _run_block(block, batches)
+                with holding(lm, "a calibration walk"):
+                    batches = _run_block(block, batches)
                 continue
             key = _relative(block_name, names)
             if key not in plans:
                 parts = _residual_mlp(lm, block, block_name, names)
                 needed = (true_sequential and len(names) > 1) or parts
-                plans[key] = (_probe(lm, block, block_name, names, batches[0], true_sequential, parts) if needed
-                              else _Plan([list(key)], None, False))
+                with holding(lm, "a calibration walk"):
+                    plans[key] = (_probe(lm, block, block_name, names, batches[0], true_sequential, parts)
+                                  if needed else _Plan([list(key)], None, False))
             plan = plans[key]
             runs = _BlockRuns(block, batches, plan.mlp)
             stages = plan.named(block_name)
             for s, stage in enumerate(stages):
                 keep_last = (plan.last_out and index != last and s == len(stages) - 1
                              and _kept_bytes(lm, stage[0], windows) <= KEEP_BYTES)
-                yield index, runs.collect(lm, stage, on_inputs, keep_last, shared=true_sequential)
+                with holding(lm, "a calibration walk"):
+                    item = runs.collect(lm, stage, on_inputs, keep_last, shared=true_sequential)
+                yield index, item
             if index == last:
                 break
-            batches = runs.outputs(lm)
+            with holding(lm, "a calibration walk"):
+                batches = runs.outputs(lm)
 
 
 def _kept_bytes(lm: LM, name: str, windows: torch.Tensor) -> int:

@@ -20,8 +20,9 @@ from .data import load_corpus, token_windows
 from .entanglement import layer_statistics, neuron_table, overview_table, pair_distances, top_neurons
 from .errors import WnbError
 from .models import (BUNDLED, LM, block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias,
-                     layer_weight, linear_layers, load_model)
+                     layer_weight, linear_layers, load_model, model_label)
 from .quantize import key_parts
+from .state import dense_only, is_dense
 
 
 @dataclass(frozen=True)
@@ -205,15 +206,35 @@ class Session:
     @property
     def lm(self) -> LM:
         if self._lm is None:
-            if not self.restricted or self.model is None:
-                self._lm = load_model(self.model, device=self.device)
-            else:
-                from .sources import hub_folder
-
-                lm = load_model(self._folder or hub_folder(self.model), device=self.device)
-                lm.name = self.model  # the id or offered name, not the folder it was read from
-                self._lm = lm
+            self._lm = self._load()
         return self._lm
+
+    def prepare(self, on_file=None) -> None:
+        """Load the model and cut the windows now; a hub model (the app) is fetched within the server's
+        limits, with ``on_file(index, total, filename)`` before each file (a job's ``begin``: Cancel)."""
+        if self._lm is None:
+            self._lm = self._load(on_file)
+        self._windows()
+
+    def _load(self, on_file=None) -> LM:
+        if not self.restricted or self.model is None:
+            return load_model(self.model, device=self.device)
+        commit = None
+        if self._folder is not None:  # a folder offered by the server
+            folder = self._folder
+        else:
+            from .sources import fetch_hub_model
+
+            folder, commit = fetch_hub_model(self.model, on_file=on_file)
+        try:
+            lm = load_model(str(folder), device=self.device)
+        except WnbError:  # the visitor's words: no server path, no advice to run the model's own code
+            raise WnbError(f"could not load {self.model!r} with transformers: this server loads models that "
+                           "transformers knows without code of their own") from None
+        # the id or offered name, not the folder it was read from; a hub model with its commit, so that cache
+        # keys tell revisions apart
+        lm.name = model_label(self.model, commit[:12] if commit else None)
+        return lm
 
     @property
     def model_name(self) -> str:
@@ -221,7 +242,10 @@ class Session:
 
     @property
     def model_key(self) -> str:
-        """The model's name in cache keys, known without loading it (``LM.name`` once loaded)."""
+        """The model's name in cache keys: known without loading it for the bundled model and named ones,
+        ``LM.name`` (with the resolved commit) for a hub model of the app."""
+        if self._lm is None and self.restricted and self.model is not None and self._folder is None:
+            return self.lm.name
         return self._lm.name if self._lm is not None else (self.model or BUNDLED)
 
     def _windows(self):
@@ -232,7 +256,7 @@ class Session:
                 text = app_corpus(self.corpus, self.upload)
             else:
                 text = load_corpus(self.corpus)
-            key = cache.key(model=self.model_key, text=text, seq_len=b.seq_len, n_calib=b.n_calib, n_eval=b.n_eval,
+            key = cache.key(model=self.model_key, text=cache.text_digest(text), seq_len=b.seq_len, n_calib=b.n_calib, n_eval=b.n_eval,
                             seed=self.seed)
             self._calib, self._held_out = cache.cached(
                 "windows", key, lambda: token_windows(self.lm, text, b.seq_len, b.n_calib, b.n_eval, self.seed),
@@ -247,6 +271,16 @@ class Session:
     def held_out(self) -> torch.Tensor:
         return self._windows()[1]
 
+    def _cached(self, kind: str, key: str, compute, enabled: bool | None = None):
+        """:func:`wnb.cache.cached` of a result that assumes the dense model: computed while holding the
+        model and stored only if nothing was applied to it meanwhile (:func:`wnb.state.dense_only`)."""
+        return cache.cached(kind, key, dense_only(lambda: self.lm, compute),
+                            enabled=self.use_cache if enabled is None else enabled)
+
+    def _dense_now(self) -> bool:
+        """Whether nothing is applied to the model now (True before it is loaded)."""
+        return self._lm is None or is_dense(self._lm)
+
     def key(self, **parts) -> str:
         """Cache key of a result of this session: model, calibration windows, seed and ``parts``."""
         return cache.key(model=self.model_key, calib=self.calib, seed=self.seed, **parts)
@@ -256,7 +290,7 @@ class Session:
     def _layer_names(self) -> dict[str, list[str]]:
         """FFN, first-FFN and all linear layer names, cached by model so a warm visit never loads it."""
         if self._names is None:
-            self._names = cache.cached(
+            self._names = self._cached(
                 "layer_names", cache.key(model=self.model_key),
                 lambda: {"ffn": ffn_layers(self.lm), "first_ffn": first_ffn_layers(self.lm),
                          "linear": linear_layers(self.lm)}, enabled=self.use_cache)
@@ -287,20 +321,22 @@ class Session:
         if self._layer is not None and self._layer.name == name and self._layer.skip_first == self.skip_first:
             return self._layer
         self._layer = None  # free the previous layer before capturing the next
-        acts = cache.cached("capture", self.key(layer=name),
+        acts = self._cached("capture", self.key(layer=name),
                             lambda: _capture_one(self.lm, name, self.calib, progress), enabled=self.use_cache)
         seq_len = self.calib.shape[1]
         if not 0 <= self.skip_first < seq_len:
             raise WnbError(f"skip_first must be between 0 and {seq_len - 1}, the window length minus one "
                            f"(got {self.skip_first})")
-        table = cache.cached("neuron_table", self.key(layer=name, n_pairs=self.n_pairs, sign=True,
+        table = self._cached("neuron_table", self.key(layer=name, n_pairs=self.n_pairs, sign=True,
                                                       skip_first=self.skip_first),
                              lambda: neuron_table(acts["outputs"], acts["inputs"], layer_weight(self.lm, name),
                                                   n_pairs=self.n_pairs, seed=self.seed, sign=True, seq_len=seq_len,
                                                   skip_first=self.skip_first), enabled=self.use_cache)
-        self._layer = LayerView(name, acts["inputs"], acts["outputs"], table, self.n_pairs, self.seed,
-                                seq_len=seq_len, skip_first=self.skip_first)
-        return self._layer
+        view = LayerView(name, acts["inputs"], acts["outputs"], table, self.n_pairs, self.seed,
+                         seq_len=seq_len, skip_first=self.skip_first)
+        if self._dense_now():  # kept for re-selection only when it is the dense model's
+            self._layer = view
+        return view
 
     def sign_quadrants(self, name: str, progress: bool = True) -> pd.DataFrame | None:
         """For a gated MLP's gate_proj: every neuron's share of calibration tokens in each sign quadrant of
@@ -315,11 +351,11 @@ class Session:
             return None
 
         def compute():
-            ups = cache.cached("capture", self.key(layer=up),
+            ups = self._cached("capture", self.key(layer=up),
                                lambda: _capture_one(self.lm, up, self.calib, progress), enabled=self.use_cache)
             return sign_quadrants(view.kept_outputs, view.kept(ups["outputs"]))
 
-        return cache.cached("sign_quadrants", self.key(layer=view.name, skip_first=self.skip_first), compute,
+        return self._cached("sign_quadrants", self.key(layer=view.name, skip_first=self.skip_first), compute,
                             enabled=self.use_cache)
 
     def contexts(self, name: str, progress: bool = True, k: int = CONTEXT_K):
@@ -366,7 +402,7 @@ class Session:
             stats = self._layer_statistics(tokens, progress)
             return _overview_of(self.lm, stats)
 
-        return cache.cached("overview", self._overview_key(tokens), compute, enabled=self.use_cache)
+        return self._cached("overview", self._overview_key(tokens), compute, enabled=self.use_cache)
 
     def _overview_key(self, tokens: int) -> str:
         extra = {"skip_first": self.skip_first} if self.skip_first else {}
@@ -377,7 +413,7 @@ class Session:
         where :meth:`overview` finds them."""
         if list(stats) != self.ffn_layers():
             raise ValueError("the model overview holds scores of every FFN layer, in forward order")
-        cache.cached("overview", self._overview_key(tokens), lambda: _overview_of(self.lm, stats),
+        self._cached("overview", self._overview_key(tokens), lambda: _overview_of(self.lm, stats),
                      enabled=self.use_cache)
 
     def _layer_statistics(self, tokens: int, progress: bool) -> dict[str, dict[str, torch.Tensor]]:
@@ -397,7 +433,7 @@ class Session:
         def compute():
             return capture(self.lm, [name], self.held_out, outputs=False, progress=progress)[name].inputs
 
-        return cache.cached("held_capture", key, compute, enabled=self.use_cache)
+        return self._cached("held_capture", key, compute, enabled=self.use_cache)
 
     def scope_layers(self, scope: str, layer: str) -> list[str]:
         """The layers a whole-model run changes: ``"all"`` FFN layers, the ``"block"`` of ``layer``, or ``"layer"``."""
@@ -427,7 +463,7 @@ class Session:
         view = self.layer(name, progress)
         acts = {view.name: Activations(view.inputs, view.outputs)}
         key = self.key(layer=view.name, method=method, sparsity=label, **key_parts(bits))
-        weight = cache.cached("pruned_weight", key,
+        weight = self._cached("pruned_weight", key,
                               lambda: prune_layer(self.lm, view.name, acts, method=method, sparsity=sparsity,
                                                   bits=bits),
                               enabled=self.use_cache)
@@ -449,7 +485,7 @@ class Session:
         from .prune import sparsity_label
 
         labels = [sparsity_label(s) for s in sparsities]
-        return cache.cached("sweep", self._sweep_key(methods, sparsities, layers, true_sequential, bits),
+        return self._cached("sweep", self._sweep_key(methods, sparsities, layers, true_sequential, bits),
                             lambda: evaluate.sweep(self.lm, self.calib, self.held_out, methods=tuple(methods),
                                                    sparsities=tuple(labels), layers=list(layers), progress=progress,
                                                    true_sequential=true_sequential, on_run=on_run, bits=bits),
@@ -473,7 +509,7 @@ class Session:
         """The paper's Fig. 3 (wnb.ablation on ``layers``), cached."""
         from . import evaluate
 
-        return cache.cached("ablation", self._ablation_key(layers, fraction, sparsity, method, true_sequential),
+        return self._cached("ablation", self._ablation_key(layers, fraction, sparsity, method, true_sequential),
                             lambda: evaluate.ablation(self.lm, self.calib, self.held_out, fraction=fraction,
                                                       sparsity=sparsity, method=method, layers=list(layers),
                                                       seed=self.seed, progress=progress,
@@ -505,13 +541,15 @@ class Session:
         if self._study is not None and self._study[0] == key:
             return self._study[1]
         self._study = None
-        stored = cache.cached("layer_study", key,
+        stored = self._cached("layer_study", key,
                               lambda: _study_tensors(study_layer(self.lm, name, self.calib, self.held_out,
                                                                  n_experts=int(n_experts), sparsity=sparsity,
                                                                  seed=self.seed, progress=progress, bits=bits)),
                               enabled=self.use_cache)
-        self._study = (key, _study_from_tensors(stored))
-        return self._study[1]
+        study = _study_from_tensors(stored)
+        if self._dense_now():
+            self._study = (key, study)
+        return study
 
     def expansion_analysis(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True,
                            bits: int | None = None) -> dict:
@@ -541,7 +579,7 @@ class Session:
         from .analysis import expansion_sweep
 
         key = self._expansion_key(layers, n_experts, sparsity, true_sequential, bits)
-        return cache.cached("expansion_perplexity", key,
+        return self._cached("expansion_perplexity", key,
                             lambda: expansion_sweep(self.lm, self.calib, self.held_out, n_experts=_expert_counts(n_experts),
                                                     sparsities=(sparsity,), layers=list(layers), seed=self.seed,
                                                     max_bytes=APP_EXPERT_BYTES, progress=progress,
@@ -576,12 +614,59 @@ class Session:
         tasks = list(tasks)
         key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
                        limit=limit, **key_parts(bits))
-        return _nullable_ints(cache.cached(
+        return _nullable_ints(self._cached(
             "task_scores", key,
             lambda: _plain_ints(compare_tasks(self.lm, self.calib, tasks, list(layers), n_experts, sparsity, bits,
                                               limit=limit, seed=self.seed, progress=progress,
                                               on_run=on_run, max_bytes=APP_EXPERT_BYTES)),
             enabled=self.use_cache), ["n"])
+
+    def task_cost(self, tasks, layers, n_experts: int = 16, sparsity=0.5, bits: int | None = None,
+                  limit: int | None = 100) -> dict:
+        """What :meth:`task_scores` will take: a SparseGPT run and an expansion (as :meth:`job_cost`) and
+        the tasks' items scored on three models (rough: an agreement pair is 2 choices of ~16 tokens, an
+        item of another task 4 choices of ~128 tokens; ``limit=None`` counts 1,000 items)."""
+        from . import estimates
+        from .prune import sparsity_label
+        from .tasks import AGREEMENT_TASK
+
+        tasks = list(tasks)
+        key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
+                       limit=limit, **key_parts(bits))
+        cost = self.job_cost("task_scores", key, layers, [("sparsegpt", 1), ("sparsegpt", int(n_experts))])
+        if not cost["cached"]:
+            items = 1000 if limit is None else int(limit)
+            tokens = sum(items * (2 * 16 if t == AGREEMENT_TASK else 4 * 128) for t in tasks)
+            cost["seconds"] += 3 * estimates.seconds(self.lm, estimates.forward_flops(self.lm, tokens))
+            cost["runs"] = 3
+            cost["large"] = self._large(cost)
+        return cost
+
+    def negative_cost(self, layers, n_seeds: int = 3, pairs: int | None = 0, controls=("random", "matched"),
+                      depth: bool = False) -> dict:
+        """What the sign-ablation study (or, with ``depth``, its depth profile) will take: the WD capture
+        over the calibration tokens, then held-out passes (dense, Wasserstein, one per random seed, about 8
+        for the matched control's bisection; the depth profile two per layer and one) and the minimal pairs
+        (2 sentences of ~16 tokens each per pair and ablation)."""
+        from . import estimates
+        from .models import block_of
+
+        layers = [self.check_layer(n) for n in layers]
+        depth_of = max(block_of(self.lm, n) for n in layers) + 1
+        passes = 2 * len(layers) + 1 if depth else (
+            2 + (int(n_seeds) if "random" in controls else 0) + (8 if "matched" in controls else 0))
+        pair_tokens = 0 if depth or not pairs else int(pairs) * 2 * 16 * passes
+        flops = (estimates.forward_flops(self.lm, self.calib.numel(), depth_of)
+                 + passes * estimates.forward_flops(self.lm, self.held_out.numel())
+                 + estimates.forward_flops(self.lm, pair_tokens))
+        cost = {"cached": False, "seconds": estimates.seconds(self.lm, flops), "runs": passes,
+                "layers": len(layers), "bytes": 0}
+        cost["large"] = self._large(cost)
+        return cost
+
+    @staticmethod
+    def _large(cost: dict) -> bool:
+        return cost["seconds"] > LARGE_JOB_SECONDS or cost.get("bytes", 0) > LARGE_JOB_BYTES
 
     def job_cost(self, kind: str, key: str, layers, runs) -> dict:
         """A whole-model job's rough cost before it starts: ``cached`` (the result is on disk already),
@@ -610,7 +695,7 @@ class Session:
         layers = [self.check_layer(n) for n in layers]
         tokens = min(int(tokens or self.budget.overview_tokens), self.calib.numel())
         batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
-        return cache.cached("sign_scores", self.key(layers=layers, tokens=tokens),
+        return self._cached("sign_scores", self.key(layers=layers, tokens=tokens),
                             lambda: wasserstein_scores(self.lm, self.calib, layers, max_tokens=tokens, batch_size=batch,
                                                        max_bytes=OVERVIEW_MAX_BYTES, progress=progress),
                             enabled=self.use_cache)
@@ -624,7 +709,7 @@ class Session:
         neurons = {name: torch.as_tensor(idx).tolist() for name, idx in selection.items()}
         key = cache.key(model=self.model_key, held_out=held_out, neurons=neurons,
                         side=side if neurons else None)
-        return cache.cached("ablated_nll", key,
+        return self._cached("ablated_nll", key,
                             lambda: ablated_nll(lm, held_out, selection, side, batch_size=batch_size,
                                                 progress=progress),
                             enabled=self.use_cache)
@@ -650,7 +735,7 @@ class Session:
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side,
                        controls=list(controls), seeds=seeds, pairs=pairs, held_out=self.held_out,
                        tolerance=float(tolerance))
-        return _nullable_ints(cache.cached(
+        return _nullable_ints(self._cached(
             "sign_ablation", key,
             lambda: _plain_ints(sign_ablation_study(self.lm, None, self.held_out, fraction=fraction, side=side,
                                                     controls=tuple(controls), seeds=seeds, pairs=pairs, scores=scores,
@@ -666,7 +751,7 @@ class Session:
         scores = self.sign_scores(layers, tokens, progress)
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, pairs=pairs,
                        held_out=self.held_out)
-        return _nullable_ints(cache.cached(
+        return _nullable_ints(self._cached(
             "sign_depth", key,
             lambda: _plain_ints(sign_ablation_depth(self.lm, None, self.held_out, fraction=fraction, side=side,
                                                     pairs=pairs, scores=scores, progress=progress,
@@ -706,7 +791,7 @@ class Session:
 
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, matched=matched,
                        matched_seed=matched_seed, top=top, held_out=self.held_out)
-        return cache.cached("sign_surprisal", key, compute, enabled=self.use_cache)
+        return self._cached("sign_surprisal", key, compute, enabled=self.use_cache)
 
 
 def _plain_ints(table: pd.DataFrame) -> pd.DataFrame:

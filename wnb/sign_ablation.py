@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .capture import check_windows
 from .errors import WnbError
+from .state import changed
 
 SIDES = ("negative", "positive", "both")
 CONTROLS = ("random", "matched")
@@ -109,15 +110,16 @@ def sign_ablated(lm, neurons, side: str = "negative"):
     check_side(side)
     plan = check_neurons(lm, neurons)
     require_local(lm, "sign ablation")
-    handles = []
-    try:
-        for name, idx in plan.items():
-            if idx.numel():
-                handles.append(module(lm, name).register_forward_hook(_Clamp(idx, side)))
-        yield plan
-    finally:
-        for handle in handles:
-            handle.remove()
+    with changed(lm, f"sign ablation ({side} side)"):  # hooks: the weights stay dense, the outputs do not
+        handles = []
+        try:
+            for name, idx in plan.items():
+                if idx.numel():
+                    handles.append(module(lm, name).register_forward_hook(_Clamp(idx, side)))
+            yield plan
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 # ---------------------------------------------------------------- selections

@@ -21,6 +21,7 @@ import random
 from pathlib import Path
 
 from .errors import WnbError
+from .state import holding
 
 INSTALL_EVAL = "pip install 'wnb[eval]'  (or: pip install lm-eval)"
 COLUMNS = ["task", "metric", "value", "stderr", "filter", "n"]
@@ -116,7 +117,7 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     ``tasks`` is a task (or group) name or a list of them; ``limit`` caps the documents per task (an
     integer, or a fraction below 1); ``batch_size`` documents per forward. ``include_path`` is a folder
     of your own task YAMLs (lm-eval's ``TaskManager(include_path=...)``); without one, ``wnb_agreement``
-    is :func:`agreement_task` with ``seed``. ``num_fewshot`` overrides the
+    is :func:`agreement_task` with ``seed``, written into a fresh temporary folder for this run. ``num_fewshot`` overrides the
     tasks' own; ``bootstrap_iters`` sizes the bootstrap of metrics whose standard error has no closed
     form (means have one); ``seed`` seeds lm-eval's sampling (the global generators are put back
     afterwards). Runs under the model's own dtype and device; call it inside ``with wnb.pruned(...)``,
@@ -125,15 +126,10 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     Returns one row per task (and group) and metric: ``task, metric, value, stderr, filter, n``
     (``stderr`` NaN where lm-eval gives none; ``n`` the documents scored).
     """
-    import pandas as pd
-
     from .checks import check_float, check_int
     from .models import require_local
 
     _lm_eval()
-    from lm_eval import evaluator
-    from lm_eval.models.huggingface import HFLM
-
     require_local(lm, "evaluating downstream tasks")
     if lm.tokenizer is None:
         raise WnbError(f"{lm.name} has no tokenizer; lm-eval needs one to turn the tasks' text into tokens")
@@ -153,12 +149,35 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
         num_fewshot = check_int(num_fewshot, "num_fewshot", 0)
     if max_length is not None:
         max_length = check_int(max_length, "max_length")
-    if include_path is None and AGREEMENT_TASK in names:  # wnb's own task, written into the cache
-        include_path = agreement_task(seed=seed)
+    with contextlib.ExitStack() as stack:
+        if include_path is None and AGREEMENT_TASK in names:  # wnb's own task, written afresh for this run
+            include_path = stack.enter_context(_fresh_folder())
+            agreement_task(seed=seed, folder=include_path)
+            stack.callback(_managers.pop, (str(Path(include_path).resolve()), False), None)
+            stack.callback(_managers.pop, (str(Path(include_path).resolve()), True), None)
+        return _evaluate(lm, names, limit, batch_size, include_path, num_fewshot, bootstrap_iters, seed, max_length)
+
+
+@contextlib.contextmanager
+def _fresh_folder():
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="wnb-task-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _evaluate(lm, names, limit, batch_size, include_path, num_fewshot, bootstrap_iters, seed, max_length):
+    from lm_eval import evaluator
+    from lm_eval.models.huggingface import HFLM
+
     manager = task_manager(names, include_path)
 
     tokenizer = copy.deepcopy(lm.tokenizer)  # lm-eval may give it a pad token; keep the user's as it is
-    with _kept_state(lm.model):
+    with holding(lm, "lm-eval tasks"), _kept_state(lm.model):
         try:
             model = HFLM(pretrained=lm.model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
             results = evaluator.simple_evaluate(
@@ -213,39 +232,41 @@ def _number(value) -> float:
 AGREEMENT_TASK = "wnb_agreement"
 
 
-def agreement_task(n: int = 20, seed: int = 0) -> Path:
+def agreement_task(n: int = 20, seed: int = 0, folder=None) -> Path:
     """A folder holding an lm-eval task ``wnb_agreement``: wnb's subject–verb agreement minimal pairs
     (:func:`wnb.minimal_pairs`, ``n`` per construction, ``seed``; shuffled with ``seed``, so that a
     ``limit`` takes every construction) as two-choice items, the grammatical
     sentence first, each scored by its total log-probability after the tokenizer's start token (lm-eval's
-    empty context), so ``acc`` is the minimal-pair accuracy. Written once into wnb's cache;
-    :func:`evaluate_tasks` uses it for ``wnb_agreement`` unless given another ``include_path``. Needs no
-    network, which the standard tasks do."""
-    import json
+    empty context), so ``acc`` is the minimal-pair accuracy. Needs no network, which the standard tasks do.
 
-    from . import cache
+    Written into ``folder`` (made if missing; it must not hold a task already), by default a fresh
+    temporary folder that the caller removes. :func:`evaluate_tasks` writes it afresh for every run and
+    removes it afterwards: lm-eval runs Python that a task YAML names (``!function``), so it is never read
+    from a place others can write, such as the shared cache."""
+    import json
+    import tempfile
+
     from .checks import check_int
     from .minimal_pairs import minimal_pairs
 
     n, seed = check_int(n, "n"), check_int(seed, "seed", 0)
-    folder = cache.cache_dir() / "tasks" / f"agreement-n{n}-seed{seed}"
-    if (folder / f"{AGREEMENT_TASK}.yaml").is_file():
-        return folder
+    folder = Path(tempfile.mkdtemp(prefix="wnb-task-")) if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.iterdir()):
+        raise WnbError(f"{folder} is not empty; agreement_task writes into a new or empty folder")
     pairs = minimal_pairs("agreement", n=n, seed=seed)
     order = random.Random(seed).sample(range(len(pairs)), len(pairs))  # so that a limit takes every construction
     docs = [{"query": "", "choices": [pairs[i]["good"], pairs[i]["bad"]], "label": 0,
              "phenomenon": pairs[i]["phenomenon"]} for i in order]
-    with cache.atomic_path(folder) as tmp:
-        tmp.mkdir(parents=True)
-        (tmp / f"{AGREEMENT_TASK}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-        data = json.dumps(str(folder / f"{AGREEMENT_TASK}.jsonl"))  # a JSON string is a YAML string
-        (tmp / f"{AGREEMENT_TASK}.yaml").write_text(
-            f"# wnb's agreement minimal pairs ({n} per construction, seed {seed}); written by wnb.agreement_task\n"
-            f"task: {AGREEMENT_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-            "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{query}}\"\n"
-            "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{label}}\"\ntarget_delimiter: \"\"\n"
-            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-            "metadata:\n  version: 1.0\n")
+    (folder / f"{AGREEMENT_TASK}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    data = json.dumps(str(folder / f"{AGREEMENT_TASK}.jsonl"))  # a JSON string is a YAML string
+    (folder / f"{AGREEMENT_TASK}.yaml").write_text(
+        f"# wnb's agreement minimal pairs ({n} per construction, seed {seed}); written by wnb.agreement_task\n"
+        f"task: {AGREEMENT_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{query}}\"\n"
+        "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{label}}\"\ntarget_delimiter: \"\"\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "metadata:\n  version: 1.0\n")
     return folder
 
 

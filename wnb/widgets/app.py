@@ -51,7 +51,7 @@ class App(widgets.VBox):
         self.negative = NegativeView(self.settings, lazy=True)
         self.tabs = widgets.Tab(children=[self.neurons, self.overview, self.sparsity, self.expansion, self.negative])
         self.tabs.titles = self.TITLES
-        for view in self.tabs.children:
+        for view in (self.settings, *self.tabs.children):
             view.threaded = threaded
         self._started: set[int] = set()
         self.tabs.observe(self._tab_opened, names="selected_index")

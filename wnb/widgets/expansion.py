@@ -9,6 +9,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from .. import plots
+from ..limits import BOUNDS, EXPERTS, bounded, experts
 from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 from .sparsity import bits_dropdown, bits_of, bits_tag, scope_dropdown
 
@@ -22,9 +23,10 @@ class ExpansionView(LayerNeuronPanel):
     vs after for the Wasserstein neurons (Fig. 5), and a perplexity table (dense, SparseGPT, expansion)."""
 
     def __init__(self, settings: Settings, lazy: bool = False):
-        self.k = widgets.Dropdown(options=[1, 2, 4, 8, 16], value=16, description="experts",
+        self.k = widgets.Dropdown(options=list(EXPERTS), value=16, description="experts",
                                   layout=widgets.Layout(width="180px"))
-        self.sparsity = widgets.FloatSlider(value=0.5, min=0.1, max=0.95, step=0.05, description="sparsity",
+        self.sparsity = widgets.FloatSlider(value=0.5, min=BOUNDS["expansion_sparsity"][0],
+                                            max=BOUNDS["expansion_sparsity"][1], step=0.05, description="sparsity",
                                             continuous_update=False, readout_format=".0%")
         self.bits = bits_dropdown()
         self.compare_out = widgets.Output()
@@ -66,6 +68,14 @@ class ExpansionView(LayerNeuronPanel):
         self.tasks = TasksSection(self)
         self.tasks_box.children = (self.tasks,)
 
+    @property
+    def k_value(self) -> int:
+        return experts(self.k.value)
+
+    @property
+    def sparsity_value(self) -> float:
+        return bounded("expansion_sparsity", self.sparsity.value)
+
     def clear(self) -> None:
         super().clear()
         self.ppl = None
@@ -76,9 +86,9 @@ class ExpansionView(LayerNeuronPanel):
         view = self._need_view()
         with self.busy(f"building {self.k.value} experts of {view.name} at {self.sparsity.value:.0%} sparsity "
                        "(cached afterwards)…"):
-            study = self.session.study(view.name, self.k.value, self.sparsity.value, progress=self.bars,
+            study = self.session.study(view.name, self.k_value, self.sparsity_value, progress=self.bars,
                                        bits=bits_of(self.bits))
-            tables = self.session.expansion_analysis(view.name, self.k.value, self.sparsity.value, progress=self.bars,
+            tables = self.session.expansion_analysis(view.name, self.k_value, self.sparsity_value, progress=self.bars,
                                                      bits=bits_of(self.bits))
         self.result = study
         self.ri, self.shares, self.change = tables["ri"], tables["shares"], tables["change"]
@@ -155,12 +165,12 @@ class ExpansionView(LayerNeuronPanel):
 
     def compute_perplexity(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
-        cost = self.session.expansion_cost(layers, self.k.value, self.sparsity.value, bits=bits_of(self.bits))
+        cost = self.session.expansion_cost(layers, self.k_value, self.sparsity_value, bits=bits_of(self.bits))
         if not self.confirmed(f"expansion {layers} {self.k.value} {self.sparsity.value} {self.bits.value}", cost,
                               cost_message(cost, "this expansion", "Measure perplexity")):
             return
         with self.busy(f"expanding {len(layers)} layer(s) into {self.k.value} experts and measuring perplexity…"):
-            self.ppl = self.session.expansion_perplexity(layers, self.k.value, self.sparsity.value, progress=self.bars,
+            self.ppl = self.session.expansion_perplexity(layers, self.k_value, self.sparsity_value, progress=self.bars,
                                                          on_run=job.begin if job else None, bits=bits_of(self.bits))
         self.ppl_table.value = self.ppl.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
         self.info(f"perplexity measured with {len(layers)} layer(s) changed")

@@ -10,9 +10,10 @@ import ipywidgets as widgets
 import pandas as pd
 
 from .. import plots
+from ..limits import BOUNDS, bounded
 from ..errors import WnbError
 from ..session import SCOPES, Session
-from .panel import CSS, Panel, csv_link, png_link, slug
+from .panel import CSS, Panel, cost_message, csv_link, png_link, slug
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -49,16 +50,19 @@ class NegativeView(Panel):
         self.scope = widgets.Dropdown(options=[(text, key) for key, text in NEGATIVE_SCOPES.items()], value="all",
                                       description="layers", layout=widgets.Layout(width="420px"))
         self.scope.add_class("wnb-scope")
-        self.fraction = widgets.BoundedFloatText(value=0.01, min=0.001, max=0.099, step=0.005, description="neurons",
+        self.fraction = widgets.BoundedFloatText(value=0.01, min=BOUNDS["negative_fraction"][0],
+                                                 max=BOUNDS["negative_fraction"][1], step=0.005, description="neurons",
                                                  layout=widgets.Layout(width="180px"))
         self.side = widgets.Dropdown(options=[(text, key) for key, text in SIDES.items()], value="negative",
                                      description="side", layout=widgets.Layout(width="320px"))
         seeds, n_pairs = APP_DEFAULTS.get(settings.session.budget_name, (3, 20))
         self.random = widgets.Checkbox(value=True, description="random control", indent=False,
                                        layout=widgets.Layout(width="130px"))
-        self.seeds = widgets.BoundedIntText(value=seeds, min=1, max=10, description="seeds",
+        self.seeds = widgets.BoundedIntText(value=seeds, min=BOUNDS["control_seeds"][0], max=BOUNDS["control_seeds"][1],
+                                            description="seeds",
                                             layout=widgets.Layout(width="140px"))
-        self.pairs = widgets.BoundedIntText(value=n_pairs, min=1, max=500, description="pairs each",
+        self.pairs = widgets.BoundedIntText(value=n_pairs, min=BOUNDS["pairs"][0], max=BOUNDS["pairs"][1],
+                                            description="pairs each",
                                             layout=widgets.Layout(width="170px"))
         self.matched = widgets.Checkbox(value=True, description="perplexity-matched control", indent=False)
         self.run = widgets.Button(description="Run", icon="play", button_style="primary")
@@ -163,9 +167,9 @@ class NegativeView(Panel):
     # -- the work
 
     def _arguments(self) -> tuple[list[str], float, str]:
-        fraction = float(self.fraction.value)
-        if not 0 < fraction < 1:
-            raise WnbError(f"neurons must be a share in (0, 1) of each layer (got {fraction})")
+        fraction = bounded("negative_fraction", self.fraction.value)
+        if self.side.value not in SIDES:
+            raise WnbError(f"side must be one of {', '.join(SIDES)}")
         return self.selected_layers(), fraction, self.side.value
 
     def compute(self, job=None) -> None:
@@ -173,6 +177,12 @@ class NegativeView(Panel):
         session = self.session
         layers, fraction, side = self._arguments()
         controls = self.controls
+        seeds, n_pairs = bounded("control_seeds", self.seeds.value), bounded("pairs", self.pairs.value)
+        pairs = session.sign_pairs("agreement", n_pairs)
+        cost = session.negative_cost(layers, seeds, len(pairs or []), controls)
+        if not self.confirmed(f"study {layers} {fraction} {side} {controls} {seeds} {n_pairs}", cost,
+                              cost_message(cost, "this study", "Run")):
+            return
         self.clear()
         self.layers = layers
 
@@ -183,12 +193,11 @@ class NegativeView(Panel):
         step(0)
         with self.busy(f"WD of every neuron of {len(layers)} layer(s) (cached afterwards)…"):
             session.sign_scores(layers, progress=self.bars)
-            pairs = session.sign_pairs("agreement", int(self.pairs.value))
         step(1)
         with self.busy(f"ablating the {side} side of the top {fraction:.1%} of {len(layers)} layer(s) and "
                        f"{len(controls)} control(s), measuring perplexity"
                        f"{' and minimal pairs' if pairs else ''}…"):
-            self.study = session.sign_ablation(layers, fraction, side, controls, int(self.seeds.value), pairs,
+            self.study = session.sign_ablation(layers, fraction, side, controls, seeds, pairs,
                                                progress=self.bars)
         self._draw_study(pairs is not None)
         step(2)
@@ -207,6 +216,10 @@ class NegativeView(Panel):
         """The Wasserstein ablation one layer at a time and over layers 0..l."""
         session = self.session
         layers, fraction, side = self._arguments()
+        cost = session.negative_cost(layers, depth=True)
+        if not self.confirmed(f"depth {layers} {fraction} {side}", cost,
+                              cost_message(cost, "this depth profile", "Run depth profile")):
+            return
         self.layers = layers
         if job is not None:
             job.begin(0, 2, STEPS[0])

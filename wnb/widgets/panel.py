@@ -16,7 +16,7 @@ import pandas as pd
 from IPython.display import Image
 from transformers.utils import logging as hf_logging
 
-from .. import jobs, plots
+from .. import jobs, limits, plots, state
 from ..errors import WnbError
 from ..session import LayerView, Session
 
@@ -76,19 +76,44 @@ def slug(name: str) -> str:
 # The API's messages point at Python calls; on the page they point at the controls instead.
 PAGE_WORDS = {" (all: wnb.linear_layers(lm))": " (every layer is in the layer list)",
               "pick names from wnb.ffn_layers(lm) or wnb.linear_layers(lm)": "pick one from the layer list",
-              ", e.g. from wnb.ffn_layers(lm)": " from the layer list"}
+              ", e.g. from wnb.ffn_layers(lm)": " from the layer list",
+              "; pass trust_remote_code=True if you trust it": "; this server never runs a model's own code"}
+
+
+def server_roots() -> list[str]:
+    """Folders of the server whose paths a page must not show: wnb's cache, the home, temporary and
+    working folders, Python's prefix (longest first, so the most specific is replaced)."""
+    import tempfile
+
+    from ..cache import cache_dir
+
+    roots = {os.path.expanduser("~"), tempfile.gettempdir(), os.getcwd(), sys.prefix, sys.base_prefix}
+    try:
+        roots.add(str(cache_dir()))
+    except WnbError:
+        pass
+    for variable in ("HF_HOME", "XDG_CACHE_HOME", "WNB_MODEL_DIRS"):
+        roots.update(p for p in os.environ.get(variable, "").split(os.pathsep) if p.strip())
+    return sorted((r.rstrip("/") for r in roots if len(r.rstrip("/")) > 1), key=len, reverse=True)
+
+
+def visitor_words(text: str) -> str:
+    """``text`` with the server's own paths replaced by "…" (the visitor's input, e.g. a typed path, stays)."""
+    for root in server_roots():
+        text = re.sub(re.escape(root) + r"(/[^\s'\",;)]*)?", "…", text)
+    return text
 
 
 def error_text(exc: BaseException) -> str:
     """One readable line: a WnbError's own message (Python advice replaced by what to pick on the page),
-    otherwise the exception type and its first line."""
+    otherwise the exception type and its first line; server paths never shown (:func:`visitor_words`)."""
     if isinstance(exc, WnbError):
         text = str(exc)
         for api, page in PAGE_WORDS.items():
             text = text.replace(api, page)
-        return text
+        return visitor_words(text)
     first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return visitor_words(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
 
 def rough_duration(seconds: float) -> str:
@@ -149,6 +174,7 @@ class Panel(widgets.VBox):
         self.job: jobs.Job | None = None
         self._worker: threading.Thread | None = None
         self._syncing = False
+        self._reverting = False
         children = list(children) + ([self.print_row] if printable else [])
         super().__init__(children=children[:head] + [self.job_row, self.progress, self.status] + children[head:],
                          **kwargs)
@@ -170,8 +196,12 @@ class Panel(widgets.VBox):
 
     def confirmed(self, what: str, cost: dict, message: str) -> bool:
         """Whether a job may start: yes unless its ``cost`` (from the session) is ``large``; then only
-        on the second request for the same ``what``, after ``message`` (the estimate) was shown."""
+        on the second request for the same ``what``, after ``message`` (the estimate) was shown. Above the
+        server's limits (:mod:`wnb.limits`) it is refused outright."""
         pending, self._pending = self._pending, None
+        refused = limits.refusal(cost, "this job")
+        if refused:  # above the server's limit: refused however often it is asked for
+            raise WnbError(refused)
         if not cost.get("large") or pending == what:
             return True
         self._pending = what
@@ -226,11 +256,23 @@ class Panel(widgets.VBox):
         old.close()
 
     def guarded(self, fn: Callable, *args, **kwargs):
-        """Run ``fn``; on any error show one readable line in the panel instead of a traceback."""
+        """Run ``fn``; on any error show one readable line in the panel instead of a traceback.
+
+        While a job runs in another thread, nothing runs here: a control's new value is put back (the
+        page may send any value, also to a disabled control) and the panel says why. Outside a job's own
+        thread the model is never waited for (:func:`wnb.state.refusing`): a pass it would need while
+        another thread holds the model is refused as busy instead of freezing the page."""
+        if self._reverting:
+            return None
+        running = jobs.active()
+        if running is not None and running.thread is not threading.current_thread():
+            self._put_back(args)
+            self.error(f"not now: {running.label} is running; wait for it to finish or press its Cancel "
+                       "button (nothing was changed)")
+            return None
         try:
-            if jobs.active() is not None and self.job is None and threading.current_thread() is threading.main_thread():
-                raise WnbError(f"a job is running ({jobs.active().label}); wait for it or press its Cancel button")
-            result = fn(*args, **kwargs)
+            with state.refusing() if running is None else contextlib.nullcontext():
+                result = fn(*args, **kwargs)
         except jobs.Cancelled:
             raise
         except Exception as exc:  # the page must never show a traceback
@@ -241,6 +283,18 @@ class Panel(widgets.VBox):
             return None
         self.last_error = None
         return result
+
+    def _put_back(self, args) -> None:
+        """Undo the trait change a refused observer was called with (``{"owner", "name", "old"}``)."""
+        change = args[0] if args else None
+        if isinstance(change, dict) and {"owner", "name", "old"} <= set(change) and change.get("type", "change") == "change":
+            self._reverting = True
+            try:
+                setattr(change["owner"], change["name"], change["old"])
+            except Exception:  # a value the widget no longer takes (e.g. options changed): leave it
+                pass
+            finally:
+                self._reverting = False
 
     def draw_figure(self, kind: str, out: widgets.Output, fig) -> None:
         """Show ``fig`` in ``out`` and keep it (as PNG and as a figure) for the downloads."""
@@ -270,20 +324,28 @@ class Panel(widgets.VBox):
     def job_button(self, button: widgets.Button, label: str, work: Callable[[jobs.Job], None]) -> None:
         """Make ``button`` start ``work(job)`` as a job, and cancel it while it runs."""
         def clicked(_):
-            if self.job is not None:
-                self.job.cancel()
-                button.description = "Cancelling…"
+            running = jobs.active()
+            if running is not None:
+                if running.button is button:  # the job's own button is its Cancel
+                    running.cancel()
+                    button.description = "Cancelling…"
+                elif running.thread is not threading.current_thread():
+                    self.error(f"not now: {running.label} is running; wait for it to finish or press its "
+                               "Cancel button")
+                return
+            if button.disabled:  # the page can send a click on a disabled button: it does nothing
                 return
             try:
                 self.run_job(button, label, work)
             except WnbError as exc:  # another job holds the one job slot
-                self.error(str(exc))
+                self.error(error_text(exc))
 
         button.on_click(clicked)
 
     def run_job(self, button: widgets.Button, label: str, work: Callable[[jobs.Job], None]) -> None:
         """Start ``work`` as a job (in a worker thread when ``threaded``); :meth:`wait` joins it."""
         job = jobs.Job(label, on_change=self._show_job)
+        job.button = button
         with jobs.exclusive(job):  # refuses while another job runs; released by _job_body
             pass
         self.job = job
@@ -307,21 +369,31 @@ class Panel(widgets.VBox):
         self.job_row.layout.display = ""
         self._show_job(job)
         self.info(f"{job.label}…")
+        job.thread = threading.current_thread()
         try:
-            with jobs.exclusive(job), job.watching(self.session.lm if hasattr(self, "session") else None):
+            with jobs.exclusive(job), self._holding_model(job) as lm, job.watching(lm):
                 self.guarded(work, job)
                 job.check()  # Cancel pressed while the work did no model pass (e.g. its estimate)
         except jobs.Cancelled:
             self.info(f"cancelled: {job.label} stopped after {jobs._clock(job.elapsed())}; the model is dense "
                       "again and nothing of it was cached")
         except WnbError as exc:  # another job holds the slot
-            self.error(str(exc))
+            self.error(error_text(exc))
         finally:
             self.job = None
             button.description, button.icon, button.button_style = look
             for b, state in others:
                 b.disabled = state
             self.job_row.layout.display = "none"
+
+    @contextlib.contextmanager
+    def _holding_model(self, job: jobs.Job):
+        """Hold the session's model for the whole job (wnb.state): no other thread runs a pass or changes
+        it meanwhile. Yields the model (None for a panel without a session, or one that only loads it)."""
+        session = getattr(self, "session", None)
+        lm = session.lm if session is not None and not getattr(self, "loads_model", False) else None
+        with state.holding(lm, job.label) if lm is not None else contextlib.nullcontext():
+            yield lm
 
     def _show_job(self, job: jobs.Job) -> None:
         self.job_bar.value = job.fraction()

@@ -5,6 +5,8 @@ from typing import Callable
 
 import ipywidgets as widgets
 
+from ..errors import WnbError
+from ..limits import BOUNDS, bounded
 from ..session import BUDGETS, Session, budget_from_env
 from .panel import Panel
 
@@ -32,7 +34,7 @@ class Settings(Panel):
                                                    "" if change["new"] == UPLOAD else "none"), names="value")
         self.budget = widgets.Dropdown(options=list(BUDGETS), value=budget, description="budget",
                                        layout=widgets.Layout(width="200px"))
-        self.seed = widgets.BoundedIntText(value=0, min=0, max=2**31 - 1, description="seed",
+        self.seed = widgets.BoundedIntText(value=0, min=BOUNDS["seed"][0], max=BOUNDS["seed"][1], description="seed",
                                            layout=widgets.Layout(width="160px"))
         self.apply = widgets.Button(description="Apply settings", icon="check",
                                     layout=widgets.Layout(width="auto", min_width="130px", flex="0 0 auto"))
@@ -45,7 +47,8 @@ class Settings(Panel):
         self.add_class("wnb-settings")
         self._listeners: list[Callable[[Session], None]] = []
         self.session = session or Session(budget=budget, restricted=True)
-        self.apply.on_click(self.callback(lambda _: self.apply_settings()))
+        # a job: a hub model downloads file by file, with a bar and Cancel (in the app's worker thread)
+        self.job_button(self.apply, "loading the model", lambda job: self.apply_settings(job))
         self.describe()
 
     def describe(self) -> None:
@@ -54,22 +57,37 @@ class Settings(Panel):
                   f"{b.n_calib} × {b.seq_len} calibration tokens, {b.n_eval} × {b.seq_len} held out · "
                   f"seed {self.session.seed}")
 
+    # The job of Apply loads the new session's model itself: it holds no model of the old one.
+    loads_model = True
+
     def uploaded(self) -> bytes | None:
-        """The bytes of the uploaded corpus file, if any (ipywidgets 8: a tuple of dicts with 'content')."""
+        """The bytes of the uploaded corpus file, if any (ipywidgets 8: a tuple of dicts with 'content'),
+        its name and size checked before anything is copied."""
+        from ..sources import MAX_UPLOAD_BYTES
+
         files = self.upload.value
         if not files:
             return None
-        return bytes(files[0]["content"])
+        first = files[0]
+        name, content = str(first.get("name", "")), first.get("content")
+        size = len(content) if content is not None else 0
+        if not name.lower().endswith(".txt"):
+            raise WnbError("the corpus upload takes a .txt file of UTF-8 text")
+        if size > MAX_UPLOAD_BYTES or int(first.get("size", 0) or 0) > MAX_UPLOAD_BYTES:
+            raise WnbError(f"the uploaded file has {max(size, int(first.get('size', 0) or 0)) / 2**20:.1f} MiB; "
+                           f"at most {MAX_UPLOAD_BYTES >> 20} MiB of text is accepted")
+        return bytes(content)
 
     def on_change(self, listener: Callable[[Session], None]) -> None:
         """Call ``listener(session)`` whenever new settings are applied."""
         self._listeners.append(listener)
 
-    def apply_settings(self) -> Session:
+    def apply_settings(self, job=None) -> Session:
         session = Session(model=self.model.value, corpus=self.corpus.value, budget=self.budget.value,
-                          seed=self.seed.value, restricted=True, upload=self.uploaded())
+                          seed=bounded("seed", self.seed.value), restricted=True, upload=self.uploaded())
+        on_file = (lambda i, n, name: job.begin(i, n, f"downloading {name}")) if job is not None else None
         with self.busy(f"loading {session.model_name} and cutting token windows…"):
-            session.calib  # load the model and the corpus now, so a bad id or path is reported here
+            session.prepare(on_file)  # load the model and the corpus now, so a bad id is reported here
         self.session = session
         self.describe()
         for listener in self._listeners:

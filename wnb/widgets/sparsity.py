@@ -8,6 +8,7 @@ import pandas as pd
 
 from .. import plots
 from ..errors import WnbError
+from ..limits import BOUNDS, MAX_SPARSITIES, bounded
 from ..session import SCOPES
 from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 
@@ -24,6 +25,8 @@ def parse_sparsities(text: str) -> list[str]:
     items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
     if not items:
         raise WnbError("give at least one sparsity, e.g. 0.3, 0.5, 0.7, 2:4")
+    if len(items) > MAX_SPARSITIES:
+        raise WnbError(f"a sweep takes at most {MAX_SPARSITIES} sparsities (got {len(items)})")
     for item in items:
         parse_sparsity(item)
     return items
@@ -75,7 +78,8 @@ class SparsityView(LayerNeuronPanel):
     def __init__(self, settings: Settings, lazy: bool = False):
         self.method = widgets.ToggleButtons(options=["magnitude", "wanda", "sparsegpt"], value="sparsegpt",
                                             description="method")
-        self.sparsity = widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="sparsity",
+        self.sparsity = widgets.FloatSlider(value=0.5, min=BOUNDS["sparsity"][0], max=BOUNDS["sparsity"][1], step=0.05,
+                                            description="sparsity",
                                             continuous_update=False, readout_format=".0%")
         self.pattern = widgets.Dropdown(options=["unstructured", "2:4", "4:8"], value="unstructured",
                                         description="pattern", layout=widgets.Layout(width="220px"))
@@ -89,9 +93,11 @@ class SparsityView(LayerNeuronPanel):
                                         layout=widgets.Layout(width="auto", min_width="120px"))
         self.sweep_out = widgets.Output()
         self.sweep_table = widgets.HTML()
-        self.fraction = widgets.BoundedFloatText(value=0.03, min=0.001, max=1.0, step=0.01, description="neurons",
+        self.fraction = widgets.BoundedFloatText(value=0.03, min=BOUNDS["ablation_fraction"][0],
+                                                 max=BOUNDS["ablation_fraction"][1], step=0.01, description="neurons",
                                                  layout=widgets.Layout(width="180px"))
-        self.ablation_sparsity = widgets.FloatSlider(value=0.9, min=0.1, max=0.99, step=0.01, readout_format=".0%",
+        self.ablation_sparsity = widgets.FloatSlider(value=0.9, min=BOUNDS["ablation_sparsity"][0],
+                                                     max=BOUNDS["ablation_sparsity"][1], step=0.01, readout_format=".0%",
                                                      description="of their weights", continuous_update=False,
                                                      style={"description_width": "110px"})
         self.run_ablation = widgets.Button(description="Run ablation", icon="play", button_style="primary")
@@ -129,7 +135,8 @@ class SparsityView(LayerNeuronPanel):
 
     @property
     def sparsity_value(self):
-        return self.sparsity.value if self.pattern.value == "unstructured" else self.pattern.value
+        """The pattern, or the slider's sparsity checked against the server's bounds."""
+        return bounded("sparsity", self.sparsity.value) if self.pattern.value == "unstructured" else self.pattern.value
 
     def recompute(self) -> None:
         view = self._need_view()
@@ -186,13 +193,14 @@ class SparsityView(LayerNeuronPanel):
 
     def compute_ablation(self, job=None) -> None:
         layers = self.session.scope_layers(self.scope.value, self.layer.value)
-        cost = self.session.ablation_cost(layers, self.fraction.value, self.ablation_sparsity.value)
-        if not self.confirmed(f"ablation {layers} {self.fraction.value} {self.ablation_sparsity.value}", cost,
+        fraction = bounded("ablation_fraction", self.fraction.value)
+        sparsity = bounded("ablation_sparsity", self.ablation_sparsity.value)
+        cost = self.session.ablation_cost(layers, fraction, sparsity)
+        if not self.confirmed(f"ablation {layers} {fraction} {sparsity}", cost,
                               cost_message(cost, "this ablation", "Run ablation")):
             return
-        with self.busy(f"sparsifying {self.fraction.value:.1%} of the neurons of {len(layers)} layer(s), "
-                       "5 ways…"):
-            self.ablation_result = self.session.ablation(layers, self.fraction.value, self.ablation_sparsity.value,
+        with self.busy(f"sparsifying {fraction:.1%} of the neurons of {len(layers)} layer(s), 5 ways…"):
+            self.ablation_result = self.session.ablation(layers, fraction, sparsity,
                                                          progress=self.bars, on_run=job.begin if job else None)
         self.ablation_scope = scope_title(self.scope.value, layers)
         fig = plots.ablation_bars(self.ablation_result, title=f"{self.fraction.value:.0%} of the neurons of "

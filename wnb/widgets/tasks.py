@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 
 from .. import plots
+from ..limits import BOUNDS, bounded
 from ..tasks import AGREEMENT_TASK, INSTALL_EVAL
-from .panel import csv_link, png_link, slug
+from .panel import cost_message, csv_link, png_link, slug
 from .sparsity import bits_of
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ class TasksSection(widgets.VBox):
         self.available = importlib.util.find_spec("lm_eval") is not None
         self.tasks = widgets.SelectMultiple(options=TASK_CHOICES, value=(AGREEMENT_TASK,), rows=4,
                                             description="tasks", layout=widgets.Layout(width="420px"))
-        self.limit = widgets.BoundedIntText(value=100, min=1, max=100_000, description="items each",
+        self.limit = widgets.BoundedIntText(value=100, min=BOUNDS["task_limit"][0], max=BOUNDS["task_limit"][1],
+                                            description="items each",
                                             layout=widgets.Layout(width="180px"))
         self.run = widgets.Button(description="Score tasks", icon="play", button_style="primary")
         self.plot_out = widgets.Output()
@@ -62,11 +64,17 @@ class TasksSection(widgets.VBox):
         if not self.tasks.value:
             from ..errors import WnbError
             raise WnbError("pick at least one task")
+        offered = {value for _, value in TASK_CHOICES}
+        tasks = [t for t in self.tasks.value if t in offered]  # names from the server's list only
         layers = session.scope_layers(view.scope.value, view.layer.value)
-        with view.busy(f"scoring {len(self.tasks.value)} task(s) on the dense, SparseGPT and expanded models…"):
-            self.table = session.task_scores(list(self.tasks.value), layers, view.k.value, view.sparsity.value,
-                                             bits=bits_of(view.bits), limit=self.limit.value, progress=view.bars,
-                                             on_run=job.begin if job else None)
+        k, sparsity, limit = view.k_value, view.sparsity_value, bounded("task_limit", self.limit.value)
+        cost = session.task_cost(tasks, layers, k, sparsity, bits_of(view.bits), limit)
+        if not view.confirmed(f"tasks {tasks} {layers} {k} {sparsity} {limit}", cost,
+                              cost_message(cost, "scoring these tasks", "Score tasks")):
+            return
+        with view.busy(f"scoring {len(tasks)} task(s) on the dense, SparseGPT and expanded models…"):
+            self.table = session.task_scores(tasks, layers, k, sparsity, bits=bits_of(view.bits), limit=limit,
+                                             progress=view.bars, on_run=job.begin if job else None)
         title = f"{len(layers)} layer(s), k = {view.k.value}, {view.sparsity.value:.0%}"
         view.draw_figure("tasks", self.plot_out, plots.task_bars(self.table, title=title))
         self.table_html.value = self.table.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0)
