@@ -24,7 +24,9 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
-# Voila serves the one notebook at the root URL; notebooks/voila.json sets timeouts and hides tracebacks.
+# Voila serves the one notebook at the root URL; notebooks/voila.json sets timeouts, hides tracebacks and
+# ends the kernels of closed pages within a minute or two. WNB_APP_MAX_VISITORS caps the visitors (default:
+# what the memory holds, 1.5 GiB each), WNB_CACHE_MAX_BYTES the on-disk cache (default 10G).
 app: $(STAMP)
 	@echo "wnb app: http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
 	cd notebooks && ../$(VENV)/bin/voila app.ipynb --no-browser --Voila.ip=$(HOST) --port=$(PORT) \

@@ -243,6 +243,55 @@ def test_cancel_a_running_sweep(page):
     check_no_errors(page, ".wnb-sparsity")
 
 
+def dense_entries() -> dict[str, float]:
+    """The cache entries that assume the dense model, with their modification times."""
+    from wnb import cache
+
+    root = cache.cache_dir()
+    return {str(p.relative_to(root)): p.stat().st_mtime for kind in ("capture", "neuron_table", "held_capture",
+                                                                      "pruned_weight", "overview", "layer_study")
+            for p in (root / kind).glob("*.safetensors")}
+
+
+def test_the_tab_is_inert_while_its_sweep_runs(page):
+    """While a sweep holds the pruned model, changing the same tab's layer and method does nothing on the
+    server: the controls come back, nothing is written under a dense key, and what the page shows
+    afterwards is what it showed before (the dense model's)."""
+    page.wait_for_selector(".wnb-neurons .wnb-histogram img", state="attached", timeout=READY_S * 1000)
+    page.click(".lm-TabBar-tab >> text=Sparsity")
+    page.wait_for_selector(".wnb-sparsity .wnb-pruned-histogram img", timeout=READY_S * 1000)
+    layer = page.locator(".wnb-sparsity .wnb-layer select").input_value()
+    shown = page.inner_text(".wnb-sparsity .wnb-summary")
+    page.select_option(".wnb-sparsity .wnb-scope select", label="every FFN layer")  # a long sweep
+    page.locator(".wnb-sparsity button", has_text="Run sweep").click()
+    page.wait_for_function("() => { const v = document.querySelector('.wnb-sparsity');"
+                           " return v.innerText.includes('Press Run sweep again') || /run \\d+ of \\d+/"
+                           ".test(v.querySelector('.wnb-job').innerText); }", timeout=STEP_S * 1000)
+    if "Press Run sweep again" in page.inner_text(".wnb-sparsity .wnb-status"):
+        page.locator(".wnb-sparsity button", has_text="Run sweep").click()
+    page.wait_for_function("() => /run [2-9]\\d* of/.test(document.querySelector('.wnb-sparsity .wnb-job')"
+                           ".innerText)", timeout=READY_S * 1000)  # past the dense run: the model is pruned now
+    before = dense_entries()
+    other = "model.layers.5.mlp.gate_proj"
+    page.evaluate("""([sel, value]) => { const s = document.querySelector(sel); s.disabled = false;
+        s.value = value; s.dispatchEvent(new Event('change', {bubbles: true})); }""",
+                  [".wnb-sparsity .wnb-layer select", other])  # the page may send it even while disabled
+    page.click(".wnb-sparsity >> text=wanda")
+    page.wait_for_function("() => document.querySelector('.wnb-sparsity .wnb-status').innerText"
+                           ".includes('not now')", timeout=STEP_S * 1000)
+    page.wait_for_function("([sel, value]) => document.querySelector(sel).value === value",
+                           arg=[".wnb-sparsity .wnb-layer select", layer], timeout=STEP_S * 1000)
+    page.screenshot(path=str(SHOTS / "7b_inert_while_running.png"), full_page=True)
+    page.locator(".wnb-sparsity button", has_text="Cancel").click()
+    page.wait_for_function("() => document.querySelector('.wnb-sparsity').innerText.includes('cancelled')",
+                           timeout=STEP_S * 1000)
+    after = dense_entries()
+    assert {k: v for k, v in after.items() if before.get(k) != v} == {}  # nothing written under a dense key
+    assert page.locator(".wnb-sparsity .wnb-layer select").input_value() == layer
+    assert page.inner_text(".wnb-sparsity .wnb-summary") == shown
+    page.select_option(".wnb-sparsity .wnb-scope select", label="the selected layer only")
+
+
 def test_overview_layer_map_opens_a_layer(page):
     page.wait_for_selector(".wnb-neurons .wnb-histogram img", state="attached", timeout=READY_S * 1000)
     page.click(".lm-TabBar-tab >> text=Model overview")
