@@ -2,11 +2,12 @@
 
 The app is a web server, so nothing a visitor types is ever opened as a path on it. A corpus is one of
 the named corpora or a text file the visitor uploads; a model is the bundled one, a Hugging Face id
-(fetched from the hub into its own cache, never looked up as a local folder) or one of the folders
-offered by whoever runs the server: the models in wnb's cache and the model folders inside the folders
-named by ``$WNB_MODEL_DIRS`` (separated by ``os.pathsep``). Refusals say what is allowed, in words that
-do not depend on whether a typed path exists. The Python API and the ``wnb`` command still take paths:
-their user owns the machine.
+(one of ``$WNB_APP_MODELS`` when the operator set it; fetched by :func:`fetch_hub_model` within the
+server's limits, never looked up as a local folder) or one of the folders offered by whoever runs the
+server: the model copies wnb wrote into its cache and the model folders inside the folders named by
+``$WNB_MODEL_DIRS`` (separated by ``os.pathsep``). Refusals say what is allowed, in words that do not
+depend on whether a typed path exists and name no server path. The Python API and the ``wnb`` command
+still take paths: their user owns the machine.
 """
 from __future__ import annotations
 
