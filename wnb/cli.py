@@ -131,6 +131,15 @@ class RunFolder:
             self.manifest.update(error=error, stopped=_now())
             self._save()
 
+    def folder(self, name: str, what: str, write) -> None:
+        """Write the folder ``name`` atomically with ``write(tmp)`` and list every file in it in the manifest,
+        one by one: a folder entry would claim whatever a user later puts inside it."""
+        with cache.atomic_path(self.path / name) as tmp:
+            write(tmp)
+        for file in sorted(_files(self.path / name)):
+            self.manifest["files"][file.relative_to(self.path).as_posix()] = what
+        self._save()
+
     def _write(self, name: str, what: str, write) -> None:
         with cache.atomic_path(self.path / name) as tmp:
             write(tmp)
@@ -143,21 +152,26 @@ class RunFolder:
 
 
 def _owned_files(path: Path) -> set[Path] | None:
-    """The files of ``path`` that its wnb manifest lists as written by wnb (None without a wnb manifest).
-    Listed names that are absolute, climb out of the folder or pass through a link are ignored."""
+    """The files of ``path`` that its wnb manifest lists as written by wnb (None without a readable wnb
+    manifest). Only files are listed: a name that is a folder (``model/`` of older runs) claims nothing
+    under it, and names that are absolute, climb out of the folder or pass through a link are ignored."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
     if not isinstance(manifest, dict) or "wnb" not in manifest:
         return None
-    listed = [str(n) for n in manifest.get("files") or {}] + [f"cache/{n}" for n in manifest.get("cache") or []]
+    files, copies = manifest.get("files") or {}, manifest.get("cache") or []
+    if not isinstance(files, dict) or not isinstance(copies, list):
+        return None
+    listed = list(files) + [f"cache/{n}" for n in copies if isinstance(n, str)]
     owned = {path / MANIFEST}
     for name in listed:
         target = path / name
-        if Path(name).is_absolute() or ".." in Path(name).parts or not _inside(target, path):
+        if (Path(name).is_absolute() or ".." in Path(name).parts or name.endswith("/")
+                or not _inside(target, path) or target.is_dir()):
             continue
-        owned.update(_files(target) if name.endswith("/") and target.is_dir() else [target])
+        owned.add(target)
     return owned
 
 
@@ -541,10 +555,9 @@ def _prune(args, run: RunFolder, session) -> str:
         if args.save_model:
             from .saving import save_pruned
 
-            with cache.atomic_path(run.path / "model") as tmp:
-                save_pruned(lm, tmp, format=args.save_format, report=report)
-            run.manifest["files"]["model/"] = (f"the pruned model ({args.save_format} checkpoint, safetensors; "
-                                               "AutoModelForCausalLM.from_pretrained loads it)")
+            run.folder("model", f"the pruned model ({args.save_format} checkpoint, safetensors; "
+                       "AutoModelForCausalLM.from_pretrained loads the folder)",
+                       lambda tmp: save_pruned(lm, tmp, format=args.save_format, report=report))
     if args.bits is not None:  # values, mask and scales per weight of the pruned layers
         quant["effective_bits"] = model_effective_bits(lm, args.bits, args.sparsity, args.group_size, layers)
     rows.append({"method": args.method, "sparsity": label, **quant, **ppl, "prune_seconds": middle - start,
@@ -626,10 +639,8 @@ def _expand(args, run: RunFolder, session) -> str:
         with expanded(lm, args.experts, args.sparsity, calib=session.calib, layers=layers, pca_factor=args.pca_factor,
                       seed=args.seed, batch_size=args.batch_size, progress=progress,
                       true_sequential=args.true_sequential, **quant) as expansion:
-            with cache.atomic_path(run.path / "expansion") as tmp:
-                save_expanded(lm, tmp, expansion)
-        run.manifest["files"]["expansion/"] = ("the Sparse Expansion: routers and experts (safetensors) and a JSON "
-                                               "manifest; with wnb.load_expanded(lm, path) on the dense model")
+            run.folder("expansion", "the Sparse Expansion: routers and experts (safetensors) and a JSON manifest; "
+                       "wnb.load_expanded(lm, folder) on the dense model", lambda tmp: save_expanded(lm, tmp, expansion))
     run.table("perplexity.csv", table, "held-out perplexity and the first layer's relative output error: dense, "
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")

@@ -336,7 +336,7 @@ def _copy_intact(folder: Path) -> bool:
     once per process and file): same-size garbage must not load as a model."""
     try:
         recorded = json.loads((folder / "wnb-complete.json").read_text())["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False  # a copy from before checksums were recorded: rebuilt once
     for name, digest in recorded.items():
         path = folder / name
@@ -355,7 +355,7 @@ def _cache_complete(folder: Path) -> bool:
         return False
     try:
         sizes = json.loads(marker.read_text())["sizes"]
-    except (ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False
     return bool(sizes) and all((folder / n).exists() and (folder / n).stat().st_size == s for n, s in sizes.items())
 
