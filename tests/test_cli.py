@@ -426,10 +426,11 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # a process that has ended
-    stale = tmp_path / f".wnb-tmp.{pid}.neurons.csv.abc123"
+    host = cache._host_tag()
+    stale = tmp_path / f".wnb-tmp.{host}.{pid}.neurons.csv.abc123"
     stale.mkdir()
     (stale / "neurons.csv").write_text("half")
-    alive = tmp_path / f".wnb-tmp.{os.getppid()}.layers.csv.def456"  # a running process: its work is kept
+    alive = tmp_path / f".wnb-tmp.{host}.{os.getppid()}.layers.csv.def456"  # a running process: its work is kept
     alive.mkdir()
     mine = tmp_path / ".neurons.csv.user"  # not wnb's naming
     mine.mkdir()
