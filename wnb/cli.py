@@ -99,7 +99,10 @@ class RunFolder:
         self._save()
 
     def table(self, name: str, frame: pd.DataFrame, what: str) -> None:
-        self._write(name, what, lambda tmp: frame.to_csv(tmp, index=False))
+        """``frame`` as CSV, text cells that a spreadsheet would run as a formula defused (:func:`safe_csv`)."""
+        from .spreadsheet import safe_csv
+
+        self._write(name, what, lambda tmp: tmp.write_bytes(safe_csv(frame).encode("utf-8")))
 
     def json(self, name: str, data, what: str) -> None:
         self._write(name, what, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=_jsonable)))
