@@ -172,7 +172,7 @@ def test_windows_longer_than_the_context_are_refused(tiny_llama):
     for run in (lambda: wnb.capture(tiny_llama, [layer], long, progress=False),
                 lambda: wnb.perplexity(tiny_llama, long, progress=False),
                 lambda: wnb.token_nll(tiny_llama, long, progress=False)):
-        with pytest.raises(WnbError, match="129 tokens are longer than .* context of 128 tokens; use windows of at most 128"):
+        with pytest.raises(WnbError, match="129 tokens are longer than .* context of 128 tokens; use .* at most 128"):
             run()
     assert wnb.token_nll(tiny_llama, long[:, :128], progress=False).shape == (1, 127)  # the context itself is fine
 

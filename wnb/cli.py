@@ -643,7 +643,8 @@ def _expand(args, run: RunFolder, session) -> str:
                       seed=args.seed, batch_size=args.batch_size, progress=progress,
                       true_sequential=args.true_sequential, **quant) as expansion:
             run.folder("expansion", "the Sparse Expansion: routers and experts (safetensors) and a JSON manifest; "
-                       "wnb.load_expanded(lm, folder) on the dense model", lambda tmp: save_expanded(lm, tmp, expansion))
+                       "wnb.load_expanded(lm, folder) on the dense model",
+                       lambda tmp: save_expanded(lm, tmp, expansion))
     run.table("perplexity.csv", table, "held-out perplexity and the first layer's relative output error: dense, "
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
@@ -868,11 +869,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--budget", default="medium", choices=("small", "medium", "large"),
                       help="preset for the four options below, as the app's budgets (default: medium = 32 x 256 "
                            "calibration, 16 held-out, 1,024 tokens per layer for scoring)")
-    data.add_argument("--seq-len", type=_whole(2, why="a window predicts each of its tokens after the first"), default=None, help="tokens per window (paper: 2048)")
+    data.add_argument("--seq-len", type=_whole(2, why="a window predicts each of its tokens after the first"),
+                      default=None, help="tokens per window (paper: 2048)")
     data.add_argument("--windows", type=_whole(1), default=None, help="calibration windows (paper: 128)")
     data.add_argument("--eval-windows", type=_whole(0), default=None,
                       help="held-out windows for perplexity (disjoint from the calibration ones)")
-    data.add_argument("--seed", type=_whole(0), default=0, help="seed of the window draw and every random choice (default 0)")
+    data.add_argument("--seed", type=_whole(0), default=0,
+                      help="seed of the window draw and every random choice (default 0)")
     data.add_argument("--batch-size", type=_whole(1), default=8, help="windows per forward pass (default 8)")
     out = common.add_argument_group("output")
     out.add_argument("-o", "--output", default=None, metavar="DIR", help="output folder (default: ./wnb-<command>)")
@@ -895,12 +898,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "N(0, 1) (PAPER.md §2), with mean and variance; rank the Wasserstein neurons; MD and figures "
                        "for one detail layer. Writes neurons.csv, layers.csv, detail_*.csv and PNG figures.")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
-    p.add_argument("--max-tokens", type=_whole(1), default=None, help="tokens per layer (default: the budget's overview tokens)")
+    p.add_argument("--max-tokens", type=_whole(1), default=None,
+                   help="tokens per layer (default: the budget's overview tokens)")
     p.add_argument("--wd", choices=("auto", "exact", "streaming"), default="auto",
                    help="exact WD from all captured outputs, or streaming histograms (memory per neuron, not per "
                         "token; within 1e-3); auto: exact when all outputs fit in memory at once (default)")
-    p.add_argument("--bins", type=_whole(16, even=True), default=512, help="histogram bins per neuron for streaming WD (default 512)")
-    p.add_argument("--fraction", type=_real(0, 1), default=0.03, help="share of a layer called Wasserstein neurons (paper: 0.03)")
+    p.add_argument("--bins", type=_whole(16, even=True), default=512,
+                   help="histogram bins per neuron for streaming WD (default 512)")
+    p.add_argument("--fraction", type=_real(0, 1), default=0.03,
+                   help="share of a layer called Wasserstein neurons (paper: 0.03)")
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
     p.add_argument("--pairs", type=_whole(1), default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
 
@@ -927,7 +933,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
     p.add_argument("--neurons", default=None, help="prune only a few rows per layer chosen by: wd, random, mean, "
                    "variance or weight_norm (the paper's Fig. 3 ablation); default: every row")
-    p.add_argument("--fraction", type=_real(0, 1), default=0.03, help="share of rows chosen with --neurons (default 0.03)")
+    p.add_argument("--fraction", type=_real(0, 1), default=0.03,
+                   help="share of rows chosen with --neurons (default 0.03)")
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
     _quant_flags(p)
     p.add_argument("--save-model", action="store_true", help="also write the pruned model into <output>/model")
@@ -977,7 +984,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", default=["first-ffn"], metavar="LAYER",
                    help=layers_help.replace("(default: ffn)", "(default: first-ffn, as the follow-up)"))
     below = f"the share of each layer's neurons ablated, below the {MATCHED_EXCLUDE:.0%} the matched control leaves out"
-    p.add_argument("--fraction", type=_real(0, MATCHED_EXCLUDE, high_open=True, why=f"{below}; the follow-up uses 0.01"),
+    p.add_argument("--fraction", type=_real(0, MATCHED_EXCLUDE, high_open=True,
+                                            why=f"{below}; the follow-up uses 0.01"),
                    default=0.01, help="share of each layer's neurons ablated, by WD "
                    "(follow-up: 0.01; below 0.1, the share the matched control leaves out)")
     p.add_argument("--side", default="negative", choices=("negative", "positive", "both"),
@@ -1008,7 +1016,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _quant_flags(p) -> None:
     from .quantize import MAX_BITS, MIN_BITS
 
-    p.add_argument("--bits", type=_whole(MIN_BITS, MAX_BITS), default=None, help="also quantize the kept weights to this many bits (2-8): "
+    p.add_argument("--bits", type=_whole(MIN_BITS, MAX_BITS), default=None,
+                   help="also quantize the kept weights to this many bits (2-8): "
                    "inside SparseGPT's sweep, min-max per output channel (or group), as the paper's --quantize")
     p.add_argument("--group-size", type=_whole(1), default=None, help="with --bits: one scale per this many columns "
                    "(default: one per output channel)")

@@ -3,8 +3,8 @@
 A cell beginning with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is taken as a formula by Excel,
 LibreOffice and Google Sheets; a token, a layer name or a file name in wnb's tables can begin so. Such
 *text* cells (and column names) get a leading single quote ``'``, which spreadsheets show as text,
-and are written in double quotes; numbers stay numbers (a negative number is not text). Every CSV wnb writes for people goes through
-:func:`safe_csv`: the app's download links and the command's tables.
+and are written in double quotes; numbers stay numbers (a negative number is not text). Every CSV wnb
+writes for people goes through :func:`safe_csv`: the app's download links and the command's tables.
 """
 from __future__ import annotations
 
