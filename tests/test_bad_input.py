@@ -90,3 +90,96 @@ class _Tokenized:
     def __init__(self, lm):
         self.model, self.name = lm.model, lm.name
         self.tokenizer = lambda text, **kw: type("Ids", (), {"input_ids": torch.arange(200)[None] % VOCAB})()
+
+
+# ---------------------------------------------------------------- issue 19: inputs that were answered silently
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_pruning_refuses_a_weight_holding_nan_or_inf(method, bad):
+    """Magnitude kept a NaN weight and SparseGPT spread one over its row; every method refuses it."""
+    w, x = torch.randn(8, 16), torch.randn(64, 16)
+    w[2, 5] = bad
+    with pytest.raises(WnbError, match=r"NaN or infinite value\(s\) \(the first at \[row, column\] \[2, 5\]\)"):
+        wnb.prune_weight(w, x, method=method, sparsity=0.5)
+    with pytest.raises(WnbError, match="NaN or infinite"):
+        wnb.prune_weight(w, x, method=method, sparsity=0.5, neurons=[0, 1])  # even when the row is not pruned
+
+
+def test_sparsegpt_and_experts_refuse_a_nan_weight():
+    w, x = torch.randn(8, 16), torch.randn(64, 16)
+    w[0, 0] = float("nan")
+    with pytest.raises(WnbError, match="NaN or infinite"):
+        wnb.SparseGPT(w)
+    with pytest.raises(WnbError, match="NaN or infinite"):
+        wnb.expand_layer(w, x, n_experts=2, pca_factor=None)
+
+
+def test_pruning_refuses_complex_weights():
+    """A complex weight was pruned as its real part (with only a torch warning)."""
+    w = torch.randn(8, 16, dtype=torch.complex64)
+    x = torch.randn(64, 16)
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        with pytest.raises(WnbError, match="complex .*real weights only"):
+            wnb.prune_weight(w, x, method=method)
+    with pytest.raises(WnbError, match="complex"):
+        wnb.SparseGPT(w)
+
+
+def test_model_pruning_refuses_a_nan_weight_before_any_work(tiny_llama, tiny_windows):
+    layer = wnb.ffn_layers(tiny_llama)[1]
+    weight = wnb.layer_weight(tiny_llama, layer)
+    acts = wnb.capture(tiny_llama, [layer], tiny_windows, progress=False)
+    dense = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[3, 4] = float("nan")
+        for method in ("magnitude", "sparsegpt"):
+            with pytest.raises(WnbError, match=f"weight of {layer} holds 1 NaN"):
+                with wnb.pruned(tiny_llama, method, 0.5, calib=tiny_windows, progress=False):
+                    pytest.fail("pruning ran")
+            with pytest.raises(WnbError, match=f"weight of {layer} holds 1 NaN"):
+                wnb.prune_layer(tiny_llama, layer, acts, method=method)
+        with pytest.raises(WnbError, match=f"weight of {layer} holds 1 NaN"):
+            with wnb.expanded(tiny_llama, n_experts=2, calib=tiny_windows, pca_factor=None, progress=False):
+                pytest.fail("expansion ran")
+        assert torch.isnan(weight[3, 4]) and torch.equal(weight[:3], dense[:3])  # nothing was changed
+    finally:
+        with torch.no_grad():
+            weight.copy_(dense)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_kmeans_and_the_router_refuse_non_finite_points(bad):
+    """k-means returned NaN centroids and labelled every point 0."""
+    x = torch.randn(50, 4)
+    x[7, 1] = bad
+    with pytest.raises(WnbError, match="1 of the 50 rows hold NaN or infinite"):
+        wnb.kmeans(x, 3)
+    with pytest.raises(WnbError, match="finite"):
+        wnb.Router.fit(x, n_clusters=3, pca_factor=None)
+    with pytest.raises(WnbError, match="finite"):
+        wnb.Router.fit(x, n_clusters=3, pca_factor=2)
+    with pytest.raises(WnbError, match="finite"):
+        wnb.kmeans(torch.randn(50, 4), 3, init=torch.full((3, 4), bad))
+
+
+def test_windows_longer_than_the_context_are_refused(tiny_llama):
+    """The tiny Llama has 128 positions; a 129-token window ran (one 9,000-token window of the bundled model
+    took 54 s) instead of being refused, as token_windows already refuses it."""
+    long = torch.randint(0, VOCAB, (1, 129), generator=torch.Generator().manual_seed(0))
+    layer = wnb.ffn_layers(tiny_llama)[0]
+    for run in (lambda: wnb.capture(tiny_llama, [layer], long, progress=False),
+                lambda: wnb.perplexity(tiny_llama, long, progress=False),
+                lambda: wnb.token_nll(tiny_llama, long, progress=False)):
+        with pytest.raises(WnbError, match="129 tokens are longer than .* context of 128 tokens; use .* at most 128"):
+            run()
+    assert wnb.token_nll(tiny_llama, long[:, :128], progress=False).shape == (1, 127)  # the context itself is fine
+
+
+def test_the_bundled_model_refuses_a_revision(monkeypatch):
+    """load_model(revision="nope") returned the bundled model as if the revision existed."""
+    monkeypatch.setattr(wnb.models, "_load_bundled", lambda: pytest.fail("the model was loaded"))
+    for name in (None, wnb.models.BUNDLED):
+        with pytest.raises(WnbError, match="one version only, so revision must be None \\(got 'nope'\\)"):
+            wnb.load_model(name, revision="nope")

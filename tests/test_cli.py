@@ -193,7 +193,8 @@ def test_prune_with_bits_saves_a_checkpoint_transformers_loads(tmp_path, isolate
 def test_expand_save_model_reloads_the_same_expansion(tmp_path, isolated_cache):
     out = tmp_path / "expand"
     assert run("expand", *SMALL, "--experts", "2", "--layers", GATE, "--save-model", "-o", out) == 0
-    assert "expansion/" in manifest(out)["files"]
+    saved = {f"expansion/{p.name}" for p in (out / "expansion").iterdir()}
+    assert {"expansion/wnb-expansion.json", "expansion/routers.safetensors"} <= saved <= set(manifest(out)["files"])
     expected = pd.read_csv(out / "perplexity.csv").set_index("method").loc["expansion", "perplexity"]
     lm, _, held_out = windows()
     with wnb.load_expanded(lm, out / "expansion"):
@@ -303,6 +304,65 @@ def test_bad_arguments_refused_before_any_work(tmp_path, capsys, argv, message):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["score", "--seq-len", "1"], "argument --seq-len: must be a whole number of at least 2"),
+    (["expand", "--pca-factor", "1"], "argument --pca-factor: must be a whole number of at least 2: the router's PCA"),
+    (["expand", "--pca-factor", "1.5"], "argument --pca-factor: must be a whole number"),
+    (["score", "--pairs", "0"], "argument --pairs: must be a whole number of at least 1"),
+    (["prune", "--bits", "9"], "argument --bits: must be a whole number from 2 to 8"),
+    (["prune", "--fraction", "nan"], "argument --fraction: must be a number in (0, 1]"),
+    (["sweep", "--experts", "2", "0"], "argument --experts: must be a whole number of at least 1"),
+    (["score", "--revision", "nope"], "revision must be None (got 'nope')"),
+    (["expand", "--experts", "65", "--seq-len", "16", "--windows", "4"], "--experts 65 is more than the 64 calibration"),
+    (["neuron", "--layer", GATE, "--neuron", "1", "--seq-len", "16", "--skip-first", "16"],
+     "--skip-first must be less than the window length 16"),
+])
+def test_numbers_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, argv, message):
+    """--seq-len 1, --pca-factor 1 (and the others) were accepted and failed only after loading the model."""
+    monkeypatch.setattr(wnb.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert run(*argv, "-o", tmp_path / "x") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.integration
+def test_overwrite_keeps_a_users_file_inside_the_saved_model(tmp_path, isolated_cache, capsys):
+    """--save-model listed the folder ("expansion/"), and --overwrite then deleted whatever a user had put in
+    it; now every file written there is listed, and anything else is named in the refusal and kept."""
+    out = tmp_path / "expand"
+    args = ["expand", *SMALL, "--experts", "2", "--layers", GATE, "--detail", "none", "--save-model", "-o", out]
+    assert run(*args) == 0
+    files = manifest(out)["files"]
+    assert not [name for name in files if name.endswith("/")]
+    assert {f"expansion/{p.name}" for p in (out / "expansion").iterdir()} <= set(files)
+    (out / "expansion" / "my-notes.txt").write_text("mine")
+    assert run(*args, "--overwrite") == 2
+    assert "expansion/my-notes.txt" in capsys.readouterr().err
+    assert (out / "expansion" / "my-notes.txt").read_text() == "mine"
+    (out / "expansion" / "my-notes.txt").unlink()
+    assert run(*args, "--overwrite") == 0  # only wnb's files there: replaced
+
+
+def test_a_folder_entry_of_an_older_manifest_claims_nothing(tmp_path, capsys):
+    out = tmp_path / "old"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
+    (out / "manifest.json").write_text(json.dumps({"wnb": "0.1.0", "files": {"model/": "the pruned model"}}))
+    assert run("score", "-o", out, "--overwrite") == 2
+    assert "model/config.json" in capsys.readouterr().err
+    assert (out / "model" / "config.json").exists()
+
+
+def test_a_deeply_nested_manifest_is_unreadable(tmp_path, capsys):
+    out = tmp_path / "nested"
+    out.mkdir()
+    (out / "data.csv").write_text("keep")
+    (out / "manifest.json").write_text('{"wnb": "0.1.0", "files": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert run("score", "-o", out, "--overwrite") == 2
+    assert "has no wnb manifest.json" in capsys.readouterr().err
+    assert (out / "data.csv").read_text() == "keep"
+
+
 def test_existing_output_folder(tmp_path, capsys):
     foreign = tmp_path / "mine"
     foreign.mkdir()
@@ -366,10 +426,11 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # a process that has ended
-    stale = tmp_path / f".wnb-tmp.{pid}.neurons.csv.abc123"
+    host = cache._host_tag()
+    stale = tmp_path / f".wnb-tmp.{host}.{pid}.neurons.csv.abc123"
     stale.mkdir()
     (stale / "neurons.csv").write_text("half")
-    alive = tmp_path / f".wnb-tmp.{os.getppid()}.layers.csv.def456"  # a running process: its work is kept
+    alive = tmp_path / f".wnb-tmp.{host}.{os.getppid()}.layers.csv.def456"  # a running process: its work is kept
     alive.mkdir()
     mine = tmp_path / ".neurons.csv.user"  # not wnb's naming
     mine.mkdir()

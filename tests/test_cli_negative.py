@@ -61,11 +61,11 @@ def test_files_and_values_equal_the_api(tmp_path, isolated_cache, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--side", "up"], "invalid choice: 'up'"),
-    (["--fraction", "0.2"], "--fraction must be in (0, 0.1)"),
-    (["--fraction", "0"], "--fraction must be in"),
-    (["--control-seeds", "0"], "--control-seeds must be at least 1"),
-    (["--pairs-per-phenomenon", "0"], "--pairs-per-phenomenon must be at least 1"),
-    (["--tolerance", "1.5"], "--tolerance must be in (0, 1)"),
+    (["--fraction", "0.2"], "argument --fraction: must be a number in (0, 0.1)"),
+    (["--fraction", "0"], "argument --fraction: must be a number in"),
+    (["--control-seeds", "0"], "argument --control-seeds: must be a whole number of at least 1"),
+    (["--pairs-per-phenomenon", "0"], "argument --pairs-per-phenomenon: must be a whole number of at least 1"),
+    (["--tolerance", "1.5"], "argument --tolerance: must be a number in (0, 1)"),
     (["--controls", "shuffled"], "invalid choice: 'shuffled'"),
     (["--minimal-pairs", "nosuchpairs"], "unknown minimal pairs 'nosuchpairs'"),
     (["--eval-windows", "0"], "--eval-windows must be at least 1"),

@@ -362,6 +362,19 @@ def test_a_manifest_naming_other_layers_or_types(tiny_llama, saved, tmp_path):
     _refused(tiny_llama, tmp_path / "nowhere", saved, "not a saved expansion")
 
 
+def test_a_deeply_nested_manifest_is_refused_not_a_recursion_error(tiny_llama, saved, tmp_path):
+    """json.loads raised RecursionError on a manifest nested 100,000 deep; load_expanded answers WnbError, and
+    overwrite=True treats such a manifest as unreadable (it lists nothing, so nothing beside it is replaced)."""
+    folder, _ = _copy(saved, tmp_path)
+    nested = '{"format": "wnb-expansion-1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    (folder / saving.EXPANSION_MANIFEST).write_text(nested)
+    _refused(tiny_llama, folder, saved, "nested too deeply")
+    with wnb.expanded(tiny_llama, n_experts=2, calib=_windows(128), pca_factor=4, progress=False) as expansion:
+        with pytest.raises(wnb.WnbError, match="which wnb did not write"):
+            wnb.save_expanded(tiny_llama, folder, expansion, overwrite=True)
+    assert (folder / saving.EXPANSION_MANIFEST).read_text() == nested
+
+
 def test_load_expanded_refuses_another_model(saved, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 

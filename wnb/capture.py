@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .errors import WnbError
 from .checks import check_int
+from .data import context_length
 from .models import LM, check_layers
 from .state import holding
 
@@ -44,7 +45,8 @@ def available_memory() -> int:
 
 def check_windows(windows, lm: LM | None = None, min_len: int = 1) -> torch.Tensor:
     """Accept ``[n, seq_len]`` (or one ``[seq_len]``) integer token ids; refuse empty input, windows shorter
-    than ``min_len`` and, given the model, ids outside its vocabulary."""
+    than ``min_len`` and, given the model, windows longer than its context (:func:`wnb.data.context_length`)
+    and ids outside its vocabulary."""
     if windows is None:
         raise WnbError("token windows are missing: pass [n_windows, seq_len] token ids (see wnb.token_windows)")
     if not isinstance(windows, torch.Tensor):
@@ -60,6 +62,11 @@ def check_windows(windows, lm: LM | None = None, min_len: int = 1) -> torch.Tens
         raise WnbError(f"token windows must hold integer token ids, not {windows.dtype}")
     if windows.shape[1] < min_len:
         raise WnbError(f"token windows must have at least {min_len} tokens each (got {windows.shape[1]})")
+    if lm is not None:
+        context = context_length(lm)
+        if context is not None and windows.shape[1] > context:
+            raise WnbError(f"token windows of {windows.shape[1]:,} tokens are longer than {lm.name}'s context of "
+                           f"{context:,} tokens; use windows of at most {context:,} (wnb.token_windows(seq_len=...))")
     windows = windows.long()
     vocab = vocab_size(lm) if lm is not None else None
     if vocab is not None:

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -98,7 +99,10 @@ class RunFolder:
         self._save()
 
     def table(self, name: str, frame: pd.DataFrame, what: str) -> None:
-        self._write(name, what, lambda tmp: frame.to_csv(tmp, index=False))
+        """``frame`` as CSV, text cells that a spreadsheet would run as a formula defused (:func:`safe_csv`)."""
+        from .spreadsheet import safe_csv
+
+        self._write(name, what, lambda tmp: tmp.write_bytes(safe_csv(frame).encode("utf-8")))
 
     def json(self, name: str, data, what: str) -> None:
         self._write(name, what, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=_jsonable)))
@@ -130,6 +134,15 @@ class RunFolder:
             self.manifest.update(error=error, stopped=_now())
             self._save()
 
+    def folder(self, name: str, what: str, write) -> None:
+        """Write the folder ``name`` atomically with ``write(tmp)`` and list every file in it in the manifest,
+        one by one: a folder entry would claim whatever a user later puts inside it."""
+        with cache.atomic_path(self.path / name) as tmp:
+            write(tmp)
+        for file in sorted(_files(self.path / name)):
+            self.manifest["files"][file.relative_to(self.path).as_posix()] = what
+        self._save()
+
     def _write(self, name: str, what: str, write) -> None:
         with cache.atomic_path(self.path / name) as tmp:
             write(tmp)
@@ -142,21 +155,26 @@ class RunFolder:
 
 
 def _owned_files(path: Path) -> set[Path] | None:
-    """The files of ``path`` that its wnb manifest lists as written by wnb (None without a wnb manifest).
-    Listed names that are absolute, climb out of the folder or pass through a link are ignored."""
+    """The files of ``path`` that its wnb manifest lists as written by wnb (None without a readable wnb
+    manifest). Only files are listed: a name that is a folder (``model/`` of older runs) claims nothing
+    under it, and names that are absolute, climb out of the folder or pass through a link are ignored."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
     if not isinstance(manifest, dict) or "wnb" not in manifest:
         return None
-    listed = [str(n) for n in manifest.get("files") or {}] + [f"cache/{n}" for n in manifest.get("cache") or []]
+    files, copies = manifest.get("files") or {}, manifest.get("cache") or []
+    if not isinstance(files, dict) or not isinstance(copies, list):
+        return None
+    listed = list(files) + [f"cache/{n}" for n in copies if isinstance(n, str)]
     owned = {path / MANIFEST}
     for name in listed:
         target = path / name
-        if Path(name).is_absolute() or ".." in Path(name).parts or not _inside(target, path):
+        if (Path(name).is_absolute() or ".." in Path(name).parts or name.endswith("/")
+                or not _inside(target, path) or target.is_dir()):
             continue
-        owned.update(_files(target) if name.endswith("/") and target.is_dir() else [target])
+        owned.add(target)
     return owned
 
 
@@ -270,8 +288,9 @@ def _remote(args) -> bool | str:
 
 def _validate(args) -> None:
     """Everything that can be checked without the model, before the output folder is touched."""
-    from .models import resolve_device, resolve_dtype
+    from .models import check_revision, resolve_device, resolve_dtype
     from .prune import check_method, parse_sparsity
+    from .session import check_budget
 
     if args.remote and args.command != "score":
         raise WnbError(f"wnb {args.command} changes the model's weights, which needs them on this machine; "
@@ -281,47 +300,32 @@ def _validate(args) -> None:
     if args.offload:
         from .offload import check_offload
         check_offload(args.device, _remote(args))
-    positive = {"--seq-len": args.seq_len, "--windows": args.windows, "--batch-size": args.batch_size,
-                "--max-tokens": getattr(args, "max_tokens", None), "--experts": getattr(args, "experts", None),
-                "--pca-factor": getattr(args, "pca_factor", None), "--pairs": getattr(args, "pairs", None)}
-    for flag, value in positive.items():
-        if value is not None and not isinstance(value, list) and value < 1:
-            raise WnbError(f"{flag} must be at least 1 (got {value})")
+    check_revision(args.model, args.revision)
+    # Each number's own range is checked by its argparse type (_whole, _real); here what depends on others.
     if args.command != "score" and args.eval_windows is not None and args.eval_windows < 1:
         raise WnbError(f"wnb {args.command} measures perplexity on held-out windows: --eval-windows must be at least 1")
-    if args.eval_windows is not None and args.eval_windows < 0:
-        raise WnbError(f"--eval-windows must be at least 0 (got {args.eval_windows})")
-    if args.seed < 0:
-        raise WnbError(f"--seed must be a non-negative integer (got {args.seed})")
-    if hasattr(args, "fraction") and not 0 < args.fraction <= 1:
-        raise WnbError(f"--fraction must be in (0, 1] (got {args.fraction})")
-    if getattr(args, "bins", 16) < 16 or getattr(args, "bins", 16) % 2:
-        raise WnbError(f"--bins must be even and at least 16 (got {args.bins})")
+    budget = check_budget(args.budget)
+    seq_len = args.seq_len or budget.seq_len
+    n_calib = budget.n_calib if args.windows is None else args.windows
     experts = getattr(args, "experts", None)
-    for k in experts if isinstance(experts, list) else []:  # sweep's list of k
-        if k < 1:
-            raise WnbError(f"--experts must be at least 1 (got {k})")
+    most = max(experts, default=None) if isinstance(experts, list) else experts  # sweep: a list of k
+    if most is not None and most > n_calib * seq_len:
+        raise WnbError(f"--experts {most} is more than the {n_calib * seq_len:,} calibration tokens ({n_calib} windows "
+                       f"of {seq_len}); use fewer experts or more --windows")
+    if args.command == "neuron" and args.skip_first >= seq_len:
+        raise WnbError(f"--skip-first must be less than the window length {seq_len} (got {args.skip_first})")
     if getattr(args, "bits", None) is not None or getattr(args, "group_size", None) is not None:
         from .quantize import check_quant
         check_quant(args.bits, args.group_size)
     if getattr(args, "tasks", None):
         from .tasks import _lm_eval
         _lm_eval()  # lm-eval missing: say so before the model loads
-        if args.task_limit is not None and args.task_limit < 1:
-            raise WnbError(f"--task-limit must be at least 1 (got {args.task_limit})")
     if getattr(args, "save_format", "hf") != "hf" and not getattr(args, "save_model", False):
         raise WnbError("--save-format says how --save-model writes the model: add --save-model")
     if getattr(args, "contexts", None) is not None:
-        if args.contexts < 1:
-            raise WnbError(f"--contexts must be at least 1 (got {args.contexts})")
         if args.no_cache or args.remote:
             raise WnbError("--contexts stores the contexts in the cache the app reads: it needs the cache and "
                            "local weights (drop --no-cache / --remote)")
-    if args.command == "neuron":
-        if any(n < 0 for n in args.neuron):
-            raise WnbError(f"--neuron takes neuron indices, 0 or more (got {min(args.neuron)})")
-        if args.skip_first < 0:
-            raise WnbError(f"--skip-first must be at least 0 (got {args.skip_first})")
     if args.command == "negative":
         _validate_negative(args)
     neurons = getattr(args, "neurons", None)
@@ -554,10 +558,9 @@ def _prune(args, run: RunFolder, session) -> str:
         if args.save_model:
             from .saving import save_pruned
 
-            with cache.atomic_path(run.path / "model") as tmp:
-                save_pruned(lm, tmp, format=args.save_format, report=report)
-            run.manifest["files"]["model/"] = (f"the pruned model ({args.save_format} checkpoint, safetensors; "
-                                               "AutoModelForCausalLM.from_pretrained loads it)")
+            run.folder("model", f"the pruned model ({args.save_format} checkpoint, safetensors; "
+                       "AutoModelForCausalLM.from_pretrained loads the folder)",
+                       lambda tmp: save_pruned(lm, tmp, format=args.save_format, report=report))
     if args.bits is not None:  # values, mask and scales per weight of the pruned layers
         quant["effective_bits"] = model_effective_bits(lm, args.bits, args.sparsity, args.group_size, layers)
     rows.append({"method": args.method, "sparsity": label, **quant, **ppl, "prune_seconds": middle - start,
@@ -639,10 +642,9 @@ def _expand(args, run: RunFolder, session) -> str:
         with expanded(lm, args.experts, args.sparsity, calib=session.calib, layers=layers, pca_factor=args.pca_factor,
                       seed=args.seed, batch_size=args.batch_size, progress=progress,
                       true_sequential=args.true_sequential, **quant) as expansion:
-            with cache.atomic_path(run.path / "expansion") as tmp:
-                save_expanded(lm, tmp, expansion)
-        run.manifest["files"]["expansion/"] = ("the Sparse Expansion: routers and experts (safetensors) and a JSON "
-                                               "manifest; with wnb.load_expanded(lm, path) on the dense model")
+            run.folder("expansion", "the Sparse Expansion: routers and experts (safetensors) and a JSON manifest; "
+                       "wnb.load_expanded(lm, folder) on the dense model",
+                       lambda tmp: save_expanded(lm, tmp, expansion))
     run.table("perplexity.csv", table, "held-out perplexity and the first layer's relative output error: dense, "
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
@@ -720,19 +722,9 @@ def _negative_pairs(args):
 
 def _validate_negative(args) -> None:
     """``wnb negative``'s own arguments, before the model loads (the minimal pairs are read here too)."""
-    from .sign_ablation import MATCHED_EXCLUDE, check_side
+    from .sign_ablation import check_side
 
-    check_side(args.side)
-    if not 0 < args.fraction < MATCHED_EXCLUDE:
-        raise WnbError(f"--fraction must be in (0, {MATCHED_EXCLUDE}): the share of each layer's neurons ablated, "
-                       f"below the {MATCHED_EXCLUDE:.0%} the matched control leaves out (got {args.fraction}; the "
-                       "follow-up uses 0.01)")
-    if args.control_seeds < 1:
-        raise WnbError(f"--control-seeds must be at least 1 (got {args.control_seeds})")
-    if args.pairs_per_phenomenon < 1:
-        raise WnbError(f"--pairs-per-phenomenon must be at least 1 (got {args.pairs_per_phenomenon})")
-    if not 0 < args.tolerance < 1:
-        raise WnbError(f"--tolerance must be in (0, 1) (got {args.tolerance}; default 0.02)")
+    check_side(args.side)  # --fraction, --control-seeds, --pairs-per-phenomenon, --tolerance: their argparse types
     if args.eval_windows is not None and args.eval_windows < 1:
         raise WnbError("wnb negative measures perplexity on held-out windows: --eval-windows must be at least 1")
     _negative_pairs(args)
@@ -814,7 +806,47 @@ def _sparsity(text: str):
     return text if ":" in text else float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
 
 
+def _whole(minimum: int, maximum: int | None = None, even: bool = False, why: str = ""):
+    """argparse type of a whole-number flag: refused while the arguments are parsed (exit status 2,
+    before the model loads) unless at least ``minimum`` (at most ``maximum``; ``even``), saying what is
+    allowed and ``why``."""
+    allowed = (f"a whole number from {minimum} to {maximum}" if maximum is not None
+               else f"a whole number of at least {minimum}") + (", even" if even else "")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum) or (even and value % 2):
+            raise argparse.ArgumentTypeError(f"must be {allowed}{': ' + why if why else ''} (got {text!r})")
+        return value
+
+    return parse
+
+
+def _real(low: float, high: float, low_open: bool = True, high_open: bool = False, why: str = ""):
+    """argparse type of a number flag in an interval (open at ``low`` by default; NaN and infinities
+    refused), refused while the arguments are parsed (exit status 2)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+        if not inside:  # also NaN
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}{': ' + why if why else ''} "
+                                             f"(got {text!r})")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .sign_ablation import MATCHED_EXCLUDE
+
     common = argparse.ArgumentParser(add_help=False)
     model = common.add_argument_group("model")
     model.add_argument("--model", default=None, metavar="NAME",
@@ -837,12 +869,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--budget", default="medium", choices=("small", "medium", "large"),
                       help="preset for the four options below, as the app's budgets (default: medium = 32 x 256 "
                            "calibration, 16 held-out, 1,024 tokens per layer for scoring)")
-    data.add_argument("--seq-len", type=int, default=None, help="tokens per window (paper: 2048)")
-    data.add_argument("--windows", type=int, default=None, help="calibration windows (paper: 128)")
-    data.add_argument("--eval-windows", type=int, default=None,
+    data.add_argument("--seq-len", type=_whole(2, why="a window predicts each of its tokens after the first"),
+                      default=None, help="tokens per window (paper: 2048)")
+    data.add_argument("--windows", type=_whole(1), default=None, help="calibration windows (paper: 128)")
+    data.add_argument("--eval-windows", type=_whole(0), default=None,
                       help="held-out windows for perplexity (disjoint from the calibration ones)")
-    data.add_argument("--seed", type=int, default=0, help="seed of the window draw and every random choice (default 0)")
-    data.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    data.add_argument("--seed", type=_whole(0), default=0,
+                      help="seed of the window draw and every random choice (default 0)")
+    data.add_argument("--batch-size", type=_whole(1), default=8, help="windows per forward pass (default 8)")
     out = common.add_argument_group("output")
     out.add_argument("-o", "--output", default=None, metavar="DIR", help="output folder (default: ./wnb-<command>)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing wnb output folder")
@@ -864,16 +898,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "N(0, 1) (PAPER.md §2), with mean and variance; rank the Wasserstein neurons; MD and figures "
                        "for one detail layer. Writes neurons.csv, layers.csv, detail_*.csv and PNG figures.")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
-    p.add_argument("--max-tokens", type=int, default=None, help="tokens per layer (default: the budget's overview tokens)")
+    p.add_argument("--max-tokens", type=_whole(1), default=None,
+                   help="tokens per layer (default: the budget's overview tokens)")
     p.add_argument("--wd", choices=("auto", "exact", "streaming"), default="auto",
                    help="exact WD from all captured outputs, or streaming histograms (memory per neuron, not per "
                         "token; within 1e-3); auto: exact when all outputs fit in memory at once (default)")
-    p.add_argument("--bins", type=int, default=512, help="histogram bins per neuron for streaming WD (default 512)")
-    p.add_argument("--fraction", type=float, default=0.03, help="share of a layer called Wasserstein neurons (paper: 0.03)")
+    p.add_argument("--bins", type=_whole(16, even=True), default=512,
+                   help="histogram bins per neuron for streaming WD (default 512)")
+    p.add_argument("--fraction", type=_real(0, 1), default=0.03,
+                   help="share of a layer called Wasserstein neurons (paper: 0.03)")
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
-    p.add_argument("--pairs", type=int, default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
+    p.add_argument("--pairs", type=_whole(1), default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
 
-    p.add_argument("--contexts", type=int, default=None, metavar="K",
+    p.add_argument("--contexts", type=_whole(1), default=None, metavar="K",
                    help="also keep every scored layer's K highest and lowest outputs with their contexts (one more "
                         "pass per layer), in the cache the app's 'What it reads' uses (it shows K = 20)")
 
@@ -882,10 +919,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "differentiating pairs, what it writes, outputs by position, figures; one HTML page per "
                        "neuron (no external resources) and its tables as CSV.")
     p.add_argument("--layer", required=True, help="the layer, e.g. model.layers.1.mlp.gate_proj")
-    p.add_argument("--neuron", type=int, nargs="+", required=True, metavar="N", help="neuron indices")
-    p.add_argument("--skip-first", type=int, default=0,
+    p.add_argument("--neuron", type=_whole(0), nargs="+", required=True, metavar="N", help="neuron indices")
+    p.add_argument("--skip-first", type=_whole(0), default=0,
                    help="positions of every window left out of the statistics (1 drops the attention sink)")
-    p.add_argument("--pairs", type=int, default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
+    p.add_argument("--pairs", type=_whole(1), default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
 
     p = sub.add_parser("prune", parents=[common], help="prune the model once and measure perplexity",
                        description="Prune the chosen layers block by block (SparseGPT, Wanda or magnitude), "
@@ -896,7 +933,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
     p.add_argument("--neurons", default=None, help="prune only a few rows per layer chosen by: wd, random, mean, "
                    "variance or weight_norm (the paper's Fig. 3 ablation); default: every row")
-    p.add_argument("--fraction", type=float, default=0.03, help="share of rows chosen with --neurons (default 0.03)")
+    p.add_argument("--fraction", type=_real(0, 1), default=0.03,
+                   help="share of rows chosen with --neurons (default 0.03)")
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
     _quant_flags(p)
     p.add_argument("--save-model", action="store_true", help="also write the pruned model into <output>/model")
@@ -909,9 +947,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replace the chosen layers by k SparseGPT experts routed by PCA + k-means "
                        "(PAPER.md §5), block by block; compare perplexity with SparseGPT (k = 1) and the dense "
                        "model; per-neuron RI, token shares and WD/MD before vs after for one detail layer.")
-    p.add_argument("--experts", type=int, default=16, help="experts per layer, k (paper: 16)")
+    p.add_argument("--experts", type=_whole(1), default=16, help="experts per layer, k (paper: 16)")
     p.add_argument("--sparsity", type=_sparsity, default=0.5, help="per-expert sparsity: fraction or N:M")
-    p.add_argument("--pca-factor", type=int, default=32, help="router PCA to d_in / factor dimensions (paper: 32; "
+    p.add_argument("--pca-factor", type=_whole(2, why="the router's PCA keeps d_in // factor dimensions, which must be "
+                                               "fewer than d_in"),
+                   default=32, help="router PCA to d_in / factor dimensions (paper: 32; "
                    "the detail layer's analysis always uses 32, as the app)")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
     p.add_argument("--detail", default=None, metavar="LAYER", help=detail_help)
@@ -919,7 +959,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="also score lm-eval tasks on the dense, "
                    "SparseGPT and expanded models (needs wnb[eval]; wnb_agreement works offline, the standard "
                    "tasks download their data)")
-    p.add_argument("--task-limit", type=int, default=None, help="documents per task (default: all)")
+    p.add_argument("--task-limit", type=_whole(1), default=None, help="documents per task (default: all)")
     p.add_argument("--save-model", action="store_true", help="also write the expansion (routers and experts, "
                    "safetensors + JSON; wnb.load_expanded reads it) into <output>/expansion: builds it once more")
     _true_sequential_flag(p)
@@ -929,7 +969,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Expansion with several k; writes sweep.csv and perplexity.png.")
     p.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"], help="pruning methods")
     p.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.5, 0.7, "2:4"], help="fractions or N:M")
-    p.add_argument("--experts", nargs="*", type=int, default=[], metavar="K",
+    p.add_argument("--experts", nargs="*", type=_whole(1), default=[], metavar="K",
                    help="also Sparse Expansion with these numbers of experts (e.g. 2 4 8 16)")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=layers_help)
     _true_sequential_flag(p)
@@ -943,24 +983,27 @@ def build_parser() -> argparse.ArgumentParser:
                        "--revision. Writes study.csv, surprisal_*.csv, top_tokens.csv, depth.csv and PNG figures.")
     p.add_argument("--layers", nargs="+", default=["first-ffn"], metavar="LAYER",
                    help=layers_help.replace("(default: ffn)", "(default: first-ffn, as the follow-up)"))
-    p.add_argument("--fraction", type=float, default=0.01, help="share of each layer's neurons ablated, by WD "
+    below = f"the share of each layer's neurons ablated, below the {MATCHED_EXCLUDE:.0%} the matched control leaves out"
+    p.add_argument("--fraction", type=_real(0, MATCHED_EXCLUDE, high_open=True,
+                                            why=f"{below}; the follow-up uses 0.01"),
+                   default=0.01, help="share of each layer's neurons ablated, by WD "
                    "(follow-up: 0.01; below 0.1, the share the matched control leaves out)")
     p.add_argument("--side", default="negative", choices=("negative", "positive", "both"),
                    help="negative: y -> max(y, 0) (the follow-up's), positive: y -> min(y, 0), both: y -> 0")
     p.add_argument("--controls", nargs="*", default=["random", "matched"], choices=("random", "matched"),
                    help="random (same count per layer, one set per seed) and matched (non-Wasserstein neurons, "
                         "count bisected to the Wasserstein ablation's perplexity); none: give the flag alone")
-    p.add_argument("--control-seeds", type=int, default=3,
+    p.add_argument("--control-seeds", type=_whole(1), default=3,
                    help="random control sets, seeds --seed .. --seed + N - 1; the matched control uses --seed "
                         "(default 3)")
-    p.add_argument("--tolerance", type=float, default=0.02,
+    p.add_argument("--tolerance", type=_real(0, 1, high_open=True), default=0.02,
                    help="the matched control's perplexity within this share of the target (default 0.02)")
     p.add_argument("--minimal-pairs", default="agreement", metavar="SOURCE",
                    help="agreement (offline templates after Marvin & Linzen), blimp (needs a network), a JSONL file "
                         "of {good, bad, phenomenon}, or none (default: agreement)")
-    p.add_argument("--pairs-per-phenomenon", type=int, default=100,
+    p.add_argument("--pairs-per-phenomenon", type=_whole(1), default=100,
                    help="minimal pairs per phenomenon (BLiMP: per paradigm), drawn with --seed (default 100)")
-    p.add_argument("--max-tokens", type=int, default=None,
+    p.add_argument("--max-tokens", type=_whole(1), default=None,
                    help="calibration tokens the WD is computed over (default: the budget's overview tokens)")
     p.add_argument("--depth", action=argparse.BooleanOptionalAction, default=True,
                    help="also the depth profile: each layer alone and layers 0..l (2 perplexity passes per layer; "
@@ -971,9 +1014,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quant_flags(p) -> None:
-    p.add_argument("--bits", type=int, default=None, help="also quantize the kept weights to this many bits (2-8): "
+    from .quantize import MAX_BITS, MIN_BITS
+
+    p.add_argument("--bits", type=_whole(MIN_BITS, MAX_BITS), default=None,
+                   help="also quantize the kept weights to this many bits (2-8): "
                    "inside SparseGPT's sweep, min-max per output channel (or group), as the paper's --quantize")
-    p.add_argument("--group-size", type=int, default=None, help="with --bits: one scale per this many columns "
+    p.add_argument("--group-size", type=_whole(1), default=None, help="with --bits: one scale per this many columns "
                    "(default: one per output channel)")
 
 

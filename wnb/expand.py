@@ -129,9 +129,11 @@ def kmeans(x: torch.Tensor, k: int, n_init: int = N_INIT, max_iter: int = 300, t
     ``tol`` is relative to the mean per-feature variance of ``x`` (as in scikit-learn). ``init``
     ``[k, d]`` replaces the k-means++ seeding (one run). Clusters left empty in an iteration take the
     point farthest from its centroid, so every cluster ends non-empty when ``x`` has ``k`` distinct rows.
+    Complex ``x`` and ``x`` holding NaN or infinite values are refused (WnbError).
     """
     if x.dim() != 2 or x.shape[0] == 0:
         raise WnbError(f"k-means needs a non-empty [n, d] tensor (got shape {tuple(x.shape)})")
+    _check_finite_points(x, "k-means")
     if not 1 <= k <= x.shape[0]:
         raise WnbError(f"k-means needs 1 <= k <= number of points (got k={k}, {x.shape[0]} points)")
     if n_init < 1 or max_iter < 1:
@@ -141,6 +143,7 @@ def kmeans(x: torch.Tensor, k: int, n_init: int = N_INIT, max_iter: int = 300, t
     if init is not None:
         if init.shape != (k, x.shape[1]):
             raise WnbError(f"init must be [k, d] = [{k}, {x.shape[1]}] (got {tuple(init.shape)})")
+        _check_finite_points(init, "k-means init")
         return _lloyd(x, init.to(x), max_iter, abs_tol)
     gen = torch.Generator().manual_seed(seed)
     best = None
@@ -149,6 +152,18 @@ def kmeans(x: torch.Tensor, k: int, n_init: int = N_INIT, max_iter: int = 300, t
         if best is None or result.inertia < best.inertia:
             best = result
     return best
+
+
+def _check_finite_points(x: torch.Tensor, what: str) -> None:
+    """Refuse complex points or points holding NaN or infinite values (their distances are NaN: every
+    label would be 0 and the centroids NaN)."""
+    if x.is_complex():
+        raise WnbError(f"{what} needs real-valued points (got {str(x.dtype).removeprefix('torch.')})")
+    finite = torch.isfinite(x)
+    if not finite.all():
+        rows = int((~finite).any(1).sum())
+        raise WnbError(f"{what} needs finite points, but {rows:,} of the {x.shape[0]:,} rows hold NaN or infinite "
+                       "values; drop those rows or fix the activations that produced them")
 
 
 # ---------------------------------------------------------------- router
@@ -216,8 +231,10 @@ class Router(nn.Module):
     @classmethod
     def fit(cls, inputs: torch.Tensor, n_clusters: int = 16, pca_factor=32, n_init: int = N_INIT,
             max_iter: int = 300, seed: int = 0) -> "Router":
-        """PCA to ``d_in // pca_factor`` dims (``None``: none), then seeded k-means, on ``inputs``' device."""
+        """PCA to ``d_in // pca_factor`` dims (``None``: none), then seeded k-means, on ``inputs``' device.
+        Inputs holding NaN or infinite values are refused (WnbError)."""
         check_router_args(inputs.shape[0], inputs.shape[1], n_clusters, pca_factor)
+        _check_finite_points(inputs, "the router")
         x = inputs.float()
         dim = pca_dim(x.shape[1], pca_factor)
         if dim is None:
@@ -381,12 +398,13 @@ def expand_layer(weight: torch.Tensor, inputs: torch.Tensor, bias: torch.Tensor 
     ``weight`` is ``[out, in]`` (``wnb.layer_weight``); ``inputs`` are moved to its device. ``bits``
     (2 to 8) quantizes every expert inside its SparseGPT sweep (``group_size``: per group of columns).
     """
-    from .prune import parse_sparsity, check_nm
+    from .prune import check_nm, check_weight, parse_sparsity
     from .quantize import check_quant
 
     if weight.dim() != 2 or inputs.dim() != 2 or inputs.shape[1] != weight.shape[1]:
         raise WnbError(f"weight must be [out, in] and inputs [tokens, in] with the same in "
                        f"(got {tuple(weight.shape)} and {tuple(inputs.shape)})")
+    check_weight(weight)
     _, _, m = parse_sparsity(sparsity)
     check_nm(m, weight.shape[1])
     bits, group_size = check_quant(bits, group_size, weight.shape[1])
@@ -475,7 +493,7 @@ def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_byte
     """Validate a whole-model expansion before any work; return ``(layers in forward order, windows)``."""
     from .capture import check_windows
     from .models import check_layers, ffn_layers, layer_weight
-    from .prune import check_nm, parse_sparsity
+    from .prune import check_nm, check_weight, parse_sparsity
     from .quantize import check_quant
 
     check_quant(bits, group_size)
@@ -491,6 +509,7 @@ def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_byte
         check_router_args(windows.numel(), d_in, n_experts, pca_factor)
         check_nm(m, d_in, name)
         check_quant(bits, group_size, d_in, name)
+        check_weight(layer_weight(lm, name), f"the weight of {name}")
     need = expert_bytes(lm, layers, n_experts)
     limit = int(0.6 * _free_bytes(lm.device)) if max_bytes is None else max_bytes
     if need > limit:

@@ -191,7 +191,7 @@ def _read_jsonl(path: Path) -> list[dict]:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise WnbError(f"{path}, line {number}: not valid JSON ({exc})") from exc
             if not isinstance(row, dict):
                 raise WnbError(f"{path}, line {number}: each line must be a JSON object with good, bad, phenomenon")

@@ -113,7 +113,10 @@ def load_model(name: str | None = None, device: str = "auto", dtype=None, revisi
 
     ``offload=True`` (CUDA only) keeps the transformer blocks in CPU memory and moves each onto the GPU
     only while it runs, so a model larger than the GPU fits; see :mod:`wnb.offload`.
+
+    The bundled model has one version: any ``revision`` but None is refused for it.
     """
+    check_revision(name, revision)
     if offload:
         from .offload import check_offload
         check_offload(device, remote)
@@ -132,6 +135,14 @@ def load_model(name: str | None = None, device: str = "auto", dtype=None, revisi
         from .offload import offload_blocks
         offload_blocks(lm, dev)
     return lm
+
+
+def check_revision(name: str | None, revision) -> None:
+    """Refuse a revision the model cannot honour: the bundled model has one version (revision None only)."""
+    if (name is None or name == BUNDLED) and revision is not None:
+        raise WnbError(f"the bundled {BUNDLED} has one version only, so revision must be None (got {revision!r}); "
+                       "revisions (branches, tags, commits, checkpoints) apply to Hugging Face models, e.g. "
+                       "EleutherAI/pythia-160m-deduped at step143000")
 
 
 def _load_hf(name: str, dtype: torch.dtype, revision: str | None, trust_remote_code: bool):
@@ -332,7 +343,7 @@ def _copy_intact(folder: Path) -> bool:
     once per process and file): same-size garbage must not load as a model."""
     try:
         recorded = json.loads((folder / "wnb-complete.json").read_text())["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False  # a copy from before checksums were recorded: rebuilt once
     for name, digest in recorded.items():
         path = folder / name
@@ -367,7 +378,7 @@ def _cache_complete(folder: Path) -> bool:
         return False
     try:
         sizes = json.loads(marker.read_text())["sizes"]
-    except (ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False
     return bool(sizes) and all((folder / n).exists() and (folder / n).stat().st_size == s for n, s in sizes.items())
 

@@ -101,6 +101,20 @@ def check_rows(neurons, n_rows: int) -> torch.Tensor | None:
     return torch.unique(idx)
 
 
+def check_weight(weight: torch.Tensor, what: str = "the weight") -> torch.Tensor:
+    """Refuse a weight pruning cannot use: complex (it would be pruned as its real part) or holding NaN or
+    infinite values (SparseGPT spreads one over its row; magnitude keeps it)."""
+    if weight.is_complex():
+        raise WnbError(f"{what} is complex ({str(weight.dtype).removeprefix('torch.')}); pruning works on real "
+                       "weights only (float32, float16, bfloat16)")
+    finite = torch.isfinite(weight.detach())
+    if not finite.all():
+        bad = (~finite).nonzero()
+        raise WnbError(f"{what} holds {bad.shape[0]:,} NaN or infinite value(s) (the first at [row, column] "
+                       f"{bad[0].tolist()}); pruning needs finite weights: check how the model was loaded or changed")
+    return weight
+
+
 def _count(fraction: float, total: int) -> int:
     return min(total, int(round(fraction * total)))
 
@@ -212,7 +226,7 @@ class SparseGPT:
     def __init__(self, weight: torch.Tensor):
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise WnbError("SparseGPT needs a 2-D [out, in] weight tensor")
-        self.weight = weight.detach()
+        self.weight = check_weight(weight).detach()
         self.rows, self.columns = weight.shape
         self.device = weight.device
         self.H = torch.zeros(self.columns, self.columns, dtype=torch.float64, device=self.device)
@@ -411,12 +425,16 @@ def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", s
     group of that many columns; see :mod:`wnb.quantize`): SparseGPT inside its sweep, propagating the
     quantization error (:meth:`SparseGPT.prune`); Wanda and magnitude by rounding the masked weights to
     the nearest point of the grid fitted on the dense rows (zeros stay zeros).
+
+    A complex weight, or one holding NaN or infinite values, is refused (WnbError), as by every pruning
+    method (:class:`SparseGPT`, :func:`prune_layer`, :func:`pruned`, the experts of Sparse Expansion).
     """
     from .checks import check_float, check_int
 
     check_method(method)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise WnbError("weight must be a 2-D [out, in] tensor (use wnb.layer_weight(lm, name))")
+    check_weight(weight)
     percdamp = check_float(percdamp, "percdamp", 0)
     blocksize = check_int(blocksize, "blocksize")
     _, n, m = parse_sparsity(sparsity)
@@ -468,7 +486,7 @@ def prune_layer(lm, layer: str, acts, method: str = "sparsegpt", sparsity=0.5, n
     if layer not in acts:
         raise WnbError(f"layer {layer!r} was not captured; captured: {', '.join(acts) or 'none'}")
     act = acts[layer]
-    weight = layer_weight(lm, layer).detach()
+    weight = check_weight(layer_weight(lm, layer).detach(), f"the weight of {layer}")
     check_quant(bits, group_size, weight.shape[1], layer)
     if isinstance(neurons, str):
         if act.outputs is None and neurons in ("wd", "mean", "variance"):
@@ -670,6 +688,7 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     for name in layers:
         check_nm(m, layer_weight(lm, name).shape[1], name)
         bits, group_size = check_quant(bits, group_size, layer_weight(lm, name).shape[1], name)
+        check_weight(layer_weight(lm, name), f"the weight of {name}")
     bits, group_size = check_quant(bits, group_size)
     check_untied(lm, layers)
     plan = _plan_neurons(lm, layers, neurons)

@@ -49,7 +49,8 @@ def tokens_block(tokens: pd.DataFrame) -> str:
     head = "<tr>" + "".join(f"<th style='text-align:right;padding:0 6px'>{c}</th>" for c in
                             ("token", "count", "mean", "extreme", "lower tail", "upper tail")) + "</tr>"
     body = "".join(f"<tr><td style='padding:0 6px'><code>{html.escape(repr(r.token))}</code></td>"
-                   f"<td style='text-align:right'>{r.count}</td><td style='text-align:right'>{r.mean:+.3f}</td>"
+                   f"<td style='text-align:right'>{html.escape(str(r.count))}</td>"
+                   f"<td style='text-align:right'>{r.mean:+.3f}</td>"
                    f"<td style='text-align:right'>{r.extreme:+.3f}</td>"
                    f"<td style='text-align:right'>{_share(r.lower_share)}</td>"
                    f"<td style='text-align:right'>{_share(r.upper_share)}</td></tr>" for r in tokens.itertuples())
@@ -63,10 +64,11 @@ def _share(value) -> str:
 def concentration_block(table: pd.DataFrame) -> str:
     lines = []
     for r in table.itertuples():
+        tail = html.escape(str(r.tail))
         if not r.tail_outputs:
-            lines.append(f"{r.tail} tail: empty")
+            lines.append(f"{tail} tail: empty")
             continue
-        lines.append(f"{r.tail} tail ({r.tail_outputs} outputs): {r.concentration:.0%} from "
+        lines.append(f"{tail} tail ({html.escape(str(r.tail_outputs))} outputs): {r.concentration:.0%} from "
                      f"<code>{html.escape(repr(r.top_token))}</code> (random tokens: {r.control:.0%})")
     return "<div style='margin-top:4px'>" + "<br>".join(lines) + "</div>"
 

@@ -89,7 +89,7 @@ def _written(manifest: Path) -> list[str]:
         if manifest.stat().st_size > _MAX_MANIFEST_BYTES:
             return []
         written = json.loads(manifest.read_text()).get("written", [])
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: JSON nested too deeply
         return []
     return [w for w in written if isinstance(w, str)] if isinstance(written, list) else []
 
@@ -562,6 +562,8 @@ def _read_manifest(path: Path) -> dict:
                               parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not allowed")))
     except (ValueError, UnicodeDecodeError) as exc:
         raise WnbError(f"{file} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise WnbError(f"{file} is nested too deeply to be a wnb expansion manifest") from None
     if not isinstance(manifest, dict) or manifest.get("format") != EXPANSION_FORMAT:
         raise WnbError(f"{file} is not a wnb expansion manifest (format {EXPANSION_FORMAT!r} expected)")
     return manifest

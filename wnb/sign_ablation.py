@@ -141,7 +141,7 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     from .streaming import stream_scores
 
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
-    calib = check_windows(calib)
+    calib = check_windows(calib, lm)
     if streaming:
         acc = stream_scores(lm, calib, layers, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
         return {name: acc[name].wasserstein() for name in layers}
@@ -276,7 +276,7 @@ def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_s
     require_local(lm, "sign ablation")
     check_side(side)
     _check_fraction(fraction)
-    held_out = check_windows(held_out)
+    held_out = check_windows(held_out, lm)
     if held_out.shape[1] < 2:
         raise WnbError("held-out windows need at least 2 tokens each")
     if pairs is not None:
@@ -289,7 +289,7 @@ def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_s
         names = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
         if calib is None:
             raise WnbError("calibration windows are needed to compute WD: pass calib= (or scores=)")
-        calib = check_windows(calib)
+        calib = check_windows(calib, lm)
         scores = wasserstein_scores(lm, calib, names, batch_size=batch_size, progress=progress)
     return held_out, pairs, scores
 

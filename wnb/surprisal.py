@@ -174,7 +174,7 @@ def token_surprisal(lm, windows, neurons, side: str = "negative", batch_size: in
 
     check_side(side)
     plan = check_neurons(lm, neurons)
-    windows = check_windows(windows)
+    windows = check_windows(windows, lm)
     shape = (windows.shape[0], windows.shape[1] - 1)
     for name, given in (("dense_nll", dense_nll), ("ablated_nll", ablated_nll)):
         if given is not None and tuple(given.shape) != shape:

@@ -29,10 +29,10 @@ def layer_map(frame: pd.DataFrame, on_pick: Callable[[str], None]) -> widgets.Gr
     blocks = sorted(frame["block"].unique())
     kinds = list(dict.fromkeys(frame["kind"]))
     cells: list[widgets.Widget] = [widgets.HTML("")] + [
-        widgets.HTML(f"<small>{b}</small>" if i % 5 == 0 else "") for i, b in enumerate(blocks)]
+        widgets.HTML(f"<small>{html.escape(str(b))}</small>" if i % 5 == 0 else "") for i, b in enumerate(blocks)]
     by_place = {(row.kind, row.block): row for row in frame.itertuples()}
     for kind in kinds:
-        cells.append(widgets.HTML(f"<small>{html.escape(kind)}</small>"))
+        cells.append(widgets.HTML(f"<small>{html.escape(str(kind))}</small>"))
         for block in blocks:
             row = by_place.get((kind, block))
             if row is None:

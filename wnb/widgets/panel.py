@@ -60,7 +60,10 @@ def data_link(data: bytes, filename: str, mime: str, text: str) -> str:
 
 
 def csv_link(table: pd.DataFrame, filename: str) -> str:
-    return data_link(table.to_csv(index=False).encode(), filename, "text/csv", f"⬇ {filename}")
+    """A download link of ``table`` as CSV, formula-like text cells defused for spreadsheets (:func:`safe_csv`)."""
+    from ..spreadsheet import safe_csv
+
+    return data_link(safe_csv(table).encode(), filename, "text/csv", f"⬇ {filename}")
 
 
 def png_link(png: bytes, filename: str) -> str:
