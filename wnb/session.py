@@ -647,7 +647,8 @@ class Session:
         """What the sign-ablation study (or, with ``depth``, its depth profile) will take: the WD capture
         over the calibration tokens, then held-out passes (dense, Wasserstein, one per random seed, about 8
         for the matched control's bisection; the depth profile two per layer and one) and the minimal pairs
-        (2 sentences of ~16 tokens each per pair and ablation)."""
+        (2 sentences of ~12 tokens each per pair, scored once per selection: dense, Wasserstein, each
+        random seed, the matched control's final set)."""
         from . import estimates
         from .models import block_of
 
@@ -655,7 +656,8 @@ class Session:
         depth_of = max(block_of(self.lm, n) for n in layers) + 1
         passes = 2 * len(layers) + 1 if depth else (
             2 + (int(n_seeds) if "random" in controls else 0) + (8 if "matched" in controls else 0))
-        pair_tokens = 0 if depth or not pairs else int(pairs) * 2 * 16 * passes
+        selections = 2 + (int(n_seeds) if "random" in controls else 0) + (1 if "matched" in controls else 0)
+        pair_tokens = 0 if depth or not pairs else int(pairs) * 2 * 12 * selections
         flops = (estimates.forward_flops(self.lm, self.calib.numel(), depth_of)
                  + passes * estimates.forward_flops(self.lm, self.held_out.numel())
                  + estimates.forward_flops(self.lm, pair_tokens))
