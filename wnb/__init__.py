@@ -7,39 +7,39 @@ The public API (see README.md)::
     acts = wnb.capture(lm, ["model.layers.1.mlp.gate_proj"], calib)
     wd = wnb.wasserstein_to_gaussian(acts["model.layers.1.mlp.gate_proj"].outputs)
 """
-from .cache import cache_dir
-from .capture import Activations, capture, estimate_bytes
-from .data import load_corpus, token_windows
-from .entanglement import (layer_scores, mapping_difficulty, neuron_table, overview, overview_table,
+from wnb.cache import cache_dir
+from wnb.capture import Activations, capture, estimate_bytes
+from wnb.data import load_corpus, token_windows
+from wnb.entanglement import (layer_scores, mapping_difficulty, neuron_table, overview, overview_table,
                            pair_distances, top_neurons, wasserstein_to_gaussian)
-from .errors import WnbError
-from .contexts import ContextAccumulator, NeuronContexts, contexts_from_outputs, neuron_contexts
-from .entanglement import layer_statistics
-from .highlight import activation_html, context_html, contexts_html, token_activations, tokens_html
-from .per_expert import expert_contexts, expert_summary, tail_routing
-from .positions import drop_positions, position_profile, position_tail_share
-from .reading import differentiating_pairs, output_effect, tail_concentration, token_table
-from .sign_view import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
-from .expand import Expansion, Router, RoutedLayer, expand_layer, expanded, kmeans
-from .analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_outputs, relative_improvement,
+from wnb.errors import WnbError
+from wnb.contexts import ContextAccumulator, NeuronContexts, contexts_from_outputs, neuron_contexts
+from wnb.entanglement import layer_statistics
+from wnb.highlight import activation_html, context_html, contexts_html, token_activations, tokens_html
+from wnb.per_expert import expert_contexts, expert_summary, tail_routing
+from wnb.positions import drop_positions, position_profile, position_tail_share
+from wnb.reading import differentiating_pairs, output_effect, tail_concentration, token_table
+from wnb.sign_view import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
+from wnb.expand import Expansion, Router, RoutedLayer, expand_layer, expanded, kmeans
+from wnb.analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_outputs, relative_improvement,
                        ri_regression, study_layer, token_shares)
-from .evaluate import (ablation, layer_outputs, neuron_errors, output_rmse, output_shift, perplexity,
+from wnb.evaluate import (ablation, layer_outputs, neuron_errors, output_rmse, output_shift, perplexity,
                        perplexity_interval, sweep, token_nll)
-from .prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
-from .quantize import effective_bits, fit_grid, model_effective_bits, quantize
-from .offload import offload_blocks, resident
-from .sequential import walk
-from .streaming import StreamingWD, stream_scores
-from .minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
-from .sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
+from wnb.prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
+from wnb.quantize import effective_bits, fit_grid, model_effective_bits, quantize
+from wnb.offload import offload_blocks, resident
+from wnb.sequential import walk
+from wnb.streaming import StreamingWD, stream_scores
+from wnb.minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
+from wnb.sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
                             sign_ablated, sign_ablation_depth, sign_ablation_study, study_selections,
                             wasserstein_scores)
-from .surprisal import (FUNCTION_WORDS, surprisal_by_class, token_class, token_classes, token_surprisal,
+from wnb.surprisal import (FUNCTION_WORDS, surprisal_by_class, token_class, token_classes, token_surprisal,
                         top_surprisal_tokens)
-from .models import (LM, decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers, load_model,
+from wnb.models import (LM, decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers, load_model,
                      wrap_model)
-from .saving import load_expanded, save_expanded, save_pruned
-from .tasks import evaluate_tasks
+from wnb.saving import load_expanded, save_expanded, save_pruned
+from wnb.tasks import evaluate_tasks
 
 __all__ = ["ablation", "Activations", "cache_dir", "capture", "decoder_blocks", "entanglement_change",
            "estimate_bytes", "expand_layer", "expanded", "Expansion", "expansion_sweep", "expert_outputs",

@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .errors import WnbError
-from .expand import N_INIT
-from .expand import RoutedLayer, expand_layer
+from wnb.errors import WnbError
+from wnb.expand import N_INIT
+from wnb.expand import RoutedLayer, expand_layer
 
 
 @dataclass
@@ -70,11 +70,11 @@ def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0
     """Capture ``layer``'s inputs on ``calib`` and ``held_out`` from the dense model, prune it with SparseGPT
     and expand it into ``n_experts`` experts at ``sparsity`` (both quantized with ``bits`` / ``group_size``
     when given). The model is not changed."""
-    from .capture import capture, check_windows
-    from .expand import check_router_args
-    from .models import check_layers, layer_bias, layer_weight
-    from .prune import check_nm, parse_sparsity, prune_weight
-    from .quantize import check_quant
+    from wnb.capture import capture, check_windows
+    from wnb.expand import check_router_args
+    from wnb.models import check_layers, layer_bias, layer_weight
+    from wnb.prune import check_nm, parse_sparsity, prune_weight
+    from wnb.quantize import check_quant
 
     (layer,) = check_layers(lm, [layer])
     weight = layer_weight(lm, layer).detach().to("cpu", torch.float32)
@@ -102,8 +102,8 @@ def relative_improvement(study: LayerStudy) -> pd.DataFrame:
     """One row per neuron: WD, output mean and variance of the dense outputs on the calibration tokens,
     held-out RMSE against the dense outputs of SparseGPT and of the expansion, and
     ``ri = rmse_sparsegpt / rmse_expansion`` (NaN where the expansion's error is 0)."""
-    from .entanglement import output_moments, wasserstein_to_gaussian
-    from .evaluate import output_rmse
+    from wnb.entanglement import output_moments, wasserstein_to_gaussian
+    from wnb.evaluate import output_rmse
 
     dense_calib = study.outputs("dense", "calib")
     dense = study.outputs("dense")
@@ -174,7 +174,7 @@ def entanglement_change(study: LayerStudy, neurons=None, on: str = "held_out", o
     few tokens is biased upward, so only ``wd_after`` below the control says the router separated the
     distribution.
     """
-    from .entanglement import mapping_difficulty, wasserstein_to_gaussian
+    from wnb.entanglement import mapping_difficulty, wasserstein_to_gaussian
 
     if outputs not in ("expansion", "dense"):
         raise WnbError(f"outputs must be 'expansion' or 'dense' (got {outputs!r})")
@@ -220,7 +220,7 @@ def random_partition(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
 def weighted_group_wd(outputs: torch.Tensor, labels: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Token-share weighted mean over groups of each neuron's WD on the group's tokens (groups of fewer than
     2 tokens and constant outputs left out, weights renormalized): ``[n_neurons]`` float64."""
-    from .entanglement import wasserstein_to_gaussian
+    from wnb.entanglement import wasserstein_to_gaussian
 
     total = torch.zeros(outputs.shape[1], dtype=torch.float64)
     weight = torch.zeros_like(total)
@@ -269,12 +269,12 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     dense row first unless ``dense=False``). Other keywords go to :func:`wnb.expanded`; with ``bits=``
     (joint quantization) the expanded rows get a ``bits`` column (and ``group_size`` with groups).
     """
-    from .capture import check_windows
-    from .evaluate import perplexity_interval
-    from .expand import check_expansion, expanded
-    from .models import check_layers, ffn_layers, layer_bias, layer_weight
-    from .prune import sparsity_label
-    from .quantize import check_quant, key_parts
+    from wnb.capture import check_windows
+    from wnb.evaluate import perplexity_interval
+    from wnb.expand import check_expansion, expanded
+    from wnb.models import check_layers, ffn_layers, layer_bias, layer_weight
+    from wnb.prune import sparsity_label
+    from wnb.quantize import check_quant, key_parts
 
     held_out = check_windows(held_out, lm, min_len=2)
     layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)
@@ -286,7 +286,7 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
             check_expansion(lm, k, s, calib, layers, expand_kw.get("pca_factor", 32), expand_kw.get("max_bytes"),
                             expand_kw.get("bits"), expand_kw.get("group_size"))
     quant = key_parts(*check_quant(expand_kw.get("bits"), expand_kw.get("group_size")))
-    from .evaluate import _runs
+    from wnb.evaluate import _runs
 
     rows = []
     report = _runs(on_run, int(dense) + len(sparsities) * len(n_experts))

@@ -67,7 +67,7 @@ def cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from .errors import WnbError
+        from wnb.errors import WnbError
 
         raise WnbError(f"the wnb cache folder {path} cannot be created ({exc.strerror}); set WNB_CACHE to a "
                        "folder you can write") from exc
@@ -382,7 +382,7 @@ def max_bytes() -> int | None:
         return DEFAULT_MAX_BYTES
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", text.upper())
     if not match:
-        from .errors import WnbError
+        from wnb.errors import WnbError
 
         raise WnbError(f"${MAX_BYTES_ENV} must be a size such as 10G, 500M or 2147483648 (bytes), or 0 for no "
                        f"limit; got {text[:40]!r}")

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .errors import WnbError
-from .checks import check_int
-from .data import context_length
-from .models import LM, check_layers
-from .state import holding
+from wnb.errors import WnbError
+from wnb.checks import check_int
+from wnb.data import context_length
+from wnb.models import LM, check_layers
+from wnb.state import holding
 
 
 @dataclass
@@ -85,7 +85,7 @@ def vocab_size(lm: LM) -> int | None:
 
 def estimate_bytes(lm: LM, layers, n_tokens: int, inputs: bool = True, outputs: bool = True) -> int:
     """Bytes of CPU memory a capture of ``n_tokens`` tokens will hold (float32)."""
-    from .models import layer_weight
+    from wnb.models import layer_weight
 
     total = 0
     for name in layers:
@@ -140,7 +140,7 @@ def capture(lm: LM, layers, windows, max_tokens: int | None = None, batch_size: 
                        f"but the limit is {limit / 2**30:.2f} GiB; lower max_tokens or capture fewer layers")
     windows = windows[: math.ceil(total / seq_len)]
 
-    from .models import layer_weight
+    from wnb.models import layer_weight
 
     store: dict[str, dict[str, torch.Tensor]] = {}
     for name in layers if on_batch is None else ():

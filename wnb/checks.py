@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numbers
 
-from .errors import WnbError
+from wnb.errors import WnbError
 
 
 def check_int(value, name: str, minimum: int | None = 1, maximum: int | None = None) -> int:

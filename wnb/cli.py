@@ -31,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import __version__, cache
-from .errors import WnbError
+from wnb import __version__, cache
+from wnb.errors import WnbError
 
 COMMANDS = ("score", "prune", "expand", "sweep", "neuron", "negative")
 LAYER_SETS = ("ffn", "first-ffn", "all-linear")
@@ -100,7 +100,7 @@ class RunFolder:
 
     def table(self, name: str, frame: pd.DataFrame, what: str) -> None:
         """``frame`` as CSV, text cells that a spreadsheet would run as a formula defused (:func:`safe_csv`)."""
-        from .spreadsheet import safe_csv
+        from wnb.spreadsheet import safe_csv
 
         self._write(name, what, lambda tmp: tmp.write_bytes(safe_csv(frame).encode("utf-8")))
 
@@ -111,7 +111,7 @@ class RunFolder:
         self._write(name, what, lambda tmp: tmp.write_text(content))
 
     def figure(self, name: str, fig, what: str) -> None:
-        from .plots import to_png
+        from wnb.plots import to_png
 
         self._write(name, what, lambda tmp: tmp.write_bytes(to_png(fig)))
 
@@ -228,9 +228,9 @@ def _jsonable(value):
 def _setup(args, run: RunFolder):
     """Load the model (once its estimated size is known to fit) and cut the windows; returns a
     :class:`wnb.session.Session` holding both, whose cached analyses the app reads too."""
-    from .data import load_corpus, token_windows
-    from .models import estimate_block_bytes, estimate_model_bytes, load_model, resolve_device, resolve_dtype
-    from .session import Session, check_budget
+    from wnb.data import load_corpus, token_windows
+    from wnb.models import estimate_block_bytes, estimate_model_bytes, load_model, resolve_device, resolve_dtype
+    from wnb.session import Session, check_budget
 
     if args.quiet:  # transformers' own loading bars too
         from transformers.utils import logging as hf_logging
@@ -288,9 +288,9 @@ def _remote(args) -> bool | str:
 
 def _validate(args) -> None:
     """Everything that can be checked without the model, before the output folder is touched."""
-    from .models import check_revision, resolve_device, resolve_dtype
-    from .prune import check_method, parse_sparsity
-    from .session import check_budget
+    from wnb.models import check_revision, resolve_device, resolve_dtype
+    from wnb.prune import check_method, parse_sparsity
+    from wnb.session import check_budget
 
     if args.remote and args.command != "score":
         raise WnbError(f"wnb {args.command} changes the model's weights, which needs them on this machine; "
@@ -298,7 +298,7 @@ def _validate(args) -> None:
     if not args.remote:
         resolve_dtype(args.dtype, resolve_device(args.device))  # CUDA asked for where there is none
     if args.offload:
-        from .offload import check_offload
+        from wnb.offload import check_offload
         check_offload(args.device, _remote(args))
     check_revision(args.model, args.revision)
     # Each number's own range is checked by its argparse type (_whole, _real); here what depends on others.
@@ -315,10 +315,10 @@ def _validate(args) -> None:
     if args.command == "neuron" and args.skip_first >= seq_len:
         raise WnbError(f"--skip-first must be less than the window length {seq_len} (got {args.skip_first})")
     if getattr(args, "bits", None) is not None or getattr(args, "group_size", None) is not None:
-        from .quantize import check_quant
+        from wnb.quantize import check_quant
         check_quant(args.bits, args.group_size)
     if getattr(args, "tasks", None):
-        from .tasks import _lm_eval
+        from wnb.tasks import _lm_eval
         _lm_eval()  # lm-eval missing: say so before the model loads
     if getattr(args, "save_format", "hf") != "hf" and not getattr(args, "save_model", False):
         raise WnbError("--save-format says how --save-model writes the model: add --save-model")
@@ -330,7 +330,7 @@ def _validate(args) -> None:
         _validate_negative(args)
     neurons = getattr(args, "neurons", None)
     if neurons is not None:
-        from .prune import CRITERIA
+        from wnb.prune import CRITERIA
         if neurons not in CRITERIA:
             raise WnbError(f"--neurons {neurons!r} is not a selection; choose one of {', '.join(CRITERIA)}")
     if not args.no_cache:
@@ -349,7 +349,7 @@ def _validate(args) -> None:
 def _check_fits(need: int, device: torch.device, what: str, hint: str = "") -> None:
     """Refuse work whose memory estimate exceeds 90% of what the device has free now; ``hint`` is added
     to the list of ways out."""
-    from .capture import available_memory
+    from wnb.capture import available_memory
 
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
     if need > 0.9 * free:
@@ -360,7 +360,7 @@ def _check_fits(need: int, device: torch.device, what: str, hint: str = "") -> N
 
 
 def _layers(lm, spec: list[str] | None) -> list[str]:
-    from .models import check_layers, ffn_layers, first_ffn_layers, linear_layers
+    from wnb.models import check_layers, ffn_layers, first_ffn_layers, linear_layers
 
     spec = spec or ["ffn"]
     if len(spec) == 1 and spec[0] in LAYER_SETS:
@@ -369,7 +369,7 @@ def _layers(lm, spec: list[str] | None) -> list[str]:
 
 
 def _detail_layer(session, name: str | None) -> str | None:
-    from .models import check_layers
+    from wnb.models import check_layers
 
     if name == "none":
         return None
@@ -379,8 +379,8 @@ def _detail_layer(session, name: str | None) -> str | None:
 # ---------------------------------------------------------------- score
 
 def _neuron(args, run: RunFolder, session) -> str:
-    from .models import check_layers, layer_weight
-    from .report import neuron_page
+    from wnb.models import check_layers, layer_weight
+    from wnb.report import neuron_page
 
     (layer,) = check_layers(session.lm, [args.layer])
     n = layer_weight(session.lm, layer).shape[0]
@@ -400,8 +400,8 @@ def _neuron(args, run: RunFolder, session) -> str:
 
 def _store_contexts(args, session, layers) -> None:
     """``wnb score --contexts K``: every scored layer's contexts, where the app's Session.contexts reads them."""
-    from .contexts import neuron_contexts
-    from .session import CONTEXT_WIDTH, contexts_key
+    from wnb.contexts import neuron_contexts
+    from wnb.session import CONTEXT_WIDTH, contexts_key
 
     for name in layers:
         cache.cached("contexts", contexts_key(session, name, args.contexts),
@@ -412,11 +412,11 @@ def _store_contexts(args, session, layers) -> None:
 
 
 def _score(args, run: RunFolder, session) -> str:
-    from . import plots
-    from .capture import available_memory, estimate_bytes
-    from .entanglement import overview_table
-    from .models import block_of, layer_weight
-    from .streaming import estimate_stream_bytes
+    from wnb import plots
+    from wnb.capture import available_memory, estimate_bytes
+    from wnb.entanglement import overview_table
+    from wnb.models import block_of, layer_weight
+    from wnb.streaming import estimate_stream_bytes
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -451,7 +451,7 @@ def _score(args, run: RunFolder, session) -> str:
             frame["weight_norm"] = torch.linalg.vector_norm(layer_weight(lm, name).detach().double(), dim=1).cpu().numpy()
         frame["rank"] = frame["wd"].rank(ascending=False, method="first", na_option="bottom").astype(int)
         if "pos0_tail_share" in s:  # exact scoring keeps positions: flag the first-token (attention sink) tails
-            from .positions import sink_flags
+            from wnb.positions import sink_flags
             frame["pos0_tail_share"] = s["pos0_tail_share"].numpy()
             frame["sink"] = sink_flags(s["pos0_tail_share"]).numpy()
         rows.append(frame)
@@ -490,9 +490,9 @@ def _score(args, run: RunFolder, session) -> str:
 def _layer_view(session, name: str, args):
     """The session's cached capture and neuron table of one layer; for a remote model (no weights here)
     the same without the weight norms."""
-    from .capture import capture
-    from .entanglement import neuron_table
-    from .session import LayerView
+    from wnb.capture import capture
+    from wnb.entanglement import neuron_table
+    from wnb.session import LayerView
 
     if not session.lm.remote:
         return session.layer(name, progress=not args.quiet)
@@ -503,10 +503,10 @@ def _layer_view(session, name: str, args):
 
 def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str, torch.Tensor]]:
     """Per layer: WD, mean and variance of every neuron, exact (layers captured in groups that fit) or streaming."""
-    from .capture import available_memory, capture, split_by_memory
-    from .entanglement import output_moments, wasserstein_to_gaussian
-    from .positions import position_tail_share
-    from .streaming import stream_scores
+    from wnb.capture import available_memory, capture, split_by_memory
+    from wnb.entanglement import output_moments, wasserstein_to_gaussian
+    from wnb.positions import position_tail_share
+    from wnb.streaming import stream_scores
 
     progress = not args.quiet
     if method == "streaming":
@@ -529,10 +529,10 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
 # ---------------------------------------------------------------- prune
 
 def _prune(args, run: RunFolder, session) -> str:
-    from . import plots
-    from .evaluate import perplexity_interval
-    from .prune import check_method, pruned, sparsity_label, streams_inputs
-    from .quantize import key_parts, model_effective_bits, quant_label
+    from wnb import plots
+    from wnb.evaluate import perplexity_interval
+    from wnb.prune import check_method, pruned, sparsity_label, streams_inputs
+    from wnb.quantize import key_parts, model_effective_bits, quant_label
 
     lm = session.lm
     check_method(args.method)
@@ -556,7 +556,7 @@ def _prune(args, run: RunFolder, session) -> str:
         middle = time.perf_counter()
         ppl = perplexity_interval(lm, session.held_out, batch_size=args.batch_size, progress=progress)
         if args.save_model:
-            from .saving import save_pruned
+            from wnb.saving import save_pruned
 
             run.folder("model", f"the pruned model ({args.save_format} checkpoint, safetensors; "
                        "AutoModelForCausalLM.from_pretrained loads the folder)",
@@ -594,8 +594,8 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
     outputs (at most ``sequential.KEEP_BYTES``), and the largest block's float64 statistics (SparseGPT's
     Hessians, Wanda's column norms) plus, where they are kept (neuron criteria), its float32 calibration
     inputs."""
-    from .models import block_of, layer_weight
-    from .sequential import KEEP_BYTES
+    from wnb.models import block_of, layer_weight
+    from wnb.sequential import KEEP_BYTES
 
     per_block: dict[int, int] = {}
     widest = 0
@@ -612,11 +612,11 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
 # ---------------------------------------------------------------- expand
 
 def _expand(args, run: RunFolder, session) -> str:
-    from . import plots
-    from .analysis import expansion_sweep
-    from .expand import check_expansion
-    from .quantize import key_parts
-    from .session import _expert_counts
+    from wnb import plots
+    from wnb.analysis import expansion_sweep
+    from wnb.expand import check_expansion
+    from wnb.quantize import key_parts
+    from wnb.session import _expert_counts
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -636,8 +636,8 @@ def _expand(args, run: RunFolder, session) -> str:
                                                  **quant),
                          enabled=not args.no_cache)
     if args.save_model:
-        from .expand import expanded
-        from .saving import save_expanded
+        from wnb.expand import expanded
+        from wnb.saving import save_expanded
 
         with expanded(lm, args.experts, args.sparsity, calib=session.calib, layers=layers, pca_factor=args.pca_factor,
                       seed=args.seed, batch_size=args.batch_size, progress=progress,
@@ -649,7 +649,7 @@ def _expand(args, run: RunFolder, session) -> str:
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
     if args.tasks:
-        from .tasks import compare_tasks
+        from wnb.tasks import compare_tasks
 
         tasks = compare_tasks(lm, session.calib, args.tasks, layers, args.experts, args.sparsity, args.bits,
                               limit=args.task_limit, seed=args.seed, batch_size=args.batch_size, progress=progress)
@@ -678,9 +678,9 @@ def _expand(args, run: RunFolder, session) -> str:
 # ---------------------------------------------------------------- sweep
 
 def _sweep(args, run: RunFolder, session) -> str:
-    from . import plots
-    from .analysis import expansion_sweep
-    from .prune import check_method, sparsity_label
+    from wnb import plots
+    from wnb.analysis import expansion_sweep
+    from wnb.prune import check_method, sparsity_label
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -713,7 +713,7 @@ def _sweep(args, run: RunFolder, session) -> str:
 def _negative_pairs(args):
     """The minimal pairs of ``--minimal-pairs`` (None for ``none``); raises WnbError for BLiMP offline or
     an empty / malformed file."""
-    from .minimal_pairs import minimal_pairs
+    from wnb.minimal_pairs import minimal_pairs
 
     if args.minimal_pairs == "none":
         return None
@@ -722,7 +722,7 @@ def _negative_pairs(args):
 
 def _validate_negative(args) -> None:
     """``wnb negative``'s own arguments, before the model loads (the minimal pairs are read here too)."""
-    from .sign_ablation import check_side
+    from wnb.sign_ablation import check_side
 
     check_side(args.side)  # --fraction, --control-seeds, --pairs-per-phenomenon, --tolerance: their argparse types
     if args.eval_windows is not None and args.eval_windows < 1:
@@ -731,7 +731,7 @@ def _validate_negative(args) -> None:
 
 
 def _negative(args, run: RunFolder, session) -> str:
-    from . import plots
+    from wnb import plots
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -797,7 +797,7 @@ def _negative(args, run: RunFolder, session) -> str:
 
 def _sparsity(text: str):
     """argparse type of --sparsity: a fraction such as 0.5 or 50%, or N:M such as 2:4."""
-    from .prune import parse_sparsity
+    from wnb.prune import parse_sparsity
 
     try:
         parse_sparsity(text)
@@ -845,7 +845,7 @@ def _real(low: float, high: float, low_open: bool = True, high_open: bool = Fals
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sign_ablation import MATCHED_EXCLUDE
+    from wnb.sign_ablation import MATCHED_EXCLUDE
 
     common = argparse.ArgumentParser(add_help=False)
     model = common.add_argument_group("model")
@@ -1014,7 +1014,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quant_flags(p) -> None:
-    from .quantize import MAX_BITS, MIN_BITS
+    from wnb.quantize import MAX_BITS, MIN_BITS
 
     p.add_argument("--bits", type=_whole(MIN_BITS, MAX_BITS), default=None,
                    help="also quantize the kept weights to this many bits (2-8): "

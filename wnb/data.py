@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import WnbError
+from wnb.errors import WnbError
 
 CORPORA = ("bundled", "wikitext2")
 
@@ -32,7 +32,7 @@ def load_corpus(name: str = "bundled", split: str = "train") -> str:
             raise WnbError(f"could not load WikiText-2 ({split}) through `datasets`: {exc}; it needs a network "
                            "connection the first time. The bundled corpus works offline: load_corpus()") from exc
         return "\n\n".join(rows["text"])
-    from .sources import decode_text
+    from wnb.sources import decode_text
 
     path = Path(name).expanduser()
     if not path.is_file():
@@ -91,7 +91,7 @@ def token_windows(lm, text: str, seq_len: int = 256, n_calib: int = 32, n_eval: 
 
     Returns ``(calib [n_calib, seq_len], held_out [n_eval, seq_len])`` LongTensors, seeded.
     """
-    from .checks import check_int
+    from wnb.checks import check_int
 
     seq_len = check_int(seq_len, "seq_len", minimum=2)
     n_calib, n_eval, seed = check_int(n_calib, "n_calib", 0), check_int(n_eval, "n_eval", 0), check_int(seed, "seed", 0)

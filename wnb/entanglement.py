@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checks import check_int
-from .errors import WnbError
+from wnb.checks import check_int
+from wnb.errors import WnbError
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -139,7 +139,7 @@ def _input_pairs(inputs: torch.Tensor, n_pairs: int, seed: int):
     of one layer (the app, the reading section) asks for the same pairs every time."""
     import weakref
 
-    from .expand import _version
+    from wnb.expand import _version
 
     if _last_pairs:
         (ref, version, n, s), result = _last_pairs
@@ -228,7 +228,7 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
     columns ``pos0_tail_share`` (:func:`wnb.position_tail_share`: share of the neuron's outputs beyond ±2.5σ
     at the first position kept) and ``sink`` (that share ``>= wnb.positions.SINK_SHARE``) are added.
     """
-    from .positions import drop_positions, position_tail_share, sink_flags
+    from wnb.positions import drop_positions, position_tail_share, sink_flags
 
     if skip_first and seq_len is None:
         raise WnbError("skip_first needs seq_len: the window length of the capture (rows are window-major)")
@@ -243,7 +243,7 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
     if weight is not None:
         table["weight_norm"] = torch.linalg.vector_norm(weight.detach().double().cpu(), dim=1).numpy()
     if sign:
-        from .sign_view import sign_columns
+        from wnb.sign_view import sign_columns
 
         for name, column in sign_columns(outputs).items():
             table[name] = column
@@ -260,9 +260,9 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
 def _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first):
     """One capture pass of outputs only; yields ``(layer, outputs without the first skip_first positions,
     the kept window length)`` and frees each layer once the caller is done with it."""
-    from .capture import capture, check_windows
-    from .models import ffn_layers
-    from .positions import check_skip, drop_positions
+    from wnb.capture import capture, check_windows
+    from wnb.models import ffn_layers
+    from wnb.positions import check_skip, drop_positions
 
     windows = check_windows(windows, lm)
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)
@@ -278,7 +278,7 @@ def layer_statistics(lm, windows, layers=None, max_tokens: int | None = 2048, ba
     """Per FFN layer (or ``layers``), from one capture pass of outputs only: ``{"wd": [d], "pos0_tail_share":
     [d]}`` (WD, and the share of each neuron's tails at the first position kept, see
     :func:`wnb.position_tail_share`). ``skip_first`` drops that many positions from every window first."""
-    from .positions import position_tail_share
+    from wnb.positions import position_tail_share
 
     return {name: {"wd": wasserstein_to_gaussian(y), "pos0_tail_share": position_tail_share(y, seq_len)}
             for name, y, seq_len in _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first)}
@@ -302,8 +302,8 @@ def overview_table(lm, scores: dict[str, torch.Tensor], fraction: float = 0.03, 
     neurons flagged as first-position tails (share >= ``wnb.positions.SINK_SHARE``) and ``sink_top_share``
     is the share of its Wasserstein neurons so flagged.
     """
-    from .models import block_of
-    from .positions import sink_flags
+    from wnb.models import block_of
+    from wnb.positions import sink_flags
 
     rows = []
     for name, wd in scores.items():

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .capture import check_windows
-from .state import holding
+from wnb.capture import check_windows
+from wnb.state import holding
 
 
 def perplexity(lm, windows, batch_size: int = 8, progress: bool = True) -> float:
@@ -25,8 +25,8 @@ def token_nll(lm, windows, batch_size: int = 8, progress: bool = True, desc: str
     Entry ``[w, t]`` is ``−log p(windows[w, t + 1] | windows[w, :t + 1])``; ``exp(mean)`` is
     :func:`wnb.perplexity` of the same windows (up to float summation order).
     """
-    from .checks import check_int
-    from .models import require_local
+    from wnb.checks import check_int
+    from wnb.models import require_local
 
     require_local(lm, "perplexity")
     windows = check_windows(windows, lm, min_len=2)  # every window predicts its tokens after the first
@@ -50,7 +50,7 @@ def window_nll(lm, windows, batch_size: int = 8, progress: bool = True) -> torch
 def bootstrap_interval(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the perplexity from per-window NLLs (:func:`window_nll`): the
     windows are resampled with replacement ``n_boot`` times (seeded). With one window it is a point."""
-    from .errors import WnbError
+    from wnb.errors import WnbError
 
     nll = torch.as_tensor(nll, dtype=torch.float64).flatten()
     if nll.numel() == 0:
@@ -66,7 +66,7 @@ def bootstrap_interval(nll, n_boot: int = 1000, level: float = 0.95, seed: int =
 def interval_of(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """``{"perplexity", "ppl_low", "ppl_high"}`` from NLLs per window ``[n_windows]`` or per token
     ``[n_windows, tokens]`` (:func:`token_nll`; averaged per window first): :func:`bootstrap_interval`."""
-    from .errors import WnbError
+    from wnb.errors import WnbError
 
     nll = torch.as_tensor(nll, dtype=torch.float64)
     if nll.numel() == 0 or nll.dim() not in (1, 2):
@@ -85,7 +85,7 @@ def perplexity_interval(lm, windows, batch_size: int = 8, progress: bool = True,
 # ---------------------------------------------------------------- per-neuron comparison
 
 def _check_pair(dense: torch.Tensor, approx: torch.Tensor, same_tokens: bool = True) -> None:
-    from .errors import WnbError
+    from wnb.errors import WnbError
 
     if dense.dim() != 2 or approx.dim() != 2 or dense.shape[1] != approx.shape[1] or \
             (same_tokens and dense.shape[0] != approx.shape[0]):
@@ -162,8 +162,8 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     """
     import pandas as pd
 
-    from .prune import check_method, sparsity_label
-    from .quantize import check_quant, key_parts
+    from wnb.prune import check_method, sparsity_label
+    from wnb.quantize import check_quant, key_parts
 
     for method in methods:
         check_method(method)
@@ -197,8 +197,8 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
     """
     import pandas as pd
 
-    from .errors import WnbError
-    from .prune import CRITERIA, sparsity_label
+    from wnb.errors import WnbError
+    from wnb.prune import CRITERIA, sparsity_label
 
     for criterion in criteria:
         if criterion not in CRITERIA:
@@ -229,7 +229,7 @@ def _runs(on_run, total: int):
 
 
 def _pruned_perplexity(lm, calib, held_out, batch_size, progress, row: dict, **prune_kw) -> dict:
-    from .prune import pruned
+    from wnb.prune import pruned
 
     start = time.perf_counter()
     with pruned(lm, calib=calib, batch_size=batch_size, progress=progress, **prune_kw):

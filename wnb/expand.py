@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import WnbError
-from .offload import follow
-from .state import changed
+from wnb.errors import WnbError
+from wnb.offload import follow
+from wnb.state import changed
 
 N_INIT = 10  # k-means restarts (greedy k-means++); the authors use 100: benchmarks/bench_kmeans.py
 
@@ -280,7 +280,7 @@ def _version(x: torch.Tensor) -> int | None:
 
 def check_router_args(n_tokens: int, d_in: int, n_clusters, pca_factor) -> None:
     """Refuse a bad expert count or PCA factor before any work (raises WnbError)."""
-    from .checks import check_int
+    from wnb.checks import check_int
 
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
         raise WnbError(f"n_experts must be a positive integer (got {n_clusters!r}); the paper uses 16")
@@ -310,8 +310,8 @@ def build_experts(weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tens
     A cluster with no calibration tokens (possible only when the inputs have fewer than ``n_experts``
     distinct rows) gets the layer's plain SparseGPT weight, built from all tokens. Runs on the weight's device.
     """
-    from .prune import SparseGPT
-    from .quantize import check_quant
+    from wnb.prune import SparseGPT
+    from wnb.quantize import check_quant
 
     bits, group_size = check_quant(bits, group_size, weight.shape[1])
 
@@ -398,8 +398,8 @@ def expand_layer(weight: torch.Tensor, inputs: torch.Tensor, bias: torch.Tensor 
     ``weight`` is ``[out, in]`` (``wnb.layer_weight``); ``inputs`` are moved to its device. ``bits``
     (2 to 8) quantizes every expert inside its SparseGPT sweep (``group_size``: per group of columns).
     """
-    from .prune import check_nm, check_weight, parse_sparsity
-    from .quantize import check_quant
+    from wnb.prune import check_nm, check_weight, parse_sparsity
+    from wnb.quantize import check_quant
 
     if weight.dim() != 2 or inputs.dim() != 2 or inputs.shape[1] != weight.shape[1]:
         raise WnbError(f"weight must be [out, in] and inputs [tokens, in] with the same in "
@@ -475,7 +475,7 @@ def shared_input_groups(inputs: dict[str, torch.Tensor]) -> list[list[str]]:
 
 def expert_bytes(lm, layers, n_experts: int) -> int:
     """Bytes the experts of ``layers`` will take (k copies of each weight, in the model's dtype)."""
-    from .models import layer_weight
+    from wnb.models import layer_weight
 
     return sum(n_experts * layer_weight(lm, n).numel() * layer_weight(lm, n).element_size() for n in layers)
 
@@ -483,7 +483,7 @@ def expert_bytes(lm, layers, n_experts: int) -> int:
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    from .capture import available_memory
+    from wnb.capture import available_memory
 
     return available_memory()
 
@@ -491,10 +491,10 @@ def _free_bytes(device: torch.device) -> int:
 def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes=None, bits=None,
                     group_size=None) -> tuple[list[str], torch.Tensor]:
     """Validate a whole-model expansion before any work; return ``(layers in forward order, windows)``."""
-    from .capture import check_windows
-    from .models import check_layers, ffn_layers, layer_weight
-    from .prune import check_nm, check_weight, parse_sparsity
-    from .quantize import check_quant
+    from wnb.capture import check_windows
+    from wnb.models import check_layers, ffn_layers, layer_weight
+    from wnb.prune import check_nm, check_weight, parse_sparsity
+    from wnb.quantize import check_quant
 
     check_quant(bits, group_size)
 
@@ -533,12 +533,12 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
     SparseGPT sweeps (per row, or per ``group_size`` columns). Yields an :class:`Expansion`. On exit, also
     after an error or an interrupt, the dense modules are put back: the model is bit for bit what it was.
     """
-    from .quantize import check_quant
+    from wnb.quantize import check_quant
 
-    from .models import layer_bias, layer_weight
-    from .sequential import walk
+    from wnb.models import layer_bias, layer_weight
+    from wnb.sequential import walk
 
-    from .checks import check_int
+    from wnb.checks import check_int
 
     layers, windows = check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes, bits,
                                       group_size)

@@ -13,9 +13,9 @@ import math
 import pandas as pd
 import torch
 
-from .checks import check_float, check_int
-from .contexts import decode
-from .errors import WnbError
+from wnb.checks import check_float, check_int
+from wnb.contexts import decode
+from wnb.errors import WnbError
 
 MAX_CHARS = 4000
 """Longest text :func:`activation_html` and :func:`token_activations` accept (the probe runs the model on it)."""
@@ -97,9 +97,9 @@ def token_activations(lm, text: str, layer: str, neuron: int, max_chars: int = M
 
 
 def _activations(lm, text, layer, neuron, max_chars):
-    from .capture import capture
-    from .data import context_length
-    from .models import check_layers, layer_weight
+    from wnb.capture import capture
+    from wnb.data import context_length
+    from wnb.models import check_layers, layer_weight
 
     (layer,) = check_layers(lm, [layer])
     d_out = layer_weight(lm, layer).shape[0]

@@ -88,7 +88,7 @@ class Job:
     @contextlib.contextmanager
     def watching(self, lm) -> Iterator["Job"]:
         """Check for a cancel before every transformer block of ``lm`` runs, for the duration of the block."""
-        from .models import decoder_blocks
+        from wnb.models import decoder_blocks
 
         hooks = []
         if lm is not None and not getattr(lm, "remote", False):
@@ -111,7 +111,7 @@ def exclusive(job: Job) -> Iterator[Job]:
     global _active
     with _lock:
         if _active is not None:
-            from .errors import WnbError
+            from wnb.errors import WnbError
             raise WnbError(f"another job is running ({_active.label}); wait for it or press its Cancel button")
         _active = job
     try:

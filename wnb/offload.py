@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import WnbError
-from .models import LM, decoder_blocks, module, resolve_device
+from wnb.errors import WnbError
+from wnb.models import LM, decoder_blocks, module, resolve_device
 
 _SLOT = "_wnb_offload"  # attribute of each offloaded block holding its _Slot
 

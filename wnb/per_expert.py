@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checks import check_float, check_int
-from .contexts import decode_contexts
-from .errors import WnbError
-from .positions import TAIL_SIGMA
+from wnb.checks import check_float, check_int
+from wnb.contexts import decode_contexts
+from wnb.errors import WnbError
+from wnb.positions import TAIL_SIGMA
 
 
 def _dense_neuron(study, neuron, on: str, outputs: str = "dense") -> torch.Tensor:
@@ -43,7 +43,7 @@ def expert_summary(study, neuron: int, on: str = "held_out", threshold: float = 
     ``mean, std`` there, ``lower`` / ``upper`` (its outputs beyond ∓``threshold``σ of the neuron's mean over
     all tokens), and ``wd_dense`` / ``wd_expansion``: WD of the neuron's dense outputs on the expert's tokens
     and of the expert's own outputs (NaN with fewer than 2 tokens or a constant output)."""
-    from .entanglement import wasserstein_to_gaussian
+    from wnb.entanglement import wasserstein_to_gaussian
 
     threshold = check_float(threshold, "threshold", 0, None, low_open=True)
     dense = _dense_neuron(study, neuron, on)
@@ -65,7 +65,7 @@ def expert_summary(study, neuron: int, on: str = "held_out", threshold: float = 
 
 
 def _check_token_windows(study, windows, on: str):
-    from .capture import check_windows
+    from wnb.capture import check_windows
 
     windows = check_windows(windows)
     n = (study.held_inputs if on == "held_out" else study.calib_inputs).shape[0]

@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .errors import WnbError
+from wnb.errors import WnbError
 
 GAUSSIAN_LABEL = "N(0, 1)"
 LABELS = {"wd": "WD", "md": "MD", "ri": "RI = RMSE SparseGPT / RMSE expansion", "rmse": "held-out RMSE",
@@ -330,7 +330,7 @@ def histogram_grid(series: Mapping[str, object], standardize_by: str | None = "e
 
 def sparsity_value(label: str) -> float:
     """The fraction of zeros of a sparsity label (``"50%"`` → 0.5, ``"2:4"`` → 0.5)."""
-    from .prune import parse_sparsity
+    from wnb.prune import parse_sparsity
 
     return parse_sparsity(label)[0]
 

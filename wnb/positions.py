@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checks import check_float, check_int
-from .errors import WnbError
+from wnb.checks import check_float, check_int
+from wnb.errors import WnbError
 
 SINK_SHARE = 0.5
 """A neuron is flagged ``sink`` when at least this share of its tail outputs (beyond ±``TAIL_SIGMA``

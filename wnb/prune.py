@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .errors import WnbError
-from .state import changed
-from .quantize import check_quant, fit_grid, quant_label, quantize, round_to_grid
+from wnb.errors import WnbError
+from wnb.state import changed
+from wnb.quantize import check_quant, fit_grid, quant_label, quantize, round_to_grid
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CRITERIA = ("wd", "random", "mean", "variance", "weight_norm")
@@ -429,7 +429,7 @@ def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", s
     A complex weight, or one holding NaN or infinite values, is refused (WnbError), as by every pruning
     method (:class:`SparseGPT`, :func:`prune_layer`, :func:`pruned`, the experts of Sparse Expansion).
     """
-    from .checks import check_float, check_int
+    from wnb.checks import check_float, check_int
 
     check_method(method)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
@@ -478,7 +478,7 @@ def prune_layer(lm, layer: str, acts, method: str = "sparsegpt", sparsity=0.5, n
     not changed. ``neurons`` may be indices, a boolean mask or a selection criterion (see
     :func:`select_neurons`, which then uses the captured outputs). ``bits`` and ``group_size``
     quantize as well (:func:`prune_weight`)."""
-    from .models import check_layers, layer_weight, require_local
+    from wnb.models import check_layers, layer_weight, require_local
 
     require_local(lm, "pruning")
     check_method(method)
@@ -506,7 +506,7 @@ def select_neurons(criterion: str, outputs: torch.Tensor | None = None, weight: 
     largest L2 norm of the weight row. ``outputs`` is ``[tokens, n_neurons]``; ``weight`` ``[out, in]``.
     Highest score first (random: in drawn order).
     """
-    from .entanglement import top_neurons, wasserstein_to_gaussian
+    from wnb.entanglement import top_neurons, wasserstein_to_gaussian
 
     if criterion not in CRITERIA:
         raise WnbError(f"unknown neuron selection {criterion!r}; choose one of {', '.join(CRITERIA)}")
@@ -572,7 +572,7 @@ class PruneReport(dict):
 
 def _plan_neurons(lm, layers, neurons):
     """Validate ``neurons`` for :func:`pruned`: None, a criterion name, or ``{layer: indices}``."""
-    from .models import layer_weight
+    from wnb.models import layer_weight
 
     if neurons is None or isinstance(neurons, str):
         if isinstance(neurons, str) and neurons not in CRITERIA:
@@ -612,7 +612,7 @@ class _Accumulators:
         self._last: tuple[torch.Tensor, str] | None = None
 
     def __call__(self, name: str, x: torch.Tensor) -> None:
-        from .models import layer_weight
+        from wnb.models import layer_weight
 
         if name not in self.acc and name not in self.alias:
             last = self._last
@@ -634,7 +634,7 @@ class _Accumulators:
 def check_untied(lm, layers) -> None:
     """Refuse layers whose weight is shared with another module (``lm_head`` tied to the input embedding):
     pruning one would silently prune the other too."""
-    from .models import module
+    from wnb.models import module
 
     owners: dict[int, list[str]] = {}
     for name, param in lm.model.named_parameters(remove_duplicate=False):
@@ -671,10 +671,10 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     neuron criteria and ``keep_inputs=True`` keep a block's calibration inputs in CPU memory instead
     (same result up to summation order).
     """
-    from .capture import check_windows
-    from .models import check_layers, ffn_layers, layer_weight, module, require_local
+    from wnb.capture import check_windows
+    from wnb.models import check_layers, ffn_layers, layer_weight, module, require_local
 
-    from .checks import check_float, check_int
+    from wnb.checks import check_float, check_int
 
     require_local(lm, "pruning")
     check_method(method)
@@ -714,7 +714,7 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
             if bits is not None:
                 opts.update(bits=bits, group_size=group_size)
             if needs_walk:
-                from .sequential import walk
+                from wnb.sequential import walk
 
                 stream = streams_inputs(method, plan) and not keep_inputs
                 stats = _Accumulators(lm, method) if stream else None
@@ -740,7 +740,7 @@ def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed
                  group_size: int | None = None) -> None:
     """Prune the layers of one block given their calibration inputs (or the statistics of them
     accumulated during the walk, ``stats``); write the weights into the model."""
-    from .models import layer_weight, set_layer_weight
+    from wnb.models import layer_weight, set_layer_weight
 
     shared: list[tuple[torch.Tensor, SparseGPT]] = []
     for name, x in inputs.items():
@@ -780,7 +780,7 @@ def _rows_for(lm, name, x, weight, plan, fraction, seed):
         return None
     if isinstance(plan, dict):
         return plan[name]
-    from .models import forward_order, layer_bias
+    from wnb.models import forward_order, layer_bias
 
     outputs = None
     if plan in ("wd", "mean", "variance"):

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checks import check_float, check_int
-from .contexts import decode, decode_contexts
-from .errors import WnbError
-from .positions import TAIL_SIGMA, check_skip, drop_positions, kept_rows
+from wnb.checks import check_float, check_int
+from wnb.contexts import decode, decode_contexts
+from wnb.errors import WnbError
+from wnb.positions import TAIL_SIGMA, check_skip, drop_positions, kept_rows
 
 
 def _one_neuron(outputs, neuron=None) -> torch.Tensor:
@@ -139,8 +139,8 @@ def differentiating_pairs(inputs, outputs, neuron: int, windows, tokenizer=None,
     ``dy = |y_a − y_b| / median``). Returns the ``top`` pairs: ``rank, dx, dy, ratio`` and for each side
     ``a`` / ``b``: ``value, z, window, position, token, left, right``.
     """
-    from .capture import check_windows
-    from .entanglement import _check_xy, _input_pairs, _median
+    from wnb.capture import check_windows
+    from wnb.entanglement import _check_xy, _input_pairs, _median
 
     windows = check_windows(windows)
     _check_xy(inputs, outputs)
@@ -181,7 +181,7 @@ DOWN_PROJECTION = {"gate_proj": "down_proj", "up_proj": "down_proj", "dense_h_to
 def down_projection_of(lm, layer: str) -> str:
     """The down projection reading the hidden neurons that ``layer`` (gate_proj / up_proj / dense_h_to_4h /
     c_fc / fc1) writes; WnbError naming the allowed layers for any other."""
-    from .models import check_layers, forward_order
+    from wnb.models import check_layers, forward_order
 
     (layer,) = check_layers(lm, [layer])
     parent, _, leaf = layer.rpartition(".")
@@ -214,7 +214,7 @@ def output_effect(lm, layer: str, neuron: int, k: int = 20) -> pd.DataFrame:
     every later layer, so it is the neuron's direct effect only. Returns ``side`` (``raises`` / ``lowers``),
     ``rank, token_id, token, effect`` (logit change per unit), ``k`` rows per side.
     """
-    from .models import layer_weight, require_local
+    from wnb.models import layer_weight, require_local
 
     require_local(lm, "the output effect")
     down = down_projection_of(lm, layer)

@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import file_sha256
-from .errors import WnbError
-from .state import changed
+from wnb.cache import file_sha256
+from wnb.errors import WnbError
+from wnb.state import changed
 
 FORMATS = ("hf", "compressed-tensors")
 PRUNED_MANIFEST = "wnb-saved.json"
@@ -54,7 +54,7 @@ _MAX_MANIFEST_BYTES = 64 << 20
 # ---------------------------------------------------------------- shared
 
 def _version() -> str:
-    from . import __version__
+    from wnb import __version__
 
     return __version__
 
@@ -95,7 +95,7 @@ def _written(manifest: Path) -> list[str]:
 
 
 def _routed_layers(lm) -> dict:
-    from .expand import RoutedLayer
+    from wnb.expand import RoutedLayer
 
     return {n: m for n, m in lm.model.named_modules() if isinstance(m, RoutedLayer)}
 
@@ -143,7 +143,7 @@ def _check_tied(lm) -> None:
 
 def _sparse_layers(lm, report, min_sparsity: float) -> dict[str, torch.Tensor]:
     """``{layer: [out, in] weight}`` of the pruned layers: the report's, or those with exact zeros."""
-    from .models import forward_order, layer_weight
+    from wnb.models import forward_order, layer_weight
 
     names = forward_order(lm)
     if report is not None:
@@ -184,7 +184,7 @@ def sparsity_structure(weights) -> str:
 
 def _bits_from(report, bits, group_size):
     """``bits``/``group_size`` as given, or as the pruning report records them (``LayerReport.bits``)."""
-    from .checks import check_int
+    from wnb.checks import check_int
 
     if bits is None and report:
         found = {getattr(r, "bits", None) for r in report.values()}
@@ -269,7 +269,7 @@ def _quantized_state(lm, layers: dict, bits: int, group_size: int | None) -> tup
     from compressed_tensors.compressors.base import BaseCompressor
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-    from .models import module
+    from wnb.models import module
 
     for name in layers:
         if not isinstance(module(lm, name), nn.Linear):
@@ -322,9 +322,9 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
     atomically, with a ``wnb-saved.json`` manifest. Only weights are saved: hooks (sign ablation) are not.
     Returns the folder.
     """
-    from .cache import atomic_path
-    from .checks import check_float
-    from .models import require_local
+    from wnb.cache import atomic_path
+    from wnb.checks import check_float
+    from wnb.models import require_local
 
     require_local(lm, "saving a model")
     if format not in FORMATS:
@@ -452,9 +452,9 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
     """
     from safetensors.torch import save_file
 
-    from .cache import atomic_path
-    from .expand import Expansion, RoutedLayer
-    from .models import require_local
+    from wnb.cache import atomic_path
+    from wnb.expand import Expansion, RoutedLayer
+    from wnb.models import require_local
 
     require_local(lm, "saving an expansion")
     present = _routed_layers(lm)
@@ -636,8 +636,8 @@ def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[lis
     """Everything checked and read into memory before the model is touched: ``[(name, RoutedLayer)]``."""
     from transformers.pytorch_utils import Conv1D
 
-    from .expand import Router, RoutedLayer
-    from .models import check_layers, layer_bias, layer_weight, module
+    from wnb.expand import Router, RoutedLayer
+    from wnb.models import check_layers, layer_bias, layer_weight, module
 
     where = EXPANSION_MANIFEST
     layers = _need(manifest, "layers", dict, where)
@@ -721,8 +721,8 @@ def load_expanded(lm, path, check_model: bool = True):
     shapes, every file's SHA-256 and (``check_model``) that the model's other parameters are those the
     expansion was built on. Any mismatch raises WnbError; nothing read can run code.
     """
-    from .expand import Expansion, swap_module
-    from .models import require_local
+    from wnb.expand import Expansion, swap_module
+    from wnb.models import require_local
 
     require_local(lm, "loading an expansion")
     folder = Path(path).expanduser() if isinstance(path, (str, Path)) else path

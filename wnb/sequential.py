@@ -34,11 +34,11 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .capture import check_windows
-from .errors import WnbError
-from .models import LM, block_of, check_layers, decoder_blocks, layer_weight, module, require_local
-from .offload import resident
-from .state import holding
+from wnb.capture import check_windows
+from wnb.errors import WnbError
+from wnb.models import LM, block_of, check_layers, decoder_blocks, layer_weight, module, require_local
+from wnb.offload import resident
+from wnb.state import holding
 
 # Most the kept inputs of a block's last layer may take (all calibration tokens); above it the MLP is
 # run again for the block's outputs instead.

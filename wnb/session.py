@@ -14,15 +14,15 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from . import cache
-from .capture import capture, split_by_memory
-from .data import load_corpus, token_windows
-from .entanglement import layer_statistics, neuron_table, overview_table, pair_distances, top_neurons
-from .errors import WnbError
-from .models import (BUNDLED, LM, block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias,
+from wnb import cache
+from wnb.capture import capture, split_by_memory
+from wnb.data import load_corpus, token_windows
+from wnb.entanglement import layer_statistics, neuron_table, overview_table, pair_distances, top_neurons
+from wnb.errors import WnbError
+from wnb.models import (BUNDLED, LM, block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias,
                      layer_weight, linear_layers, load_model, model_label)
-from .quantize import key_parts
-from .state import dense_only, is_dense
+from wnb.quantize import key_parts
+from wnb.state import dense_only, is_dense
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class LayerView:
         """Rows of a capture of this layer without the first ``skip_first`` positions of every window."""
         if not self.skip_first:
             return t
-        from .positions import drop_positions
+        from wnb.positions import drop_positions
         return drop_positions(t, self.seq_len, self.skip_first)
 
     @property
@@ -178,12 +178,12 @@ class Session:
         self._contexts = None  # (key, NeuronContexts) of the last layer read
         self._folder = None
         if restricted:
-            from .data import CORPORA
-            from .sources import UPLOAD, app_model
+            from wnb.data import CORPORA
+            from wnb.sources import UPLOAD, app_model
 
             self.model, self._folder = app_model(self.model)
             if self.corpus not in (*CORPORA, UPLOAD):
-                from .sources import app_corpus
+                from wnb.sources import app_corpus
                 app_corpus(self.corpus)  # raises: says what is allowed
         self.budget_name = budget or budget_from_env()
         self.budget = check_budget(self.budget_name)
@@ -223,7 +223,7 @@ class Session:
         if self._folder is not None:  # a folder offered by the server
             folder = self._folder
         else:
-            from .sources import fetch_hub_model
+            from wnb.sources import fetch_hub_model
 
             folder, commit = fetch_hub_model(self.model, on_file=on_file)
         try:
@@ -252,7 +252,7 @@ class Session:
         if self._calib is None:
             b = self.budget
             if self.restricted:
-                from .sources import app_corpus
+                from wnb.sources import app_corpus
                 text = app_corpus(self.corpus, self.upload)
             else:
                 text = load_corpus(self.corpus)
@@ -342,7 +342,7 @@ class Session:
         """For a gated MLP's gate_proj: every neuron's share of calibration tokens in each sign quadrant of
         (gate, up) (:func:`wnb.sign_quadrants`; the up_proj capture is cached like any layer's); None for
         other layers."""
-        from .sign_view import sign_quadrants, up_projection_of
+        from wnb.sign_view import sign_quadrants, up_projection_of
 
         view = self.layer(name, progress)
         try:
@@ -361,7 +361,7 @@ class Session:
     def contexts(self, name: str, progress: bool = True, k: int = CONTEXT_K):
         """:class:`wnb.NeuronContexts` of every neuron of ``name`` (from its calibration capture, no second
         pass; cached on disk and kept for the last layer, so re-selecting a neuron is instant)."""
-        from .contexts import NeuronContexts, contexts_from_outputs
+        from wnb.contexts import NeuronContexts, contexts_from_outputs
 
         view = self.layer(name, progress)
         key = contexts_key(self, view.name, k)
@@ -380,7 +380,7 @@ class Session:
         """What analysing ``name`` will take: ``outputs`` (tokens × neurons), ``bytes`` of the capture,
         a rough ``seconds`` (ranking every neuron dominates), whether it is ``cached`` already, and
         ``large`` when its outputs pass ``LARGE_LAYER_OUTPUTS`` (the app then asks before it starts)."""
-        from .capture import estimate_bytes
+        from wnb.capture import estimate_bytes
 
         name = self.check_layer(name)
         if self.use_cache and cache.entry_path("capture", self.key(layer=name)).exists():
@@ -454,9 +454,9 @@ class Session:
         """Prune one layer with ``method`` at ``sparsity`` (wnb.prune_layer on its calibration capture; with
         ``bits``, the kept weights quantized too) and compare its held-out outputs with the dense ones
         (wnb.neuron_errors). Cached."""
-        from .capture import Activations
-        from .evaluate import layer_outputs, neuron_errors
-        from .prune import check_method, prune_layer, sparsity_label
+        from wnb.capture import Activations
+        from wnb.evaluate import layer_outputs, neuron_errors
+        from wnb.prune import check_method, prune_layer, sparsity_label
 
         check_method(method)
         label = sparsity_label(sparsity)
@@ -474,15 +474,15 @@ class Session:
         errors = neuron_errors(dense, pruned).merge(view.table[["neuron", "rank", "wd", "mean", "variance"]],
                                                     on="neuron").sort_values("rank").reset_index(drop=True)
         if bits is not None:
-            from .quantize import quant_label
+            from wnb.quantize import quant_label
             label = f"{label} + {quant_label(bits)}"
         return PruneView(view.name, method, label, dense, pruned, errors)
 
     def sweep(self, methods, sparsities, layers, progress: bool = True, true_sequential: bool = True,
               on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity vs sparsity of every method (wnb.sweep on ``layers``; ``bits`` quantizes too), cached."""
-        from . import evaluate
-        from .prune import sparsity_label
+        from wnb import evaluate
+        from wnb.prune import sparsity_label
 
         labels = [sparsity_label(s) for s in sparsities]
         return self._cached("sweep", self._sweep_key(methods, sparsities, layers, true_sequential, bits),
@@ -492,7 +492,7 @@ class Session:
                             enabled=self.use_cache)
 
     def _sweep_key(self, methods, sparsities, layers, true_sequential: bool = True, bits=None) -> str:
-        from .prune import sparsity_label
+        from wnb.prune import sparsity_label
 
         return self.key(methods=list(methods), sparsities=[sparsity_label(s) for s in sparsities],
                         layers=list(layers), held_out=self.held_out, true_sequential=true_sequential,
@@ -507,7 +507,7 @@ class Session:
     def ablation(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                  progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
         """The paper's Fig. 3 (wnb.ablation on ``layers``), cached."""
-        from . import evaluate
+        from wnb import evaluate
 
         return self._cached("ablation", self._ablation_key(layers, fraction, sparsity, method, true_sequential),
                             lambda: evaluate.ablation(self.lm, self.calib, self.held_out, fraction=fraction,
@@ -517,7 +517,7 @@ class Session:
                             enabled=self.use_cache)
 
     def _ablation_key(self, layers, fraction, sparsity, method, true_sequential: bool = True) -> str:
-        from .prune import sparsity_label
+        from wnb.prune import sparsity_label
 
         return self.key(layers=list(layers), fraction=fraction, sparsity=sparsity_label(sparsity), method=method,
                         held_out=self.held_out, true_sequential=true_sequential)
@@ -525,15 +525,15 @@ class Session:
     def ablation_cost(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                       true_sequential: bool = True) -> dict:
         """What :meth:`ablation` will take (see :meth:`job_cost`): one run per selection criterion."""
-        from .prune import CRITERIA
+        from wnb.prune import CRITERIA
 
         key = self._ablation_key(layers, fraction, sparsity, method, true_sequential)
         return self.job_cost("ablation", key, layers, [(method, 1)] * len(CRITERIA))
 
     def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True, bits: int | None = None):
         """Dense vs SparseGPT vs Sparse Expansion of one layer (wnb.study_layer; ``bits`` quantizes both), cached."""
-        from .analysis import study_layer
-        from .prune import sparsity_label
+        from wnb.analysis import study_layer
+        from wnb.prune import sparsity_label
 
         name = self.check_layer(name)
         key = self.key(layer=name, n_experts=int(n_experts), sparsity=sparsity_label(sparsity), held_out=self.held_out,
@@ -556,8 +556,8 @@ class Session:
         """The layer study's tables, cached: ``ri`` (wnb.relative_improvement), ``regression``
         (wnb.ri_regression), ``shares`` (wnb.token_shares) and ``change`` (wnb.entanglement_change of
         the layer's Wasserstein neurons, WD and MD before vs after)."""
-        from . import analysis
-        from .prune import sparsity_label
+        from wnb import analysis
+        from wnb.prune import sparsity_label
 
         view = self.layer(name, progress)
         study = self.study(view.name, n_experts, sparsity, progress, bits)
@@ -576,7 +576,7 @@ class Session:
                              true_sequential: bool = True, on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity of dense, SparseGPT (k = 1) and Sparse Expansion with ``n_experts`` on ``layers``
         (wnb.expansion_sweep), cached. The experts held at once are capped at ``APP_EXPERT_BYTES``."""
-        from .analysis import expansion_sweep
+        from wnb.analysis import expansion_sweep
 
         key = self._expansion_key(layers, n_experts, sparsity, true_sequential, bits)
         return self._cached("expansion_perplexity", key,
@@ -590,7 +590,7 @@ class Session:
                        group_size=None, **extra) -> str:
         """The key of :meth:`expansion_perplexity` (``wnb expand`` stores its table under it too, with
         ``extra`` parts such as a ``pca_factor`` other than the app's)."""
-        from .prune import sparsity_label
+        from wnb.prune import sparsity_label
 
         return self.key(layers=list(layers), n_experts=list(_expert_counts(n_experts)),
                         sparsity=sparsity_label(sparsity), held_out=self.held_out, true_sequential=true_sequential,
@@ -608,8 +608,8 @@ class Session:
         """Downstream task scores of the dense, SparseGPT and Sparse Expansion models on ``layers``
         (:func:`wnb.tasks.compare_tasks`; the experts held at once capped at ``APP_EXPERT_BYTES``), cached.
         ``wnb_agreement`` (wnb's minimal pairs) needs no network; lm-eval's standard tasks do."""
-        from .prune import sparsity_label
-        from .tasks import compare_tasks
+        from wnb.prune import sparsity_label
+        from wnb.tasks import compare_tasks
 
         tasks = list(tasks)
         key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
@@ -626,9 +626,9 @@ class Session:
         """What :meth:`task_scores` will take: a SparseGPT run and an expansion (as :meth:`job_cost`) and
         the tasks' items scored on three models (rough: an agreement pair is 2 choices of ~16 tokens, an
         item of another task 4 choices of ~128 tokens; ``limit=None`` counts 1,000 items)."""
-        from . import estimates
-        from .prune import sparsity_label
-        from .tasks import AGREEMENT_TASK
+        from wnb import estimates
+        from wnb.prune import sparsity_label
+        from wnb.tasks import AGREEMENT_TASK
 
         tasks = list(tasks)
         key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
@@ -649,8 +649,8 @@ class Session:
         for the matched control's bisection; the depth profile two per layer and one) and the minimal pairs
         (2 sentences of ~12 tokens each per pair, scored once per selection: dense, Wasserstein, each
         random seed, the matched control's final set)."""
-        from . import estimates
-        from .models import block_of
+        from wnb import estimates
+        from wnb.models import block_of
 
         layers = [self.check_layer(n) for n in layers]
         depth_of = max(block_of(self.lm, n) for n in layers) + 1
@@ -675,7 +675,7 @@ class Session:
         ``seconds`` (a dense pass plus every ``(method, n_experts)`` run, see :mod:`wnb.estimates`),
         ``bytes`` held beside the model by its largest run, and ``large`` when either passes
         ``LARGE_JOB_SECONDS`` / ``LARGE_JOB_BYTES`` (the app then asks before it starts)."""
-        from . import estimates
+        from wnb import estimates
 
         if self.use_cache and cache.entry_path(kind, key).exists():
             return {"cached": True, "large": False}
@@ -692,7 +692,7 @@ class Session:
     def sign_scores(self, layers, tokens: int | None = None, progress: bool = True) -> dict:
         """WD of every neuron of ``layers`` over the first ``tokens`` calibration tokens (default: the
         budget's overview tokens), as :func:`wnb.wasserstein_scores` returns it; cached."""
-        from .sign_ablation import wasserstein_scores
+        from wnb.sign_ablation import wasserstein_scores
 
         layers = [self.check_layer(n) for n in layers]
         tokens = min(int(tokens or self.budget.overview_tokens), self.calib.numel())
@@ -706,7 +706,7 @@ class Session:
                     progress: bool = True) -> torch.Tensor:
         """:func:`wnb.sign_ablation.ablated_nll`, cached by the neurons themselves, so the study, its
         surprisal and the depth profile share their held-out passes (e.g. the dense one)."""
-        from .sign_ablation import ablated_nll
+        from wnb.sign_ablation import ablated_nll
 
         neurons = {name: torch.as_tensor(idx).tolist() for name, idx in selection.items()}
         key = cache.key(model=self.model_key, held_out=held_out, neurons=neurons,
@@ -719,7 +719,7 @@ class Session:
     def sign_pairs(self, name: str | None = "agreement", n: int | None = 10) -> list[dict] | None:
         """Minimal pairs for the sign-ablation study (:func:`wnb.minimal_pairs` with the session's seed),
         or None when ``name`` is None or the model has no tokenizer."""
-        from .minimal_pairs import minimal_pairs
+        from wnb.minimal_pairs import minimal_pairs
 
         if name is None or self.lm.tokenizer is None:
             return None
@@ -730,7 +730,7 @@ class Session:
                       progress: bool = True) -> pd.DataFrame:
         """:func:`wnb.sign_ablation_study` on the held-out windows, random controls with seeds
         ``seed .. seed + n_seeds - 1``, WD from :meth:`sign_scores`; cached (keyed by the pairs themselves)."""
-        from .sign_ablation import sign_ablation_study
+        from wnb.sign_ablation import sign_ablation_study
 
         scores = self.sign_scores(layers, tokens, progress)
         seeds = [self.seed + i for i in range(int(n_seeds))]
@@ -748,7 +748,7 @@ class Session:
     def sign_depth(self, layers, fraction: float = 0.01, side: str = "negative", pairs=None,
                    tokens: int | None = None, progress: bool = True) -> pd.DataFrame:
         """:func:`wnb.sign_ablation_depth` (one layer at a time and cumulative) on the held-out windows; cached."""
-        from .sign_ablation import sign_ablation_depth
+        from wnb.sign_ablation import sign_ablation_depth
 
         scores = self.sign_scores(layers, tokens, progress)
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, pairs=pairs,
@@ -767,8 +767,8 @@ class Session:
         (the matched control's per-layer count from the study), of the matched control, aggregated:
         ``by_class`` and ``by_group`` (:func:`wnb.surprisal_by_class`, one block per ``selection``) and
         ``top`` (:func:`wnb.top_surprisal_tokens` of the Wasserstein ablation); cached."""
-        from .sign_ablation import matched_candidates, select_matched, select_wasserstein
-        from .surprisal import surprisal_by_class, token_surprisal, top_surprisal_tokens
+        from wnb.sign_ablation import matched_candidates, select_matched, select_wasserstein
+        from wnb.surprisal import surprisal_by_class, token_surprisal, top_surprisal_tokens
 
         scores = self.sign_scores(layers, tokens, progress)
         matched_seed = self.seed if matched_seed is None else int(matched_seed)
@@ -832,8 +832,8 @@ def _study_tensors(study) -> dict:
 
 
 def _study_from_tensors(d: dict):
-    from .analysis import LayerStudy
-    from .expand import RoutedLayer, Router
+    from wnb.analysis import LayerStudy
+    from wnb.expand import RoutedLayer, Router
 
     router = Router(d["mean"], d["components"], d["centroids"])
     routed = RoutedLayer(router, d["experts"], d["expert_bias"], d["tokens"], d["damping"])

@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .capture import check_windows
-from .errors import WnbError
-from .state import changed
+from wnb.capture import check_windows
+from wnb.errors import WnbError
+from wnb.state import changed
 
 SIDES = ("negative", "positive", "both")
 CONTROLS = ("random", "matched")
@@ -45,8 +45,8 @@ def check_side(side: str) -> str:
 def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
     """Validate ``{layer: neuron indices}`` (indices or a boolean mask per layer); return the layers in
     forward order with sorted unique ``LongTensor`` indices."""
-    from .models import check_layers, layer_weight
-    from .prune import check_rows
+    from wnb.models import check_layers, layer_weight
+    from wnb.prune import check_rows
 
     if not isinstance(neurons, Mapping):
         raise WnbError("neurons must map layer names to neuron indices, e.g. "
@@ -105,7 +105,7 @@ def sign_ablated(lm, neurons, side: str = "negative"):
     computes from its, possibly ablated, inputs), every later layer sees the clamped values. The hooks
     are removed on exit, also after an exception or Ctrl-C. Yields the validated ``{layer: indices}``.
     """
-    from .models import module, require_local
+    from wnb.models import module, require_local
 
     check_side(side)
     plan = check_neurons(lm, neurons)
@@ -135,10 +135,10 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     layer); ``streaming=True`` uses :func:`wnb.stream_scores` instead (one pass, memory per neuron, WD
     within ~1e-3).
     """
-    from .capture import available_memory, split_by_memory
-    from .entanglement import layer_scores
-    from .models import check_layers, first_ffn_layers
-    from .streaming import stream_scores
+    from wnb.capture import available_memory, split_by_memory
+    from wnb.entanglement import layer_scores
+    from wnb.models import check_layers, first_ffn_layers
+    from wnb.streaming import stream_scores
 
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
     calib = check_windows(calib, lm)
@@ -162,7 +162,7 @@ def _check_fraction(fraction: float) -> float:
 
 
 def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
-    from .models import check_layers, layer_weight
+    from wnb.models import check_layers, layer_weight
 
     if not isinstance(scores, Mapping) or not scores:
         raise WnbError("scores must be {layer: WD per neuron}, as wnb.wasserstein_scores returns")
@@ -182,7 +182,7 @@ def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
 
 def select_wasserstein(scores: Mapping, fraction: float = 0.01) -> dict[str, torch.Tensor]:
     """The Wasserstein neurons: the top ``fraction`` of each layer by WD (at least one), highest first."""
-    from .entanglement import top_neurons
+    from wnb.entanglement import top_neurons
 
     _check_fraction(fraction)
     return {name: top_neurons(torch.as_tensor(wd), fraction=fraction) for name, wd in scores.items()}
@@ -205,7 +205,7 @@ def select_random(scores: Mapping, counts: Mapping, seed: int = 0) -> dict[str, 
 def matched_candidates(scores: Mapping, exclude: float = MATCHED_EXCLUDE, seed: int = 0) -> dict[str, torch.Tensor]:
     """Per layer, its ranked neurons outside the top ``exclude`` by WD, in a seeded random order; the
     perplexity-matched control takes a prefix of each (:func:`select_matched`)."""
-    from .entanglement import top_neurons
+    from wnb.entanglement import top_neurons
 
     if not 0 < exclude < 1:
         raise WnbError(f"exclude must be in (0, 1) (got {exclude})")
@@ -238,7 +238,7 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
     """Per-token NLL of ``held_out`` (:func:`wnb.token_nll`) with ``selection`` sign-ablated on ``side``:
     what every row of the study, the matched search and the depth profile measure. ``nll_fn`` of those
     functions replaces it (same arguments, e.g. a cached version)."""
-    from .evaluate import token_nll
+    from wnb.evaluate import token_nll
 
     with sign_ablated(lm, selection, side):
         return token_nll(lm, held_out, batch_size=batch_size, progress=progress)
@@ -246,8 +246,8 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
 
 def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
               nll=None) -> dict:
-    from .evaluate import interval_of
-    from .minimal_pairs import minimal_pair_scores
+    from wnb.evaluate import interval_of
+    from wnb.minimal_pairs import minimal_pair_scores
 
     start = time.perf_counter()
     if nll is None:
@@ -270,8 +270,8 @@ def _accuracy_columns(scores: pd.DataFrame) -> dict:
 
 def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress):
     """Validate everything and return (held_out, pairs, scores) — WD computed here if not given."""
-    from .minimal_pairs import check_pairs
-    from .models import check_layers, first_ffn_layers, require_local
+    from wnb.minimal_pairs import check_pairs
+    from wnb.models import check_layers, first_ffn_layers, require_local
 
     require_local(lm, "sign ablation")
     check_side(side)
@@ -500,7 +500,7 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
     cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation. ``nll_fn`` as there.
     """
-    from .models import block_of
+    from wnb.models import block_of
 
     held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
                                        progress)

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checks import check_int
-from .errors import WnbError
+from wnb.checks import check_int
+from wnb.errors import WnbError
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -140,7 +140,7 @@ QUADRANTS = ("gate_neg_up_neg", "gate_neg_up_pos", "gate_pos_up_neg", "gate_pos_
 
 def up_projection_of(lm, layer: str) -> str:
     """The ``up_proj`` beside a gated MLP's ``gate_proj`` (SwiGLU / GeGLU); WnbError for any other layer."""
-    from .models import check_layers, forward_order
+    from wnb.models import check_layers, forward_order
 
     (layer,) = check_layers(lm, [layer])
     parent, _, leaf = layer.rpartition(".")
@@ -191,9 +191,9 @@ def gate_up_quadrants(lm, layer: str, windows, neurons=None, max_tokens: int | N
                       skip_first: int = 0, progress: bool = True) -> pd.DataFrame:
     """:func:`sign_quadrants` of a gate_proj ``layer`` and its up_proj over ``windows``, counted batch by batch
     in one capture pass (memory per neuron, not per token). ``skip_first`` drops positions of every window."""
-    from .capture import capture, check_windows
-    from .models import layer_weight
-    from .positions import check_skip
+    from wnb.capture import capture, check_windows
+    from wnb.models import layer_weight
+    from wnb.positions import check_skip
 
     up = up_projection_of(lm, layer)
     windows = check_windows(windows, lm)

@@ -18,7 +18,7 @@ import contextlib
 import threading
 from typing import Callable, Iterator
 
-from .errors import WnbError
+from wnb.errors import WnbError
 
 _local = threading.local()
 
@@ -106,7 +106,7 @@ def dense_only(get_lm: Callable[[], object], compute: Callable[[], object]) -> C
     """``compute`` run while holding the model, its value marked :class:`wnb.cache.Uncached` unless the
     model was dense before and after: for :func:`wnb.cache.cached` results that assume the dense model.
     ``get_lm`` is called only when the value is computed (a warm cache never loads the model)."""
-    from .cache import Uncached
+    from wnb.cache import Uncached
 
     def run():
         lm = get_lm()

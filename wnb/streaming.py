@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import WnbError
+from wnb.errors import WnbError
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -274,9 +274,9 @@ def stream_scores(lm, windows, layers=None, max_tokens: int | None = None, batch
     """WD, mean and variance of every neuron of ``layers`` (default: all FFN layers) in one capture pass
     that keeps no outputs: memory is per neuron, not per token. Returns ``{layer: StreamingWD}``.
     ``skip_first`` leaves the first positions of every window out (0: all, as in the paper)."""
-    from .capture import capture, check_windows
-    from .models import ffn_layers
-    from .positions import check_skip
+    from wnb.capture import capture, check_windows
+    from wnb.models import ffn_layers
+    from wnb.positions import check_skip
 
     windows = check_windows(windows, lm)
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)
@@ -304,6 +304,6 @@ def state_bytes(n_neurons: int, n_bins: int = 512) -> int:
 
 def estimate_stream_bytes(lm, layers, n_bins: int = 512) -> int:
     """Bytes of accumulator state :func:`stream_scores` holds for ``layers`` (independent of tokens)."""
-    from .models import layer_weight
+    from wnb.models import layer_weight
 
     return sum(state_bytes(layer_weight(lm, name).shape[0], n_bins) for name in layers)

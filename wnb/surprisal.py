@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .capture import check_windows
-from .errors import WnbError
-from .evaluate import token_nll
+from wnb.capture import check_windows
+from wnb.errors import WnbError
+from wnb.evaluate import token_nll
 
 # The closed word list (lower case). Contractions appear as the pieces BPE tokenizers cut them into.
 FUNCTION_WORDS: dict[str, tuple[str, ...]] = {
@@ -170,7 +170,7 @@ def token_surprisal(lm, windows, neurons, side: str = "negative", batch_size: in
     ``[n_windows, seq_len − 1]`` from :func:`wnb.token_nll`) may be passed to skip those passes.
     Aggregate with :func:`surprisal_by_class` and :func:`top_surprisal_tokens`.
     """
-    from .sign_ablation import check_neurons, check_side, sign_ablated
+    from wnb.sign_ablation import check_neurons, check_side, sign_ablated
 
     check_side(side)
     plan = check_neurons(lm, neurons)

@@ -20,8 +20,8 @@ import math
 import random
 from pathlib import Path
 
-from .errors import WnbError
-from .state import holding
+from wnb.errors import WnbError
+from wnb.state import holding
 
 INSTALL_EVAL = "pip install 'wnb[eval]'  (or: pip install lm-eval)"
 COLUMNS = ["task", "metric", "value", "stderr", "filter", "n"]
@@ -126,8 +126,8 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     Returns one row per task (and group) and metric: ``task, metric, value, stderr, filter, n``
     (``stderr`` NaN where lm-eval gives none; ``n`` the documents scored).
     """
-    from .checks import check_float, check_int
-    from .models import require_local
+    from wnb.checks import check_float, check_int
+    from wnb.models import require_local
 
     _lm_eval()
     require_local(lm, "evaluating downstream tasks")
@@ -246,8 +246,8 @@ def agreement_task(n: int = 20, seed: int = 0, folder=None) -> Path:
     import json
     import tempfile
 
-    from .checks import check_int
-    from .minimal_pairs import minimal_pairs
+    from wnb.checks import check_int
+    from wnb.minimal_pairs import minimal_pairs
 
     n, seed = check_int(n, "n"), check_int(seed, "seed", 0)
     folder = Path(tempfile.mkdtemp(prefix="wnb-task-")) if folder is None else Path(folder)
@@ -279,9 +279,9 @@ def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0
     (``dense``, ``sparsegpt``, ``expansion``). ``on_run(index, total, label)`` before each model."""
     import pandas as pd
 
-    from .evaluate import _runs
-    from .expand import expanded
-    from .prune import pruned
+    from wnb.evaluate import _runs
+    from wnb.expand import expanded
+    from wnb.prune import pruned
 
     models = ["dense", "sparsegpt"] + (["expansion"] if int(n_experts) > 1 else [])
     report = _runs(on_run, len(models))

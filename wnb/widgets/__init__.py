@@ -10,13 +10,13 @@ and sends tqdm progress bars into the panel.
     display(app)
     app.start()                 # analyze the default layer
 """
-from .. import plots  # noqa: F401  (tests patch wnb.widgets.plots)
-from .app import App, EntangledNeurons, Page
-from .expansion import ExpansionView
-from .negative import NegativeView
-from .neurons import TABLE_ROWS, NeuronView
-from .overview import OverviewView
-from .panel import (
+from wnb import plots  # noqa: F401  (tests patch wnb.widgets.plots)
+from wnb.widgets.app import App, EntangledNeurons, Page
+from wnb.widgets.expansion import ExpansionView
+from wnb.widgets.negative import NegativeView
+from wnb.widgets.neurons import TABLE_ROWS, NeuronView
+from wnb.widgets.overview import OverviewView
+from wnb.widgets.panel import (
                     CSS,
                     STRICT_ENV,
                     LayerNeuronPanel,
@@ -28,8 +28,8 @@ from .panel import (
                     show_figure,
                     slug,
 )
-from .settings import Settings
-from .sparsity import SparsityView, parse_sparsities, scope_dropdown
+from wnb.widgets.settings import Settings
+from wnb.widgets.sparsity import SparsityView, parse_sparsities, scope_dropdown
 
 __all__ = ["App", "CSS", "csv_link", "data_link", "EntangledNeurons", "error_text", "ExpansionView",
            "LayerNeuronPanel", "NegativeView", "NeuronView", "OverviewView", "Page", "Panel", "parse_sparsities", "png_link",

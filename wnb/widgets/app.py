@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
-from ..session import Session
-from .expansion import ExpansionView
-from .negative import NegativeView
-from .neurons import NeuronView
-from .overview import OverviewView
-from .settings import Settings
-from .sparsity import SparsityView
+from wnb.session import Session
+from wnb.widgets.expansion import ExpansionView
+from wnb.widgets.negative import NegativeView
+from wnb.widgets.neurons import NeuronView
+from wnb.widgets.overview import OverviewView
+from wnb.widgets.settings import Settings
+from wnb.widgets.sparsity import SparsityView
 
 
 class Page(widgets.VBox):

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 import pandas as pd
 
-from .. import plots
-from ..limits import BOUNDS, EXPERTS, bounded, experts
-from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
-from .sparsity import bits_dropdown, bits_of, bits_tag, scope_dropdown
+from wnb import plots
+from wnb.limits import BOUNDS, EXPERTS, bounded, experts
+from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
+from wnb.widgets.sparsity import bits_dropdown, bits_of, bits_tag, scope_dropdown
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from wnb.widgets.settings import Settings
 
 
 class ExpansionView(LayerNeuronPanel):
@@ -63,7 +63,7 @@ class ExpansionView(LayerNeuronPanel):
             control.observe(self.callback(lambda _: self.recompute() if self.view is not None else None),
                             names="value")
         self.job_button(self.run_ppl, "expansion perplexity", lambda job: self.compute_perplexity(job))
-        from .tasks import TasksSection
+        from wnb.widgets.tasks import TasksSection
 
         self.tasks = TasksSection(self)
         self.tasks_box.children = (self.tasks,)
@@ -111,7 +111,7 @@ class ExpansionView(LayerNeuronPanel):
                    f"'WD after' with the random-partition control in the before/after table" if small else ""))
 
     def redraw(self) -> None:
-        from .. import analysis
+        from wnb import analysis
 
         study = self.current()
         if study is None:
@@ -142,8 +142,8 @@ class ExpansionView(LayerNeuronPanel):
     def _expert_texts(self, study, neuron: int) -> None:
         """Whether the router separates the neuron's tails (against random groups of the same sizes), and
         each expert's highest and lowest held-out contexts."""
-        from ..per_expert import expert_contexts, expert_summary, tail_routing
-        from ..report import SHOWN, contexts_block, section
+        from wnb.per_expert import expert_contexts, expert_summary, tail_routing
+        from wnb.report import SHOWN, contexts_block, section
 
         routing = tail_routing(study, neuron, seed=self.session.seed)
         summary = expert_summary(study, neuron)

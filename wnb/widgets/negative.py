@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 import pandas as pd
 
-from .. import plots
-from ..limits import BOUNDS, bounded
-from ..errors import WnbError
-from ..session import SCOPES, Session
-from .panel import CSS, Panel, cost_message, csv_link, png_link, slug
+from wnb import plots
+from wnb.limits import BOUNDS, bounded
+from wnb.errors import WnbError
+from wnb.session import SCOPES, Session
+from wnb.widgets.panel import CSS, Panel, cost_message, csv_link, png_link, slug
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from wnb.widgets.settings import Settings
 
 # What the tab's layers box offers: the follow-up ablates the first FFN projection of every block.
 NEGATIVE_SCOPES = {"all": "the first FFN layer of every block", "block": SCOPES["block"], "layer": SCOPES["layer"]}

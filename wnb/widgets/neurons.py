@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from .. import plots
-from ..errors import WnbError
-from ..session import LayerView, Session
-from .panel import CSS, Panel, csv_link, png_link, rough_duration, slug
+from wnb import plots
+from wnb.errors import WnbError
+from wnb.session import LayerView, Session
+from wnb.widgets.panel import CSS, Panel, csv_link, png_link, rough_duration, slug
 
 TABLE_ROWS = 200  # neurons listed in the pick list (all of them are in the CSV download)
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from wnb.widgets.settings import Settings
 
 
 def layer_choices(ffn: list[str], linear: list[str]) -> list[tuple[str, str]]:
@@ -71,7 +71,7 @@ class NeuronView(Panel):
         self.skip_first.add_class("wnb-skip-first")
         self.view: LayerView | None = None
         self._syncing = False
-        from .reading import ReadingSection
+        from wnb.widgets.reading import ReadingSection
 
         self.reading = ReadingSection(self)
         self.reading_box = widgets.Accordion(children=[self.reading], selected_index=None)

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Callable
 import ipywidgets as widgets
 import pandas as pd
 
-from .. import plots
-from .panel import CSS, Panel, csv_link, png_link, slug
+from wnb import plots
+from wnb.widgets.panel import CSS, Panel, csv_link, png_link, slug
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from wnb.widgets.settings import Settings
 
 
 def layer_map(frame: pd.DataFrame, on_pick: Callable[[str], None]) -> widgets.GridBox:

@@ -16,9 +16,9 @@ import pandas as pd
 from IPython.display import Image
 from transformers.utils import logging as hf_logging
 
-from .. import jobs, limits, plots, state
-from ..errors import WnbError
-from ..session import LayerView, Session
+from wnb import jobs, limits, plots, state
+from wnb.errors import WnbError
+from wnb.session import LayerView, Session
 
 # The panels say what they are doing in their status line; transformers' own loading and conversion bars
 # (some drawn from worker threads, outside the panel's progress area) would stay on the page for good.
@@ -39,7 +39,7 @@ CSS = """
 """
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from wnb.widgets.settings import Settings
 
 
 # ---------------------------------------------------------------- small helpers
@@ -61,7 +61,7 @@ def data_link(data: bytes, filename: str, mime: str, text: str) -> str:
 
 def csv_link(table: pd.DataFrame, filename: str) -> str:
     """A download link of ``table`` as CSV, formula-like text cells defused for spreadsheets (:func:`safe_csv`)."""
-    from ..spreadsheet import safe_csv
+    from wnb.spreadsheet import safe_csv
 
     return data_link(safe_csv(table).encode(), filename, "text/csv", f"⬇ {filename}")
 
@@ -88,7 +88,7 @@ def server_roots() -> list[str]:
     working folders, Python's prefix (longest first, so the most specific is replaced)."""
     import tempfile
 
-    from ..cache import cache_dir
+    from wnb.cache import cache_dir
 
     roots = {os.path.expanduser("~"), tempfile.gettempdir(), os.getcwd(), sys.prefix, sys.base_prefix}
     try:

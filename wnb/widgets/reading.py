@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 import pandas as pd
 
-from ..highlight import MAX_CHARS, activation_html
-from ..report import position_note, reading_sections, reading_tables, tail_share_at_first
-from .panel import csv_link
+from wnb.highlight import MAX_CHARS, activation_html
+from wnb.report import position_note, reading_sections, reading_tables, tail_share_at_first
+from wnb.widgets.panel import csv_link
 
 if TYPE_CHECKING:
-    from .neurons import NeuronView
+    from wnb.widgets.neurons import NeuronView
 
 
 

@@ -5,10 +5,10 @@ from typing import Callable
 
 import ipywidgets as widgets
 
-from ..errors import WnbError
-from ..limits import BOUNDS, bounded
-from ..session import BUDGETS, Session, budget_from_env
-from .panel import Panel
+from wnb.errors import WnbError
+from wnb.limits import BOUNDS, bounded
+from wnb.session import BUDGETS, Session, budget_from_env
+from wnb.widgets.panel import Panel
 
 # ---------------------------------------------------------------- settings
 
@@ -16,8 +16,8 @@ class Settings(Panel):
     """Model, corpus, token budget and seed shared by every view; ``session`` is the current one."""
 
     def __init__(self, budget: str | None = None, session: Session | None = None):
-        from ..data import CORPORA
-        from ..sources import MAX_UPLOAD_BYTES, UPLOAD, offered_models
+        from wnb.data import CORPORA
+        from wnb.sources import MAX_UPLOAD_BYTES, UPLOAD, offered_models
 
         budget = budget or budget_from_env()
         # No box takes a server path: models are the bundled one, a hub id or a folder offered by name;
@@ -63,7 +63,7 @@ class Settings(Panel):
     def uploaded(self) -> bytes | None:
         """The bytes of the uploaded corpus file, if any (ipywidgets 8: a tuple of dicts with 'content'),
         its name and size checked before anything is copied."""
-        from ..sources import MAX_UPLOAD_BYTES
+        from wnb.sources import MAX_UPLOAD_BYTES
 
         files = self.upload.value
         if not files:

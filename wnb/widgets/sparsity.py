@@ -6,21 +6,21 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 import pandas as pd
 
-from .. import plots
-from ..errors import WnbError
-from ..limits import BOUNDS, MAX_SPARSITIES, bounded
-from ..session import SCOPES
-from .panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
+from wnb import plots
+from wnb.errors import WnbError
+from wnb.limits import BOUNDS, MAX_SPARSITIES, bounded
+from wnb.session import SCOPES
+from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 
 SWEEP_METHODS = ("magnitude", "wanda", "sparsegpt")
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from wnb.widgets.settings import Settings
 
 
 def parse_sparsities(text: str) -> list[str]:
     """``"0.3, 0.5, 2:4"`` → ``["0.3", "0.5", "2:4"]``, each checked by wnb's sparsity parser."""
-    from ..prune import parse_sparsity
+    from wnb.prune import parse_sparsity
 
     items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
     if not items:
@@ -156,7 +156,7 @@ class SparsityView(LayerNeuronPanel):
         bits = bits_of(self.bits)
         storage = ""
         if bits is not None:  # what the pruned and quantized layer costs per weight
-            from ..quantize import effective_bits
+            from wnb.quantize import effective_bits
             columns = self._need_view().inputs.shape[1]
             storage = f" · {effective_bits(bits, self.sparsity_value, columns=columns):.2f} bits per weight"
         self.summary.value = (f"<b>neuron {neuron}</b> · WD rank {int(row['rank'])} · WD {row['wd']:.4f} · "

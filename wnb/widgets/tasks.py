@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from .. import plots
-from ..limits import BOUNDS, bounded
-from ..tasks import AGREEMENT_TASK, INSTALL_EVAL
-from .panel import cost_message, csv_link, png_link, slug
-from .sparsity import bits_of
+from wnb import plots
+from wnb.limits import BOUNDS, bounded
+from wnb.tasks import AGREEMENT_TASK, INSTALL_EVAL
+from wnb.widgets.panel import cost_message, csv_link, png_link, slug
+from wnb.widgets.sparsity import bits_of
 
 if TYPE_CHECKING:
-    from .expansion import ExpansionView
+    from wnb.widgets.expansion import ExpansionView
 
 # Offered by name only (the app opens no typed path); all but the first download their data from the hub.
 TASK_CHOICES = [("agreement minimal pairs (wnb, offline)", AGREEMENT_TASK), ("ARC-Easy", "arc_easy"),
@@ -62,7 +62,7 @@ class TasksSection(widgets.VBox):
         view = self.view
         session = view.session
         if not self.tasks.value:
-            from ..errors import WnbError
+            from wnb.errors import WnbError
             raise WnbError("pick at least one task")
         offered = {value for _, value in TASK_CHOICES}
         tasks = [t for t in self.tasks.value if t in offered]  # names from the server's list only
