@@ -378,7 +378,7 @@ def bundled_stand_in(config_dir: Path, cache_root: Path, seed: int = 0) -> Path:
     ``cache_root``, so ``wnb.load_model()`` with ``WNB_CACHE=cache_root`` loads it without the GGUF."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from wnb.cache import atomic_path
+    from wnb.core.files import atomic_path
     from wnb.models import _bundled_cache
 
     config = AutoConfig.from_pretrained(config_dir)

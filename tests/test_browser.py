@@ -245,7 +245,7 @@ def test_cancel_a_running_sweep(page):
 
 def dense_entries() -> dict[str, float]:
     """The cache entries that assume the dense model, with their modification times."""
-    from wnb import cache
+    from wnb.core import cache
 
     root = cache.cache_dir()
     return {str(p.relative_to(root)): p.stat().st_mtime for kind in ("capture", "neuron_table", "held_capture",

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import wnb
-from wnb import cache
+from wnb.core import cache
+from wnb.core import files
+from wnb.core import codec
 
 RAN = []
 
@@ -65,7 +67,7 @@ def test_a_crafted_pickle_at_a_real_key_runs_nothing(fresh_cache):
     folder.mkdir(parents=True)
     crafted = pickle.dumps(Payload())
     (folder / f"{k}.pt").write_bytes(crafted)  # where entries used to be torch.load-ed
-    torch.save({"x": Payload()}, folder / f"{k}{cache.SUFFIX}")  # a pickle under the new name
+    torch.save({"x": Payload()}, folder / f"{k}{codec.SUFFIX}")  # a pickle under the new name
     assert cache.cached("windows", k, lambda: torch.arange(3)).tolist() == [0, 1, 2]
     assert RAN == []
     assert cache.cached("windows", k, lambda: pytest.fail("rebuilt entry not read")).tolist() == [0, 1, 2]
@@ -156,9 +158,9 @@ def _aged(folder, seconds: float):
     ".wnb-tmp.\udcff\udcfe.x.y",                    # not UTF-8 (os.fsdecode of b"\xff\xfe")
 ])
 def test_remove_stale_temporaries_never_crashes_on_a_name(tmp_path, name):
-    folder = tmp_path / (name.replace("HOST", cache._host_tag()) if "HOST" in name else name)
+    folder = tmp_path / (name.replace("HOST", files._host_tag()) if "HOST" in name else name)
     folder.mkdir()
-    assert cache.remove_stale_temporaries(tmp_path) == []
+    assert files.remove_stale_temporaries(tmp_path) == []
     assert folder.exists()
 
 
@@ -171,7 +173,7 @@ def test_a_temporary_of_another_host_is_kept_for_a_day(tmp_path):
     old = _aged(tmp_path / f".wnb-tmp.{other}.{dead}.layers.csv.def456", 2 * 86_400)
     legacy_recent = _aged(tmp_path / f".wnb-tmp.{dead}.wd.safetensors.ghi789", 2 * 3600)  # an older wnb's naming
     legacy_old = _aged(tmp_path / f".wnb-tmp.{dead}.md.safetensors.jkl012", 2 * 86_400)
-    assert sorted(cache.remove_stale_temporaries(tmp_path)) == sorted([old, legacy_old])
+    assert sorted(files.remove_stale_temporaries(tmp_path)) == sorted([old, legacy_old])
     assert recent.exists() and legacy_recent.exists()
 
 
@@ -180,14 +182,14 @@ def test_the_host_name_keeps_temporaries_parseable(tmp_path, monkeypatch):
     import socket
 
     monkeypatch.setattr(socket, "gethostname", lambda: "gpu-3.lab.example.org")
-    with cache.atomic_path(tmp_path / "result.csv") as target:
+    with files.atomic_path(tmp_path / "result.csv") as target:
         parts = target.parent.name.split(".")
-        assert parts[:2] == ["", "wnb-tmp"] and "." not in cache._host_tag()
-        assert parts[2] == cache._host_tag() and parts[3] == str(os.getpid())
+        assert parts[:2] == ["", "wnb-tmp"] and "." not in files._host_tag()
+        assert parts[2] == files._host_tag() and parts[3] == str(os.getpid())
         target.write_text("x")
-    gone = tmp_path / f".wnb-tmp.{cache._host_tag()}.{_dead_pid()}.result.csv.abc123"  # this host's, writer gone
+    gone = tmp_path / f".wnb-tmp.{files._host_tag()}.{_dead_pid()}.result.csv.abc123"  # this host's, writer gone
     gone.mkdir()
-    assert cache.remove_stale_temporaries(tmp_path) == [gone]
+    assert files.remove_stale_temporaries(tmp_path) == [gone]
 
 
 def test_a_live_writer_of_this_host_is_kept_however_long_it_takes(tmp_path, monkeypatch):
@@ -200,16 +202,16 @@ def test_a_live_writer_of_this_host_is_kept_however_long_it_takes(tmp_path, monk
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         time.sleep(0.2)
-        host = cache._host_tag()
+        host = files._host_tag()
         slow = tmp_path / f".wnb-tmp.{host}.{writer.pid}.model.abc123"
         slow.mkdir()
         (slow / "part").write_text("still writing")
         real = time.time
-        monkeypatch.setattr(cache, "time", types.SimpleNamespace(time=lambda: real() + 1200))  # 20 minutes on
-        assert cache.remove_stale_temporaries(tmp_path) == [] and slow.exists()
+        monkeypatch.setattr(files, "time", types.SimpleNamespace(time=lambda: real() + 1200))  # 20 minutes on
+        assert files.remove_stale_temporaries(tmp_path) == [] and slow.exists()
         monkeypatch.undo()
         recycled = _aged(tmp_path / f".wnb-tmp.{host}.{writer.pid}.other.def456", 300)  # written before it started
-        assert cache.remove_stale_temporaries(tmp_path) == [recycled]
+        assert files.remove_stale_temporaries(tmp_path) == [recycled]
         assert slow.exists()
     finally:
         writer.kill()
@@ -253,7 +255,7 @@ def test_a_folder_is_replaced_without_a_moment_without_it(tmp_path, monkeypatch)
                 missing.append(args[0])
             return _original(*args, **kwargs)
         monkeypatch.setattr(module, name, spy)
-    with cache.atomic_path(path) as target:
+    with files.atomic_path(path) as target:
         target.mkdir()
         (target / "new.txt").write_text("new")
     monkeypatch.undo()
@@ -264,25 +266,25 @@ def test_a_folder_is_replaced_without_a_moment_without_it(tmp_path, monkeypatch)
 def test_a_failed_rename_keeps_the_old_folder(tmp_path, monkeypatch):
     """Where the folders cannot be swapped in one step the old one is renamed aside, not deleted, until the
     new one is in place; if that fails the old one is back."""
-    monkeypatch.setattr(cache, "_exchange", lambda a, b: False, raising=False)
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False, raising=False)
     path = tmp_path / "model"
     path.mkdir()
     (path / "weights").write_text("old")
     original = os.replace
 
     def failing(src, dst, *args, **kwargs):
-        if os.fspath(dst) == os.fspath(path) and cache.TMP_PREFIX in os.fspath(src) and \
+        if os.fspath(dst) == os.fspath(path) and files.TMP_PREFIX in os.fspath(src) and \
                 "new" in os.listdir(src):
             raise OSError(28, "No space left on device")
         return original(src, dst, *args, **kwargs)
     monkeypatch.setattr(os, "replace", failing)
     with pytest.raises(OSError, match="No space left"):
-        with cache.atomic_path(path) as target:
+        with files.atomic_path(path) as target:
             target.mkdir()
             (target / "new").write_text("new")
     monkeypatch.undo()
     assert (path / "weights").read_text() == "old" and os.listdir(tmp_path) == ["model"]
-    monkeypatch.setattr(cache, "_exchange", lambda a, b: False, raising=False)
-    with cache.atomic_path(path) as target:  # the fallback replaces it when nothing fails
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False, raising=False)
+    with files.atomic_path(path) as target:  # the fallback replaces it when nothing fails
         target.write_text("now a file")
     assert path.read_text() == "now a file" and os.listdir(tmp_path) == ["model"]

@@ -7,7 +7,10 @@ import time
 import pytest
 import torch
 
-from wnb import cache
+from wnb.core import cache
+from wnb.core import files
+from wnb.core import eviction
+from wnb.core import codec
 from wnb.errors import WnbError
 
 HOUR_NS = 3600 * 10**9
@@ -31,14 +34,14 @@ def use(name: str, computed: list) -> torch.Tensor:
 
 def stored(root) -> set[str]:
     names = set()
-    for path in (root / "blob").glob(f"*{cache.SUFFIX}"):
-        back = cache.read_entry(path, "blob", path.name[:-len(cache.SUFFIX)])
+    for path in (root / "blob").glob(f"*{codec.SUFFIX}"):
+        back = codec.read_entry(path, "blob", path.name[:-len(codec.SUFFIX)])
         names.add(chr(int(back[0])))
     return names
 
 
 def entry_size(root, monkeypatch) -> int:
-    monkeypatch.setenv(cache.MAX_BYTES_ENV, "0")
+    monkeypatch.setenv(eviction.MAX_BYTES_ENV, "0")
     cache.cached("probe", cache.key(name="p"), lambda: value("p"))
     path = cache.entry_path("probe", cache.key(name="p"))
     size = path.stat().st_size
@@ -49,8 +52,8 @@ def entry_size(root, monkeypatch) -> int:
 def test_least_recently_used_entries_go_first(fresh_cache, monkeypatch):
     size = entry_size(fresh_cache, monkeypatch)
     capacity = 3
-    monkeypatch.setenv(cache.MAX_BYTES_ENV, str(int((capacity + 0.5) * size)))
-    monkeypatch.setattr(cache, "IN_USE_SECONDS", 0)  # every entry evictable at once: order alone decides
+    monkeypatch.setenv(eviction.MAX_BYTES_ENV, str(int((capacity + 0.5) * size)))
+    monkeypatch.setattr(eviction, "IN_USE_SECONDS", 0)  # every entry evictable at once: order alone decides
     # the expectation, kept independently: a list of names from least to most recently used
     order: list[str] = []
     computed: list[str] = []
@@ -70,7 +73,7 @@ def test_least_recently_used_entries_go_first(fresh_cache, monkeypatch):
 
 def test_an_entry_in_use_is_never_evicted(fresh_cache, monkeypatch):
     size = entry_size(fresh_cache, monkeypatch)
-    monkeypatch.setenv(cache.MAX_BYTES_ENV, str(int(1.5 * size)))
+    monkeypatch.setenv(eviction.MAX_BYTES_ENV, str(int(1.5 * size)))
     computed: list[str] = []
     for name in "abc":
         use(name, computed)
@@ -87,12 +90,12 @@ def test_an_entry_in_use_is_never_evicted(fresh_cache, monkeypatch):
 
 def test_models_tasks_and_temporaries_are_neither_counted_nor_evicted(fresh_cache, monkeypatch):
     size = entry_size(fresh_cache, monkeypatch)
-    monkeypatch.setenv(cache.MAX_BYTES_ENV, str(int(2.5 * size)))
-    monkeypatch.setattr(cache, "IN_USE_SECONDS", 0)
+    monkeypatch.setenv(eviction.MAX_BYTES_ENV, str(int(2.5 * size)))
+    monkeypatch.setattr(eviction, "IN_USE_SECONDS", 0)
     big = b"\0" * (10 * size)
-    others = [fresh_cache / "models" / "SmolLM2-float32" / f"model{cache.SUFFIX}",
-              fresh_cache / "tasks" / "agreement-n10-seed0" / f"data{cache.SUFFIX}",
-              fresh_cache / "blob" / f"{cache.TMP_PREFIX}123.k{cache.SUFFIX}.x" / f"k{cache.SUFFIX}"]
+    others = [fresh_cache / "models" / "SmolLM2-float32" / f"model{codec.SUFFIX}",
+              fresh_cache / "tasks" / "agreement-n10-seed0" / f"data{codec.SUFFIX}",
+              fresh_cache / "blob" / f"{files.TMP_PREFIX}123.k{codec.SUFFIX}.x" / f"k{codec.SUFFIX}"]
     for path in others:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(big)
@@ -105,7 +108,7 @@ def test_models_tasks_and_temporaries_are_neither_counted_nor_evicted(fresh_cach
 
 
 def test_a_result_larger_than_the_limit_is_returned_not_stored(fresh_cache, monkeypatch):
-    monkeypatch.setenv(cache.MAX_BYTES_ENV, "4K")
+    monkeypatch.setenv(eviction.MAX_BYTES_ENV, "4K")
     k = cache.key(name="big")
     with pytest.warns(cache.CacheWarning, match=r"larger than the cache's limit \(4\.0 KiB"):
         back = cache.cached("blob", k, lambda: torch.ones(2048))
@@ -117,31 +120,31 @@ def test_a_result_larger_than_the_limit_is_returned_not_stored(fresh_cache, monk
 
 def test_entries_removed_by_another_process_meanwhile_are_tolerated(fresh_cache, monkeypatch):
     size = entry_size(fresh_cache, monkeypatch)
-    monkeypatch.setenv(cache.MAX_BYTES_ENV, str(int(2.5 * size)))
-    monkeypatch.setattr(cache, "IN_USE_SECONDS", 0)
+    monkeypatch.setenv(eviction.MAX_BYTES_ENV, str(int(2.5 * size)))
+    monkeypatch.setattr(eviction, "IN_USE_SECONDS", 0)
     computed: list[str] = []
     for name in "ab":
         use(name, computed)
-    scan = cache._entries
+    scan = eviction._entries
 
     def scan_then_vanish(root):
         found = scan(root)
         cache.entry_path("blob", cache.key(name="a")).unlink()  # another kernel evicts a first
         return found
 
-    monkeypatch.setattr(cache, "_entries", scan_then_vanish)
+    monkeypatch.setattr(eviction, "_entries", scan_then_vanish)
     use("c", computed)
     assert stored(fresh_cache) == {"b", "c"}  # a's size counted as freed: b is kept
 
 
 @pytest.mark.parametrize("text, expected", [("10G", 10 << 30), ("500MiB", 500 << 20), ("2147483648", 2 << 30),
-                                            ("1.5 GB", 3 << 29), ("0", None), ("", cache.DEFAULT_MAX_BYTES)])
+                                            ("1.5 GB", 3 << 29), ("0", None), ("", eviction.DEFAULT_MAX_BYTES)])
 def test_limit_from_the_environment(monkeypatch, text, expected):
-    monkeypatch.setenv(cache.MAX_BYTES_ENV, text)
-    assert cache.max_bytes() == expected
+    monkeypatch.setenv(eviction.MAX_BYTES_ENV, text)
+    assert eviction.max_bytes() == expected
 
 
 def test_a_bad_limit_is_refused_before_the_work(fresh_cache, monkeypatch):
-    monkeypatch.setenv(cache.MAX_BYTES_ENV, "ten gigabytes")
+    monkeypatch.setenv(eviction.MAX_BYTES_ENV, "ten gigabytes")
     with pytest.raises(WnbError, match="WNB_CACHE_MAX_BYTES must be a size such as 10G"):
         cache.cached("blob", cache.key(name="x"), lambda: pytest.fail("computed despite a bad limit"))

@@ -422,11 +422,12 @@ def test_output_through_a_link_or_into_a_file_is_refused(tmp_path, capsys):
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
-    from wnb import cache
+    from wnb.core import cache
+    from wnb.core import files
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # a process that has ended
-    host = cache._host_tag()
+    host = files._host_tag()
     stale = tmp_path / f".wnb-tmp.{host}.{pid}.neurons.csv.abc123"
     stale.mkdir()
     (stale / "neurons.csv").write_text("half")
@@ -434,7 +435,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     alive.mkdir()
     mine = tmp_path / ".neurons.csv.user"  # not wnb's naming
     mine.mkdir()
-    assert cache.remove_stale_temporaries(tmp_path) == [stale]
+    assert files.remove_stale_temporaries(tmp_path) == [stale]
     assert not stale.exists() and alive.exists() and mine.exists()
 
 

@@ -118,4 +118,4 @@ def test_a_revision_is_part_of_the_model_name_and_so_of_every_cache_key(tiny_lla
     plain = wnb.load_model(str(folder), device="cpu")
     early = wnb.load_model(str(folder), device="cpu", revision="step1000")
     assert plain.name == str(folder) and early.name == f"{folder}@step1000"
-    assert wnb.cache.key(model=plain.name) != wnb.cache.key(model=early.name)
+    assert wnb.core.cache.key(model=plain.name) != wnb.core.cache.key(model=early.name)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from wnb import cli, report
-from wnb.spreadsheet import safe_csv
+from wnb.core.spreadsheet import safe_csv
 
 CRAFTED = "<img src=x onerror=alert(1)>"
 

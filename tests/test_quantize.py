@@ -416,7 +416,7 @@ def test_model_effective_bits_weights_layers_by_size(tiny_llama):
 def test_cache_key_parts_are_empty_without_bits():
     assert key_parts() == {} and key_parts(None, None) == {}
     assert key_parts(4) == {"bits": 4} and key_parts(np.int64(4), 128) == {"bits": 4, "group_size": 128}
-    from wnb import cache
+    from wnb.core import cache
 
     assert cache.key(a=1, **key_parts()) == cache.key(a=1)
     assert cache.key(a=1, **key_parts(4)) != cache.key(a=1, **key_parts(3)) != cache.key(a=1)

@@ -17,6 +17,7 @@ from wnb import saving
 from wnb.models import layer_weight
 
 from _tiny_words import tiny_word_llama
+from wnb.core import files
 
 ct = pytest.importorskip("compressed_tensors")
 
@@ -271,7 +272,7 @@ def _copy(saved, tmp_path) -> tuple[Path, dict]:
 
 def _rewrite(folder: Path, manifest: dict, file: str | None = None) -> None:
     if file is not None:
-        manifest["files"][file] = wnb.cache.file_sha256(folder / file)
+        manifest["files"][file] = files.file_sha256(folder / file)
     (folder / saving.EXPANSION_MANIFEST).write_text(json.dumps(manifest))
 
 

@@ -12,7 +12,9 @@ import torch
 import wnb
 import wnb.evaluate
 import wnb.widgets as ww
-from wnb import cache, jobs, state
+from wnb import state
+from wnb.core import cache
+from wnb.core import jobs
 from wnb.session import Session
 
 USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
@@ -304,7 +306,7 @@ def test_only_model_copies_wnb_wrote_are_offered(tmp_path, monkeypatch, bundled)
 
 def test_an_uploaded_text_is_kept_as_its_hash_only(tiny_llama, monkeypatch):
     from wnb import sources
-    from wnb.cache import text_digest
+    from wnb.core.cache import text_digest
 
     secret = "The secret visitor text about zebras. " * 300
     monkeypatch.setattr(sources, "app_corpus", lambda choice, upload=None: upload.decode())

@@ -539,7 +539,8 @@ def test_warm_visit_does_not_load_the_model(bundled, tmp_path, monkeypatch):
 def test_cancel_stops_a_threaded_sweep_and_leaves_the_model_dense(tiny_llama, windows, tmp_path):
     import time as clock
 
-    from wnb import cache, jobs
+    from wnb.core import cache
+    from wnb.core import jobs
 
     app = ww.App(session=make_session(tiny_llama, windows), threaded=True)
     view = app.sparsity

@@ -7,7 +7,7 @@ The public API (see README.md)::
     acts = wnb.capture(lm, ["model.layers.1.mlp.gate_proj"], calib)
     wd = wnb.wasserstein_to_gaussian(acts["model.layers.1.mlp.gate_proj"].outputs)
 """
-from wnb.cache import cache_dir
+from wnb.core.cache import cache_dir
 from wnb.capture import Activations, capture, estimate_bytes
 from wnb.data import load_corpus, token_windows
 from wnb.entanglement import (layer_scores, mapping_difficulty, neuron_table, overview, overview_table,

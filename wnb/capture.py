@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.errors import WnbError
-from wnb.checks import check_int
+from wnb.core.checks import check_int
 from wnb.data import context_length
 from wnb.models import LM, check_layers
 from wnb.state import holding

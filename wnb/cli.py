@@ -31,7 +31,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from wnb import __version__, cache
+from wnb import __version__
+from wnb.core import cache
+from wnb.core import files
 from wnb.errors import WnbError
 
 COMMANDS = ("score", "prune", "expand", "sweep", "neuron", "negative")
@@ -64,7 +66,7 @@ class RunFolder:
                            "choose another --output")
         if not path.exists():
             return
-        cache.remove_stale_temporaries(path)
+        files.remove_stale_temporaries(path)
         if not any(path.iterdir()):
             return
         if not overwrite:
@@ -100,7 +102,7 @@ class RunFolder:
 
     def table(self, name: str, frame: pd.DataFrame, what: str) -> None:
         """``frame`` as CSV, text cells that a spreadsheet would run as a formula defused (:func:`safe_csv`)."""
-        from wnb.spreadsheet import safe_csv
+        from wnb.core.spreadsheet import safe_csv
 
         self._write(name, what, lambda tmp: tmp.write_bytes(safe_csv(frame).encode("utf-8")))
 
@@ -137,20 +139,20 @@ class RunFolder:
     def folder(self, name: str, what: str, write) -> None:
         """Write the folder ``name`` atomically with ``write(tmp)`` and list every file in it in the manifest,
         one by one: a folder entry would claim whatever a user later puts inside it."""
-        with cache.atomic_path(self.path / name) as tmp:
+        with files.atomic_path(self.path / name) as tmp:
             write(tmp)
         for file in sorted(_files(self.path / name)):
             self.manifest["files"][file.relative_to(self.path).as_posix()] = what
         self._save()
 
     def _write(self, name: str, what: str, write) -> None:
-        with cache.atomic_path(self.path / name) as tmp:
+        with files.atomic_path(self.path / name) as tmp:
             write(tmp)
         self.manifest["files"][name] = what
         self._save()
 
     def _save(self) -> None:
-        with cache.atomic_path(self.path / MANIFEST) as tmp:
+        with files.atomic_path(self.path / MANIFEST) as tmp:
             tmp.write_text(json.dumps(self.manifest, indent=2, default=_jsonable))
 
 

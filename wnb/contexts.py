@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.checks import check_int
+from wnb.core.checks import check_int
 from wnb.errors import WnbError
 
 BANDS = ((-math.inf, -3.0), (-3.0, -2.0), (-2.0, -1.0), (-1.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, math.inf))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.checks import check_int
+from wnb.core.checks import check_int
 from wnb.errors import WnbError
 
 _SQRT_2PI = math.sqrt(2 * math.pi)

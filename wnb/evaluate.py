@@ -25,7 +25,7 @@ def token_nll(lm, windows, batch_size: int = 8, progress: bool = True, desc: str
     Entry ``[w, t]`` is ``−log p(windows[w, t + 1] | windows[w, :t + 1])``; ``exp(mean)`` is
     :func:`wnb.perplexity` of the same windows (up to float summation order).
     """
-    from wnb.checks import check_int
+    from wnb.core.checks import check_int
     from wnb.models import require_local
 
     require_local(lm, "perplexity")
@@ -156,7 +156,7 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
 
     Returns a tidy DataFrame: ``method, sparsity, perplexity, ppl_low, ppl_high, prune_seconds,
     eval_seconds`` (plus a ``dense`` row first unless ``dense=False``). The model is dense again
-    afterwards. ``on_run(index, total, label)`` is called before each run (e.g. :meth:`wnb.jobs.Job.begin`).
+    afterwards. ``on_run(index, total, label)`` is called before each run (e.g. :meth:`wnb.core.jobs.Job.begin`).
     Other keywords go to :func:`wnb.pruned`; with ``bits=`` (joint quantization) the pruned rows get a
     ``bits`` column (and ``group_size`` with groups).
     """

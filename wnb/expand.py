@@ -280,7 +280,7 @@ def _version(x: torch.Tensor) -> int | None:
 
 def check_router_args(n_tokens: int, d_in: int, n_clusters, pca_factor) -> None:
     """Refuse a bad expert count or PCA factor before any work (raises WnbError)."""
-    from wnb.checks import check_int
+    from wnb.core.checks import check_int
 
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
         raise WnbError(f"n_experts must be a positive integer (got {n_clusters!r}); the paper uses 16")
@@ -538,7 +538,7 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
     from wnb.models import layer_bias, layer_weight
     from wnb.sequential import walk
 
-    from wnb.checks import check_int
+    from wnb.core.checks import check_int
 
     layers, windows = check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes, bits,
                                       group_size)

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 import torch
 
-from wnb.checks import check_float, check_int
+from wnb.core.checks import check_float, check_int
 from wnb.contexts import decode
 from wnb.errors import WnbError
 

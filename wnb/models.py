@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from wnb.cache import atomic_path, cache_dir, file_sha256
+from wnb.core.cache import cache_dir
+from wnb.core.files import atomic_path, file_sha256
 from wnb.errors import WnbError
 from wnb.state import holding
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.checks import check_float, check_int
+from wnb.core.checks import check_float, check_int
 from wnb.errors import WnbError
 
 SINK_SHARE = 0.5

@@ -429,7 +429,7 @@ def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", s
     A complex weight, or one holding NaN or infinite values, is refused (WnbError), as by every pruning
     method (:class:`SparseGPT`, :func:`prune_layer`, :func:`pruned`, the experts of Sparse Expansion).
     """
-    from wnb.checks import check_float, check_int
+    from wnb.core.checks import check_float, check_int
 
     check_method(method)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
@@ -674,7 +674,7 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     from wnb.capture import check_windows
     from wnb.models import check_layers, ffn_layers, layer_weight, module, require_local
 
-    from wnb.checks import check_float, check_int
+    from wnb.core.checks import check_float, check_int
 
     require_local(lm, "pruning")
     check_method(method)

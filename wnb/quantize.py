@@ -34,7 +34,7 @@ DENSE_BITS = 16  # an unquantized weight (float16 / bfloat16)
 
 def check_bits(bits) -> int | None:
     """``None`` (no quantization) or ``bits`` as an ``int`` from 2 to 8 (numpy integers accepted)."""
-    from wnb.checks import check_int
+    from wnb.core.checks import check_int
 
     if bits is None:
         return None
@@ -45,7 +45,7 @@ def check_quant(bits, group_size=None, columns: int | None = None, what: str = "
     """Validate ``bits`` and ``group_size`` (``None``: one grid per output channel) before any work;
     return them as ``(int | None, int | None)``. ``columns`` (the input width) must be a multiple of
     ``group_size`` when both are given."""
-    from wnb.checks import check_int
+    from wnb.core.checks import check_int
 
     bits = check_bits(bits)
     if group_size is None:
@@ -156,7 +156,7 @@ def effective_bits(bits=None, sparsity=0.0, group_size=None, columns: int | None
 
     E.g. 2:4 + 4-bit per channel on 576 columns: ``4 · 0.5 + 3/4 + 20/576 = 2.785``.
     """
-    from wnb.checks import check_int
+    from wnb.core.checks import check_int
     from wnb.prune import parse_sparsity
 
     bits, group_size = check_quant(bits, group_size, columns)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.checks import check_float, check_int
+from wnb.core.checks import check_float, check_int
 from wnb.contexts import decode, decode_contexts
 from wnb.errors import WnbError
 from wnb.positions import TAIL_SIGMA, check_skip, drop_positions, kept_rows

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wnb.cache import file_sha256
+from wnb.core.files import file_sha256
 from wnb.errors import WnbError
 from wnb.state import changed
 
@@ -184,7 +184,7 @@ def sparsity_structure(weights) -> str:
 
 def _bits_from(report, bits, group_size):
     """``bits``/``group_size`` as given, or as the pruning report records them (``LayerReport.bits``)."""
-    from wnb.checks import check_int
+    from wnb.core.checks import check_int
 
     if bits is None and report:
         found = {getattr(r, "bits", None) for r in report.values()}
@@ -322,8 +322,8 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
     atomically, with a ``wnb-saved.json`` manifest. Only weights are saved: hooks (sign ablation) are not.
     Returns the folder.
     """
-    from wnb.cache import atomic_path
-    from wnb.checks import check_float
+    from wnb.core.files import atomic_path
+    from wnb.core.checks import check_float
     from wnb.models import require_local
 
     require_local(lm, "saving a model")
@@ -452,7 +452,7 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
     """
     from safetensors.torch import save_file
 
-    from wnb.cache import atomic_path
+    from wnb.core.files import atomic_path
     from wnb.expand import Expansion, RoutedLayer
     from wnb.models import require_local
 

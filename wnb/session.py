@@ -1,7 +1,7 @@
 """What the notebooks and the app work on: one model, one corpus, one token budget, one seed.
 
 A :class:`Session` loads the model and cuts the token windows lazily, and returns each analysis
-through the on-disk cache (:func:`wnb.cache.cached`) keyed by everything that changes it (model,
+through the on-disk cache (:func:`wnb.core.cache.cached`) keyed by everything that changes it (model,
 calibration windows — so corpus, budget and seed —, layer, analysis parameters). It holds no
 algorithm: every number comes from a wnb function. The widgets in :mod:`wnb.widgets` only draw
 what a session returns.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from wnb import cache
+from wnb.core import cache
 from wnb.capture import capture, split_by_memory
 from wnb.data import load_corpus, token_windows
 from wnb.entanglement import layer_statistics, neuron_table, overview_table, pair_distances, top_neurons
@@ -272,7 +272,7 @@ class Session:
         return self._windows()[1]
 
     def _cached(self, kind: str, key: str, compute, enabled: bool | None = None):
-        """:func:`wnb.cache.cached` of a result that assumes the dense model: computed while holding the
+        """:func:`wnb.core.cache.cached` of a result that assumes the dense model: computed while holding the
         model and stored only if nothing was applied to it meanwhile (:func:`wnb.state.dense_only`)."""
         return cache.cached(kind, key, dense_only(lambda: self.lm, compute),
                             enabled=self.use_cache if enabled is None else enabled)

@@ -74,7 +74,7 @@ def offered_models() -> dict[str, Path]:
     """Model folders the app offers by name: ``{name: folder}`` from ``$WNB_MODEL_DIRS`` (chosen by whoever
     runs the server) and the model copies wnb itself wrote into its cache (their manifest and checksums
     verified: a folder copied into the cache by anyone else is not offered)."""
-    from wnb.cache import cache_dir
+    from wnb.core.cache import cache_dir
     from wnb.models import verified_copy
 
     roots = [Path(p).expanduser() for p in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if p.strip()]

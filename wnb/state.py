@@ -103,10 +103,10 @@ def held_elsewhere(lm) -> str | None:
 
 
 def dense_only(get_lm: Callable[[], object], compute: Callable[[], object]) -> Callable[[], object]:
-    """``compute`` run while holding the model, its value marked :class:`wnb.cache.Uncached` unless the
-    model was dense before and after: for :func:`wnb.cache.cached` results that assume the dense model.
+    """``compute`` run while holding the model, its value marked :class:`wnb.core.cache.Uncached` unless the
+    model was dense before and after: for :func:`wnb.core.cache.cached` results that assume the dense model.
     ``get_lm`` is called only when the value is computed (a warm cache never loads the model)."""
-    from wnb.cache import Uncached
+    from wnb.core.cache import Uncached
 
     def run():
         lm = get_lm()

@@ -126,7 +126,7 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     Returns one row per task (and group) and metric: ``task, metric, value, stderr, filter, n``
     (``stderr`` NaN where lm-eval gives none; ``n`` the documents scored).
     """
-    from wnb.checks import check_float, check_int
+    from wnb.core.checks import check_float, check_int
     from wnb.models import require_local
 
     _lm_eval()
@@ -246,7 +246,7 @@ def agreement_task(n: int = 20, seed: int = 0, folder=None) -> Path:
     import json
     import tempfile
 
-    from wnb.checks import check_int
+    from wnb.core.checks import check_int
     from wnb.minimal_pairs import minimal_pairs
 
     n, seed = check_int(n, "n"), check_int(seed, "seed", 0)

@@ -16,7 +16,8 @@ import pandas as pd
 from IPython.display import Image
 from transformers.utils import logging as hf_logging
 
-from wnb import jobs, limits, plots, state
+from wnb import limits, plots, state
+from wnb.core import jobs
 from wnb.errors import WnbError
 from wnb.session import LayerView, Session
 
@@ -61,7 +62,7 @@ def data_link(data: bytes, filename: str, mime: str, text: str) -> str:
 
 def csv_link(table: pd.DataFrame, filename: str) -> str:
     """A download link of ``table`` as CSV, formula-like text cells defused for spreadsheets (:func:`safe_csv`)."""
-    from wnb.spreadsheet import safe_csv
+    from wnb.core.spreadsheet import safe_csv
 
     return data_link(safe_csv(table).encode(), filename, "text/csv", f"⬇ {filename}")
 
@@ -88,7 +89,7 @@ def server_roots() -> list[str]:
     working folders, Python's prefix (longest first, so the most specific is replaced)."""
     import tempfile
 
-    from wnb.cache import cache_dir
+    from wnb.core.cache import cache_dir
 
     roots = {os.path.expanduser("~"), tempfile.gettempdir(), os.getcwd(), sys.prefix, sys.base_prefix}
     try:
