@@ -156,7 +156,7 @@ def main():
     from playwright.sync_api import sync_playwright
 
     import wnb
-    from wnb.models import BUNDLED
+    from wnb.model.bundled import BUNDLED
 
     wnb.load_model(device="cpu")  # make sure the float32 copy exists in the user cache
     models = wnb.cache_dir() / "models"

@@ -139,7 +139,7 @@ def bench_llmc(lm, calib, held_out, sparsity=0.5, repeat: int = 1):
     machine's speed drifts by up to ±20% over minutes; alternating exposes both to the same drift)."""
     if not LLMC_PYTHON.exists():
         return [{"note": f"{LLMC_PYTHON} missing: create it as described in benchmarks/README.md"}]
-    from wnb.models import _bundled_cache
+    from wnb.model.bundled import bundled_cache
 
     folder = HERE / ".llmc-work"
     folder.mkdir(exist_ok=True)
@@ -147,7 +147,7 @@ def bench_llmc(lm, calib, held_out, sparsity=0.5, repeat: int = 1):
     rows = [{"tool": "dense", "method": "-", "prune s": 0.0, "perplexity": wnb.perplexity(lm, held_out, progress=False)}]
     for method in ("sparsegpt", "wanda"):
         out = folder / f"{method}.pt"
-        cmd = [str(LLMC_PYTHON), str(HERE / "llmc_oneshot.py"), str(_bundled_cache()), str(folder / "calib.pt"),
+        cmd = [str(LLMC_PYTHON), str(HERE / "llmc_oneshot.py"), str(bundled_cache()), str(folder / "calib.pt"),
                method, str(sparsity), str(out)]
         theirs, ours = [], []
         for _ in range(repeat):

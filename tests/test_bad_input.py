@@ -179,7 +179,7 @@ def test_windows_longer_than_the_context_are_refused(tiny_llama):
 
 def test_the_bundled_model_refuses_a_revision(monkeypatch):
     """load_model(revision="nope") returned the bundled model as if the revision existed."""
-    monkeypatch.setattr(wnb.models, "_load_bundled", lambda: pytest.fail("the model was loaded"))
-    for name in (None, wnb.models.BUNDLED):
+    monkeypatch.setattr(wnb.model.loading, "load_bundled", lambda: pytest.fail("the model was loaded"))
+    for name in (None, wnb.model.bundled.BUNDLED):
         with pytest.raises(WnbError, match="one version only, so revision must be None \\(got 'nope'\\)"):
             wnb.load_model(name, revision="nope")

@@ -111,9 +111,9 @@ def test_an_unwritable_cache_folder_is_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.integration
 def test_a_corrupted_model_copy_is_detected_and_rebuilt(tmp_path, monkeypatch, bundled):
-    from wnb import models
+    from wnb.model import bundled as copies
 
-    real = models._bundled_cache()
+    real = copies.bundled_cache()
     copy = tmp_path / "cache" / "models" / real.name
     shutil.copytree(real, copy)
     weights = next(copy.glob("*.safetensors"))
@@ -122,12 +122,12 @@ def test_a_corrupted_model_copy_is_detected_and_rebuilt(tmp_path, monkeypatch, b
         f.seek(size // 2)
         f.write(os.urandom(1 << 16))
     monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "_verified", set())
-    assert not models._copy_intact(copy)
+    monkeypatch.setattr(copies, "_verified", set())
+    assert not copies.copy_intact(copy)
     lm = wnb.load_model(device="cpu")
     for (name, p), q in zip(lm.model.named_parameters(), bundled.model.parameters()):
         assert torch.equal(p, q), name
-    assert models._copy_intact(copy)
+    assert copies.copy_intact(copy)
 
 
 # ---------------------------------------------------------------- temporaries (issue 19, item 3)

@@ -123,7 +123,7 @@ def test_score_lands_in_the_cache_the_app_reads(tmp_path, isolated_cache, monkey
     monkeypatch.setattr(wnb.session, "layer_statistics", no_compute)
     elsewhere = tmp_path / "other-machine"
     (elsewhere / "models").mkdir(parents=True)
-    (elsewhere / "models" / wnb.models._bundled_cache().name).symlink_to(wnb.models._bundled_cache())
+    (elsewhere / "models" / wnb.model.bundled.bundled_cache().name).symlink_to(wnb.model.bundled.bundled_cache())
     for kind in (out / "cache").iterdir():
         for entry in kind.iterdir():
             (elsewhere / kind.name).mkdir(exist_ok=True)
@@ -185,7 +185,7 @@ def test_prune_with_bits_saves_a_checkpoint_transformers_loads(tmp_path, isolate
     assert ((w.view(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all()  # 2 of every 4 are zero
     assert max(len(torch.unique(r[r != 0])) for r in w) <= 16  # a 4-bit grid per output channel
     lm, _, held_out = windows()
-    saved = wnb.models.wrap_model(model, lm.tokenizer, "saved")
+    saved = wnb.model.lm.wrap_model(model, lm.tokenizer, "saved")
     assert wnb.perplexity(saved, held_out, progress=False) == pytest.approx(row["perplexity"], rel=1e-5)
 
 
@@ -319,7 +319,7 @@ def test_bad_arguments_refused_before_any_work(tmp_path, capsys, argv, message):
 ])
 def test_numbers_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, argv, message):
     """--seq-len 1, --pca-factor 1 (and the others) were accepted and failed only after loading the model."""
-    monkeypatch.setattr(wnb.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(wnb.model.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert run(*argv, "-o", tmp_path / "x") == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -71,7 +71,7 @@ def test_files_and_values_equal_the_api(tmp_path, isolated_cache, capsys):
     (["--eval-windows", "0"], "--eval-windows must be at least 1"),
 ])
 def test_bad_arguments_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
-    monkeypatch.setattr(wnb.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(wnb.model.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / "out"
     assert run("negative", *argv, "-o", out) == 2
     assert message in capsys.readouterr().err
@@ -79,7 +79,7 @@ def test_bad_arguments_refused_before_any_work(tmp_path, capsys, monkeypatch, ar
 
 
 def test_an_empty_pair_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(wnb.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(wnb.model.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     empty = tmp_path / "pairs.jsonl"
     empty.write_text("\n")
     assert run("negative", "--minimal-pairs", empty, "-o", tmp_path / "out") == 2
@@ -87,7 +87,7 @@ def test_an_empty_pair_file_is_refused_before_any_work(tmp_path, capsys, monkeyp
 
 
 def test_blimp_offline_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(wnb.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(wnb.model.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     monkeypatch.setattr(importlib.import_module("wnb.minimal_pairs"), "network_available", lambda *a, **k: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)

@@ -32,16 +32,16 @@ def test_layer1_gate_proj_has_heavy_wd_tail(bundled, bundled_windows):
 
 
 def test_corrupt_model_cache_is_rebuilt(bundled, tmp_path, monkeypatch):
-    src = wnb.models._bundled_cache()
+    src = wnb.model.bundled.bundled_cache()
     monkeypatch.setenv("WNB_CACHE", str(tmp_path))
-    dst = wnb.models._bundled_cache()
+    dst = wnb.model.bundled.bundled_cache()
     dst.mkdir(parents=True)
     for f in src.iterdir():
         (dst / f.name).write_bytes(f.read_bytes())
     weights = dst / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: 1000])  # an interrupted copy
     lm = wnb.load_model(device="cpu")
-    assert wnb.models._cache_complete(dst)
+    assert wnb.model.bundled.copy_complete(dst)
     assert weights.stat().st_size == (src / "model.safetensors").stat().st_size
     for name, param in bundled.model.state_dict().items():
         assert torch.equal(lm.model.state_dict()[name], param), name

@@ -120,11 +120,11 @@ def test_sweep_magnitude_rows_equal_brute_force_pruning(tiny_llama, tiny_windows
             order = np.argsort(np.abs(flat), kind="stable")
             pruned = flat.copy()
             pruned[order[: flat.size // 2]] = 0
-            wnb.models.set_layer_weight(tiny_llama, name, torch.from_numpy(pruned.reshape(w.shape)))
+            wnb.model.architectures.set_layer_weight(tiny_llama, name, torch.from_numpy(pruned.reshape(w.shape)))
         expected = wnb.perplexity(tiny_llama, held_out, progress=False)
     finally:
         for name, w in dense.items():
-            wnb.models.set_layer_weight(tiny_llama, name, w)
+            wnb.model.architectures.set_layer_weight(tiny_llama, name, w)
     assert table["perplexity"][1] == pytest.approx(expected, rel=1e-6)
     with pytest.raises(WnbError, match="unknown pruning method"):
         wnb.sweep(tiny_llama, calib, held_out, methods=("obs",))

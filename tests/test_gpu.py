@@ -126,11 +126,11 @@ def test_memory_check_refuses_what_cannot_fit(device):
 def test_model_size_is_estimated_before_loading():
     loaded = wnb.load_model(device="cpu")
     weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    assert wnb.models.estimate_model_bytes() == pytest.approx(weights, rel=1e-3)
-    assert wnb.models.estimate_model_bytes(dtype="bfloat16") == pytest.approx(weights / 2, rel=1e-3)
+    assert wnb.model.loading.estimate_model_bytes() == pytest.approx(weights, rel=1e-3)
+    assert wnb.model.loading.estimate_model_bytes(dtype="bfloat16") == pytest.approx(weights / 2, rel=1e-3)
     blocks = [sum(p.numel() * p.element_size() for p in loaded.model.get_submodule(b).parameters())
               for b in wnb.decoder_blocks(loaded)]
-    assert wnb.models.estimate_block_bytes() == blocks
+    assert wnb.model.loading.estimate_block_bytes() == blocks
 
 
 # ---------------------------------------------------------------- offload: blocks in CPU memory, one at a time here
@@ -191,7 +191,7 @@ def test_edits_to_a_resident_block_survive_its_move_back(offloaded):
     dense = weight.detach().clone()
     with wnb.resident(offloaded, block):
         assert weight.is_cuda
-        wnb.models.set_layer_weight(offloaded, GATE, torch.zeros_like(dense, device="cuda"))
+        wnb.model.architectures.set_layer_weight(offloaded, GATE, torch.zeros_like(dense, device="cuda"))
     assert offloaded.model.get_submodule(GATE).weight is weight and not weight.is_cuda and weight.is_pinned()
     assert not weight.any()
     with torch.no_grad():

@@ -271,10 +271,10 @@ def test_the_bundled_stand_in_loads_as_the_bundled_model(tmp_path, monkeypatch):
     assert made.is_relative_to(cache) and (made / "wnb-complete.json").exists()
     monkeypatch.setenv("WNB_CACHE", str(cache))
     lm = wnb.load_model(device="cpu")
-    assert lm.name == wnb.models.BUNDLED and lm.model.config.hidden_size == 32
+    assert lm.name == wnb.model.bundled.BUNDLED and lm.model.config.hidden_size == 32
     assert len(wnb.ffn_layers(lm)) == 2 * 3
     ids = lm.tokenizer("w1 w2 w3", return_tensors="pt").input_ids
     assert ids.shape[1] >= 3 and torch.isfinite(lm.model(ids).logits).all()
     # wnb sizes the bundled model by its float32 copy on disk (weights plus the file's small header)
-    assert wnb.models.estimate_model_bytes() == pytest.approx(sum(p.numel() * 4 for p in lm.model.parameters()),
+    assert wnb.model.loading.estimate_model_bytes() == pytest.approx(sum(p.numel() * 4 for p in lm.model.parameters()),
                                                               rel=0.05)

@@ -51,7 +51,7 @@ class Server:
 
         cache = tmp / "cache"
         (cache / "models").mkdir(parents=True)
-        real = wnb.models._bundled_cache()
+        real = wnb.model.bundled.bundled_cache()
         (cache / "models" / real.name).symlink_to(real)
         self.seats = tmp / "seats"
         self.port = free_port()

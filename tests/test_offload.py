@@ -1,4 +1,4 @@
-"""Offloading (wnb.offload) on the CPU: the refusals, the memory estimate of a block, and the hooks'
+"""Offloading (wnb.model.offload) on the CPU: the refusals, the memory estimate of a block, and the hooks'
 schedule. On a CPU the moves themselves are no-ops, so the tests watch ``_fetch`` / ``_evict`` (the two
 functions every move goes through) and check at each block call which blocks would be on the compute
 device. The moves' effect on real tensors (CUDA and pinned memory) is tested in tests/test_gpu.py."""
@@ -9,9 +9,11 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import wnb
-from wnb import cli, offload
+from wnb import cli
+from wnb.model import offload
 from wnb.errors import WnbError
-from wnb.models import decoder_blocks, estimate_block_bytes, module
+from wnb.model.architectures import decoder_blocks, module
+from wnb.model.loading import estimate_block_bytes
 
 VOCAB = 128
 CONFIGS = {
@@ -120,11 +122,11 @@ def test_resident_takes_a_block_only():
 def test_block_estimate_is_a_real_blocks_weights(family, dtype, tmp_path):
     CONFIGS[family]().save_pretrained(tmp_path)  # a local folder holding only the config
     lm = tiny(family)
-    itemsize = wnb.models.DTYPES[dtype].itemsize
+    itemsize = wnb.model.lm.DTYPES[dtype].itemsize
     real = [sum(p.numel() for p in module(lm, b).parameters()) * itemsize for b in decoder_blocks(lm)]
     assert estimate_block_bytes(str(tmp_path), dtype) == real
     outside = sum(p.numel() for p in lm.model.parameters()) * itemsize - sum(real)
-    assert outside > 0 and wnb.models.estimate_model_bytes(str(tmp_path), dtype) == outside + sum(real)
+    assert outside > 0 and wnb.model.loading.estimate_model_bytes(str(tmp_path), dtype) == outside + sum(real)
 
 
 # ---------------------------------------------------------------- the hooks' schedule
@@ -159,7 +161,7 @@ def test_a_forward_stopped_inside_a_block_still_moves_it_back(offloaded):
 
 def test_an_early_stopped_capture_leaves_no_block_on_the_device(offloaded):
     lm, dense, moves = offloaded
-    layer = [n for n in wnb.ffn_layers(lm) if wnb.models.block_of(lm, n) == 1][0]  # a forward, to order them
+    layer = [n for n in wnb.ffn_layers(lm) if wnb.model.architectures.block_of(lm, n) == 1][0]  # a forward, to order them
     moves.log.clear()
     acts = wnb.capture(lm, [layer], ids(), progress=False)[layer]  # nnsight stops the model in block 1
     assert moves.runs() == [(0, {0}), (1, {1})] and moves.on_device == set()
@@ -196,7 +198,7 @@ def test_edits_made_while_resident_are_kept(offloaded):
     layer = [n for n in wnb.ffn_layers(lm) if n.startswith(name + ".")][0]
     weight = module(lm, layer).weight
     with wnb.resident(lm, moves.blocks[1]):
-        wnb.models.set_layer_weight(lm, layer, torch.zeros_like(wnb.layer_weight(lm, layer)))
+        wnb.model.architectures.set_layer_weight(lm, layer, torch.zeros_like(wnb.layer_weight(lm, layer)))
     assert module(lm, layer).weight is weight and not weight.any()  # same Parameter, edited
     with torch.no_grad():
         assert not torch.equal(lm.model(ids()).logits, dense(ids()).logits)

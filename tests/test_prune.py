@@ -376,10 +376,10 @@ def test_pruning_is_sequential(tiny, tiny_windows, method):
         for name in layers:
             x = wnb.capture(tiny, [name], tiny_windows, outputs=False, progress=False)[name].inputs
             manual[name] = prune_weight(wnb.layer_weight(tiny, name).detach(), x, method, 0.5)
-            wnb.models.set_layer_weight(tiny, name, manual[name])
+            wnb.model.architectures.set_layer_weight(tiny, name, manual[name])
     finally:
         for name in layers:
-            wnb.models.set_layer_weight(tiny, name, dense[name])
+            wnb.model.architectures.set_layer_weight(tiny, name, dense[name])
     for name in layers:
         torch.testing.assert_close(got[name], manual[name], rtol=0, atol=1e-5)
     # and the later blocks did see the pruned earlier ones: dense-calibrated pruning differs
@@ -461,10 +461,10 @@ def test_every_ffn_layer_calibrated_in_order(tiny, tiny_windows, method, true_se
             for name in step:
                 manual[name] = prune_weight(dense[name], captured[name].inputs, method, 0.5)
             for name in step:
-                wnb.models.set_layer_weight(tiny, name, manual[name])
+                wnb.model.architectures.set_layer_weight(tiny, name, manual[name])
     finally:
         for name in layers:
-            wnb.models.set_layer_weight(tiny, name, dense[name])
+            wnb.model.architectures.set_layer_weight(tiny, name, dense[name])
     _assert_same_weights(got, manual)
 
 
@@ -476,9 +476,9 @@ def _prune_all_counting_calls(lm, windows, **kwargs):
     each FFN layer, by the layer's name within the block)."""
     calls = defaultdict(lambda: defaultdict(int))
     layers = wnb.ffn_layers(lm)  # (finding the forward order runs the model once)
-    blocks = wnb.models.decoder_blocks(lm)
+    blocks = wnb.model.architectures.decoder_blocks(lm)
     counted = [(i, "attention", f"{b}.{ATTENTION[lm.name]}") for i, b in enumerate(blocks)]
-    counted += [(wnb.models.block_of(lm, n), n.rsplit(".", 1)[1], n) for n in layers]
+    counted += [(wnb.model.architectures.block_of(lm, n), n.rsplit(".", 1)[1], n) for n in layers]
 
     def count(i, what):
         def hook(mod, args, out):

@@ -14,7 +14,7 @@ import torch
 
 import wnb
 from wnb import saving
-from wnb.models import layer_weight
+from wnb.model.architectures import layer_weight
 
 from _tiny_words import tiny_word_llama
 from wnb.core import files

@@ -12,13 +12,13 @@ import torch
 import wnb
 import wnb.evaluate
 import wnb.widgets as ww
-from wnb import state
+from wnb.model import state
 from wnb.core import cache
 from wnb.core import jobs
 from wnb.session import Session
 
 USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
-BUNDLED_COPY = USER_CACHE / "models" / f"{wnb.models.BUNDLED}-float32"  # made by the `bundled` fixture
+BUNDLED_COPY = USER_CACHE / "models" / f"{wnb.model.bundled.BUNDLED}-float32"  # made by the `bundled` fixture
 LAYER = "model.layers.1.mlp.gate_proj"
 DOWNSTREAM = "model.layers.2.mlp.gate_proj"  # its outputs change when LAYER is pruned
 DENSE_KINDS = ("capture", "neuron_table", "held_capture", "pruned_weight", "overview", "sign_quadrants",

@@ -516,7 +516,7 @@ def test_expansion_second_visit_from_disk(tiny_llama, windows, monkeypatch):
 
 @pytest.mark.integration
 def test_warm_visit_does_not_load_the_model(bundled, tmp_path, monkeypatch):
-    from wnb.models import BUNDLED
+    from wnb.model.bundled import BUNDLED
 
     converted = USER_CACHE / "models" / f"{BUNDLED}-float32"  # made by the `bundled` fixture
     monkeypatch.setenv("WNB_CACHE", str(tmp_path / "warm"))

@@ -27,7 +27,7 @@ from wnb.evaluate import (ablation, layer_outputs, neuron_errors, output_rmse, o
                        perplexity_interval, sweep, token_nll)
 from wnb.prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
 from wnb.quantize import effective_bits, fit_grid, model_effective_bits, quantize
-from wnb.offload import offload_blocks, resident
+from wnb.model.offload import offload_blocks, resident
 from wnb.sequential import walk
 from wnb.streaming import StreamingWD, stream_scores
 from wnb.minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
@@ -36,8 +36,9 @@ from wnb.sign_ablation import (matched_candidates, select_matched, select_random
                             wasserstein_scores)
 from wnb.surprisal import (FUNCTION_WORDS, surprisal_by_class, token_class, token_classes, token_surprisal,
                         top_surprisal_tokens)
-from wnb.models import (LM, decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers, load_model,
-                     wrap_model)
+from wnb.model.lm import LM, wrap_model
+from wnb.model.architectures import decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers
+from wnb.model.loading import load_model
 from wnb.saving import load_expanded, save_expanded, save_pruned
 from wnb.tasks import evaluate_tasks
 

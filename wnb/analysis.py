@@ -72,7 +72,7 @@ def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0
     when given). The model is not changed."""
     from wnb.capture import capture, check_windows
     from wnb.expand import check_router_args
-    from wnb.models import check_layers, layer_bias, layer_weight
+    from wnb.model.architectures import check_layers, layer_bias, layer_weight
     from wnb.prune import check_nm, parse_sparsity, prune_weight
     from wnb.quantize import check_quant
 
@@ -272,7 +272,7 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     from wnb.capture import check_windows
     from wnb.evaluate import perplexity_interval
     from wnb.expand import check_expansion, expanded
-    from wnb.models import check_layers, ffn_layers, layer_bias, layer_weight
+    from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
     from wnb.prune import sparsity_label
     from wnb.quantize import check_quant, key_parts
 

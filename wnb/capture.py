@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 from wnb.errors import WnbError
 from wnb.core.checks import check_int
 from wnb.data import context_length
-from wnb.models import LM, check_layers
-from wnb.state import holding
+from wnb.model.lm import LM
+from wnb.model.architectures import check_layers
+from wnb.model.state import holding
 
 
 @dataclass
@@ -85,7 +86,7 @@ def vocab_size(lm: LM) -> int | None:
 
 def estimate_bytes(lm: LM, layers, n_tokens: int, inputs: bool = True, outputs: bool = True) -> int:
     """Bytes of CPU memory a capture of ``n_tokens`` tokens will hold (float32)."""
-    from wnb.models import layer_weight
+    from wnb.model.architectures import layer_weight
 
     total = 0
     for name in layers:
@@ -140,7 +141,7 @@ def capture(lm: LM, layers, windows, max_tokens: int | None = None, batch_size: 
                        f"but the limit is {limit / 2**30:.2f} GiB; lower max_tokens or capture fewer layers")
     windows = windows[: math.ceil(total / seq_len)]
 
-    from wnb.models import layer_weight
+    from wnb.model.architectures import layer_weight
 
     store: dict[str, dict[str, torch.Tensor]] = {}
     for name in layers if on_batch is None else ():

@@ -231,7 +231,8 @@ def _setup(args, run: RunFolder):
     """Load the model (once its estimated size is known to fit) and cut the windows; returns a
     :class:`wnb.session.Session` holding both, whose cached analyses the app reads too."""
     from wnb.data import load_corpus, token_windows
-    from wnb.models import estimate_block_bytes, estimate_model_bytes, load_model, resolve_device, resolve_dtype
+    from wnb.model.loading import estimate_block_bytes, estimate_model_bytes, load_model
+    from wnb.model.lm import resolve_device, resolve_dtype
     from wnb.session import Session, check_budget
 
     if args.quiet:  # transformers' own loading bars too
@@ -290,7 +291,8 @@ def _remote(args) -> bool | str:
 
 def _validate(args) -> None:
     """Everything that can be checked without the model, before the output folder is touched."""
-    from wnb.models import check_revision, resolve_device, resolve_dtype
+    from wnb.model.loading import check_revision
+    from wnb.model.lm import resolve_device, resolve_dtype
     from wnb.prune import check_method, parse_sparsity
     from wnb.session import check_budget
 
@@ -300,7 +302,7 @@ def _validate(args) -> None:
     if not args.remote:
         resolve_dtype(args.dtype, resolve_device(args.device))  # CUDA asked for where there is none
     if args.offload:
-        from wnb.offload import check_offload
+        from wnb.model.offload import check_offload
         check_offload(args.device, _remote(args))
     check_revision(args.model, args.revision)
     # Each number's own range is checked by its argparse type (_whole, _real); here what depends on others.
@@ -362,7 +364,7 @@ def _check_fits(need: int, device: torch.device, what: str, hint: str = "") -> N
 
 
 def _layers(lm, spec: list[str] | None) -> list[str]:
-    from wnb.models import check_layers, ffn_layers, first_ffn_layers, linear_layers
+    from wnb.model.architectures import check_layers, ffn_layers, first_ffn_layers, linear_layers
 
     spec = spec or ["ffn"]
     if len(spec) == 1 and spec[0] in LAYER_SETS:
@@ -371,7 +373,7 @@ def _layers(lm, spec: list[str] | None) -> list[str]:
 
 
 def _detail_layer(session, name: str | None) -> str | None:
-    from wnb.models import check_layers
+    from wnb.model.architectures import check_layers
 
     if name == "none":
         return None
@@ -381,7 +383,7 @@ def _detail_layer(session, name: str | None) -> str | None:
 # ---------------------------------------------------------------- score
 
 def _neuron(args, run: RunFolder, session) -> str:
-    from wnb.models import check_layers, layer_weight
+    from wnb.model.architectures import check_layers, layer_weight
     from wnb.report import neuron_page
 
     (layer,) = check_layers(session.lm, [args.layer])
@@ -417,7 +419,7 @@ def _score(args, run: RunFolder, session) -> str:
     from wnb import plots
     from wnb.capture import available_memory, estimate_bytes
     from wnb.entanglement import overview_table
-    from wnb.models import block_of, layer_weight
+    from wnb.model.architectures import block_of, layer_weight
     from wnb.streaming import estimate_stream_bytes
 
     lm = session.lm
@@ -596,7 +598,7 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
     outputs (at most ``sequential.KEEP_BYTES``), and the largest block's float64 statistics (SparseGPT's
     Hessians, Wanda's column norms) plus, where they are kept (neuron criteria), its float32 calibration
     inputs."""
-    from wnb.models import block_of, layer_weight
+    from wnb.model.architectures import block_of, layer_weight
     from wnb.sequential import KEEP_BYTES
 
     per_block: dict[int, int] = {}

@@ -691,7 +691,7 @@ def neuron_contexts(lm, layer: str, windows, k: int = 20, width: int = 8, progre
     the tokens (the first windows); ``batch_size`` is windows per batch.
     """
     from wnb.capture import capture, check_windows
-    from wnb.models import check_layers, layer_weight
+    from wnb.model.architectures import check_layers, layer_weight
 
     if not isinstance(layer, str):
         raise WnbError(f"layer must be one layer name, e.g. from wnb.ffn_layers(lm) (got {layer!r})")

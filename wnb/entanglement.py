@@ -261,7 +261,7 @@ def _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_f
     """One capture pass of outputs only; yields ``(layer, outputs without the first skip_first positions,
     the kept window length)`` and frees each layer once the caller is done with it."""
     from wnb.capture import capture, check_windows
-    from wnb.models import ffn_layers
+    from wnb.model.architectures import ffn_layers
     from wnb.positions import check_skip, drop_positions
 
     windows = check_windows(windows, lm)
@@ -302,7 +302,7 @@ def overview_table(lm, scores: dict[str, torch.Tensor], fraction: float = 0.03, 
     neurons flagged as first-position tails (share >= ``wnb.positions.SINK_SHARE``) and ``sink_top_share``
     is the share of its Wasserstein neurons so flagged.
     """
-    from wnb.models import block_of
+    from wnb.model.architectures import block_of
     from wnb.positions import sink_flags
 
     rows = []

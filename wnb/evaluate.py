@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wnb.capture import check_windows
-from wnb.state import holding
+from wnb.model.state import holding
 
 
 def perplexity(lm, windows, batch_size: int = 8, progress: bool = True) -> float:
@@ -26,7 +26,7 @@ def token_nll(lm, windows, batch_size: int = 8, progress: bool = True, desc: str
     :func:`wnb.perplexity` of the same windows (up to float summation order).
     """
     from wnb.core.checks import check_int
-    from wnb.models import require_local
+    from wnb.model.lm import require_local
 
     require_local(lm, "perplexity")
     windows = check_windows(windows, lm, min_len=2)  # every window predicts its tokens after the first

@@ -25,8 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wnb.errors import WnbError
-from wnb.offload import follow
-from wnb.state import changed
+from wnb.model.offload import follow
+from wnb.model.state import changed
 
 N_INIT = 10  # k-means restarts (greedy k-means++); the authors use 100: benchmarks/bench_kmeans.py
 
@@ -475,7 +475,7 @@ def shared_input_groups(inputs: dict[str, torch.Tensor]) -> list[list[str]]:
 
 def expert_bytes(lm, layers, n_experts: int) -> int:
     """Bytes the experts of ``layers`` will take (k copies of each weight, in the model's dtype)."""
-    from wnb.models import layer_weight
+    from wnb.model.architectures import layer_weight
 
     return sum(n_experts * layer_weight(lm, n).numel() * layer_weight(lm, n).element_size() for n in layers)
 
@@ -492,7 +492,7 @@ def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_byte
                     group_size=None) -> tuple[list[str], torch.Tensor]:
     """Validate a whole-model expansion before any work; return ``(layers in forward order, windows)``."""
     from wnb.capture import check_windows
-    from wnb.models import check_layers, ffn_layers, layer_weight
+    from wnb.model.architectures import check_layers, ffn_layers, layer_weight
     from wnb.prune import check_nm, check_weight, parse_sparsity
     from wnb.quantize import check_quant
 
@@ -535,7 +535,7 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
     """
     from wnb.quantize import check_quant
 
-    from wnb.models import layer_bias, layer_weight
+    from wnb.model.architectures import layer_bias, layer_weight
     from wnb.sequential import walk
 
     from wnb.core.checks import check_int

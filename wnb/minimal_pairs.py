@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.errors import WnbError
-from wnb.state import holding
+from wnb.model.state import holding
 
 SOURCES = ("agreement", "blimp")
 BLIMP = "nyu-mll/blimp"
@@ -336,7 +336,7 @@ def sentence_logprobs(lm, sentences, batch_size: int = 32, prefix: str | None = 
     """Total log-probability (nats, float64) of each sentence under ``lm`` (module docstring: how the
     first token is conditioned). Sentences of equal token length are batched together, so no padding
     or attention mask is involved."""
-    from wnb.models import require_local
+    from wnb.model.lm import require_local
 
     require_local(lm, "minimal-pair scoring")
     tok = lm.tokenizer

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.errors import WnbError
-from wnb.state import changed
+from wnb.model.state import changed
 from wnb.quantize import check_quant, fit_grid, quant_label, quantize, round_to_grid
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -478,7 +478,8 @@ def prune_layer(lm, layer: str, acts, method: str = "sparsegpt", sparsity=0.5, n
     not changed. ``neurons`` may be indices, a boolean mask or a selection criterion (see
     :func:`select_neurons`, which then uses the captured outputs). ``bits`` and ``group_size``
     quantize as well (:func:`prune_weight`)."""
-    from wnb.models import check_layers, layer_weight, require_local
+    from wnb.model.architectures import check_layers, layer_weight
+    from wnb.model.lm import require_local
 
     require_local(lm, "pruning")
     check_method(method)
@@ -572,7 +573,7 @@ class PruneReport(dict):
 
 def _plan_neurons(lm, layers, neurons):
     """Validate ``neurons`` for :func:`pruned`: None, a criterion name, or ``{layer: indices}``."""
-    from wnb.models import layer_weight
+    from wnb.model.architectures import layer_weight
 
     if neurons is None or isinstance(neurons, str):
         if isinstance(neurons, str) and neurons not in CRITERIA:
@@ -612,7 +613,7 @@ class _Accumulators:
         self._last: tuple[torch.Tensor, str] | None = None
 
     def __call__(self, name: str, x: torch.Tensor) -> None:
-        from wnb.models import layer_weight
+        from wnb.model.architectures import layer_weight
 
         if name not in self.acc and name not in self.alias:
             last = self._last
@@ -634,7 +635,7 @@ class _Accumulators:
 def check_untied(lm, layers) -> None:
     """Refuse layers whose weight is shared with another module (``lm_head`` tied to the input embedding):
     pruning one would silently prune the other too."""
-    from wnb.models import module
+    from wnb.model.architectures import module
 
     owners: dict[int, list[str]] = {}
     for name, param in lm.model.named_parameters(remove_duplicate=False):
@@ -672,7 +673,8 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     (same result up to summation order).
     """
     from wnb.capture import check_windows
-    from wnb.models import check_layers, ffn_layers, layer_weight, module, require_local
+    from wnb.model.architectures import check_layers, ffn_layers, layer_weight, module
+    from wnb.model.lm import require_local
 
     from wnb.core.checks import check_float, check_int
 
@@ -740,7 +742,7 @@ def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed
                  group_size: int | None = None) -> None:
     """Prune the layers of one block given their calibration inputs (or the statistics of them
     accumulated during the walk, ``stats``); write the weights into the model."""
-    from wnb.models import layer_weight, set_layer_weight
+    from wnb.model.architectures import layer_weight, set_layer_weight
 
     shared: list[tuple[torch.Tensor, SparseGPT]] = []
     for name, x in inputs.items():
@@ -780,7 +782,7 @@ def _rows_for(lm, name, x, weight, plan, fraction, seed):
         return None
     if isinstance(plan, dict):
         return plan[name]
-    from wnb.models import forward_order, layer_bias
+    from wnb.model.architectures import forward_order, layer_bias
 
     outputs = None
     if plan in ("wd", "mean", "variance"):

@@ -175,7 +175,7 @@ def effective_bits(bits=None, sparsity=0.0, group_size=None, columns: int | None
 
 def model_effective_bits(lm, bits=None, sparsity=0.0, group_size=None, layers=None) -> float:
     """:func:`effective_bits` averaged over ``layers`` (default: the FFN layers), weighted by their sizes."""
-    from wnb.models import check_layers, ffn_layers, layer_weight
+    from wnb.model.architectures import check_layers, ffn_layers, layer_weight
 
     layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)
     total = count = 0.0

@@ -181,7 +181,7 @@ DOWN_PROJECTION = {"gate_proj": "down_proj", "up_proj": "down_proj", "dense_h_to
 def down_projection_of(lm, layer: str) -> str:
     """The down projection reading the hidden neurons that ``layer`` (gate_proj / up_proj / dense_h_to_4h /
     c_fc / fc1) writes; WnbError naming the allowed layers for any other."""
-    from wnb.models import check_layers, forward_order
+    from wnb.model.architectures import check_layers, forward_order
 
     (layer,) = check_layers(lm, [layer])
     parent, _, leaf = layer.rpartition(".")
@@ -214,7 +214,8 @@ def output_effect(lm, layer: str, neuron: int, k: int = 20) -> pd.DataFrame:
     every later layer, so it is the neuron's direct effect only. Returns ``side`` (``raises`` / ``lowers``),
     ``rank, token_id, token, effect`` (logit change per unit), ``k`` rows per side.
     """
-    from wnb.models import layer_weight, require_local
+    from wnb.model.architectures import layer_weight
+    from wnb.model.lm import require_local
 
     require_local(lm, "the output effect")
     down = down_projection_of(lm, layer)

@@ -37,7 +37,7 @@ from torch import nn
 
 from wnb.core.files import file_sha256
 from wnb.errors import WnbError
-from wnb.state import changed
+from wnb.model.state import changed
 
 FORMATS = ("hf", "compressed-tensors")
 PRUNED_MANIFEST = "wnb-saved.json"
@@ -143,7 +143,7 @@ def _check_tied(lm) -> None:
 
 def _sparse_layers(lm, report, min_sparsity: float) -> dict[str, torch.Tensor]:
     """``{layer: [out, in] weight}`` of the pruned layers: the report's, or those with exact zeros."""
-    from wnb.models import forward_order, layer_weight
+    from wnb.model.architectures import forward_order, layer_weight
 
     names = forward_order(lm)
     if report is not None:
@@ -269,7 +269,7 @@ def _quantized_state(lm, layers: dict, bits: int, group_size: int | None) -> tup
     from compressed_tensors.compressors.base import BaseCompressor
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-    from wnb.models import module
+    from wnb.model.architectures import module
 
     for name in layers:
         if not isinstance(module(lm, name), nn.Linear):
@@ -324,7 +324,7 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
     """
     from wnb.core.files import atomic_path
     from wnb.core.checks import check_float
-    from wnb.models import require_local
+    from wnb.model.lm import require_local
 
     require_local(lm, "saving a model")
     if format not in FORMATS:
@@ -454,7 +454,7 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
 
     from wnb.core.files import atomic_path
     from wnb.expand import Expansion, RoutedLayer
-    from wnb.models import require_local
+    from wnb.model.lm import require_local
 
     require_local(lm, "saving an expansion")
     present = _routed_layers(lm)
@@ -637,7 +637,7 @@ def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[lis
     from transformers.pytorch_utils import Conv1D
 
     from wnb.expand import Router, RoutedLayer
-    from wnb.models import check_layers, layer_bias, layer_weight, module
+    from wnb.model.architectures import check_layers, layer_bias, layer_weight, module
 
     where = EXPANSION_MANIFEST
     layers = _need(manifest, "layers", dict, where)
@@ -722,7 +722,7 @@ def load_expanded(lm, path, check_model: bool = True):
     expansion was built on. Any mismatch raises WnbError; nothing read can run code.
     """
     from wnb.expand import Expansion, swap_module
-    from wnb.models import require_local
+    from wnb.model.lm import require_local
 
     require_local(lm, "loading an expansion")
     folder = Path(path).expanduser() if isinstance(path, (str, Path)) else path

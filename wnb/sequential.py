@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 
 from wnb.capture import check_windows
 from wnb.errors import WnbError
-from wnb.models import LM, block_of, check_layers, decoder_blocks, layer_weight, module, require_local
-from wnb.offload import resident
-from wnb.state import holding
+from wnb.model.lm import LM, require_local
+from wnb.model.architectures import block_of, check_layers, decoder_blocks, layer_weight, module
+from wnb.model.offload import resident
+from wnb.model.state import holding
 
 # Most the kept inputs of a block's last layer may take (all calibration tokens); above it the MLP is
 # run again for the block's outputs instead.
@@ -277,7 +278,7 @@ def walk(lm: LM, windows, layers, batch_size: int = 8, progress: bool = True, de
     groups = group_by_block(lm, layers)
     windows = check_windows(windows, lm)
     blocks = decoder_blocks(lm)
-    # every model pass holds the model (wnb.state); the caller's changes between items are its own
+    # every model pass holds the model (wnb.model.state); the caller's changes between items are its own
     with holding(lm, "a calibration walk"):
         batches = _catch_block_inputs(lm, windows, batch_size)
     last = max(groups)

@@ -19,10 +19,12 @@ from wnb.capture import capture, split_by_memory
 from wnb.data import load_corpus, token_windows
 from wnb.entanglement import layer_statistics, neuron_table, overview_table, pair_distances, top_neurons
 from wnb.errors import WnbError
-from wnb.models import (BUNDLED, LM, block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias,
-                     layer_weight, linear_layers, load_model, model_label)
+from wnb.model.bundled import BUNDLED
+from wnb.model.lm import LM, model_label
+from wnb.model.architectures import (block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias, layer_weight, linear_layers)
+from wnb.model.loading import load_model
 from wnb.quantize import key_parts
-from wnb.state import dense_only, is_dense
+from wnb.model.state import dense_only, is_dense
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,7 @@ class Session:
 
     def _cached(self, kind: str, key: str, compute, enabled: bool | None = None):
         """:func:`wnb.core.cache.cached` of a result that assumes the dense model: computed while holding the
-        model and stored only if nothing was applied to it meanwhile (:func:`wnb.state.dense_only`)."""
+        model and stored only if nothing was applied to it meanwhile (:func:`wnb.model.state.dense_only`)."""
         return cache.cached(kind, key, dense_only(lambda: self.lm, compute),
                             enabled=self.use_cache if enabled is None else enabled)
 
@@ -650,7 +652,7 @@ class Session:
         (2 sentences of ~12 tokens each per pair, scored once per selection: dense, Wasserstein, each
         random seed, the matched control's final set)."""
         from wnb import estimates
-        from wnb.models import block_of
+        from wnb.model.architectures import block_of
 
         layers = [self.check_layer(n) for n in layers]
         depth_of = max(block_of(self.lm, n) for n in layers) + 1

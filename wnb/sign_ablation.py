@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from wnb.capture import check_windows
 from wnb.errors import WnbError
-from wnb.state import changed
+from wnb.model.state import changed
 
 SIDES = ("negative", "positive", "both")
 CONTROLS = ("random", "matched")
@@ -45,7 +45,7 @@ def check_side(side: str) -> str:
 def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
     """Validate ``{layer: neuron indices}`` (indices or a boolean mask per layer); return the layers in
     forward order with sorted unique ``LongTensor`` indices."""
-    from wnb.models import check_layers, layer_weight
+    from wnb.model.architectures import check_layers, layer_weight
     from wnb.prune import check_rows
 
     if not isinstance(neurons, Mapping):
@@ -105,7 +105,8 @@ def sign_ablated(lm, neurons, side: str = "negative"):
     computes from its, possibly ablated, inputs), every later layer sees the clamped values. The hooks
     are removed on exit, also after an exception or Ctrl-C. Yields the validated ``{layer: indices}``.
     """
-    from wnb.models import module, require_local
+    from wnb.model.architectures import module
+    from wnb.model.lm import require_local
 
     check_side(side)
     plan = check_neurons(lm, neurons)
@@ -137,7 +138,7 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     """
     from wnb.capture import available_memory, split_by_memory
     from wnb.entanglement import layer_scores
-    from wnb.models import check_layers, first_ffn_layers
+    from wnb.model.architectures import check_layers, first_ffn_layers
     from wnb.streaming import stream_scores
 
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
@@ -162,7 +163,7 @@ def _check_fraction(fraction: float) -> float:
 
 
 def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
-    from wnb.models import check_layers, layer_weight
+    from wnb.model.architectures import check_layers, layer_weight
 
     if not isinstance(scores, Mapping) or not scores:
         raise WnbError("scores must be {layer: WD per neuron}, as wnb.wasserstein_scores returns")
@@ -271,7 +272,8 @@ def _accuracy_columns(scores: pd.DataFrame) -> dict:
 def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress):
     """Validate everything and return (held_out, pairs, scores) — WD computed here if not given."""
     from wnb.minimal_pairs import check_pairs
-    from wnb.models import check_layers, first_ffn_layers, require_local
+    from wnb.model.architectures import check_layers, first_ffn_layers
+    from wnb.model.lm import require_local
 
     require_local(lm, "sign ablation")
     check_side(side)
@@ -500,7 +502,7 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
     cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation. ``nll_fn`` as there.
     """
-    from wnb.models import block_of
+    from wnb.model.architectures import block_of
 
     held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
                                        progress)

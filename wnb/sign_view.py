@@ -140,7 +140,7 @@ QUADRANTS = ("gate_neg_up_neg", "gate_neg_up_pos", "gate_pos_up_neg", "gate_pos_
 
 def up_projection_of(lm, layer: str) -> str:
     """The ``up_proj`` beside a gated MLP's ``gate_proj`` (SwiGLU / GeGLU); WnbError for any other layer."""
-    from wnb.models import check_layers, forward_order
+    from wnb.model.architectures import check_layers, forward_order
 
     (layer,) = check_layers(lm, [layer])
     parent, _, leaf = layer.rpartition(".")
@@ -192,7 +192,7 @@ def gate_up_quadrants(lm, layer: str, windows, neurons=None, max_tokens: int | N
     """:func:`sign_quadrants` of a gate_proj ``layer`` and its up_proj over ``windows``, counted batch by batch
     in one capture pass (memory per neuron, not per token). ``skip_first`` drops positions of every window."""
     from wnb.capture import capture, check_windows
-    from wnb.models import layer_weight
+    from wnb.model.architectures import layer_weight
     from wnb.positions import check_skip
 
     up = up_projection_of(lm, layer)

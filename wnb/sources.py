@@ -75,7 +75,7 @@ def offered_models() -> dict[str, Path]:
     runs the server) and the model copies wnb itself wrote into its cache (their manifest and checksums
     verified: a folder copied into the cache by anyone else is not offered)."""
     from wnb.core.cache import cache_dir
-    from wnb.models import verified_copy
+    from wnb.model.bundled import verified_copy
 
     roots = [Path(p).expanduser() for p in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if p.strip()]
     cached = cache_dir() / "models"
@@ -98,7 +98,7 @@ def app_model(text: str | None) -> tuple[str | None, str | None]:
     """``(name, folder)`` for the model box's text: ``(None, None)`` for the bundled model, an offered
     folder's ``(name, folder)``, or a Hugging Face id ``(id, None)`` (one of ``$WNB_APP_MODELS`` when the
     operator set it). Anything else is refused."""
-    from wnb.models import BUNDLED
+    from wnb.model.bundled import BUNDLED
 
     name = (text or "").strip()
     if not name or name == BUNDLED:
@@ -208,7 +208,7 @@ def check_config(name: str, folder: Path, limit: int | None = None) -> int:
     refused above :func:`max_params` (or when the config is not one transformers knows without code)."""
     import json
 
-    from wnb.models import count_params
+    from wnb.model.loading import count_params
 
     limit = max_params() if limit is None else limit
     try:

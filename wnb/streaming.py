@@ -275,7 +275,7 @@ def stream_scores(lm, windows, layers=None, max_tokens: int | None = None, batch
     that keeps no outputs: memory is per neuron, not per token. Returns ``{layer: StreamingWD}``.
     ``skip_first`` leaves the first positions of every window out (0: all, as in the paper)."""
     from wnb.capture import capture, check_windows
-    from wnb.models import ffn_layers
+    from wnb.model.architectures import ffn_layers
     from wnb.positions import check_skip
 
     windows = check_windows(windows, lm)
@@ -304,6 +304,6 @@ def state_bytes(n_neurons: int, n_bins: int = 512) -> int:
 
 def estimate_stream_bytes(lm, layers, n_bins: int = 512) -> int:
     """Bytes of accumulator state :func:`stream_scores` holds for ``layers`` (independent of tokens)."""
-    from wnb.models import layer_weight
+    from wnb.model.architectures import layer_weight
 
     return sum(state_bytes(layer_weight(lm, name).shape[0], n_bins) for name in layers)

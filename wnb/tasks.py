@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 
 from wnb.errors import WnbError
-from wnb.state import holding
+from wnb.model.state import holding
 
 INSTALL_EVAL = "pip install 'wnb[eval]'  (or: pip install lm-eval)"
 COLUMNS = ["task", "metric", "value", "stderr", "filter", "n"]
@@ -127,7 +127,7 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     (``stderr`` NaN where lm-eval gives none; ``n`` the documents scored).
     """
     from wnb.core.checks import check_float, check_int
-    from wnb.models import require_local
+    from wnb.model.lm import require_local
 
     _lm_eval()
     require_local(lm, "evaluating downstream tasks")

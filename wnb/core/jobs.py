@@ -88,7 +88,7 @@ class Job:
     @contextlib.contextmanager
     def watching(self, lm) -> Iterator["Job"]:
         """Check for a cancel before every transformer block of ``lm`` runs, for the duration of the block."""
-        from wnb.models import decoder_blocks
+        from wnb.model.architectures import decoder_blocks
 
         hooks = []
         if lm is not None and not getattr(lm, "remote", False):

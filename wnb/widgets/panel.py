@@ -16,7 +16,8 @@ import pandas as pd
 from IPython.display import Image
 from transformers.utils import logging as hf_logging
 
-from wnb import limits, plots, state
+from wnb import limits, plots
+from wnb.model import state
 from wnb.core import jobs
 from wnb.errors import WnbError
 from wnb.session import LayerView, Session
@@ -264,7 +265,7 @@ class Panel(widgets.VBox):
 
         While a job runs in another thread, nothing runs here: a control's new value is put back (the
         page may send any value, also to a disabled control) and the panel says why. Outside a job's own
-        thread the model is never waited for (:func:`wnb.state.refusing`): a pass it would need while
+        thread the model is never waited for (:func:`wnb.model.state.refusing`): a pass it would need while
         another thread holds the model is refused as busy instead of freezing the page."""
         if self._reverting:
             return None
@@ -392,7 +393,7 @@ class Panel(widgets.VBox):
 
     @contextlib.contextmanager
     def _holding_model(self, job: jobs.Job):
-        """Hold the session's model for the whole job (wnb.state): no other thread runs a pass or changes
+        """Hold the session's model for the whole job (wnb.model.state): no other thread runs a pass or changes
         it meanwhile. Yields the model (None for a panel without a session, or one that only loads it)."""
         session = getattr(self, "session", None)
         lm = session.lm if session is not None and not getattr(self, "loads_model", False) else None

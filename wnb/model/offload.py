@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from wnb.errors import WnbError
-from wnb.models import LM, decoder_blocks, module, resolve_device
+from wnb.model.architectures import decoder_blocks, module
+from wnb.model.lm import LM, resolve_device
 
 _SLOT = "_wnb_offload"  # attribute of each offloaded block holding its _Slot
 

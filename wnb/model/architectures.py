@@ -1,0 +1,141 @@
+"""Per-architecture layer roles, in one place: which linear layers a model has (in forward order), which
+are its feed-forward ones and the first projection of each block (Llama ``gate_proj``, GPT-NeoX
+``dense_h_to_4h``, GPT-2 ``c_fc``, OPT ``fc1``), the transformer blocks and the block of a layer, and a
+layer's weight as ``[out, in]`` whatever its module (GPT-2's ``Conv1D`` is transposed).
+
+Layers are addressed by module name (``model.layers.3.mlp.gate_proj``)."""
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from wnb.errors import WnbError
+from wnb.model.lm import LM
+from wnb.model.state import holding
+
+# Leaf names of feed-forward linear layers across the supported families (Llama/Mistral/Qwen2/Gemma,
+# GPT-NeoX/Pythia, GPT-2, OPT). The first of each family is the paper's main object.
+FFN_LEAVES = ("gate_proj", "up_proj", "down_proj", "dense_h_to_4h", "dense_4h_to_h", "c_fc", "c_proj",
+              "fc1", "fc2")
+FIRST_FFN_LEAVES = ("gate_proj", "dense_h_to_4h", "c_fc", "fc1")
+
+
+
+# ---------------------------------------------------------------- layers
+
+def linear_layers(lm: LM) -> list[str]:
+    """Names of every ``nn.Linear`` and GPT-2 ``Conv1D`` module, in forward order."""
+    return list(forward_order(lm))
+
+
+def ffn_layers(lm: LM) -> list[str]:
+    """Names of the feed-forward linear layers, in forward order."""
+    return [n for n in forward_order(lm) if _is_ffn(n)]
+
+
+def first_ffn_layers(lm: LM) -> list[str]:
+    """The first projection of each block's FFN (Llama ``gate_proj``, Pythia ``dense_h_to_4h``, ...)."""
+    return [n for n in ffn_layers(lm) if n.rsplit(".", 1)[-1] in FIRST_FFN_LEAVES]
+
+
+def _is_ffn(name: str) -> bool:
+    parts = name.split(".")
+    leaf = parts[-1]
+    if leaf not in FFN_LEAVES:
+        return False
+    return leaf in ("fc1", "fc2") or "mlp" in parts[:-1]
+
+
+def forward_order(lm: LM) -> list[str]:
+    """Linear/Conv1D module names in the order the forward pass runs them (found once with hooks)."""
+    if lm._order is None:
+        named = {m: n for n, m in lm.model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+        seen: list[str] = []
+        hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(named[mod])) for m in named]
+        device = next(lm.model.parameters()).device  # "meta" for a remote model's skeleton
+        try:
+            with torch.no_grad(), holding(lm, "finding the layers' order"):
+                lm.model(torch.zeros(1, 2, dtype=torch.long, device=device))
+        finally:
+            for h in hooks:
+                h.remove()
+        order = list(dict.fromkeys(seen))
+        order += [n for n in named.values() if n not in order]  # never run (e.g. unused heads)
+        lm._order = order
+    return lm._order
+
+
+def check_layers(lm: LM, layers) -> list[str]:
+    """Validate layer names; return them in forward order. Unknown names list the closest valid ones."""
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers is None or not all(isinstance(n, str) for n in _iterable(layers)):
+        raise WnbError(f"layers must be a layer name or a list of names (got {layers!r}); pick names from "
+                       "wnb.ffn_layers(lm) or wnb.linear_layers(lm)")
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise WnbError("no layers given; pick names from wnb.ffn_layers(lm) or wnb.linear_layers(lm)")
+    valid = forward_order(lm)
+    for name in layers:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=5, cutoff=0.5) or ffn_layers(lm)[:5]
+            raise WnbError(f"{name!r} is not a linear layer of {lm.name}; closest valid names: "
+                           f"{', '.join(close)} (all: wnb.linear_layers(lm))")
+    index = {n: i for i, n in enumerate(valid)}
+    return sorted(layers, key=index.__getitem__)
+
+
+def _iterable(value) -> list:
+    try:
+        return list(value)
+    except TypeError:
+        return [None]
+
+
+def module(lm: LM, name: str) -> nn.Module:
+    return lm.model.get_submodule(name)
+
+
+def layer_weight(lm: LM, name: str) -> torch.Tensor:
+    """The layer's weight as ``[out, in]`` (Conv1D's ``[in, out]`` is transposed) so ``y = x @ W.T + b``."""
+    mod = module(lm, name)
+    return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
+
+
+def set_layer_weight(lm: LM, name: str, weight: torch.Tensor) -> None:
+    """Write an ``[out, in]`` weight back into the layer, in its own orientation, dtype and device."""
+    mod = module(lm, name)
+    new = weight.T if isinstance(mod, Conv1D) else weight
+    with torch.no_grad():
+        mod.weight.copy_(new.to(mod.weight.dtype))
+
+
+def layer_bias(lm: LM, name: str) -> torch.Tensor | None:
+    return getattr(module(lm, name), "bias", None)
+
+
+def decoder_blocks(lm: LM) -> list[str]:
+    """Names of the transformer blocks (the longest ModuleList of the model), in order."""
+    return block_names(lm.model, lm.name)
+
+
+def block_names(model: nn.Module, name: str) -> list[str]:
+    best = ""
+    length = 0
+    for n, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) > length:
+            best, length = n, len(m)
+    if not best:
+        raise WnbError(f"could not find the transformer blocks of {name}")
+    return [f"{best}.{i}" for i in range(length)]
+
+
+def block_of(lm: LM, layer: str) -> int:
+    """Index of the transformer block holding ``layer``."""
+    for i, block in enumerate(decoder_blocks(lm)):
+        if layer.startswith(block + "."):
+            return i
+    raise WnbError(f"{layer!r} is not inside a transformer block of {lm.name}")
