@@ -1,7 +1,7 @@
 """Reading a neuron: neuron_contexts against the capture alone, and its state against the outputs it avoids.
 
 1. Time of ``wnb.neuron_contexts`` (k = 20: every neuron's 20 highest and lowest outputs, moments, outputs
-   by position, band samples) of layer 1 gate_proj over 65,536 tokens against ``wnb.capture`` of the same
+   by position, band samples) of layer 1 gate_proj over 65,536 tokens against ``wnb.tracing.capture`` of the same
    layer's outputs alone (which keeps them on the CPU); both one pass over the same windows, same batches.
    Runs alternate and each keeps its best time. Target: ratio ≤ 1.15.
    The accumulator alone is also timed on the captured outputs, in the same batches.

@@ -13,7 +13,7 @@ have passed the remaining steps are recorded as ``skipped: time budget``:
      GPT-NeoX and a Llama-3-8B-shaped Llama in bf16, layers trimmed to ``--neox-layers`` /
      ``--llama-layers``. Token windows are random ids: these steps time the code, not the science.
   c. capture of every FFN layer of the GPT-NeoX over ``--windows`` x ``--seq-len`` tokens, exact WD
-     (``wnb.capture`` + ``wnb.wasserstein_to_gaussian``, in groups that fit in CPU memory) and streaming
+     (``wnb.tracing.capture`` + ``wnb.wasserstein_to_gaussian``, in groups that fit in CPU memory) and streaming
      WD (``wnb.stream_scores``) of all of them; the same on the CPU cores on ``--cpu-tokens`` tokens,
      scaled to the GPU's token count, as ratios.
   d. whole-model SparseGPT and Wanda at 50% and 2:4 (``wnb.pruned``), time per layer and total; one
@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/gpu_check.py` from a checkou
     sys.path.insert(0, str(ROOT))
 
 import wnb  # noqa: E402
-from wnb.capture import available_memory  # noqa: E402
+from wnb.core.memory import available_memory  # noqa: E402
 from wnb.errors import WnbError  # noqa: E402
 
 STEPS = {
@@ -299,7 +299,7 @@ def exact_wd(outputs: torch.Tensor, threads: int, block: int = 1024) -> torch.Te
 def exact_scores(lm, layers, windows, group_bytes: int, threads: int, batch_size: int, into: dict) -> dict:
     """Exact WD of every layer: captures in groups of layers whose float32 outputs fit in ``group_bytes``
     (each group one capture pass that stops after its last layer), then WD; times in ``into``."""
-    from wnb.capture import split_by_memory
+    from wnb.tracing.capture import split_by_memory
 
     scores = {}
     groups = split_by_memory(lm, layers, windows.numel(), group_bytes)

@@ -6,7 +6,7 @@ from scipy import integrate, stats
 
 import wnb
 from wnb.errors import WnbError
-from wnb.positions import SINK_SHARE
+from wnb.data.positions import SINK_SHARE
 from wnb.sign_view import up_projection_of
 
 

@@ -388,7 +388,7 @@ def test_pruning_is_sequential(tiny, tiny_windows, method):
 
 
 def _by_block(lm):
-    from wnb.sequential import group_by_block
+    from wnb.tracing.sequential import group_by_block
 
     return group_by_block(lm, wnb.ffn_layers(lm))
 
@@ -431,7 +431,7 @@ def test_streamed_statistics_equal_the_all_in_memory_path(tiny, tiny_windows, me
 
 
 def test_walk_passes_batches_on_without_keeping_them(tiny_llama, tiny_windows):
-    from wnb.sequential import walk
+    from wnb.tracing.sequential import walk
 
     seen = []
     layers = wnb.ffn_layers(tiny_llama)
@@ -507,7 +507,7 @@ def test_walk_runs_each_layer_once_when_only_the_mlp_changes(tiny, tiny_windows,
     stages and the outputs start from the residual kept by the first run, and the outputs from the
     kept inputs of the last layer. True-sequential then runs every layer once per batch. The weights
     equal those of whole-block runs. GPT-NeoX's parallel residual has no such form: blocks run whole."""
-    import wnb.sequential as sequential
+    import wnb.tracing.sequential as sequential
 
     got, calls = _prune_all_counting_calls(tiny, tiny_windows, true_sequential=true_sequential)
     monkeypatch.setattr(sequential, "_residual_mlp", lambda *a: None)
@@ -531,7 +531,7 @@ def test_walk_runs_each_layer_once_when_only_the_mlp_changes(tiny, tiny_windows,
 
 
 def test_walk_runs_the_mlp_again_when_the_last_inputs_would_be_too_big(tiny_llama, tiny_windows, monkeypatch):
-    import wnb.sequential as sequential
+    import wnb.tracing.sequential as sequential
 
     kept, _ = _prune_all_counting_calls(tiny_llama, tiny_windows)
     monkeypatch.setattr(sequential, "KEEP_BYTES", 0)
@@ -546,7 +546,7 @@ def test_walk_runs_the_mlp_again_when_the_last_inputs_would_be_too_big(tiny_llam
 def test_walk_falls_back_to_whole_blocks_when_the_mlp_form_does_not_hold(tiny_llama, tiny_windows, monkeypatch):
     """The MLP-only runs are checked once against the whole block: with a wrong residual form (the
     attention's norm taken for the MLP's) the check fails and every block is run whole."""
-    import wnb.sequential as sequential
+    import wnb.tracing.sequential as sequential
 
     monkeypatch.setattr(sequential, "_residual_mlp", lambda *a: None)
     whole, _ = _prune_all_counting_calls(tiny_llama, tiny_windows)

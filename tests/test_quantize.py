@@ -454,7 +454,7 @@ def test_bad_bits_and_group_size_are_refused_before_work(tiny_llama, tiny_window
     with pytest.raises(WnbError, match=message):
         effective_bits(bits, 0.5, group_size, columns=32)
     import wnb.expand as expand
-    import wnb.sequential as sequential
+    import wnb.tracing.sequential as sequential
 
     monkeypatch.setattr(sequential, "walk", no_work)
     monkeypatch.setattr(expand.Router, "fit", no_work)

@@ -359,7 +359,7 @@ def test_a_binary_corpus_file_is_refused_by_the_api(tmp_path):
 
 
 def test_long_text_is_tokenized_in_pieces_cut_at_line_breaks():
-    from wnb.data import _pieces
+    from wnb.data.windows import _pieces
 
     text = ("word " * 50 + "\n") * 400
     pieces = _pieces(text, 1000)

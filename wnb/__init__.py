@@ -8,8 +8,9 @@ The public API (see README.md)::
     wd = wnb.wasserstein_to_gaussian(acts["model.layers.1.mlp.gate_proj"].outputs)
 """
 from wnb.core.cache import cache_dir
-from wnb.capture import Activations, capture, estimate_bytes
-from wnb.data import load_corpus, token_windows
+from wnb.tracing.capture import Activations, capture, estimate_bytes
+from wnb.data.corpora import load_corpus
+from wnb.data.windows import token_windows
 from wnb.entanglement import (layer_scores, mapping_difficulty, neuron_table, overview, overview_table,
                            pair_distances, top_neurons, wasserstein_to_gaussian)
 from wnb.errors import WnbError
@@ -17,7 +18,7 @@ from wnb.contexts import ContextAccumulator, NeuronContexts, contexts_from_outpu
 from wnb.entanglement import layer_statistics
 from wnb.highlight import activation_html, context_html, contexts_html, token_activations, tokens_html
 from wnb.per_expert import expert_contexts, expert_summary, tail_routing
-from wnb.positions import drop_positions, position_profile, position_tail_share
+from wnb.data.positions import drop_positions, position_profile, position_tail_share
 from wnb.reading import differentiating_pairs, output_effect, tail_concentration, token_table
 from wnb.sign_view import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
 from wnb.expand import Expansion, Router, RoutedLayer, expand_layer, expanded, kmeans
@@ -28,7 +29,7 @@ from wnb.evaluate import (ablation, layer_outputs, neuron_errors, output_rmse, o
 from wnb.prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
 from wnb.quantize import effective_bits, fit_grid, model_effective_bits, quantize
 from wnb.model.offload import offload_blocks, resident
-from wnb.sequential import walk
+from wnb.tracing.sequential import walk
 from wnb.streaming import StreamingWD, stream_scores
 from wnb.minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
 from wnb.sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,

@@ -70,7 +70,8 @@ def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0
     """Capture ``layer``'s inputs on ``calib`` and ``held_out`` from the dense model, prune it with SparseGPT
     and expand it into ``n_experts`` experts at ``sparsity`` (both quantized with ``bits`` / ``group_size``
     when given). The model is not changed."""
-    from wnb.capture import capture, check_windows
+    from wnb.tracing.capture import capture
+    from wnb.data.windows import check_windows
     from wnb.expand import check_router_args
     from wnb.model.architectures import check_layers, layer_bias, layer_weight
     from wnb.prune import check_nm, parse_sparsity, prune_weight
@@ -269,7 +270,7 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     dense row first unless ``dense=False``). Other keywords go to :func:`wnb.expanded`; with ``bits=``
     (joint quantization) the expanded rows get a ``bits`` column (and ``group_size`` with groups).
     """
-    from wnb.capture import check_windows
+    from wnb.data.windows import check_windows
     from wnb.evaluate import perplexity_interval
     from wnb.expand import check_expansion, expanded
     from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight

@@ -230,7 +230,8 @@ def _jsonable(value):
 def _setup(args, run: RunFolder):
     """Load the model (once its estimated size is known to fit) and cut the windows; returns a
     :class:`wnb.session.Session` holding both, whose cached analyses the app reads too."""
-    from wnb.data import load_corpus, token_windows
+    from wnb.data.corpora import load_corpus
+    from wnb.data.windows import token_windows
     from wnb.model.loading import estimate_block_bytes, estimate_model_bytes, load_model
     from wnb.model.lm import resolve_device, resolve_dtype
     from wnb.session import Session, check_budget
@@ -353,7 +354,7 @@ def _validate(args) -> None:
 def _check_fits(need: int, device: torch.device, what: str, hint: str = "") -> None:
     """Refuse work whose memory estimate exceeds 90% of what the device has free now; ``hint`` is added
     to the list of ways out."""
-    from wnb.capture import available_memory
+    from wnb.core.memory import available_memory
 
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
     if need > 0.9 * free:
@@ -417,7 +418,8 @@ def _store_contexts(args, session, layers) -> None:
 
 def _score(args, run: RunFolder, session) -> str:
     from wnb import plots
-    from wnb.capture import available_memory, estimate_bytes
+    from wnb.core.memory import available_memory
+    from wnb.tracing.capture import estimate_bytes
     from wnb.entanglement import overview_table
     from wnb.model.architectures import block_of, layer_weight
     from wnb.streaming import estimate_stream_bytes
@@ -455,7 +457,7 @@ def _score(args, run: RunFolder, session) -> str:
             frame["weight_norm"] = torch.linalg.vector_norm(layer_weight(lm, name).detach().double(), dim=1).cpu().numpy()
         frame["rank"] = frame["wd"].rank(ascending=False, method="first", na_option="bottom").astype(int)
         if "pos0_tail_share" in s:  # exact scoring keeps positions: flag the first-token (attention sink) tails
-            from wnb.positions import sink_flags
+            from wnb.data.positions import sink_flags
             frame["pos0_tail_share"] = s["pos0_tail_share"].numpy()
             frame["sink"] = sink_flags(s["pos0_tail_share"]).numpy()
         rows.append(frame)
@@ -494,7 +496,7 @@ def _score(args, run: RunFolder, session) -> str:
 def _layer_view(session, name: str, args):
     """The session's cached capture and neuron table of one layer; for a remote model (no weights here)
     the same without the weight norms."""
-    from wnb.capture import capture
+    from wnb.tracing.capture import capture
     from wnb.entanglement import neuron_table
     from wnb.session import LayerView
 
@@ -507,9 +509,10 @@ def _layer_view(session, name: str, args):
 
 def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str, torch.Tensor]]:
     """Per layer: WD, mean and variance of every neuron, exact (layers captured in groups that fit) or streaming."""
-    from wnb.capture import available_memory, capture, split_by_memory
+    from wnb.core.memory import available_memory
+    from wnb.tracing.capture import capture, split_by_memory
     from wnb.entanglement import output_moments, wasserstein_to_gaussian
-    from wnb.positions import position_tail_share
+    from wnb.data.positions import position_tail_share
     from wnb.streaming import stream_scores
 
     progress = not args.quiet
@@ -599,7 +602,7 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
     Hessians, Wanda's column norms) plus, where they are kept (neuron criteria), its float32 calibration
     inputs."""
     from wnb.model.architectures import block_of, layer_weight
-    from wnb.sequential import KEEP_BYTES
+    from wnb.tracing.sequential import KEEP_BYTES
 
     per_block: dict[int, int] = {}
     widest = 0

@@ -347,7 +347,7 @@ class ContextAccumulator:
 
     def __init__(self, n_neurons: int, seq_len: int, k: int = 20, n_samples: int = 8, skip_first: int = 0,
                  seed: int = 0):
-        from wnb.positions import check_skip
+        from wnb.data.positions import check_skip
 
         self.d = check_int(n_neurons, "n_neurons")
         self.seq_len, self.skip_first = check_skip(seq_len, skip_first)
@@ -644,8 +644,8 @@ class NeuronContexts:
 
     def table(self, sink_share: float | None = None) -> pd.DataFrame:
         """One row per neuron: ``neuron, mean, std, min, max, first_share`` (:meth:`first_position_share`)
-        and ``sink`` (``first_share >= sink_share``, default :data:`wnb.positions.SINK_SHARE`)."""
-        from wnb.positions import SINK_SHARE, sink_flags
+        and ``sink`` (``first_share >= sink_share``, default :data:`wnb.data.positions.SINK_SHARE`)."""
+        from wnb.data.positions import SINK_SHARE, sink_flags
 
         share = self.first_position_share()
         return pd.DataFrame({"neuron": np.arange(self.n_neurons), "mean": self.mean.numpy(), "std": self.std.numpy(),
@@ -666,7 +666,7 @@ def contexts_from_outputs(outputs: torch.Tensor, windows, tokenizer=None, layer:
                           batch_tokens: int = 4096) -> NeuronContexts:
     """:class:`NeuronContexts` of an already captured layer: ``outputs [N, d]`` of ``windows [n, seq_len]``
     flattened window-major (``N <= n · seq_len``: the first ``N`` tokens), fed ``batch_tokens`` rows at a time."""
-    from wnb.capture import check_windows
+    from wnb.data.windows import check_windows
 
     windows = check_windows(windows)
     if outputs.dim() != 2 or not 0 < outputs.shape[0] <= windows.numel():
@@ -690,7 +690,8 @@ def neuron_contexts(lm, layer: str, windows, k: int = 20, width: int = 8, progre
     stay those of the windows); ``width`` is the tokens of context shown each side; ``max_tokens`` caps
     the tokens (the first windows); ``batch_size`` is windows per batch.
     """
-    from wnb.capture import capture, check_windows
+    from wnb.tracing.capture import capture
+    from wnb.data.windows import check_windows
     from wnb.model.architectures import check_layers, layer_weight
 
     if not isinstance(layer, str):

@@ -226,9 +226,9 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
     ``wd``) and ``lower_share``. Given ``seq_len`` (the capture's window length: rows are flattened
     window-major), ``skip_first`` positions of every window are dropped from every statistic, and the
     columns ``pos0_tail_share`` (:func:`wnb.position_tail_share`: share of the neuron's outputs beyond ±2.5σ
-    at the first position kept) and ``sink`` (that share ``>= wnb.positions.SINK_SHARE``) are added.
+    at the first position kept) and ``sink`` (that share ``>= wnb.data.positions.SINK_SHARE``) are added.
     """
-    from wnb.positions import drop_positions, position_tail_share, sink_flags
+    from wnb.data.positions import drop_positions, position_tail_share, sink_flags
 
     if skip_first and seq_len is None:
         raise WnbError("skip_first needs seq_len: the window length of the capture (rows are window-major)")
@@ -260,9 +260,10 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
 def _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first):
     """One capture pass of outputs only; yields ``(layer, outputs without the first skip_first positions,
     the kept window length)`` and frees each layer once the caller is done with it."""
-    from wnb.capture import capture, check_windows
+    from wnb.tracing.capture import capture
+    from wnb.data.windows import check_windows
     from wnb.model.architectures import ffn_layers
-    from wnb.positions import check_skip, drop_positions
+    from wnb.data.positions import check_skip, drop_positions
 
     windows = check_windows(windows, lm)
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)
@@ -278,7 +279,7 @@ def layer_statistics(lm, windows, layers=None, max_tokens: int | None = 2048, ba
     """Per FFN layer (or ``layers``), from one capture pass of outputs only: ``{"wd": [d], "pos0_tail_share":
     [d]}`` (WD, and the share of each neuron's tails at the first position kept, see
     :func:`wnb.position_tail_share`). ``skip_first`` drops that many positions from every window first."""
-    from wnb.positions import position_tail_share
+    from wnb.data.positions import position_tail_share
 
     return {name: {"wd": wasserstein_to_gaussian(y), "pos0_tail_share": position_tail_share(y, seq_len)}
             for name, y, seq_len in _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first)}
@@ -299,11 +300,11 @@ def overview_table(lm, scores: dict[str, torch.Tensor], fraction: float = 0.03, 
 
     A layer whose neurons are all constant (NaN WD) gets NaN statistics and no top neurons. Given
     ``pos0_shares`` (``{layer: [d]}``, e.g. from :func:`layer_statistics`), ``sinks`` counts the layer's
-    neurons flagged as first-position tails (share >= ``wnb.positions.SINK_SHARE``) and ``sink_top_share``
+    neurons flagged as first-position tails (share >= ``wnb.data.positions.SINK_SHARE``) and ``sink_top_share``
     is the share of its Wasserstein neurons so flagged.
     """
     from wnb.model.architectures import block_of
-    from wnb.positions import sink_flags
+    from wnb.data.positions import sink_flags
 
     rows = []
     for name, wd in scores.items():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from wnb.capture import check_windows
+from wnb.data.windows import check_windows
 from wnb.model.state import holding
 
 

@@ -483,7 +483,7 @@ def expert_bytes(lm, layers, n_experts: int) -> int:
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    from wnb.capture import available_memory
+    from wnb.core.memory import available_memory
 
     return available_memory()
 
@@ -491,7 +491,7 @@ def _free_bytes(device: torch.device) -> int:
 def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes=None, bits=None,
                     group_size=None) -> tuple[list[str], torch.Tensor]:
     """Validate a whole-model expansion before any work; return ``(layers in forward order, windows)``."""
-    from wnb.capture import check_windows
+    from wnb.data.windows import check_windows
     from wnb.model.architectures import check_layers, ffn_layers, layer_weight
     from wnb.prune import check_nm, check_weight, parse_sparsity
     from wnb.quantize import check_quant
@@ -536,7 +536,7 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
     from wnb.quantize import check_quant
 
     from wnb.model.architectures import layer_bias, layer_weight
-    from wnb.sequential import walk
+    from wnb.tracing.sequential import walk
 
     from wnb.core.checks import check_int
 

@@ -97,8 +97,8 @@ def token_activations(lm, text: str, layer: str, neuron: int, max_chars: int = M
 
 
 def _activations(lm, text, layer, neuron, max_chars):
-    from wnb.capture import capture
-    from wnb.data import context_length
+    from wnb.tracing.capture import capture
+    from wnb.data.windows import context_length
     from wnb.model.architectures import check_layers, layer_weight
 
     (layer,) = check_layers(lm, [layer])

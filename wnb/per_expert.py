@@ -20,7 +20,7 @@ import torch
 from wnb.core.checks import check_float, check_int
 from wnb.contexts import decode_contexts
 from wnb.errors import WnbError
-from wnb.positions import TAIL_SIGMA
+from wnb.data.positions import TAIL_SIGMA
 
 
 def _dense_neuron(study, neuron, on: str, outputs: str = "dense") -> torch.Tensor:
@@ -65,7 +65,7 @@ def expert_summary(study, neuron: int, on: str = "held_out", threshold: float = 
 
 
 def _check_token_windows(study, windows, on: str):
-    from wnb.capture import check_windows
+    from wnb.data.windows import check_windows
 
     windows = check_windows(windows)
     n = (study.held_inputs if on == "held_out" else study.calib_inputs).shape[0]

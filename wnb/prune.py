@@ -474,7 +474,7 @@ def _masked(weight: torch.Tensor, rows, mask_of, bits: int | None = None, group_
 def prune_layer(lm, layer: str, acts, method: str = "sparsegpt", sparsity=0.5, neurons=None,
                 fraction: float = 0.03, seed: int = 0, bits: int | None = None, group_size: int | None = None,
                 **kw) -> torch.Tensor:
-    """Pruned ``[out, in]`` weight of one layer from captured activations (``wnb.capture``); the model is
+    """Pruned ``[out, in]`` weight of one layer from captured activations (``wnb.tracing.capture``); the model is
     not changed. ``neurons`` may be indices, a boolean mask or a selection criterion (see
     :func:`select_neurons`, which then uses the captured outputs). ``bits`` and ``group_size``
     quantize as well (:func:`prune_weight`)."""
@@ -672,7 +672,7 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     neuron criteria and ``keep_inputs=True`` keep a block's calibration inputs in CPU memory instead
     (same result up to summation order).
     """
-    from wnb.capture import check_windows
+    from wnb.data.windows import check_windows
     from wnb.model.architectures import check_layers, ffn_layers, layer_weight, module
     from wnb.model.lm import require_local
 
@@ -716,7 +716,7 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
             if bits is not None:
                 opts.update(bits=bits, group_size=group_size)
             if needs_walk:
-                from wnb.sequential import walk
+                from wnb.tracing.sequential import walk
 
                 stream = streams_inputs(method, plan) and not keep_inputs
                 stats = _Accumulators(lm, method) if stream else None

@@ -19,7 +19,7 @@ import torch
 from wnb.core.checks import check_float, check_int
 from wnb.contexts import decode, decode_contexts
 from wnb.errors import WnbError
-from wnb.positions import TAIL_SIGMA, check_skip, drop_positions, kept_rows
+from wnb.data.positions import TAIL_SIGMA, check_skip, drop_positions, kept_rows
 
 
 def _one_neuron(outputs, neuron=None) -> torch.Tensor:
@@ -139,7 +139,7 @@ def differentiating_pairs(inputs, outputs, neuron: int, windows, tokenizer=None,
     ``dy = |y_a − y_b| / median``). Returns the ``top`` pairs: ``rank, dx, dy, ratio`` and for each side
     ``a`` / ``b``: ``value, z, window, position, token, left, right``.
     """
-    from wnb.capture import check_windows
+    from wnb.data.windows import check_windows
     from wnb.entanglement import _check_xy, _input_pairs, _median
 
     windows = check_windows(windows)

@@ -88,7 +88,7 @@ def pairs_block(pairs: pd.DataFrame, scale: float) -> str:
 
 
 def position_note(ctx, neuron: int, skip_first: int, share: float) -> str:
-    from wnb.positions import SINK_SHARE
+    from wnb.data.positions import SINK_SHARE
 
     positions = ctx.positions(neuron)
     first = positions.iloc[0]

@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 
 from wnb.core import cache
-from wnb.capture import capture, split_by_memory
-from wnb.data import load_corpus, token_windows
+from wnb.tracing.capture import capture, split_by_memory
+from wnb.data.corpora import load_corpus
+from wnb.data.windows import token_windows
 from wnb.entanglement import layer_statistics, neuron_table, overview_table, pair_distances, top_neurons
 from wnb.errors import WnbError
 from wnb.model.bundled import BUNDLED
@@ -106,7 +107,7 @@ class LayerView:
         """Rows of a capture of this layer without the first ``skip_first`` positions of every window."""
         if not self.skip_first:
             return t
-        from wnb.positions import drop_positions
+        from wnb.data.positions import drop_positions
         return drop_positions(t, self.seq_len, self.skip_first)
 
     @property
@@ -180,7 +181,7 @@ class Session:
         self._contexts = None  # (key, NeuronContexts) of the last layer read
         self._folder = None
         if restricted:
-            from wnb.data import CORPORA
+            from wnb.data.corpora import CORPORA
             from wnb.sources import UPLOAD, app_model
 
             self.model, self._folder = app_model(self.model)
@@ -382,7 +383,7 @@ class Session:
         """What analysing ``name`` will take: ``outputs`` (tokens × neurons), ``bytes`` of the capture,
         a rough ``seconds`` (ranking every neuron dominates), whether it is ``cached`` already, and
         ``large`` when its outputs pass ``LARGE_LAYER_OUTPUTS`` (the app then asks before it starts)."""
-        from wnb.capture import estimate_bytes
+        from wnb.tracing.capture import estimate_bytes
 
         name = self.check_layer(name)
         if self.use_cache and cache.entry_path("capture", self.key(layer=name)).exists():
@@ -456,7 +457,7 @@ class Session:
         """Prune one layer with ``method`` at ``sparsity`` (wnb.prune_layer on its calibration capture; with
         ``bits``, the kept weights quantized too) and compare its held-out outputs with the dense ones
         (wnb.neuron_errors). Cached."""
-        from wnb.capture import Activations
+        from wnb.tracing.capture import Activations
         from wnb.evaluate import layer_outputs, neuron_errors
         from wnb.prune import check_method, prune_layer, sparsity_label
 

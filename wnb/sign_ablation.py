@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from wnb.capture import check_windows
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.model.state import changed
 
@@ -71,7 +71,7 @@ class _Clamp:
 
     Not in place: nnsight reads a layer's output inside its ``forward``, before PyTorch's forward hooks
     run, and keeps a reference; an in-place clamp would reach that reference or not depending on whether
-    the trace stopped at this layer (``wnb.capture`` stops after its deepest layer, before its hooks).
+    the trace stopped at this layer (``wnb.tracing.capture`` stops after its deepest layer, before its hooks).
     With a copy, a capture of an ablated layer always gives its output before the clamp."""
 
     def __init__(self, index: torch.Tensor, side: str):
@@ -99,7 +99,7 @@ def sign_ablated(lm, neurons, side: str = "negative"):
     ``neurons`` maps layer names (``wnb.linear_layers(lm)``) to neuron indices (output features).
     ``side="negative"`` zeroes only their negative values (y → max(y, 0), the follow-up's intervention),
     ``"positive"`` only the positive ones (y → min(y, 0)), ``"both"`` all (y → 0). Forward hooks do it, so
-    :func:`wnb.perplexity`, :func:`wnb.capture`, nnsight traces and ``lm.model.generate`` all run the
+    :func:`wnb.perplexity`, :func:`wnb.tracing.capture`, nnsight traces and ``lm.model.generate`` all run the
     ablated model; the weights are never touched. The clamp acts as the layer returns, after nnsight
     reads its output: a capture of an ablated layer itself gives its output before the clamp (what it
     computes from its, possibly ablated, inputs), every later layer sees the clamped values. The hooks
@@ -136,7 +136,8 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     layer); ``streaming=True`` uses :func:`wnb.stream_scores` instead (one pass, memory per neuron, WD
     within ~1e-3).
     """
-    from wnb.capture import available_memory, split_by_memory
+    from wnb.core.memory import available_memory
+    from wnb.tracing.capture import split_by_memory
     from wnb.entanglement import layer_scores
     from wnb.model.architectures import check_layers, first_ffn_layers
     from wnb.streaming import stream_scores

@@ -191,9 +191,10 @@ def gate_up_quadrants(lm, layer: str, windows, neurons=None, max_tokens: int | N
                       skip_first: int = 0, progress: bool = True) -> pd.DataFrame:
     """:func:`sign_quadrants` of a gate_proj ``layer`` and its up_proj over ``windows``, counted batch by batch
     in one capture pass (memory per neuron, not per token). ``skip_first`` drops positions of every window."""
-    from wnb.capture import capture, check_windows
+    from wnb.tracing.capture import capture
+    from wnb.data.windows import check_windows
     from wnb.model.architectures import layer_weight
-    from wnb.positions import check_skip
+    from wnb.data.positions import check_skip
 
     up = up_projection_of(lm, layer)
     windows = check_windows(windows, lm)

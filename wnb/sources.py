@@ -15,6 +15,8 @@ import os
 import re
 from pathlib import Path
 
+from wnb.core.memory import total_memory
+from wnb.data.corpora import decode_text
 from wnb.errors import WnbError
 
 MODEL_DIRS_ENV = "WNB_MODEL_DIRS"
@@ -35,13 +37,6 @@ MAX_SMALL_FILE_BYTES = 64 << 20  # any one of HUB_FILES
 MAX_LAYERS = 1000                # a config claiming more is refused before the model is built
 BYTES_PER_PARAM = 4              # the app loads on the CPU in float32
 
-
-def total_memory() -> int:
-    """Bytes of RAM of this machine (8 GiB where it cannot be read)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
 
 
 def max_params() -> int:
@@ -250,7 +245,7 @@ def fetch_hub_model(name: str, on_file=None, limit: int | None = None) -> tuple[
     except Exception as exc:
         raise _hub_failure(name, exc) from exc
     params = check_config(name, folder, limit)
-    from wnb.capture import available_memory
+    from wnb.core.memory import available_memory
 
     need, free = params * BYTES_PER_PARAM, available_memory()
     if need > 0.8 * free:
@@ -269,7 +264,7 @@ def fetch_hub_model(name: str, on_file=None, limit: int | None = None) -> tuple[
 
 def app_corpus(choice: str, upload: bytes | None = None) -> str:
     """The corpus text for the app's corpus choice: a named corpus, or the uploaded file's text."""
-    from wnb.data import CORPORA, load_corpus
+    from wnb.data.corpora import CORPORA, load_corpus
 
     if choice in CORPORA:
         return load_corpus(choice)
@@ -281,17 +276,3 @@ def app_corpus(choice: str, upload: bytes | None = None) -> str:
                    "it opens no file on the server")
 
 
-def decode_text(raw: bytes, what: str, max_bytes: int | None = None) -> str:
-    """``raw`` as UTF-8 text; refuse binary data (NUL bytes or many undecodable bytes) and, given
-    ``max_bytes``, more than that."""
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise WnbError(f"{what} has {len(raw) / 2**20:.1f} MiB; at most {max_bytes / 2**20:.0f} MiB of text is accepted")
-    if b"\x00" in raw[: 1 << 20]:
-        raise WnbError(f"{what} is not text (it holds NUL bytes); give a UTF-8 text file")
-    text = raw.decode("utf-8", errors="replace")
-    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
-    if bad > max(10, len(text) // 1000):
-        raise WnbError(f"{what} is not UTF-8 text ({bad:,} undecodable bytes); give a UTF-8 text file")
-    if not text.strip():
-        raise WnbError(f"{what} is empty")
-    return text

@@ -274,9 +274,10 @@ def stream_scores(lm, windows, layers=None, max_tokens: int | None = None, batch
     """WD, mean and variance of every neuron of ``layers`` (default: all FFN layers) in one capture pass
     that keeps no outputs: memory is per neuron, not per token. Returns ``{layer: StreamingWD}``.
     ``skip_first`` leaves the first positions of every window out (0: all, as in the paper)."""
-    from wnb.capture import capture, check_windows
+    from wnb.tracing.capture import capture
+    from wnb.data.windows import check_windows
     from wnb.model.architectures import ffn_layers
-    from wnb.positions import check_skip
+    from wnb.data.positions import check_skip
 
     windows = check_windows(windows, lm)
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.capture import check_windows
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.evaluate import token_nll
 

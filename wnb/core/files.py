@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path

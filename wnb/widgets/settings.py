@@ -16,7 +16,7 @@ class Settings(Panel):
     """Model, corpus, token budget and seed shared by every view; ``session`` is the current one."""
 
     def __init__(self, budget: str | None = None, session: Session | None = None):
-        from wnb.data import CORPORA
+        from wnb.data.corpora import CORPORA
         from wnb.sources import MAX_UPLOAD_BYTES, UPLOAD, offered_models
 
         budget = budget or budget_from_env()

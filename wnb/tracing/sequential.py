@@ -34,10 +34,10 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from wnb.capture import check_windows
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.lm import LM, require_local
 from wnb.model.architectures import block_of, check_layers, decoder_blocks, layer_weight, module
+from wnb.model.lm import LM, require_local
 from wnb.model.offload import resident
 from wnb.model.state import holding
 

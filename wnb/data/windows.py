@@ -1,43 +1,12 @@
-"""Corpora and token windows.
-
-The bundled corpus is the standard library's ``pydoc_data.topics`` (English prose about Python, on
-every Python install); ``"wikitext2"`` is the paper's corpus (needs ``datasets`` and a network); any
-other string is read as the path of a text file.
-"""
+"""Token windows: a text tokenized (in pieces when it is long) and cut into non-overlapping windows, with
+disjoint calibration and held-out sets drawn by seed; and the one check of windows wherever they enter
+(integer ids inside the vocabulary, no longer than the model's context)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
 from wnb.errors import WnbError
-
-CORPORA = ("bundled", "wikitext2")
-
-
-def load_corpus(name: str = "bundled", split: str = "train") -> str:
-    """Return a corpus as one string. ``split`` applies to WikiText-2 (``train``/``validation``/``test``)."""
-    if name in (None, "bundled", "pydoc"):
-        from pydoc_data.topics import topics
-
-        return "\n\n".join(topics[k].strip() for k in sorted(topics))
-    if name in ("wikitext2", "wikitext-2"):
-        try:
-            from datasets import load_dataset
-        except ImportError as exc:
-            raise WnbError("the WikiText-2 corpus needs the `datasets` package: pip install datasets") from exc
-        try:
-            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
-        except Exception as exc:
-            raise WnbError(f"could not load WikiText-2 ({split}) through `datasets`: {exc}; it needs a network "
-                           "connection the first time. The bundled corpus works offline: load_corpus()") from exc
-        return "\n\n".join(rows["text"])
-    from wnb.sources import decode_text
-
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise WnbError(f"unknown corpus {name!r}: use 'bundled', 'wikitext2' or the path of a text file")
-    return decode_text(path.read_bytes(), f"the corpus file {path}")
+from wnb.model.lm import LM
 
 
 def tokenize(lm, text: str, progress: bool = True) -> torch.Tensor:
@@ -109,3 +78,43 @@ def token_windows(lm, text: str, seq_len: int = 256, n_calib: int = 32, n_eval: 
     windows = ids[: available * seq_len].view(available, seq_len)
     order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
     return windows[order[:n_calib]].clone(), windows[order[n_calib:n_calib + n_eval]].clone()
+
+
+def check_windows(windows, lm: LM | None = None, min_len: int = 1) -> torch.Tensor:
+    """Accept ``[n, seq_len]`` (or one ``[seq_len]``) integer token ids; refuse empty input, windows shorter
+    than ``min_len`` and, given the model, windows longer than its context (:func:`wnb.data.windows.context_length`)
+    and ids outside its vocabulary."""
+    if windows is None:
+        raise WnbError("token windows are missing: pass [n_windows, seq_len] token ids (see wnb.token_windows)")
+    if not isinstance(windows, torch.Tensor):
+        try:
+            windows = torch.as_tensor(windows)
+        except (TypeError, ValueError, RuntimeError):
+            raise WnbError("token windows must be a [n_windows, seq_len] tensor of integer token ids") from None
+    if windows.dim() == 1:
+        windows = windows[None]
+    if windows.dim() != 2 or windows.numel() == 0:
+        raise WnbError(f"token windows must be a non-empty [n_windows, seq_len] tensor (got shape {tuple(windows.shape)})")
+    if windows.dtype.is_floating_point or windows.dtype.is_complex or windows.dtype == torch.bool:
+        raise WnbError(f"token windows must hold integer token ids, not {windows.dtype}")
+    if windows.shape[1] < min_len:
+        raise WnbError(f"token windows must have at least {min_len} tokens each (got {windows.shape[1]})")
+    if lm is not None:
+        context = context_length(lm)
+        if context is not None and windows.shape[1] > context:
+            raise WnbError(f"token windows of {windows.shape[1]:,} tokens are longer than {lm.name}'s context of "
+                           f"{context:,} tokens; use windows of at most {context:,} (wnb.token_windows(seq_len=...))")
+    windows = windows.long()
+    vocab = vocab_size(lm) if lm is not None else None
+    if vocab is not None:
+        low, high = int(windows.min()), int(windows.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise WnbError(f"token id {bad} is outside the vocabulary of {lm.name} (ids 0 to {vocab - 1})")
+    return windows
+
+
+def vocab_size(lm: LM) -> int | None:
+    """Rows of the input embedding (the ids the model accepts), None where it has none."""
+    embedding = lm.model.get_input_embeddings() if hasattr(lm.model, "get_input_embeddings") else None
+    return getattr(embedding, "num_embeddings", None)

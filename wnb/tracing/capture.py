@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from wnb.errors import WnbError
 from wnb.core.checks import check_int
-from wnb.data import context_length
-from wnb.model.lm import LM
+from wnb.core.memory import available_memory
+from wnb.data.windows import check_windows
+from wnb.errors import WnbError
 from wnb.model.architectures import check_layers
+from wnb.model.lm import LM
 from wnb.model.state import holding
 
 
@@ -31,57 +32,6 @@ class Activations:
         t = self.outputs if self.outputs is not None else self.inputs
         return 0 if t is None else t.shape[0]
 
-
-def available_memory() -> int:
-    """Bytes of RAM available now (MemAvailable), or a conservative 4 GiB where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
-
-
-def check_windows(windows, lm: LM | None = None, min_len: int = 1) -> torch.Tensor:
-    """Accept ``[n, seq_len]`` (or one ``[seq_len]``) integer token ids; refuse empty input, windows shorter
-    than ``min_len`` and, given the model, windows longer than its context (:func:`wnb.data.context_length`)
-    and ids outside its vocabulary."""
-    if windows is None:
-        raise WnbError("token windows are missing: pass [n_windows, seq_len] token ids (see wnb.token_windows)")
-    if not isinstance(windows, torch.Tensor):
-        try:
-            windows = torch.as_tensor(windows)
-        except (TypeError, ValueError, RuntimeError):
-            raise WnbError("token windows must be a [n_windows, seq_len] tensor of integer token ids") from None
-    if windows.dim() == 1:
-        windows = windows[None]
-    if windows.dim() != 2 or windows.numel() == 0:
-        raise WnbError(f"token windows must be a non-empty [n_windows, seq_len] tensor (got shape {tuple(windows.shape)})")
-    if windows.dtype.is_floating_point or windows.dtype.is_complex or windows.dtype == torch.bool:
-        raise WnbError(f"token windows must hold integer token ids, not {windows.dtype}")
-    if windows.shape[1] < min_len:
-        raise WnbError(f"token windows must have at least {min_len} tokens each (got {windows.shape[1]})")
-    if lm is not None:
-        context = context_length(lm)
-        if context is not None and windows.shape[1] > context:
-            raise WnbError(f"token windows of {windows.shape[1]:,} tokens are longer than {lm.name}'s context of "
-                           f"{context:,} tokens; use windows of at most {context:,} (wnb.token_windows(seq_len=...))")
-    windows = windows.long()
-    vocab = vocab_size(lm) if lm is not None else None
-    if vocab is not None:
-        low, high = int(windows.min()), int(windows.max())
-        if low < 0 or high >= vocab:
-            bad = low if low < 0 else high
-            raise WnbError(f"token id {bad} is outside the vocabulary of {lm.name} (ids 0 to {vocab - 1})")
-    return windows
-
-
-def vocab_size(lm: LM) -> int | None:
-    """Rows of the input embedding (the ids the model accepts), None where it has none."""
-    embedding = lm.model.get_input_embeddings() if hasattr(lm.model, "get_input_embeddings") else None
-    return getattr(embedding, "num_embeddings", None)
 
 
 def estimate_bytes(lm: LM, layers, n_tokens: int, inputs: bool = True, outputs: bool = True) -> int:
