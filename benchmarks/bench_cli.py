@@ -24,7 +24,7 @@ import torch
 import wnb
 from _util import machine, table, timed
 from bench_core import authors_wd
-from wnb.streaming import state_bytes
+from wnb.scoring.streaming import state_bytes
 
 LAYER = "model.layers.1.mlp.gate_proj"
 

@@ -18,7 +18,7 @@ import torch
 
 import wnb
 from _util import machine, table
-from wnb.evaluate import perplexity_interval
+from wnb.tracing.nll import perplexity_interval
 from wnb.quantize import quant_label
 from wnb.session import BUDGETS
 

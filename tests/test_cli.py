@@ -162,7 +162,7 @@ def test_prune_equals_the_api(tmp_path, isolated_cache, capsys, monkeypatch):
     def no_compute(*a, **k):
         raise AssertionError("the app recomputed what the command had cached")
 
-    monkeypatch.setattr(wnb.evaluate, "sweep", no_compute)  # the app's sweep view reads the command's result
+    monkeypatch.setattr(wnb.tracing.nll, "sweep", no_compute)  # the app's sweep view reads the command's result
     session = wnb.session.Session(lm=lm, calib=calib, held_out=held_out)
     pd.testing.assert_frame_equal(session.sweep(["wanda"], ["2:4"], [GATE, UP]), table, check_exact=False, rtol=1e-12)
 

@@ -112,7 +112,7 @@ def test_mapping_difficulty_matches_definition():
     x = rng.standard_normal((400, 6))
     y = np.stack([x @ rng.standard_normal(6), np.tanh(3 * x[:, 0])], axis=1)
     md = wnb.mapping_difficulty(torch.from_numpy(x), torch.from_numpy(y), n_pairs=150, seed=7)
-    i, j = wnb.entanglement.sample_pairs(400, 150, seed=7)
+    i, j = wnb.scoring.mapping.sample_pairs(400, 150, seed=7)
     assert len(set(i.tolist()) | set(j.tolist())) == 300  # pairs are disjoint
     np.testing.assert_allclose(md.numpy(), direct_md(x, y, i.numpy(), j.numpy()), rtol=1e-10)
 

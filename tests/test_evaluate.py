@@ -20,7 +20,7 @@ def test_perplexity_equals_hf_loss(tiny, tiny_windows):
 
 
 def test_window_nll_equals_hf_loss_per_window(tiny, tiny_windows):
-    from wnb.evaluate import window_nll
+    from wnb.tracing.nll import window_nll
 
     with torch.no_grad():
         losses = [tiny.model(w[None], labels=w[None]).loss.item() for w in tiny_windows]
@@ -28,7 +28,7 @@ def test_window_nll_equals_hf_loss_per_window(tiny, tiny_windows):
 
 
 def test_bootstrap_interval_matches_an_independent_resampling():
-    from wnb.evaluate import bootstrap_interval
+    from wnb.tracing.nll import bootstrap_interval
 
     nll = np.random.default_rng(3).gamma(9.0, 0.3, size=40)  # per-window NLLs, spread like real windows
     low, high = bootstrap_interval(torch.tensor(nll), n_boot=20_000, seed=1)

@@ -100,11 +100,11 @@ def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
 def test_the_surprisal_and_depth_profile_reuse_the_study_passes(app, monkeypatch):
     """Every held-out pass (dense, Wasserstein, each matched count) is computed once: the surprisal after
     the study runs none, and the depth profile only the layer sets it has not seen."""
-    import wnb.evaluate
+    import wnb.tracing.nll
 
     passes = []
-    real = wnb.evaluate.token_nll
-    monkeypatch.setattr(wnb.evaluate, "token_nll", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real = wnb.tracing.nll.token_nll
+    monkeypatch.setattr(wnb.tracing.nll, "token_nll", lambda *a, **k: passes.append(1) or real(*a, **k))
     app.tabs.selected_index = 4
     view = app.negative
     view.fraction.value = 0.05

@@ -7,7 +7,7 @@ from scipy import integrate, stats
 import wnb
 from wnb.errors import WnbError
 from wnb.data.positions import SINK_SHARE
-from wnb.sign_view import up_projection_of
+from wnb.scoring.sign import up_projection_of
 
 
 def hook_outputs(lm, layers, windows):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import wnb
-from wnb.entanglement import sample_pairs
+from wnb.scoring.mapping import sample_pairs
 from wnb.errors import WnbError
 
 

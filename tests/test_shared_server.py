@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import wnb
-import wnb.evaluate
+import wnb.tracing.nll
 import wnb.widgets as ww
 from wnb.model import state
 from wnb.core import cache
@@ -108,7 +108,7 @@ def test_the_same_tab_is_inert_while_its_sweep_holds_the_pruned_model(tiny_llama
     view.start()
     assert view.last_error is None and view.layer.value == LAYER
     inside, release = threading.Event(), threading.Event()
-    real = wnb.evaluate.perplexity_interval
+    real = wnb.tracing.nll.perplexity_interval
 
     def held(lm, *args, **kwargs):
         if not state.is_dense(lm):  # the sweep's first pruned run: stay inside pruned until released
@@ -116,7 +116,7 @@ def test_the_same_tab_is_inert_while_its_sweep_holds_the_pruned_model(tiny_llama
             release.wait(60)
         return real(lm, *args, **kwargs)
 
-    monkeypatch.setattr(wnb.evaluate, "perplexity_interval", held)
+    monkeypatch.setattr(wnb.tracing.nll, "perplexity_interval", held)
     before = entries()
     view.sparsities.value = "0.5"
     view.run_sweep.click()
@@ -385,7 +385,7 @@ def test_a_job_above_the_server_limit_is_refused_however_often_asked(tiny_llama,
     app.tabs.selected_index = 2
     view = app.sparsity
     runs = []
-    monkeypatch.setattr(wnb.evaluate, "sweep", lambda *a, **k: runs.append(1))
+    monkeypatch.setattr(wnb.tracing.nll, "sweep", lambda *a, **k: runs.append(1))
     for _ in range(3):
         view.run_sweep.click()
         assert "more than this server runs for one job" in view.last_error

@@ -6,7 +6,7 @@ from scipy import stats
 
 import wnb
 from wnb.errors import WnbError
-from wnb.streaming import StreamingWD, estimate_stream_bytes, stream_scores
+from wnb.scoring.streaming import StreamingWD, estimate_stream_bytes, stream_scores
 
 NORMAL_QUANTILES = stats.norm.ppf((np.arange(10**6) + 0.5) / 10**6)
 

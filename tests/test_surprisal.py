@@ -83,9 +83,9 @@ def test_token_nll_matches_perplexity(tiny, tiny_windows):
 
 
 def test_intervals_from_token_nll():
-    """wnb.evaluate.interval_of on per-token NLLs: exp of the mean, and the percentile bootstrap over
+    """wnb.tracing.nll.interval_of on per-token NLLs: exp of the mean, and the percentile bootstrap over
     windows recomputed here from the same seeded draws of window indices."""
-    from wnb.evaluate import interval_of
+    from wnb.tracing.nll import interval_of
 
     nll = torch.rand(10, 30, generator=torch.Generator().manual_seed(0)) * 4
     row = interval_of(nll, seed=3)

@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 import wnb
-import wnb.evaluate
+import wnb.tracing.nll
 import wnb.session
 import wnb.widgets as ww
 from wnb.session import Session
@@ -594,8 +594,8 @@ def test_a_very_large_layer_waits_for_confirmation(app, monkeypatch):
 def test_a_long_whole_model_job_waits_for_confirmation(app, monkeypatch):
     monkeypatch.setattr(wnb.session, "LARGE_JOB_SECONDS", 0.0)  # every job on the tiny model is "long"
     runs = []
-    real = wnb.evaluate.sweep
-    monkeypatch.setattr(wnb.evaluate, "sweep", lambda *a, **k: runs.append(k["sparsities"]) or real(*a, **k))
+    real = wnb.experiments.sweeps.sweep
+    monkeypatch.setattr(wnb.tracing.nll, "sweep", lambda *a, **k: runs.append(k["sparsities"]) or real(*a, **k))
     app.tabs.selected_index = 2
     view = app.sparsity
     view.scope.value = "all"

@@ -11,26 +11,29 @@ from wnb.core.cache import cache_dir
 from wnb.tracing.capture import Activations, capture, estimate_bytes
 from wnb.data.corpora import load_corpus
 from wnb.data.windows import token_windows
-from wnb.entanglement import (layer_scores, mapping_difficulty, neuron_table, overview, overview_table,
-                           pair_distances, top_neurons, wasserstein_to_gaussian)
+from wnb.scoring.tables import layer_scores, neuron_table, overview, overview_table
+from wnb.scoring.mapping import mapping_difficulty, pair_distances
+from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
 from wnb.errors import WnbError
 from wnb.contexts import ContextAccumulator, NeuronContexts, contexts_from_outputs, neuron_contexts
-from wnb.entanglement import layer_statistics
+from wnb.scoring.tables import layer_statistics
 from wnb.highlight import activation_html, context_html, contexts_html, token_activations, tokens_html
 from wnb.per_expert import expert_contexts, expert_summary, tail_routing
 from wnb.data.positions import drop_positions, position_profile, position_tail_share
 from wnb.reading import differentiating_pairs, output_effect, tail_concentration, token_table
-from wnb.sign_view import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
+from wnb.scoring.sign import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
 from wnb.expand import Expansion, Router, RoutedLayer, expand_layer, expanded, kmeans
 from wnb.analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_outputs, relative_improvement,
                        ri_regression, study_layer, token_shares)
-from wnb.evaluate import (ablation, layer_outputs, neuron_errors, output_rmse, output_shift, perplexity,
-                       perplexity_interval, sweep, token_nll)
+from wnb.experiments.sweeps import ablation, sweep
+from wnb.model.architectures import layer_outputs
+from wnb.scoring.comparison import neuron_errors, output_rmse, output_shift
+from wnb.tracing.nll import perplexity, perplexity_interval, token_nll
 from wnb.prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
 from wnb.quantize import effective_bits, fit_grid, model_effective_bits, quantize
 from wnb.model.offload import offload_blocks, resident
 from wnb.tracing.sequential import walk
-from wnb.streaming import StreamingWD, stream_scores
+from wnb.scoring.streaming import StreamingWD, stream_scores
 from wnb.minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
 from wnb.sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
                             sign_ablated, sign_ablation_depth, sign_ablation_study, study_selections,

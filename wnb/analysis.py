@@ -103,8 +103,9 @@ def relative_improvement(study: LayerStudy) -> pd.DataFrame:
     """One row per neuron: WD, output mean and variance of the dense outputs on the calibration tokens,
     held-out RMSE against the dense outputs of SparseGPT and of the expansion, and
     ``ri = rmse_sparsegpt / rmse_expansion`` (NaN where the expansion's error is 0)."""
-    from wnb.entanglement import output_moments, wasserstein_to_gaussian
-    from wnb.evaluate import output_rmse
+    from wnb.scoring.tables import output_moments
+    from wnb.scoring.wasserstein import wasserstein_to_gaussian
+    from wnb.scoring.comparison import output_rmse
 
     dense_calib = study.outputs("dense", "calib")
     dense = study.outputs("dense")
@@ -175,7 +176,8 @@ def entanglement_change(study: LayerStudy, neurons=None, on: str = "held_out", o
     few tokens is biased upward, so only ``wd_after`` below the control says the router separated the
     distribution.
     """
-    from wnb.entanglement import mapping_difficulty, wasserstein_to_gaussian
+    from wnb.scoring.mapping import mapping_difficulty
+    from wnb.scoring.wasserstein import wasserstein_to_gaussian
 
     if outputs not in ("expansion", "dense"):
         raise WnbError(f"outputs must be 'expansion' or 'dense' (got {outputs!r})")
@@ -221,7 +223,7 @@ def random_partition(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
 def weighted_group_wd(outputs: torch.Tensor, labels: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Token-share weighted mean over groups of each neuron's WD on the group's tokens (groups of fewer than
     2 tokens and constant outputs left out, weights renormalized): ``[n_neurons]`` float64."""
-    from wnb.entanglement import wasserstein_to_gaussian
+    from wnb.scoring.wasserstein import wasserstein_to_gaussian
 
     total = torch.zeros(outputs.shape[1], dtype=torch.float64)
     weight = torch.zeros_like(total)
@@ -271,7 +273,7 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     (joint quantization) the expanded rows get a ``bits`` column (and ``group_size`` with groups).
     """
     from wnb.data.windows import check_windows
-    from wnb.evaluate import perplexity_interval
+    from wnb.tracing.nll import perplexity_interval
     from wnb.expand import check_expansion, expanded
     from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
     from wnb.prune import sparsity_label
@@ -287,7 +289,7 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
             check_expansion(lm, k, s, calib, layers, expand_kw.get("pca_factor", 32), expand_kw.get("max_bytes"),
                             expand_kw.get("bits"), expand_kw.get("group_size"))
     quant = key_parts(*check_quant(expand_kw.get("bits"), expand_kw.get("group_size")))
-    from wnb.evaluate import _runs
+    from wnb.experiments.sweeps import _runs
 
     rows = []
     report = _runs(on_run, int(dense) + len(sparsities) * len(n_experts))

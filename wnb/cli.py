@@ -420,9 +420,9 @@ def _score(args, run: RunFolder, session) -> str:
     from wnb import plots
     from wnb.core.memory import available_memory
     from wnb.tracing.capture import estimate_bytes
-    from wnb.entanglement import overview_table
+    from wnb.scoring.tables import overview_table
     from wnb.model.architectures import block_of, layer_weight
-    from wnb.streaming import estimate_stream_bytes
+    from wnb.scoring.streaming import estimate_stream_bytes
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -497,7 +497,7 @@ def _layer_view(session, name: str, args):
     """The session's cached capture and neuron table of one layer; for a remote model (no weights here)
     the same without the weight norms."""
     from wnb.tracing.capture import capture
-    from wnb.entanglement import neuron_table
+    from wnb.scoring.tables import neuron_table
     from wnb.session import LayerView
 
     if not session.lm.remote:
@@ -511,9 +511,10 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
     """Per layer: WD, mean and variance of every neuron, exact (layers captured in groups that fit) or streaming."""
     from wnb.core.memory import available_memory
     from wnb.tracing.capture import capture, split_by_memory
-    from wnb.entanglement import output_moments, wasserstein_to_gaussian
+    from wnb.scoring.tables import output_moments
+    from wnb.scoring.wasserstein import wasserstein_to_gaussian
     from wnb.data.positions import position_tail_share
-    from wnb.streaming import stream_scores
+    from wnb.scoring.streaming import stream_scores
 
     progress = not args.quiet
     if method == "streaming":
@@ -537,7 +538,7 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
 
 def _prune(args, run: RunFolder, session) -> str:
     from wnb import plots
-    from wnb.evaluate import perplexity_interval
+    from wnb.tracing.nll import perplexity_interval
     from wnb.prune import check_method, pruned, sparsity_label, streams_inputs
     from wnb.quantize import key_parts, model_effective_bits, quant_label
 

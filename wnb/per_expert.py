@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.core.checks import check_float, check_int
 from wnb.contexts import decode_contexts
-from wnb.errors import WnbError
+from wnb.core.checks import check_float, check_int
+from wnb.core.stats import standardize
 from wnb.data.positions import TAIL_SIGMA
+from wnb.errors import WnbError
 
 
 def _dense_neuron(study, neuron, on: str, outputs: str = "dense") -> torch.Tensor:
@@ -33,23 +34,18 @@ def _dense_neuron(study, neuron, on: str, outputs: str = "dense") -> torch.Tenso
     return study.outputs(outputs, on)[:, neuron].double()
 
 
-def _z(y: torch.Tensor) -> torch.Tensor:
-    std, mean = torch.std_mean(y, correction=0)
-    return (y - mean) / std if std > 0 else torch.zeros_like(y)
-
-
 def expert_summary(study, neuron: int, on: str = "held_out", threshold: float = TAIL_SIGMA) -> pd.DataFrame:
     """One row per expert: ``tokens, share`` (of the ``on`` tokens routed to it), the neuron's dense output
     ``mean, std`` there, ``lower`` / ``upper`` (its outputs beyond ∓``threshold``σ of the neuron's mean over
     all tokens), and ``wd_dense`` / ``wd_expansion``: WD of the neuron's dense outputs on the expert's tokens
     and of the expert's own outputs (NaN with fewer than 2 tokens or a constant output)."""
-    from wnb.entanglement import wasserstein_to_gaussian
+    from wnb.scoring.wasserstein import wasserstein_to_gaussian
 
     threshold = check_float(threshold, "threshold", 0, None, low_open=True)
     dense = _dense_neuron(study, neuron, on)
     own = _dense_neuron(study, neuron, on, "expansion")
     labels = study.labels(on)
-    z = _z(dense)
+    z = standardize(dense)
     rows = []
     for c in range(study.expansion.n_experts):
         members = labels == c
@@ -88,7 +84,7 @@ def expert_contexts(study, neuron: int, windows, tokenizer=None, k: int = 5, wid
     y = _dense_neuron(study, neuron, on, outputs)
     windows = _check_token_windows(study, windows, on)
     labels = study.labels(on)
-    z = _z(y)
+    z = standardize(y)
     frames = []
     for c in range(study.expansion.n_experts):
         members = torch.nonzero(labels == c).flatten()
@@ -132,7 +128,7 @@ def tail_routing(study, neuron: int, on: str = "held_out", threshold: float = TA
     """
     threshold = check_float(threshold, "threshold", 0, None, low_open=True)
     n_control, seed = check_int(n_control, "n_control"), check_int(seed, "seed", minimum=0)
-    z = _z(_dense_neuron(study, neuron, on))
+    z = standardize(_dense_neuron(study, neuron, on))
     labels = study.labels(on).cpu()
     sizes = torch.bincount(labels, minlength=study.expansion.n_experts).double()
     gen = torch.Generator().manual_seed(seed)

@@ -18,6 +18,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy import stats
 
+from wnb.core.stats import standardize
 from wnb.errors import WnbError
 
 GAUSSIAN_LABEL = "N(0, 1)"
@@ -52,14 +53,13 @@ def to_png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def standardize(values, reference=None) -> np.ndarray:
-    """``(values − mean) / std`` with the population mean and std of ``reference`` (default: ``values``)."""
-    x = _numpy(values)
-    ref = x if reference is None else _numpy(reference)
-    std = ref.std()
-    if not std > 0:
+def standardized(values, reference=None) -> np.ndarray:
+    """:func:`wnb.core.stats.standardize` of one neuron's outputs for a histogram; refused for a constant
+    neuron (nothing to draw against N(0, 1))."""
+    z = standardize(_numpy(values), None if reference is None else _numpy(reference))
+    if np.isnan(z).all():
         raise WnbError("cannot standardize a constant neuron (its outputs have zero variance)")
-    return (x - ref.mean()) / std
+    return z
 
 
 def output_histogram(series, standardize_by: str | None = "each", weights: Mapping[str, float] | None = None,
@@ -85,9 +85,9 @@ def output_histogram(series, standardize_by: str | None = "each", weights: Mappi
     data = {}
     for label, values in series.items():
         if standardize_by == "each":
-            data[label] = standardize(values)
+            data[label] = standardized(values)
         elif standardize_by == "first":
-            data[label] = standardize(values, first)
+            data[label] = standardized(values, first)
         else:
             data[label] = _numpy(values)
     if ax is None:

@@ -507,7 +507,7 @@ def select_neurons(criterion: str, outputs: torch.Tensor | None = None, weight: 
     largest L2 norm of the weight row. ``outputs`` is ``[tokens, n_neurons]``; ``weight`` ``[out, in]``.
     Highest score first (random: in drawn order).
     """
-    from wnb.entanglement import top_neurons, wasserstein_to_gaussian
+    from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
 
     if criterion not in CRITERIA:
         raise WnbError(f"unknown neuron selection {criterion!r}; choose one of {', '.join(CRITERIA)}")

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.core.checks import check_float, check_int
 from wnb.contexts import decode, decode_contexts
-from wnb.errors import WnbError
+from wnb.core.checks import check_float, check_int
+from wnb.core.stats import median, standardize
 from wnb.data.positions import TAIL_SIGMA, check_skip, drop_positions, kept_rows
+from wnb.errors import WnbError
 
 
 def _one_neuron(outputs, neuron=None) -> torch.Tensor:
@@ -39,10 +40,11 @@ def _one_neuron(outputs, neuron=None) -> torch.Tensor:
 
 
 def _standardize(y: torch.Tensor) -> torch.Tensor:
-    std, mean = torch.std_mean(y, correction=0)
-    if not std > 0:
+    """:func:`wnb.core.stats.standardize`, refused for a constant neuron: it has no tails to read."""
+    z = standardize(y)
+    if torch.isnan(z).all():
         raise WnbError("this neuron's output is constant over these tokens: it has no tails")
-    return (y - mean) / std
+    return z
 
 
 # ---------------------------------------------------------------- token table
@@ -140,8 +142,8 @@ def differentiating_pairs(inputs, outputs, neuron: int, windows, tokenizer=None,
     ``a`` / ``b``: ``value, z, window, position, token, left, right``.
     """
     from wnb.data.windows import check_windows
-    from wnb.entanglement import _check_xy, _input_pairs, _median
-
+    from wnb.scoring.mapping import _check_xy, _input_pairs
+    
     windows = check_windows(windows)
     _check_xy(inputs, outputs)
     if outputs.shape[0] > windows.numel():
@@ -153,7 +155,7 @@ def differentiating_pairs(inputs, outputs, neuron: int, windows, tokenizer=None,
     x, y = drop_positions(inputs, seq_len, skip_first), y[rows]
     i, j, dx = _input_pairs(x, n_pairs, seed)
     dy_raw = (y[i] - y[j]).abs()
-    ny = _median(dy_raw[:, None])[0]
+    ny = median(dy_raw[:, None])[0]
     if not ny > 0:
         raise WnbError("the median output difference of this neuron is 0: its pairs cannot be ranked")
     dy = dy_raw / ny

@@ -154,7 +154,7 @@ def quadrant_line(tables: dict) -> str:
     quadrants = tables.get("sign_quadrants")
     if quadrants is None or not len(quadrants):
         return ""
-    from wnb.sign_view import QUADRANTS
+    from wnb.scoring.sign import QUADRANTS
 
     row = quadrants.iloc[0]
     words = {"gate_neg_up_neg": "gate < 0, up < 0", "gate_neg_up_pos": "gate < 0, up ≥ 0",

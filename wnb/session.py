@@ -18,7 +18,9 @@ from wnb.core import cache
 from wnb.tracing.capture import capture, split_by_memory
 from wnb.data.corpora import load_corpus
 from wnb.data.windows import token_windows
-from wnb.entanglement import layer_statistics, neuron_table, overview_table, pair_distances, top_neurons
+from wnb.scoring.tables import layer_statistics, neuron_table, overview_table
+from wnb.scoring.mapping import pair_distances
+from wnb.scoring.wasserstein import top_neurons
 from wnb.errors import WnbError
 from wnb.model.bundled import BUNDLED
 from wnb.model.lm import LM, model_label
@@ -345,7 +347,7 @@ class Session:
         """For a gated MLP's gate_proj: every neuron's share of calibration tokens in each sign quadrant of
         (gate, up) (:func:`wnb.sign_quadrants`; the up_proj capture is cached like any layer's); None for
         other layers."""
-        from wnb.sign_view import sign_quadrants, up_projection_of
+        from wnb.scoring.sign import sign_quadrants, up_projection_of
 
         view = self.layer(name, progress)
         try:
@@ -458,7 +460,8 @@ class Session:
         ``bits``, the kept weights quantized too) and compare its held-out outputs with the dense ones
         (wnb.neuron_errors). Cached."""
         from wnb.tracing.capture import Activations
-        from wnb.evaluate import layer_outputs, neuron_errors
+        from wnb.model.architectures import layer_outputs
+        from wnb.scoring.comparison import neuron_errors
         from wnb.prune import check_method, prune_layer, sparsity_label
 
         check_method(method)
@@ -484,7 +487,7 @@ class Session:
     def sweep(self, methods, sparsities, layers, progress: bool = True, true_sequential: bool = True,
               on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity vs sparsity of every method (wnb.sweep on ``layers``; ``bits`` quantizes too), cached."""
-        from wnb import evaluate
+        from wnb.tracing import nll as evaluate
         from wnb.prune import sparsity_label
 
         labels = [sparsity_label(s) for s in sparsities]
@@ -510,7 +513,7 @@ class Session:
     def ablation(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                  progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
         """The paper's Fig. 3 (wnb.ablation on ``layers``), cached."""
-        from wnb import evaluate
+        from wnb.tracing import nll as evaluate
 
         return self._cached("ablation", self._ablation_key(layers, fraction, sparsity, method, true_sequential),
                             lambda: evaluate.ablation(self.lm, self.calib, self.held_out, fraction=fraction,

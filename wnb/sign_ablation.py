@@ -138,9 +138,9 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     """
     from wnb.core.memory import available_memory
     from wnb.tracing.capture import split_by_memory
-    from wnb.entanglement import layer_scores
+    from wnb.scoring.tables import layer_scores
     from wnb.model.architectures import check_layers, first_ffn_layers
-    from wnb.streaming import stream_scores
+    from wnb.scoring.streaming import stream_scores
 
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
     calib = check_windows(calib, lm)
@@ -184,7 +184,7 @@ def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
 
 def select_wasserstein(scores: Mapping, fraction: float = 0.01) -> dict[str, torch.Tensor]:
     """The Wasserstein neurons: the top ``fraction`` of each layer by WD (at least one), highest first."""
-    from wnb.entanglement import top_neurons
+    from wnb.scoring.wasserstein import top_neurons
 
     _check_fraction(fraction)
     return {name: top_neurons(torch.as_tensor(wd), fraction=fraction) for name, wd in scores.items()}
@@ -207,7 +207,7 @@ def select_random(scores: Mapping, counts: Mapping, seed: int = 0) -> dict[str, 
 def matched_candidates(scores: Mapping, exclude: float = MATCHED_EXCLUDE, seed: int = 0) -> dict[str, torch.Tensor]:
     """Per layer, its ranked neurons outside the top ``exclude`` by WD, in a seeded random order; the
     perplexity-matched control takes a prefix of each (:func:`select_matched`)."""
-    from wnb.entanglement import top_neurons
+    from wnb.scoring.wasserstein import top_neurons
 
     if not 0 < exclude < 1:
         raise WnbError(f"exclude must be in (0, 1) (got {exclude})")
@@ -240,7 +240,7 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
     """Per-token NLL of ``held_out`` (:func:`wnb.token_nll`) with ``selection`` sign-ablated on ``side``:
     what every row of the study, the matched search and the depth profile measure. ``nll_fn`` of those
     functions replaces it (same arguments, e.g. a cached version)."""
-    from wnb.evaluate import token_nll
+    from wnb.tracing.nll import token_nll
 
     with sign_ablated(lm, selection, side):
         return token_nll(lm, held_out, batch_size=batch_size, progress=progress)
@@ -248,7 +248,7 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
 
 def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
               nll=None) -> dict:
-    from wnb.evaluate import interval_of
+    from wnb.tracing.nll import interval_of
     from wnb.minimal_pairs import minimal_pair_scores
 
     start = time.perf_counter()

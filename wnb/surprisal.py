@@ -29,7 +29,7 @@ import torch
 
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.evaluate import token_nll
+from wnb.tracing.nll import token_nll
 
 # The closed word list (lower case). Contractions appear as the pieces BPE tokenizers cut them into.
 FUNCTION_WORDS: dict[str, tuple[str, ...]] = {

@@ -279,7 +279,7 @@ def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0
     (``dense``, ``sparsegpt``, ``expansion``). ``on_run(index, total, label)`` before each model."""
     import pandas as pd
 
-    from wnb.evaluate import _runs
+    from wnb.experiments.sweeps import _runs
     from wnb.expand import expanded
     from wnb.prune import pruned
 

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from wnb.core.checks import check_float, check_int
+from wnb.core.stats import standardize
 from wnb.errors import WnbError
 
 SINK_SHARE = 0.5
@@ -103,8 +104,8 @@ def position_profile(outputs: torch.Tensor, seq_len: int, neuron: int, skip_firs
     y = outputs[:, int(neuron)].detach().cpu().double()
     pos = torch.arange(y.numel()) % seq_len
     keep = pos >= skip_first
-    std, mean = torch.std_mean(y[keep], correction=0)
-    z = (y - mean) / std if std > 0 else torch.zeros_like(y)
+    mean = y[keep].mean()
+    z = standardize(y, y[keep])  # NaN for a constant neuron: no tails
     y, z, pos = y[keep], z[keep], pos[keep] - skip_first
     n = seq_len - skip_first
     count = torch.bincount(pos, minlength=n).double()

@@ -139,3 +139,11 @@ def block_of(lm: LM, layer: str) -> int:
         if layer.startswith(block + "."):
             return i
     raise WnbError(f"{layer!r} is not inside a transformer block of {lm.name}")
+
+
+def layer_outputs(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``inputs @ weight.T + bias`` in float32 on the inputs' device (weight ``[out, in]``)."""
+    y = inputs.float() @ weight.to(inputs.device, torch.float32).T
+    if bias is not None:
+        y += bias.detach().to(inputs.device, torch.float32)
+    return y

@@ -31,18 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from wnb.core.stats import normal_cdf_integral, normal_pdf
 from wnb.errors import WnbError
-
-_SQRT_2PI = math.sqrt(2 * math.pi)
-
-
-def _phi(x: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-0.5 * x * x) / _SQRT_2PI
-
-
-def _int_cdf(x: torch.Tensor) -> torch.Tensor:
-    """``∫_{-∞}^x Φ(t) dt = xΦ(x) + φ(x)``."""
-    return x * torch.special.ndtr(x) + _phi(x)
 
 
 class StreamingWD:
@@ -249,7 +239,7 @@ def _piecewise_linear_w1(z: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
     """``∫ |F − Φ|`` over the real line for ``F`` linear between ``z[:, k]`` (values ``cdf[:, k]``), 0 before
     ``z[:, 0]`` and 1 after ``z[:, -1]``. ``z`` is ``[m, K]`` non-decreasing, ``cdf`` the same shape."""
     big_phi = torch.special.ndtr(z)
-    g = z * big_phi + _phi(z)                        # ∫_{-∞}^{z} Φ at every edge
+    g = z * big_phi + normal_pdf(z)                        # ∫_{-∞}^{z} Φ at every edge
     gap = cdf - big_phi
     width = z[:, 1:] - z[:, :-1]
     signed = (cdf[:, :-1] + cdf[:, 1:]) * 0.5 * width - (g[:, 1:] - g[:, :-1])  # ∫ (F − Φ) per piece
@@ -261,11 +251,11 @@ def _piecewise_linear_w1(z: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
         da, db = gap[rows, cols], gap[rows, cols + 1]
         run = w * da / (da - db)
         root = a + run
-        first = fa * run + (fb - fa) / w * run * run / 2 - (_int_cdf(root) - g[rows, cols])
+        first = fa * run + (fb - fa) / w * run * run / 2 - (normal_cdf_integral(root) - g[rows, cols])
         whole = signed[rows, cols]
         result.index_add_(0, rows, first.abs() + (whole - first).abs() - whole.abs())
     hi = z[:, -1]
-    return result + g[:, 0] + _phi(hi) - hi * torch.special.ndtr(-hi)  # tails: ∫Φ below, ∫(1 − Φ) above
+    return result + g[:, 0] + normal_pdf(hi) - hi * torch.special.ndtr(-hi)  # tails: ∫Φ below, ∫(1 − Φ) above
 
 
 def stream_scores(lm, windows, layers=None, max_tokens: int | None = None, batch_size: int = 8,
@@ -274,10 +264,10 @@ def stream_scores(lm, windows, layers=None, max_tokens: int | None = None, batch
     """WD, mean and variance of every neuron of ``layers`` (default: all FFN layers) in one capture pass
     that keeps no outputs: memory is per neuron, not per token. Returns ``{layer: StreamingWD}``.
     ``skip_first`` leaves the first positions of every window out (0: all, as in the paper)."""
-    from wnb.tracing.capture import capture
+    from wnb.data.positions import check_skip
     from wnb.data.windows import check_windows
     from wnb.model.architectures import ffn_layers
-    from wnb.data.positions import check_skip
+    from wnb.tracing.capture import capture
 
     windows = check_windows(windows, lm)
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)

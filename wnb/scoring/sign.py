@@ -11,36 +11,19 @@ The follow-up paper (PAPER.md §8) finds that gate_proj-like Wasserstein neurons
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import torch
 
 from wnb.core.checks import check_int
+from wnb.core.stats import normal_cdf_integral, normal_sf_integral
 from wnb.errors import WnbError
-
-_SQRT_2PI = math.sqrt(2 * math.pi)
-
-
-def _phi(x: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-0.5 * x * x) / _SQRT_2PI
-
-
-def _int_cdf(x: torch.Tensor) -> torch.Tensor:
-    """``G(x) = ∫_{-∞}^x Φ = xΦ(x) + φ(x)``."""
-    return x * torch.special.ndtr(x) + _phi(x)
-
-
-def _int_sf(x: torch.Tensor) -> torch.Tensor:
-    """``H(x) = ∫_x^∞ (1 − Φ) = φ(x) − xΦ(−x)``."""
-    return _phi(x) - x * torch.special.ndtr(-x)
 
 
 def _pieces(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
     """``∫_a^b |c − Φ(t)| dt`` for ``a <= b`` with the crossing ``Φ(cross) = c`` (elementwise)."""
     s = torch.minimum(torch.maximum(cross, a), b)
-    ga, gb, gs = _int_cdf(a), _int_cdf(b), _int_cdf(s)
+    ga, gb, gs = normal_cdf_integral(a), normal_cdf_integral(b), normal_cdf_integral(s)
     return c * (s - a) - (gs - ga) + (gb - gs) - c * (b - s)
 
 
@@ -54,8 +37,8 @@ def _split_sorted(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lower = _pieces(a.clamp(max=0), b.clamp(max=0), c, cross).sum(1)
     upper = _pieces(a.clamp(min=0), b.clamp(min=0), c, cross).sum(1)
     first, last = z[:, 0], z[:, -1]
-    lower += _int_cdf(first.clamp(max=0)) + _int_sf(last.clamp(max=0)) - _int_sf(zero)
-    upper += _int_cdf(first.clamp(min=0)) - _int_cdf(zero) + _int_sf(last.clamp(min=0))
+    lower += normal_cdf_integral(first.clamp(max=0)) + normal_sf_integral(last.clamp(max=0)) - normal_sf_integral(zero)
+    upper += normal_cdf_integral(first.clamp(min=0)) - normal_cdf_integral(zero) + normal_sf_integral(last.clamp(min=0))
     return lower, upper
 
 
@@ -191,10 +174,10 @@ def gate_up_quadrants(lm, layer: str, windows, neurons=None, max_tokens: int | N
                       skip_first: int = 0, progress: bool = True) -> pd.DataFrame:
     """:func:`sign_quadrants` of a gate_proj ``layer`` and its up_proj over ``windows``, counted batch by batch
     in one capture pass (memory per neuron, not per token). ``skip_first`` drops positions of every window."""
-    from wnb.tracing.capture import capture
+    from wnb.data.positions import check_skip
     from wnb.data.windows import check_windows
     from wnb.model.architectures import layer_weight
-    from wnb.data.positions import check_skip
+    from wnb.tracing.capture import capture
 
     up = up_projection_of(lm, layer)
     windows = check_windows(windows, lm)
