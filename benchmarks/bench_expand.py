@@ -21,8 +21,9 @@ import torch
 
 import wnb
 from _util import machine, table, timed
-from wnb.expand import Router, build_experts, expand_layer
-from wnb.prune import prune_weight
+from wnb.compression.router import Router
+from wnb.compression.expansion import build_experts, expand_layer
+from wnb.compression.prune import prune_weight
 
 BLOCK = 5
 LAYER = "model.layers.1.mlp.gate_proj"
@@ -82,7 +83,7 @@ def bench_ppl(lm, calib, held, sparsities=(0.5, 0.7, "2:4"), ks=(4, 16)):
         with wnb.pruned(lm, "sparsegpt", s, calib, progress=False):
             build = time.perf_counter() - start
             base = wnb.perplexity(lm, held, progress=False)
-        label = wnb.prune.sparsity_label(s)
+        label = wnb.compression.sparsity.sparsity_label(s)
         rows.append({"method": "SparseGPT", "sparsity": label, "perplexity": base, "build s": build,
                      "vs SparseGPT": 1.0})
         for k in ks:

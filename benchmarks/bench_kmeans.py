@@ -16,7 +16,7 @@ import time
 import torch
 
 import wnb
-from wnb.expand import _pca, pca_dim
+from wnb.compression.router import _pca, pca_dim
 
 from _util import machine, table
 

@@ -25,7 +25,7 @@ import torch
 
 import wnb
 from _util import machine, table, timed
-from wnb.prune import SparseGPT
+from wnb.compression.sparsegpt import SparseGPT
 
 HERE = Path(__file__).resolve().parent
 LLMC_PYTHON = HERE / ".venv-llmc" / "bin" / "python"

@@ -19,7 +19,7 @@ import torch
 import wnb
 from _util import machine, table
 from wnb.tracing.nll import perplexity_interval
-from wnb.quantize import quant_label
+from wnb.compression.quantize import quant_label
 from wnb.session import BUDGETS
 
 
@@ -46,7 +46,7 @@ def run(lm, calib, held, bits: int, group_size: int | None, ks) -> list[dict]:
                 build = time.perf_counter() - start
                 ppl = perplexity_interval(lm, held, progress=False)
             eff = wnb.model_effective_bits(lm, b, sparsity, g)
-            row = {"method": method if k == 1 else f"{method} k = {k}", "sparsity": wnb.prune.sparsity_label(sparsity),
+            row = {"method": method if k == 1 else f"{method} k = {k}", "sparsity": wnb.compression.sparsity.sparsity_label(sparsity),
                    "quantization": quant_label(b, g) or "none", "perplexity [95% CI]": ppl_cell(ppl),
                    "vs dense": ppl["perplexity"] / dense["perplexity"], "bits / weight": eff, "build s": build}
             if k > 1:

@@ -459,7 +459,7 @@ def test_bad_detail_layer_is_refused_before_pruning(tmp_path, isolated_cache, ca
     def never(*args, **kwargs):
         raise AssertionError("pruning started before the arguments were checked")
 
-    monkeypatch.setattr(wnb.prune, "pruned", never)
+    monkeypatch.setattr(wnb.compression.pruned, "pruned", never)
     assert run("prune", *SMALL, "--detail", "model.layers.1.mlp.gate", "-o", tmp_path / "d") == 1
     assert "closest valid names" in capsys.readouterr().err
 

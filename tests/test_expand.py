@@ -7,8 +7,10 @@ import torch.nn.functional as F
 
 import wnb
 from wnb.errors import WnbError
-from wnb.expand import (Router, RoutedLayer, build_experts, expand_layer, expanded, kmeans, shared_input_groups)
-from wnb.prune import prune_weight
+from wnb.compression.router import Router
+from wnb.compression.expansion import RoutedLayer, build_experts, expand_layer, expanded, shared_input_groups
+from wnb.compression.kmeans import kmeans
+from wnb.compression.prune import prune_weight
 
 
 def blobs(n_per=60, centers=4, dim=5, spread=0.3, seed=0):
@@ -65,7 +67,7 @@ def test_kmeans_restarts_keep_the_best_inertia():
 
 
 def test_greedy_seeding_puts_one_centroid_in_each_blob_more_often():
-    from wnb.expand import _kmeans_pp, greedy_trials
+    from wnb.compression.kmeans import _kmeans_pp, greedy_trials
 
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [40.0, 0.0], [0.0, 40.0], [40.0, 40.0], [20.0, 80.0], [80.0, 20.0]])
@@ -253,7 +255,7 @@ def test_expanded_restores_after_an_error_in_the_block(tiny_llama, tiny_windows)
 
 
 def test_expanded_restores_after_an_interrupt_while_building(tiny_llama, tiny_windows, monkeypatch):
-    import wnb.expand as expand
+    import wnb.compression.expansion as expand
 
     snap = _snapshot(tiny_llama)
     with torch.no_grad():
@@ -337,7 +339,7 @@ def test_expanded_layers_subset_and_n_m(tiny_gpt2, tiny_windows):
     ({"max_bytes": 1000}, "GiB"),
 ])
 def test_bad_input_is_refused_before_work(tiny_llama, tiny_windows, monkeypatch, kwargs, message):
-    import wnb.expand as expand
+    import wnb.compression.expansion as expand
 
     def no_work(*a, **k):
         raise AssertionError("work started before the input was checked")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import wnb
-from wnb.expand import expand_layer
+from wnb.compression.expansion import expand_layer
 
 pytestmark = pytest.mark.integration
 

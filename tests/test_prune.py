@@ -10,7 +10,10 @@ import torch
 
 import wnb
 from wnb.errors import WnbError
-from wnb.prune import SparseGPT, prune_weight, pruned, select_neurons
+from wnb.compression.sparsegpt import SparseGPT
+from wnb.compression.prune import prune_weight
+from wnb.compression.pruned import pruned
+from wnb.scoring.selection import select_neurons
 
 
 def make_layer(rows=48, cols=96, tokens=800, seed=0):

@@ -9,13 +9,16 @@ import pytest
 import torch
 
 import wnb
-import wnb.prune as prune_mod
+import wnb.compression.pruned as prune_mod
 from test_prune import make_layer
 from wnb.errors import WnbError
-from wnb.expand import build_experts, expand_layer
-from wnb.prune import SparseGPT, _count, _lowest_mask, _nm_mask, _SUB_BLOCK, check_nm, check_rows, parse_sparsity
-from wnb.prune import prune_weight, pruned
-from wnb.quantize import check_quant, effective_bits, fit_grid, key_parts, mask_bits, quantize
+from wnb.compression.expansion import build_experts, expand_layer
+from wnb.compression.sparsegpt import SparseGPT, _SUB_BLOCK
+from wnb.compression.sparsity import count_of, check_nm, check_rows, parse_sparsity
+from wnb.compression.masks import lowest_mask, nm_mask
+from wnb.compression.prune import prune_weight
+from wnb.compression.pruned import pruned
+from wnb.compression.quantize import check_quant, effective_bits, fit_grid, key_parts, mask_bits, quantize
 
 
 # ---------------------------------------------------------------- references
@@ -97,7 +100,7 @@ def original_sparsegpt_blocks(W, hinv, fraction, n, m, blocksize):
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
             scale = torch.zeros_like(W1)
         else:
-            mask1 = _lowest_mask(W1.square() / d.square()[:, None], _count(fraction, W1.numel()))
+            mask1 = lowest_mask(W1.square() / d.square()[:, None], count_of(fraction, W1.numel()))
             scale = mask1 / d[:, None]
         step = m * max(1, _SUB_BLOCK // m) if m else _SUB_BLOCK
         for s1 in range(0, i2 - i1, step):
@@ -105,7 +108,7 @@ def original_sparsegpt_blocks(W, hinv, fraction, n, m, blocksize):
             for i in range(s1, s2):
                 if m and i % m == 0:
                     scores = W1[i:i + m].square() / d[i:i + m].square()[:, None]
-                    mask1[i:i + m] = _nm_mask(scores.T, n, m).T
+                    mask1[i:i + m] = nm_mask(scores.T, n, m).T
                     scale[i:i + m] = mask1[i:i + m] / d[i:i + m, None]
                 err = torch.mul(W1[i], scale[i], out=Err1[i])
                 W1[i + 1:s2].addr_(Hinv1[i, i + 1:s2], err, alpha=-1)
@@ -310,8 +313,8 @@ def test_bits_none_is_the_original_sparsegpt_bit_for_bit(sparsity, dtype):
 def test_bits_none_is_the_original_masking_bit_for_bit(method):
     weight, inputs = make_layer(rows=24, cols=96)
     for sparsity in (0.5, "2:4"):
-        mask_of = (lambda part, s=sparsity: wnb.prune.magnitude_mask(part, s)) if method == "magnitude" else \
-            (lambda part, s=sparsity: wnb.prune.wanda_mask(part, inputs, s))
+        mask_of = (lambda part, s=sparsity: wnb.compression.masks.magnitude_mask(part, s)) if method == "magnitude" else \
+            (lambda part, s=sparsity: wnb.compression.masks.wanda_mask(part, inputs, s))
         for rows in (None, torch.tensor([2, 4])):
             assert torch.equal(prune_weight(weight, inputs, method, sparsity, neurons=rows),
                                original_masked(weight, rows, mask_of))
@@ -453,7 +456,7 @@ def test_bad_bits_and_group_size_are_refused_before_work(tiny_llama, tiny_window
         sgpt.prune(0.5, bits=bits, group_size=group_size)
     with pytest.raises(WnbError, match=message):
         effective_bits(bits, 0.5, group_size, columns=32)
-    import wnb.expand as expand
+    import wnb.compression.expansion as expand
     import wnb.tracing.sequential as sequential
 
     monkeypatch.setattr(sequential, "walk", no_work)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import wnb
-from wnb import saving
+from wnb.compression import checkpoint as saving
 from wnb.model.architectures import layer_weight
 
 from _tiny_words import tiny_word_llama

@@ -22,15 +22,21 @@ from wnb.per_expert import expert_contexts, expert_summary, tail_routing
 from wnb.data.positions import drop_positions, position_profile, position_tail_share
 from wnb.reading import differentiating_pairs, output_effect, tail_concentration, token_table
 from wnb.scoring.sign import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
-from wnb.expand import Expansion, Router, RoutedLayer, expand_layer, expanded, kmeans
+from wnb.compression.expansion import Expansion, RoutedLayer, expand_layer, expanded
+from wnb.compression.router import Router
+from wnb.compression.kmeans import kmeans
 from wnb.analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_outputs, relative_improvement,
                        ri_regression, study_layer, token_shares)
 from wnb.experiments.sweeps import ablation, sweep
 from wnb.model.architectures import layer_outputs
 from wnb.scoring.comparison import neuron_errors, output_rmse, output_shift
 from wnb.tracing.nll import perplexity, perplexity_interval, token_nll
-from wnb.prune import SparseGPT, parse_sparsity, prune_layer, prune_weight, pruned, select_neurons
-from wnb.quantize import effective_bits, fit_grid, model_effective_bits, quantize
+from wnb.compression.sparsegpt import SparseGPT
+from wnb.compression.sparsity import parse_sparsity
+from wnb.compression.prune import prune_layer, prune_weight
+from wnb.compression.pruned import pruned
+from wnb.scoring.selection import select_neurons
+from wnb.compression.quantize import effective_bits, fit_grid, model_effective_bits, quantize
 from wnb.model.offload import offload_blocks, resident
 from wnb.tracing.sequential import walk
 from wnb.scoring.streaming import StreamingWD, stream_scores
@@ -43,7 +49,8 @@ from wnb.surprisal import (FUNCTION_WORDS, surprisal_by_class, token_class, toke
 from wnb.model.lm import LM, wrap_model
 from wnb.model.architectures import decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers
 from wnb.model.loading import load_model
-from wnb.saving import load_expanded, save_expanded, save_pruned
+from wnb.compression.expansion_io import load_expanded, save_expanded
+from wnb.compression.checkpoint import save_pruned
 from wnb.tasks import evaluate_tasks
 
 __all__ = ["ablation", "Activations", "cache_dir", "capture", "decoder_blocks", "entanglement_change",
@@ -71,4 +78,4 @@ __all__ += ["effective_bits", "fit_grid", "model_effective_bits", "quantize"]
 
 __all__ += ["evaluate_tasks", "load_expanded", "save_expanded", "save_pruned"]
 
-__version__ = "0.1.0"
+from wnb.core.version import VERSION as __version__  # noqa: E402  (from the package metadata)

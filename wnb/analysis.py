@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.errors import WnbError
-from wnb.expand import N_INIT
-from wnb.expand import RoutedLayer, expand_layer
+from wnb.compression.kmeans import N_INIT
+from wnb.compression.expansion import RoutedLayer, expand_layer
 
 
 @dataclass
@@ -72,10 +72,11 @@ def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0
     when given). The model is not changed."""
     from wnb.tracing.capture import capture
     from wnb.data.windows import check_windows
-    from wnb.expand import check_router_args
+    from wnb.compression.router import check_router_args
     from wnb.model.architectures import check_layers, layer_bias, layer_weight
-    from wnb.prune import check_nm, parse_sparsity, prune_weight
-    from wnb.quantize import check_quant
+    from wnb.compression.sparsity import check_nm, parse_sparsity
+    from wnb.compression.prune import prune_weight
+    from wnb.compression.quantize import check_quant
 
     (layer,) = check_layers(lm, [layer])
     weight = layer_weight(lm, layer).detach().to("cpu", torch.float32)
@@ -274,10 +275,10 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     """
     from wnb.data.windows import check_windows
     from wnb.tracing.nll import perplexity_interval
-    from wnb.expand import check_expansion, expanded
+    from wnb.compression.expansion import check_expansion, expanded
     from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
-    from wnb.prune import sparsity_label
-    from wnb.quantize import check_quant, key_parts
+    from wnb.compression.sparsity import sparsity_label
+    from wnb.compression.quantize import check_quant, key_parts
 
     held_out = check_windows(held_out, lm, min_len=2)
     layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)

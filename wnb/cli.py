@@ -17,7 +17,6 @@ the app there open them with the same model, corpus, budget and seed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import math
@@ -31,9 +30,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from wnb import __version__
-from wnb.core import cache
-from wnb.core import files
+from wnb.core import cache, files
+from wnb.core.folders import check_replaceable, remove_written, written_list
+from wnb.core.version import VERSION as __version__
 from wnb.errors import WnbError
 
 COMMANDS = ("score", "prune", "expand", "sweep", "neuron", "negative")
@@ -50,46 +49,24 @@ class RunFolder:
     def __init__(self, path: Path, command: str, argv: list[str]):
         self.path = path
         self.manifest = {"wnb": __version__, "command": command, "status": "incomplete", "argv": argv,
-                         "started": _now(), "finished": None, "files": {}, "cache": [], "error": None}
+                         "started": _now(), "finished": None, "files": {}, "cache": [], "error": None,
+                         "written": []}
 
     @staticmethod
     def check(path: Path, overwrite: bool) -> None:
         """Refuse an output that is a link, a file, not writable, or an existing folder (unless ``overwrite``);
-        with ``overwrite``, refuse a folder holding anything its wnb manifest does not list as written by wnb."""
-        if path.is_symlink():
-            raise WnbError(f"output {path} is a symbolic link; give the folder itself as --output")
-        if path.exists() and not path.is_dir():
-            raise WnbError(f"output {path} exists and is not a folder; choose another --output")
-        parent = next((p for p in [path, *path.absolute().parents] if p.exists()), None)
-        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise WnbError(f"cannot write the output folder {path}: {parent} is not a folder you can write; "
-                           "choose another --output")
-        if not path.exists():
-            return
-        files.remove_stale_temporaries(path)
-        if not any(path.iterdir()):
-            return
-        if not overwrite:
-            raise WnbError(f"output folder {path} already exists; pass --overwrite to replace it or choose "
-                           "another --output")
-        owned = _owned_files(path)
-        if owned is None:
-            raise WnbError(f"refusing to overwrite {path}: it has no wnb {MANIFEST}, so it was not written by "
-                           "wnb; choose another --output")
-        others = [str(p.relative_to(path)) for p in _files(path) if p not in owned]
-        if others:
-            shown = ", ".join(sorted(others)[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-            raise WnbError(f"refusing to overwrite {path}: it holds files wnb did not write ({shown}); move them "
-                           "or choose another --output")
+        with ``overwrite``, refuse a folder holding anything its wnb manifest does not list as written by wnb
+        (:func:`wnb.core.folders.check_replaceable`)."""
+        if path.is_dir() and not path.is_symlink():
+            files.remove_stale_temporaries(path)
+        check_replaceable(path, overwrite, (MANIFEST,), hint="choose another --output")
 
     def start(self, arguments: dict) -> None:
         """Remove the previous run's files (only those its manifest lists; :meth:`check` refused anything
         else) and write the new manifest."""
         try:
             if self.path.is_dir():
-                for file in _owned_files(self.path) or ():
-                    file.unlink(missing_ok=True)
-                _remove_empty_folders(self.path)
+                remove_written(self.path, (MANIFEST,))
             self.path.mkdir(parents=True, exist_ok=True)
             self.manifest["arguments"] = arguments
             self._save()
@@ -125,6 +102,7 @@ class RunFolder:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
                 self.manifest["cache"].append(f"{src.parent.name}/{src.name}")
+                self.manifest["written"].append(f"cache/{src.parent.name}/{src.name}")
         self._save()
 
     def finish(self, summary: str, **items) -> None:
@@ -141,74 +119,21 @@ class RunFolder:
         one by one: a folder entry would claim whatever a user later puts inside it."""
         with files.atomic_path(self.path / name) as tmp:
             write(tmp)
-        for file in sorted(_files(self.path / name)):
-            self.manifest["files"][file.relative_to(self.path).as_posix()] = what
+        for file in written_list(self.path / name):
+            self.manifest["files"][f"{name}/{file}"] = what
+            self.manifest["written"].append(f"{name}/{file}")
         self._save()
 
     def _write(self, name: str, what: str, write) -> None:
         with files.atomic_path(self.path / name) as tmp:
             write(tmp)
         self.manifest["files"][name] = what
+        self.manifest["written"].append(name)
         self._save()
 
     def _save(self) -> None:
         with files.atomic_path(self.path / MANIFEST) as tmp:
             tmp.write_text(json.dumps(self.manifest, indent=2, default=_jsonable))
-
-
-def _owned_files(path: Path) -> set[Path] | None:
-    """The files of ``path`` that its wnb manifest lists as written by wnb (None without a readable wnb
-    manifest). Only files are listed: a name that is a folder (``model/`` of older runs) claims nothing
-    under it, and names that are absolute, climb out of the folder or pass through a link are ignored."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
-        return None
-    if not isinstance(manifest, dict) or "wnb" not in manifest:
-        return None
-    files, copies = manifest.get("files") or {}, manifest.get("cache") or []
-    if not isinstance(files, dict) or not isinstance(copies, list):
-        return None
-    listed = list(files) + [f"cache/{n}" for n in copies if isinstance(n, str)]
-    owned = {path / MANIFEST}
-    for name in listed:
-        target = path / name
-        if (Path(name).is_absolute() or ".." in Path(name).parts or name.endswith("/")
-                or not _inside(target, path) or target.is_dir()):
-            continue
-        owned.add(target)
-    return owned
-
-
-def _inside(target: Path, folder: Path) -> bool:
-    """True if ``target`` lies under ``folder`` with no symbolic link on the way."""
-    current = target
-    while current != folder:
-        if current.is_symlink():
-            return False
-        if current.parent == current:
-            return False
-        current = current.parent
-    return True
-
-
-def _files(folder: Path) -> list[Path]:
-    """Every file and link under ``folder`` (links are listed, never followed)."""
-    found = []
-    for root, dirs, names in os.walk(folder):
-        root_path = Path(root)
-        found += [root_path / n for n in names]
-        found += [root_path / d for d in dirs if (root_path / d).is_symlink()]
-    return found
-
-
-def _remove_empty_folders(folder: Path) -> None:
-    for root, dirs, _ in os.walk(folder, topdown=False):
-        for d in dirs:
-            sub = Path(root) / d
-            if not sub.is_symlink():
-                with contextlib.suppress(OSError):
-                    sub.rmdir()
 
 
 def _now() -> str:
@@ -232,8 +157,8 @@ def _setup(args, run: RunFolder):
     :class:`wnb.session.Session` holding both, whose cached analyses the app reads too."""
     from wnb.data.corpora import load_corpus
     from wnb.data.windows import token_windows
-    from wnb.model.loading import estimate_block_bytes, estimate_model_bytes, load_model
     from wnb.model.lm import resolve_device, resolve_dtype
+    from wnb.model.loading import estimate_block_bytes, estimate_model_bytes, load_model
     from wnb.session import Session, check_budget
 
     if args.quiet:  # transformers' own loading bars too
@@ -292,9 +217,9 @@ def _remote(args) -> bool | str:
 
 def _validate(args) -> None:
     """Everything that can be checked without the model, before the output folder is touched."""
-    from wnb.model.loading import check_revision
+    from wnb.compression.sparsity import check_method, parse_sparsity
     from wnb.model.lm import resolve_device, resolve_dtype
-    from wnb.prune import check_method, parse_sparsity
+    from wnb.model.loading import check_revision
     from wnb.session import check_budget
 
     if args.remote and args.command != "score":
@@ -320,7 +245,7 @@ def _validate(args) -> None:
     if args.command == "neuron" and args.skip_first >= seq_len:
         raise WnbError(f"--skip-first must be less than the window length {seq_len} (got {args.skip_first})")
     if getattr(args, "bits", None) is not None or getattr(args, "group_size", None) is not None:
-        from wnb.quantize import check_quant
+        from wnb.compression.quantize import check_quant
         check_quant(args.bits, args.group_size)
     if getattr(args, "tasks", None):
         from wnb.tasks import _lm_eval
@@ -335,7 +260,7 @@ def _validate(args) -> None:
         _validate_negative(args)
     neurons = getattr(args, "neurons", None)
     if neurons is not None:
-        from wnb.prune import CRITERIA
+        from wnb.scoring.selection import CRITERIA
         if neurons not in CRITERIA:
             raise WnbError(f"--neurons {neurons!r} is not a selection; choose one of {', '.join(CRITERIA)}")
     if not args.no_cache:
@@ -419,10 +344,10 @@ def _store_contexts(args, session, layers) -> None:
 def _score(args, run: RunFolder, session) -> str:
     from wnb import plots
     from wnb.core.memory import available_memory
-    from wnb.tracing.capture import estimate_bytes
-    from wnb.scoring.tables import overview_table
     from wnb.model.architectures import block_of, layer_weight
     from wnb.scoring.streaming import estimate_stream_bytes
+    from wnb.scoring.tables import overview_table
+    from wnb.tracing.capture import estimate_bytes
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -496,9 +421,9 @@ def _score(args, run: RunFolder, session) -> str:
 def _layer_view(session, name: str, args):
     """The session's cached capture and neuron table of one layer; for a remote model (no weights here)
     the same without the weight norms."""
-    from wnb.tracing.capture import capture
     from wnb.scoring.tables import neuron_table
     from wnb.session import LayerView
+    from wnb.tracing.capture import capture
 
     if not session.lm.remote:
         return session.layer(name, progress=not args.quiet)
@@ -510,11 +435,11 @@ def _layer_view(session, name: str, args):
 def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str, torch.Tensor]]:
     """Per layer: WD, mean and variance of every neuron, exact (layers captured in groups that fit) or streaming."""
     from wnb.core.memory import available_memory
-    from wnb.tracing.capture import capture, split_by_memory
-    from wnb.scoring.tables import output_moments
-    from wnb.scoring.wasserstein import wasserstein_to_gaussian
     from wnb.data.positions import position_tail_share
     from wnb.scoring.streaming import stream_scores
+    from wnb.scoring.tables import output_moments
+    from wnb.scoring.wasserstein import wasserstein_to_gaussian
+    from wnb.tracing.capture import capture, split_by_memory
 
     progress = not args.quiet
     if method == "streaming":
@@ -538,9 +463,10 @@ def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str
 
 def _prune(args, run: RunFolder, session) -> str:
     from wnb import plots
+    from wnb.compression.pruned import pruned, streams_inputs
+    from wnb.compression.quantize import key_parts, model_effective_bits, quant_label
+    from wnb.compression.sparsity import check_method, sparsity_label
     from wnb.tracing.nll import perplexity_interval
-    from wnb.prune import check_method, pruned, sparsity_label, streams_inputs
-    from wnb.quantize import key_parts, model_effective_bits, quant_label
 
     lm = session.lm
     check_method(args.method)
@@ -564,7 +490,7 @@ def _prune(args, run: RunFolder, session) -> str:
         middle = time.perf_counter()
         ppl = perplexity_interval(lm, session.held_out, batch_size=args.batch_size, progress=progress)
         if args.save_model:
-            from wnb.saving import save_pruned
+            from wnb.compression.checkpoint import save_pruned
 
             run.folder("model", f"the pruned model ({args.save_format} checkpoint, safetensors; "
                        "AutoModelForCausalLM.from_pretrained loads the folder)",
@@ -622,8 +548,8 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
 def _expand(args, run: RunFolder, session) -> str:
     from wnb import plots
     from wnb.analysis import expansion_sweep
-    from wnb.expand import check_expansion
-    from wnb.quantize import key_parts
+    from wnb.compression.expansion import check_expansion
+    from wnb.compression.quantize import key_parts
     from wnb.session import _expert_counts
 
     lm = session.lm
@@ -644,8 +570,8 @@ def _expand(args, run: RunFolder, session) -> str:
                                                  **quant),
                          enabled=not args.no_cache)
     if args.save_model:
-        from wnb.expand import expanded
-        from wnb.saving import save_expanded
+        from wnb.compression.expansion import expanded
+        from wnb.compression.expansion_io import save_expanded
 
         with expanded(lm, args.experts, args.sparsity, calib=session.calib, layers=layers, pca_factor=args.pca_factor,
                       seed=args.seed, batch_size=args.batch_size, progress=progress,
@@ -688,7 +614,7 @@ def _expand(args, run: RunFolder, session) -> str:
 def _sweep(args, run: RunFolder, session) -> str:
     from wnb import plots
     from wnb.analysis import expansion_sweep
-    from wnb.prune import check_method, sparsity_label
+    from wnb.compression.sparsity import check_method, sparsity_label
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -805,7 +731,7 @@ def _negative(args, run: RunFolder, session) -> str:
 
 def _sparsity(text: str):
     """argparse type of --sparsity: a fraction such as 0.5 or 50%, or N:M such as 2:4."""
-    from wnb.prune import parse_sparsity
+    from wnb.compression.sparsity import parse_sparsity
 
     try:
         parse_sparsity(text)
@@ -1022,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quant_flags(p) -> None:
-    from wnb.quantize import MAX_BITS, MIN_BITS
+    from wnb.compression.quantize import MAX_BITS, MIN_BITS
 
     p.add_argument("--bits", type=_whole(MIN_BITS, MAX_BITS), default=None,
                    help="also quantize the kept weights to this many bits (2-8): "

@@ -330,7 +330,7 @@ def histogram_grid(series: Mapping[str, object], standardize_by: str | None = "e
 
 def sparsity_value(label: str) -> float:
     """The fraction of zeros of a sparsity label (``"50%"`` → 0.5, ``"2:4"`` → 0.5)."""
-    from wnb.prune import parse_sparsity
+    from wnb.compression.sparsity import parse_sparsity
 
     return parse_sparsity(label)[0]
 

@@ -26,7 +26,7 @@ from wnb.model.bundled import BUNDLED
 from wnb.model.lm import LM, model_label
 from wnb.model.architectures import (block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias, layer_weight, linear_layers)
 from wnb.model.loading import load_model
-from wnb.quantize import key_parts
+from wnb.compression.quantize import key_parts
 from wnb.model.state import dense_only, is_dense
 
 
@@ -462,7 +462,8 @@ class Session:
         from wnb.tracing.capture import Activations
         from wnb.model.architectures import layer_outputs
         from wnb.scoring.comparison import neuron_errors
-        from wnb.prune import check_method, prune_layer, sparsity_label
+        from wnb.compression.sparsity import check_method, sparsity_label
+        from wnb.compression.prune import prune_layer
 
         check_method(method)
         label = sparsity_label(sparsity)
@@ -480,7 +481,7 @@ class Session:
         errors = neuron_errors(dense, pruned).merge(view.table[["neuron", "rank", "wd", "mean", "variance"]],
                                                     on="neuron").sort_values("rank").reset_index(drop=True)
         if bits is not None:
-            from wnb.quantize import quant_label
+            from wnb.compression.quantize import quant_label
             label = f"{label} + {quant_label(bits)}"
         return PruneView(view.name, method, label, dense, pruned, errors)
 
@@ -488,7 +489,7 @@ class Session:
               on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity vs sparsity of every method (wnb.sweep on ``layers``; ``bits`` quantizes too), cached."""
         from wnb.tracing import nll as evaluate
-        from wnb.prune import sparsity_label
+        from wnb.compression.sparsity import sparsity_label
 
         labels = [sparsity_label(s) for s in sparsities]
         return self._cached("sweep", self._sweep_key(methods, sparsities, layers, true_sequential, bits),
@@ -498,7 +499,7 @@ class Session:
                             enabled=self.use_cache)
 
     def _sweep_key(self, methods, sparsities, layers, true_sequential: bool = True, bits=None) -> str:
-        from wnb.prune import sparsity_label
+        from wnb.compression.sparsity import sparsity_label
 
         return self.key(methods=list(methods), sparsities=[sparsity_label(s) for s in sparsities],
                         layers=list(layers), held_out=self.held_out, true_sequential=true_sequential,
@@ -523,7 +524,7 @@ class Session:
                             enabled=self.use_cache)
 
     def _ablation_key(self, layers, fraction, sparsity, method, true_sequential: bool = True) -> str:
-        from wnb.prune import sparsity_label
+        from wnb.compression.sparsity import sparsity_label
 
         return self.key(layers=list(layers), fraction=fraction, sparsity=sparsity_label(sparsity), method=method,
                         held_out=self.held_out, true_sequential=true_sequential)
@@ -531,7 +532,7 @@ class Session:
     def ablation_cost(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                       true_sequential: bool = True) -> dict:
         """What :meth:`ablation` will take (see :meth:`job_cost`): one run per selection criterion."""
-        from wnb.prune import CRITERIA
+        from wnb.scoring.selection import CRITERIA
 
         key = self._ablation_key(layers, fraction, sparsity, method, true_sequential)
         return self.job_cost("ablation", key, layers, [(method, 1)] * len(CRITERIA))
@@ -539,7 +540,7 @@ class Session:
     def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True, bits: int | None = None):
         """Dense vs SparseGPT vs Sparse Expansion of one layer (wnb.study_layer; ``bits`` quantizes both), cached."""
         from wnb.analysis import study_layer
-        from wnb.prune import sparsity_label
+        from wnb.compression.sparsity import sparsity_label
 
         name = self.check_layer(name)
         key = self.key(layer=name, n_experts=int(n_experts), sparsity=sparsity_label(sparsity), held_out=self.held_out,
@@ -563,7 +564,7 @@ class Session:
         (wnb.ri_regression), ``shares`` (wnb.token_shares) and ``change`` (wnb.entanglement_change of
         the layer's Wasserstein neurons, WD and MD before vs after)."""
         from wnb import analysis
-        from wnb.prune import sparsity_label
+        from wnb.compression.sparsity import sparsity_label
 
         view = self.layer(name, progress)
         study = self.study(view.name, n_experts, sparsity, progress, bits)
@@ -596,7 +597,7 @@ class Session:
                        group_size=None, **extra) -> str:
         """The key of :meth:`expansion_perplexity` (``wnb expand`` stores its table under it too, with
         ``extra`` parts such as a ``pca_factor`` other than the app's)."""
-        from wnb.prune import sparsity_label
+        from wnb.compression.sparsity import sparsity_label
 
         return self.key(layers=list(layers), n_experts=list(_expert_counts(n_experts)),
                         sparsity=sparsity_label(sparsity), held_out=self.held_out, true_sequential=true_sequential,
@@ -614,7 +615,7 @@ class Session:
         """Downstream task scores of the dense, SparseGPT and Sparse Expansion models on ``layers``
         (:func:`wnb.tasks.compare_tasks`; the experts held at once capped at ``APP_EXPERT_BYTES``), cached.
         ``wnb_agreement`` (wnb's minimal pairs) needs no network; lm-eval's standard tasks do."""
-        from wnb.prune import sparsity_label
+        from wnb.compression.sparsity import sparsity_label
         from wnb.tasks import compare_tasks
 
         tasks = list(tasks)
@@ -633,7 +634,7 @@ class Session:
         the tasks' items scored on three models (rough: an agreement pair is 2 choices of ~16 tokens, an
         item of another task 4 choices of ~128 tokens; ``limit=None`` counts 1,000 items)."""
         from wnb import estimates
-        from wnb.prune import sparsity_label
+        from wnb.compression.sparsity import sparsity_label
         from wnb.tasks import AGREEMENT_TASK
 
         tasks = list(tasks)
@@ -839,7 +840,8 @@ def _study_tensors(study) -> dict:
 
 def _study_from_tensors(d: dict):
     from wnb.analysis import LayerStudy
-    from wnb.expand import RoutedLayer, Router
+    from wnb.compression.expansion import RoutedLayer
+    from wnb.compression.router import Router
 
     router = Router(d["mean"], d["components"], d["centroids"])
     routed = RoutedLayer(router, d["experts"], d["expert_bias"], d["tokens"], d["damping"])

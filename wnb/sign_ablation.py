@@ -46,7 +46,7 @@ def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
     """Validate ``{layer: neuron indices}`` (indices or a boolean mask per layer); return the layers in
     forward order with sorted unique ``LongTensor`` indices."""
     from wnb.model.architectures import check_layers, layer_weight
-    from wnb.prune import check_rows
+    from wnb.compression.sparsity import check_rows
 
     if not isinstance(neurons, Mapping):
         raise WnbError("neurons must map layer names to neuron indices, e.g. "

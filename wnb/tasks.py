@@ -280,8 +280,8 @@ def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0
     import pandas as pd
 
     from wnb.experiments.sweeps import _runs
-    from wnb.expand import expanded
-    from wnb.prune import pruned
+    from wnb.compression.expansion import expanded
+    from wnb.compression.pruned import pruned
 
     models = ["dense", "sparsegpt"] + (["expansion"] if int(n_experts) > 1 else [])
     report = _runs(on_run, len(models))

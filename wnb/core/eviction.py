@@ -19,7 +19,6 @@ from wnb.core.codec import SUFFIX
 from wnb.core.files import TMP_PREFIX
 from wnb.errors import WnbError
 
-
 MAX_BYTES_ENV = "WNB_CACHE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 10 << 30
 IN_USE_SECONDS = 90  # an entry read or written this recently is never evicted: a reader may still be at it

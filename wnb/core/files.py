@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-
 TMP_PREFIX = ".wnb-tmp."  # temporaries: .wnb-tmp.<host>.<pid>.<name>.<random> (host without dots: _host_tag)
 STALE_SECONDS = 600  # a temporary of a live process of this host whose start time is unknown: kept this long
 OTHER_HOST_SECONDS = 86_400  # a temporary of another host (or of an older wnb, which named no host): kept a day

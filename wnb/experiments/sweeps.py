@@ -21,8 +21,8 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     """
     import pandas as pd
 
-    from wnb.prune import check_method, sparsity_label
-    from wnb.quantize import check_quant, key_parts
+    from wnb.compression.sparsity import check_method, sparsity_label
+    from wnb.compression.quantize import check_quant, key_parts
 
     for method in methods:
         check_method(method)
@@ -57,7 +57,8 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
     import pandas as pd
 
     from wnb.errors import WnbError
-    from wnb.prune import CRITERIA, sparsity_label
+    from wnb.scoring.selection import CRITERIA
+    from wnb.compression.sparsity import sparsity_label
 
     for criterion in criteria:
         if criterion not in CRITERIA:
@@ -88,7 +89,7 @@ def _runs(on_run, total: int):
 
 
 def _pruned_perplexity(lm, calib, held_out, batch_size, progress, row: dict, **prune_kw) -> dict:
-    from wnb.prune import pruned
+    from wnb.compression.pruned import pruned
 
     start = time.perf_counter()
     with pruned(lm, calib=calib, batch_size=batch_size, progress=progress, **prune_kw):

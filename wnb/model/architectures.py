@@ -147,3 +147,18 @@ def layer_outputs(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if bias is not None:
         y += bias.detach().to(inputs.device, torch.float32)
     return y
+
+
+def check_untied(lm, layers) -> None:
+    """Refuse layers whose weight is shared with another module (``lm_head`` tied to the input embedding):
+    pruning one would silently prune the other too."""
+    from wnb.model.architectures import module
+
+    owners: dict[int, list[str]] = {}
+    for name, param in lm.model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    for name in layers:
+        shared = [n for n in owners.get(id(module(lm, name).weight), []) if not n.startswith(name + ".")]
+        if shared:
+            raise WnbError(f"{name}'s weight is tied to {', '.join(shared)} (the model shares them), so pruning it "
+                           "would prune that too; pick another layer (e.g. the FFN layers)")

@@ -9,7 +9,13 @@ from torch import nn
 
 from wnb.errors import WnbError
 from wnb.model.architectures import block_names, forward_order
-from wnb.model.bundled import BUNDLED, bundled_cache, bundled_folder, copy_complete, load_bundled
+from wnb.model.bundled import (
+    BUNDLED,
+    bundled_cache,
+    bundled_folder,
+    copy_complete,
+    load_bundled,
+)
 from wnb.model.lm import LM, model_label, resolve_device, resolve_dtype, wrap_model
 
 

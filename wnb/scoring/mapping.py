@@ -10,6 +10,7 @@ import torch
 
 from wnb.core.checks import check_int
 from wnb.core.stats import median
+from wnb.core.tensors import tensor_version
 from wnb.errors import WnbError
 
 
@@ -36,15 +37,14 @@ def _input_pairs(inputs: torch.Tensor, n_pairs: int, seed: int):
     of one layer (the app, the reading section) asks for the same pairs every time."""
     import weakref
 
-    from wnb.expand import _version
 
     if _last_pairs:
         (ref, version, n, s), result = _last_pairs
-        if ref() is inputs and version == _version(inputs) and (n, s) == (n_pairs, seed):
+        if ref() is inputs and version == tensor_version(inputs) and (n, s) == (n_pairs, seed):
             return result
     result = _sample_input_pairs(inputs, n_pairs, seed)
     try:
-        _last_pairs[:] = [(weakref.ref(inputs), _version(inputs), n_pairs, seed), result]
+        _last_pairs[:] = [(weakref.ref(inputs), tensor_version(inputs), n_pairs, seed), result]
     except TypeError:  # a tensor subclass without weak references: nothing kept
         _last_pairs.clear()
     return result

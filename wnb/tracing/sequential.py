@@ -36,7 +36,13 @@ from tqdm.auto import tqdm
 
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.architectures import block_of, check_layers, decoder_blocks, layer_weight, module
+from wnb.model.architectures import (
+    block_of,
+    check_layers,
+    decoder_blocks,
+    layer_weight,
+    module,
+)
 from wnb.model.lm import LM, require_local
 from wnb.model.offload import resident
 from wnb.model.state import holding

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def parse_sparsities(text: str) -> list[str]:
     """``"0.3, 0.5, 2:4"`` → ``["0.3", "0.5", "2:4"]``, each checked by wnb's sparsity parser."""
-    from wnb.prune import parse_sparsity
+    from wnb.compression.sparsity import parse_sparsity
 
     items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
     if not items:
@@ -156,7 +156,7 @@ class SparsityView(LayerNeuronPanel):
         bits = bits_of(self.bits)
         storage = ""
         if bits is not None:  # what the pruned and quantized layer costs per weight
-            from wnb.quantize import effective_bits
+            from wnb.compression.quantize import effective_bits
             columns = self._need_view().inputs.shape[1]
             storage = f" · {effective_bits(bits, self.sparsity_value, columns=columns):.2f} bits per weight"
         self.summary.value = (f"<b>neuron {neuron}</b> · WD rank {int(row['rank'])} · WD {row['wd']:.4f} · "

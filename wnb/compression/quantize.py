@@ -136,7 +136,7 @@ def mask_bits(sparsity) -> float:
     bitmask); for N:M, the index of each group's pattern among the ``C(m, n)`` possible ones,
     ``ceil(log2 C(m, n)) / m`` (2:4: 3 bits per 4 weights = 0.75; cuSPARSELt's 2-bit position per kept
     value would be 1)."""
-    from wnb.prune import parse_sparsity
+    from wnb.compression.sparsity import parse_sparsity
 
     fraction, n, m = parse_sparsity(sparsity)
     if m:
@@ -156,8 +156,8 @@ def effective_bits(bits=None, sparsity=0.0, group_size=None, columns: int | None
 
     E.g. 2:4 + 4-bit per channel on 576 columns: ``4 · 0.5 + 3/4 + 20/576 = 2.785``.
     """
+    from wnb.compression.sparsity import parse_sparsity
     from wnb.core.checks import check_int
-    from wnb.prune import parse_sparsity
 
     bits, group_size = check_quant(bits, group_size, columns)
     fraction, n, m = parse_sparsity(sparsity)

@@ -1,0 +1,12 @@
+"""Small facts about tensors that several packages need."""
+from __future__ import annotations
+
+import torch
+
+
+def tensor_version(x: torch.Tensor) -> int | None:
+    """The tensor's in-place modification counter (None for inference-mode tensors, which have none)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
