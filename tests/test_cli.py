@@ -359,7 +359,7 @@ def test_a_deeply_nested_manifest_is_unreadable(tmp_path, capsys):
     (out / "data.csv").write_text("keep")
     (out / "manifest.json").write_text('{"wnb": "0.1.0", "files": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert run("score", "-o", out, "--overwrite") == 2
-    assert "has no wnb manifest.json" in capsys.readouterr().err
+    assert "holds no wnb manifest (manifest.json)" in capsys.readouterr().err
     assert (out / "data.csv").read_text() == "keep"
 
 
@@ -370,7 +370,7 @@ def test_existing_output_folder(tmp_path, capsys):
     assert run("score", "-o", foreign) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert run("score", "-o", foreign, "--overwrite") == 2  # not written by wnb: never deleted
-    assert "not written by wnb" in capsys.readouterr().err
+    assert "so wnb did not write it" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import wnb
-from wnb.compression import checkpoint as saving
+from wnb.compression import checkpoint
+from wnb.compression import expansion_io
 from wnb.model.architectures import layer_weight
 
 from _tiny_words import tiny_word_llama
@@ -60,7 +61,7 @@ def test_hf_checkpoint_reloads_with_transformers_alone(tmp_path, sparsity):
         assert torch.equal(loaded == 0, weight == 0) and (loaded == 0).float().mean() == pytest.approx(0.5)
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert tokenizer("the cat").input_ids == lm.tokenizer("the cat").input_ids
-    manifest = json.loads((path / saving.PRUNED_MANIFEST).read_text())
+    manifest = json.loads((path / checkpoint.PRUNED_MANIFEST).read_text())
     assert manifest["sparsity_structure"] == ("2:4" if sparsity == "2:4" else "unstructured")
     assert set(manifest["layers"]) == set(report)
     assert not torch.equal(_logits(lm, ids), expected)  # the live model is dense again; the checkpoint is not
@@ -159,12 +160,12 @@ def test_compressed_tensors_quantized_weights_read_back(tmp_path, method, bits, 
 def test_recover_grid_when_values_skip_levels():
     step = 0.037
     row = torch.tensor([0.0, 2, 5, 2, 0, -2, 5, 0]) * step  # the smallest gap (2 levels) is not the step
-    scale, zero = saving.recover_grid(row[None], bits=3)
+    scale, zero = checkpoint.recover_grid(row[None], bits=3)
     k = torch.round(row / scale[0, 0])
     torch.testing.assert_close(k * scale[0, 0], row)
     assert 0 <= zero.item() and k.max() + zero.item() <= 7
     with pytest.raises(wnb.WnbError, match="2-bit grid"):
-        saving.recover_grid(row[None], bits=2)  # 9 levels do not fit in 4
+        checkpoint.recover_grid(row[None], bits=2)  # 9 levels do not fit in 4
 
 
 def test_save_pruned_refusals(tmp_path, tiny_llama, tiny_windows):
@@ -182,14 +183,14 @@ def test_save_pruned_refusals(tmp_path, tiny_llama, tiny_windows):
     (busy / "notes.txt").write_text("mine")
     with pytest.raises(wnb.WnbError, match="not empty"):
         wnb.save_pruned(lm, busy)
-    with pytest.raises(wnb.WnbError, match="only replaces its own"):
+    with pytest.raises(wnb.WnbError, match="so wnb did not write it"):
         wnb.save_pruned(lm, busy, overwrite=True)
     assert (busy / "notes.txt").read_text() == "mine"
     with wnb.pruned(lm, method="magnitude", sparsity=0.5, progress=False) as report:
         first = wnb.save_pruned(lm, tmp_path / "again")
         assert wnb.save_pruned(lm, first, overwrite=True) == first  # an earlier wnb save may be replaced
         (first / "notes.txt").write_text("mine")  # ... but not a user's file put beside it
-        with pytest.raises(wnb.WnbError, match="also notes.txt, which wnb did not write"):
+        with pytest.raises(wnb.WnbError, match=r"files wnb did not write \(notes.txt\)"):
             wnb.save_pruned(lm, first, overwrite=True)
         assert (first / "notes.txt").read_text() == "mine" and (first / "wnb-saved.json").is_file()
     with pytest.raises(wnb.WnbError, match="no longer holds the pruned weights"):
@@ -224,22 +225,22 @@ def test_load_expanded_gives_identical_logits(tiny, tiny_windows, tmp_path, pca_
         assert isinstance(expansion, wnb.Expansion)
         assert expansion.report().equals(report)
         routers = {id(layer.router) for layer in expansion.layers.values()}
-        assert len(routers) == len(json.loads((tmp_path / "exp" / saving.EXPANSION_MANIFEST).read_text())["routers"])
+        assert len(routers) == len(json.loads((tmp_path / "exp" / expansion_io.EXPANSION_MANIFEST).read_text())["routers"])
         if "gate_proj" in next(iter(expansion.layers)):  # Llama: gate and up share one router, as built
             assert len(routers) == 2 * len(wnb.decoder_blocks(tiny))
         with pytest.raises(wnb.WnbError, match="already in place"):
             with wnb.load_expanded(tiny, tmp_path / "exp"):
                 pass
     assert torch.equal(_logits(tiny, ids), dense)
-    manifest = json.loads((tmp_path / "exp" / saving.EXPANSION_MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "exp" / expansion_io.EXPANSION_MANIFEST).read_text())
     assert manifest["settings"] == {"n_experts": 2, "sparsity": "50%", "seed": 0}
-    assert {p.name for p in (tmp_path / "exp").iterdir()} == {saving.EXPANSION_MANIFEST, saving.ROUTERS_FILE,
+    assert {p.name for p in (tmp_path / "exp").iterdir()} == {expansion_io.EXPANSION_MANIFEST, expansion_io.ROUTERS_FILE,
                                                                 *(e["file"] for e in manifest["layers"].values())}
 
 
 def test_load_expanded_keeps_quantized_experts(tiny_llama, tiny_windows, tmp_path):
     ids, dense, expected, _ = _expand_and_save(tiny_llama, tiny_windows, tmp_path / "exp", bits=4, group_size=16)
-    manifest = json.loads((tmp_path / "exp" / saving.EXPANSION_MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "exp" / expansion_io.EXPANSION_MANIFEST).read_text())
     assert (manifest["bits"], manifest["group_size"]) == (4, 16)
     with wnb.load_expanded(tiny_llama, tmp_path / "exp") as expansion:
         assert torch.equal(_logits(tiny_llama, ids), expected)
@@ -267,13 +268,13 @@ def saved(tiny_llama, tmp_path_factory):
 def _copy(saved, tmp_path) -> tuple[Path, dict]:
     folder = tmp_path / "crafted"
     shutil.copytree(saved[0], folder)
-    return folder, json.loads((folder / saving.EXPANSION_MANIFEST).read_text())
+    return folder, json.loads((folder / expansion_io.EXPANSION_MANIFEST).read_text())
 
 
 def _rewrite(folder: Path, manifest: dict, file: str | None = None) -> None:
     if file is not None:
         manifest["files"][file] = files.file_sha256(folder / file)
-    (folder / saving.EXPANSION_MANIFEST).write_text(json.dumps(manifest))
+    (folder / expansion_io.EXPANSION_MANIFEST).write_text(json.dumps(manifest))
 
 
 class _Boom:
@@ -301,8 +302,8 @@ def test_a_pickle_renamed_to_safetensors_cannot_run(tiny_llama, saved, tmp_path)
     _refused(tiny_llama, folder, saved, "checksum")
     _rewrite(folder, manifest, file)  # even with a matching checksum it is not read as a pickle
     _refused(tiny_llama, folder, saved, "not a readable safetensors")
-    (folder / saving.ROUTERS_FILE).write_bytes(pickle.dumps(_Boom(marker)))
-    _rewrite(folder, manifest, saving.ROUTERS_FILE)
+    (folder / expansion_io.ROUTERS_FILE).write_bytes(pickle.dumps(_Boom(marker)))
+    _rewrite(folder, manifest, expansion_io.ROUTERS_FILE)
     _refused(tiny_llama, folder, saved, "not a readable safetensors")
     assert not marker.exists()
 
@@ -355,10 +356,10 @@ def test_a_manifest_naming_other_layers_or_types(tiny_llama, saved, tmp_path):
     craft(lambda m: m.update(format="something-else"), "not a wnb expansion manifest")
     craft(lambda m: m.update(layers=[]), "must be an object")
     craft(lambda m: m.update(layers={}), "lists no layers")
-    craft(lambda m: m["files"].update({saving.ROUTERS_FILE: "0" * 64}), "checksum")
-    (folder / saving.EXPANSION_MANIFEST).write_text(original.replace('"percdamp": 0.01', '"percdamp": NaN'))
+    craft(lambda m: m["files"].update({expansion_io.ROUTERS_FILE: "0" * 64}), "checksum")
+    (folder / expansion_io.EXPANSION_MANIFEST).write_text(original.replace('"percdamp": 0.01', '"percdamp": NaN'))
     _refused(tiny_llama, folder, saved, "not valid JSON")
-    (folder / saving.EXPANSION_MANIFEST).write_bytes(pickle.dumps({"layers": {}}))
+    (folder / expansion_io.EXPANSION_MANIFEST).write_bytes(pickle.dumps({"layers": {}}))
     _refused(tiny_llama, folder, saved, "not valid JSON")
     _refused(tiny_llama, tmp_path / "nowhere", saved, "not a saved expansion")
 
@@ -368,12 +369,12 @@ def test_a_deeply_nested_manifest_is_refused_not_a_recursion_error(tiny_llama, s
     overwrite=True treats such a manifest as unreadable (it lists nothing, so nothing beside it is replaced)."""
     folder, _ = _copy(saved, tmp_path)
     nested = '{"format": "wnb-expansion-1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    (folder / saving.EXPANSION_MANIFEST).write_text(nested)
+    (folder / expansion_io.EXPANSION_MANIFEST).write_text(nested)
     _refused(tiny_llama, folder, saved, "nested too deeply")
     with wnb.expanded(tiny_llama, n_experts=2, calib=_windows(128), pca_factor=4, progress=False) as expansion:
-        with pytest.raises(wnb.WnbError, match="which wnb did not write"):
+        with pytest.raises(wnb.WnbError, match="so wnb did not write it"):
             wnb.save_expanded(tiny_llama, folder, expansion, overwrite=True)
-    assert (folder / saving.EXPANSION_MANIFEST).read_text() == nested
+    assert (folder / expansion_io.EXPANSION_MANIFEST).read_text() == nested
 
 
 def test_load_expanded_refuses_another_model(saved, tmp_path):
@@ -406,7 +407,7 @@ def test_save_expanded_refusals(tiny_llama, tiny_windows, tmp_path):
     with pytest.raises(wnb.WnbError, match="inside the `with wnb.expanded"):
         wnb.save_expanded(tiny_llama, tmp_path / "a", expansion)
     assert not (tmp_path / "a").exists()
-    manifest = json.loads((tmp_path / "b" / saving.EXPANSION_MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "b" / expansion_io.EXPANSION_MANIFEST).read_text())
     assert len(manifest["layers"]) == len(wnb.ffn_layers(tiny_llama)) and manifest["percdamp"] is None
 
 

@@ -345,7 +345,7 @@ def test_an_uploaded_corpus_is_checked_for_text(tiny_llama):
         sources.app_corpus(sources.UPLOAD, b"\x7fELF\x00\x01binary")
     with pytest.raises(wnb.WnbError, match="not UTF-8 text"):
         sources.app_corpus(sources.UPLOAD, bytes(range(128, 256)) * 100)
-    with pytest.raises(wnb.WnbError, match="at most 16 MiB"):
+    with pytest.raises(wnb.WnbError, match=f"at most {sources.MAX_UPLOAD_BYTES >> 20} MiB"):
         sources.app_corpus(sources.UPLOAD, b"a" * (sources.MAX_UPLOAD_BYTES + 1))
     with pytest.raises(wnb.WnbError, match="upload first"):
         sources.app_corpus(sources.UPLOAD, None)

@@ -25,7 +25,7 @@ BOUNDS = {
     "ablation_sparsity": (0.1, 0.99, "sparsity of the chosen neurons' weights"),
 }
 EXPERTS = (1, 2, 4, 8, 16)
-MAX_SPARSITIES = 8  # sparsities of one sweep
+MAX_SPARSITIES = 12  # sparsities of one sweep
 MAX_JOB_SECONDS_ENV = "WNB_APP_MAX_JOB_SECONDS"
 MAX_JOB_BYTES_ENV = "WNB_APP_MAX_JOB_BYTES"
 
