@@ -30,7 +30,10 @@ from .quantize import effective_bits, fit_grid, model_effective_bits, quantize
 from .offload import offload_blocks, resident
 from .sequential import walk
 from .streaming import StreamingWD, stream_scores
-from .minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
+from .minimal_pairs import (minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, scoring_rule,
+                            sentence_logprobs, tokenizer_prefix)
+from .knowledge import knowledge_pairs
+from .tse import tse_pairs
 from .sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
                             sign_ablated, sign_ablation_depth, sign_ablation_study, study_selections,
                             wasserstein_scores)
@@ -65,5 +68,7 @@ __all__ += ["activation_html", "ContextAccumulator", "context_html", "contexts_f
 __all__ += ["effective_bits", "fit_grid", "model_effective_bits", "quantize"]
 
 __all__ += ["evaluate_tasks", "load_expanded", "save_expanded", "save_pruned"]
+
+__all__ += ["knowledge_pairs", "scoring_rule", "tokenizer_prefix", "tse_pairs"]
 
 __version__ = "0.1.0"

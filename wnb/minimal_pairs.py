@@ -10,7 +10,7 @@ Sources (:func:`minimal_pairs`):
   agree, in its number.
 - ``"tse"`` — targeted syntactic evaluation: the sixteen constructions of Marvin & Linzen (2018) for
   agreement, reflexives and negative polarity items, generated offline (:mod:`wnb.tse`).
-- ``"knowledge"`` — two grammatical sentences that differ in a fact or a sum (:mod:`wnb.knowledge_pairs`),
+- ``"knowledge"`` — two grammatical sentences that differ in a fact or a sum (:mod:`wnb.knowledge`),
   a non-grammatical control.
 - ``"blimp"`` — BLiMP (Warstadt et al. 2020) through ``datasets`` (``nyu-mll/blimp``, needs a network
   the first time); the phenomenon of a pair is BLiMP's ``linguistics_term``.
@@ -191,7 +191,7 @@ def minimal_pairs(name: str = "agreement", n: int | None = 100, seed: int = 0, p
 
         return tse_pairs(n, seed, phenomena)
     if name == "knowledge":
-        from .knowledge_pairs import knowledge_pairs
+        from .knowledge import knowledge_pairs
 
         return knowledge_pairs(n, seed, phenomena)
     if name == "blimp":
