@@ -1,9 +1,11 @@
 """Two-choice items that test knowledge, not grammar: both sentences are grammatical and differ only in
-the answer word(s), e.g. "2 plus 3 is 5." against "2 plus 3 is 6.". They are the
-non-grammatical side of the follow-up's double dissociation (an ablation that hurts grammar should
-spare these, and a control that hurts these should spare grammar).
+the answer word(s), e.g. "2 plus 3 is 5." against "2 plus 3 is 6.". They are the non-grammatical side
+of the follow-up's double dissociation: ablating the Wasserstein neurons' negative side hurts grammar
+more than the perplexity-matched control does, and the control hurts non-grammatical tasks more.
 
-Generated offline from wnb's own small tables, facts a 135M-parameter model mostly knows (:data:`PHENOMENA`):
+Generated offline from wnb's own small tables (:data:`PHENOMENA`); the bundled 135M-parameter model,
+by summed log-probability, gets over 90% of capitals, opposites, sums and counts, about 60% of days,
+months and colours (40 items of each, seed 0):
 
 - ``arithmetic`` — sums and differences of single digits ("2 plus 3 is 5."); wrong answers one or two away;
 - ``capitals`` — the capitals of ten large countries; wrong answers are the other capitals;

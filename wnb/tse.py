@@ -18,7 +18,8 @@ Three phenomena, sixteen constructions (:data:`CONSTRUCTIONS`, with an example o
 Every pair is ``{"good", "bad", "phenomenon", "construction", "condition"}``; the two sentences differ
 only in the agreeing or licensing word(s): the verb's number, the reflexive's number, the determiner.
 ``condition`` gives the numbers involved (subject, attractor or main-clause subject). In this vocabulary
-plural nouns and singular present-tense verbs end in "s" and nothing else does, which the tests rely on.
+plural nouns and singular present-tense verbs end in "s" and their other forms do not, which the tests
+rely on.
 """
 from __future__ import annotations
 
