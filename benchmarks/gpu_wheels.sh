@@ -58,7 +58,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer
 
-from wnb.models import bundled_gguf
+from wnb.model.bundled import bundled_gguf
 
 out = Path(sys.argv[1])
 gguf = bundled_gguf()

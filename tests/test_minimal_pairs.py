@@ -172,8 +172,9 @@ def test_first_token_conditioning_rule():
     assert mp.prefix_ids(word_tokenizer(bos=False)) == ids(plain, "</s>")  # no BOS: EOS
     assert mp.prefix_ids(word_tokenizer(bos=False, eos=False)) == []       # nothing
     assert mp.prefix_ids(plain, prefix="the cat") == plain("the cat", add_special_tokens=False).input_ids
+    assert mp.prefix_ids(plain, prefix="") == []                           # nothing: the authors' rule
     with pytest.raises(wnb.WnbError, match="no tokens"):
-        mp.prefix_ids(plain, prefix="")
+        mp.prefix_ids(plain, prefix="  ")
 
 
 def test_without_bos_or_eos_the_first_token_is_not_scored():

@@ -40,7 +40,10 @@ from wnb.compression.quantize import effective_bits, fit_grid, model_effective_b
 from wnb.model.offload import offload_blocks, resident
 from wnb.tracing.sequential import walk
 from wnb.scoring.streaming import StreamingWD, stream_scores
-from wnb.minimal_pairs import minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, sentence_logprobs
+from wnb.minimal_pairs import (minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, scoring_rule,
+                               sentence_logprobs, tokenizer_prefix)
+from wnb.knowledge import knowledge_pairs
+from wnb.tse import tse_pairs
 from wnb.sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
                             sign_ablated, sign_ablation_depth, sign_ablation_study, study_selections,
                             wasserstein_scores)
@@ -77,5 +80,7 @@ __all__ += ["activation_html", "ContextAccumulator", "context_html", "contexts_f
 __all__ += ["effective_bits", "fit_grid", "model_effective_bits", "quantize"]
 
 __all__ += ["evaluate_tasks", "load_expanded", "save_expanded", "save_pruned"]
+
+__all__ += ["knowledge_pairs", "scoring_rule", "tokenizer_prefix", "tse_pairs"]
 
 from wnb.core.version import VERSION as __version__  # noqa: E402  (from the package metadata)

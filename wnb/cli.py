@@ -933,10 +933,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=_real(0, 1, high_open=True), default=0.02,
                    help="the matched control's perplexity within this share of the target (default 0.02)")
     p.add_argument("--minimal-pairs", default="agreement", metavar="SOURCE",
-                   help="agreement (offline templates after Marvin & Linzen), blimp (needs a network), a JSONL file "
-                        "of {good, bad, phenomenon}, or none (default: agreement)")
+                   help="agreement (wnb's agreement constructions, offline), tse (Marvin & Linzen's constructions, "
+                        "offline), knowledge (facts and sums, offline), blimp (needs a network), a JSONL file of "
+                        "{good, bad, phenomenon}, or none (default: agreement)")
     p.add_argument("--pairs-per-phenomenon", type=_whole(1), default=100,
-                   help="minimal pairs per phenomenon (BLiMP: per paradigm), drawn with --seed (default 100)")
+                   help="minimal pairs per phenomenon (TSE: per construction; BLiMP: per paradigm), drawn with "
+                        "--seed (default 100)")
     p.add_argument("--max-tokens", type=_whole(1), default=None,
                    help="calibration tokens the WD is computed over (default: the budget's overview tokens)")
     p.add_argument("--depth", action=argparse.BooleanOptionalAction, default=True,

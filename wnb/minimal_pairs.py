@@ -1,19 +1,24 @@
 """Minimal pairs: a grammatical and an ungrammatical sentence that differ minimally, and a model's
-accuracy at preferring the grammatical one by total sentence log-probability.
+accuracy at preferring the grammatical one by sentence log-probability (summed, or averaged per token).
 
 Sources (:func:`minimal_pairs`):
 
-- ``"agreement"`` — subject–verb agreement generated offline from templates with a small built-in
-  vocabulary, after the constructions of Marvin & Linzen (2018, "Targeted syntactic evaluation of
-  language models"): simple agreement, across a prepositional phrase, across a subject relative clause,
-  across an object relative clause, in a sentential complement, and across (short) VP coordination.
-  The two sentences of a pair differ in one word only, the verb that must agree, in its number.
+- ``"agreement"`` — wnb's agreement constructions: subject–verb agreement generated offline from six
+  hand-made templates with a small built-in vocabulary (simple agreement, across a prepositional phrase,
+  across a subject relative clause, across an object relative clause, in a sentential complement, and
+  across short VP coordination). The two sentences of a pair differ in one word only, the verb that must
+  agree, in its number.
+- ``"tse"`` — targeted syntactic evaluation: the sixteen constructions of Marvin & Linzen (2018) for
+  agreement, reflexives and negative polarity items, generated offline (:mod:`wnb.tse`).
+- ``"knowledge"`` — two grammatical sentences that differ in a fact or a sum (:mod:`wnb.knowledge`),
+  a non-grammatical control.
 - ``"blimp"`` — BLiMP (Warstadt et al. 2020) through ``datasets`` (``nyu-mll/blimp``, needs a network
   the first time); the phenomenon of a pair is BLiMP's ``linguistics_term``.
 - a path to a JSONL file, one ``{"good": ..., "bad": ..., "phenomenon": ...}`` object per line.
 
 Scoring (:func:`sentence_logprobs`): a sentence's score is the sum of ``log p(token | previous tokens)``
-over all its tokens; a pair is right when the good sentence scores strictly higher. Both sentences get
+over its scored tokens (``score="mean"``: that sum over their number, as the follow-up scores TSE); a
+pair is right when the good sentence scores strictly higher. Both sentences get
 the same prefix, so the first token is conditioned too: the token that starts a plain document for the
 model (:func:`prefix_ids`):
 
@@ -27,7 +32,10 @@ model (:func:`prefix_ids`):
 3. where there is none, nothing precedes the sentence and its first token is not scored, in both
    sentences alike.
 
-``prefix=`` (a text, e.g. ``"<|im_start|>"`` or ``"\n"``) replaces the rule by that text.
+``prefix=`` (a text, e.g. ``"<|im_start|>"`` or ``"\n"``) replaces the rule by that text; ``prefix=""``
+puts nothing before the sentence and scores it from its second token, as the follow-up's code does for
+tokenizers that add no BOS themselves (Pythia, Qwen, SmolLM2; :func:`tokenizer_prefix` gives the prefix
+that reproduces it for any tokenizer). :func:`scoring_rule` says in words which rule a prefix gives.
 """
 from __future__ import annotations
 
@@ -47,11 +55,12 @@ from tqdm.auto import tqdm
 from wnb.errors import WnbError
 from wnb.model.state import holding
 
-SOURCES = ("agreement", "blimp")
+SOURCES = ("agreement", "tse", "knowledge", "blimp")
+SCORES = ("sum", "mean")
 BLIMP = "nyu-mll/blimp"
 DOCUMENT_SEPARATOR = "<|endoftext|>"  # GPT-2, Pythia, Qwen2, SmolLM2: the token between pretraining documents
 
-# ---------------------------------------------------------------- the agreement templates
+# ---------------------------------------------------------------- wnb's agreement constructions
 
 # (singular, plural) forms. Nouns serve as subjects and as attractors (never the same noun in a pair).
 _NOUNS = (("author", "authors"), ("pilot", "pilots"), ("surgeon", "surgeons"), ("farmer", "farmers"),
@@ -156,12 +165,15 @@ def _agreement(n: int | None, seed: int, phenomena) -> list[dict]:
 
 def minimal_pairs(name: str = "agreement", n: int | None = 100, seed: int = 0, phenomena=None) -> list[dict]:
     """Minimal pairs as a list of ``{"good", "bad", "phenomenon"}`` dicts (``"agreement"`` pairs also
-    carry a ``"condition"``: the numbers of the subject and of the attractor noun).
+    carry a ``"condition"``: the numbers of the subject and of the attractor noun; ``"tse"`` pairs a
+    ``"construction"`` and a ``"condition"``; BLiMP pairs a ``"paradigm"``).
 
-    ``name``: ``"agreement"`` (offline templates), ``"blimp"`` (needs ``datasets`` and a network the
-    first time) or the path of a JSONL file. ``n`` pairs per phenomenon (BLiMP: per paradigm), drawn
-    with ``seed`` (``None``: all); ``phenomena`` keeps only those phenomena (BLiMP: linguistics terms or
-    paradigm names). The same arguments always give the same pairs.
+    ``name``: ``"agreement"`` (wnb's agreement constructions, offline), ``"tse"`` (Marvin & Linzen's
+    constructions, offline), ``"knowledge"`` (facts and sums, offline), ``"blimp"`` (needs ``datasets``
+    and a network the first time) or the path of a JSONL file. ``n`` pairs per phenomenon (TSE: per
+    construction; BLiMP: per paradigm, ``None`` taking all 1,000 of each of its 67), drawn with ``seed``
+    (``None``: all); ``phenomena`` keeps only those phenomena (TSE: constructions or phenomena; BLiMP:
+    linguistics terms or paradigm names). The same arguments always give the same pairs.
     """
     if n is not None and (not isinstance(n, (int, np.integer)) or n < 1):
         raise WnbError(f"n must be a positive number of pairs per phenomenon, or None for all (got {n!r})")
@@ -174,13 +186,21 @@ def minimal_pairs(name: str = "agreement", n: int | None = 100, seed: int = 0, p
         if unknown:
             raise WnbError(f"unknown agreement phenomena {unknown}; choose from {', '.join(AGREEMENT_PHENOMENA)}")
         return _agreement(n, seed, phenomena or AGREEMENT_PHENOMENA)
+    if name == "tse":
+        from wnb.tse import tse_pairs
+
+        return tse_pairs(n, seed, phenomena)
+    if name == "knowledge":
+        from wnb.knowledge import knowledge_pairs
+
+        return knowledge_pairs(n, seed, phenomena)
     if name == "blimp":
         return _blimp(n, seed, phenomena)
     path = Path(str(name)).expanduser()
     if path.is_file():
         return _sample(_read_jsonl(path), n, seed, phenomena, str(path))
-    raise WnbError(f"unknown minimal pairs {name!r}: use 'agreement' (offline), 'blimp' (needs a network) or the "
-                   "path of a JSONL file of {\"good\", \"bad\", \"phenomenon\"} rows")
+    raise WnbError(f"unknown minimal pairs {name!r}: use 'agreement', 'tse' or 'knowledge' (offline), 'blimp' "
+                   "(needs a network) or the path of a JSONL file of {\"good\", \"bad\", \"phenomenon\"} rows")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -242,7 +262,7 @@ def _offline_mode() -> bool:
 
 
 def _blimp(n, seed: int, phenomena) -> list[dict]:
-    hint = "use minimal_pairs('agreement') offline, or a JSONL file of your own pairs"
+    hint = "use minimal_pairs('tse') or minimal_pairs('agreement') offline, or a JSONL file of your own pairs"
     try:
         import datasets
     except ImportError as exc:
@@ -261,12 +281,10 @@ def _blimp(n, seed: int, phenomena) -> list[dict]:
             term = ds[0]["linguistics_term"] if len(ds) else config
             if phenomena is not None and term not in phenomena and config not in phenomena:
                 continue
-            picked = list(range(len(ds)))
             if n is not None and n < len(ds):
-                picked = sorted(random.Random(f"{seed}:{config}").sample(picked, n))
-            for row in ds.select(picked):
-                rows.append({"good": row["sentence_good"], "bad": row["sentence_bad"], "phenomenon": term,
-                             "paradigm": config})
+                ds = ds.select(sorted(random.Random(f"{seed}:{config}").sample(range(len(ds)), n)))
+            rows += [{"good": good, "bad": bad, "phenomenon": term, "paradigm": config}
+                     for good, bad in zip(ds["sentence_good"], ds["sentence_bad"])]
     except Exception as exc:  # datasets raises ConnectionError, FileNotFoundError, HTTP errors...
         raise WnbError(f"could not load BLiMP ({BLIMP}) through `datasets`: {str(exc).splitlines()[0]}; {hint}") from exc
     if not rows:
@@ -306,8 +324,10 @@ def check_pairs(pairs) -> list[dict]:
 # ---------------------------------------------------------------- scoring
 
 def prefix_ids(tokenizer, prefix: str | None = None) -> list[int]:
-    """The token ids put before every sentence (module docstring): ``prefix`` tokenized, else the
-    token that starts a plain document for this tokenizer, or ``[]``."""
+    """The token ids put before every sentence (module docstring): ``prefix`` tokenized (``""``: none),
+    else the token that starts a plain document for this tokenizer, or ``[]``."""
+    if prefix == "":
+        return []
     if prefix is not None:
         ids = tokenizer(prefix, add_special_tokens=False).input_ids
         if not ids:
@@ -330,12 +350,43 @@ def prefix_ids(tokenizer, prefix: str | None = None) -> list[int]:
     return []
 
 
+def tokenizer_prefix(tokenizer) -> str | None:
+    """The ``prefix`` that scores a sentence after exactly the special tokens the tokenizer puts before
+    text itself (``add_special_tokens=True``), as the follow-up's code does: ``""`` where it puts none
+    (Pythia, Qwen, SmolLM2: the first token goes unscored), ``None`` where wnb's own rule gives the same
+    (a BOS: Llama, Mistral), else the text of those tokens."""
+    plain = list(tokenizer("a", add_special_tokens=False).input_ids)
+    full = list(tokenizer("a", add_special_tokens=True).input_ids)
+    start = next((k for k in range(len(full)) if full[k:k + len(plain)] == plain), 0)
+    head = full[:start]
+    if not head:
+        return ""
+    return None if head == prefix_ids(tokenizer) else tokenizer.decode(head)
+
+
+def scoring_rule(tokenizer, prefix: str | None = None) -> str:
+    """What comes before each sentence with this ``prefix``, in words for a table: ``"after <|endoftext|>"``
+    (wnb's rule, naming the token), ``"after '\\n'"`` (a prefix given), or ``"from the second token"``
+    (nothing before: ``prefix=""``, or no document token at all)."""
+    ids = prefix_ids(tokenizer, prefix)
+    if not ids:
+        return "from the second token"
+    return f"after {tokenizer.convert_ids_to_tokens(ids[0])}" if prefix is None else f"after {prefix!r}"
+
+
+def _check_score(score: str) -> str:
+    if score not in SCORES:
+        raise WnbError(f"score must be 'sum' (total log-prob) or 'mean' (per scored token), not {score!r}")
+    return score
+
+
 @torch.no_grad()
 def sentence_logprobs(lm, sentences, batch_size: int = 32, prefix: str | None = None,
-                      progress: bool = True) -> np.ndarray:
-    """Total log-probability (nats, float64) of each sentence under ``lm`` (module docstring: how the
-    first token is conditioned). Sentences of equal token length are batched together, so no padding
-    or attention mask is involved."""
+                      progress: bool = True, score: str = "sum") -> np.ndarray:
+    """Log-probability (nats, float64) of each sentence under ``lm``: the sum over its scored tokens,
+    or with ``score="mean"`` that sum over their number (module docstring: how the first token is
+    conditioned). Sentences of equal token length are batched together, so no padding or attention
+    mask is involved."""
     from wnb.model.lm import require_local
 
     require_local(lm, "minimal-pair scoring")
@@ -344,6 +395,7 @@ def sentence_logprobs(lm, sentences, batch_size: int = 32, prefix: str | None = 
         raise WnbError(f"{lm.name} has no tokenizer, which scoring sentences needs")
     if batch_size < 1:
         raise WnbError(f"batch_size must be at least 1 (got {batch_size})")
+    _check_score(score)
     sentences = list(sentences)
     head = prefix_ids(tok, prefix)
     skip = len(head) if head else 1  # tokens not scored: the prefix, or the unconditioned first token
@@ -363,31 +415,47 @@ def sentence_logprobs(lm, sentences, batch_size: int = 32, prefix: str | None = 
             logits = lm.model(input_ids=ids).logits[:, skip - 1:-1].float()
         target = ids[:, skip:, None]
         logp = logits.gather(-1, target)[..., 0] - torch.logsumexp(logits, dim=-1)
-        scores[batch] = logp.double().sum(1).cpu().numpy()
+        total = logp.double().sum(1).cpu().numpy()
+        scores[batch] = total / logp.shape[1] if score == "mean" else total
     return scores
 
 
 def minimal_pair_scores(lm, pairs, batch_size: int = 32, prefix: str | None = None,
-                        progress: bool = True) -> pd.DataFrame:
-    """One row per pair: ``phenomenon, good, bad, good_logprob, bad_logprob, margin, correct``."""
+                        progress: bool = True, score: str = "sum") -> pd.DataFrame:
+    """One row per pair: ``phenomenon, good, bad, good_logprob, bad_logprob, margin, correct``, and
+    ``construction``, ``condition`` or ``paradigm`` where every pair has it. The log-probs are sums or
+    means per token (``score``); ``attrs["score"]`` and ``attrs["scoring_rule"]`` (:func:`scoring_rule`)
+    say how they were scored."""
     pairs = check_pairs(pairs)
     texts = [p["good"] for p in pairs] + [p["bad"] for p in pairs]
-    scores = sentence_logprobs(lm, texts, batch_size=batch_size, prefix=prefix, progress=progress)
+    scores = sentence_logprobs(lm, texts, batch_size=batch_size, prefix=prefix, progress=progress, score=score)
     good, bad = scores[:len(pairs)], scores[len(pairs):]
-    return pd.DataFrame({"phenomenon": [p["phenomenon"] for p in pairs], "good": [p["good"] for p in pairs],
-                         "bad": [p["bad"] for p in pairs], "good_logprob": good, "bad_logprob": bad,
-                         "margin": good - bad, "correct": good > bad})
+    table = pd.DataFrame({"phenomenon": [p["phenomenon"] for p in pairs], "good": [p["good"] for p in pairs],
+                          "bad": [p["bad"] for p in pairs], "good_logprob": good, "bad_logprob": bad,
+                          "margin": good - bad, "correct": good > bad})
+    for key in ("construction", "condition", "paradigm"):
+        if all(key in p for p in pairs):
+            table.insert(table.columns.get_loc("good"), key, [p[key] for p in pairs])
+    table.attrs.update(score=score, scoring_rule=scoring_rule(lm.tokenizer, prefix))
+    return table
 
 
-def pair_accuracy(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per phenomenon (first-seen order) of a :func:`minimal_pair_scores` table: ``accuracy, n, margin``."""
-    grouped = scores.groupby("phenomenon", sort=False)
-    return pd.DataFrame({"accuracy": grouped["correct"].mean(), "n": grouped.size(),
-                         "margin": grouped["margin"].mean()}).reset_index()
+def pair_accuracy(scores: pd.DataFrame, by: str = "phenomenon") -> pd.DataFrame:
+    """Per ``by`` (a column: phenomenon, construction...; first-seen order) of a :func:`minimal_pair_scores`
+    table: ``accuracy, n, margin``; its ``attrs`` are kept."""
+    if by not in scores.columns:
+        raise WnbError(f"the scores have no column {by!r}; they have {', '.join(scores.columns)}")
+    grouped = scores.groupby(by, sort=False)
+    table = pd.DataFrame({"accuracy": grouped["correct"].mean(), "n": grouped.size(),
+                          "margin": grouped["margin"].mean()}).reset_index()
+    table.attrs.update(scores.attrs)
+    return table
 
 
 def minimal_pair_accuracy(lm, pairs, batch_size: int = 32, prefix: str | None = None,
-                          progress: bool = True) -> pd.DataFrame:
-    """Accuracy of ``lm`` on minimal pairs per phenomenon: ``phenomenon, accuracy, n, margin`` (mean
-    log-prob of good minus bad). A pair is right when its good sentence has the higher total log-prob."""
-    return pair_accuracy(minimal_pair_scores(lm, pairs, batch_size=batch_size, prefix=prefix, progress=progress))
+                          progress: bool = True, score: str = "sum", by: str = "phenomenon") -> pd.DataFrame:
+    """Accuracy of ``lm`` on minimal pairs per phenomenon (or per another column ``by``, e.g.
+    ``"construction"`` for TSE): ``phenomenon, accuracy, n, margin`` (mean log-prob of good minus bad).
+    A pair is right when its good sentence has the higher log-prob, summed or per token (``score``)."""
+    scores = minimal_pair_scores(lm, pairs, batch_size=batch_size, prefix=prefix, progress=progress, score=score)
+    return pair_accuracy(scores, by=by)
