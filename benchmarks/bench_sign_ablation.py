@@ -47,7 +47,7 @@ class Clock:
 
 def study_times(lm, budget: str, pairs) -> list[dict]:
     """The whole default study (and with pairs), and its parts timed on their own."""
-    from wnb.minimal_pairs import minimal_pair_scores
+    from wnb.experiments.pair_scoring import minimal_pair_scores
 
     calib, held_out = windows(lm, budget)
     with Clock() as wd:

@@ -8,7 +8,7 @@ import torch
 
 import wnb
 
-mp = importlib.import_module("wnb.minimal_pairs")
+mp = importlib.import_module("wnb.experiments.minimal_pairs")
 
 SPECIAL = ["[UNK]", "<s>", "</s>"]
 EXTRA = ["the", "The", "that", "and", "to", "of", "in", ".", ",", "she", "is", "cat", "1990", "ory"]

@@ -207,7 +207,7 @@ def test_expand_scores_tasks(tmp_path, isolated_cache):
     minimal-pair accuracy of the task's first 10 pairs, computed here with wnb.minimal_pair_scores."""
     import json as json_lib
 
-    from wnb.tasks import AGREEMENT_TASK, agreement_task
+    from wnb.experiments.tasks import AGREEMENT_TASK, agreement_task
 
     out = tmp_path / "expand"
     assert run("expand", *SMALL, "--experts", "2", "--layers", GATE, "--tasks", AGREEMENT_TASK, "--task-limit", "10",

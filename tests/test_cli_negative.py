@@ -88,7 +88,7 @@ def test_an_empty_pair_file_is_refused_before_any_work(tmp_path, capsys, monkeyp
 
 def test_blimp_offline_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(wnb.model.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    monkeypatch.setattr(importlib.import_module("wnb.minimal_pairs"), "network_available", lambda *a, **k: False)
+    monkeypatch.setattr(importlib.import_module("wnb.experiments.minimal_pairs"), "network_available", lambda *a, **k: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     assert run("negative", "--minimal-pairs", "blimp", "-o", tmp_path / "out") == 2

@@ -47,7 +47,7 @@ def test_score_contexts_land_where_the_app_reads_them(tmp_path, isolated_cache, 
     lm = wnb.load_model(device="cpu")
     calib, held_out = wnb.token_windows(lm, wnb.load_corpus(), 64, 4, 1, 0)
     session = Session(lm=lm, calib=calib, held_out=held_out, budget="medium")
-    monkeypatch.setattr(wnb.contexts, "contexts_from_outputs",
+    monkeypatch.setattr(wnb.reading.contexts, "contexts_from_outputs",
                         lambda *a, **k: pytest.fail("the app computed the contexts again"))
     stored = session.contexts(LAYER)
     hooked = wnb.capture(lm, [LAYER], calib, inputs=False, progress=False)[LAYER].outputs

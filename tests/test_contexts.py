@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import wnb
-from wnb.contexts import BANDS, ContextAccumulator, token_keys
+from wnb.reading.extremes import BANDS, token_keys
+from wnb.reading.accumulator import ContextAccumulator
 from wnb.errors import WnbError
 
 
@@ -151,7 +152,7 @@ def test_samples_lie_in_their_bands_and_are_seeded():
         assert row.value == pytest.approx(y[flat, 1].item())
         assert row.z == pytest.approx(z[flat].item(), rel=1e-6)
         assert row.band == int(np.searchsorted(edges, row.z, side="left"))  # bands are (low, high]
-        assert row.label == wnb.contexts.BAND_LABELS[row.band]
+        assert row.label == wnb.reading.extremes.BAND_LABELS[row.band]
     assert frame.groupby("band").size().reindex(range(7)).fillna(0).ge(1).all()  # every band shown
     assert frame.groupby("band").size().max() <= 3
     assert frame.equals(ctx.samples(1, seed=0, per_band=3))

@@ -369,7 +369,7 @@ def test_one_expert_whole_model_is_sequential_sparsegpt(tiny_llama, tiny_windows
 # ---------------------------------------------------------------- analyses
 
 def synthetic_study(n_experts=4, sparsity=0.6, seed=0):
-    from wnb.analysis import LayerStudy
+    from wnb.experiments.layer_study import LayerStudy
 
     weight, bias, x = layer_data(n=800, seed=seed)
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -466,7 +466,7 @@ def test_entanglement_change_weights_experts_by_token_share():
 def test_clustering_disentangles_a_bimodal_neuron():
     """A neuron whose output is a mixture of two well-separated modes is far from Gaussian; split by a
     router that finds the modes, each expert sees one near-Gaussian mode."""
-    from wnb.analysis import LayerStudy
+    from wnb.experiments.layer_study import LayerStudy
 
     gen = torch.Generator().manual_seed(0)
     modes = torch.tensor([[4.0, 0, 0, 0], [-4.0, 0, 0, 0]])
@@ -484,7 +484,7 @@ def test_clustering_disentangles_a_bimodal_neuron():
 
 
 def test_random_partition_keeps_the_group_sizes_and_its_wd_is_recomputable():
-    from wnb.analysis import random_partition
+    from wnb.experiments.layer_study import random_partition
 
     study = synthetic_study()
     labels = study.labels("held_out")

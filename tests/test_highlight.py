@@ -8,7 +8,7 @@ import torch
 
 import wnb
 from wnb.errors import WnbError
-from wnb.highlight import colour
+from wnb.reading.highlight import colour
 
 from conftest import VOCAB
 

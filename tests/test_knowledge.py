@@ -7,7 +7,7 @@ import re
 import pytest
 
 import wnb
-from wnb import knowledge as kp
+from wnb.experiments import knowledge as kp
 
 WEEK = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 YEAR = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",

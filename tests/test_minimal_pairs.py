@@ -12,7 +12,7 @@ import torch
 import wnb
 from _tiny_words import tiny_word_llama, word_tokenizer
 
-mp = importlib.import_module("wnb.minimal_pairs")  # wnb.minimal_pairs is the function
+mp = importlib.import_module("wnb.experiments.minimal_pairs")  # wnb.experiments.minimal_pairs is the function
 
 
 @pytest.fixture(scope="module")

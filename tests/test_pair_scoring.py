@@ -12,7 +12,7 @@ import torch
 import wnb
 from _tiny_words import tiny_word_llama, word_tokenizer
 
-mp = importlib.import_module("wnb.minimal_pairs")
+mp = importlib.import_module("wnb.experiments.minimal_pairs")
 
 TEXTS = ["The author laughs .", "The authors near the pilot laugh .", "The doctor that the lawyers like smiles .",
          "The pilots laugh and smile ."]

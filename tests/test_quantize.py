@@ -385,7 +385,7 @@ def test_sweeps_label_quantized_rows(tiny_llama, tiny_windows):
     plain = wnb.sweep(tiny_llama, tiny_windows, tiny_windows, methods=("magnitude",), sparsities=(0.5,),
                       layers=layers, progress=False, dense=False)
     assert "bits" not in plain
-    from wnb.analysis import expansion_sweep
+    from wnb.experiments.sweeps import expansion_sweep
 
     table = expansion_sweep(tiny_llama, tiny_windows, tiny_windows, n_experts=(1,), layers=layers, dense=False,
                             progress=False, pca_factor=4, bits=4, group_size=16)

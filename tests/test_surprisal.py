@@ -11,7 +11,7 @@ import torch
 import wnb
 from _tiny_words import tiny_word_llama
 
-surprisal = importlib.import_module("wnb.surprisal")
+surprisal = importlib.import_module("wnb.experiments.surprisal")
 
 
 @pytest.mark.parametrize("text, cls", [

@@ -135,7 +135,7 @@ def test_bad_requests(in_tasks, monkeypatch):
 def test_the_agreement_task_is_the_minimal_pair_accuracy(tmp_path, monkeypatch):
     """wnb_agreement through lm-eval (empty context: the tokenizer's start token, then the sentence)
     gives the accuracy wnb.minimal_pair_accuracy computes on the same pairs, dense and pruned."""
-    import wnb.tasks as tasks
+    import wnb.experiments.tasks as tasks
 
     monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
     lm = tiny_word_llama()
@@ -163,7 +163,7 @@ def test_the_agreement_task_is_the_minimal_pair_accuracy(tmp_path, monkeypatch):
 def test_the_expansion_tab_scores_tasks(tmp_path, monkeypatch):
     """Score tasks in the Sparse Expansion tab: the table is compare_tasks with the tab's settings, the
     bars are its acc values, and the CSV downloads."""
-    import wnb.tasks as tasks
+    import wnb.experiments.tasks as tasks
     import wnb.widgets as ww
     from wnb.session import Session
 
@@ -195,7 +195,7 @@ def test_a_task_planted_in_the_cache_never_runs(tmp_path, monkeypatch):
     the task lm-eval runs is the one wnb writes afresh, and it is gone afterwards."""
     import tempfile
 
-    import wnb.tasks as tasks
+    import wnb.experiments.tasks as tasks
 
     cache_root = tmp_path / "cache"
     monkeypatch.setenv("WNB_CACHE", str(cache_root))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import wnb
-from wnb import tse
+from wnb.experiments import tse
 
 AGREEMENT_AT_END = ("simple_agreement", "sentential_complement", "short_vp_coordination",
                     "across_prepositional_phrase", "across_subject_relative_clause", "across_object_relative_clause",
@@ -178,6 +178,6 @@ def test_bad_arguments(kwargs, match):
 def test_the_agreement_source_is_not_called_marvin_and_linzens():
     import importlib
 
-    mp = importlib.import_module("wnb.minimal_pairs")
+    mp = importlib.import_module("wnb.experiments.minimal_pairs")
     agreement = mp.__doc__.split('``"tse"``')[0]
     assert "wnb's agreement constructions" in agreement and "Marvin" not in agreement

@@ -505,7 +505,7 @@ def test_expansion_second_visit_from_disk(tiny_llama, windows, monkeypatch):
     def no_study(*args, **kwargs):
         raise AssertionError("built the experts again although they are cached")
 
-    monkeypatch.setattr(wnb.analysis, "study_layer", no_study)
+    monkeypatch.setattr(wnb.experiments.layer_study, "study_layer", no_study)
     again = ww.App(session=make_session(tiny_llama, windows))
     again.tabs.selected_index = 3
     assert again.expansion.last_error is None, again.expansion.last_error
@@ -636,7 +636,7 @@ def test_job_estimates_count_the_linear_weights_passed(tiny_llama):
 def test_the_reading_section_shows_both_tails_tokens_and_a_probe(app, tiny_llama, windows, monkeypatch):
     import html as html_lib
 
-    from wnb.reading import token_table
+    from wnb.reading.neuron import token_table
 
     view = app.neurons
     view.reading_box.selected_index = 0  # open "What it reads"

@@ -15,18 +15,20 @@ from wnb.scoring.tables import layer_scores, neuron_table, overview, overview_ta
 from wnb.scoring.mapping import mapping_difficulty, pair_distances
 from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
 from wnb.errors import WnbError
-from wnb.contexts import ContextAccumulator, NeuronContexts, contexts_from_outputs, neuron_contexts
+from wnb.reading.accumulator import ContextAccumulator
+from wnb.reading.contexts import NeuronContexts
+from wnb.reading.accumulator import contexts_from_outputs, neuron_contexts
 from wnb.scoring.tables import layer_statistics
-from wnb.highlight import activation_html, context_html, contexts_html, token_activations, tokens_html
-from wnb.per_expert import expert_contexts, expert_summary, tail_routing
+from wnb.reading.highlight import activation_html, context_html, contexts_html, token_activations, tokens_html
+from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
 from wnb.data.positions import drop_positions, position_profile, position_tail_share
-from wnb.reading import differentiating_pairs, output_effect, tail_concentration, token_table
+from wnb.reading.neuron import differentiating_pairs, output_effect, tail_concentration, token_table
 from wnb.scoring.sign import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
 from wnb.compression.expansion import Expansion, RoutedLayer, expand_layer, expanded
 from wnb.compression.router import Router
 from wnb.compression.kmeans import kmeans
-from wnb.analysis import (LayerStudy, entanglement_change, expansion_sweep, expert_outputs, relative_improvement,
-                       ri_regression, study_layer, token_shares)
+from wnb.experiments.layer_study import (LayerStudy, entanglement_change, expert_outputs, relative_improvement, ri_regression, study_layer, token_shares)
+from wnb.experiments.sweeps import expansion_sweep
 from wnb.experiments.sweeps import ablation, sweep
 from wnb.model.architectures import layer_outputs
 from wnb.scoring.comparison import neuron_errors, output_rmse, output_shift
@@ -40,21 +42,21 @@ from wnb.compression.quantize import effective_bits, fit_grid, model_effective_b
 from wnb.model.offload import offload_blocks, resident
 from wnb.tracing.sequential import walk
 from wnb.scoring.streaming import StreamingWD, stream_scores
-from wnb.minimal_pairs import (minimal_pair_accuracy, minimal_pair_scores, minimal_pairs, scoring_rule,
-                               sentence_logprobs, tokenizer_prefix)
-from wnb.knowledge import knowledge_pairs
-from wnb.tse import tse_pairs
+from wnb.experiments.pair_scoring import (minimal_pair_accuracy, minimal_pair_scores, scoring_rule, sentence_logprobs, tokenizer_prefix)
+from wnb.experiments.minimal_pairs import minimal_pairs
+from wnb.experiments.knowledge import knowledge_pairs
+from wnb.experiments.tse import tse_pairs
 from wnb.sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
                             sign_ablated, sign_ablation_depth, sign_ablation_study, study_selections,
                             wasserstein_scores)
-from wnb.surprisal import (FUNCTION_WORDS, surprisal_by_class, token_class, token_classes, token_surprisal,
+from wnb.experiments.surprisal import (FUNCTION_WORDS, surprisal_by_class, token_class, token_classes, token_surprisal,
                         top_surprisal_tokens)
 from wnb.model.lm import LM, wrap_model
 from wnb.model.architectures import decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers
 from wnb.model.loading import load_model
 from wnb.compression.expansion_io import load_expanded, save_expanded
 from wnb.compression.checkpoint import save_pruned
-from wnb.tasks import evaluate_tasks
+from wnb.experiments.tasks import evaluate_tasks
 
 __all__ = ["ablation", "Activations", "cache_dir", "capture", "decoder_blocks", "entanglement_change",
            "estimate_bytes", "expand_layer", "expanded", "Expansion", "expansion_sweep", "expert_outputs",

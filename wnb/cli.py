@@ -248,7 +248,7 @@ def _validate(args) -> None:
         from wnb.compression.quantize import check_quant
         check_quant(args.bits, args.group_size)
     if getattr(args, "tasks", None):
-        from wnb.tasks import _lm_eval
+        from wnb.experiments.tasks import _lm_eval
         _lm_eval()  # lm-eval missing: say so before the model loads
     if getattr(args, "save_format", "hf") != "hf" and not getattr(args, "save_model", False):
         raise WnbError("--save-format says how --save-model writes the model: add --save-model")
@@ -330,7 +330,7 @@ def _neuron(args, run: RunFolder, session) -> str:
 
 def _store_contexts(args, session, layers) -> None:
     """``wnb score --contexts K``: every scored layer's contexts, where the app's Session.contexts reads them."""
-    from wnb.contexts import neuron_contexts
+    from wnb.reading.accumulator import neuron_contexts
     from wnb.session import CONTEXT_WIDTH, contexts_key
 
     for name in layers:
@@ -547,7 +547,7 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
 
 def _expand(args, run: RunFolder, session) -> str:
     from wnb import plots
-    from wnb.analysis import expansion_sweep
+    from wnb.experiments.sweeps import expansion_sweep
     from wnb.compression.expansion import check_expansion
     from wnb.compression.quantize import key_parts
     from wnb.session import _expert_counts
@@ -583,7 +583,7 @@ def _expand(args, run: RunFolder, session) -> str:
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
     if args.tasks:
-        from wnb.tasks import compare_tasks
+        from wnb.experiments.tasks import compare_tasks
 
         tasks = compare_tasks(lm, session.calib, args.tasks, layers, args.experts, args.sparsity, args.bits,
                               limit=args.task_limit, seed=args.seed, batch_size=args.batch_size, progress=progress)
@@ -613,7 +613,7 @@ def _expand(args, run: RunFolder, session) -> str:
 
 def _sweep(args, run: RunFolder, session) -> str:
     from wnb import plots
-    from wnb.analysis import expansion_sweep
+    from wnb.experiments.sweeps import expansion_sweep
     from wnb.compression.sparsity import check_method, sparsity_label
 
     lm = session.lm
@@ -647,7 +647,7 @@ def _sweep(args, run: RunFolder, session) -> str:
 def _negative_pairs(args):
     """The minimal pairs of ``--minimal-pairs`` (None for ``none``); raises WnbError for BLiMP offline or
     an empty / malformed file."""
-    from wnb.minimal_pairs import minimal_pairs
+    from wnb.experiments.minimal_pairs import minimal_pairs
 
     if args.minimal_pairs == "none":
         return None

@@ -412,7 +412,7 @@ def ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
 
 
 def task_bars(table: pd.DataFrame, metric: str = "acc", title: str | None = None) -> Figure:
-    """Downstream task scores (:func:`wnb.tasks.compare_tasks`): one group of bars per task, one bar per
+    """Downstream task scores (:func:`wnb.experiments.tasks.compare_tasks`): one group of bars per task, one bar per
     model (dense, SparseGPT, expansion), ``metric`` with its standard error where lm-eval gives one."""
     for column in ("model", "task", "metric", "value"):
         if column not in table.columns:

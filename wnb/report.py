@@ -1,6 +1,6 @@
 """A neuron as readable HTML: the pieces of the app's "What it reads" section, and a self-contained page.
 
-Every text from the corpus, the model or the user is HTML-escaped (:mod:`wnb.highlight`); the page has
+Every text from the corpus, the model or the user is HTML-escaped (:mod:`wnb.reading.highlight`); the page has
 no script and loads nothing: figures are embedded as PNG data.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import html
 
 import pandas as pd
 
-from wnb.highlight import contexts_html
+from wnb.reading.highlight import contexts_html
 
 SHOWN = 10       # contexts per tail on a page (the CSV holds all that are kept)
 TOKENS_SHOWN = 12
@@ -74,7 +74,7 @@ def concentration_block(table: pd.DataFrame) -> str:
 
 
 def pairs_block(pairs: pd.DataFrame, scale: float) -> str:
-    from wnb.highlight import context_html
+    from wnb.reading.highlight import context_html
 
     rows = []
     pairs = one_line(pairs, [f"{c}_{s}" for c in ("left", "token", "right") for s in "ab"])
@@ -109,7 +109,7 @@ def reading_tables(session, view, ctx, neuron: int) -> dict:
     ``differentiating_pairs`` and ``output_effect`` (absent, with the reason under ``effect_note``, for
     layers whose rows are not FFN hidden neurons)."""
     from wnb.errors import WnbError
-    from wnb.reading import differentiating_pairs, output_effect, tail_concentration, token_table
+    from wnb.reading.neuron import differentiating_pairs, output_effect, tail_concentration, token_table
 
     high, low = ctx.top(neuron, "high"), ctx.top(neuron, "low")
     tokens = token_table(session.calib, view.outputs, session.lm.tokenizer, neuron=neuron, skip_first=view.skip_first)

@@ -366,7 +366,8 @@ class Session:
     def contexts(self, name: str, progress: bool = True, k: int = CONTEXT_K):
         """:class:`wnb.NeuronContexts` of every neuron of ``name`` (from its calibration capture, no second
         pass; cached on disk and kept for the last layer, so re-selecting a neuron is instant)."""
-        from wnb.contexts import NeuronContexts, contexts_from_outputs
+        from wnb.reading.contexts import NeuronContexts
+        from wnb.reading.accumulator import contexts_from_outputs
 
         view = self.layer(name, progress)
         key = contexts_key(self, view.name, k)
@@ -539,7 +540,7 @@ class Session:
 
     def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True, bits: int | None = None):
         """Dense vs SparseGPT vs Sparse Expansion of one layer (wnb.study_layer; ``bits`` quantizes both), cached."""
-        from wnb.analysis import study_layer
+        from wnb.experiments.layer_study import study_layer
         from wnb.compression.sparsity import sparsity_label
 
         name = self.check_layer(name)
@@ -563,7 +564,7 @@ class Session:
         """The layer study's tables, cached: ``ri`` (wnb.relative_improvement), ``regression``
         (wnb.ri_regression), ``shares`` (wnb.token_shares) and ``change`` (wnb.entanglement_change of
         the layer's Wasserstein neurons, WD and MD before vs after)."""
-        from wnb import analysis
+        from wnb.experiments import layer_study as analysis
         from wnb.compression.sparsity import sparsity_label
 
         view = self.layer(name, progress)
@@ -583,7 +584,7 @@ class Session:
                              true_sequential: bool = True, on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity of dense, SparseGPT (k = 1) and Sparse Expansion with ``n_experts`` on ``layers``
         (wnb.expansion_sweep), cached. The experts held at once are capped at ``APP_EXPERT_BYTES``."""
-        from wnb.analysis import expansion_sweep
+        from wnb.experiments.sweeps import expansion_sweep
 
         key = self._expansion_key(layers, n_experts, sparsity, true_sequential, bits)
         return self._cached("expansion_perplexity", key,
@@ -613,10 +614,10 @@ class Session:
     def task_scores(self, tasks, layers, n_experts: int = 16, sparsity=0.5, bits: int | None = None,
                     limit: int | None = 100, progress: bool = True, on_run=None) -> pd.DataFrame:
         """Downstream task scores of the dense, SparseGPT and Sparse Expansion models on ``layers``
-        (:func:`wnb.tasks.compare_tasks`; the experts held at once capped at ``APP_EXPERT_BYTES``), cached.
+        (:func:`wnb.experiments.tasks.compare_tasks`; the experts held at once capped at ``APP_EXPERT_BYTES``), cached.
         ``wnb_agreement`` (wnb's minimal pairs) needs no network; lm-eval's standard tasks do."""
         from wnb.compression.sparsity import sparsity_label
-        from wnb.tasks import compare_tasks
+        from wnb.experiments.tasks import compare_tasks
 
         tasks = list(tasks)
         key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
@@ -635,7 +636,7 @@ class Session:
         item of another task 4 choices of ~128 tokens; ``limit=None`` counts 1,000 items)."""
         from wnb import estimates
         from wnb.compression.sparsity import sparsity_label
-        from wnb.tasks import AGREEMENT_TASK
+        from wnb.experiments.tasks import AGREEMENT_TASK
 
         tasks = list(tasks)
         key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
@@ -724,9 +725,9 @@ class Session:
                             enabled=self.use_cache)
 
     def sign_pairs(self, name: str | None = "agreement", n: int | None = 10) -> list[dict] | None:
-        """Minimal pairs for the sign-ablation study (:func:`wnb.minimal_pairs` with the session's seed),
+        """Minimal pairs for the sign-ablation study (:func:`wnb.experiments.minimal_pairs` with the session's seed),
         or None when ``name`` is None or the model has no tokenizer."""
-        from wnb.minimal_pairs import minimal_pairs
+        from wnb.experiments.minimal_pairs import minimal_pairs
 
         if name is None or self.lm.tokenizer is None:
             return None
@@ -775,7 +776,7 @@ class Session:
         ``by_class`` and ``by_group`` (:func:`wnb.surprisal_by_class`, one block per ``selection``) and
         ``top`` (:func:`wnb.top_surprisal_tokens` of the Wasserstein ablation); cached."""
         from wnb.sign_ablation import matched_candidates, select_matched, select_wasserstein
-        from wnb.surprisal import surprisal_by_class, token_surprisal, top_surprisal_tokens
+        from wnb.experiments.surprisal import surprisal_by_class, token_surprisal, top_surprisal_tokens
 
         scores = self.sign_scores(layers, tokens, progress)
         matched_seed = self.seed if matched_seed is None else int(matched_seed)
@@ -839,7 +840,7 @@ def _study_tensors(study) -> dict:
 
 
 def _study_from_tensors(d: dict):
-    from wnb.analysis import LayerStudy
+    from wnb.experiments.layer_study import LayerStudy
     from wnb.compression.expansion import RoutedLayer
     from wnb.compression.router import Router
 

@@ -249,7 +249,7 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
 def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
               nll=None) -> dict:
     from wnb.tracing.nll import interval_of
-    from wnb.minimal_pairs import minimal_pair_scores
+    from wnb.experiments.pair_scoring import minimal_pair_scores
 
     start = time.perf_counter()
     if nll is None:
@@ -272,7 +272,7 @@ def _accuracy_columns(scores: pd.DataFrame) -> dict:
 
 def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress):
     """Validate everything and return (held_out, pairs, scores) — WD computed here if not given."""
-    from wnb.minimal_pairs import check_pairs
+    from wnb.experiments.minimal_pairs import check_pairs
     from wnb.model.architectures import check_layers, first_ffn_layers
     from wnb.model.lm import require_local
 
@@ -316,7 +316,7 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
       ablation's. ``target_perplexity``, ``within_tolerance``, ``evaluations`` (perplexity passes) and
       ``note`` report the search; when even all candidates stay below the target the row says so.
 
-    ``pairs``: minimal pairs (:func:`wnb.minimal_pairs`, or its name) scored for every row.
+    ``pairs``: minimal pairs (:func:`wnb.experiments.minimal_pairs`, or its name) scored for every row.
     Returns one row per ablation (and a ``dense`` row first): ``selection, seed, side, fraction,
     n_neurons, per_layer`` (neurons in the widest layer), ``perplexity, ppl_low, ppl_high`` (95%
     bootstrap interval over held-out windows), ``accuracy`` and ``accuracy_<phenomenon>`` when pairs

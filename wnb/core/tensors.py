@@ -1,6 +1,7 @@
 """Small facts about tensors that several packages need."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -10,3 +11,8 @@ def tensor_version(x: torch.Tensor) -> int | None:
         return x._version
     except RuntimeError:
         return None
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array of its own dtype (on the CPU, detached)."""
+    return t.detach().cpu().numpy()

@@ -111,7 +111,7 @@ class ExpansionView(LayerNeuronPanel):
                    f"'WD after' with the random-partition control in the before/after table" if small else ""))
 
     def redraw(self) -> None:
-        from wnb import analysis
+        from wnb.experiments import layer_study as analysis
 
         study = self.current()
         if study is None:
@@ -142,7 +142,7 @@ class ExpansionView(LayerNeuronPanel):
     def _expert_texts(self, study, neuron: int) -> None:
         """Whether the router separates the neuron's tails (against random groups of the same sizes), and
         each expert's highest and lowest held-out contexts."""
-        from wnb.per_expert import expert_contexts, expert_summary, tail_routing
+        from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
         from wnb.report import SHOWN, contexts_block, section
 
         routing = tail_routing(study, neuron, seed=self.session.seed)

@@ -3,7 +3,7 @@
 A section of the Entangled neurons tab (collapsed until opened, so a warm visit does not load the model).
 Everything comes from the layer's one calibration capture (``Session.contexts``, cached): re-selecting a
 neuron only reads tables. Every piece of text from the corpus, the model or the user is HTML-escaped by
-:mod:`wnb.highlight`; nothing on the page runs a script.
+:mod:`wnb.reading.highlight`; nothing on the page runs a script.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 import pandas as pd
 
-from wnb.highlight import MAX_CHARS, activation_html
+from wnb.reading.highlight import MAX_CHARS, activation_html
 from wnb.report import position_note, reading_sections, reading_tables, tail_share_at_first
 from wnb.widgets.panel import csv_link
 

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.contexts import decode, decode_contexts
 from wnb.core.checks import check_float, check_int
 from wnb.core.stats import median, standardize
 from wnb.data.positions import TAIL_SIGMA, check_skip, drop_positions, kept_rows
+from wnb.data.tokens import decode, decode_contexts
 from wnb.errors import WnbError
 
 

@@ -16,7 +16,7 @@ months and colours (40 items of each, seed 0):
 - ``counts`` — how many days in a week, legs on a spider...; wrong answers are other numbers.
 
 Each item is ``{"good", "bad", "phenomenon", "condition"}``, the shape of a minimal pair, so
-:func:`wnb.minimal_pair_scores` scores it; :func:`wnb.minimal_pairs` offers it as ``"knowledge"``.
+:func:`wnb.minimal_pair_scores` scores it; :func:`wnb.experiments.minimal_pairs` offers it as ``"knowledge"``.
 """
 from __future__ import annotations
 

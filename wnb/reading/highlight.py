@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from wnb.core.checks import check_float, check_int
-from wnb.contexts import decode
+from wnb.data.tokens import decode
 from wnb.errors import WnbError
 
 MAX_CHARS = 4000
@@ -97,9 +97,9 @@ def token_activations(lm, text: str, layer: str, neuron: int, max_chars: int = M
 
 
 def _activations(lm, text, layer, neuron, max_chars):
-    from wnb.tracing.capture import capture
     from wnb.data.windows import context_length
     from wnb.model.architectures import check_layers, layer_weight
+    from wnb.tracing.capture import capture
 
     (layer,) = check_layers(lm, [layer])
     d_out = layer_weight(lm, layer).shape[0]

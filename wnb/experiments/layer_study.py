@@ -13,18 +13,15 @@ the dense model), its plain SparseGPT weight and its expansion. The functions be
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from wnb.errors import WnbError
-from wnb.compression.kmeans import N_INIT
 from wnb.compression.expansion import RoutedLayer, expand_layer
+from wnb.compression.kmeans import N_INIT
+from wnb.errors import WnbError
 
 
 @dataclass
@@ -70,13 +67,13 @@ def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0
     """Capture ``layer``'s inputs on ``calib`` and ``held_out`` from the dense model, prune it with SparseGPT
     and expand it into ``n_experts`` experts at ``sparsity`` (both quantized with ``bits`` / ``group_size``
     when given). The model is not changed."""
-    from wnb.tracing.capture import capture
-    from wnb.data.windows import check_windows
-    from wnb.compression.router import check_router_args
-    from wnb.model.architectures import check_layers, layer_bias, layer_weight
-    from wnb.compression.sparsity import check_nm, parse_sparsity
     from wnb.compression.prune import prune_weight
     from wnb.compression.quantize import check_quant
+    from wnb.compression.router import check_router_args
+    from wnb.compression.sparsity import check_nm, parse_sparsity
+    from wnb.data.windows import check_windows
+    from wnb.model.architectures import check_layers, layer_bias, layer_weight
+    from wnb.tracing.capture import capture
 
     (layer,) = check_layers(lm, [layer])
     weight = layer_weight(lm, layer).detach().to("cpu", torch.float32)
@@ -104,9 +101,9 @@ def relative_improvement(study: LayerStudy) -> pd.DataFrame:
     """One row per neuron: WD, output mean and variance of the dense outputs on the calibration tokens,
     held-out RMSE against the dense outputs of SparseGPT and of the expansion, and
     ``ri = rmse_sparsegpt / rmse_expansion`` (NaN where the expansion's error is 0)."""
+    from wnb.scoring.comparison import output_rmse
     from wnb.scoring.tables import output_moments
     from wnb.scoring.wasserstein import wasserstein_to_gaussian
-    from wnb.scoring.comparison import output_rmse
 
     dense_calib = study.outputs("dense", "calib")
     dense = study.outputs("dense")
@@ -242,79 +239,4 @@ def weighted_group_wd(outputs: torch.Tensor, labels: torch.Tensor, n_groups: int
 
 # ---------------------------------------------------------------- sweep over k and sparsity (Fig. 9)
 
-class _ErrorMeter:
-    """Forward hook on a routed layer: accumulates ‖y − y_dense‖² and ‖y_dense‖² over the tokens it sees."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        self.weight, self.bias = weight.detach().float(), None if bias is None else bias.detach().float()
-        self.err = self.ref = 0.0
-
-    def __call__(self, module, args, output):
-        x = args[0].reshape(-1, args[0].shape[-1]).float()
-        dense = x @ self.weight.to(x.device).T
-        if self.bias is not None:
-            dense += self.bias.to(x.device)
-        self.err += float((output.reshape(dense.shape).float() - dense).square().sum())
-        self.ref += float(dense.square().sum())
-
-    @property
-    def relative(self) -> float:
-        return math.sqrt(self.err / self.ref) if self.ref > 0 else float("nan")
-
-
-def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=(0.5,), layers=None,
-                    error_layer: str | None = None, dense: bool = True, batch_size: int = 8,
-                    progress: bool = True, on_run=None, **expand_kw) -> pd.DataFrame:
-    """Whole-model Sparse Expansion for every ``k`` in ``n_experts`` at every sparsity: held-out perplexity
-    and the held-out relative output error ``‖y − y_dense‖ / ‖y_dense‖`` of ``error_layer`` (default: the
-    first expanded layer) on the inputs it receives in the expanded model. ``k = 1`` is plain SparseGPT.
-
-    Returns ``method, n_experts, sparsity, perplexity, layer_error, build_seconds, eval_seconds`` (plus a
-    dense row first unless ``dense=False``). Other keywords go to :func:`wnb.expanded`; with ``bits=``
-    (joint quantization) the expanded rows get a ``bits`` column (and ``group_size`` with groups).
-    """
-    from wnb.data.windows import check_windows
-    from wnb.tracing.nll import perplexity_interval
-    from wnb.compression.expansion import check_expansion, expanded
-    from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
-    from wnb.compression.sparsity import sparsity_label
-    from wnb.compression.quantize import check_quant, key_parts
-
-    held_out = check_windows(held_out, lm, min_len=2)
-    layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)
-    error_layer = layers[0] if error_layer is None else error_layer
-    if error_layer not in layers:
-        raise WnbError(f"error_layer {error_layer!r} is not among the expanded layers")
-    for k in n_experts:
-        for s in sparsities:
-            check_expansion(lm, k, s, calib, layers, expand_kw.get("pca_factor", 32), expand_kw.get("max_bytes"),
-                            expand_kw.get("bits"), expand_kw.get("group_size"))
-    quant = key_parts(*check_quant(expand_kw.get("bits"), expand_kw.get("group_size")))
-    from wnb.experiments.sweeps import _runs
-
-    rows = []
-    report = _runs(on_run, int(dense) + len(sparsities) * len(n_experts))
-    if dense:
-        report("dense")
-        start = time.perf_counter()
-        ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
-        rows.append({"method": "dense", "n_experts": 0, "sparsity": "0%", **ppl, "layer_error": 0.0,
-                     "build_seconds": 0.0, "eval_seconds": time.perf_counter() - start})
-    weight, bias = layer_weight(lm, error_layer).detach().clone(), layer_bias(lm, error_layer)
-    bias = None if bias is None else bias.detach().clone()
-    runs = [(s, k) for s in sparsities for k in n_experts]
-    for s, k in tqdm(runs, desc="expansion sweep", disable=not progress, leave=False):
-        report(f"SparseGPT {sparsity_label(s)}" if k == 1 else f"{k} experts at {sparsity_label(s)}")
-        start = time.perf_counter()
-        with expanded(lm, k, s, calib, layers=layers, batch_size=batch_size, progress=progress, **expand_kw) as exp:
-            built = time.perf_counter()
-            meter = _ErrorMeter(weight, bias)
-            hook = exp.layers[error_layer].register_forward_hook(meter)
-            try:
-                ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
-            finally:
-                hook.remove()
-        rows.append({"method": "sparsegpt" if k == 1 else "expansion", "n_experts": k,
-                     "sparsity": sparsity_label(s), **quant, **ppl, "layer_error": meter.relative,
-                     "build_seconds": built - start, "eval_seconds": time.perf_counter() - built})
-    return pd.DataFrame(rows)

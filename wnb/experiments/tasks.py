@@ -234,7 +234,7 @@ AGREEMENT_TASK = "wnb_agreement"
 
 def agreement_task(n: int = 20, seed: int = 0, folder=None) -> Path:
     """A folder holding an lm-eval task ``wnb_agreement``: wnb's subject–verb agreement minimal pairs
-    (:func:`wnb.minimal_pairs`, ``n`` per construction, ``seed``; shuffled with ``seed``, so that a
+    (:func:`wnb.experiments.minimal_pairs`, ``n`` per construction, ``seed``; shuffled with ``seed``, so that a
     ``limit`` takes every construction) as two-choice items, the grammatical
     sentence first, each scored by its total log-probability after the tokenizer's start token (lm-eval's
     empty context), so ``acc`` is the minimal-pair accuracy. Needs no network, which the standard tasks do.
@@ -247,7 +247,7 @@ def agreement_task(n: int = 20, seed: int = 0, folder=None) -> Path:
     import tempfile
 
     from wnb.core.checks import check_int
-    from wnb.minimal_pairs import minimal_pairs
+    from wnb.experiments.minimal_pairs import minimal_pairs
 
     n, seed = check_int(n, "n"), check_int(seed, "seed", 0)
     folder = Path(tempfile.mkdtemp(prefix="wnb-task-")) if folder is None else Path(folder)
@@ -279,9 +279,9 @@ def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0
     (``dense``, ``sparsegpt``, ``expansion``). ``on_run(index, total, label)`` before each model."""
     import pandas as pd
 
-    from wnb.experiments.sweeps import _runs
     from wnb.compression.expansion import expanded
     from wnb.compression.pruned import pruned
+    from wnb.experiments.sweeps import _runs
 
     models = ["dense", "sparsegpt"] + (["expansion"] if int(n_experts) > 1 else [])
     report = _runs(on_run, len(models))

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wnb.contexts import decode_contexts
 from wnb.core.checks import check_float, check_int
 from wnb.core.stats import standardize
 from wnb.data.positions import TAIL_SIGMA
+from wnb.data.tokens import decode_contexts
 from wnb.errors import WnbError
 
 
