@@ -30,6 +30,7 @@ import torch
 
 import wnb
 from wnb import plots
+from wnb.core.stats import r_squared
 from wnb.cli import RunFolder
 from wnb.errors import WnbError
 
@@ -108,7 +109,7 @@ def detail(run, lm, calib, layer, args):
     top = wnb.top_neurons(torch.tensor(table.sort_values("neuron")["wd"].to_numpy()), args.fraction).tolist()
     run.figure("detail_wd_vs_md.png", plots.neuron_scatter(table, "wd", "md", highlight=top, title=layer),
                "WD vs MD per neuron (Fig. 2e)")
-    return table, plots.r_squared(table["wd"], table["md"])
+    return table, r_squared(table["wd"], table["md"])
 
 
 def ablation(run, lm, calib, held, args):

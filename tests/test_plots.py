@@ -10,6 +10,8 @@ from matplotlib.patches import StepPatch
 from scipy import stats
 
 from wnb import plots
+from wnb.core.stats import r_squared
+from wnb.model.architectures import block_index
 from wnb.errors import WnbError
 
 
@@ -126,7 +128,7 @@ def test_neuron_scatter_fit_and_highlights_match_scipy():
     fit = stats.linregress(wd[ok], md[ok])
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert f"fit, R² = {fit.rvalue ** 2:.2f}" in labels
-    assert plots.r_squared(wd, md) == pytest.approx(fit.rvalue ** 2, rel=1e-12)
+    assert r_squared(wd, md) == pytest.approx(fit.rvalue ** 2, rel=1e-12)
     line = ax.lines[0]
     np.testing.assert_allclose(line.get_ydata(), fit.slope * line.get_xdata() + fit.intercept, rtol=1e-9)
     points = [c for c in ax.collections if isinstance(c, PathCollection)]
@@ -138,10 +140,10 @@ def test_neuron_scatter_fit_and_highlights_match_scipy():
 
 
 def test_block_index_and_scores_frame():
-    assert plots.block_index("model.layers.12.mlp.gate_proj") == 12
-    assert plots.block_index("transformer.h.3.mlp.c_fc") == 3
+    assert block_index("model.layers.12.mlp.gate_proj") == 12
+    assert block_index("transformer.h.3.mlp.c_fc") == 3
     with pytest.raises(WnbError, match="block number"):
-        plots.block_index("lm_head")
+        block_index("lm_head")
     scores = {"m.layers.0.mlp.up": torch.tensor([0.1, float("nan"), 0.3]), "m.layers.1.mlp.up": torch.tensor([0.2])}
     frame = plots.scores_frame(scores)
     assert list(frame["block"]) == [0, 0, 1] and list(frame["neuron"]) == [0, 2, 0]

@@ -114,3 +114,10 @@ def as_inputs(inputs, columns: int) -> torch.Tensor:
     if inputs.shape[0] == 0:
         raise WnbError("no calibration tokens were given")
     return inputs
+
+
+def sparsity_value(label: str) -> float:
+    """The fraction of zeros of a sparsity label (``"50%"`` → 0.5, ``"2:4"`` → 0.5)."""
+    from wnb.compression.sparsity import parse_sparsity
+
+    return parse_sparsity(label)[0]

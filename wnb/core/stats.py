@@ -53,3 +53,12 @@ def standardize(values, reference=None, dim: int = 0):
     mean, std = ref.mean(axis=dim, keepdims=True), ref.std(axis=dim, keepdims=True)
     std = np.where((std > 0) & np.isfinite(std), std, np.nan)
     return (x - mean) / std
+
+
+def r_squared(x, y) -> float:
+    """R² of the least-squares line of ``y`` on ``x`` (the squared Pearson correlation), NaNs dropped."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or x[ok].std() == 0 or y[ok].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x[ok], y[ok])[0, 1] ** 2)

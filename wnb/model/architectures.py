@@ -7,6 +7,7 @@ Layers are addressed by module name (``model.layers.3.mlp.gate_proj``)."""
 from __future__ import annotations
 
 import difflib
+import re
 
 import torch
 from torch import nn
@@ -162,3 +163,11 @@ def check_untied(lm, layers) -> None:
         if shared:
             raise WnbError(f"{name}'s weight is tied to {', '.join(shared)} (the model shares them), so pruning it "
                            "would prune that too; pick another layer (e.g. the FFN layers)")
+
+
+def block_index(name: str) -> int:
+    """The first integer part of a dotted layer name (``model.layers.3.mlp.gate_proj`` → 3)."""
+    for part in name.split("."):
+        if re.fullmatch(r"\d+", part):
+            return int(part)
+    raise WnbError(f"layer name {name!r} has no block number; pass blocks= explicitly")
