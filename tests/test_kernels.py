@@ -238,7 +238,7 @@ def test_closed_pages_lose_their_kernels_and_a_full_server_says_so(server, brows
     server.wait_gone(third_kernel, GONE_S + 60)  # it finishes starting the app first, then idles
     assert server.kernel_pids() == {}
     assert list(server.seats.glob("*.seat")) == []  # given back as the kernel ended
-    from wnb import seats
+    from wnb.app import seats
 
     free = seats.claim(server.seats, limit=1)
     assert free.granted
@@ -249,7 +249,7 @@ def test_voila_takes_culling_from_the_projects_voila_json(tmp_path):
     """Without command-line settings the server culls as notebooks/voila.json says (the page is fetched
     while the one seat is taken by this test process, so its kernel loads no model)."""
     config = json.loads((ROOT / "notebooks" / "voila.json").read_text())["MappingKernelManager"]
-    from wnb import seats
+    from wnb.app import seats
 
     server = Server(tmp_path, "voila_config")
     try:

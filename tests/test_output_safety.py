@@ -11,7 +11,8 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from wnb import cli, report
+from wnb import cli
+from wnb.app import report
 from wnb.core.spreadsheet import safe_csv
 
 CRAFTED = "<img src=x onerror=alert(1)>"

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from wnb import seats
+from wnb.app import seats
 
 ROOT = Path(__file__).resolve().parents[1]
 # a process that claims a seat the way the app notebook does (seats.py alone), says so, then waits for a line
 # on its input and ends normally (as a kernel does when it is shut down)
 CLAIMER = textwrap.dedent("""
     import importlib.util, sys, time
-    spec = importlib.util.spec_from_file_location("wnb.seats", sys.argv[1])
-    seats = sys.modules["wnb.seats"] = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("wnb.app.seats", sys.argv[1])
+    seats = sys.modules["wnb.app.seats"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seats)
     claim = seats.claim(sys.argv[2], limit=int(sys.argv[3]))
     print("granted" if claim.granted else f"refused {claim.visitors}/{claim.limit}", flush=True)
@@ -142,8 +142,8 @@ def test_the_seats_folder_is_private(monkeypatch, tmp_path):
 
 
 def test_seats_load_without_torch():
-    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('wnb.seats', sys.argv[1]); "
-            "m = sys.modules['wnb.seats'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('wnb.app.seats', sys.argv[1]); "
+            "m = sys.modules['wnb.app.seats'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
             "print(sorted(n for n in ('torch', 'wnb', 'numpy') if n in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT / "wnb" / "seats.py")], capture_output=True,
                          text=True, check=True).stdout.strip()

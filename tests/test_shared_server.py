@@ -236,7 +236,7 @@ def test_the_hub_limits_refuse_before_any_weight_is_downloaded(tiny_repo, monkey
     import json
     import shutil
 
-    from wnb import sources
+    from wnb.app import sources
 
     def refused(repo, match, downloads, **env):
         for name, value in env.items():
@@ -284,7 +284,7 @@ def test_a_download_can_be_cancelled_between_files(tiny_repo, monkeypatch):
 def test_only_model_copies_wnb_wrote_are_offered(tmp_path, monkeypatch, bundled):
     import shutil
 
-    from wnb import sources
+    from wnb.app import sources
 
     root = tmp_path / "cache"
     monkeypatch.setenv("WNB_CACHE", str(root))
@@ -305,7 +305,7 @@ def test_only_model_copies_wnb_wrote_are_offered(tmp_path, monkeypatch, bundled)
 
 
 def test_an_uploaded_text_is_kept_as_its_hash_only(tiny_llama, monkeypatch):
-    from wnb import sources
+    from wnb.app import sources
     from wnb.core.cache import text_digest
 
     secret = "The secret visitor text about zebras. " * 300
@@ -330,7 +330,7 @@ class _WordTokenizer:
 
 
 def test_the_upload_is_checked_before_it_is_copied(tiny_llama):
-    from wnb import sources
+    from wnb.app import sources
 
     settings = ww.Settings(session=Session(lm=tiny_llama, budget="small"))
     assert sources.MAX_UPLOAD_BYTES < 10 << 20  # below what Voila's websocket carries in one message

@@ -320,7 +320,7 @@ def test_settings_show_the_refusal_and_keep_the_session(app, nothing_opened):
 
 
 def test_offered_model_folders_and_hub_ids(tmp_path, monkeypatch):
-    from wnb import sources
+    from wnb.app import sources
 
     (tmp_path / "mine" / "tiny").mkdir(parents=True)
     (tmp_path / "mine" / "tiny" / "config.json").write_text("{}")
@@ -337,7 +337,7 @@ def test_offered_model_folders_and_hub_ids(tmp_path, monkeypatch):
 
 
 def test_an_uploaded_corpus_is_checked_for_text(tiny_llama):
-    from wnb import sources
+    from wnb.app import sources
 
     text = "The cat sat on the mat. " * 20
     assert sources.app_corpus(sources.UPLOAD, text.encode()) == text
@@ -618,7 +618,7 @@ def test_a_long_whole_model_job_waits_for_confirmation(app, monkeypatch):
 
 
 def test_job_estimates_count_the_linear_weights_passed(tiny_llama):
-    from wnb import estimates
+    from wnb.app import estimates
 
     linear = {n: m.weight.numel() for n, m in tiny_llama.model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert estimates.forward_flops(tiny_llama, 10) == 2 * 10 * sum(linear.values())

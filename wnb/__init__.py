@@ -1,88 +1,80 @@
 """wnb: Wasserstein neurons, entanglement and sparsity in language models.
 
-The public API (see README.md)::
+The public API (README.md)::
 
     lm = wnb.load_model()
     calib, held_out = wnb.token_windows(lm, wnb.load_corpus(), seq_len=256, n_calib=32, n_eval=32)
     acts = wnb.capture(lm, ["model.layers.1.mlp.gate_proj"], calib)
     wd = wnb.wasserstein_to_gaussian(acts["model.layers.1.mlp.gate_proj"].outputs)
+
+Each name below is imported from its home module the first time it is used, so ``import wnb`` (and a
+light module such as :mod:`wnb.app.seats`) does not load torch. The packages follow the data flow, each
+importing only those before it: core, model, data, tracing, scoring, reading, compression,
+experiments, plots, app, widgets, cli (README.md, "Layout").
 """
-from wnb.core.cache import cache_dir
-from wnb.tracing.capture import Activations, capture, estimate_bytes
-from wnb.data.corpora import load_corpus
-from wnb.data.windows import token_windows
-from wnb.scoring.tables import layer_scores, neuron_table, overview, overview_table
-from wnb.scoring.mapping import mapping_difficulty, pair_distances
-from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
-from wnb.errors import WnbError
-from wnb.reading.accumulator import ContextAccumulator
-from wnb.reading.contexts import NeuronContexts
-from wnb.reading.accumulator import contexts_from_outputs, neuron_contexts
-from wnb.scoring.tables import layer_statistics
-from wnb.reading.highlight import activation_html, context_html, contexts_html, token_activations, tokens_html
-from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
-from wnb.data.positions import drop_positions, position_profile, position_tail_share
-from wnb.reading.neuron import differentiating_pairs, output_effect, tail_concentration, token_table
-from wnb.scoring.sign import gate_up_quadrants, shape_statistics, sign_quadrants, wasserstein_split
-from wnb.compression.expansion import Expansion, RoutedLayer, expand_layer, expanded
-from wnb.compression.router import Router
-from wnb.compression.kmeans import kmeans
-from wnb.experiments.layer_study import (LayerStudy, entanglement_change, expert_outputs, relative_improvement, ri_regression, study_layer, token_shares)
-from wnb.experiments.sweeps import expansion_sweep
-from wnb.experiments.sweeps import ablation, sweep
-from wnb.model.architectures import layer_outputs
-from wnb.scoring.comparison import neuron_errors, output_rmse, output_shift
-from wnb.tracing.nll import perplexity, perplexity_interval, token_nll
-from wnb.compression.sparsegpt import SparseGPT
-from wnb.compression.sparsity import parse_sparsity
-from wnb.compression.prune import prune_layer, prune_weight
-from wnb.compression.pruned import pruned
-from wnb.scoring.selection import select_neurons
-from wnb.compression.quantize import effective_bits, fit_grid, model_effective_bits, quantize
-from wnb.model.offload import offload_blocks, resident
-from wnb.tracing.sequential import walk
-from wnb.scoring.streaming import StreamingWD, stream_scores
-from wnb.experiments.pair_scoring import (minimal_pair_accuracy, minimal_pair_scores, scoring_rule, sentence_logprobs, tokenizer_prefix)
-from wnb.experiments.minimal_pairs import minimal_pairs
-from wnb.experiments.knowledge import knowledge_pairs
-from wnb.experiments.tse import tse_pairs
-from wnb.sign_ablation import (matched_candidates, select_matched, select_random, select_wasserstein, selection_table,
-                            sign_ablated, sign_ablation_depth, sign_ablation_study, study_selections,
-                            wasserstein_scores)
-from wnb.experiments.surprisal import (FUNCTION_WORDS, surprisal_by_class, token_class, token_classes, token_surprisal,
-                        top_surprisal_tokens)
-from wnb.model.lm import LM, wrap_model
-from wnb.model.architectures import decoder_blocks, ffn_layers, first_ffn_layers, layer_weight, linear_layers
-from wnb.model.loading import load_model
-from wnb.compression.expansion_io import load_expanded, save_expanded
-from wnb.compression.checkpoint import save_pruned
-from wnb.experiments.tasks import evaluate_tasks
+from __future__ import annotations
 
-__all__ = ["ablation", "Activations", "cache_dir", "capture", "decoder_blocks", "entanglement_change",
-           "estimate_bytes", "expand_layer", "expanded", "Expansion", "expansion_sweep", "expert_outputs",
-           "ffn_layers", "first_ffn_layers", "kmeans", "layer_outputs", "layer_scores", "layer_weight",
-           "LayerStudy", "linear_layers", "LM", "load_corpus", "load_model", "mapping_difficulty",
-           "neuron_errors", "neuron_table", "offload_blocks", "output_rmse", "output_shift", "overview",
-           "overview_table", "pair_distances", "parse_sparsity", "perplexity", "prune_layer", "prune_weight",
-           "pruned", "relative_improvement", "resident", "ri_regression", "RoutedLayer", "Router",
-           "select_neurons", "SparseGPT", "stream_scores", "StreamingWD", "study_layer", "sweep", "token_shares",
-           "token_windows", "top_neurons", "walk", "wasserstein_to_gaussian", "WnbError", "wrap_model"]
-__all__ += ["FUNCTION_WORDS", "matched_candidates", "minimal_pair_accuracy", "minimal_pair_scores", "minimal_pairs",
-            "perplexity_interval", "select_matched", "select_random", "select_wasserstein", "selection_table",
-            "sentence_logprobs", "sign_ablated", "sign_ablation_depth", "sign_ablation_study", "study_selections",
-            "surprisal_by_class", "token_class", "token_classes", "token_nll", "token_surprisal",
-            "top_surprisal_tokens", "wasserstein_scores"]
+import importlib
 
-__all__ += ["activation_html", "ContextAccumulator", "context_html", "contexts_from_outputs", "contexts_html",
-            "differentiating_pairs", "drop_positions", "expert_contexts", "expert_summary", "gate_up_quadrants",
-            "layer_statistics", "neuron_contexts", "NeuronContexts", "output_effect", "position_profile",
-            "position_tail_share", "shape_statistics", "sign_quadrants", "tail_concentration", "tail_routing",
-            "token_activations", "token_table", "tokens_html", "wasserstein_split"]
+from wnb.core.version import VERSION as __version__
 
-__all__ += ["effective_bits", "fit_grid", "model_effective_bits", "quantize"]
+# home module: the public names it gives
+_API = {
+    "wnb.compression.checkpoint": ("save_pruned",),
+    "wnb.compression.expansion": ("expand_layer", "expanded", "Expansion", "RoutedLayer"),
+    "wnb.compression.expansion_io": ("load_expanded", "save_expanded"),
+    "wnb.compression.kmeans": ("kmeans",),
+    "wnb.compression.prune": ("prune_layer", "prune_weight"),
+    "wnb.compression.pruned": ("pruned",),
+    "wnb.compression.quantize": ("effective_bits", "fit_grid", "model_effective_bits", "quantize"),
+    "wnb.compression.router": ("Router",),
+    "wnb.compression.sparsegpt": ("SparseGPT",),
+    "wnb.compression.sparsity": ("parse_sparsity",),
+    "wnb.core.cache": ("cache_dir",),
+    "wnb.data.corpora": ("load_corpus",),
+    "wnb.data.positions": ("drop_positions", "position_profile", "position_tail_share"),
+    "wnb.data.windows": ("token_windows",),
+    "wnb.errors": ("WnbError",),
+    "wnb.experiments.knowledge": ("knowledge_pairs",),
+    "wnb.experiments.layer_study": ("entanglement_change", "expert_outputs", "LayerStudy", "relative_improvement", "ri_regression", "study_layer", "token_shares"),
+    "wnb.experiments.minimal_pairs": ("minimal_pairs",),
+    "wnb.experiments.pair_scoring": ("minimal_pair_accuracy", "minimal_pair_scores", "scoring_rule", "sentence_logprobs", "tokenizer_prefix"),
+    "wnb.experiments.surprisal": ("FUNCTION_WORDS", "surprisal_by_class", "token_class", "token_classes", "token_surprisal", "top_surprisal_tokens"),
+    "wnb.experiments.sweeps": ("ablation", "expansion_sweep", "sweep"),
+    "wnb.experiments.tasks": ("evaluate_tasks",),
+    "wnb.experiments.tse": ("tse_pairs",),
+    "wnb.model.architectures": ("decoder_blocks", "ffn_layers", "first_ffn_layers", "layer_outputs", "layer_weight", "linear_layers"),
+    "wnb.model.lm": ("LM", "wrap_model"),
+    "wnb.model.loading": ("load_model",),
+    "wnb.model.offload": ("offload_blocks", "resident"),
+    "wnb.reading.accumulator": ("ContextAccumulator", "contexts_from_outputs", "neuron_contexts"),
+    "wnb.reading.contexts": ("NeuronContexts",),
+    "wnb.reading.highlight": ("activation_html", "context_html", "contexts_html", "token_activations", "tokens_html"),
+    "wnb.reading.neuron": ("differentiating_pairs", "output_effect", "tail_concentration", "token_table"),
+    "wnb.reading.per_expert": ("expert_contexts", "expert_summary", "tail_routing"),
+    "wnb.scoring.comparison": ("neuron_errors", "output_rmse", "output_shift"),
+    "wnb.scoring.mapping": ("mapping_difficulty", "pair_distances"),
+    "wnb.scoring.selection": ("select_neurons",),
+    "wnb.scoring.sign": ("gate_up_quadrants", "shape_statistics", "sign_quadrants", "wasserstein_split"),
+    "wnb.scoring.streaming": ("stream_scores", "StreamingWD"),
+    "wnb.scoring.tables": ("layer_scores", "layer_statistics", "neuron_table", "overview", "overview_table"),
+    "wnb.scoring.wasserstein": ("top_neurons", "wasserstein_to_gaussian"),
+    "wnb.sign_ablation": ("matched_candidates", "select_matched", "select_random", "select_wasserstein", "selection_table", "sign_ablated", "sign_ablation_depth", "sign_ablation_study", "study_selections", "wasserstein_scores"),
+    "wnb.tracing.capture": ("Activations", "capture", "estimate_bytes"),
+    "wnb.tracing.nll": ("perplexity", "perplexity_interval", "token_nll"),
+    "wnb.tracing.sequential": ("walk",),
+}
+_HOME = {name: module for module, names in _API.items() for name in names}
+__all__ = sorted(_HOME, key=str.lower)
 
-__all__ += ["evaluate_tasks", "load_expanded", "save_expanded", "save_pruned"]
 
-__all__ += ["knowledge_pairs", "scoring_rule", "tokenizer_prefix", "tse_pairs"]
+def __getattr__(name: str):
+    if name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+        globals()[name] = value  # found once, then a plain attribute
+        return value
+    raise AttributeError(f"module 'wnb' has no attribute {name!r}")
 
-from wnb.core.version import VERSION as __version__  # noqa: E402  (from the package metadata)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

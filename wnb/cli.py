@@ -310,7 +310,7 @@ def _detail_layer(session, name: str | None) -> str | None:
 
 def _neuron(args, run: RunFolder, session) -> str:
     from wnb.model.architectures import check_layers, layer_weight
-    from wnb.report import neuron_page
+    from wnb.app.report import neuron_page
 
     (layer,) = check_layers(session.lm, [args.layer])
     n = layer_weight(session.lm, layer).shape[0]

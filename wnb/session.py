@@ -176,7 +176,7 @@ class Session:
                  restricted: bool = False, upload: bytes | None = None, skip_first: int = 0):
         self.model = (model or "").strip() or None
         self.corpus = (corpus or "bundled").strip()
-        # restricted (the app): no typed path is opened; see wnb.sources
+        # restricted (the app): no typed path is opened; see wnb.app.sources
         self.restricted = restricted
         self.upload = upload
         self.skip_first = int(skip_first)  # positions of every window left out of WD, MD and the tables
@@ -184,11 +184,11 @@ class Session:
         self._folder = None
         if restricted:
             from wnb.data.corpora import CORPORA
-            from wnb.sources import UPLOAD, app_model
+            from wnb.app.sources import UPLOAD, app_model
 
             self.model, self._folder = app_model(self.model)
             if self.corpus not in (*CORPORA, UPLOAD):
-                from wnb.sources import app_corpus
+                from wnb.app.sources import app_corpus
                 app_corpus(self.corpus)  # raises: says what is allowed
         self.budget_name = budget or budget_from_env()
         self.budget = check_budget(self.budget_name)
@@ -228,7 +228,7 @@ class Session:
         if self._folder is not None:  # a folder offered by the server
             folder = self._folder
         else:
-            from wnb.sources import fetch_hub_model
+            from wnb.app.sources import fetch_hub_model
 
             folder, commit = fetch_hub_model(self.model, on_file=on_file)
         try:
@@ -257,7 +257,7 @@ class Session:
         if self._calib is None:
             b = self.budget
             if self.restricted:
-                from wnb.sources import app_corpus
+                from wnb.app.sources import app_corpus
                 text = app_corpus(self.corpus, self.upload)
             else:
                 text = load_corpus(self.corpus)
@@ -634,7 +634,7 @@ class Session:
         """What :meth:`task_scores` will take: a SparseGPT run and an expansion (as :meth:`job_cost`) and
         the tasks' items scored on three models (rough: an agreement pair is 2 choices of ~16 tokens, an
         item of another task 4 choices of ~128 tokens; ``limit=None`` counts 1,000 items)."""
-        from wnb import estimates
+        from wnb.app import estimates
         from wnb.compression.sparsity import sparsity_label
         from wnb.experiments.tasks import AGREEMENT_TASK
 
@@ -657,7 +657,7 @@ class Session:
         for the matched control's bisection; the depth profile two per layer and one) and the minimal pairs
         (2 sentences of ~12 tokens each per pair, scored once per selection: dense, Wasserstein, each
         random seed, the matched control's final set)."""
-        from wnb import estimates
+        from wnb.app import estimates
         from wnb.model.architectures import block_of
 
         layers = [self.check_layer(n) for n in layers]
@@ -680,10 +680,10 @@ class Session:
 
     def job_cost(self, kind: str, key: str, layers, runs) -> dict:
         """A whole-model job's rough cost before it starts: ``cached`` (the result is on disk already),
-        ``seconds`` (a dense pass plus every ``(method, n_experts)`` run, see :mod:`wnb.estimates`),
+        ``seconds`` (a dense pass plus every ``(method, n_experts)`` run, see :mod:`wnb.app.estimates`),
         ``bytes`` held beside the model by its largest run, and ``large`` when either passes
         ``LARGE_JOB_SECONDS`` / ``LARGE_JOB_BYTES`` (the app then asks before it starts)."""
-        from wnb import estimates
+        from wnb.app import estimates
 
         if self.use_cache and cache.entry_path(kind, key).exists():
             return {"cached": True, "large": False}

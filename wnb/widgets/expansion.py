@@ -9,7 +9,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from wnb import plots
-from wnb.limits import BOUNDS, EXPERTS, bounded, experts
+from wnb.app.limits import BOUNDS, EXPERTS, bounded, experts
 from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 from wnb.widgets.sparsity import bits_dropdown, bits_of, bits_tag, scope_dropdown
 
@@ -143,7 +143,7 @@ class ExpansionView(LayerNeuronPanel):
         """Whether the router separates the neuron's tails (against random groups of the same sizes), and
         each expert's highest and lowest held-out contexts."""
         from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
-        from wnb.report import SHOWN, contexts_block, section
+        from wnb.app.report import SHOWN, contexts_block, section
 
         routing = tail_routing(study, neuron, seed=self.session.seed)
         summary = expert_summary(study, neuron)

@@ -16,7 +16,8 @@ import pandas as pd
 from IPython.display import Image
 from transformers.utils import logging as hf_logging
 
-from wnb import limits, plots
+from wnb import plots
+from wnb.app import limits
 from wnb.model import state
 from wnb.core import jobs
 from wnb.errors import WnbError
@@ -202,7 +203,7 @@ class Panel(widgets.VBox):
     def confirmed(self, what: str, cost: dict, message: str) -> bool:
         """Whether a job may start: yes unless its ``cost`` (from the session) is ``large``; then only
         on the second request for the same ``what``, after ``message`` (the estimate) was shown. Above the
-        server's limits (:mod:`wnb.limits`) it is refused outright."""
+        server's limits (:mod:`wnb.app.limits`) it is refused outright."""
         pending, self._pending = self._pending, None
         refused = limits.refusal(cost, "this job")
         if refused:  # above the server's limit: refused however often it is asked for

@@ -13,7 +13,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from wnb.reading.highlight import MAX_CHARS, activation_html
-from wnb.report import position_note, reading_sections, reading_tables, tail_share_at_first
+from wnb.app.report import position_note, reading_sections, reading_tables, tail_share_at_first
 from wnb.widgets.panel import csv_link
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from typing import Callable
 import ipywidgets as widgets
 
 from wnb.errors import WnbError
-from wnb.limits import BOUNDS, bounded
+from wnb.app.limits import BOUNDS, bounded
 from wnb.session import BUDGETS, Session, budget_from_env
 from wnb.widgets.panel import Panel
 
@@ -17,11 +17,11 @@ class Settings(Panel):
 
     def __init__(self, budget: str | None = None, session: Session | None = None):
         from wnb.data.corpora import CORPORA
-        from wnb.sources import MAX_UPLOAD_BYTES, UPLOAD, offered_models
+        from wnb.app.sources import MAX_UPLOAD_BYTES, UPLOAD, offered_models
 
         budget = budget or budget_from_env()
         # No box takes a server path: models are the bundled one, a hub id or a folder offered by name;
-        # corpora are named or uploaded (wnb.sources).
+        # corpora are named or uploaded (wnb.app.sources).
         self.model = widgets.Combobox(value="", options=sorted(offered_models()), ensure_option=False,
                                       placeholder="bundled SmolLM2-135M-Instruct (or a Hugging Face id)",
                                       description="model", layout=widgets.Layout(width="420px"))
@@ -63,7 +63,7 @@ class Settings(Panel):
     def uploaded(self) -> bytes | None:
         """The bytes of the uploaded corpus file, if any (ipywidgets 8: a tuple of dicts with 'content'),
         its name and size checked before anything is copied."""
-        from wnb.sources import MAX_UPLOAD_BYTES
+        from wnb.app.sources import MAX_UPLOAD_BYTES
 
         files = self.upload.value
         if not files:

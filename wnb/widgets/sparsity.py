@@ -8,7 +8,7 @@ import pandas as pd
 
 from wnb import plots
 from wnb.errors import WnbError
-from wnb.limits import BOUNDS, MAX_SPARSITIES, bounded
+from wnb.app.limits import BOUNDS, MAX_SPARSITIES, bounded
 from wnb.session import SCOPES
 from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 
 from wnb import plots
-from wnb.limits import BOUNDS, bounded
+from wnb.app.limits import BOUNDS, bounded
 from wnb.experiments.tasks import AGREEMENT_TASK, INSTALL_EVAL
 from wnb.widgets.panel import cost_message, csv_link, png_link, slug
 from wnb.widgets.sparsity import bits_of
