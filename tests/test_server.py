@@ -13,13 +13,11 @@ import pytest
 from wnb.app import seats
 
 ROOT = Path(__file__).resolve().parents[1]
-# a process that claims a seat the way the app notebook does (seats.py alone), says so, then waits for a line
-# on its input and ends normally (as a kernel does when it is shut down)
+# a process that claims a seat the way the app notebook does (`from wnb.app import seats`), says so, then
+# waits for a line on its input and ends normally (as a kernel does when it is shut down)
 CLAIMER = textwrap.dedent("""
-    import importlib.util, sys, time
-    spec = importlib.util.spec_from_file_location("wnb.app.seats", sys.argv[1])
-    seats = sys.modules["wnb.app.seats"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seats)
+    import sys
+    from wnb.app import seats
     claim = seats.claim(sys.argv[2], limit=int(sys.argv[3]))
     print("granted" if claim.granted else f"refused {claim.visitors}/{claim.limit}", flush=True)
     if sys.argv[4] == "wait":
@@ -34,7 +32,7 @@ def folder(tmp_path):
 
 def visitor(folder, limit=2, wait=True):
     """A separate process that claims a seat in ``folder``: (process, its first line)."""
-    proc = subprocess.Popen([sys.executable, "-c", CLAIMER, str(ROOT / "wnb" / "seats.py"), str(folder), str(limit),
+    proc = subprocess.Popen([sys.executable, "-c", CLAIMER, str(ROOT / "wnb" / "app" / "seats.py"), str(folder), str(limit),
                              "wait" if wait else "exit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return proc, proc.stdout.readline().strip()
 
@@ -142,10 +140,9 @@ def test_the_seats_folder_is_private(monkeypatch, tmp_path):
 
 
 def test_seats_load_without_torch():
-    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('wnb.app.seats', sys.argv[1]); "
-            "m = sys.modules['wnb.app.seats'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-            "print(sorted(n for n in ('torch', 'wnb', 'numpy') if n in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "wnb" / "seats.py")], capture_output=True,
+    code = ("import sys; from wnb.app import seats; "
+            "print(sorted(n for n in ('torch', 'numpy', 'pandas') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "wnb" / "app" / "seats.py")], capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "[]"
 
