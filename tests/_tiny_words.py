@@ -2,13 +2,10 @@
 the tests of minimal pairs and surprisal (the tiny models of conftest.py have no tokenizer)."""
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 import wnb
-
-mp = importlib.import_module("wnb.experiments.minimal_pairs")
+from wnb.experiments import agreement
 
 SPECIAL = ["[UNK]", "<s>", "</s>"]
 EXTRA = ["the", "The", "that", "and", "to", "of", "in", ".", ",", "she", "is", "cat", "1990", "ory"]
@@ -16,9 +13,9 @@ EXTRA = ["the", "The", "that", "and", "to", "of", "in", ".", ",", "she", "is", "
 
 def words() -> list[str]:
     vocab = dict.fromkeys(SPECIAL)
-    for pair in mp._NOUNS + mp._INTRANSITIVE + mp._TRANSITIVE:
+    for pair in agreement.NOUNS + agreement.INTRANSITIVE + agreement.TRANSITIVE:
         vocab.update(dict.fromkeys(pair))
-    for phrase in mp._PREPOSITIONS + mp._SAYING:
+    for phrase in agreement.PREPOSITIONS + agreement.SAYING:
         vocab.update(dict.fromkeys(phrase.split()))
     vocab.update(dict.fromkeys(EXTRA))
     return list(vocab)

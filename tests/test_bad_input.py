@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import VOCAB
 
 import wnb
 from wnb.errors import WnbError
-
-from conftest import VOCAB
 
 
 def test_layers_must_be_names(tiny_llama, tiny_windows):

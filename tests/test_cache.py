@@ -11,9 +11,7 @@ import pytest
 import torch
 
 import wnb
-from wnb.core import cache
-from wnb.core import files
-from wnb.core import codec
+from wnb.core import cache, codec, files
 
 RAN = []
 

@@ -7,10 +7,7 @@ import time
 import pytest
 import torch
 
-from wnb.core import cache
-from wnb.core import files
-from wnb.core import eviction
-from wnb.core import codec
+from wnb.core import cache, codec, eviction, files
 from wnb.errors import WnbError
 
 HOUR_NS = 3600 * 10**9

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli
 
 import wnb
-from conftest import run_cli
 from wnb import cli
 from wnb.errors import WnbError
 
@@ -422,7 +422,6 @@ def test_output_through_a_link_or_into_a_file_is_refused(tmp_path, capsys):
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
-    from wnb.core import cache
     from wnb.core import files
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -1,15 +1,14 @@
 """``wnb negative`` (the follow-up's sign ablation) on the bundled model with tiny windows: files and
 manifest, values equal to the Python API's for the same arguments, bad arguments refused with exit 2
 before the model loads."""
-import importlib
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 import wnb
-from conftest import run_cli
 from wnb import cli
 
 LAYERS = [f"model.layers.{i}.mlp.gate_proj" for i in (0, 1, 2)]
@@ -88,7 +87,7 @@ def test_an_empty_pair_file_is_refused_before_any_work(tmp_path, capsys, monkeyp
 
 def test_blimp_offline_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(wnb.model.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    monkeypatch.setattr(importlib.import_module("wnb.experiments.minimal_pairs"), "network_available", lambda *a, **k: False)
+    monkeypatch.setattr(wnb.experiments.minimal_pairs, "network_available", lambda *a, **k: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     assert run("negative", "--minimal-pairs", "blimp", "-o", tmp_path / "out") == 2

@@ -5,9 +5,9 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 import wnb
-from conftest import run_cli
 
 LAYER = "model.layers.1.mlp.gate_proj"
 SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "1", "-q"]

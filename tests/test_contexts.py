@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import wnb
-from wnb.reading.extremes import BANDS, token_keys
-from wnb.reading.accumulator import ContextAccumulator
 from wnb.errors import WnbError
+from wnb.reading.accumulator import ContextAccumulator
+from wnb.reading.extremes import BANDS, token_keys
 
 
 def hook_outputs(lm, layer, windows):

@@ -6,11 +6,17 @@ import torch
 import torch.nn.functional as F
 
 import wnb
-from wnb.errors import WnbError
-from wnb.compression.router import Router
-from wnb.compression.expansion import RoutedLayer, build_experts, expand_layer, expanded, shared_input_groups
+from wnb.compression.expansion import (
+    RoutedLayer,
+    build_experts,
+    expand_layer,
+    expanded,
+    shared_input_groups,
+)
 from wnb.compression.kmeans import kmeans
 from wnb.compression.prune import prune_weight
+from wnb.compression.router import Router
+from wnb.errors import WnbError
 
 
 def blobs(n_per=60, centers=4, dim=5, spread=0.3, seed=0):

@@ -5,12 +5,11 @@ import re
 
 import pytest
 import torch
+from conftest import VOCAB
 
 import wnb
 from wnb.errors import WnbError
 from wnb.reading.highlight import colour
-
-from conftest import VOCAB
 
 HOSTILE = 'Hi <script>alert(1)</script> & "you" &amp; <b>bold</b>\nnext'
 

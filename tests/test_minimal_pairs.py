@@ -1,18 +1,17 @@
 """Minimal pairs: the agreement generator, JSONL and BLiMP loading, and scoring by sentence log-prob."""
 from __future__ import annotations
 
-import importlib
 import json
 import time
 
 import numpy as np
 import pytest
 import torch
-
-import wnb
 from _tiny_words import tiny_word_llama, word_tokenizer
 
-mp = importlib.import_module("wnb.experiments.minimal_pairs")  # wnb.experiments.minimal_pairs is the function
+import wnb
+from wnb.experiments import agreement, pair_scoring
+from wnb.experiments import minimal_pairs as mp
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,8 @@ def word_lm():
 
 def test_every_agreement_pair_differs_in_exactly_one_word_the_verb():
     pairs = wnb.minimal_pairs("agreement", n=None)
-    verbs = {form: pair for pair in mp._INTRANSITIVE for form in pair}
-    assert {p["phenomenon"] for p in pairs} == set(mp.AGREEMENT_PHENOMENA)
+    verbs = {form: pair for pair in agreement.INTRANSITIVE for form in pair}
+    assert {p["phenomenon"] for p in pairs} == set(agreement.AGREEMENT_PHENOMENA)
     for pair in pairs:
         good, bad = pair["good"].rstrip(".").split(" "), pair["bad"].rstrip(".").split(" ")
         assert len(good) == len(bad)
@@ -40,7 +39,7 @@ def test_agreement_numbers_follow_the_subject():
     for pair in wnb.minimal_pairs("agreement", n=40, phenomena=["prepositional_phrase", "object_relative_clause"]):
         verb = pair["good"].rstrip(".").split(" ")[-1]
         singular_subject = pair["condition"].startswith("singular subject")
-        assert (verb in [s for s, _ in mp._INTRANSITIVE]) == singular_subject, pair
+        assert (verb in [s for s, _ in agreement.INTRANSITIVE]) == singular_subject, pair
 
 
 def test_generator_is_deterministic_per_seed_and_counts_per_phenomenon():
@@ -50,7 +49,7 @@ def test_generator_is_deterministic_per_seed_and_counts_per_phenomenon():
     counts = {}
     for p in a:
         counts[p["phenomenon"]] = counts.get(p["phenomenon"], 0) + 1
-    assert counts == {ph: 20 for ph in mp.AGREEMENT_PHENOMENA}
+    assert counts == {ph: 20 for ph in agreement.AGREEMENT_PHENOMENA}
     assert len({(p["good"], p["bad"]) for p in a}) == len(a)  # no duplicates
 
 
@@ -139,13 +138,13 @@ def test_scores_equal_an_independent_sum_of_token_logprobs(word_lm):
     pairs = wnb.minimal_pairs("agreement", n=6, seed=3)
     tok = word_lm.tokenizer
     texts = [p["good"] for p in pairs] + [p["bad"] for p in pairs]
-    ours = mp.sentence_logprobs(word_lm, texts, batch_size=5, progress=False)
+    ours = pair_scoring.sentence_logprobs(word_lm, texts, batch_size=5, progress=False)
     bos = tok.convert_tokens_to_ids("<s>")
     ref = [_reference_logprob(word_lm.model, [bos] + tok(t, add_special_tokens=False).input_ids, 1) for t in texts]
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
 
     table = wnb.minimal_pair_accuracy(word_lm, pairs, batch_size=7, progress=False)
-    assert list(table["phenomenon"]) == list(mp.AGREEMENT_PHENOMENA)
+    assert list(table["phenomenon"]) == list(agreement.AGREEMENT_PHENOMENA)
     assert (table["n"] == 6).all()
     ref_good, ref_bad = np.array(ref[:len(pairs)]), np.array(ref[len(pairs):])
     for row in table.itertuples():
@@ -156,31 +155,31 @@ def test_scores_equal_an_independent_sum_of_token_logprobs(word_lm):
 
 def test_batch_size_does_not_change_scores(word_lm):
     texts = [p["good"] for p in wnb.minimal_pairs("agreement", n=5)]
-    a = mp.sentence_logprobs(word_lm, texts, batch_size=1, progress=False)
-    b = mp.sentence_logprobs(word_lm, texts, batch_size=64, progress=False)
+    a = pair_scoring.sentence_logprobs(word_lm, texts, batch_size=1, progress=False)
+    b = pair_scoring.sentence_logprobs(word_lm, texts, batch_size=64, progress=False)
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_first_token_conditioning_rule():
     ids = lambda tok, name: [tok.convert_tokens_to_ids(name)]
     plain = word_tokenizer()
-    assert mp.prefix_ids(plain) == ids(plain, "<s>")                       # BOS
+    assert pair_scoring.prefix_ids(plain) == ids(plain, "<s>")                       # BOS
     chat = word_tokenizer(chat_template="{{ '<s>' + messages[0]['content'] }}")
-    assert mp.prefix_ids(chat) == ids(chat, "</s>")                        # BOS is a chat marker: EOS
+    assert pair_scoring.prefix_ids(chat) == ids(chat, "</s>")                        # BOS is a chat marker: EOS
     prepending = word_tokenizer(chat_template="{{ '<s>' }}", prepend_bos=True)
-    assert mp.prefix_ids(prepending) == ids(prepending, "<s>")             # the tokenizer puts it itself
-    assert mp.prefix_ids(word_tokenizer(bos=False)) == ids(plain, "</s>")  # no BOS: EOS
-    assert mp.prefix_ids(word_tokenizer(bos=False, eos=False)) == []       # nothing
-    assert mp.prefix_ids(plain, prefix="the cat") == plain("the cat", add_special_tokens=False).input_ids
-    assert mp.prefix_ids(plain, prefix="") == []                           # nothing: the authors' rule
+    assert pair_scoring.prefix_ids(prepending) == ids(prepending, "<s>")             # the tokenizer puts it itself
+    assert pair_scoring.prefix_ids(word_tokenizer(bos=False)) == ids(plain, "</s>")  # no BOS: EOS
+    assert pair_scoring.prefix_ids(word_tokenizer(bos=False, eos=False)) == []       # nothing
+    assert pair_scoring.prefix_ids(plain, prefix="the cat") == plain("the cat", add_special_tokens=False).input_ids
+    assert pair_scoring.prefix_ids(plain, prefix="") == []                           # nothing: the authors' rule
     with pytest.raises(wnb.WnbError, match="no tokens"):
-        mp.prefix_ids(plain, prefix="  ")
+        pair_scoring.prefix_ids(plain, prefix="  ")
 
 
 def test_without_bos_or_eos_the_first_token_is_not_scored():
     lm = tiny_word_llama(word_tokenizer(bos=False, eos=False))
     texts = ["The author laughs .", "The authors laugh ."]
-    ours = mp.sentence_logprobs(lm, texts, progress=False)
+    ours = pair_scoring.sentence_logprobs(lm, texts, progress=False)
     ref = [_reference_logprob(lm.model, lm.tokenizer(t, add_special_tokens=False).input_ids, 1) for t in texts]
     np.testing.assert_allclose(ours, ref, atol=1e-4)
 
@@ -195,7 +194,7 @@ def test_bundled_model_gets_simple_agreement_right(bundled):
     """A working LM prefers 'The author laughs.' to 'The author laugh.'. Conditioned on SmolLM2-Instruct's
     BOS (<|im_start|>, a chat-turn marker) it got 74% of these; after <|endoftext|> (what wnb uses) 98%."""
     tok = bundled.tokenizer
-    assert mp.prefix_ids(tok) == [tok.convert_tokens_to_ids("<|endoftext|>")]
+    assert pair_scoring.prefix_ids(tok) == [tok.convert_tokens_to_ids("<|endoftext|>")]
     table = wnb.minimal_pair_accuracy(bundled, wnb.minimal_pairs(n=60, phenomena=["simple", "vp_coordination"]),
                                       progress=False).set_index("phenomenon")
     assert table.loc["simple", "accuracy"] >= 0.9

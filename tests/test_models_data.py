@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import wnb
-from wnb.model import architectures, bundled
 from wnb.errors import WnbError
+from wnb.model import architectures, bundled
 
 
 def test_missing_model_names_what_was_tried(tmp_path):

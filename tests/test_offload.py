@@ -6,12 +6,17 @@ import copy
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 import wnb
 from wnb import cli
-from wnb.model import offload
 from wnb.errors import WnbError
+from wnb.model import offload
 from wnb.model.architectures import decoder_blocks, module
 from wnb.model.loading import estimate_block_bytes
 

@@ -2,17 +2,15 @@
 authors'), and BLiMP in full. References are plain PyTorch log-softmax over a tiny word-level Llama."""
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import wnb
 from _tiny_words import tiny_word_llama, word_tokenizer
 
-mp = importlib.import_module("wnb.experiments.minimal_pairs")
+import wnb
+from wnb.experiments import minimal_pairs as mp
+from wnb.experiments import pair_scoring
 
 TEXTS = ["The author laughs .", "The authors near the pilot laugh .", "The doctor that the lawyers like smiles .",
          "The pilots laugh and smile ."]
@@ -42,13 +40,13 @@ def _reference(lm, texts, before: list[int], score: str) -> np.ndarray:
 @pytest.mark.parametrize("score", ["sum", "mean"])
 def test_sum_and_mean_equal_plain_pytorch(word_lm, score):
     bos = word_lm.tokenizer.convert_tokens_to_ids("<s>")
-    ours = mp.sentence_logprobs(word_lm, TEXTS, batch_size=3, progress=False, score=score)
+    ours = pair_scoring.sentence_logprobs(word_lm, TEXTS, batch_size=3, progress=False, score=score)
     np.testing.assert_allclose(ours, _reference(word_lm, TEXTS, [bos], score), rtol=0, atol=1e-5)
 
 
 def test_mean_divides_by_the_number_of_scored_tokens(word_lm):
-    total = mp.sentence_logprobs(word_lm, TEXTS, progress=False)
-    mean = mp.sentence_logprobs(word_lm, TEXTS, progress=False, score="mean")
+    total = pair_scoring.sentence_logprobs(word_lm, TEXTS, progress=False)
+    mean = pair_scoring.sentence_logprobs(word_lm, TEXTS, progress=False, score="mean")
     words = [len(t.split()) for t in TEXTS]  # one token per word; after <s> every word is scored
     np.testing.assert_allclose(mean, total / np.array(words), rtol=1e-12)
 
@@ -57,34 +55,34 @@ def test_empty_prefix_scores_from_the_second_token(word_lm):
     """prefix="": nothing before the sentence, its first token unscored (the follow-up's code on
     tokenizers without an automatic BOS), although this tokenizer has a BOS that wnb would use."""
     for score in ("sum", "mean"):
-        ours = mp.sentence_logprobs(word_lm, TEXTS, progress=False, prefix="", score=score)
+        ours = pair_scoring.sentence_logprobs(word_lm, TEXTS, progress=False, prefix="", score=score)
         np.testing.assert_allclose(ours, _reference(word_lm, TEXTS, [], score), rtol=0, atol=1e-5)
-    mean = mp.sentence_logprobs(word_lm, TEXTS, progress=False, prefix="", score="mean")
-    total = mp.sentence_logprobs(word_lm, TEXTS, progress=False, prefix="")
+    mean = pair_scoring.sentence_logprobs(word_lm, TEXTS, progress=False, prefix="", score="mean")
+    total = pair_scoring.sentence_logprobs(word_lm, TEXTS, progress=False, prefix="")
     np.testing.assert_allclose(mean, total / (np.array([len(t.split()) for t in TEXTS]) - 1), rtol=1e-12)
     with pytest.raises(wnb.WnbError, match="no token to score"):
-        mp.sentence_logprobs(word_lm, ["cat"], prefix="", progress=False)
+        pair_scoring.sentence_logprobs(word_lm, ["cat"], prefix="", progress=False)
 
 
 def test_scoring_rule_says_what_comes_first():
     plain = word_tokenizer()
-    assert mp.scoring_rule(plain) == "after <s>"
-    assert mp.scoring_rule(plain, "") == "from the second token"
-    assert mp.scoring_rule(plain, "the cat") == "after 'the cat'"
-    assert mp.scoring_rule(word_tokenizer(bos=False)) == "after </s>"
-    assert mp.scoring_rule(word_tokenizer(bos=False, eos=False)) == "from the second token"
+    assert pair_scoring.scoring_rule(plain) == "after <s>"
+    assert pair_scoring.scoring_rule(plain, "") == "from the second token"
+    assert pair_scoring.scoring_rule(plain, "the cat") == "after 'the cat'"
+    assert pair_scoring.scoring_rule(word_tokenizer(bos=False)) == "after </s>"
+    assert pair_scoring.scoring_rule(word_tokenizer(bos=False, eos=False)) == "from the second token"
 
 
 def test_tokenizer_prefix_reproduces_the_tokenizers_own_special_tokens():
     from tokenizers import processors
 
-    assert mp.tokenizer_prefix(word_tokenizer()) == ""                  # puts nothing before text (Pythia, Qwen)
-    assert mp.tokenizer_prefix(word_tokenizer(prepend_bos=True)) is None  # puts its BOS: wnb's rule gives it too
+    assert pair_scoring.tokenizer_prefix(word_tokenizer()) == ""                  # puts nothing before text (Pythia, Qwen)
+    assert pair_scoring.tokenizer_prefix(word_tokenizer(prepend_bos=True)) is None  # puts its BOS: wnb's rule gives it too
     odd = word_tokenizer()
     eos = odd.convert_tokens_to_ids("</s>")
     odd.backend_tokenizer.post_processor = processors.TemplateProcessing(single="</s> $A",
                                                                          special_tokens=[("</s>", eos)])
-    assert mp.tokenizer_prefix(odd) == "</s>" and mp.prefix_ids(odd, "</s>") == [eos]
+    assert pair_scoring.tokenizer_prefix(odd) == "</s>" and pair_scoring.prefix_ids(odd, "</s>") == [eos]
 
 
 def test_pair_tables_carry_the_score_the_rule_and_the_constructions(word_lm):
@@ -94,7 +92,7 @@ def test_pair_tables_carry_the_score_the_rule_and_the_constructions(word_lm):
               "phenomenon": "agreement", "construction": "pp", "condition": "plural"},
              {"good": "The pilots laugh and smile .", "bad": "The pilots laugh and smiles .",
               "phenomenon": "agreement", "construction": "pp", "condition": "plural"}]
-    table = mp.minimal_pair_scores(word_lm, pairs, progress=False, prefix="", score="mean")
+    table = pair_scoring.minimal_pair_scores(word_lm, pairs, progress=False, prefix="", score="mean")
     assert table.attrs == {"score": "mean", "scoring_rule": "from the second token"}
     assert list(table["construction"]) == ["simple", "pp", "pp"] and "paradigm" not in table
     good = _reference(word_lm, [p["good"] for p in pairs], [], "mean")
@@ -105,7 +103,7 @@ def test_pair_tables_carry_the_score_the_rule_and_the_constructions(word_lm):
     assert by["accuracy"].tolist() == pytest.approx([float(good[0] > bad[0]), np.mean(good[1:] > bad[1:])])
     assert by.attrs["score"] == "mean"
     with pytest.raises(wnb.WnbError, match="no column 'paradigm'"):
-        mp.pair_accuracy(table, by="paradigm")
+        pair_scoring.pair_accuracy(table, by="paradigm")
     with pytest.raises(wnb.WnbError, match="'sum'.*'mean'"):
         wnb.minimal_pair_accuracy(word_lm, pairs, progress=False, score="max")
 

@@ -11,8 +11,8 @@ from scipy import stats
 
 from wnb import plots
 from wnb.core.stats import r_squared
-from wnb.model.architectures import block_index
 from wnb.errors import WnbError
+from wnb.model.architectures import block_index
 
 
 def stairs(ax):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import wnb
-from wnb.errors import WnbError
-from wnb.compression.sparsegpt import SparseGPT
 from wnb.compression.prune import prune_weight
 from wnb.compression.pruned import pruned
+from wnb.compression.sparsegpt import SparseGPT
+from wnb.errors import WnbError
 from wnb.scoring.selection import select_neurons
 
 

@@ -7,19 +7,25 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_prune import make_layer
 
 import wnb
 import wnb.compression.pruned as prune_mod
-from test_prune import make_layer
-from wnb.errors import WnbError
 from wnb.compression.expansion import build_experts, expand_layer
-from wnb.compression.sparsegpt import SparseGPT, _SUB_BLOCK
-from wnb.compression.sparsity import count_of, check_nm, check_rows, parse_sparsity
 from wnb.compression.masks import lowest_mask, nm_mask
 from wnb.compression.prune import prune_weight
 from wnb.compression.pruned import pruned
-from wnb.compression.quantize import check_quant, effective_bits, fit_grid, key_parts, mask_bits, quantize
-
+from wnb.compression.quantize import (
+    check_quant,
+    effective_bits,
+    fit_grid,
+    key_parts,
+    mask_bits,
+    quantize,
+)
+from wnb.compression.sparsegpt import _SUB_BLOCK, SparseGPT
+from wnb.compression.sparsity import check_nm, check_rows, count_of, parse_sparsity
+from wnb.errors import WnbError
 
 # ---------------------------------------------------------------- references
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import wnb
-from wnb.scoring.mapping import sample_pairs
 from wnb.errors import WnbError
+from wnb.scoring.mapping import sample_pairs
 
 
 class WordTokenizer:

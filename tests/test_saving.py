@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_words import tiny_word_llama
 
 import wnb
-from wnb.compression import checkpoint
-from wnb.compression import expansion_io
-from wnb.model.architectures import layer_weight
-
-from _tiny_words import tiny_word_llama
+from wnb.compression import checkpoint, expansion_io
 from wnb.core import files
+from wnb.model.architectures import layer_weight
 
 ct = pytest.importorskip("compressed_tensors")
 
@@ -85,7 +83,11 @@ def test_hf_checkpoint_of_each_family(tiny, tmp_path):
 
 @pytest.mark.parametrize("sparsity,structure", [("2:4", "2:4"), (0.5, "unstructured")])
 def test_compressed_tensors_config_names_the_structure(tmp_path, sparsity, structure):
-    from compressed_tensors.config import DenseSparsityConfig, SparsityCompressionConfig, SparsityStructure
+    from compressed_tensors.config import (
+        DenseSparsityConfig,
+        SparsityCompressionConfig,
+        SparsityStructure,
+    )
     from transformers import AutoModelForCausalLM
 
     lm = tiny_word_llama()

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import wnb
+import wnb.experiments.sweeps
 import wnb.tracing.nll
 import wnb.widgets as ww
+from wnb.core import cache, jobs
 from wnb.model import state
-from wnb.core import cache
-from wnb.core import jobs
 from wnb.session import Session
 
 USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
@@ -108,7 +108,7 @@ def test_the_same_tab_is_inert_while_its_sweep_holds_the_pruned_model(tiny_llama
     view.start()
     assert view.last_error is None and view.layer.value == LAYER
     inside, release = threading.Event(), threading.Event()
-    real = wnb.tracing.nll.perplexity_interval
+    real = wnb.experiments.sweeps.perplexity_interval
 
     def held(lm, *args, **kwargs):
         if not state.is_dense(lm):  # the sweep's first pruned run: stay inside pruned until released
@@ -116,7 +116,7 @@ def test_the_same_tab_is_inert_while_its_sweep_holds_the_pruned_model(tiny_llama
             release.wait(60)
         return real(lm, *args, **kwargs)
 
-    monkeypatch.setattr(wnb.tracing.nll, "perplexity_interval", held)
+    monkeypatch.setattr(wnb.experiments.sweeps, "perplexity_interval", held)
     before = entries()
     view.sparsities.value = "0.5"
     view.run_sweep.click()
@@ -385,7 +385,7 @@ def test_a_job_above_the_server_limit_is_refused_however_often_asked(tiny_llama,
     app.tabs.selected_index = 2
     view = app.sparsity
     runs = []
-    monkeypatch.setattr(wnb.tracing.nll, "sweep", lambda *a, **k: runs.append(1))
+    monkeypatch.setattr(wnb.experiments.sweeps, "sweep", lambda *a, **k: runs.append(1))
     for _ in range(3):
         view.run_sweep.click()
         assert "more than this server runs for one job" in view.last_error

@@ -400,7 +400,7 @@ def test_study_refuses_bad_input_before_any_work(tiny_llama, windows, monkeypatc
     def no_work(*a, **k):
         raise AssertionError("work started before the input was checked")
 
-    surprisal = importlib.import_module("wnb.experiments.surprisal")
+    from wnb.experiments import surprisal
     monkeypatch.setattr(sa, "wasserstein_scores", no_work)
     monkeypatch.setattr(surprisal, "token_nll", no_work)
     with pytest.raises(wnb.WnbError, match=match):

@@ -2,16 +2,13 @@
 ablated tables."""
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
-
-import wnb
 from _tiny_words import tiny_word_llama
 
-surprisal = importlib.import_module("wnb.experiments.surprisal")
+import wnb
+from wnb.experiments import surprisal
 
 
 @pytest.mark.parametrize("text, cls", [

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny_words import tiny_word_llama
 
 import wnb
-
-from _tiny_words import tiny_word_llama
 
 pytest.importorskip("lm_eval")
 

@@ -176,8 +176,7 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_the_agreement_source_is_not_called_marvin_and_linzens():
-    import importlib
 
-    mp = importlib.import_module("wnb.experiments.minimal_pairs")
+    from wnb.experiments import minimal_pairs as mp
     agreement = mp.__doc__.split('``"tse"``')[0]
     assert "wnb's agreement constructions" in agreement and "Marvin" not in agreement

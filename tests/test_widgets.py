@@ -15,8 +15,9 @@ import torch
 from scipy import stats
 
 import wnb
-import wnb.tracing.nll
+import wnb.experiments.sweeps
 import wnb.session
+import wnb.tracing.nll
 import wnb.widgets as ww
 from wnb.session import Session
 
@@ -539,8 +540,7 @@ def test_warm_visit_does_not_load_the_model(bundled, tmp_path, monkeypatch):
 def test_cancel_stops_a_threaded_sweep_and_leaves_the_model_dense(tiny_llama, windows, tmp_path):
     import time as clock
 
-    from wnb.core import cache
-    from wnb.core import jobs
+    from wnb.core import cache, jobs
 
     app = ww.App(session=make_session(tiny_llama, windows), threaded=True)
     view = app.sparsity
@@ -595,7 +595,7 @@ def test_a_long_whole_model_job_waits_for_confirmation(app, monkeypatch):
     monkeypatch.setattr(wnb.session, "LARGE_JOB_SECONDS", 0.0)  # every job on the tiny model is "long"
     runs = []
     real = wnb.experiments.sweeps.sweep
-    monkeypatch.setattr(wnb.tracing.nll, "sweep", lambda *a, **k: runs.append(k["sparsities"]) or real(*a, **k))
+    monkeypatch.setattr(wnb.experiments.sweeps, "sweep", lambda *a, **k: runs.append(k["sparsities"]) or real(*a, **k))
     app.tabs.selected_index = 2
     view = app.sparsity
     view.scope.value = "all"
@@ -634,9 +634,7 @@ def test_job_estimates_count_the_linear_weights_passed(tiny_llama):
 
 
 def test_the_reading_section_shows_both_tails_tokens_and_a_probe(app, tiny_llama, windows, monkeypatch):
-    import html as html_lib
 
-    from wnb.reading.neuron import token_table
 
     view = app.neurons
     view.reading_box.selected_index = 0  # open "What it reads"

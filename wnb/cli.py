@@ -290,7 +290,12 @@ def _check_fits(need: int, device: torch.device, what: str, hint: str = "") -> N
 
 
 def _layers(lm, spec: list[str] | None) -> list[str]:
-    from wnb.model.architectures import check_layers, ffn_layers, first_ffn_layers, linear_layers
+    from wnb.model.architectures import (
+        check_layers,
+        ffn_layers,
+        first_ffn_layers,
+        linear_layers,
+    )
 
     spec = spec or ["ffn"]
     if len(spec) == 1 and spec[0] in LAYER_SETS:
@@ -309,8 +314,8 @@ def _detail_layer(session, name: str | None) -> str | None:
 # ---------------------------------------------------------------- score
 
 def _neuron(args, run: RunFolder, session) -> str:
-    from wnb.model.architectures import check_layers, layer_weight
     from wnb.app.report import neuron_page
+    from wnb.model.architectures import check_layers, layer_weight
 
     (layer,) = check_layers(session.lm, [args.layer])
     n = layer_weight(session.lm, layer).shape[0]
@@ -547,9 +552,9 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
 
 def _expand(args, run: RunFolder, session) -> str:
     from wnb import plots
-    from wnb.experiments.sweeps import expansion_sweep
     from wnb.compression.expansion import check_expansion
     from wnb.compression.quantize import key_parts
+    from wnb.experiments.sweeps import expansion_sweep
     from wnb.session import _expert_counts
 
     lm = session.lm
@@ -613,8 +618,8 @@ def _expand(args, run: RunFolder, session) -> str:
 
 def _sweep(args, run: RunFolder, session) -> str:
     from wnb import plots
-    from wnb.experiments.sweeps import expansion_sweep
     from wnb.compression.sparsity import check_method, sparsity_label
+    from wnb.experiments.sweeps import expansion_sweep
 
     lm = session.lm
     layers = _layers(lm, args.layers)

@@ -14,20 +14,28 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from wnb.compression.quantize import key_parts
 from wnb.core import cache
-from wnb.tracing.capture import capture, split_by_memory
 from wnb.data.corpora import load_corpus
 from wnb.data.windows import token_windows
-from wnb.scoring.tables import layer_statistics, neuron_table, overview_table
-from wnb.scoring.mapping import pair_distances
-from wnb.scoring.wasserstein import top_neurons
 from wnb.errors import WnbError
+from wnb.model.architectures import (
+    block_of,
+    check_layers,
+    ffn_layers,
+    first_ffn_layers,
+    layer_bias,
+    layer_weight,
+    linear_layers,
+)
 from wnb.model.bundled import BUNDLED
 from wnb.model.lm import LM, model_label
-from wnb.model.architectures import (block_of, check_layers, ffn_layers, first_ffn_layers, layer_bias, layer_weight, linear_layers)
 from wnb.model.loading import load_model
-from wnb.compression.quantize import key_parts
 from wnb.model.state import dense_only, is_dense
+from wnb.scoring.mapping import pair_distances
+from wnb.scoring.tables import layer_statistics, neuron_table, overview_table
+from wnb.scoring.wasserstein import top_neurons
+from wnb.tracing.capture import capture, split_by_memory
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,8 @@ class Session:
         self._contexts = None  # (key, NeuronContexts) of the last layer read
         self._folder = None
         if restricted:
-            from wnb.data.corpora import CORPORA
             from wnb.app.sources import UPLOAD, app_model
+            from wnb.data.corpora import CORPORA
 
             self.model, self._folder = app_model(self.model)
             if self.corpus not in (*CORPORA, UPLOAD):
@@ -366,8 +374,8 @@ class Session:
     def contexts(self, name: str, progress: bool = True, k: int = CONTEXT_K):
         """:class:`wnb.NeuronContexts` of every neuron of ``name`` (from its calibration capture, no second
         pass; cached on disk and kept for the last layer, so re-selecting a neuron is instant)."""
-        from wnb.reading.contexts import NeuronContexts
         from wnb.reading.accumulator import contexts_from_outputs
+        from wnb.reading.contexts import NeuronContexts
 
         view = self.layer(name, progress)
         key = contexts_key(self, view.name, k)
@@ -460,11 +468,11 @@ class Session:
         """Prune one layer with ``method`` at ``sparsity`` (wnb.prune_layer on its calibration capture; with
         ``bits``, the kept weights quantized too) and compare its held-out outputs with the dense ones
         (wnb.neuron_errors). Cached."""
-        from wnb.tracing.capture import Activations
+        from wnb.compression.prune import prune_layer
+        from wnb.compression.sparsity import check_method, sparsity_label
         from wnb.model.architectures import layer_outputs
         from wnb.scoring.comparison import neuron_errors
-        from wnb.compression.sparsity import check_method, sparsity_label
-        from wnb.compression.prune import prune_layer
+        from wnb.tracing.capture import Activations
 
         check_method(method)
         label = sparsity_label(sparsity)
@@ -489,12 +497,12 @@ class Session:
     def sweep(self, methods, sparsities, layers, progress: bool = True, true_sequential: bool = True,
               on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity vs sparsity of every method (wnb.sweep on ``layers``; ``bits`` quantizes too), cached."""
-        from wnb.tracing import nll as evaluate
         from wnb.compression.sparsity import sparsity_label
+        from wnb.experiments import sweeps
 
         labels = [sparsity_label(s) for s in sparsities]
         return self._cached("sweep", self._sweep_key(methods, sparsities, layers, true_sequential, bits),
-                            lambda: evaluate.sweep(self.lm, self.calib, self.held_out, methods=tuple(methods),
+                            lambda: sweeps.sweep(self.lm, self.calib, self.held_out, methods=tuple(methods),
                                                    sparsities=tuple(labels), layers=list(layers), progress=progress,
                                                    true_sequential=true_sequential, on_run=on_run, bits=bits),
                             enabled=self.use_cache)
@@ -515,10 +523,10 @@ class Session:
     def ablation(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                  progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
         """The paper's Fig. 3 (wnb.ablation on ``layers``), cached."""
-        from wnb.tracing import nll as evaluate
+        from wnb.experiments import sweeps
 
         return self._cached("ablation", self._ablation_key(layers, fraction, sparsity, method, true_sequential),
-                            lambda: evaluate.ablation(self.lm, self.calib, self.held_out, fraction=fraction,
+                            lambda: sweeps.ablation(self.lm, self.calib, self.held_out, fraction=fraction,
                                                       sparsity=sparsity, method=method, layers=list(layers),
                                                       seed=self.seed, progress=progress,
                                                       true_sequential=true_sequential, on_run=on_run),
@@ -540,8 +548,8 @@ class Session:
 
     def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True, bits: int | None = None):
         """Dense vs SparseGPT vs Sparse Expansion of one layer (wnb.study_layer; ``bits`` quantizes both), cached."""
-        from wnb.experiments.layer_study import study_layer
         from wnb.compression.sparsity import sparsity_label
+        from wnb.experiments.layer_study import study_layer
 
         name = self.check_layer(name)
         key = self.key(layer=name, n_experts=int(n_experts), sparsity=sparsity_label(sparsity), held_out=self.held_out,
@@ -564,8 +572,8 @@ class Session:
         """The layer study's tables, cached: ``ri`` (wnb.relative_improvement), ``regression``
         (wnb.ri_regression), ``shares`` (wnb.token_shares) and ``change`` (wnb.entanglement_change of
         the layer's Wasserstein neurons, WD and MD before vs after)."""
-        from wnb.experiments import layer_study as analysis
         from wnb.compression.sparsity import sparsity_label
+        from wnb.experiments import layer_study as analysis
 
         view = self.layer(name, progress)
         study = self.study(view.name, n_experts, sparsity, progress, bits)
@@ -775,8 +783,16 @@ class Session:
         (the matched control's per-layer count from the study), of the matched control, aggregated:
         ``by_class`` and ``by_group`` (:func:`wnb.surprisal_by_class`, one block per ``selection``) and
         ``top`` (:func:`wnb.top_surprisal_tokens` of the Wasserstein ablation); cached."""
-        from wnb.sign_ablation import matched_candidates, select_matched, select_wasserstein
-        from wnb.experiments.surprisal import surprisal_by_class, token_surprisal, top_surprisal_tokens
+        from wnb.experiments.surprisal import (
+            surprisal_by_class,
+            token_surprisal,
+            top_surprisal_tokens,
+        )
+        from wnb.sign_ablation import (
+            matched_candidates,
+            select_matched,
+            select_wasserstein,
+        )
 
         scores = self.sign_scores(layers, tokens, progress)
         matched_seed = self.seed if matched_seed is None else int(matched_seed)
@@ -840,9 +856,9 @@ def _study_tensors(study) -> dict:
 
 
 def _study_from_tensors(d: dict):
-    from wnb.experiments.layer_study import LayerStudy
     from wnb.compression.expansion import RoutedLayer
     from wnb.compression.router import Router
+    from wnb.experiments.layer_study import LayerStudy
 
     router = Router(d["mean"], d["components"], d["centroids"])
     routed = RoutedLayer(router, d["experts"], d["expert_bias"], d["tokens"], d["damping"])

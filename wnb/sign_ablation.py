@@ -45,8 +45,8 @@ def check_side(side: str) -> str:
 def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
     """Validate ``{layer: neuron indices}`` (indices or a boolean mask per layer); return the layers in
     forward order with sorted unique ``LongTensor`` indices."""
-    from wnb.model.architectures import check_layers, layer_weight
     from wnb.compression.sparsity import check_rows
+    from wnb.model.architectures import check_layers, layer_weight
 
     if not isinstance(neurons, Mapping):
         raise WnbError("neurons must map layer names to neuron indices, e.g. "
@@ -137,10 +137,10 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     within ~1e-3).
     """
     from wnb.core.memory import available_memory
-    from wnb.tracing.capture import split_by_memory
-    from wnb.scoring.tables import layer_scores
     from wnb.model.architectures import check_layers, first_ffn_layers
     from wnb.scoring.streaming import stream_scores
+    from wnb.scoring.tables import layer_scores
+    from wnb.tracing.capture import split_by_memory
 
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
     calib = check_windows(calib, lm)
@@ -248,8 +248,8 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
 
 def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
               nll=None) -> dict:
-    from wnb.tracing.nll import interval_of
     from wnb.experiments.pair_scoring import minimal_pair_scores
+    from wnb.tracing.nll import interval_of
 
     start = time.perf_counter()
     if nll is None:

@@ -9,7 +9,12 @@ meant to tell minutes from hours, not to time anything.
 from __future__ import annotations
 
 from wnb.errors import WnbError
-from wnb.model.architectures import block_of, decoder_blocks, layer_weight, linear_layers
+from wnb.model.architectures import (
+    block_of,
+    decoder_blocks,
+    layer_weight,
+    linear_layers,
+)
 
 FLOP_RATE = {"cpu": 1e10, "mps": 1e12, "cuda": 2e13}  # operations per second, per device kind
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import os
 
+from wnb.core.memory import total_memory
 from wnb.errors import WnbError
 
 # name: (lowest, highest, what it is) — the widgets take their min and max from here too
@@ -70,7 +71,6 @@ def max_job_seconds() -> float:
 def max_job_bytes() -> int:
     """The most memory a job may hold beside the model (by its estimate): ``$WNB_APP_MAX_JOB_BYTES``,
     default a quarter of this machine's memory."""
-    from wnb.core.memory import total_memory
 
     return int(_env_number(MAX_JOB_BYTES_ENV, total_memory() / 4))
 

@@ -10,7 +10,17 @@ import html
 
 import pandas as pd
 
-from wnb.reading.highlight import contexts_html
+from wnb import plots
+from wnb.data.positions import SINK_SHARE
+from wnb.errors import WnbError
+from wnb.reading.highlight import context_html, contexts_html
+from wnb.reading.neuron import (
+    differentiating_pairs,
+    output_effect,
+    tail_concentration,
+    token_table,
+)
+from wnb.scoring.sign import QUADRANTS
 
 SHOWN = 10       # contexts per tail on a page (the CSV holds all that are kept)
 TOKENS_SHOWN = 12
@@ -74,7 +84,6 @@ def concentration_block(table: pd.DataFrame) -> str:
 
 
 def pairs_block(pairs: pd.DataFrame, scale: float) -> str:
-    from wnb.reading.highlight import context_html
 
     rows = []
     pairs = one_line(pairs, [f"{c}_{s}" for c in ("left", "token", "right") for s in "ab"])
@@ -88,7 +97,6 @@ def pairs_block(pairs: pd.DataFrame, scale: float) -> str:
 
 
 def position_note(ctx, neuron: int, skip_first: int, share: float) -> str:
-    from wnb.data.positions import SINK_SHARE
 
     positions = ctx.positions(neuron)
     first = positions.iloc[0]
@@ -108,8 +116,6 @@ def reading_tables(session, view, ctx, neuron: int) -> dict:
     ``contexts`` (both tails), ``band_samples``, ``tokens``, ``tail_concentration``,
     ``differentiating_pairs`` and ``output_effect`` (absent, with the reason under ``effect_note``, for
     layers whose rows are not FFN hidden neurons)."""
-    from wnb.errors import WnbError
-    from wnb.reading.neuron import differentiating_pairs, output_effect, tail_concentration, token_table
 
     high, low = ctx.top(neuron, "high"), ctx.top(neuron, "low")
     tokens = token_table(session.calib, view.outputs, session.lm.tokenizer, neuron=neuron, skip_first=view.skip_first)
@@ -154,7 +160,6 @@ def quadrant_line(tables: dict) -> str:
     quadrants = tables.get("sign_quadrants")
     if quadrants is None or not len(quadrants):
         return ""
-    from wnb.scoring.sign import QUADRANTS
 
     row = quadrants.iloc[0]
     words = {"gate_neg_up_neg": "gate < 0, up < 0", "gate_neg_up_pos": "gate < 0, up ≥ 0",
@@ -168,7 +173,6 @@ def neuron_page(session, layer: str, neuron: int, progress: bool = True) -> tupl
     """One self-contained HTML page about ``neuron`` of ``layer`` (a :class:`wnb.session.Session`'s
     calibration capture) and the tables behind it: summary, histogram and pair plot (embedded PNGs), and
     every part of "What it reads"."""
-    from wnb import plots
 
     view = session.layer(layer, progress)
     ctx = session.contexts(view.name, progress)

@@ -15,9 +15,12 @@ import os
 import re
 from pathlib import Path
 
-from wnb.core.memory import total_memory
-from wnb.data.corpora import decode_text
+from wnb.core.cache import cache_dir
+from wnb.core.memory import available_memory, total_memory
+from wnb.data.corpora import CORPORA, decode_text, load_corpus
 from wnb.errors import WnbError
+from wnb.model.bundled import BUNDLED, verified_copy
+from wnb.model.loading import count_params
 
 MODEL_DIRS_ENV = "WNB_MODEL_DIRS"
 MODELS_ENV = "WNB_APP_MODELS"          # hub ids the app may load (comma-separated); unset: any id within the limits
@@ -69,8 +72,6 @@ def offered_models() -> dict[str, Path]:
     """Model folders the app offers by name: ``{name: folder}`` from ``$WNB_MODEL_DIRS`` (chosen by whoever
     runs the server) and the model copies wnb itself wrote into its cache (their manifest and checksums
     verified: a folder copied into the cache by anyone else is not offered)."""
-    from wnb.core.cache import cache_dir
-    from wnb.model.bundled import verified_copy
 
     roots = [Path(p).expanduser() for p in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if p.strip()]
     cached = cache_dir() / "models"
@@ -93,7 +94,6 @@ def app_model(text: str | None) -> tuple[str | None, str | None]:
     """``(name, folder)`` for the model box's text: ``(None, None)`` for the bundled model, an offered
     folder's ``(name, folder)``, or a Hugging Face id ``(id, None)`` (one of ``$WNB_APP_MODELS`` when the
     operator set it). Anything else is refused."""
-    from wnb.model.bundled import BUNDLED
 
     name = (text or "").strip()
     if not name or name == BUNDLED:
@@ -203,7 +203,6 @@ def check_config(name: str, folder: Path, limit: int | None = None) -> int:
     refused above :func:`max_params` (or when the config is not one transformers knows without code)."""
     import json
 
-    from wnb.model.loading import count_params
 
     limit = max_params() if limit is None else limit
     try:
@@ -245,7 +244,6 @@ def fetch_hub_model(name: str, on_file=None, limit: int | None = None) -> tuple[
     except Exception as exc:
         raise _hub_failure(name, exc) from exc
     params = check_config(name, folder, limit)
-    from wnb.core.memory import available_memory
 
     need, free = params * BYTES_PER_PARAM, available_memory()
     if need > 0.8 * free:
@@ -264,7 +262,6 @@ def fetch_hub_model(name: str, on_file=None, limit: int | None = None) -> tuple[
 
 def app_corpus(choice: str, upload: bytes | None = None) -> str:
     """The corpus text for the app's corpus choice: a named corpus, or the uploaded file's text."""
-    from wnb.data.corpora import CORPORA, load_corpus
 
     if choice in CORPORA:
         return load_corpus(choice)

@@ -25,9 +25,13 @@ import torch
 from torch import nn
 
 from wnb.compression.expansion import routed_layers
+from wnb.core.checks import check_float, check_int
+from wnb.core.files import atomic_path
 from wnb.core.folders import check_replaceable, written_list
 from wnb.core.version import VERSION
 from wnb.errors import WnbError
+from wnb.model.architectures import forward_order, layer_weight, module
+from wnb.model.lm import require_local
 
 FORMATS = ("hf", "compressed-tensors")
 PRUNED_MANIFEST = "wnb-saved.json"
@@ -82,7 +86,6 @@ def _check_tied(lm) -> None:
 
 def _sparse_layers(lm, report, min_sparsity: float) -> dict[str, torch.Tensor]:
     """``{layer: [out, in] weight}`` of the pruned layers: the report's, or those with exact zeros."""
-    from wnb.model.architectures import forward_order, layer_weight
 
     names = forward_order(lm)
     if report is not None:
@@ -123,7 +126,6 @@ def sparsity_structure(weights) -> str:
 
 def _bits_from(report, bits, group_size):
     """``bits``/``group_size`` as given, or as the pruning report records them (``LayerReport.bits``)."""
-    from wnb.core.checks import check_int
 
     if bits is None and report:
         found = {getattr(r, "bits", None) for r in report.values()}
@@ -212,7 +214,6 @@ def _quantized_state(lm, layers: dict, bits: int, group_size: int | None) -> tup
         QuantizationScheme,
     )
 
-    from wnb.model.architectures import module
 
     for name in layers:
         if not isinstance(module(lm, name), nn.Linear):
@@ -265,9 +266,6 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
     atomically, with a ``wnb-saved.json`` manifest. Only weights are saved: hooks (sign ablation) are not.
     Returns the folder.
     """
-    from wnb.core.checks import check_float
-    from wnb.core.files import atomic_path
-    from wnb.model.lm import require_local
 
     require_local(lm, "saving a model")
     if format not in FORMATS:

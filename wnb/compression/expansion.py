@@ -21,10 +21,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wnb.compression.kmeans import N_INIT
+from wnb.compression.quantize import check_quant
 from wnb.compression.router import Router, check_router_args
+from wnb.compression.sparsegpt import SparseGPT
+from wnb.compression.sparsity import check_nm, check_weight, parse_sparsity
+from wnb.core.checks import check_int
+from wnb.core.memory import available_memory
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
 from wnb.model.offload import follow
 from wnb.model.state import changed
+from wnb.tracing.sequential import walk
 
 # ---------------------------------------------------------------- k-means
 
@@ -51,8 +59,6 @@ def build_experts(weight: torch.Tensor, inputs: torch.Tensor, labels: torch.Tens
     A cluster with no calibration tokens (possible only when the inputs have fewer than ``n_experts``
     distinct rows) gets the layer's plain SparseGPT weight, built from all tokens. Runs on the weight's device.
     """
-    from wnb.compression.quantize import check_quant
-    from wnb.compression.sparsegpt import SparseGPT
 
     bits, group_size = check_quant(bits, group_size, weight.shape[1])
 
@@ -139,8 +145,6 @@ def expand_layer(weight: torch.Tensor, inputs: torch.Tensor, bias: torch.Tensor 
     ``weight`` is ``[out, in]`` (``wnb.layer_weight``); ``inputs`` are moved to its device. ``bits``
     (2 to 8) quantizes every expert inside its SparseGPT sweep (``group_size``: per group of columns).
     """
-    from wnb.compression.quantize import check_quant
-    from wnb.compression.sparsity import check_nm, check_weight, parse_sparsity
 
     if weight.dim() != 2 or inputs.dim() != 2 or inputs.shape[1] != weight.shape[1]:
         raise WnbError(f"weight must be [out, in] and inputs [tokens, in] with the same in "
@@ -216,7 +220,6 @@ def shared_input_groups(inputs: dict[str, torch.Tensor]) -> list[list[str]]:
 
 def expert_bytes(lm, layers, n_experts: int) -> int:
     """Bytes the experts of ``layers`` will take (k copies of each weight, in the model's dtype)."""
-    from wnb.model.architectures import layer_weight
 
     return sum(n_experts * layer_weight(lm, n).numel() * layer_weight(lm, n).element_size() for n in layers)
 
@@ -224,7 +227,6 @@ def expert_bytes(lm, layers, n_experts: int) -> int:
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    from wnb.core.memory import available_memory
 
     return available_memory()
 
@@ -232,10 +234,6 @@ def _free_bytes(device: torch.device) -> int:
 def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes=None, bits=None,
                     group_size=None) -> tuple[list[str], torch.Tensor]:
     """Validate a whole-model expansion before any work; return ``(layers in forward order, windows)``."""
-    from wnb.compression.quantize import check_quant
-    from wnb.compression.sparsity import check_nm, check_weight, parse_sparsity
-    from wnb.data.windows import check_windows
-    from wnb.model.architectures import check_layers, ffn_layers, layer_weight
 
     check_quant(bits, group_size)
 
@@ -274,10 +272,6 @@ def expanded(lm, n_experts: int = 16, sparsity=0.5, calib=None, layers=None, pca
     SparseGPT sweeps (per row, or per ``group_size`` columns). Yields an :class:`Expansion`. On exit, also
     after an error or an interrupt, the dense modules are put back: the model is bit for bit what it was.
     """
-    from wnb.compression.quantize import check_quant
-    from wnb.core.checks import check_int
-    from wnb.model.architectures import layer_bias, layer_weight
-    from wnb.tracing.sequential import walk
 
     layers, windows = check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes, bits,
                                       group_size)

@@ -19,11 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wnb.compression.expansion import routed_layers
-from wnb.core.files import file_sha256
+from wnb.compression.expansion import Expansion, RoutedLayer, routed_layers, swap_module
+from wnb.compression.router import Router
+from wnb.core.files import atomic_path, file_sha256
 from wnb.core.folders import MAX_MANIFEST_BYTES, check_replaceable, written_list
 from wnb.core.version import VERSION
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, layer_bias, layer_weight, module
+from wnb.model.lm import require_local
 from wnb.model.state import changed
 
 EXPANSION_MANIFEST = "wnb-expansion.json"
@@ -80,9 +83,6 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
     """
     from safetensors.torch import save_file
 
-    from wnb.compression.expansion import Expansion, RoutedLayer
-    from wnb.core.files import atomic_path
-    from wnb.model.lm import require_local
 
     require_local(lm, "saving an expansion")
     present = routed_layers(lm)
@@ -262,9 +262,6 @@ def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[lis
     """Everything checked and read into memory before the model is touched: ``[(name, RoutedLayer)]``."""
     from transformers.pytorch_utils import Conv1D
 
-    from wnb.compression.expansion import RoutedLayer
-    from wnb.compression.router import Router
-    from wnb.model.architectures import check_layers, layer_bias, layer_weight, module
 
     where = EXPANSION_MANIFEST
     layers = _need(manifest, "layers", dict, where)
@@ -348,8 +345,6 @@ def load_expanded(lm, path, check_model: bool = True):
     shapes, every file's SHA-256 and (``check_model``) that the model's other parameters are those the
     expansion was built on. Any mismatch raises WnbError; nothing read can run code.
     """
-    from wnb.compression.expansion import Expansion, swap_module
-    from wnb.model.lm import require_local
 
     require_local(lm, "loading an expansion")
     folder = Path(path).expanduser() if isinstance(path, (str, Path)) else path

@@ -17,7 +17,10 @@ from wnb.compression.sparsity import (
     check_weight,
     parse_sparsity,
 )
+from wnb.core.checks import check_float, check_int
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, layer_weight
+from wnb.model.lm import require_local
 from wnb.scoring.selection import select_neurons
 
 
@@ -38,7 +41,6 @@ def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", s
     A complex weight, or one holding NaN or infinite values, is refused (WnbError), as by every pruning
     method (:class:`SparseGPT`, :func:`prune_layer`, :func:`pruned`, the experts of Sparse Expansion).
     """
-    from wnb.core.checks import check_float, check_int
 
     check_method(method)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
@@ -87,8 +89,6 @@ def prune_layer(lm, layer: str, acts, method: str = "sparsegpt", sparsity=0.5, n
     not changed. ``neurons`` may be indices, a boolean mask or a selection criterion (see
     :func:`select_neurons`, which then uses the captured outputs). ``bits`` and ``group_size``
     quantize as well (:func:`prune_weight`)."""
-    from wnb.model.architectures import check_layers, layer_weight
-    from wnb.model.lm import require_local
 
     require_local(lm, "pruning")
     check_method(method)

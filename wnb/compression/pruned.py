@@ -28,10 +28,23 @@ from wnb.compression.sparsity import (
     parse_sparsity,
     sparsity_label,
 )
+from wnb.core.checks import check_float, check_int
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.architectures import check_untied
+from wnb.model.architectures import (
+    check_layers,
+    check_untied,
+    ffn_layers,
+    forward_order,
+    layer_bias,
+    layer_weight,
+    module,
+    set_layer_weight,
+)
+from wnb.model.lm import require_local
 from wnb.model.state import changed
 from wnb.scoring.selection import CRITERIA, select_neurons
+from wnb.tracing.sequential import walk
 
 # ---------------------------------------------------------------- arguments
 
@@ -81,7 +94,6 @@ class PruneReport(dict):
 
 def _plan_neurons(lm, layers, neurons):
     """Validate ``neurons`` for :func:`pruned`: None, a criterion name, or ``{layer: indices}``."""
-    from wnb.model.architectures import layer_weight
 
     if neurons is None or isinstance(neurons, str):
         if isinstance(neurons, str) and neurons not in CRITERIA:
@@ -121,7 +133,6 @@ class _Accumulators:
         self._last: tuple[torch.Tensor, str] | None = None
 
     def __call__(self, name: str, x: torch.Tensor) -> None:
-        from wnb.model.architectures import layer_weight
 
         if name not in self.acc and name not in self.alias:
             last = self._last
@@ -166,10 +177,6 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     neuron criteria and ``keep_inputs=True`` keep a block's calibration inputs in CPU memory instead
     (same result up to summation order).
     """
-    from wnb.core.checks import check_float, check_int
-    from wnb.data.windows import check_windows
-    from wnb.model.architectures import check_layers, ffn_layers, layer_weight, module
-    from wnb.model.lm import require_local
 
     require_local(lm, "pruning")
     check_method(method)
@@ -209,7 +216,6 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
             if bits is not None:
                 opts.update(bits=bits, group_size=group_size)
             if needs_walk:
-                from wnb.tracing.sequential import walk
 
                 stream = streams_inputs(method, plan) and not keep_inputs
                 stats = _Accumulators(lm, method) if stream else None
@@ -235,7 +241,6 @@ def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed
                  group_size: int | None = None) -> None:
     """Prune the layers of one block given their calibration inputs (or the statistics of them
     accumulated during the walk, ``stats``); write the weights into the model."""
-    from wnb.model.architectures import layer_weight, set_layer_weight
 
     shared: list[tuple[torch.Tensor, SparseGPT]] = []
     for name, x in inputs.items():
@@ -275,7 +280,6 @@ def _rows_for(lm, name, x, weight, plan, fraction, seed):
         return None
     if isinstance(plan, dict):
         return plan[name]
-    from wnb.model.architectures import forward_order, layer_bias
 
     outputs = None
     if plan in ("wd", "mean", "variance"):

@@ -23,7 +23,10 @@ import math
 
 import torch
 
+from wnb.compression.sparsity import parse_sparsity
+from wnb.core.checks import check_int
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, ffn_layers, layer_weight
 
 MIN_BITS, MAX_BITS = 2, 8
 SCALE_BITS = 16  # a scale is stored as a 16-bit float; its zero point takes ``bits`` bits
@@ -34,7 +37,6 @@ DENSE_BITS = 16  # an unquantized weight (float16 / bfloat16)
 
 def check_bits(bits) -> int | None:
     """``None`` (no quantization) or ``bits`` as an ``int`` from 2 to 8 (numpy integers accepted)."""
-    from wnb.core.checks import check_int
 
     if bits is None:
         return None
@@ -45,7 +47,6 @@ def check_quant(bits, group_size=None, columns: int | None = None, what: str = "
     """Validate ``bits`` and ``group_size`` (``None``: one grid per output channel) before any work;
     return them as ``(int | None, int | None)``. ``columns`` (the input width) must be a multiple of
     ``group_size`` when both are given."""
-    from wnb.core.checks import check_int
 
     bits = check_bits(bits)
     if group_size is None:
@@ -136,7 +137,6 @@ def mask_bits(sparsity) -> float:
     bitmask); for N:M, the index of each group's pattern among the ``C(m, n)`` possible ones,
     ``ceil(log2 C(m, n)) / m`` (2:4: 3 bits per 4 weights = 0.75; cuSPARSELt's 2-bit position per kept
     value would be 1)."""
-    from wnb.compression.sparsity import parse_sparsity
 
     fraction, n, m = parse_sparsity(sparsity)
     if m:
@@ -156,8 +156,6 @@ def effective_bits(bits=None, sparsity=0.0, group_size=None, columns: int | None
 
     E.g. 2:4 + 4-bit per channel on 576 columns: ``4 · 0.5 + 3/4 + 20/576 = 2.785``.
     """
-    from wnb.compression.sparsity import parse_sparsity
-    from wnb.core.checks import check_int
 
     bits, group_size = check_quant(bits, group_size, columns)
     fraction, n, m = parse_sparsity(sparsity)
@@ -175,7 +173,6 @@ def effective_bits(bits=None, sparsity=0.0, group_size=None, columns: int | None
 
 def model_effective_bits(lm, bits=None, sparsity=0.0, group_size=None, layers=None) -> float:
     """:func:`effective_bits` averaged over ``layers`` (default: the FFN layers), weighted by their sizes."""
-    from wnb.model.architectures import check_layers, ffn_layers, layer_weight
 
     layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)
     total = count = 0.0

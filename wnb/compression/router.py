@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from wnb.compression.kmeans import N_INIT, _check_finite_points, _sq_distances, kmeans
+from wnb.core.checks import check_int
 from wnb.core.tensors import tensor_version
 from wnb.errors import WnbError
 
@@ -119,7 +120,6 @@ class Router(nn.Module):
 
 def check_router_args(n_tokens: int, d_in: int, n_clusters, pca_factor) -> None:
     """Refuse a bad expert count or PCA factor before any work (raises WnbError)."""
-    from wnb.core.checks import check_int
 
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
         raise WnbError(f"n_experts must be a positive integer (got {n_clusters!r}); the paper uses 16")

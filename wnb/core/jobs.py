@@ -2,7 +2,7 @@
 time left, and stops at the model's next block when cancelled.
 
     job = Job("sweep", runs=7)
-    with job.watching(lm):                 # every transformer block checks for a cancel before it runs
+    with job.watching(block_modules(lm)):  # every transformer block checks for a cancel before it runs
         wnb.sweep(lm, calib, held_out, on_run=job.begin)
     job.cancel()                           # from another thread: the next block raises Cancelled
 
@@ -15,6 +15,8 @@ import contextlib
 import threading
 import time
 from typing import Callable, Iterator
+
+from wnb.errors import WnbError
 
 _lock = threading.Lock()
 _active: "Job | None" = None
@@ -86,14 +88,10 @@ class Job:
             self._changed()
 
     @contextlib.contextmanager
-    def watching(self, lm) -> Iterator["Job"]:
-        """Check for a cancel before every transformer block of ``lm`` runs, for the duration of the block."""
-        from wnb.model.architectures import decoder_blocks
-
-        hooks = []
-        if lm is not None and not getattr(lm, "remote", False):
-            for name in decoder_blocks(lm):
-                hooks.append(lm.model.get_submodule(name).register_forward_pre_hook(lambda *_: self.check()))
+    def watching(self, modules) -> Iterator["Job"]:
+        """Check for a cancel before each of ``modules`` runs (a model's transformer blocks:
+        :func:`wnb.model.architectures.block_modules`), for the duration of the block."""
+        hooks = [m.register_forward_pre_hook(lambda *_: self.check()) for m in modules]
         try:
             yield self
         finally:
@@ -111,7 +109,6 @@ def exclusive(job: Job) -> Iterator[Job]:
     global _active
     with _lock:
         if _active is not None:
-            from wnb.errors import WnbError
             raise WnbError(f"another job is running ({_active.label}); wait for it or press its Cancel button")
         _active = job
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from wnb.core.checks import check_int
 from wnb.errors import WnbError
 from wnb.model.lm import LM
 
@@ -60,7 +61,6 @@ def token_windows(lm, text: str, seq_len: int = 256, n_calib: int = 32, n_eval: 
 
     Returns ``(calib [n_calib, seq_len], held_out [n_eval, seq_len])`` LongTensors, seeded.
     """
-    from wnb.core.checks import check_int
 
     seq_len = check_int(seq_len, "seq_len", minimum=2)
     n_calib, n_eval, seed = check_int(n_calib, "n_calib", 0), check_int(n_eval, "n_eval", 0), check_int(seed, "seed", 0)

@@ -10,23 +10,23 @@ from itertools import product
 from wnb.errors import WnbError
 
 # (singular, plural) forms. Nouns serve as subjects and as attractors (never the same noun in a pair).
-_NOUNS = (("author", "authors"), ("pilot", "pilots"), ("surgeon", "surgeons"), ("farmer", "farmers"),
+NOUNS = (("author", "authors"), ("pilot", "pilots"), ("surgeon", "surgeons"), ("farmer", "farmers"),
           ("manager", "managers"), ("customer", "customers"), ("officer", "officers"),
           ("teacher", "teachers"), ("senator", "senators"), ("dancer", "dancers"), ("lawyer", "lawyers"),
           ("doctor", "doctors"))
 
 
-_INTRANSITIVE = (("laughs", "laugh"), ("smiles", "smile"), ("swims", "swim"), ("waits", "wait"),
+INTRANSITIVE = (("laughs", "laugh"), ("smiles", "smile"), ("swims", "swim"), ("waits", "wait"),
                  ("sings", "sing"), ("talks", "talk"))
 
 
-_TRANSITIVE = (("likes", "like"), ("admires", "admire"), ("hates", "hate"), ("loves", "love"),
+TRANSITIVE = (("likes", "like"), ("admires", "admire"), ("hates", "hate"), ("loves", "love"),
                ("knows", "know"))
 
 
-_PREPOSITIONS = ("next to", "behind", "near", "in front of", "across from")
-_SAYING = ("said", "knew", "thought", "believed", "assumed")  # past tense: no agreement of their own
-_NUMBERS = ("singular", "plural")
+PREPOSITIONS = ("next to", "behind", "near", "in front of", "across from")
+SAYING = ("said", "knew", "thought", "believed", "assumed")  # past tense: no agreement of their own
+NUMBERS = ("singular", "plural")
 AGREEMENT_PHENOMENA = ("simple", "prepositional_phrase", "subject_relative_clause", "object_relative_clause",
                        "sentential_complement", "vp_coordination")
 
@@ -37,58 +37,58 @@ def _verb(pair, number: int, grammatical: bool) -> str:
 
 def _agreement_space(phenomenon: str):
     """The axes of one template and a function from one point of them to (good, bad, condition)."""
-    nouns = range(len(_NOUNS))
+    nouns = range(len(NOUNS))
     num = range(2)
     if phenomenon == "simple":
-        axes = (nouns, num, range(len(_INTRANSITIVE)))
+        axes = (nouns, num, range(len(INTRANSITIVE)))
 
         def build(s, sn, v):
-            stem = f"The {_NOUNS[s][sn]}"
-            return ([f"{stem} {_verb(_INTRANSITIVE[v], sn, g)}." for g in (True, False)], f"{_NUMBERS[sn]} subject")
+            stem = f"The {NOUNS[s][sn]}"
+            return ([f"{stem} {_verb(INTRANSITIVE[v], sn, g)}." for g in (True, False)], f"{NUMBERS[sn]} subject")
     elif phenomenon == "prepositional_phrase":
-        axes = (nouns, num, nouns, num, range(len(_PREPOSITIONS)), range(len(_INTRANSITIVE)))
+        axes = (nouns, num, nouns, num, range(len(PREPOSITIONS)), range(len(INTRANSITIVE)))
 
         def build(s, sn, a, an, p, v):
             if s == a:
                 return None
-            stem = f"The {_NOUNS[s][sn]} {_PREPOSITIONS[p]} the {_NOUNS[a][an]}"
-            return ([f"{stem} {_verb(_INTRANSITIVE[v], sn, g)}." for g in (True, False)],
-                    f"{_NUMBERS[sn]} subject, {_NUMBERS[an]} attractor")
+            stem = f"The {NOUNS[s][sn]} {PREPOSITIONS[p]} the {NOUNS[a][an]}"
+            return ([f"{stem} {_verb(INTRANSITIVE[v], sn, g)}." for g in (True, False)],
+                    f"{NUMBERS[sn]} subject, {NUMBERS[an]} attractor")
     elif phenomenon == "subject_relative_clause":
-        axes = (nouns, num, nouns, num, range(len(_TRANSITIVE)), range(len(_INTRANSITIVE)))
+        axes = (nouns, num, nouns, num, range(len(TRANSITIVE)), range(len(INTRANSITIVE)))
 
         def build(s, sn, a, an, t, v):
             if s == a:
                 return None
-            stem = f"The {_NOUNS[s][sn]} that {_verb(_TRANSITIVE[t], sn, True)} the {_NOUNS[a][an]}"
-            return ([f"{stem} {_verb(_INTRANSITIVE[v], sn, g)}." for g in (True, False)],
-                    f"{_NUMBERS[sn]} subject, {_NUMBERS[an]} attractor")
+            stem = f"The {NOUNS[s][sn]} that {_verb(TRANSITIVE[t], sn, True)} the {NOUNS[a][an]}"
+            return ([f"{stem} {_verb(INTRANSITIVE[v], sn, g)}." for g in (True, False)],
+                    f"{NUMBERS[sn]} subject, {NUMBERS[an]} attractor")
     elif phenomenon == "object_relative_clause":
-        axes = (nouns, num, nouns, num, range(len(_TRANSITIVE)), range(len(_INTRANSITIVE)))
+        axes = (nouns, num, nouns, num, range(len(TRANSITIVE)), range(len(INTRANSITIVE)))
 
         def build(s, sn, a, an, t, v):
             if s == a:
                 return None
-            stem = f"The {_NOUNS[s][sn]} that the {_NOUNS[a][an]} {_verb(_TRANSITIVE[t], an, True)}"
-            return ([f"{stem} {_verb(_INTRANSITIVE[v], sn, g)}." for g in (True, False)],
-                    f"{_NUMBERS[sn]} subject, {_NUMBERS[an]} attractor")
+            stem = f"The {NOUNS[s][sn]} that the {NOUNS[a][an]} {_verb(TRANSITIVE[t], an, True)}"
+            return ([f"{stem} {_verb(INTRANSITIVE[v], sn, g)}." for g in (True, False)],
+                    f"{NUMBERS[sn]} subject, {NUMBERS[an]} attractor")
     elif phenomenon == "sentential_complement":
-        axes = (nouns, num, nouns, num, range(len(_SAYING)), range(len(_INTRANSITIVE)))
+        axes = (nouns, num, nouns, num, range(len(SAYING)), range(len(INTRANSITIVE)))
 
         def build(m, mn, s, sn, k, v):
             if s == m:
                 return None
-            stem = f"The {_NOUNS[m][mn]} {_SAYING[k]} the {_NOUNS[s][sn]}"
-            return ([f"{stem} {_verb(_INTRANSITIVE[v], sn, g)}." for g in (True, False)],
-                    f"{_NUMBERS[sn]} subject, {_NUMBERS[mn]} main-clause subject")
+            stem = f"The {NOUNS[m][mn]} {SAYING[k]} the {NOUNS[s][sn]}"
+            return ([f"{stem} {_verb(INTRANSITIVE[v], sn, g)}." for g in (True, False)],
+                    f"{NUMBERS[sn]} subject, {NUMBERS[mn]} main-clause subject")
     elif phenomenon == "vp_coordination":
-        axes = (nouns, num, range(len(_INTRANSITIVE)), range(len(_INTRANSITIVE)))
+        axes = (nouns, num, range(len(INTRANSITIVE)), range(len(INTRANSITIVE)))
 
         def build(s, sn, v1, v2):
             if v1 == v2:
                 return None
-            stem = f"The {_NOUNS[s][sn]} {_verb(_INTRANSITIVE[v1], sn, True)} and"
-            return ([f"{stem} {_verb(_INTRANSITIVE[v2], sn, g)}." for g in (True, False)], f"{_NUMBERS[sn]} subject")
+            stem = f"The {NOUNS[s][sn]} {_verb(INTRANSITIVE[v1], sn, True)} and"
+            return ([f"{stem} {_verb(INTRANSITIVE[v2], sn, g)}." for g in (True, False)], f"{NUMBERS[sn]} subject")
     else:
         raise WnbError(f"unknown agreement phenomenon {phenomenon!r}; choose from {', '.join(AGREEMENT_PHENOMENA)}")
     return [len(a) for a in axes], build

@@ -21,7 +21,18 @@ import torch
 
 from wnb.compression.expansion import RoutedLayer, expand_layer
 from wnb.compression.kmeans import N_INIT
+from wnb.compression.prune import prune_weight
+from wnb.compression.quantize import check_quant
+from wnb.compression.router import check_router_args
+from wnb.compression.sparsity import check_nm, parse_sparsity
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, layer_bias, layer_weight
+from wnb.scoring.comparison import output_rmse
+from wnb.scoring.mapping import mapping_difficulty
+from wnb.scoring.tables import output_moments
+from wnb.scoring.wasserstein import wasserstein_to_gaussian
+from wnb.tracing.capture import capture
 
 
 @dataclass
@@ -67,13 +78,6 @@ def study_layer(lm, layer: str, calib, held_out, n_experts: int = 16, sparsity=0
     """Capture ``layer``'s inputs on ``calib`` and ``held_out`` from the dense model, prune it with SparseGPT
     and expand it into ``n_experts`` experts at ``sparsity`` (both quantized with ``bits`` / ``group_size``
     when given). The model is not changed."""
-    from wnb.compression.prune import prune_weight
-    from wnb.compression.quantize import check_quant
-    from wnb.compression.router import check_router_args
-    from wnb.compression.sparsity import check_nm, parse_sparsity
-    from wnb.data.windows import check_windows
-    from wnb.model.architectures import check_layers, layer_bias, layer_weight
-    from wnb.tracing.capture import capture
 
     (layer,) = check_layers(lm, [layer])
     weight = layer_weight(lm, layer).detach().to("cpu", torch.float32)
@@ -101,9 +105,6 @@ def relative_improvement(study: LayerStudy) -> pd.DataFrame:
     """One row per neuron: WD, output mean and variance of the dense outputs on the calibration tokens,
     held-out RMSE against the dense outputs of SparseGPT and of the expansion, and
     ``ri = rmse_sparsegpt / rmse_expansion`` (NaN where the expansion's error is 0)."""
-    from wnb.scoring.comparison import output_rmse
-    from wnb.scoring.tables import output_moments
-    from wnb.scoring.wasserstein import wasserstein_to_gaussian
 
     dense_calib = study.outputs("dense", "calib")
     dense = study.outputs("dense")
@@ -174,8 +175,6 @@ def entanglement_change(study: LayerStudy, neurons=None, on: str = "held_out", o
     few tokens is biased upward, so only ``wd_after`` below the control says the router separated the
     distribution.
     """
-    from wnb.scoring.mapping import mapping_difficulty
-    from wnb.scoring.wasserstein import wasserstein_to_gaussian
 
     if outputs not in ("expansion", "dense"):
         raise WnbError(f"outputs must be 'expansion' or 'dense' (got {outputs!r})")
@@ -221,7 +220,6 @@ def random_partition(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
 def weighted_group_wd(outputs: torch.Tensor, labels: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Token-share weighted mean over groups of each neuron's WD on the group's tokens (groups of fewer than
     2 tokens and constant outputs left out, weights renormalized): ``[n_neurons]`` float64."""
-    from wnb.scoring.wasserstein import wasserstein_to_gaussian
 
     total = torch.zeros(outputs.shape[1], dtype=torch.float64)
     weight = torch.zeros_like(total)

@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 
 from wnb.errors import WnbError
 from wnb.experiments.agreement import AGREEMENT_PHENOMENA, agreement_pairs
+from wnb.experiments.knowledge import knowledge_pairs
+from wnb.experiments.tse import tse_pairs
 
 SOURCES = ("agreement", "tse", "knowledge", "blimp")
 BLIMP = "nyu-mll/blimp"
@@ -65,11 +67,9 @@ def minimal_pairs(name: str = "agreement", n: int | None = 100, seed: int = 0, p
             raise WnbError(f"unknown agreement phenomena {unknown}; choose from {', '.join(AGREEMENT_PHENOMENA)}")
         return agreement_pairs(n, seed, phenomena or AGREEMENT_PHENOMENA)
     if name == "tse":
-        from wnb.experiments.tse import tse_pairs
 
         return tse_pairs(n, seed, phenomena)
     if name == "knowledge":
-        from wnb.experiments.knowledge import knowledge_pairs
 
         return knowledge_pairs(n, seed, phenomena)
     if name == "blimp":

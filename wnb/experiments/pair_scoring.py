@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from wnb.errors import WnbError
 from wnb.experiments.minimal_pairs import check_pairs
+from wnb.model.lm import require_local
 from wnb.model.state import holding
 
 SCORES = ("sum", "mean")
@@ -100,7 +101,6 @@ def sentence_logprobs(lm, sentences, batch_size: int = 32, prefix: str | None = 
     or with ``score="mean"`` that sum over their number (module docstring: how the first token is
     conditioned). Sentences of equal token length are batched together, so no padding or attention
     mask is involved."""
-    from wnb.model.lm import require_local
 
     require_local(lm, "minimal-pair scoring")
     tok = lm.tokenizer

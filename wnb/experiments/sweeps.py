@@ -10,8 +10,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from wnb.compression.expansion import check_expansion, expanded
+from wnb.compression.pruned import pruned
+from wnb.compression.quantize import check_quant, key_parts
+from wnb.compression.sparsity import check_method, sparsity_label
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
+from wnb.scoring.selection import CRITERIA
 from wnb.tracing.nll import perplexity_interval
 
 
@@ -27,8 +33,6 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     """
     import pandas as pd
 
-    from wnb.compression.quantize import check_quant, key_parts
-    from wnb.compression.sparsity import check_method, sparsity_label
 
     for method in methods:
         check_method(method)
@@ -62,9 +66,6 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
     """
     import pandas as pd
 
-    from wnb.compression.sparsity import sparsity_label
-    from wnb.errors import WnbError
-    from wnb.scoring.selection import CRITERIA
 
     for criterion in criteria:
         if criterion not in CRITERIA:
@@ -95,7 +96,6 @@ def _runs(on_run, total: int):
 
 
 def _pruned_perplexity(lm, calib, held_out, batch_size, progress, row: dict, **prune_kw) -> dict:
-    from wnb.compression.pruned import pruned
 
     start = time.perf_counter()
     with pruned(lm, calib=calib, batch_size=batch_size, progress=progress, **prune_kw):
@@ -135,12 +135,6 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
     dense row first unless ``dense=False``). Other keywords go to :func:`wnb.expanded`; with ``bits=``
     (joint quantization) the expanded rows get a ``bits`` column (and ``group_size`` with groups).
     """
-    from wnb.compression.expansion import check_expansion, expanded
-    from wnb.compression.quantize import check_quant, key_parts
-    from wnb.compression.sparsity import sparsity_label
-    from wnb.data.windows import check_windows
-    from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
-    from wnb.tracing.nll import perplexity_interval
 
     held_out = check_windows(held_out, lm, min_len=2)
     layers = check_layers(lm, ffn_layers(lm) if layers is None else layers)

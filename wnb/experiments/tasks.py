@@ -20,7 +20,13 @@ import math
 import random
 from pathlib import Path
 
+from wnb.compression.expansion import expanded
+from wnb.compression.pruned import pruned
+from wnb.core.checks import check_float, check_int
 from wnb.errors import WnbError
+from wnb.experiments.minimal_pairs import minimal_pairs
+from wnb.experiments.sweeps import _runs
+from wnb.model.lm import require_local
 from wnb.model.state import holding
 
 INSTALL_EVAL = "pip install 'wnb[eval]'  (or: pip install lm-eval)"
@@ -126,8 +132,6 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     Returns one row per task (and group) and metric: ``task, metric, value, stderr, filter, n``
     (``stderr`` NaN where lm-eval gives none; ``n`` the documents scored).
     """
-    from wnb.core.checks import check_float, check_int
-    from wnb.model.lm import require_local
 
     _lm_eval()
     require_local(lm, "evaluating downstream tasks")
@@ -246,8 +250,6 @@ def agreement_task(n: int = 20, seed: int = 0, folder=None) -> Path:
     import json
     import tempfile
 
-    from wnb.core.checks import check_int
-    from wnb.experiments.minimal_pairs import minimal_pairs
 
     n, seed = check_int(n, "n"), check_int(seed, "seed", 0)
     folder = Path(tempfile.mkdtemp(prefix="wnb-task-")) if folder is None else Path(folder)
@@ -279,9 +281,6 @@ def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0
     (``dense``, ``sparsegpt``, ``expansion``). ``on_run(index, total, label)`` before each model."""
     import pandas as pd
 
-    from wnb.compression.expansion import expanded
-    from wnb.compression.pruned import pruned
-    from wnb.experiments.sweeps import _runs
 
     models = ["dense", "sparsegpt"] + (["expansion"] if int(n_experts) > 1 else [])
     report = _runs(on_run, len(models))

@@ -134,6 +134,13 @@ def block_names(model: nn.Module, name: str) -> list[str]:
     return [f"{best}.{i}" for i in range(length)]
 
 
+def block_modules(lm) -> list[nn.Module]:
+    """The transformer blocks themselves, in order (none for a model run remotely or no model)."""
+    if lm is None or getattr(lm, "remote", False):
+        return []
+    return [lm.model.get_submodule(name) for name in decoder_blocks(lm)]
+
+
 def block_of(lm: LM, layer: str) -> int:
     """Index of the transformer block holding ``layer``."""
     for i, block in enumerate(decoder_blocks(lm)):

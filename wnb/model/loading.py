@@ -17,6 +17,7 @@ from wnb.model.bundled import (
     load_bundled,
 )
 from wnb.model.lm import LM, model_label, resolve_device, resolve_dtype, wrap_model
+from wnb.model.offload import check_offload, offload_blocks
 
 
 def load_model(name: str | None = None, device: str = "auto", dtype=None, revision: str | None = None,
@@ -39,7 +40,6 @@ def load_model(name: str | None = None, device: str = "auto", dtype=None, revisi
     """
     check_revision(name, revision)
     if offload:
-        from wnb.model.offload import check_offload
         check_offload(device, remote)
     if remote:
         return _load_remote(name, device, dtype, revision, trust_remote_code, remote)
@@ -53,7 +53,6 @@ def load_model(name: str | None = None, device: str = "auto", dtype=None, revisi
         model, tokenizer = _load_hf(name, dt, revision, trust_remote_code)
         lm = wrap_model(model.to(where), tokenizer, model_label(name, revision))
     if offload:
-        from wnb.model.offload import offload_blocks
         offload_blocks(lm, dev)
     return lm
 

@@ -18,6 +18,7 @@ import contextlib
 import threading
 from typing import Callable, Iterator
 
+from wnb.core.cache import Uncached
 from wnb.errors import WnbError
 
 _local = threading.local()
@@ -106,7 +107,6 @@ def dense_only(get_lm: Callable[[], object], compute: Callable[[], object]) -> C
     """``compute`` run while holding the model, its value marked :class:`wnb.core.cache.Uncached` unless the
     model was dense before and after: for :func:`wnb.core.cache.cached` results that assume the dense model.
     ``get_lm`` is called only when the value is computed (a warm cache never loads the model)."""
-    from wnb.core.cache import Uncached
 
     def run():
         lm = get_lm()

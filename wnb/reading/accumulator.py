@@ -31,9 +31,13 @@ import torch
 
 from wnb.core.checks import check_int
 from wnb.core.tensors import to_numpy
+from wnb.data.positions import check_skip
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, layer_weight
 from wnb.reading.contexts import STATE_FORMAT, NeuronContexts
 from wnb.reading.extremes import _RARE, BandSamples, RunningExtremes
+from wnb.tracing.capture import capture
 
 
 def position_bins(seq_len: int, skip_first: int = 0) -> list[int]:
@@ -60,7 +64,6 @@ class ContextAccumulator:
 
     def __init__(self, n_neurons: int, seq_len: int, k: int = 20, n_samples: int = 8, skip_first: int = 0,
                  seed: int = 0):
-        from wnb.data.positions import check_skip
 
         self.d = check_int(n_neurons, "n_neurons")
         self.seq_len, self.skip_first = check_skip(seq_len, skip_first)
@@ -199,7 +202,6 @@ def contexts_from_outputs(outputs: torch.Tensor, windows, tokenizer=None, layer:
                           batch_tokens: int = 4096) -> NeuronContexts:
     """:class:`NeuronContexts` of an already captured layer: ``outputs [N, d]`` of ``windows [n, seq_len]``
     flattened window-major (``N <= n · seq_len``: the first ``N`` tokens), fed ``batch_tokens`` rows at a time."""
-    from wnb.data.windows import check_windows
 
     windows = check_windows(windows)
     if outputs.dim() != 2 or not 0 < outputs.shape[0] <= windows.numel():
@@ -223,9 +225,6 @@ def neuron_contexts(lm, layer: str, windows, k: int = 20, width: int = 8, progre
     stay those of the windows); ``width`` is the tokens of context shown each side; ``max_tokens`` caps
     the tokens (the first windows); ``batch_size`` is windows per batch.
     """
-    from wnb.data.windows import check_windows
-    from wnb.model.architectures import check_layers, layer_weight
-    from wnb.tracing.capture import capture
 
     if not isinstance(layer, str):
         raise WnbError(f"layer must be one layer name, e.g. from wnb.ffn_layers(lm) (got {layer!r})")

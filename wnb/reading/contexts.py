@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from wnb.core.checks import check_int
+from wnb.data.positions import SINK_SHARE, sink_flags
 from wnb.data.tokens import _tokenizer_of, decode_contexts
 from wnb.errors import WnbError
 from wnb.reading.extremes import _EDGES, BAND_LABELS, BANDS
@@ -195,7 +196,6 @@ class NeuronContexts:
     def table(self, sink_share: float | None = None) -> pd.DataFrame:
         """One row per neuron: ``neuron, mean, std, min, max, first_share`` (:meth:`first_position_share`)
         and ``sink`` (``first_share >= sink_share``, default :data:`wnb.data.positions.SINK_SHARE`)."""
-        from wnb.data.positions import SINK_SHARE, sink_flags
 
         share = self.first_position_share()
         return pd.DataFrame({"neuron": np.arange(self.n_neurons), "mean": self.mean.numpy(), "std": self.std.numpy(),

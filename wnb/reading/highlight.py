@@ -15,7 +15,10 @@ import torch
 
 from wnb.core.checks import check_float, check_int
 from wnb.data.tokens import decode
+from wnb.data.windows import context_length
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, layer_weight
+from wnb.tracing.capture import capture
 
 MAX_CHARS = 4000
 """Longest text :func:`activation_html` and :func:`token_activations` accept (the probe runs the model on it)."""
@@ -97,9 +100,6 @@ def token_activations(lm, text: str, layer: str, neuron: int, max_chars: int = M
 
 
 def _activations(lm, text, layer, neuron, max_chars):
-    from wnb.data.windows import context_length
-    from wnb.model.architectures import check_layers, layer_weight
-    from wnb.tracing.capture import capture
 
     (layer,) = check_layers(lm, [layer])
     d_out = layer_weight(lm, layer).shape[0]

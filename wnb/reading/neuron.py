@@ -20,7 +20,11 @@ from wnb.core.checks import check_float, check_int
 from wnb.core.stats import median, standardize
 from wnb.data.positions import TAIL_SIGMA, check_skip, drop_positions, kept_rows
 from wnb.data.tokens import decode, decode_contexts
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, forward_order, layer_weight
+from wnb.model.lm import require_local
+from wnb.scoring.mapping import _check_xy, _input_pairs
 
 
 def _one_neuron(outputs, neuron=None) -> torch.Tensor:
@@ -141,8 +145,6 @@ def differentiating_pairs(inputs, outputs, neuron: int, windows, tokenizer=None,
     ``dy = |y_a − y_b| / median``). Returns the ``top`` pairs: ``rank, dx, dy, ratio`` and for each side
     ``a`` / ``b``: ``value, z, window, position, token, left, right``.
     """
-    from wnb.data.windows import check_windows
-    from wnb.scoring.mapping import _check_xy, _input_pairs
     
     windows = check_windows(windows)
     _check_xy(inputs, outputs)
@@ -183,7 +185,6 @@ DOWN_PROJECTION = {"gate_proj": "down_proj", "up_proj": "down_proj", "dense_h_to
 def down_projection_of(lm, layer: str) -> str:
     """The down projection reading the hidden neurons that ``layer`` (gate_proj / up_proj / dense_h_to_4h /
     c_fc / fc1) writes; WnbError naming the allowed layers for any other."""
-    from wnb.model.architectures import check_layers, forward_order
 
     (layer,) = check_layers(lm, [layer])
     parent, _, leaf = layer.rpartition(".")
@@ -216,8 +217,6 @@ def output_effect(lm, layer: str, neuron: int, k: int = 20) -> pd.DataFrame:
     every later layer, so it is the neuron's direct effect only. Returns ``side`` (``raises`` / ``lowers``),
     ``rank, token_id, token, effect`` (logit change per unit), ``k`` rows per side.
     """
-    from wnb.model.architectures import layer_weight
-    from wnb.model.lm import require_local
 
     require_local(lm, "the output effect")
     down = down_projection_of(lm, layer)

@@ -21,7 +21,9 @@ from wnb.core.checks import check_float, check_int
 from wnb.core.stats import standardize
 from wnb.data.positions import TAIL_SIGMA
 from wnb.data.tokens import decode_contexts
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.scoring.wasserstein import wasserstein_to_gaussian
 
 
 def _dense_neuron(study, neuron, on: str, outputs: str = "dense") -> torch.Tensor:
@@ -39,7 +41,6 @@ def expert_summary(study, neuron: int, on: str = "held_out", threshold: float = 
     ``mean, std`` there, ``lower`` / ``upper`` (its outputs beyond ∓``threshold``σ of the neuron's mean over
     all tokens), and ``wd_dense`` / ``wd_expansion``: WD of the neuron's dense outputs on the expert's tokens
     and of the expert's own outputs (NaN with fewer than 2 tokens or a constant output)."""
-    from wnb.scoring.wasserstein import wasserstein_to_gaussian
 
     threshold = check_float(threshold, "threshold", 0, None, low_open=True)
     dense = _dense_neuron(study, neuron, on)
@@ -61,7 +62,6 @@ def expert_summary(study, neuron: int, on: str = "held_out", threshold: float = 
 
 
 def _check_token_windows(study, windows, on: str):
-    from wnb.data.windows import check_windows
 
     windows = check_windows(windows)
     n = (study.held_inputs if on == "held_out" else study.calib_inputs).shape[0]

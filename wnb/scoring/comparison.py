@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from wnb.errors import WnbError
+
 
 def _check_pair(dense: torch.Tensor, approx: torch.Tensor, same_tokens: bool = True) -> None:
-    from wnb.errors import WnbError
 
     if dense.dim() != 2 or approx.dim() != 2 or dense.shape[1] != approx.shape[1] or \
             (same_tokens and dense.shape[0] != approx.shape[0]):

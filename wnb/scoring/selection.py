@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from wnb.errors import WnbError
+from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
 
 CRITERIA = ("wd", "random", "mean", "variance", "weight_norm")
 
@@ -18,7 +19,6 @@ def select_neurons(criterion: str, outputs: torch.Tensor | None = None, weight: 
     largest L2 norm of the weight row. ``outputs`` is ``[tokens, n_neurons]``; ``weight`` ``[out, in]``.
     Highest score first (random: in drawn order).
     """
-    from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
 
     if criterion not in CRITERIA:
         raise WnbError(f"unknown neuron selection {criterion!r}; choose one of {', '.join(CRITERIA)}")

@@ -32,7 +32,11 @@ import pandas as pd
 import torch
 
 from wnb.core.stats import normal_cdf_integral, normal_pdf
+from wnb.data.positions import check_skip
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.model.architectures import ffn_layers, layer_weight
+from wnb.tracing.capture import capture
 
 
 class StreamingWD:
@@ -264,10 +268,6 @@ def stream_scores(lm, windows, layers=None, max_tokens: int | None = None, batch
     """WD, mean and variance of every neuron of ``layers`` (default: all FFN layers) in one capture pass
     that keeps no outputs: memory is per neuron, not per token. Returns ``{layer: StreamingWD}``.
     ``skip_first`` leaves the first positions of every window out (0: all, as in the paper)."""
-    from wnb.data.positions import check_skip
-    from wnb.data.windows import check_windows
-    from wnb.model.architectures import ffn_layers
-    from wnb.tracing.capture import capture
 
     windows = check_windows(windows, lm)
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)
@@ -295,6 +295,5 @@ def state_bytes(n_neurons: int, n_bins: int = 512) -> int:
 
 def estimate_stream_bytes(lm, layers, n_bins: int = 512) -> int:
     """Bytes of accumulator state :func:`stream_scores` holds for ``layers`` (independent of tokens)."""
-    from wnb.model.architectures import layer_weight
 
     return sum(state_bytes(layer_weight(lm, name).shape[0], n_bins) for name in layers)

@@ -7,9 +7,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from wnb.data.positions import (
+    check_skip,
+    drop_positions,
+    position_tail_share,
+    sink_flags,
+)
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.model.architectures import block_of, ffn_layers
 from wnb.scoring.mapping import mapping_difficulty
+from wnb.scoring.sign import sign_columns
 from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
+from wnb.tracing.capture import capture
 
 
 def output_moments(y: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +46,6 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
     columns ``pos0_tail_share`` (:func:`wnb.position_tail_share`: share of the neuron's outputs beyond ±2.5σ
     at the first position kept) and ``sink`` (that share ``>= wnb.data.positions.SINK_SHARE``) are added.
     """
-    from wnb.data.positions import drop_positions, position_tail_share, sink_flags
 
     if skip_first and seq_len is None:
         raise WnbError("skip_first needs seq_len: the window length of the capture (rows are window-major)")
@@ -51,7 +60,6 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
     if weight is not None:
         table["weight_norm"] = torch.linalg.vector_norm(weight.detach().double().cpu(), dim=1).numpy()
     if sign:
-        from wnb.scoring.sign import sign_columns
 
         for name, column in sign_columns(outputs).items():
             table[name] = column
@@ -68,10 +76,6 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
 def _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first):
     """One capture pass of outputs only; yields ``(layer, outputs without the first skip_first positions,
     the kept window length)`` and frees each layer once the caller is done with it."""
-    from wnb.data.positions import check_skip, drop_positions
-    from wnb.data.windows import check_windows
-    from wnb.model.architectures import ffn_layers
-    from wnb.tracing.capture import capture
 
     windows = check_windows(windows, lm)
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)
@@ -87,7 +91,6 @@ def layer_statistics(lm, windows, layers=None, max_tokens: int | None = 2048, ba
     """Per FFN layer (or ``layers``), from one capture pass of outputs only: ``{"wd": [d], "pos0_tail_share":
     [d]}`` (WD, and the share of each neuron's tails at the first position kept, see
     :func:`wnb.position_tail_share`). ``skip_first`` drops that many positions from every window first."""
-    from wnb.data.positions import position_tail_share
 
     return {name: {"wd": wasserstein_to_gaussian(y), "pos0_tail_share": position_tail_share(y, seq_len)}
             for name, y, seq_len in _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first)}
@@ -111,8 +114,6 @@ def overview_table(lm, scores: dict[str, torch.Tensor], fraction: float = 0.03, 
     neurons flagged as first-position tails (share >= ``wnb.data.positions.SINK_SHARE``) and ``sink_top_share``
     is the share of its Wasserstein neurons so flagged.
     """
-    from wnb.data.positions import sink_flags
-    from wnb.model.architectures import block_of
 
     rows = []
     for name, wd in scores.items():

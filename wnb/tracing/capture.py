@@ -15,7 +15,7 @@ from wnb.core.checks import check_int
 from wnb.core.memory import available_memory
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.architectures import check_layers
+from wnb.model.architectures import check_layers, layer_weight
 from wnb.model.lm import LM
 from wnb.model.state import holding
 
@@ -36,7 +36,6 @@ class Activations:
 
 def estimate_bytes(lm: LM, layers, n_tokens: int, inputs: bool = True, outputs: bool = True) -> int:
     """Bytes of CPU memory a capture of ``n_tokens`` tokens will hold (float32)."""
-    from wnb.model.architectures import layer_weight
 
     total = 0
     for name in layers:
@@ -91,7 +90,6 @@ def capture(lm: LM, layers, windows, max_tokens: int | None = None, batch_size: 
                        f"but the limit is {limit / 2**30:.2f} GiB; lower max_tokens or capture fewer layers")
     windows = windows[: math.ceil(total / seq_len)]
 
-    from wnb.model.architectures import layer_weight
 
     store: dict[str, dict[str, torch.Tensor]] = {}
     for name in layers if on_batch is None else ():

@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from wnb.core.checks import check_int
 from wnb.data.windows import check_windows
+from wnb.errors import WnbError
+from wnb.model.lm import require_local
 from wnb.model.state import holding
 
 
@@ -24,8 +27,6 @@ def token_nll(lm, windows, batch_size: int = 8, progress: bool = True, desc: str
     Entry ``[w, t]`` is ``−log p(windows[w, t + 1] | windows[w, :t + 1])``; ``exp(mean)`` is
     :func:`wnb.perplexity` of the same windows (up to float summation order).
     """
-    from wnb.core.checks import check_int
-    from wnb.model.lm import require_local
 
     require_local(lm, "perplexity")
     windows = check_windows(windows, lm, min_len=2)  # every window predicts its tokens after the first
@@ -49,7 +50,6 @@ def window_nll(lm, windows, batch_size: int = 8, progress: bool = True) -> torch
 def bootstrap_interval(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the perplexity from per-window NLLs (:func:`window_nll`): the
     windows are resampled with replacement ``n_boot`` times (seeded). With one window it is a point."""
-    from wnb.errors import WnbError
 
     nll = torch.as_tensor(nll, dtype=torch.float64).flatten()
     if nll.numel() == 0:
@@ -65,7 +65,6 @@ def bootstrap_interval(nll, n_boot: int = 1000, level: float = 0.95, seed: int =
 def interval_of(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """``{"perplexity", "ppl_low", "ppl_high"}`` from NLLs per window ``[n_windows]`` or per token
     ``[n_windows, tokens]`` (:func:`token_nll`; averaged per window first): :func:`bootstrap_interval`."""
-    from wnb.errors import WnbError
 
     nll = torch.as_tensor(nll, dtype=torch.float64)
     if nll.numel() == 0 or nll.dim() not in (1, 2):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import html
-
 from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
@@ -142,8 +141,8 @@ class ExpansionView(LayerNeuronPanel):
     def _expert_texts(self, study, neuron: int) -> None:
         """Whether the router separates the neuron's tails (against random groups of the same sizes), and
         each expert's highest and lowest held-out contexts."""
-        from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
         from wnb.app.report import SHOWN, contexts_block, section
+        from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
 
         routing = tail_routing(study, neuron, seed=self.session.seed)
         summary = expert_summary(study, neuron)

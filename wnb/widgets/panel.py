@@ -18,9 +18,10 @@ from transformers.utils import logging as hf_logging
 
 from wnb import plots
 from wnb.app import limits
-from wnb.model import state
 from wnb.core import jobs
 from wnb.errors import WnbError
+from wnb.model import state
+from wnb.model.architectures import block_modules
 from wnb.session import LayerView, Session
 
 # The panels say what they are doing in their status line; transformers' own loading and conversion bars
@@ -377,7 +378,7 @@ class Panel(widgets.VBox):
         self.info(f"{job.label}…")
         job.thread = threading.current_thread()
         try:
-            with jobs.exclusive(job), self._holding_model(job) as lm, job.watching(lm):
+            with jobs.exclusive(job), self._holding_model(job) as lm, job.watching(block_modules(lm)):
                 self.guarded(work, job)
                 job.check()  # Cancel pressed while the work did no model pass (e.g. its estimate)
         except jobs.Cancelled:

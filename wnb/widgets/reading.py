@@ -12,8 +12,13 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 import pandas as pd
 
+from wnb.app.report import (
+    position_note,
+    reading_sections,
+    reading_tables,
+    tail_share_at_first,
+)
 from wnb.reading.highlight import MAX_CHARS, activation_html
-from wnb.app.report import position_note, reading_sections, reading_tables, tail_share_at_first
 from wnb.widgets.panel import csv_link
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from typing import Callable
 
 import ipywidgets as widgets
 
-from wnb.errors import WnbError
 from wnb.app.limits import BOUNDS, bounded
+from wnb.errors import WnbError
 from wnb.session import BUDGETS, Session, budget_from_env
 from wnb.widgets.panel import Panel
 
@@ -16,8 +16,8 @@ class Settings(Panel):
     """Model, corpus, token budget and seed shared by every view; ``session`` is the current one."""
 
     def __init__(self, budget: str | None = None, session: Session | None = None):
-        from wnb.data.corpora import CORPORA
         from wnb.app.sources import MAX_UPLOAD_BYTES, UPLOAD, offered_models
+        from wnb.data.corpora import CORPORA
 
         budget = budget or budget_from_env()
         # No box takes a server path: models are the bundled one, a hub id or a folder offered by name;
