@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import sys
 import time
@@ -86,6 +87,10 @@ class Module:
     def package(self) -> str:
         """The package relative imports start from."""
         return self.name if self.is_package else self.name.rpartition(".")[0]
+
+    @functools.cached_property
+    def scan(self) -> "Scan":
+        return scan(self.tree)
 
     @property
     def lines(self) -> int:
@@ -151,20 +156,41 @@ def is_type_checking(test: ast.expr) -> bool:
            (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def import_nodes(node: ast.AST, in_function: bool = False):
-    """(Import or ImportFrom node, inside a function?) under ``node``, skipping ``if TYPE_CHECKING:`` bodies."""
-    for child in ast.iter_child_nodes(node):
-        yield from statement_imports(child, in_function)
+@dataclass
+class Scan:
+    """What one walk of a module's tree finds, in source order."""
+
+    imports: list = field(default_factory=list)     # (Import or ImportFrom, inside a function?)
+    functions: list = field(default_factory=list)   # (qualified name, def node)
+    attributes: list = field(default_factory=list)  # Attribute nodes of a private name
 
 
-def statement_imports(node: ast.AST, in_function: bool):
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-        yield node, in_function
-    elif isinstance(node, ast.If) and is_type_checking(node.test):
-        for other in node.orelse:
-            yield from statement_imports(other, in_function)
-    else:
-        yield from import_nodes(node, in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+def scan(tree: ast.Module) -> Scan:
+    """One walk (it is most of the time): imports (not those under ``if TYPE_CHECKING:``), with whether
+    they sit in a function; every function and method with its qualified name; private attributes."""
+    found = Scan()
+    stack = [(tree, "", False)]
+    while stack:
+        node, prefix, in_function = stack.pop()
+        for child in ast.iter_child_nodes(node):
+            kind = type(child)
+            if kind is ast.Import or kind is ast.ImportFrom:
+                found.imports.append((child, in_function))
+            elif kind is ast.If and is_type_checking(child.test):
+                stack.append((ast.Module(body=child.orelse, type_ignores=[]), prefix, in_function))
+            elif kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
+                found.functions.append((prefix + child.name, child))
+                stack.append((child, f"{prefix}{child.name}.", True))
+            elif kind is ast.ClassDef:
+                stack.append((child, f"{prefix}{child.name}.", in_function))
+            else:
+                if kind is ast.Attribute and is_private(child.attr):
+                    found.attributes.append(child)
+                stack.append((child, prefix, in_function))
+    found.imports.sort(key=lambda item: (item[0].lineno, item[0].col_offset))
+    found.functions.sort(key=lambda item: item[1].lineno)
+    found.attributes.sort(key=lambda node: (node.lineno, node.col_offset))
+    return found
 
 
 def is_private(name: str) -> bool:
@@ -207,7 +233,7 @@ def deferred_kind(top: str, internal: bool) -> str:
 def module_imports(module: Module, modules: dict[str, Module]) -> ImportFacts:
     """Edges, private from-imports, function-level imports and module bindings of one module."""
     facts = ImportFacts()
-    for node, in_function in import_nodes(module.tree):
+    for node, in_function in module.scan.imports:
         targets = (plain_import(node, module, modules, facts) if isinstance(node, ast.Import)
                    else from_import(node, module, modules, facts))
         for target in targets:
@@ -271,9 +297,7 @@ def dotted(node: ast.expr) -> list[str] | None:
 def private_attributes(module: Module, modules: dict[str, Module], bindings: dict[str, str]) -> list[str]:
     """``x._y`` where ``x`` (a name or dotted chain) is an imported wnb module other than this one."""
     found = []
-    for node in ast.walk(module.tree):
-        if not (isinstance(node, ast.Attribute) and is_private(node.attr)):
-            continue
+    for node in module.scan.attributes:
         chain = dotted(node.value)
         if not chain or chain[0] not in bindings:
             continue
@@ -402,23 +426,11 @@ def is_declarative(statement: ast.stmt) -> bool:
     return isinstance(value, LITERALS)
 
 
-def functions(tree: ast.AST, prefix: str = ""):
-    """(qualified name, node) of every function and method, nested ones included."""
-    for child in ast.iter_child_nodes(tree):
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield prefix + child.name, child
-            yield from functions(child, f"{prefix}{child.name}.")
-        elif isinstance(child, ast.ClassDef):
-            yield from functions(child, f"{prefix}{child.name}.")
-        else:
-            yield from functions(child, prefix)
-
-
 def sizes(report: Report, module: Module) -> None:
     if module.lines > MAX_MODULE_LINES:
         report.long_modules.append(f"{module.name} ({module.lines})")
     lines = module.source.splitlines()
-    for qualname, node in functions(module.tree):
+    for qualname, node in module.scan.functions:
         length = node.end_lineno - node.lineno + 1
         if length <= MAX_FUNCTION_LINES:
             continue
@@ -461,18 +473,22 @@ def listing(title: str, items: list[str], limit: int) -> list[str]:
     return lines
 
 
+def circle_text(component: list[str], edges: list[Edge]) -> str:
+    """A shortest circle through the component, and its members when there are more."""
+    path = " -> ".join(shortest_cycle(component, edges))
+    return f"{len(component)} modules: {path}" + ("" if len(component) <= 3 else f"  [{', '.join(component)}]")
+
+
 def text(report: Report, limit: int = 15, full: bool = False) -> str:
     """The table; each list cut at ``limit`` items, the allowed function-level imports listed only if ``full``."""
     counts = report.counts()
     fi = report.function_imports
     out = [f"{report.root} structure: {counts['modules']} modules, {counts['lines']} lines, "
            f"{counts['edges']} import edges (parsed in {report.seconds:.2f} s)"]
-    out += listing("circles (all imports)", [f"{len(c)} modules: {' -> '.join(shortest_cycle(c, report.edges))}"
-                                             + ("" if len(c) <= 3 else f"  [{', '.join(c)}]")
-                                             for c in report.circles], limit)
+    module_level = [e for e in report.edges if not e.in_function]
+    out += listing("circles (all imports)", [circle_text(c, report.edges) for c in report.circles], limit)
     out += listing("circles at import time (module-level imports)",
-                   [f"{len(c)} modules: {' -> '.join(shortest_cycle(c, [e for e in report.edges if not e.in_function]))}"
-                    for c in report.import_time_circles], limit)
+                   [circle_text(c, module_level) for c in report.import_time_circles], limit)
     out += listing("private imports across modules", report.private_imports, limit)
     out.append(f"  {'imports inside functions':<44} {sum(len(v) for v in fi.values())}")
     out += listing("  optional/heavy dependency (DEFERRED_OK)", fi["optional"], limit if full else 0)
