@@ -408,13 +408,15 @@ def record_cli(rec: Recorder, work: Path, models: Path) -> None:
 
 @contextmanager
 def environment(**values):
+    """Environment variables set (None: unset) inside the block, restored after it."""
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
     try:
+        for k, v in values.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         yield
     finally:
         for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def record_app(rec: Recorder, work: Path, models: Path) -> None:
@@ -422,8 +424,7 @@ def record_app(rec: Recorder, work: Path, models: Path) -> None:
     import wnb.widgets
 
     cache = isolated_cache(work / "cache-app", models)
-    with environment(WNB_CACHE=str(cache)):
-        os.environ.pop("WNB_STRICT", None)
+    with environment(WNB_CACHE=str(cache), WNB_STRICT=None, WNB_BUDGET=None):
         session_cls = type(wnb.widgets.Settings(budget="small").session)  # wherever the Session class lives
         gen = torch.Generator().manual_seed(5)
         calib = torch.randint(0, VOCAB, (8, 16), generator=gen)  # as tests/test_widgets.py
@@ -442,7 +443,17 @@ def record_app(rec: Recorder, work: Path, models: Path) -> None:
 # ---------------------------------------------------------------- record and compare
 
 def record(path: Path, parts=PARTS) -> dict:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        data = record_parts(parts)
+    finally:
+        torch.set_num_threads(threads)
+    write(path, data)
+    return data
+
+
+def record_parts(parts) -> dict:
     seed_all()
     rec, begin = Recorder(), time.perf_counter()
     models = wnb.cache_dir() / "models"  # the user's cache: the bundled model's converted weights
@@ -463,9 +474,7 @@ def record(path: Path, parts=PARTS) -> dict:
     meta = {"wnb": str(Path(wnb.__file__).resolve().parent), "torch": torch.__version__, "parts": list(parts),
             "seconds": {**rec.seconds, "total": round(time.perf_counter() - begin, 1)},
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    data = {"meta": meta, "items": rec.items}
-    write(path, data)
-    return data
+    return {"meta": meta, "items": rec.items}
 
 
 def write(path: Path, data: dict) -> None:
