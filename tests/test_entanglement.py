@@ -148,7 +148,7 @@ def test_neuron_table_ranks_by_wd():
 
 
 def test_pairs_kept_for_the_next_neuron_are_not_used_after_the_inputs_change():
-    """_input_pairs keeps its last result for the same inputs tensor; an in-place change or another
+    """input_pairs keeps its last result for the same inputs tensor; an in-place change or another
     tensor with equal shape must give the pairs of the new values (compared with a fresh copy)."""
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(400, 6, generator=g), torch.randn(400, 5, generator=g)

@@ -335,7 +335,7 @@ def test_bits_none_whole_model_is_the_original_bit_for_bit(tiny_llama, tiny_wind
         now = weights(tiny_llama)
         assert "bits" not in report.table().columns
     monkeypatch.setattr(prune_mod.SparseGPT, "prune", original_prune)
-    monkeypatch.setattr(prune_mod, "_masked", original_masked)
+    monkeypatch.setattr(prune_mod, "masked", original_masked)
     with pruned(tiny_llama, method, "2:4", calib=tiny_windows, progress=False):
         before = weights(tiny_llama)
     assert all(torch.equal(now[n], before[n]) for n in now)

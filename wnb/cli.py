@@ -248,8 +248,8 @@ def _validate(args) -> None:
         from wnb.compression.quantize import check_quant
         check_quant(args.bits, args.group_size)
     if getattr(args, "tasks", None):
-        from wnb.experiments.tasks import _lm_eval
-        _lm_eval()  # lm-eval missing: say so before the model loads
+        from wnb.experiments.tasks import require_lm_eval
+        require_lm_eval()  # lm-eval missing: say so before the model loads
     if getattr(args, "save_format", "hf") != "hf" and not getattr(args, "save_model", False):
         raise WnbError("--save-format says how --save-model writes the model: add --save-model")
     if getattr(args, "contexts", None) is not None:

@@ -20,7 +20,7 @@ class KMeansResult:
     n_iter: int
 
 
-def _sq_distances(x: torch.Tensor, centroids: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+def sq_distances(x: torch.Tensor, centroids: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Squared Euclidean distances ``[n, k]`` (clamped at 0 against rounding); ``x_sq`` = ‖x‖² ``[n, 1]``."""
     if x_sq is None:
         x_sq = (x * x).sum(1, keepdim=True)
@@ -46,7 +46,7 @@ def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator, trials: int = 1) -
         else:  # every point already coincides with a centroid: any point will do
             idx = (u * n).long() % n
         candidates = x[idx.to(x.device)]
-        reach = torch.minimum(closest[None], _sq_distances(x, candidates).T)  # [trials, n]
+        reach = torch.minimum(closest[None], sq_distances(x, candidates).T)  # [trials, n]
         best = int(reach.double().sum(1).argmin())
         centroids.append(candidates[best])
         closest = reach[best]
@@ -80,7 +80,7 @@ def _lloyd(x, centroids, max_iter: int, tol: float) -> KMeansResult:
     classes = torch.arange(k, device=x.device)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        dist = _sq_distances(x, centroids, x_sq)
+        dist = sq_distances(x, centroids, x_sq)
         labels = dist.argmin(1)
         counts = torch.bincount(labels, minlength=k)
         _fill_empty(x, labels, centroids, dist, counts)
@@ -90,7 +90,7 @@ def _lloyd(x, centroids, max_iter: int, tol: float) -> KMeansResult:
         centroids = new
         if shift <= tol:
             break
-    dist = _sq_distances(x, centroids, x_sq)
+    dist = sq_distances(x, centroids, x_sq)
     labels = dist.argmin(1)
     inertia = float(dist.gather(1, labels[:, None]).sum())
     return KMeansResult(centroids, labels, inertia, n_iter)
@@ -112,7 +112,7 @@ def kmeans(x: torch.Tensor, k: int, n_init: int = N_INIT, max_iter: int = 300, t
     """
     if x.dim() != 2 or x.shape[0] == 0:
         raise WnbError(f"k-means needs a non-empty [n, d] tensor (got shape {tuple(x.shape)})")
-    _check_finite_points(x, "k-means")
+    check_finite_points(x, "k-means")
     if not 1 <= k <= x.shape[0]:
         raise WnbError(f"k-means needs 1 <= k <= number of points (got k={k}, {x.shape[0]} points)")
     if n_init < 1 or max_iter < 1:
@@ -122,7 +122,7 @@ def kmeans(x: torch.Tensor, k: int, n_init: int = N_INIT, max_iter: int = 300, t
     if init is not None:
         if init.shape != (k, x.shape[1]):
             raise WnbError(f"init must be [k, d] = [{k}, {x.shape[1]}] (got {tuple(init.shape)})")
-        _check_finite_points(init, "k-means init")
+        check_finite_points(init, "k-means init")
         return _lloyd(x, init.to(x), max_iter, abs_tol)
     gen = torch.Generator().manual_seed(seed)
     best = None
@@ -133,7 +133,7 @@ def kmeans(x: torch.Tensor, k: int, n_init: int = N_INIT, max_iter: int = 300, t
     return best
 
 
-def _check_finite_points(x: torch.Tensor, what: str) -> None:
+def check_finite_points(x: torch.Tensor, what: str) -> None:
     """Refuse complex points or points holding NaN or infinite values (their distances are NaN: every
     label would be 0 and the centroids NaN)."""
     if x.is_complex():

@@ -59,11 +59,11 @@ def prune_weight(weight: torch.Tensor, inputs=None, method: str = "sparsegpt", s
         sgpt.add_batch(inputs)
         return sgpt.prune(sparsity, blocksize=blocksize, percdamp=percdamp, rows=rows, bits=bits,
                           group_size=group_size)
-    return _masked(weight, rows, lambda part: magnitude_mask(part, sparsity) if method == "magnitude"
+    return masked(weight, rows, lambda part: magnitude_mask(part, sparsity) if method == "magnitude"
                    else wanda_mask(part, inputs, sparsity), bits=bits, group_size=group_size)
 
 
-def _masked(weight: torch.Tensor, rows, mask_of, bits: int | None = None, group_size: int | None = None) -> torch.Tensor:
+def masked(weight: torch.Tensor, rows, mask_of, bits: int | None = None, group_size: int | None = None) -> torch.Tensor:
     """A float32 copy of ``weight`` with ``mask_of(rows of it)`` zeroed in those rows (all if None); with
     ``bits``, those rows then rounded to the nearest point of the grid fitted on their dense values."""
     out = weight.detach().to(torch.float32).clone()

@@ -17,7 +17,7 @@ from wnb.compression.masks import (
     mask_by_scores,
     wanda_scores_from_squares,
 )
-from wnb.compression.prune import _masked, prune_weight
+from wnb.compression.prune import masked, prune_weight
 from wnb.compression.quantize import check_quant, quant_label
 from wnb.compression.sparsegpt import SparseGPT
 from wnb.compression.sparsity import (
@@ -261,7 +261,7 @@ def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed
                              group_size=group_size)
             damping = sgpt.damping
         elif method == "wanda" and stats is not None:
-            new = _masked(weight, rows, lambda part: mask_by_scores(part, wanda_scores_from_squares(part, stats[name].sums),
+            new = masked(weight, rows, lambda part: mask_by_scores(part, wanda_scores_from_squares(part, stats[name].sums),
                                                                  sparsity), bits=bits, group_size=group_size)
         else:
             new = prune_weight(weight, x, method, sparsity, neurons=rows, bits=bits, group_size=group_size)

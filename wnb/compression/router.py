@@ -9,7 +9,7 @@ import weakref
 import torch
 from torch import nn
 
-from wnb.compression.kmeans import N_INIT, _check_finite_points, _sq_distances, kmeans
+from wnb.compression.kmeans import N_INIT, check_finite_points, sq_distances, kmeans
 from wnb.core.checks import check_int
 from wnb.core.tensors import tensor_version
 from wnb.errors import WnbError
@@ -81,7 +81,7 @@ class Router(nn.Module):
         """PCA to ``d_in // pca_factor`` dims (``None``: none), then seeded k-means, on ``inputs``' device.
         Inputs holding NaN or infinite values are refused (WnbError)."""
         check_router_args(inputs.shape[0], inputs.shape[1], n_clusters, pca_factor)
-        _check_finite_points(inputs, "the router")
+        check_finite_points(inputs, "the router")
         x = inputs.float()
         dim = pca_dim(x.shape[1], pca_factor)
         if dim is None:
@@ -112,7 +112,7 @@ class Router(nn.Module):
         if ref is not None and ref() is x and version is not None and version == last_version:
             return labels
         flat = x.reshape(-1, x.shape[-1])
-        labels = _sq_distances(self.project(flat), self.centroids).argmin(1)
+        labels = sq_distances(self.project(flat), self.centroids).argmin(1)
         self._last = (weakref.ref(x), version, labels)
         return labels
 

@@ -118,6 +118,5 @@ def as_inputs(inputs, columns: int) -> torch.Tensor:
 
 def sparsity_value(label: str) -> float:
     """The fraction of zeros of a sparsity label (``"50%"`` → 0.5, ``"2:4"`` → 0.5)."""
-    from wnb.compression.sparsity import parse_sparsity
 
     return parse_sparsity(label)[0]

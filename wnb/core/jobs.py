@@ -66,8 +66,8 @@ class Job:
 
     def text(self) -> str:
         left = self.remaining()
-        estimate = f"about {_clock(max(left, 0))} left" if left is not None else "estimating the time left…"
-        return f"run {self.index + 1} of {self.runs}: {self.current} · {_clock(self.elapsed())} elapsed · {estimate}"
+        estimate = f"about {clock(max(left, 0))} left" if left is not None else "estimating the time left…"
+        return f"run {self.index + 1} of {self.runs}: {self.current} · {clock(self.elapsed())} elapsed · {estimate}"
 
     # -- cancelling
 
@@ -122,7 +122,7 @@ def active() -> Job | None:
     return _active
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
         f"{seconds // 60}:{seconds % 60:02d}"

@@ -27,7 +27,6 @@ def load_corpus(name: str = "bundled", split: str = "train") -> str:
             raise WnbError(f"could not load WikiText-2 ({split}) through `datasets`: {exc}; it needs a network "
                            "connection the first time. The bundled corpus works offline: load_corpus()") from exc
         return "\n\n".join(rows["text"])
-    from wnb.data.corpora import decode_text
 
     path = Path(name).expanduser()
     if not path.is_file():

@@ -8,14 +8,14 @@ import torch
 from wnb.core.checks import check_int
 
 
-def _tokenizer_of(tokenizer):
+def tokenizer_of(tokenizer):
     return getattr(tokenizer, "tokenizer", tokenizer) if not hasattr(tokenizer, "decode") else tokenizer
 
 
 def decode(tokenizer, ids) -> str:
     """Text of token ids: ``tokenizer.decode`` (no clean-up of spaces), or ``[id]`` per token without one."""
     ids = [int(i) for i in ids]
-    tokenizer = _tokenizer_of(tokenizer)
+    tokenizer = tokenizer_of(tokenizer)
     if tokenizer is None:
         return "".join(f"[{i}]" for i in ids)
     return tokenizer.decode(ids, clean_up_tokenization_spaces=False) if ids else ""

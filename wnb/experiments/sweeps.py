@@ -40,7 +40,7 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     labels = [sparsity_label(s) for s in sparsities]
     held_out = check_windows(held_out, lm, min_len=2)
     rows = []
-    report = _runs(on_run, int(dense) + len(methods) * len(labels))
+    report = run_counter(on_run, int(dense) + len(methods) * len(labels))
     if dense:
         report("dense")
         start = time.perf_counter()
@@ -73,7 +73,7 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
     label = sparsity_label(sparsity)
     held_out = check_windows(held_out, lm, min_len=2)
     rows = []
-    report = _runs(on_run, int(dense) + len(criteria))
+    report = run_counter(on_run, int(dense) + len(criteria))
     if dense:
         report("dense")
         start = time.perf_counter()
@@ -89,7 +89,7 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
     return pd.DataFrame(rows)
 
 
-def _runs(on_run, total: int):
+def run_counter(on_run, total: int):
     """A function ``report(label)`` that calls ``on_run(index, total, label)`` with the next index."""
     count = iter(range(total))
     return (lambda label: on_run(next(count), total, label)) if on_run is not None else (lambda label: None)
@@ -146,10 +146,9 @@ def expansion_sweep(lm, calib, held_out, n_experts=(1, 2, 4, 8, 16), sparsities=
             check_expansion(lm, k, s, calib, layers, expand_kw.get("pca_factor", 32), expand_kw.get("max_bytes"),
                             expand_kw.get("bits"), expand_kw.get("group_size"))
     quant = key_parts(*check_quant(expand_kw.get("bits"), expand_kw.get("group_size")))
-    from wnb.experiments.sweeps import _runs
 
     rows = []
-    report = _runs(on_run, int(dense) + len(sparsities) * len(n_experts))
+    report = run_counter(on_run, int(dense) + len(sparsities) * len(n_experts))
     if dense:
         report("dense")
         start = time.perf_counter()

@@ -25,7 +25,7 @@ from wnb.compression.pruned import pruned
 from wnb.core.checks import check_float, check_int
 from wnb.errors import WnbError
 from wnb.experiments.minimal_pairs import minimal_pairs
-from wnb.experiments.sweeps import _runs
+from wnb.experiments.sweeps import run_counter
 from wnb.model.lm import require_local
 from wnb.model.state import holding
 
@@ -34,7 +34,7 @@ COLUMNS = ["task", "metric", "value", "stderr", "filter", "n"]
 _managers: dict = {}
 
 
-def _lm_eval():
+def require_lm_eval():
     try:
         import lm_eval  # noqa: F401
         from lm_eval import evaluator  # noqa: F401
@@ -58,7 +58,7 @@ def _manager(include_path, include_defaults: bool):
 def task_manager(tasks: list[str], include_path=None):
     """An lm-eval TaskManager that knows every name in ``tasks`` (your folder alone when it has them all,
     which skips indexing lm-eval's thousands of built-in tasks); unknown names raise WnbError."""
-    _lm_eval()
+    require_lm_eval()
     if include_path is not None:
         if not isinstance(include_path, (str, Path)) or not Path(include_path).is_dir():
             raise WnbError(f"include_path must be a folder of lm-eval task YAMLs (got {include_path!r})")
@@ -133,7 +133,7 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     (``stderr`` NaN where lm-eval gives none; ``n`` the documents scored).
     """
 
-    _lm_eval()
+    require_lm_eval()
     require_local(lm, "evaluating downstream tasks")
     if lm.tokenizer is None:
         raise WnbError(f"{lm.name} has no tokenizer; lm-eval needs one to turn the tasks' text into tokens")
@@ -283,7 +283,7 @@ def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0
 
 
     models = ["dense", "sparsegpt"] + (["expansion"] if int(n_experts) > 1 else [])
-    report = _runs(on_run, len(models))
+    report = run_counter(on_run, len(models))
     kw = dict(limit=limit, include_path=include_path, seed=seed, batch_size=batch_size)
     frames = []
     for model in models:

@@ -160,7 +160,6 @@ def layer_outputs(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 def check_untied(lm, layers) -> None:
     """Refuse layers whose weight is shared with another module (``lm_head`` tied to the input embedding):
     pruning one would silently prune the other too."""
-    from wnb.model.architectures import module
 
     owners: dict[int, list[str]] = {}
     for name, param in lm.model.named_parameters(remove_duplicate=False):

@@ -36,7 +36,7 @@ from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.model.architectures import check_layers, layer_weight
 from wnb.reading.contexts import STATE_FORMAT, NeuronContexts
-from wnb.reading.extremes import _RARE, BandSamples, RunningExtremes
+from wnb.reading.extremes import RARE, BandSamples, RunningExtremes
 from wnb.tracing.capture import capture
 
 
@@ -143,8 +143,8 @@ class ContextAccumulator:
         ext = self.extremes
         thr_hi, thr_lo = ext.thresholds("high"), ext.thresholds("low")
         use = thr_hi is not None and start > ext.max_index
-        bound = _RARE * std - (mean - self.center).abs()  # |y − mean| > 3 std implies |y − center| > this
-        scale = self.center.abs() + mean.abs() + _RARE * std
+        bound = RARE * std - (mean - self.center).abs()  # |y − mean| > 3 std implies |y − center| > this
+        scale = self.center.abs() + mean.abs() + RARE * std
         if use:
             hi, lo = (torch.from_numpy(t).to(y.device, torch.float64) for t in (thr_hi, thr_lo))
             bound = torch.minimum(bound, torch.minimum(hi - self.center, self.center - lo))

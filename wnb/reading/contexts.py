@@ -10,9 +10,9 @@ import torch
 
 from wnb.core.checks import check_int
 from wnb.data.positions import SINK_SHARE, sink_flags
-from wnb.data.tokens import _tokenizer_of, decode_contexts
+from wnb.data.tokens import tokenizer_of, decode_contexts
 from wnb.errors import WnbError
-from wnb.reading.extremes import _EDGES, BAND_LABELS, BANDS
+from wnb.reading.extremes import EDGES, BAND_LABELS, BANDS
 
 """Bands of the standardized output ``z``, each ``(low, high]``: below −3σ, −3…−2σ, …, the bulk −1…1σ, …, above 3σ."""
 STATE_FORMAT = "wnb-contexts-1"
@@ -50,7 +50,7 @@ class NeuronContexts:
 
     def __init__(self, state: dict, tokenizer=None, width: int = 8):
         self.state = state
-        self.tokenizer = _tokenizer_of(tokenizer)
+        self.tokenizer = tokenizer_of(tokenizer)
         self.width = check_int(width, "width", minimum=0)
         for name in _META:
             setattr(self, name, state[name])
@@ -144,7 +144,7 @@ class NeuronContexts:
         order = torch.argsort(index)
         index, values = index[order], values[order]
         z = torch.from_numpy(self.z(values.numpy(), neuron))
-        band = torch.bucketize(z, torch.tensor(_EDGES, dtype=torch.float64))
+        band = torch.bucketize(z, torch.tensor(EDGES, dtype=torch.float64))
         band[torch.isnan(z)] = BANDS.index((-1.0, 1.0))  # a constant neuron: all bulk
         gen = torch.Generator().manual_seed(seed)
         chosen = []

@@ -13,8 +13,8 @@ from wnb.core.tensors import to_numpy
 
 BANDS = ((-math.inf, -3.0), (-3.0, -2.0), (-2.0, -1.0), (-1.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, math.inf))
 BAND_LABELS = ("below -3σ", "-3σ to -2σ", "-2σ to -1σ", "-1σ to 1σ", "1σ to 2σ", "2σ to 3σ", "above 3σ")
-_EDGES = (-3.0, -2.0, -1.0, 1.0, 2.0, 3.0)
-_RARE = 3.0          # |z| beyond which every token is looked at for the band samples
+EDGES = (-3.0, -2.0, -1.0, 1.0, 2.0, 3.0)
+RARE = 3.0          # |z| beyond which every token is looked at for the band samples
 _PREFIX_ROWS = 64    # at least this many lowest-key tokens of each batch are looked at for every band,
 _PREFIX_SHARE = 32   # and at least 1/32 of them
 _KEY_BITS = 44
@@ -172,7 +172,7 @@ class BandSamples:
         self.key = np.full((self.groups, self.r), _NO_KEY, dtype=np.int64)
         self.index = np.full((self.groups, self.r), -1, dtype=np.int64)
         self.values = np.zeros((self.groups, self.r), dtype=np.float32)
-        self.edges = np.array(_EDGES)
+        self.edges = np.array(EDGES)
         self._pending, self._pending_n = [], 0  # candidates not merged yet
 
     def flush(self) -> "BandSamples":
@@ -215,7 +215,7 @@ class BandSamples:
         z = (values - mean[cols]) / safe[cols]
         in_prefix = np.zeros(y.shape[0], dtype=bool)
         in_prefix[prefix] = True
-        pick = (np.abs(z) > _RARE) & ~in_prefix[rows]
+        pick = (np.abs(z) > RARE) & ~in_prefix[rows]
         rows, cols, z, values = rows[pick], cols[pick], z[pick], values[pick]
         group = np.searchsorted(self.edges, z, side="left") * self.d + cols
         key = keys[rows]

@@ -24,7 +24,7 @@ from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.model.architectures import check_layers, forward_order, layer_weight
 from wnb.model.lm import require_local
-from wnb.scoring.mapping import _check_xy, _input_pairs
+from wnb.scoring.mapping import check_inputs_outputs, input_pairs
 
 
 def _one_neuron(outputs, neuron=None) -> torch.Tensor:
@@ -147,7 +147,7 @@ def differentiating_pairs(inputs, outputs, neuron: int, windows, tokenizer=None,
     """
     
     windows = check_windows(windows)
-    _check_xy(inputs, outputs)
+    check_inputs_outputs(inputs, outputs)
     if outputs.shape[0] > windows.numel():
         raise WnbError(f"the capture has {outputs.shape[0]} tokens but the windows only {windows.numel()}")
     y = _one_neuron(outputs, neuron)
@@ -155,7 +155,7 @@ def differentiating_pairs(inputs, outputs, neuron: int, windows, tokenizer=None,
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)
     rows = kept_rows(y.numel(), seq_len, skip_first)
     x, y = drop_positions(inputs, seq_len, skip_first), y[rows]
-    i, j, dx = _input_pairs(x, n_pairs, seed)
+    i, j, dx = input_pairs(x, n_pairs, seed)
     dy_raw = (y[i] - y[j]).abs()
     ny = median(dy_raw[:, None])[0]
     if not ny > 0:

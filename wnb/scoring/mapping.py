@@ -27,10 +27,10 @@ def sample_pairs(n_tokens: int, n_pairs: int = 50_000, seed: int = 0) -> tuple[t
 PAIR_CHUNK = 4096  # token pairs whose input difference is held at once
 
 
-_last_pairs: list = []  # [(weak reference to the inputs, their version, n_pairs, seed), result]: see _input_pairs
+_last_pairs: list = []  # [(weak reference to the inputs, their version, n_pairs, seed), result]: see input_pairs
 
 
-def _input_pairs(inputs: torch.Tensor, n_pairs: int, seed: int):
+def input_pairs(inputs: torch.Tensor, n_pairs: int, seed: int):
     """Sampled pairs with distinct inputs and their input distance normalized by the largest one.
 
     The last result is kept while the same inputs tensor lives unchanged: selecting neuron after neuron
@@ -68,8 +68,8 @@ def pair_distances(inputs: torch.Tensor, outputs: torch.Tensor, n_pairs: int = 5
     Returns ``(dx [P], dy [P, n_neurons])`` with ``dx = ‖x_i − x_j‖ / max`` and ``dy = |y_i − y_j| / median``
     (pairs with identical inputs are dropped). This is what the paper's Fig. 2b–d plots.
     """
-    _check_xy(inputs, outputs)
-    i, j, dx = _input_pairs(inputs, n_pairs, seed)
+    check_inputs_outputs(inputs, outputs)
+    i, j, dx = input_pairs(inputs, n_pairs, seed)
     dy = (outputs[i].double() - outputs[j].double()).abs()
     return dx, dy / median(dy)
 
@@ -80,8 +80,8 @@ def mapping_difficulty(inputs: torch.Tensor, outputs: torch.Tensor, n_pairs: int
 
     Returns ``[n_neurons]`` float64; NaN where the median output difference is zero.
     """
-    _check_xy(inputs, outputs)
-    i, j, dx = _input_pairs(inputs, n_pairs, seed)
+    check_inputs_outputs(inputs, outputs)
+    i, j, dx = input_pairs(inputs, n_pairs, seed)
     m = outputs.shape[1]
     result = torch.empty(m, dtype=torch.float64)
     for start in range(0, m, chunk):
@@ -93,7 +93,7 @@ def mapping_difficulty(inputs: torch.Tensor, outputs: torch.Tensor, n_pairs: int
     return result
 
 
-def _check_xy(inputs: torch.Tensor, outputs: torch.Tensor) -> None:
+def check_inputs_outputs(inputs: torch.Tensor, outputs: torch.Tensor) -> None:
     if inputs is None or outputs is None:
         raise WnbError("mapping difficulty needs both inputs and outputs; capture with inputs=True, outputs=True")
     if inputs.dim() != 2 or outputs.dim() != 2 or inputs.shape[0] != outputs.shape[0]:

@@ -382,7 +382,7 @@ class Panel(widgets.VBox):
                 self.guarded(work, job)
                 job.check()  # Cancel pressed while the work did no model pass (e.g. its estimate)
         except jobs.Cancelled:
-            self.info(f"cancelled: {job.label} stopped after {jobs._clock(job.elapsed())}; the model is dense "
+            self.info(f"cancelled: {job.label} stopped after {jobs.clock(job.elapsed())}; the model is dense "
                       "again and nothing of it was cached")
         except WnbError as exc:  # another job holds the slot
             self.error(error_text(exc))
