@@ -20,7 +20,7 @@ import wnb
 from _util import machine, table
 from wnb.tracing.nll import perplexity_interval
 from wnb.compression.quantize import quant_label
-from wnb.session import BUDGETS
+from wnb.app.budgets import BUDGETS
 
 
 def ppl_cell(ppl: dict) -> str:

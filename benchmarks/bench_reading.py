@@ -89,7 +89,7 @@ def reselect_rows(n: int) -> list[dict]:
     import statistics
 
     import wnb.widgets as ww
-    from wnb.session import Session
+    from wnb.app.session import Session
 
     app = ww.App(session=Session(budget="small"))
     app.start()

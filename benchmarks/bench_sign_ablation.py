@@ -3,7 +3,7 @@ the clamp's overhead on a forward pass, and what the bundled model shows.
 
 1. ``study``: ``wnb.sign_ablation_study(lm, calib, held_out)`` at its defaults (first FFN projection of
    every block, fraction 0.01, side negative, random controls for seeds 0, 1, 2, the perplexity-matched
-   control) on the app's small and medium budgets (``wnb.session.BUDGETS``; windows from
+   control) on the app's small and medium budgets (``wnb.app.budgets.BUDGETS``; windows from
    ``token_windows(lm, load_corpus(), seq_len, n_calib, n_eval, seed=0)``), timed end to end and split
    into its parts (WD scoring, one perplexity pass, one scoring of the minimal pairs) timed on their
    own; then the same study with the agreement minimal pairs. Wall and CPU seconds: on a shared machine
@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 import wnb
-from wnb.session import BUDGETS
+from wnb.app.budgets import BUDGETS
 from _util import machine, table
 
 

@@ -23,7 +23,7 @@ have passed the remaining steps are recorded as ``skipped: time budget``:
   f. offload (``wnb.offload_blocks``, what ``load_model(..., offload=True)`` does to a loaded model):
      the Llama with ``torch.cuda.set_per_process_memory_fraction`` below its weights, pruning a few layers
      offloaded against the same without the cap (same weights), forward passes compared.
-  g. the app's computations (``wnb.session.Session(device=...)``: layer view, prune view, expansion
+  g. the app's computations (``wnb.app.session.Session(device=...)``: layer view, prune view, expansion
      analysis, then the same views from the on-disk cache) on a small model.
 
 Writes ``gpu_check.json``, ``gpu_check.md`` (tables) and ``pytest_gpu.log`` into the ``-o`` folder,
@@ -833,7 +833,7 @@ class Check:
     # ------------------------------------------------------------- g. the app's computations
 
     def step_g(self, res: dict) -> None:
-        from wnb.session import Session
+        from wnb.app.session import Session
 
         s = self.sizes
         lm = self.model("small")

@@ -14,6 +14,8 @@ import torch
 from conftest import run_cli
 
 import wnb
+import wnb.app.costs
+import wnb.app.layers
 from wnb import cli
 from wnb.errors import WnbError
 
@@ -120,7 +122,7 @@ def test_score_lands_in_the_cache_the_app_reads(tmp_path, isolated_cache, monkey
     def no_compute(*a, **k):
         raise AssertionError("the app recomputed what the command had cached")
 
-    monkeypatch.setattr(wnb.session, "layer_statistics", no_compute)
+    monkeypatch.setattr(wnb.app.layers, "layer_statistics", no_compute)
     elsewhere = tmp_path / "other-machine"
     (elsewhere / "models").mkdir(parents=True)
     (elsewhere / "models" / wnb.model.bundled.bundled_cache().name).symlink_to(wnb.model.bundled.bundled_cache())
@@ -129,7 +131,7 @@ def test_score_lands_in_the_cache_the_app_reads(tmp_path, isolated_cache, monkey
             (elsewhere / kind.name).mkdir(exist_ok=True)
             (elsewhere / kind.name / entry.name).write_bytes(entry.read_bytes())
     monkeypatch.setenv("WNB_CACHE", str(elsewhere))
-    app_scores, table = wnb.session.Session(budget="small", device="cpu").overview(progress=False)
+    app_scores, table = wnb.app.session.Session(budget="small", device="cpu").overview(progress=False)
     assert len(app_scores) == 90 and len(table) == 90
     rows = scores[scores["layer"] == GATE].sort_values("neuron")
     torch.testing.assert_close(torch.tensor(rows["wd"].to_numpy()), app_scores[GATE])
@@ -163,7 +165,7 @@ def test_prune_equals_the_api(tmp_path, isolated_cache, capsys, monkeypatch):
         raise AssertionError("the app recomputed what the command had cached")
 
     monkeypatch.setattr(wnb.tracing.nll, "sweep", no_compute)  # the app's sweep view reads the command's result
-    session = wnb.session.Session(lm=lm, calib=calib, held_out=held_out)
+    session = wnb.app.session.Session(lm=lm, calib=calib, held_out=held_out)
     pd.testing.assert_frame_equal(session.sweep(["wanda"], ["2:4"], [GATE, UP]), table, check_exact=False, rtol=1e-12)
 
 

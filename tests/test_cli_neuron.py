@@ -39,7 +39,7 @@ def test_neuron_pages_and_tables(tmp_path, isolated_cache):
 
 @pytest.mark.integration
 def test_score_contexts_land_where_the_app_reads_them(tmp_path, isolated_cache, monkeypatch):
-    from wnb.session import Session
+    from wnb.app.session import Session
 
     out = tmp_path / "score"
     assert run("score", *SMALL, "--layers", LAYER, "--detail", "none", "--contexts", 20, "-o", out) == 0

@@ -13,7 +13,7 @@ from matplotlib.container import BarContainer
 
 import wnb
 import wnb.widgets as ww
-from wnb.session import Session
+from wnb.app.session import Session
 
 FIRST_FFN = [f"model.layers.{i}.mlp.gate_proj" for i in range(3)]
 
@@ -50,7 +50,7 @@ def app(tiny_llama):
 def test_the_tab_is_listed_and_starts_lazily(app, monkeypatch):
     assert app.TITLES[4] == "Negative differentiation" and app.tabs.children[4] is app.negative
     called = []
-    monkeypatch.setattr(wnb.session.Session, "sign_ablation", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(wnb.app.session.Session, "sign_ablation", lambda *a, **k: called.append(1))
     app.tabs.selected_index = 4
     view = app.negative
     assert view.last_error is None, view.last_error

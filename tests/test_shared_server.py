@@ -15,7 +15,7 @@ import wnb.tracing.nll
 import wnb.widgets as ww
 from wnb.core import cache, jobs
 from wnb.model import state
-from wnb.session import Session
+from wnb.app.session import Session
 
 USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
 BUNDLED_COPY = USER_CACHE / "models" / f"{wnb.model.bundled.BUNDLED}-float32"  # made by the `bundled` fixture

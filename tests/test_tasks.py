@@ -164,7 +164,7 @@ def test_the_expansion_tab_scores_tasks(tmp_path, monkeypatch):
     bars are its acc values, and the CSV downloads."""
     import wnb.experiments.tasks as tasks
     import wnb.widgets as ww
-    from wnb.session import Session
+    from wnb.app.session import Session
 
     monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("WNB_STRICT", raising=False)

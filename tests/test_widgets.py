@@ -15,11 +15,13 @@ import torch
 from scipy import stats
 
 import wnb
+import wnb.app.costs
+import wnb.app.layers
 import wnb.experiments.sweeps
-import wnb.session
+import wnb.app.session
 import wnb.tracing.nll
 import wnb.widgets as ww
-from wnb.session import Session
+from wnb.app.session import Session
 
 NORMAL_QUANTILES = stats.norm.ppf((np.arange(10**6) + 0.5) / 10**6)
 USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
@@ -171,8 +173,8 @@ def test_second_visit_comes_from_the_disk_cache(tiny_llama, windows, monkeypatch
     def no_capture(*args, **kwargs):
         raise AssertionError("captured again although the result is cached")
 
-    monkeypatch.setattr(wnb.session, "capture", no_capture)
-    monkeypatch.setattr(wnb.session, "neuron_table", no_capture)
+    monkeypatch.setattr(wnb.app.layers, "capture", no_capture)
+    monkeypatch.setattr(wnb.app.layers, "neuron_table", no_capture)
     again = ww.App(session=make_session(tiny_llama, windows))
     again.start()
     assert again.neurons.last_error is None
@@ -370,11 +372,11 @@ def test_long_text_is_tokenized_in_pieces_cut_at_line_breaks():
 
 def test_budget_from_the_environment(monkeypatch):
     monkeypatch.setenv("WNB_BUDGET", "small")
-    assert wnb.session.budget_from_env() == "small"
+    assert wnb.app.budgets.budget_from_env() == "small"
     assert ww.Settings().budget.value == "small"
     monkeypatch.setenv("WNB_BUDGET", "huge")
     with pytest.raises(wnb.WnbError, match="small, medium, large"):
-        wnb.session.budget_from_env()
+        wnb.app.budgets.budget_from_env()
 
 
 # ---------------------------------------------------------------- sparsity and Sparse Expansion views
@@ -578,11 +580,11 @@ def test_cancel_stops_a_threaded_sweep_and_leaves_the_model_dense(tiny_llama, wi
 
 
 def test_a_very_large_layer_waits_for_confirmation(app, monkeypatch):
-    monkeypatch.setattr(wnb.session, "LARGE_LAYER_OUTPUTS", 10_000)  # the tiny lm_head (128 × 128) is very large
+    monkeypatch.setattr(wnb.app.costs, "LARGE_LAYER_OUTPUTS", 10_000)  # the tiny lm_head (128 × 128) is very large
     view = app.neurons
     captured = []
-    real = wnb.session._capture_one
-    monkeypatch.setattr(wnb.session, "_capture_one", lambda *a: captured.append(a[1]) or real(*a))
+    real = wnb.app.layers._capture_one
+    monkeypatch.setattr(wnb.app.layers, "_capture_one", lambda *a: captured.append(a[1]) or real(*a))
     view.other.value = "lm_head"
     assert captured == [] and "Press Analyze layer again" in view.status.value and "128 neurons" in view.status.value
     view.run.click()  # the second press goes ahead
@@ -592,7 +594,7 @@ def test_a_very_large_layer_waits_for_confirmation(app, monkeypatch):
 
 
 def test_a_long_whole_model_job_waits_for_confirmation(app, monkeypatch):
-    monkeypatch.setattr(wnb.session, "LARGE_JOB_SECONDS", 0.0)  # every job on the tiny model is "long"
+    monkeypatch.setattr(wnb.app.costs, "LARGE_JOB_SECONDS", 0.0)  # every job on the tiny model is "long"
     runs = []
     real = wnb.experiments.sweeps.sweep
     monkeypatch.setattr(wnb.experiments.sweeps, "sweep", lambda *a, **k: runs.append(k["sparsities"]) or real(*a, **k))

@@ -154,12 +154,13 @@ def _jsonable(value):
 
 def _setup(args, run: RunFolder):
     """Load the model (once its estimated size is known to fit) and cut the windows; returns a
-    :class:`wnb.session.Session` holding both, whose cached analyses the app reads too."""
+    :class:`wnb.app.session.Session` holding both, whose cached analyses the app reads too."""
+    from wnb.app.budgets import check_budget
+    from wnb.app.session import Session
     from wnb.data.corpora import load_corpus
     from wnb.data.windows import token_windows
     from wnb.model.lm import resolve_device, resolve_dtype
     from wnb.model.loading import estimate_block_bytes, estimate_model_bytes, load_model
-    from wnb.session import Session, check_budget
 
     if args.quiet:  # transformers' own loading bars too
         from transformers.utils import logging as hf_logging
@@ -217,10 +218,10 @@ def _remote(args) -> bool | str:
 
 def _validate(args) -> None:
     """Everything that can be checked without the model, before the output folder is touched."""
+    from wnb.app.budgets import check_budget
     from wnb.compression.sparsity import check_method, parse_sparsity
     from wnb.model.lm import resolve_device, resolve_dtype
     from wnb.model.loading import check_revision
-    from wnb.session import check_budget
 
     if args.remote and args.command != "score":
         raise WnbError(f"wnb {args.command} changes the model's weights, which needs them on this machine; "
@@ -335,8 +336,8 @@ def _neuron(args, run: RunFolder, session) -> str:
 
 def _store_contexts(args, session, layers) -> None:
     """``wnb score --contexts K``: every scored layer's contexts, where the app's Session.contexts reads them."""
+    from wnb.app.layers import CONTEXT_WIDTH, contexts_key
     from wnb.reading.accumulator import neuron_contexts
-    from wnb.session import CONTEXT_WIDTH, contexts_key
 
     for name in layers:
         cache.cached("contexts", contexts_key(session, name, args.contexts),
@@ -426,8 +427,8 @@ def _score(args, run: RunFolder, session) -> str:
 def _layer_view(session, name: str, args):
     """The session's cached capture and neuron table of one layer; for a remote model (no weights here)
     the same without the weight norms."""
+    from wnb.app.views import LayerView
     from wnb.scoring.tables import neuron_table
-    from wnb.session import LayerView
     from wnb.tracing.capture import capture
 
     if not session.lm.remote:
@@ -552,10 +553,10 @@ def _prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True
 
 def _expand(args, run: RunFolder, session) -> str:
     from wnb import plots
+    from wnb.app.compression import expert_counts
     from wnb.compression.expansion import check_expansion
     from wnb.compression.quantize import key_parts
     from wnb.experiments.sweeps import expansion_sweep
-    from wnb.session import _expert_counts
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -564,11 +565,11 @@ def _expand(args, run: RunFolder, session) -> str:
     # The key of Session.expansion_perplexity (so the app shows it), without the app's memory cap.
     pca = {} if args.pca_factor == 32 else {"pca_factor": args.pca_factor}  # the app always uses 32
     quant = key_parts(args.bits, args.group_size)
-    key = session._expansion_key(layers, args.experts, args.sparsity, args.true_sequential, args.bits,
+    key = session.expansion_key(layers, args.experts, args.sparsity, args.true_sequential, args.bits,
                                  args.group_size, **pca)
     table = cache.cached("expansion_perplexity", key,
                          lambda: expansion_sweep(lm, session.calib, session.held_out,
-                                                 n_experts=_expert_counts(args.experts),
+                                                 n_experts=expert_counts(args.experts),
                                                  sparsities=(args.sparsity,), layers=layers, seed=args.seed,
                                                  pca_factor=args.pca_factor, batch_size=args.batch_size,
                                                  progress=progress, true_sequential=args.true_sequential,

@@ -28,6 +28,10 @@ PAIRS_SHOWN = 6
 _TABLE = "font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;border-collapse:collapse"
 
 
+EFFECT_TITLE = ("What it writes: the logits one unit of its activation moves directly (the down projection's "
+                "column times the unembedding; this ignores the final norm and every later layer)")
+
+
 def section(title: str, body: str) -> str:
     return f"<div style='margin:8px 0'><b>{html.escape(title)}</b><div>{body}</div></div>"
 
@@ -170,7 +174,7 @@ def quadrant_line(tables: dict) -> str:
 
 
 def neuron_page(session, layer: str, neuron: int, progress: bool = True) -> tuple[str, dict[str, pd.DataFrame]]:
-    """One self-contained HTML page about ``neuron`` of ``layer`` (a :class:`wnb.session.Session`'s
+    """One self-contained HTML page about ``neuron`` of ``layer`` (a :class:`wnb.app.session.Session`'s
     calibration capture) and the tables behind it: summary, histogram and pair plot (embedded PNGs), and
     every part of "What it reads"."""
 
@@ -204,10 +208,6 @@ def tail_share_at_first(view, neuron: int) -> float:
     """The share of ``neuron``'s tail outputs (beyond ±2.5σ) at the first position kept, from its layer's table."""
     row = view.row(neuron)
     return float(row["pos0_tail_share"]) if "pos0_tail_share" in row else float("nan")
-
-
-EFFECT_TITLE = ("What it writes: the logits one unit of its activation moves directly (the down projection's "
-                "column times the unembedding; this ignores the final norm and every later layer)")
 
 
 def effect_lines(effect: pd.DataFrame) -> str:

@@ -36,6 +36,9 @@ VISITOR_BYTES = 3 << 29  # 1.5 GiB: an app kernel with the bundled model, with r
 SUFFIX = ".seat"
 
 
+_HOST = socket.gethostname()
+
+
 @dataclass(frozen=True)
 class Claim:
     """The answer to :func:`claim`: ``granted``, how many kernels hold seats (this one included when granted),
@@ -138,8 +141,6 @@ def available_bytes() -> int:
 
 
 # ---------------------------------------------------------------- seat files
-
-_HOST = socket.gethostname()
 
 
 def _uid() -> str:

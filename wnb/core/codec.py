@@ -118,7 +118,9 @@ def _series(s: pd.Series, tensors: dict, seen: set) -> dict:
     dtype = s.dtype
     if isinstance(dtype, np.dtype) and dtype != object:
         return {"values": _encode(s.to_numpy(), tensors, seen), "dtype": str(dtype)}
-    return {"values": [_encode(v, tensors, seen) for v in s.astype(object).tolist()], "dtype": str(dtype)}
+    # object columns and pandas' nullable dtypes (Int64, boolean, string): missing values are stored as null
+    return {"values": [None if v is pd.NA or v is None else _encode(v, tensors, seen) for v in s.astype(object).tolist()],
+            "dtype": str(dtype)}
 
 
 def _index(index: pd.Index, tensors: dict, seen: set) -> Any:

@@ -1,6 +1,6 @@
 """Widget panels shared by the notebooks and the Voila app.
 
-Every panel draws what a :class:`wnb.session.Session` returns; no analysis happens here. Callbacks
+Every panel draws what a :class:`wnb.app.session.Session` returns; no analysis happens here. Callbacks
 run through :meth:`Panel.guarded`, which shows any error as a one-line message in the panel (the
 traceback goes to the server's terminal, never to the page), disables the Run buttons while busy,
 and sends tqdm progress bars into the panel.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
-from wnb.session import Session
+from wnb.app.session import Session
 from wnb.widgets.expansion import ExpansionView
 from wnb.widgets.negative import NegativeView
 from wnb.widgets.neurons import NeuronView

@@ -10,9 +10,10 @@ import ipywidgets as widgets
 import pandas as pd
 
 from wnb import plots
+from wnb.app.budgets import SCOPES
 from wnb.app.limits import BOUNDS, bounded
+from wnb.app.session import Session
 from wnb.errors import WnbError
-from wnb.session import SCOPES, Session
 from wnb.widgets.panel import CSS, Panel, cost_message, csv_link, png_link, slug
 
 if TYPE_CHECKING:

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 
 from wnb import plots
+from wnb.app.session import Session
+from wnb.app.views import LayerView
 from wnb.errors import WnbError
-from wnb.session import LayerView, Session
 from wnb.widgets.panel import CSS, Panel, csv_link, png_link, rough_duration, slug
 
 TABLE_ROWS = 200  # neurons listed in the pick list (all of them are in the CSV download)

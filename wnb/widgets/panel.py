@@ -18,11 +18,12 @@ from transformers.utils import logging as hf_logging
 
 from wnb import plots
 from wnb.app import limits
+from wnb.app.session import Session
+from wnb.app.views import LayerView
 from wnb.core import jobs
 from wnb.errors import WnbError
 from wnb.model import state
 from wnb.model.architectures import block_modules
-from wnb.session import LayerView, Session
 
 # The panels say what they are doing in their status line; transformers' own loading and conversion bars
 # (some drawn from worker threads, outside the panel's progress area) would stay on the page for good.

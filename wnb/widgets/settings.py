@@ -5,9 +5,10 @@ from typing import Callable
 
 import ipywidgets as widgets
 
+from wnb.app.budgets import BUDGETS, budget_from_env
 from wnb.app.limits import BOUNDS, bounded
+from wnb.app.session import Session
 from wnb.errors import WnbError
-from wnb.session import BUDGETS, Session, budget_from_env
 from wnb.widgets.panel import Panel
 
 # ---------------------------------------------------------------- settings

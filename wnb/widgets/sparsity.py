@@ -7,9 +7,9 @@ import ipywidgets as widgets
 import pandas as pd
 
 from wnb import plots
+from wnb.app.budgets import SCOPES
 from wnb.app.limits import BOUNDS, MAX_SPARSITIES, bounded
 from wnb.errors import WnbError
-from wnb.session import SCOPES
 from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 
 SWEEP_METHODS = ("magnitude", "wanda", "sparsegpt")
