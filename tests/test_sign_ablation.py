@@ -390,6 +390,35 @@ def test_study_reuses_its_held_out_passes(tiny_llama, windows, scores):
     assert len(calls) == 4  # dense, wasserstein, two random seeds: the paired statistics need no more
 
 
+def test_the_summary_words_each_comparison_by_its_interval():
+    """A hand-made study table: the line gives each paired difference with its interval and words its verdict."""
+    nan = float("nan")
+    base = {"n_neurons": 45, "perplexity": 20.0, "ppl_low": 19.0, "ppl_high": 21.0, "accuracy": 0.9, "acc_low": 0.8,
+            "acc_high": 0.95}
+    w = {**base, "selection": "wasserstein", "perplexity": 22.5, "delta_perplexity": 2.5, "delta_ppl_low": 1.5,
+         "delta_ppl_high": 3.25, "delta_nll": 0.118, "delta_nll_low": 0.07, "delta_nll_high": 0.151,
+         "nll_verdict": "holds", "accuracy": 0.7, "delta_accuracy": -0.2, "delta_acc_low": -0.3,
+         "delta_acc_high": -0.1, "mcnemar_p": 0.0012, "acc_verdict": "holds"}
+    spread = {"n_seeds": 2, "w_delta_perplexity_seeds_mean": 2.0, "w_delta_perplexity_seeds_sd": 0.5,
+              "w_delta_perplexity_seeds_min": 1.6, "w_delta_perplexity_seeds_max": 2.4}
+    rand = [{**base, **spread, "selection": "random", "w_delta_nll_low": lo, "w_delta_nll_high": hi,
+             "w_nll_verdict": v} for lo, hi, v in ((0.05, 0.1, "holds"), (-0.004, 0.02, "inconclusive"))]
+    matched = {**base, "selection": "matched", "n_neurons": 300, "w_delta_perplexity": 0.1, "w_delta_ppl_low": -0.2,
+               "w_delta_ppl_high": 0.4, "w_delta_accuracy": -0.005, "w_delta_acc_low": -0.01,
+               "w_delta_acc_high": 0.004, "w_mcnemar_p": 0.75, "w_acc_verdict": "not observed"}
+    study = pd.DataFrame([{**base, "selection": "dense", "mcnemar_p": nan}, w, *rand, matched])
+    text = sa.study_words(study.assign(side="negative"))
+    assert text.startswith("perplexity 20.00 [19.00, 21.00] dense, 22.50 with the negative side of 45 Wasserstein "
+                           "neurons: Δ +2.50 [+1.50, +3.25], Δ NLL/token +0.118 [+0.070, +0.151] (holds)")
+    assert ("Wasserstein − random over 2 seed(s): Δ perplexity mean +2.00 (sd 0.50, range +1.60 to +2.40); per "
+            "seed: holds, inconclusive: the interval [-0.004, 0.02] includes both 0 and the declared minimum "
+            "effect (0.01)") in text
+    assert "Wasserstein − matched (300 neurons): Δ perplexity +0.10 [-0.20, +0.40]" in text
+    assert ("minimal pairs 90.0% [80.0%, 95.0%] dense, 70.0% Wasserstein: Δ -20.0 [-30.0, -10.0] points, McNemar "
+            "p 0.0012 (holds); Wasserstein − matched Δ -0.5 [-1.0, +0.4] points, McNemar p 0.75 (not observed at "
+            "this sample size)") in text
+
+
 def test_study_selections_rebuild_every_row(tiny_llama, windows, scores):
     table = _study(tiny_llama, windows, scores, seeds=(0, 1))
     chosen = wnb.study_selections(table, scores)
@@ -462,12 +491,16 @@ def test_study_with_minimal_pairs_and_computed_scores():
         want = 1.0 if lost + gained == 0 else stats.binomtest(lost, lost + gained, 0.5).pvalue
         assert row["mcnemar_p"] == pytest.approx(want)
         assert row["delta_accuracy"] == pytest.approx(b.mean() - a.mean())
+        paired = wnb.statistics.accuracy_difference(a, b)  # on flags scored here, outside the study
+        assert (row["delta_acc_low"], row["delta_acc_high"]) == pytest.approx((paired.low, paired.high))
+        assert row["delta_acc_low"] < row["delta_accuracy"] < row["delta_acc_high"]  # never a point
     lost, gained = int((rand & ~w).sum()), int((~rand & w).sum())
     want = 1.0 if lost + gained == 0 else stats.binomtest(lost, lost + gained, 0.5).pvalue
     assert table.iloc[2]["w_mcnemar_p"] == pytest.approx(want)
     assert pd.isna(table.iloc[0]["mcnemar_p"]) and pd.isna(table.iloc[1]["w_mcnemar_p"])
-    assert table.iloc[2]["w_accuracy_verdict"] in wnb.statistics.VERDICTS
-    assert not any(c.startswith("accuracy_") and c.endswith(("_low", "_high")) for c in table.columns)
+    assert table.iloc[2]["w_acc_verdict"] in wnb.statistics.VERDICTS
+    # accuracy_<phenomenon> names the phenomena (the plots read them): nothing else starts so
+    assert sorted(c for c in table.columns if c.startswith("accuracy_")) == ["accuracy_simple", "accuracy_vp_coordination"]
 
 
 def test_depth_profile(tiny_llama, windows, scores):

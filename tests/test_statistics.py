@@ -128,6 +128,30 @@ def test_mcnemar_equal_discordant_counts_and_bad_input():
 
 # ---------------------------------------------------------------- accuracy, seeds
 
+def test_accuracy_difference_covers_and_does_not_collapse():
+    """Bonett–Price interval of a paired accuracy difference: about 95% coverage on simulated pairs, close to
+    a plain bootstrap loop when there are many discordant items, and not a point when none changes."""
+    rng = np.random.default_rng(11)
+    probs = [0.80, 0.06, 0.02, 0.12]  # both right, only a right, only b right, both wrong: true Δ = −0.04
+    hits = 0
+    for _ in range(2000):
+        cell = rng.choice(4, size=60, p=probs)
+        got = st.accuracy_difference(np.isin(cell, (0, 1)), np.isin(cell, (0, 2)))
+        hits += got.low <= -0.04 <= got.high
+    assert 0.93 <= hits / 2000 <= 0.975
+    cell = rng.choice(4, size=3000, p=[0.5, 0.2, 0.15, 0.15])
+    a, b = np.isin(cell, (0, 1)), np.isin(cell, (0, 2))
+    got = st.accuracy_difference(a, b)
+    assert got.delta == pytest.approx(b.mean() - a.mean()) and got.n == 3000
+    loop = _loop_interval(lambda i: b[i].mean() - a[i].mean(), 3000, 1000, seed=0)
+    assert (got.low, got.high) == pytest.approx(tuple(loop), abs=0.004)
+    same = st.accuracy_difference([True] * 25 + [False] * 5, [True] * 25 + [False] * 5)
+    assert same.delta == 0 and same.low < -0.05 and same.high > 0.05  # 30 unchanged items prove no "no effect"
+    with pytest.raises(wnb.WnbError, match="same items"):
+        st.accuracy_difference([True], [True, False])
+
+
+
 def _wilson_by_root(k, n, level=0.95):
     """The Wilson interval as the two roots of (k/n − p)² = z² p (1 − p) / n."""
     z = stats.norm.ppf(1 - (1 - level) / 2)

@@ -734,7 +734,7 @@ class Session:
         seeds = [self.seed + i for i in range(int(n_seeds))]
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side,
                        controls=list(controls), seeds=seeds, pairs=pairs, held_out=self.held_out,
-                       tolerance=float(tolerance))
+                       tolerance=float(tolerance), columns="paired differences, verdicts, spread over seeds")
         return _nullable_ints(self._cached(
             "sign_ablation", key,
             lambda: _plain_ints(sign_ablation_study(self.lm, None, self.held_out, fraction=fraction, side=side,

@@ -294,8 +294,9 @@ def _accuracy_intervals(scores: pd.DataFrame) -> dict:
 def _versus(a: dict, b: dict, prefix: str, minimum_nll: float, minimum_accuracy: float) -> dict:
     """``b − a`` paired over the same held-out windows (Δ perplexity, Δ NLL per token, 95% bootstrap) and,
     with minimal pairs, over the same pairs (Δ accuracy, McNemar p), with their verdicts: the ablation
-    ``b`` raises NLL / lowers accuracy. Column names start with ``prefix`` (``delta`` or ``w_delta``)."""
-    from .statistics import mcnemar, nll_difference, paired_difference, perplexity_difference, verdict
+    ``b`` raises NLL / lowers accuracy (Bonett–Price interval). Column names start with ``prefix``
+    (``delta`` or ``w_delta``)."""
+    from .statistics import accuracy_difference, mcnemar, nll_difference, perplexity_difference, verdict
 
     ppl, nll = perplexity_difference(a["nll"], b["nll"]), nll_difference(a["nll"], b["nll"])
     short = prefix.removesuffix("delta")  # "" or "w_"
@@ -304,28 +305,30 @@ def _versus(a: dict, b: dict, prefix: str, minimum_nll: float, minimum_accuracy:
            f"{short}nll_verdict": verdict(nll.low, nll.high, "greater", minimum=minimum_nll)}
     if a["scores"] is not None:
         right_a, right_b = a["scores"]["correct"].to_numpy(), b["scores"]["correct"].to_numpy()
-        acc = paired_difference(right_a.astype(float), right_b.astype(float))
+        acc = accuracy_difference(right_a, right_b)
         out.update({f"{prefix}_accuracy": acc.delta, f"{prefix}_acc_low": acc.low, f"{prefix}_acc_high": acc.high,
                     f"{short}mcnemar_p": mcnemar(right_a, right_b).p,
-                    f"{short}accuracy_verdict": verdict(acc.low, acc.high, "less", minimum=minimum_accuracy)})
+                    f"{short}acc_verdict": verdict(acc.low, acc.high, "less", minimum=minimum_accuracy)})
     return out
 
 
 def _seed_spread(table: pd.DataFrame) -> pd.DataFrame:
-    """On the rows of each control, ``n_seeds`` and ``<column>_seeds_mean / _sd / _min / _max`` over its seeds
-    (:func:`wnb.statistics.across_seeds`) of perplexity, w_delta_perplexity, accuracy and w_delta_accuracy."""
+    """On the rows of each control, ``n_seeds`` and ``<name>_seeds_mean / _sd / _min / _max`` over its seeds
+    (:func:`wnb.statistics.across_seeds`) of perplexity, w_delta_perplexity, accuracy (named ``acc``: columns
+    that start with ``accuracy`` are the phenomena's) and w_delta_accuracy."""
     from .statistics import across_seeds
 
-    columns = [c for c in ("perplexity", "w_delta_perplexity", "accuracy", "w_delta_accuracy") if c in table]
+    names = {"perplexity": "perplexity", "w_delta_perplexity": "w_delta_perplexity", "accuracy": "acc",
+             "w_delta_accuracy": "w_delta_accuracy"}
     for control in CONTROLS:
         rows = table["selection"] == control
         if not rows.any():
             continue
         table.loc[rows, "n_seeds"] = int(rows.sum())
-        for column in columns:
+        for column in (c for c in names if c in table):
             spread = across_seeds(table.loc[rows, column].to_numpy(float))
             for stat in ("mean", "sd", "min", "max"):
-                table.loc[rows, f"{column}_seeds_{stat}"] = getattr(spread, stat)
+                table.loc[rows, f"{names[column]}_seeds_{stat}"] = getattr(spread, stat)
     return table
 
 
@@ -409,13 +412,17 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
       Wasserstein neurons raises NLL more than this control). These intervals are over windows, for one
       draw of the control; the spread over draws is in the seed columns;
     - with pairs, ``acc_low, acc_high`` and ``acc_low_<phenomenon>, acc_high_<phenomenon>`` (Wilson) on
-      every row; ``delta_accuracy, delta_acc_low, delta_acc_high``, ``mcnemar_p`` (McNemar's test against
-      dense on the same pairs) and ``accuracy_verdict`` (that the ablation lowers accuracy, against
-      ``minimum_accuracy``); on control rows ``w_delta_accuracy, w_delta_acc_low, w_delta_acc_high,
-      w_mcnemar_p, w_accuracy_verdict`` (the Wasserstein ablation against this control);
+      every row; ``delta_accuracy, delta_acc_low, delta_acc_high`` (the Bonett–Price interval of a paired
+      difference of proportions, :func:`wnb.statistics.accuracy_difference`), ``mcnemar_p`` (McNemar's
+      test against dense on the same pairs) and ``acc_verdict`` (that the ablation lowers accuracy,
+      against ``minimum_accuracy``); on control rows ``w_delta_accuracy, w_delta_acc_low, w_delta_acc_high,
+      w_mcnemar_p, w_acc_verdict`` (the Wasserstein ablation against this control);
     - on the rows of each control (the per-seed rows are kept), ``n_seeds`` and ``<column>_seeds_mean,
-      _sd, _min, _max`` over its seeds of ``perplexity, w_delta_perplexity`` (and ``accuracy,
-      w_delta_accuracy``; sd is NaN for one seed).
+      _sd, _min, _max`` over its seeds of ``perplexity, w_delta_perplexity`` (and, with pairs,
+      ``acc_seeds_*`` of the accuracy and ``w_delta_accuracy_seeds_*``; sd is NaN for one seed).
+
+    Every column that starts with ``accuracy`` is the overall accuracy or a phenomenon's (the plots read
+    them so); the accuracy's other columns start with ``acc_``.
     """
     controls, seeds, matched_seeds = _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance,
                                                   minimum_nll, minimum_accuracy)
@@ -591,6 +598,55 @@ def selection_table(selections: Mapping, scores: Mapping | None = None) -> pd.Da
     table = pd.DataFrame(rows, columns=["selection", "seed", "layer", "neuron"] + (["wd", "wd_rank"] if scores else []))
     table["seed"] = table["seed"].astype("Int64")
     return table
+
+
+def _span(row, column: str, stem: str, scale: float = 1.0, digits: int = 2) -> str:
+    """``+x [+low, +high]`` of a paired difference column and its ``<stem>_low`` / ``<stem>_high`` interval."""
+    return (f"{scale * row[column]:+.{digits}f} [{scale * row[stem + '_low']:+.{digits}f}, "
+            f"{scale * row[stem + '_high']:+.{digits}f}]")
+
+
+def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
+                minimum_accuracy: float = MINIMUM_DELTA_ACCURACY) -> str:
+    """A :func:`sign_ablation_study` table in words, for the command's last line and the app's summary: every
+    comparison as a paired difference with its 95% interval, and its verdict worded by that interval
+    (:func:`wnb.statistics.wording`; pass the study's minimum effects if they were not the defaults)."""
+    from .statistics import wording
+
+    def says(row, prefix: str, what: str = "nll") -> str:
+        short = prefix.removesuffix("delta")
+        if what == "nll":
+            return wording(row[f"{short}nll_verdict"], row[f"{prefix}_nll_low"], row[f"{prefix}_nll_high"],
+                           minimum=minimum_nll)
+        return wording(row[f"{short}acc_verdict"], row[f"{prefix}_acc_low"], row[f"{prefix}_acc_high"],
+                       minimum=minimum_accuracy)
+
+    dense, w = (study[study["selection"] == s].iloc[0] for s in ("dense", "wasserstein"))
+    rand, matched = (study[study["selection"] == s] for s in ("random", "matched"))
+    parts = [f"perplexity {dense['perplexity']:.2f} [{dense['ppl_low']:.2f}, {dense['ppl_high']:.2f}] dense, "
+             f"{w['perplexity']:.2f} with the {w.get('side', 'negative')} side of {int(w['n_neurons']):,} "
+             f"Wasserstein neurons: Δ "
+             f"{_span(w, 'delta_perplexity', 'delta_ppl')}, Δ NLL/token {_span(w, 'delta_nll', 'delta_nll', digits=3)}"
+             f" ({says(w, 'delta')})"]
+    if len(rand):
+        r = rand.iloc[0]
+        parts.append(f"Wasserstein − random over {int(r['n_seeds'])} seed(s): Δ perplexity mean "
+                     f"{r['w_delta_perplexity_seeds_mean']:+.2f} (sd {r['w_delta_perplexity_seeds_sd']:.2f}, range "
+                     f"{r['w_delta_perplexity_seeds_min']:+.2f} to {r['w_delta_perplexity_seeds_max']:+.2f}); "
+                     f"per seed: {', '.join(says(row, 'w_delta') for _, row in rand.iterrows())}")
+    if len(matched):
+        m = matched.iloc[0]
+        parts.append(f"Wasserstein − matched ({int(m['n_neurons']):,} neurons): Δ perplexity "
+                     f"{_span(m, 'w_delta_perplexity', 'w_delta_ppl')}")
+    if "accuracy" in study.columns:
+        text = (f"minimal pairs {dense['accuracy']:.1%} [{dense['acc_low']:.1%}, {dense['acc_high']:.1%}] dense, "
+                f"{w['accuracy']:.1%} Wasserstein: Δ {_span(w, 'delta_accuracy', 'delta_acc', 100, 1)} points, "
+                f"McNemar p {w['mcnemar_p']:.2g} ({says(w, 'delta', 'accuracy')})")
+        if len(matched):
+            text += (f"; Wasserstein − matched Δ {_span(m, 'w_delta_accuracy', 'w_delta_acc', 100, 1)} points, "
+                     f"McNemar p {m['w_mcnemar_p']:.2g} ({says(m, 'w_delta', 'accuracy')})")
+        parts.append(text)
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------- depth profile

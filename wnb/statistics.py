@@ -22,6 +22,9 @@ References:
   test for binary matched-pairs data", BMC Med. Res. Methodol. 13:91 (2013).
 - Wilson score interval: Wilson, JASA 22 (1927); recommended over the Wald interval by Brown, Cai &
   DasGupta, "Interval estimation for a binomial proportion", Statist. Sci. 16 (2001).
+- Paired difference of two accuracies: Bonett & Price, "Adjusted Wald confidence interval for a difference
+  of binomial proportions based on paired data", J. Educ. Behav. Stat. 37 (2012). A bootstrap of right/wrong
+  flags collapses to the point 0 when no item changes, which no sample size justifies; this interval does not.
 
 Pure numpy/scipy: nothing here imports the rest of wnb but :class:`wnb.errors.WnbError`.
 """
@@ -209,6 +212,22 @@ def mcnemar(correct_a, correct_b, exact: bool | None = None) -> McNemar:
         return McNemar(b, c, int(a.size), float("nan"), p, "exact")
     statistic = max(0, abs(b - c) - 1) ** 2 / (b + c)
     return McNemar(b, c, int(a.size), float(statistic), float(_st.chi2.sf(statistic, 1)), "chi2")
+
+
+def accuracy_difference(correct_a, correct_b, level: float = LEVEL) -> Difference:
+    """Paired difference of two accuracies on the same items, ``acc_b − acc_a``, with the Bonett–Price
+    adjusted Wald interval: with ``n12`` items right under a only and ``n21`` right under b only, ``p12 =
+    (n12 + 1)/(n + 2)``, ``p21 = (n21 + 1)/(n + 2)``, interval ``p21 − p12 ± z·√((p12 + p21 − (p21 −
+    p12)²)/(n + 2))`` (clipped to [−1, 1]); ``delta`` is the observed ``(n21 − n12)/n``."""
+    a, b = _flags(correct_a, "correct_a"), _flags(correct_b, "correct_b")
+    if a.shape != b.shape:
+        raise WnbError(f"both classifiers must be scored on the same items: {a.size} and {b.size} flags")
+    _check_level(level)
+    n, n12, n21 = a.size, int((a & ~b).sum()), int((~a & b).sum())
+    p12, p21 = (n12 + 1) / (n + 2), (n21 + 1) / (n + 2)
+    z = float(_st.norm.ppf(1 - (1 - level) / 2))
+    half = z * math.sqrt((p12 + p21 - (p21 - p12) ** 2) / (n + 2))
+    return Difference((n21 - n12) / n, max(-1.0, p21 - p12 - half), min(1.0, p21 - p12 + half), n, float(level))
 
 
 def _wilson(k: int, n: int, level: float) -> tuple[float, float]:
