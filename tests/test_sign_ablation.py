@@ -515,6 +515,12 @@ def test_depth_profile(tiny_llama, windows, scores):
     study = _study(tiny_llama, windows, scores, controls=())
     assert cumulative.iloc[-1]["perplexity"] == pytest.approx(study.iloc[1]["perplexity"], rel=1e-12)
     assert (depth["delta_perplexity"] == depth["perplexity"] - depth.iloc[0]["perplexity"]).all()
+    first = depth[depth["mode"] == "layer"].iloc[0]  # its interval: a plain loop over the same windows
+    dense_nll = _window_nll(tiny_llama, windows[1])
+    ablated = _window_nll(tiny_llama, windows[1], {layers[0]: wnb.select_wasserstein(scores, 0.05)[layers[0]]})
+    loop = _loop(lambda i: math.exp(ablated[i].mean()) - math.exp(dense_nll[i].mean()), windows[1].shape[0])
+    assert (first["delta_ppl_low"], first["delta_ppl_high"]) == pytest.approx(tuple(loop), rel=1e-5, abs=1e-9)
+    assert depth.iloc[0]["delta_ppl_low"] == depth.iloc[0]["delta_ppl_high"] == 0
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -750,7 +750,7 @@ class Session:
 
         scores = self.sign_scores(layers, tokens, progress)
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, pairs=pairs,
-                       held_out=self.held_out)
+                       held_out=self.held_out, columns="paired delta interval")
         return _nullable_ints(self._cached(
             "sign_depth", key,
             lambda: _plain_ints(sign_ablation_depth(self.lm, None, self.held_out, fraction=fraction, side=side,

@@ -658,11 +658,13 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     """The Wasserstein ablation one layer at a time (``mode="layer"``) and over layers 0..l
     (``mode="cumulative"``), against the dense model (``mode="dense"``, first row).
 
-    Columns: ``mode, block, layer, n_neurons, perplexity, ppl_low, ppl_high, delta_perplexity`` and,
+    Columns: ``mode, block, layer, n_neurons, perplexity, ppl_low, ppl_high, delta_perplexity,
+    delta_ppl_low, delta_ppl_high`` (the paired bootstrap interval over the same windows) and,
     with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
     cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation. ``nll_fn`` as there.
     """
     from .models import block_of
+    from .statistics import perplexity_difference
 
     held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
                                        progress)
@@ -674,16 +676,20 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
         plan += [("cumulative", name, {n: wasserstein[n] for n in names[:i + 1]}) for i, name in enumerate(names)]
     opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
                 progress=progress, seed=0, nll_fn=nll_fn or ablated_nll)
-    rows = []
+    rows, nlls = [], []
     with tqdm(plan, desc="depth profile", disable=not progress, leave=False) as bar:
         for mode, name, chosen in bar:
             row = {"mode": mode, "block": block_of(lm, name) if name else None, "layer": name,
                    "n_neurons": _count(chosen)}
-            row.update(_evaluate(lm, held_out, chosen, **opts)[0])
-            rows.append(row)
+            measured, raw = _evaluate(lm, held_out, chosen, **opts)
+            rows.append({**row, **measured})
+            nlls.append(raw["nll"])
     table = pd.DataFrame(rows)
     dense = table.iloc[0]
     table.insert(7, "delta_perplexity", table["perplexity"] - dense["perplexity"])
+    paired = [perplexity_difference(nlls[0], nll) for nll in nlls]  # over the same windows
+    table.insert(8, "delta_ppl_low", [d.low for d in paired])
+    table.insert(9, "delta_ppl_high", [d.high for d in paired])
     if pairs is not None:
         table.insert(table.columns.get_loc("accuracy") + 1, "delta_accuracy", table["accuracy"] - dense["accuracy"])
     table["block"] = table["block"].astype("Int64")
