@@ -78,7 +78,7 @@ def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
         np.testing.assert_allclose(study[column].to_numpy(float), ref[column].to_numpy(float), rtol=1e-6, atol=1e-9)
     assert "no minimal pairs: the model has no tokenizer" in view.summary.value  # conftest's Llama has none
     # paired differences with their intervals, in the summary and in the table
-    assert "Wasserstein − random over 2 seed(s)" in view.summary.value
+    assert "Wasserstein − random over 2 seeds" in view.summary.value
     w = study.iloc[1]
     shown = f"{w['delta_perplexity']:+.3f} [{w['delta_ppl_low']:+.3f}, {w['delta_ppl_high']:+.3f}]"
     assert shown in view.study_table.value and "W − this, Δ perplexity: verdict" in view.study_table.value

@@ -410,13 +410,18 @@ def test_the_summary_words_each_comparison_by_its_interval():
     text = sa.study_words(study.assign(side="negative"))
     assert text.startswith("perplexity 20.00 [19.00, 21.00] dense, 22.50 with the negative side of 45 Wasserstein "
                            "neurons: Δ +2.50 [+1.50, +3.25], Δ NLL/token +0.118 [+0.070, +0.151] (holds)")
-    assert ("Wasserstein − random over 2 seed(s): Δ perplexity mean +2.00 (sd 0.50, range +1.60 to +2.40); per "
+    assert ("Wasserstein − random over 2 seeds: Δ perplexity mean +2.00 (sd 0.50, range +1.60 to +2.40); per "
             "seed: holds, inconclusive: the interval [-0.004, 0.02] includes both 0 and the declared minimum "
             "effect (0.01)") in text
     assert "Wasserstein − matched (300 neurons): Δ perplexity +0.10 [-0.20, +0.40]" in text
     assert ("minimal pairs 90.0% [80.0%, 95.0%] dense, 70.0% Wasserstein: Δ -20.0 [-30.0, -10.0] points, McNemar "
             "p 0.0012 (holds); Wasserstein − matched Δ -0.5 [-1.0, +0.4] points, McNemar p 0.75 (not observed at "
             "this sample size)") in text
+    one = sa.study_words(study.drop(index=3).assign(side="negative", w_delta_perplexity=1.0, w_delta_ppl_low=0.5,
+                                                     w_delta_ppl_high=1.5, acc_verdict="inconclusive"))
+    assert "Wasserstein − random (one seed): Δ perplexity +1.00 [+0.50, +1.50]: holds;" in one
+    assert ("McNemar p 0.0012 (inconclusive: the interval [-30, -10] includes both 0 and the declared minimum "
+            "effect (2) points)") in one
 
 
 def test_study_selections_rebuild_every_row(tiny_llama, windows, scores):
@@ -500,7 +505,8 @@ def test_study_with_minimal_pairs_and_computed_scores():
     assert pd.isna(table.iloc[0]["mcnemar_p"]) and pd.isna(table.iloc[1]["w_mcnemar_p"])
     assert table.iloc[2]["w_acc_verdict"] in wnb.statistics.VERDICTS
     # accuracy_<phenomenon> names the phenomena (the plots read them): nothing else starts so
-    assert sorted(c for c in table.columns if c.startswith("accuracy_")) == ["accuracy_simple", "accuracy_vp_coordination"]
+    phenomena_columns = sorted(c for c in table.columns if c.startswith("accuracy_"))
+    assert phenomena_columns == ["accuracy_simple", "accuracy_vp_coordination"]
 
 
 def test_depth_profile(tiny_llama, windows, scores):

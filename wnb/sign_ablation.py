@@ -618,8 +618,9 @@ def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
         if what == "nll":
             return wording(row[f"{short}nll_verdict"], row[f"{prefix}_nll_low"], row[f"{prefix}_nll_high"],
                            minimum=minimum_nll)
-        return wording(row[f"{short}acc_verdict"], row[f"{prefix}_acc_low"], row[f"{prefix}_acc_high"],
-                       minimum=minimum_accuracy)
+        return wording(row[f"{short}acc_verdict"], 100 * row[f"{prefix}_acc_low"], 100 * row[f"{prefix}_acc_high"],
+                       minimum=100 * minimum_accuracy) + (" points" if row[f"{short}acc_verdict"] == "inconclusive"
+                                                          else "")
 
     dense, w = (study[study["selection"] == s].iloc[0] for s in ("dense", "wasserstein"))
     rand, matched = (study[study["selection"] == s] for s in ("random", "matched"))
@@ -630,10 +631,11 @@ def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
              f" ({says(w, 'delta')})"]
     if len(rand):
         r = rand.iloc[0]
-        parts.append(f"Wasserstein − random over {int(r['n_seeds'])} seed(s): Δ perplexity mean "
-                     f"{r['w_delta_perplexity_seeds_mean']:+.2f} (sd {r['w_delta_perplexity_seeds_sd']:.2f}, range "
-                     f"{r['w_delta_perplexity_seeds_min']:+.2f} to {r['w_delta_perplexity_seeds_max']:+.2f}); "
-                     f"per seed: {', '.join(says(row, 'w_delta') for _, row in rand.iterrows())}")
+        over = (f"over {int(r['n_seeds'])} seeds: Δ perplexity mean {r['w_delta_perplexity_seeds_mean']:+.2f} (sd "
+                f"{r['w_delta_perplexity_seeds_sd']:.2f}, range {r['w_delta_perplexity_seeds_min']:+.2f} to "
+                f"{r['w_delta_perplexity_seeds_max']:+.2f}); per seed" if len(rand) > 1 else
+                f"(one seed): Δ perplexity {_span(r, 'w_delta_perplexity', 'w_delta_ppl')}")
+        parts.append(f"Wasserstein − random {over}: {', '.join(says(row, 'w_delta') for _, row in rand.iterrows())}")
     if len(matched):
         m = matched.iloc[0]
         parts.append(f"Wasserstein − matched ({int(m['n_neurons']):,} neurons): Δ perplexity "

@@ -294,10 +294,9 @@ class NegativeView(Panel):
         if not with_pairs:
             parts.append("no minimal pairs: the model has no tokenizer")
         self.summary.value = "<br>".join(parts)
-        self.study_table.value = (study_view(study).to_html(index=False, border=0, na_rep="", escape=True) +
-                                  "<small>Δ: this row − dense; W − this: the Wasserstein ablation − this control "
-                                  "(paired over the same windows and pairs, 95% intervals); every column is in the "
-                                  "study CSV below.</small>")
+        legend = ("<small>Δ: this row − dense; W − this: the Wasserstein ablation − this control (paired over the "
+                  "same windows and pairs, 95% intervals); every column is in the study CSV below.</small>")
+        self.study_table.value = study_view(study).to_html(index=False, border=0, na_rep="", escape=True) + legend
 
     def _draw_surprisal(self) -> None:
         table = self.surprisal["by_class"]
