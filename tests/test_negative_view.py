@@ -73,9 +73,17 @@ def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
                                   progress=False)
     study = view.study
     assert list(study["selection"]) == ["dense", "wasserstein", "random", "random", "matched"]
-    for column in ("n_neurons", "per_layer", "perplexity", "ppl_low", "ppl_high"):
-        np.testing.assert_allclose(study[column].to_numpy(float), ref[column].to_numpy(float), rtol=1e-6)
+    for column in ("n_neurons", "per_layer", "perplexity", "ppl_low", "ppl_high", "delta_perplexity", "delta_ppl_low",
+                   "w_delta_nll_high", "perplexity_seeds_sd"):
+        np.testing.assert_allclose(study[column].to_numpy(float), ref[column].to_numpy(float), rtol=1e-6, atol=1e-9)
     assert "no minimal pairs: the model has no tokenizer" in view.summary.value  # conftest's Llama has none
+    # paired differences with their intervals, in the summary and in the table
+    assert "Wasserstein − random over 2 seeds" in view.summary.value
+    w = study.iloc[1]
+    shown = f"{w['delta_perplexity']:+.3f} [{w['delta_ppl_low']:+.3f}, {w['delta_ppl_high']:+.3f}]"
+    assert shown in view.study_table.value and "W − this, Δ perplexity: verdict" in view.study_table.value
+    r = study.iloc[2]
+    assert f"{r['perplexity_seeds_mean']:.3f} ± {r['perplexity_seeds_sd']:.3f}" in view.study_table.value
     assert "minimal_pairs" not in view.pngs
     # the bars are the table's perplexities, in its order
     bars = view.figs["perplexity"].axes[0].patches

@@ -138,24 +138,36 @@ def test_bundled_layer11_down_proj_top_neurons_are_first_position_tails(bundled,
 
 # ---------------------------------------------------------------- the sign view
 
-def quad_split(column):
-    """∫_{-∞}^0 and ∫_0^∞ of |F_n − Φ| by adaptive quadrature, piece by piece between the sorted samples."""
+def quad_split(column, raw_zero=False):
+    """∫ |F_n − Φ| below and above the split point (t = 0, or the raw zero t = −mean/std) by adaptive
+    quadrature, piece by piece between the sorted samples."""
     z = np.sort((column - column.mean()) / column.std())
+    split = -column.mean() / column.std() if raw_zero else 0.0
     n = len(z)
     knots = np.concatenate([[-np.inf], z, [np.inf]])
     parts = [0.0, 0.0]
     for i in range(n + 1):
         a, b, c = knots[i], knots[i + 1], i / n
-        for side, (lo, hi) in enumerate(((a, min(b, 0.0)), (max(a, 0.0), b))):
+        for side, (lo, hi) in enumerate(((a, min(b, split)), (max(a, split), b))):
             if lo < hi:
                 parts[side] += integrate.quad(lambda t: abs(c - stats.norm.cdf(t)), lo, hi, limit=200)[0]
     return parts
 
 
-def test_wasserstein_split_against_quadrature_and_adds_up():
+def grid_split(column, raw_zero=False, points=400_001):
+    """The same two integrals on a fine grid (trapezoid rule over [−12, 12] in standardized units)."""
+    z = np.sort((column - column.mean()) / column.std())
+    split = -column.mean() / column.std() if raw_zero else 0.0
+    t = np.linspace(-12, 12, points)
+    gap = np.abs(np.searchsorted(z, t, side="right") / len(z) - stats.norm.cdf(t))
+    below = t <= split
+    return (integrate.trapezoid(np.where(below, gap, 0), t), integrate.trapezoid(np.where(below, 0, gap), t))
+
+
+def test_wasserstein_split_at_the_mean_against_quadrature_and_adds_up():
     rng = np.random.default_rng(0)
     y = np.stack([rng.gamma(2.0, size=80), -rng.gamma(2.0, size=80), rng.standard_normal(80)], axis=1)
-    lower, upper = wnb.wasserstein_split(torch.from_numpy(y))
+    lower, upper = wnb.wasserstein_split(torch.from_numpy(y), at="mean")
     wd = wnb.wasserstein_to_gaussian(torch.from_numpy(y))
     torch.testing.assert_close(lower + upper, wd, rtol=0, atol=1e-9)
     for j in range(3):
@@ -163,6 +175,30 @@ def test_wasserstein_split_against_quadrature_and_adds_up():
         assert lower[j].item() == pytest.approx(ref[0], abs=1e-7)
         assert upper[j].item() == pytest.approx(ref[1], abs=1e-7)
 
+
+def test_wasserstein_split_at_the_raw_zero_against_quadrature_and_a_grid():
+    """Split at y = 0, i.e. t = z₀ = −mean/std: z₀ < 0 (mostly positive outputs), z₀ > 0 (mostly negative),
+    z₀ below every sample (all outputs positive), z₀ above every sample, and a centred column (z₀ ≈ 0)."""
+    rng = np.random.default_rng(6)
+    y = np.stack([rng.gamma(2.0, size=90) - 0.5, 0.7 - rng.gamma(2.0, size=90), rng.normal(20.0, 2.0, 90),
+                  -rng.gamma(40.0, size=90), rng.standard_normal(90) * 3], axis=1)
+    z0 = -y.mean(0) / y.std(0)
+    assert z0[0] < 0 < z0[1] and z0[2] < ((y[:, 2] - y[:, 2].mean()) / y[:, 2].std()).min()
+    assert z0[3] > ((y[:, 3] - y[:, 3].mean()) / y[:, 3].std()).max()
+    lower, upper = wnb.wasserstein_split(torch.from_numpy(y))  # at="zero" is the default
+    torch.testing.assert_close(lower + upper, wnb.wasserstein_to_gaussian(torch.from_numpy(y)), rtol=0, atol=1e-9)
+    for j in range(y.shape[1]):
+        ref = quad_split(y[:, j], raw_zero=True)
+        assert (lower[j].item(), upper[j].item()) == pytest.approx(ref, abs=1e-7)
+        grid = grid_split(y[:, j], raw_zero=True)
+        assert (lower[j].item(), upper[j].item()) == pytest.approx(grid, abs=2e-4)
+    # no outputs on one side of zero: only the Gaussian's own mass is left there
+    assert lower[2].item() == pytest.approx(integrate.quad(stats.norm.cdf, -np.inf, z0[2])[0], abs=1e-9)
+    assert upper[3].item() == pytest.approx(integrate.quad(stats.norm.sf, z0[3], np.inf)[0], abs=1e-9)
+    mean_split = wnb.wasserstein_split(torch.from_numpy(y), at="mean")
+    assert abs(mean_split[0][0] - lower[0]) > 1e-3  # the two splits differ where the mean is far from zero
+    with pytest.raises(WnbError, match="unknown split"):
+        wnb.wasserstein_split(torch.from_numpy(y), at="median")
 
 
 def test_wasserstein_split_finds_a_separate_negative_tail():
@@ -172,7 +208,7 @@ def test_wasserstein_split_finds_a_separate_negative_tail():
     bulk = rng.standard_normal(20_000)
     lump = rng.random(20_000) < 0.05
     y = np.stack([np.where(lump, -5 - rng.random(20_000), bulk), np.where(lump, 5 + rng.random(20_000), bulk)], 1)
-    lower, upper = wnb.wasserstein_split(torch.from_numpy(y))
+    lower, upper = wnb.wasserstein_split(torch.from_numpy(y), at="mean")
     assert lower[0] > 1.5 * upper[0] and upper[1] > 1.5 * lower[1]
 
 
@@ -182,6 +218,8 @@ def test_wasserstein_split_large_and_chunked():
     torch.testing.assert_close(lower + upper, wnb.wasserstein_to_gaussian(y), rtol=0, atol=1e-9)
     again = wnb.wasserstein_split(y, chunk=2)
     torch.testing.assert_close(again[0], lower, rtol=0, atol=1e-12)
+    by_mean = wnb.wasserstein_split(y, chunk=2, at="mean")
+    torch.testing.assert_close(by_mean[0] + by_mean[1], lower + upper, rtol=0, atol=1e-9)
     constant = wnb.wasserstein_split(torch.ones(10, 1))
     assert torch.isnan(constant[0]).all() and torch.isnan(constant[1]).all()
 
@@ -201,11 +239,20 @@ def test_neuron_table_sign_columns():
     y[:, 0] = -(y[:, 0] ** 2)  # all outputs negative, a long lower tail
     y[:150, 2] -= 6.0  # a separate lump far below the bulk
     table = wnb.neuron_table(y, sign=True).set_index("neuron")
-    for col in ("frac_negative", "skewness", "kurtosis", "wd_lower", "wd_upper", "lower_share"):
+    for col in ("frac_negative", "skewness", "kurtosis", "wd_below_zero", "wd_above_zero", "wd_share_below_zero",
+                "wd_below_mean", "wd_above_mean", "wd_share_below_mean"):
         assert col in table.columns
-    np.testing.assert_allclose(table["wd_lower"] + table["wd_upper"], table["wd"], atol=1e-9)
+    for at in ("zero", "mean"):
+        np.testing.assert_allclose(table[f"wd_below_{at}"] + table[f"wd_above_{at}"], table["wd"], atol=1e-9)
+        np.testing.assert_allclose(table[f"wd_share_below_{at}"], table[f"wd_below_{at}"] / table["wd"], rtol=1e-12)
     assert table.loc[0, "frac_negative"] == 1.0 and table.loc[0, "skewness"] < -1
-    assert table.loc[2, "lower_share"] > 0.6 and table.loc[1, "lower_share"] == pytest.approx(0.5, abs=0.15)
+    z0 = (-y[:, 0].mean() / y[:, 0].std(correction=0)).item()  # no output above zero: only Φ's own tail there
+    assert table.loc[0, "wd_above_zero"] == pytest.approx(integrate.quad(stats.norm.sf, z0, np.inf)[0], abs=1e-6)
+    for j in range(3):
+        below, above = quad_split(y[:, j].double().numpy(), raw_zero=True)
+        assert table.loc[j, "wd_below_zero"] == pytest.approx(below, abs=1e-6)
+    assert table.loc[2, "wd_share_below_mean"] > 0.6
+    assert table.loc[1, "wd_share_below_mean"] == pytest.approx(0.5, abs=0.15)
     assert list(wnb.neuron_table(y).columns) == ["rank", "neuron", "wd", "mean", "variance"]  # unchanged default
 
 

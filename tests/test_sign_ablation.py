@@ -3,15 +3,21 @@ the matched control's bisection, the depth profile, and bad input refused before
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import signal
+import statistics
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+from scipy import stats
 
 import wnb
+import wnb.statistics
 
 sa = importlib.import_module("wnb.sign_ablation")  # wnb.sign_ablated is the function, not the module
 
@@ -316,8 +322,106 @@ def test_study_table_and_controls(tiny_llama, windows, scores):
         assert m["perplexity"] == pytest.approx(wnb.perplexity(tiny_llama, windows[1], progress=False), rel=1e-6)
 
     again = _study(tiny_llama, windows, scores, seeds=(0, 1))
-    cols = ["selection", "seed", "n_neurons", "perplexity", "ppl_low", "ppl_high"]
+    cols = ["selection", "seed", "n_neurons", "perplexity", "ppl_low", "ppl_high", "delta_perplexity",
+            "delta_ppl_low", "w_delta_nll_high", "perplexity_seeds_sd"]
     assert again[cols].equals(table[cols])  # deterministic
+
+
+def _window_nll(lm, windows, neurons=None):
+    """Mean NLL per window by hand: logits of one plain forward, cross-entropy of every next token."""
+    with wnb.sign_ablated(lm, neurons or {}), torch.no_grad():
+        logits = lm.model(windows).logits
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), windows[:, 1:], reduction="none")
+    return nll.double().mean(1).numpy()
+
+
+def _loop(stat, n, n_boot=2000, seed=0):
+    """A plain percentile bootstrap loop over windows (one resample at a time, numpy's default_rng)."""
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n, n)) for _ in range(n_boot)]
+    return np.percentile(values, [2.5, 97.5])
+
+
+def test_study_paired_differences_against_a_plain_loop(tiny_llama, windows, scores):
+    """Δ vs dense and Wasserstein − control, from per-window NLLs computed by hand and bootstrapped by a loop
+    that resamples the same windows for both."""
+    table = _study(tiny_llama, windows, scores, seeds=(0, 1)).set_index(["selection", "seed"])
+    chosen = wnb.study_selections(table.reset_index(), scores)
+    held = windows[1]
+    nll = {key: _window_nll(tiny_llama, held, neurons) for key, neurons in chosen.items()}
+    n = held.shape[0]
+    dense, w = nll[("dense", None)], nll[("wasserstein", None)]
+    for (selection, seed), value in nll.items():
+        if selection == "dense":
+            assert pd.isna(table.loc[(selection, pd.NA), "delta_perplexity"])
+            continue
+        row = table.loc[(selection, pd.NA if seed is None else seed)]
+        ppl = lambda i, a=dense, b=value: math.exp(b[i].mean()) - math.exp(a[i].mean())
+        assert row["delta_perplexity"] == pytest.approx(ppl(np.arange(n)), rel=1e-5)
+        assert (row["delta_ppl_low"], row["delta_ppl_high"]) == pytest.approx(tuple(_loop(ppl, n)), rel=1e-5, abs=1e-9)
+        per_token = lambda i, a=dense, b=value: np.mean(b[i] - a[i])
+        assert (row["delta_nll_low"], row["delta_nll_high"]) == pytest.approx(tuple(_loop(per_token, n)), abs=1e-7)
+        if selection in ("random", "matched"):
+            versus = lambda i, c=value: math.exp(w[i].mean()) - math.exp(c[i].mean())
+            assert row["w_delta_perplexity"] == pytest.approx(versus(np.arange(n)), rel=1e-5, abs=1e-9)
+            assert (row["w_delta_ppl_low"], row["w_delta_ppl_high"]) == pytest.approx(tuple(_loop(versus, n)),
+                                                                                   rel=1e-5, abs=1e-9)
+            assert row["w_nll_verdict"] == wnb.statistics.verdict(row["w_delta_nll_low"], row["w_delta_nll_high"],
+                                                                  "greater", minimum=sa.MINIMUM_DELTA_NLL)
+        else:
+            assert pd.isna(row["w_delta_perplexity"])
+        assert row["nll_verdict"] in wnb.statistics.VERDICTS
+    random = table.loc["random"]  # the per-seed rows stay; the spread over seeds beside them
+    assert len(random) == 2 and (random["n_seeds"] == 2).all()
+    assert random["perplexity_seeds_mean"].iloc[0] == pytest.approx(statistics.mean(random["perplexity"]))
+    assert random["perplexity_seeds_sd"].iloc[0] == pytest.approx(statistics.stdev(random["perplexity"]))
+    assert random["w_delta_perplexity_seeds_max"].iloc[1] == random["w_delta_perplexity"].max()
+    assert table.loc["matched", "n_seeds"].item() == 1 and pd.isna(table.loc["matched", "perplexity_seeds_sd"].item())
+
+
+def test_study_reuses_its_held_out_passes(tiny_llama, windows, scores):
+    calls = []
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return sa.ablated_nll(*args, **kw)
+
+    _study(tiny_llama, windows, scores, seeds=(0, 1), controls=("random",), nll_fn=counting)
+    assert len(calls) == 4  # dense, wasserstein, two random seeds: the paired statistics need no more
+
+
+def test_the_summary_words_each_comparison_by_its_interval():
+    """A hand-made study table: the line gives each paired difference with its interval and words its verdict."""
+    nan = float("nan")
+    base = {"n_neurons": 45, "perplexity": 20.0, "ppl_low": 19.0, "ppl_high": 21.0, "accuracy": 0.9, "acc_low": 0.8,
+            "acc_high": 0.95}
+    w = {**base, "selection": "wasserstein", "perplexity": 22.5, "delta_perplexity": 2.5, "delta_ppl_low": 1.5,
+         "delta_ppl_high": 3.25, "delta_nll": 0.118, "delta_nll_low": 0.07, "delta_nll_high": 0.151,
+         "nll_verdict": "holds", "accuracy": 0.7, "delta_accuracy": -0.2, "delta_acc_low": -0.3,
+         "delta_acc_high": -0.1, "mcnemar_p": 0.0012, "acc_verdict": "holds"}
+    spread = {"n_seeds": 2, "w_delta_perplexity_seeds_mean": 2.0, "w_delta_perplexity_seeds_sd": 0.5,
+              "w_delta_perplexity_seeds_min": 1.6, "w_delta_perplexity_seeds_max": 2.4}
+    rand = [{**base, **spread, "selection": "random", "w_delta_nll_low": lo, "w_delta_nll_high": hi,
+             "w_nll_verdict": v} for lo, hi, v in ((0.05, 0.1, "holds"), (-0.004, 0.02, "inconclusive"))]
+    matched = {**base, "selection": "matched", "n_neurons": 300, "w_delta_perplexity": 0.1, "w_delta_ppl_low": -0.2,
+               "w_delta_ppl_high": 0.4, "w_delta_accuracy": -0.005, "w_delta_acc_low": -0.01,
+               "w_delta_acc_high": 0.004, "w_mcnemar_p": 0.75, "w_acc_verdict": "not observed"}
+    study = pd.DataFrame([{**base, "selection": "dense", "mcnemar_p": nan}, w, *rand, matched])
+    text = sa.study_words(study.assign(side="negative"))
+    assert text.startswith("perplexity 20.00 [19.00, 21.00] dense, 22.50 with the negative side of 45 Wasserstein "
+                           "neurons: Δ +2.50 [+1.50, +3.25], Δ NLL/token +0.118 [+0.070, +0.151] (holds)")
+    assert ("Wasserstein − random over 2 seeds: Δ perplexity mean +2.00 (sd 0.50, range +1.60 to +2.40); per "
+            "seed: holds, inconclusive: the interval [-0.004, 0.02] includes both 0 and the declared minimum "
+            "effect (0.01)") in text
+    assert "Wasserstein − matched (300 neurons): Δ perplexity +0.10 [-0.20, +0.40]" in text
+    assert ("minimal pairs 90.0% [80.0%, 95.0%] dense, 70.0% Wasserstein: Δ -20.0 [-30.0, -10.0] points, McNemar "
+            "p 0.0012 (holds); Wasserstein − matched Δ -0.5 [-1.0, +0.4] points, McNemar p 0.75 (not observed at "
+            "this sample size)") in text
+    one = sa.study_words(study.drop(index=3).assign(side="negative", w_delta_perplexity=1.0, w_delta_ppl_low=0.5,
+                                                     w_delta_ppl_high=1.5, acc_verdict="inconclusive"))
+    assert "Wasserstein − random (one seed): Δ perplexity +1.00 [+0.50, +1.50]: holds;" in one
+    assert ("McNemar p 0.0012 (inconclusive: the interval [-30, -10] includes both 0 and the declared minimum "
+            "effect (2) points)") in one
 
 
 def test_study_selections_rebuild_every_row(tiny_llama, windows, scores):
@@ -372,6 +476,37 @@ def test_study_with_minimal_pairs_and_computed_scores():
         assert table[col].between(0, 1).all()
     dense_acc = wnb.minimal_pair_accuracy(lm, pairs, progress=False)
     assert table.iloc[0]["accuracy_simple"] == dense_acc.set_index("phenomenon").loc["simple", "accuracy"]
+    # intervals and tests against scipy on the right/wrong flags of the same pairs
+    scores = wnb.wasserstein_scores(lm, windows[:6], progress=False)
+    chosen = wnb.study_selections(table, scores)
+    right = {}
+    for key, neurons in chosen.items():
+        with wnb.sign_ablated(lm, neurons):
+            right[key] = wnb.minimal_pair_scores(lm, pairs, progress=False)["correct"].to_numpy()
+    phenomena = np.array([p["phenomenon"] for p in pairs])
+    for row, key in zip(table.itertuples(), chosen):
+        ci = stats.binomtest(int(right[key].sum()), right[key].size).proportion_ci(method="wilson")
+        assert (row.acc_low, row.acc_high) == pytest.approx((ci.low, ci.high), abs=1e-9)
+        part = right[key][phenomena == "simple"]
+        ci = stats.binomtest(int(part.sum()), part.size).proportion_ci(method="wilson")
+        assert (row.acc_low_simple, row.acc_high_simple) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    dense, w, rand = right[("dense", None)], right[("wasserstein", None)], right[("random", 0)]
+    for row, a, b in ((table.iloc[1], dense, w), (table.iloc[2], dense, rand)):
+        lost, gained = int((a & ~b).sum()), int((~a & b).sum())  # 6 pairs: few discordant, the exact test
+        want = 1.0 if lost + gained == 0 else stats.binomtest(lost, lost + gained, 0.5).pvalue
+        assert row["mcnemar_p"] == pytest.approx(want)
+        assert row["delta_accuracy"] == pytest.approx(b.mean() - a.mean())
+        paired = wnb.statistics.accuracy_difference(a, b)  # on flags scored here, outside the study
+        assert (row["delta_acc_low"], row["delta_acc_high"]) == pytest.approx((paired.low, paired.high))
+        assert row["delta_acc_low"] < row["delta_accuracy"] < row["delta_acc_high"]  # never a point
+    lost, gained = int((rand & ~w).sum()), int((~rand & w).sum())
+    want = 1.0 if lost + gained == 0 else stats.binomtest(lost, lost + gained, 0.5).pvalue
+    assert table.iloc[2]["w_mcnemar_p"] == pytest.approx(want)
+    assert pd.isna(table.iloc[0]["mcnemar_p"]) and pd.isna(table.iloc[1]["w_mcnemar_p"])
+    assert table.iloc[2]["w_acc_verdict"] in wnb.statistics.VERDICTS
+    # accuracy_<phenomenon> names the phenomena (the plots read them): nothing else starts so
+    phenomena_columns = sorted(c for c in table.columns if c.startswith("accuracy_"))
+    assert phenomena_columns == ["accuracy_simple", "accuracy_vp_coordination"]
 
 
 def test_depth_profile(tiny_llama, windows, scores):
@@ -386,6 +521,12 @@ def test_depth_profile(tiny_llama, windows, scores):
     study = _study(tiny_llama, windows, scores, controls=())
     assert cumulative.iloc[-1]["perplexity"] == pytest.approx(study.iloc[1]["perplexity"], rel=1e-12)
     assert (depth["delta_perplexity"] == depth["perplexity"] - depth.iloc[0]["perplexity"]).all()
+    first = depth[depth["mode"] == "layer"].iloc[0]  # its interval: a plain loop over the same windows
+    dense_nll = _window_nll(tiny_llama, windows[1])
+    ablated = _window_nll(tiny_llama, windows[1], {layers[0]: wnb.select_wasserstein(scores, 0.05)[layers[0]]})
+    loop = _loop(lambda i: math.exp(ablated[i].mean()) - math.exp(dense_nll[i].mean()), windows[1].shape[0])
+    assert (first["delta_ppl_low"], first["delta_ppl_high"]) == pytest.approx(tuple(loop), rel=1e-5, abs=1e-9)
+    assert depth.iloc[0]["delta_ppl_low"] == depth.iloc[0]["delta_ppl_high"] == 0
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -394,7 +535,8 @@ def test_depth_profile(tiny_llama, windows, scores):
     (dict(fraction="0.01"), "fraction"), (dict(controls=("random", "shuffled")), "unknown controls"),
     (dict(layers=["model.layers.9.mlp.gate_proj"]), "not a linear layer"), (dict(seeds=()), "seeds"),
     (dict(pairs=[]), "no minimal pairs"), (dict(pairs="no-such-pairs"), "unknown minimal pairs"),
-    (dict(exclude=0.005), "exclude"), (dict(tolerance=0), "tolerance"),
+    (dict(exclude=0.005), "exclude"), (dict(tolerance=0), "tolerance"), (dict(minimum_nll=0), "minimum_nll"),
+    (dict(minimum_accuracy=float("nan")), "minimum_accuracy"),
 ])
 def test_study_refuses_bad_input_before_any_work(tiny_llama, windows, monkeypatch, kw, match):
     def no_work(*a, **k):

@@ -101,6 +101,24 @@ def test_start_lists_every_neuron_ranked_by_wd(app, tiny_llama, windows):
     assert all(png_of(out) for out in (view.hist_out, view.pairs_out, view.scatter_out))
 
 
+def test_the_sign_columns_split_the_wd_at_the_raw_zero(app, tiny_llama, windows):
+    """The pick list's last two columns: share of outputs below zero, and share of the WD integral over
+    those negative outputs (∫ |F − Φ| below z₀ = −mean/std on a fine grid, over reference_wd)."""
+    view = app.neurons
+    assert view.head.value.endswith(" y&lt;0 WD y&lt;0</div>")
+    y = hooked_outputs(tiny_llama, LAYER, windows[0])
+    t = np.linspace(-12, 12, 200_001)
+    for label, _ in view.table.options[:5]:
+        parts = label.replace("⚓", "").split()
+        neuron, negative, share = int(parts[1]), *(float(v.rstrip("%")) for v in parts[-2:])
+        column = y[:, neuron]
+        z = np.sort((column - column.mean()) / column.std())
+        gap = np.abs(np.searchsorted(z, t, side="right") / len(z) - stats.norm.cdf(t))
+        below = np.trapezoid(np.where(t <= -column.mean() / column.std(), gap, 0), t)
+        assert negative == pytest.approx(100 * (column < 0).mean(), abs=0.51)
+        assert share == pytest.approx(100 * below / reference_wd(column), abs=1.0)
+
+
 def test_selecting_a_neuron_redraws_its_histogram(app, tiny_llama, windows, monkeypatch):
     view = app.neurons
     drawn = []

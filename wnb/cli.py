@@ -672,6 +672,7 @@ def _validate_negative(args) -> None:
 
 def _negative(args, run: RunFolder, session) -> str:
     from wnb import plots
+    from wnb.sign_ablation import study_words
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -688,8 +689,12 @@ def _negative(args, run: RunFolder, session) -> str:
     study = session.sign_ablation(layers, args.fraction, args.side, controls, args.control_seeds, pairs, tokens,
                                   args.tolerance, progress=progress)
     run.table("study.csv", study, "one row per ablation: dense, wasserstein (top fraction by WD), random (one per "
-              "seed), matched (perplexity-matched non-Wasserstein neurons): neurons, perplexity with its 95% interval"
-              + (", minimal-pair accuracy per phenomenon" if pairs is not None else ""))
+              "seed), matched (perplexity-matched non-Wasserstein neurons): neurons, perplexity with its 95% interval, "
+              "paired differences over the same held-out windows (delta_*: this row - dense; w_delta_*: the "
+              "Wasserstein row - this control) with 95% bootstrap intervals and verdicts, each control's spread over "
+              "its seeds (*_seeds_mean/sd/min/max)"
+              + (", minimal-pair accuracy per phenomenon with Wilson intervals (acc_low/acc_high) and McNemar p "
+                 "(mcnemar_p vs dense, w_mcnemar_p Wasserstein vs this control)" if pairs is not None else ""))
     if pairs is not None:
         run.table("minimal_pairs.csv", pd.DataFrame(pairs), "the minimal pairs scored (good, bad, phenomenon)")
     what = f"{lm.name}: {args.side} side, top {args.fraction:.1%} of {len(layers)} layer(s)"
@@ -715,17 +720,7 @@ def _negative(args, run: RunFolder, session) -> str:
         run.table("depth.csv", depth, "the Wasserstein ablation one layer at a time and over layers 0..l: "
                   "perplexity and its change" + (", minimal-pair accuracy" if args.depth_pairs and pairs else ""))
         run.figure("depth.png", plots.depth_profile(depth, title=what), "Δ perplexity per layer and cumulative")
-    by = study.groupby("selection", sort=False)["perplexity"].mean()
-    parts = [f"perplexity {by['dense']:.2f} dense, {by['wasserstein']:.2f} with the {args.side} side of "
-             f"{int(study.loc[study.selection == 'wasserstein', 'n_neurons'].iloc[0]):,} Wasserstein neurons"]
-    if "random" in by:
-        parts.append(f"{by['random']:.2f} random (mean of {args.control_seeds})")
-    if len(matched):
-        parts.append(f"{by['matched']:.2f} matched ({int(matched['n_neurons'].iloc[0]):,} neurons)")
-    if "accuracy" in study.columns:
-        acc = study.groupby("selection", sort=False)["accuracy"].mean()
-        parts.append(f"minimal pairs {acc['dense']:.1%} dense, {acc['wasserstein']:.1%} Wasserstein"
-                     + (f", {acc['matched']:.1%} matched" if "matched" in acc else ""))
+    parts = [study_words(study)]
     if depth is not None:
         single = depth[depth["mode"] == "layer"]["delta_perplexity"].sum()
         parts.append(f"depth: single layers add up to Δ {single:.2f}, all at once Δ "

@@ -6,7 +6,9 @@ Syntax", ICLR 2026; PAPER.md §8): the clamp, the study with its controls, and t
   weights are never touched and the hooks are gone when the ``with`` block ends, however it ends.
 - :func:`sign_ablation_study` ablates the top ``fraction`` of each layer's neurons by WD (the
   Wasserstein neurons), random neurons of the same count per layer, and a perplexity-matched set of
-  neurons from outside the top 10% by WD, and measures held-out perplexity (and minimal-pair accuracy).
+  neurons from outside the top 10% by WD, and measures held-out perplexity (and minimal-pair accuracy),
+  each also as a paired difference to dense and to the Wasserstein ablation with its bootstrap interval,
+  McNemar's test and a verdict worded by the interval (:mod:`wnb.statistics`).
 - :func:`sign_ablation_depth` applies the Wasserstein ablation one layer at a time and cumulatively.
 
 Selections are ``{layer: LongTensor of neuron indices}``; :func:`wasserstein_scores` gives the WD they
@@ -31,6 +33,10 @@ SIDES = ("negative", "positive", "both")
 CONTROLS = ("random", "matched")
 MATCHED_EXCLUDE = 0.10  # the matched control draws from outside the top 10% of each layer by WD
 MATCHED_TOLERANCE = 0.02  # ... and its perplexity must be within 2% of the Wasserstein ablation's
+# The smallest effects the study's verdicts look for (wnb.statistics.verdict), declared before any data: the
+# follow-up states no effect size in these units. 0.01 nats per token is a 1% change of perplexity.
+MINIMUM_DELTA_NLL = 0.01
+MINIMUM_DELTA_ACCURACY = 0.02  # 2 points of minimal-pair accuracy
 
 
 # ---------------------------------------------------------------- the clamp
@@ -247,7 +253,9 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
 
 
 def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
-              nll=None) -> dict:
+              nll=None) -> tuple[dict, dict]:
+    """One row's perplexity (and accuracy) columns, and what the paired comparisons need: ``{"nll": NLL per
+    window [n_windows], "scores": the minimal_pair_scores table or None}``."""
     from wnb.experiments.pair_scoring import minimal_pair_scores
     from wnb.tracing.nll import interval_of
 
@@ -255,12 +263,13 @@ def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size,
     if nll is None:
         nll = nll_fn(lm, held_out, selection, side, batch_size=batch_size, progress=progress)
     row = interval_of(nll, seed=seed)
+    scores = None
     with sign_ablated(lm, selection, side):
         if pairs is not None:
-            row.update(_accuracy_columns(minimal_pair_scores(lm, pairs, batch_size=pair_batch_size,
-                                                             progress=progress)))
+            scores = minimal_pair_scores(lm, pairs, batch_size=pair_batch_size, progress=progress)
+            row.update(_accuracy_columns(scores))
     row["seconds"] = time.perf_counter() - start
-    return row
+    return row, {"nll": torch.as_tensor(nll, dtype=torch.float64).mean(1).numpy(), "scores": scores}
 
 
 def _accuracy_columns(scores: pd.DataFrame) -> dict:
@@ -268,6 +277,74 @@ def _accuracy_columns(scores: pd.DataFrame) -> dict:
     for phenomenon, group in scores.groupby("phenomenon", sort=False):
         out[f"accuracy_{phenomenon}"] = float(group["correct"].mean())
     return out
+
+
+# ---------------------------------------------------------------- paired comparisons (wnb.statistics)
+
+def _accuracy_intervals(scores: pd.DataFrame) -> dict:
+    """Wilson intervals of the accuracy, overall (``acc_low, acc_high``) and per phenomenon
+    (``acc_low_<phenomenon>, acc_high_<phenomenon>``; not ``accuracy_*``, which names phenomena)."""
+    from wnb.statistics import accuracy_interval
+
+    overall = accuracy_interval(scores["correct"].to_numpy())
+    out = {"acc_low": overall.low, "acc_high": overall.high}
+    for phenomenon, acc in accuracy_interval(scores["correct"].to_numpy(), groups=scores["phenomenon"]).items():
+        out[f"acc_low_{phenomenon}"], out[f"acc_high_{phenomenon}"] = acc.low, acc.high
+    return out
+
+
+def _versus(a: dict, b: dict, prefix: str, minimum_nll: float, minimum_accuracy: float) -> dict:
+    """``b − a`` paired over the same held-out windows (Δ perplexity, Δ NLL per token, 95% bootstrap) and,
+    with minimal pairs, over the same pairs (Δ accuracy, McNemar p), with their verdicts: the ablation
+    ``b`` raises NLL / lowers accuracy (Bonett–Price interval). Column names start with ``prefix``
+    (``delta`` or ``w_delta``)."""
+    from wnb.statistics import accuracy_difference, mcnemar, nll_difference, perplexity_difference, verdict
+
+    ppl, nll = perplexity_difference(a["nll"], b["nll"]), nll_difference(a["nll"], b["nll"])
+    short = prefix.removesuffix("delta")  # "" or "w_"
+    out = {f"{prefix}_perplexity": ppl.delta, f"{prefix}_ppl_low": ppl.low, f"{prefix}_ppl_high": ppl.high,
+           f"{prefix}_nll": nll.delta, f"{prefix}_nll_low": nll.low, f"{prefix}_nll_high": nll.high,
+           f"{short}nll_verdict": verdict(nll.low, nll.high, "greater", minimum=minimum_nll)}
+    if a["scores"] is not None:
+        right_a, right_b = a["scores"]["correct"].to_numpy(), b["scores"]["correct"].to_numpy()
+        acc = accuracy_difference(right_a, right_b)
+        out.update({f"{prefix}_accuracy": acc.delta, f"{prefix}_acc_low": acc.low, f"{prefix}_acc_high": acc.high,
+                    f"{short}mcnemar_p": mcnemar(right_a, right_b).p,
+                    f"{short}acc_verdict": verdict(acc.low, acc.high, "less", minimum=minimum_accuracy)})
+    return out
+
+
+def _seed_spread(table: pd.DataFrame) -> pd.DataFrame:
+    """On the rows of each control, ``n_seeds`` and ``<name>_seeds_mean / _sd / _min / _max`` over its seeds
+    (:func:`wnb.statistics.across_seeds`) of perplexity, w_delta_perplexity, accuracy (named ``acc``: columns
+    that start with ``accuracy`` are the phenomena's) and w_delta_accuracy."""
+    from wnb.statistics import across_seeds
+
+    names = {"perplexity": "perplexity", "w_delta_perplexity": "w_delta_perplexity", "accuracy": "acc",
+             "w_delta_accuracy": "w_delta_accuracy"}
+    for control in CONTROLS:
+        rows = table["selection"] == control
+        if not rows.any():
+            continue
+        table.loc[rows, "n_seeds"] = int(rows.sum())
+        for column in (c for c in names if c in table):
+            spread = across_seeds(table.loc[rows, column].to_numpy(float))
+            for stat in ("mean", "sd", "min", "max"):
+                table.loc[rows, f"{names[column]}_seeds_{stat}"] = getattr(spread, stat)
+    return table
+
+
+def _compare(rows: list[dict], raws: list[dict], minimum_nll: float, minimum_accuracy: float) -> pd.DataFrame:
+    """The study's table with its paired columns (:func:`sign_ablation_study`); ``rows[0]`` is dense."""
+    w = next((raw for row, raw in zip(rows, raws) if row["selection"] == "wasserstein"), None)
+    for row, raw in zip(rows, raws):
+        if raw["scores"] is not None:
+            row.update(_accuracy_intervals(raw["scores"]))
+        if row["selection"] != "dense":
+            row.update(_versus(raws[0], raw, "delta", minimum_nll, minimum_accuracy))
+        if row["selection"] in CONTROLS and w is not None:
+            row.update(_versus(raw, w, "w_delta", minimum_nll, minimum_accuracy))
+    return _seed_spread(pd.DataFrame(rows))
 
 
 def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress):
@@ -301,7 +378,8 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
                         controls=("random", "matched"), seeds=(0, 1, 2), pairs=None, progress: bool = True,
                         scores: Mapping | None = None, matched_seeds=None, exclude: float = MATCHED_EXCLUDE,
                         tolerance: float = MATCHED_TOLERANCE, batch_size: int = 8,
-                        pair_batch_size: int = 32, nll_fn=None) -> pd.DataFrame:
+                        pair_batch_size: int = 32, nll_fn=None, minimum_nll: float = MINIMUM_DELTA_NLL,
+                        minimum_accuracy: float = MINIMUM_DELTA_ACCURACY) -> pd.DataFrame:
     """The follow-up's main experiment: held-out perplexity (and minimal-pair accuracy) of the model
     with the sign-specific ablation of its Wasserstein neurons, of random neurons and of a
     perplexity-matched set of non-Wasserstein neurons.
@@ -324,24 +402,33 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
     from ``scores``. The model is unchanged afterwards (also after Ctrl-C). ``nll_fn`` (default
     :func:`ablated_nll`, same arguments) computes each held-out pass; a cached one lets the surprisal
     and the depth profile reuse the study's passes.
+
+    Paired comparisons (:mod:`wnb.statistics`; the same held-out windows, resampled together, and the same
+    minimal pairs, so no extra model pass), 95% percentile bootstrap intervals, seed 0:
+
+    - every ablation row against dense (this row − dense): ``delta_perplexity, delta_ppl_low,
+      delta_ppl_high`` (``exp(mean NLL)`` difference), ``delta_nll, delta_nll_low, delta_nll_high`` (nats per
+      token) and ``nll_verdict`` (that the ablation raises NLL: holds / reversed / not observed / inconclusive,
+      :func:`wnb.statistics.verdict` against ``minimum_nll``);
+    - every control row against the Wasserstein ablation (the Wasserstein row − this row): the same
+      columns prefixed ``w_`` (``w_delta_perplexity, w_delta_ppl_low, …, w_nll_verdict``: that ablating the
+      Wasserstein neurons raises NLL more than this control). These intervals are over windows, for one
+      draw of the control; the spread over draws is in the seed columns;
+    - with pairs, ``acc_low, acc_high`` and ``acc_low_<phenomenon>, acc_high_<phenomenon>`` (Wilson) on
+      every row; ``delta_accuracy, delta_acc_low, delta_acc_high`` (the Bonett–Price interval of a paired
+      difference of proportions, :func:`wnb.statistics.accuracy_difference`), ``mcnemar_p`` (McNemar's
+      test against dense on the same pairs) and ``acc_verdict`` (that the ablation lowers accuracy,
+      against ``minimum_accuracy``); on control rows ``w_delta_accuracy, w_delta_acc_low, w_delta_acc_high,
+      w_mcnemar_p, w_acc_verdict`` (the Wasserstein ablation against this control);
+    - on the rows of each control (the per-seed rows are kept), ``n_seeds`` and ``<column>_seeds_mean,
+      _sd, _min, _max`` over its seeds of ``perplexity, w_delta_perplexity`` (and, with pairs,
+      ``acc_seeds_*`` of the accuracy and ``w_delta_accuracy_seeds_*``; sd is NaN for one seed).
+
+    Every column that starts with ``accuracy`` is the overall accuracy or a phenomenon's (the plots read
+    them so); the accuracy's other columns start with ``acc_``.
     """
-    check_side(side)
-    _check_fraction(fraction)
-    if isinstance(controls, str):
-        controls = (controls,)
-    controls = tuple(controls)
-    unknown = [c for c in controls if c not in CONTROLS]
-    if unknown:
-        raise WnbError(f"unknown controls {unknown}; choose from {', '.join(CONTROLS)}")
-    seeds = [int(s) for s in seeds]
-    if controls and not seeds:
-        raise WnbError("seeds is empty; the controls need at least one seed")
-    matched_seeds = seeds[:1] if matched_seeds is None else [int(s) for s in matched_seeds]
-    if not 0 < tolerance < 1:
-        raise WnbError(f"tolerance must be in (0, 1) (got {tolerance})")
-    if not fraction < exclude < 1:
-        raise WnbError(f"exclude must be in (fraction, 1) = ({fraction}, 1) so that the matched control "
-                       f"is disjoint from the Wasserstein neurons (got {exclude})")
+    controls, seeds, matched_seeds = _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance,
+                                                  minimum_nll, minimum_accuracy)
     held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
                                        progress)
     wasserstein = select_wasserstein(scores, fraction)
@@ -351,7 +438,7 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
     plan += [("matched", s) for s in matched_seeds if "matched" in controls]
     opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
                 progress=progress, seed=0, nll_fn=nll_fn or ablated_nll)
-    rows = []
+    rows, raws = [], []
     with tqdm(plan, desc="sign ablation study", disable=not progress, leave=False) as bar:
         for selection, seed in bar:
             bar.set_postfix_str(selection if seed is None else f"{selection} {seed}")
@@ -367,14 +454,40 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
                 chosen, extra = _match(lm, held_out, scores, target, seed, exclude, tolerance, opts)
             row = {"selection": selection, "seed": seed, "side": side, "fraction": fraction,
                    "n_neurons": _count(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0)}
-            row.update(_evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts))
+            measured, raw = _evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts)
+            row.update(measured)
             if extra:
                 row["seconds"] += extra.pop("search_seconds")
                 row.update(extra)
             rows.append(row)
-    table = pd.DataFrame(rows)
+            raws.append(raw)
+    table = _compare(rows, raws, minimum_nll, minimum_accuracy)
     table["seed"] = table["seed"].astype("Int64")
     return table
+
+
+def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance, minimum_nll, minimum_accuracy):
+    """:func:`sign_ablation_study`'s own arguments, before any work; returns (controls, seeds, matched_seeds)."""
+    check_side(side)
+    _check_fraction(fraction)
+    controls = (controls,) if isinstance(controls, str) else tuple(controls)
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise WnbError(f"unknown controls {unknown}; choose from {', '.join(CONTROLS)}")
+    seeds = [int(s) for s in seeds]
+    if controls and not seeds:
+        raise WnbError("seeds is empty; the controls need at least one seed")
+    matched_seeds = seeds[:1] if matched_seeds is None else [int(s) for s in matched_seeds]
+    if not 0 < tolerance < 1:
+        raise WnbError(f"tolerance must be in (0, 1) (got {tolerance})")
+    for name, value in (("minimum_nll", minimum_nll), ("minimum_accuracy", minimum_accuracy)):
+        if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise WnbError(f"{name} must be a positive number, the smallest effect the verdicts look for "
+                           f"(got {value!r})")
+    if not fraction < exclude < 1:
+        raise WnbError(f"exclude must be in (fraction, 1) = ({fraction}, 1) so that the matched control "
+                       f"is disjoint from the Wasserstein neurons (got {exclude})")
+    return controls, seeds, matched_seeds
 
 
 def _bisect(ppl, widest: int, target: float, tolerance: float) -> tuple[int, bool]:
@@ -490,6 +603,57 @@ def selection_table(selections: Mapping, scores: Mapping | None = None) -> pd.Da
     return table
 
 
+def _span(row, column: str, stem: str, scale: float = 1.0, digits: int = 2) -> str:
+    """``+x [+low, +high]`` of a paired difference column and its ``<stem>_low`` / ``<stem>_high`` interval."""
+    return (f"{scale * row[column]:+.{digits}f} [{scale * row[stem + '_low']:+.{digits}f}, "
+            f"{scale * row[stem + '_high']:+.{digits}f}]")
+
+
+def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
+                minimum_accuracy: float = MINIMUM_DELTA_ACCURACY) -> str:
+    """A :func:`sign_ablation_study` table in words, for the command's last line and the app's summary: every
+    comparison as a paired difference with its 95% interval, and its verdict worded by that interval
+    (:func:`wnb.statistics.wording`; pass the study's minimum effects if they were not the defaults)."""
+    from wnb.statistics import wording
+
+    def says(row, prefix: str, what: str = "nll") -> str:
+        short = prefix.removesuffix("delta")
+        if what == "nll":
+            return wording(row[f"{short}nll_verdict"], row[f"{prefix}_nll_low"], row[f"{prefix}_nll_high"],
+                           minimum=minimum_nll)
+        return wording(row[f"{short}acc_verdict"], 100 * row[f"{prefix}_acc_low"], 100 * row[f"{prefix}_acc_high"],
+                       minimum=100 * minimum_accuracy) + (" points" if row[f"{short}acc_verdict"] == "inconclusive"
+                                                          else "")
+
+    dense, w = (study[study["selection"] == s].iloc[0] for s in ("dense", "wasserstein"))
+    rand, matched = (study[study["selection"] == s] for s in ("random", "matched"))
+    parts = [f"perplexity {dense['perplexity']:.2f} [{dense['ppl_low']:.2f}, {dense['ppl_high']:.2f}] dense, "
+             f"{w['perplexity']:.2f} with the {w.get('side', 'negative')} side of {int(w['n_neurons']):,} "
+             f"Wasserstein neurons: Δ "
+             f"{_span(w, 'delta_perplexity', 'delta_ppl')}, Δ NLL/token {_span(w, 'delta_nll', 'delta_nll', digits=3)}"
+             f" ({says(w, 'delta')})"]
+    if len(rand):
+        r = rand.iloc[0]
+        over = (f"over {int(r['n_seeds'])} seeds: Δ perplexity mean {r['w_delta_perplexity_seeds_mean']:+.2f} (sd "
+                f"{r['w_delta_perplexity_seeds_sd']:.2f}, range {r['w_delta_perplexity_seeds_min']:+.2f} to "
+                f"{r['w_delta_perplexity_seeds_max']:+.2f}); per seed" if len(rand) > 1 else
+                f"(one seed): Δ perplexity {_span(r, 'w_delta_perplexity', 'w_delta_ppl')}")
+        parts.append(f"Wasserstein − random {over}: {', '.join(says(row, 'w_delta') for _, row in rand.iterrows())}")
+    if len(matched):
+        m = matched.iloc[0]
+        parts.append(f"Wasserstein − matched ({int(m['n_neurons']):,} neurons): Δ perplexity "
+                     f"{_span(m, 'w_delta_perplexity', 'w_delta_ppl')}")
+    if "accuracy" in study.columns:
+        text = (f"minimal pairs {dense['accuracy']:.1%} [{dense['acc_low']:.1%}, {dense['acc_high']:.1%}] dense, "
+                f"{w['accuracy']:.1%} Wasserstein: Δ {_span(w, 'delta_accuracy', 'delta_acc', 100, 1)} points, "
+                f"McNemar p {w['mcnemar_p']:.2g} ({says(w, 'delta', 'accuracy')})")
+        if len(matched):
+            text += (f"; Wasserstein − matched Δ {_span(m, 'w_delta_accuracy', 'w_delta_acc', 100, 1)} points, "
+                     f"McNemar p {m['w_mcnemar_p']:.2g} ({says(m, 'w_delta', 'accuracy')})")
+        parts.append(text)
+    return "; ".join(parts)
+
+
 # ---------------------------------------------------------------- depth profile
 
 def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01, side: str = "negative",
@@ -499,11 +663,13 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     """The Wasserstein ablation one layer at a time (``mode="layer"``) and over layers 0..l
     (``mode="cumulative"``), against the dense model (``mode="dense"``, first row).
 
-    Columns: ``mode, block, layer, n_neurons, perplexity, ppl_low, ppl_high, delta_perplexity`` and,
+    Columns: ``mode, block, layer, n_neurons, perplexity, ppl_low, ppl_high, delta_perplexity,
+    delta_ppl_low, delta_ppl_high`` (the paired bootstrap interval over the same windows) and,
     with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
     cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation. ``nll_fn`` as there.
     """
     from wnb.model.architectures import block_of
+    from wnb.statistics import perplexity_difference
 
     held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
                                        progress)
@@ -515,16 +681,20 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
         plan += [("cumulative", name, {n: wasserstein[n] for n in names[:i + 1]}) for i, name in enumerate(names)]
     opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
                 progress=progress, seed=0, nll_fn=nll_fn or ablated_nll)
-    rows = []
+    rows, nlls = [], []
     with tqdm(plan, desc="depth profile", disable=not progress, leave=False) as bar:
         for mode, name, chosen in bar:
             row = {"mode": mode, "block": block_of(lm, name) if name else None, "layer": name,
                    "n_neurons": _count(chosen)}
-            row.update(_evaluate(lm, held_out, chosen, **opts))
-            rows.append(row)
+            measured, raw = _evaluate(lm, held_out, chosen, **opts)
+            rows.append({**row, **measured})
+            nlls.append(raw["nll"])
     table = pd.DataFrame(rows)
     dense = table.iloc[0]
     table.insert(7, "delta_perplexity", table["perplexity"] - dense["perplexity"])
+    paired = [perplexity_difference(nlls[0], nll) for nll in nlls]  # over the same windows
+    table.insert(8, "delta_ppl_low", [d.low for d in paired])
+    table.insert(9, "delta_ppl_high", [d.high for d in paired])
     if pairs is not None:
         table.insert(table.columns.get_loc("accuracy") + 1, "delta_accuracy", table["accuracy"] - dense["accuracy"])
     table["block"] = table["block"].astype("Int64")

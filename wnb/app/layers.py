@@ -37,7 +37,7 @@ class Layers:
         if not 0 <= self.skip_first < seq_len:
             raise WnbError(f"skip_first must be between 0 and {seq_len - 1}, the window length minus one "
                            f"(got {self.skip_first})")
-        table = self._cached("neuron_table", self.key(layer=name, n_pairs=self.n_pairs, sign=True,
+        table = self._cached("neuron_table", self.key(layer=name, n_pairs=self.n_pairs, sign="zero+mean split",
                                                       skip_first=self.skip_first),
                              lambda: neuron_table(acts["outputs"], acts["inputs"], layer_weight(self.lm, name),
                                                   n_pairs=self.n_pairs, seed=self.seed, sign=True, seq_len=seq_len,

@@ -59,7 +59,7 @@ class Negative:
         seeds = [self.seed + i for i in range(int(n_seeds))]
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side,
                        controls=list(controls), seeds=seeds, pairs=pairs, held_out=self.held_out,
-                       tolerance=float(tolerance))
+                       tolerance=float(tolerance), columns="paired differences, verdicts, spread over seeds")
         return (self._cached(
             "sign_ablation", key,
             lambda: (sign_ablation_study(self.lm, None, self.held_out, fraction=fraction, side=side,
@@ -75,7 +75,7 @@ class Negative:
 
         scores = self.sign_scores(layers, tokens, progress)
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, pairs=pairs,
-                       held_out=self.held_out)
+                       held_out=self.held_out, columns="paired delta interval")
         return (self._cached(
             "sign_depth", key,
             lambda: (sign_ablation_depth(self.lm, None, self.held_out, fraction=fraction, side=side,

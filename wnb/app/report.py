@@ -191,7 +191,7 @@ def neuron_page(session, layer: str, neuron: int, progress: bool = True) -> tupl
     summary = (f"rank {int(row['rank'])} of {view.n_neurons} by WD · WD {row['wd']:.4f}" +
                (f" · MD {row['md']:.3f}" if "md" in row else "") + f" · mean {row['mean']:.4f} · variance "
                f"{row['variance']:.4g}" + (f" · {row['frac_negative']:.0%} of outputs below zero, "
-                                           f"{row['wd_lower'] / row['wd']:.0%} of WD below t = 0"
+                                           f"{row['wd_share_below_zero']:.0%} of WD over them"
                                            if "frac_negative" in row and row["wd"] > 0 else ""))
     body = "".join([
         f"<h1 style='font-size:20px'>{html.escape(view.name)} · neuron {neuron}</h1>",

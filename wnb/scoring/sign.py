@@ -4,7 +4,8 @@ The follow-up paper (PAPER.md §8) finds that gate_proj-like Wasserstein neurons
 *negative* side. These functions say where a neuron's non-Gaussianity sits:
 
 - :func:`wasserstein_split`: the exact W1 integral ``∫ |F_z(t) − Φ(t)| dt`` of the standardized outputs,
-  split into its part over ``t < 0`` and its part over ``t > 0`` (they add up to the WD);
+  split at the raw zero (``t = z₀ = −mean/std``, i.e. ``y = 0``: the follow-up's *negative*
+  pre-activations) or, with ``at="mean"``, at ``t = 0`` (``y`` = the mean); the two parts add up to the WD;
 - :func:`shape_statistics`: share of outputs below zero, skewness, excess kurtosis;
 - :func:`sign_quadrants` / :func:`gate_up_quadrants`: for a gated MLP (SwiGLU, GeGLU), the share of
   tokens in each sign quadrant of (gate_proj, up_proj) of a hidden neuron.
@@ -27,18 +28,18 @@ def _pieces(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cross: torch.Tens
     return c * (s - a) - (gs - ga) + (gb - gs) - c * (b - s)
 
 
-def _split_sorted(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper parts of W1 for rows of sorted standardized samples ``z [m, n]`` (float64)."""
+def _split_sorted(z: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parts of W1 below and above ``t = at`` (``[m, 1]``) for rows of sorted standardized samples
+    ``z [m, n]`` (float64)."""
     n = z.shape[1]
-    zero = torch.zeros((), dtype=torch.float64)
     c = torch.arange(1, n, dtype=torch.float64) / n          # the empirical CDF between z_i and z_i+1
     cross = torch.special.ndtri(c)
     a, b = z[:, :-1], z[:, 1:]
-    lower = _pieces(a.clamp(max=0), b.clamp(max=0), c, cross).sum(1)
-    upper = _pieces(a.clamp(min=0), b.clamp(min=0), c, cross).sum(1)
-    first, last = z[:, 0], z[:, -1]
-    lower += normal_cdf_integral(first.clamp(max=0)) + normal_sf_integral(last.clamp(max=0)) - normal_sf_integral(zero)
-    upper += normal_cdf_integral(first.clamp(min=0)) - normal_cdf_integral(zero) + normal_sf_integral(last.clamp(min=0))
+    lower = _pieces(torch.minimum(a, at), torch.minimum(b, at), c, cross).sum(1)
+    upper = _pieces(torch.maximum(a, at), torch.maximum(b, at), c, cross).sum(1)
+    first, last, s = z[:, 0], z[:, -1], at[:, 0]
+    lower += normal_cdf_integral(torch.minimum(first, s)) + normal_sf_integral(torch.minimum(last, s)) - normal_sf_integral(s)
+    upper += normal_cdf_integral(torch.maximum(first, s)) - normal_cdf_integral(s) + normal_sf_integral(torch.maximum(last, s))
     return lower, upper
 
 
@@ -60,29 +61,50 @@ def as_outputs(outputs, name: str = "outputs") -> torch.Tensor:
     return outputs
 
 
-def wasserstein_split(outputs, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact W1 of each column's standardized distribution to N(0, 1), split at ``t = 0``.
+SPLITS = ("zero", "mean")
 
-    Returns ``(lower, upper)``, each ``[n_neurons]`` float64: ``lower = ∫_{-∞}^0 |F_z − Φ|`` and
-    ``upper = ∫_0^∞ |F_z − Φ|``, so ``lower + upper`` is :func:`wnb.wasserstein_to_gaussian`. It says where
-    along the standardized axis the distribution departs from N(0, 1): a lump of outputs far below the bulk
-    puts most of it at ``t < 0``. A merely skewed distribution need not: a long right tail also pushes the
-    bulk left, which shows at ``t < 0`` (read it with ``skewness``). Constant columns: NaN.
+
+def _check_at(at: str) -> str:
+    if at not in SPLITS:
+        raise WnbError(f"unknown split {at!r}; choose zero (at the raw zero, y = 0: negative vs positive outputs) "
+                       "or mean (at t = 0 of the standardized outputs, y = the mean)")
+    return at
+
+
+def wasserstein_split(outputs, chunk: int | None = None, at: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact W1 of each column's standardized distribution to N(0, 1), split in two along the axis.
+
+    ``at="zero"`` (default) splits at the raw zero, ``y = 0``, which on the standardized axis is
+    ``t = z₀ = −mean/std``: ``lower = ∫_{-∞}^{z₀} |F_z − Φ|`` is the part over *negative* outputs (the
+    follow-up's negative pre-activations) and ``upper = ∫_{z₀}^∞`` the part over positive ones. ``at="mean"``
+    splits at ``t = 0``, i.e. at ``y`` = the column's mean ("below the mean", not "negative").
+    Returns ``(lower, upper)``, each ``[n_neurons]`` float64; ``lower + upper`` is
+    :func:`wnb.wasserstein_to_gaussian` either way. A lump of outputs far below the bulk puts most of it
+    below the mean; a merely skewed distribution need not (a long right tail also pushes the bulk left,
+    which shows below the mean: read it with ``skewness``). Constant columns: NaN.
     """
+    return _splits(outputs, chunk, (_check_at(at),))[at]
+
+
+def _splits(outputs, chunk: int | None, ats) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`wasserstein_split` at each of ``ats``, sorting each column once."""
     y = as_outputs(outputs)
     n, m = y.shape
     if n < 2:
         raise WnbError(f"at least 2 samples are needed to standardize (got {n})")
     chunk = max(1, (1 << 21) // n) if chunk is None else check_int(chunk, "chunk")
-    lower, upper = (torch.empty(m, dtype=torch.float64) for _ in range(2))
+    out = {at: (torch.empty(m, dtype=torch.float64), torch.empty(m, dtype=torch.float64)) for at in ats}
     for s in range(0, m, chunk):
         part = torch.from_numpy(np.sort(y[:, s:s + chunk].T.contiguous().numpy(), axis=1)).double()
         std, mean = torch.std_mean(part, dim=1, correction=0, keepdim=True)
-        lo, hi = _split_sorted((part - mean) / std)
         bad = ~(std[:, 0] > 0) | ~torch.isfinite(std[:, 0])
-        lo[bad], hi[bad] = float("nan"), float("nan")
-        lower[s:s + chunk], upper[s:s + chunk] = lo, hi
-    return lower, upper
+        z = (part - mean) / std
+        for at in ats:
+            point = -mean / std if at == "zero" else torch.zeros_like(mean)
+            lo, hi = _split_sorted(z, point)
+            lo[bad], hi[bad] = float("nan"), float("nan")
+            out[at][0][s:s + chunk], out[at][1][s:s + chunk] = lo, hi
+    return out
 
 
 def shape_statistics(outputs, chunk: int = 256) -> dict[str, torch.Tensor]:
@@ -107,12 +129,15 @@ def shape_statistics(outputs, chunk: int = 256) -> dict[str, torch.Tensor]:
 
 
 def sign_columns(outputs) -> dict[str, np.ndarray]:
-    """The sign view's columns of :func:`wnb.neuron_table`: ``frac_negative, skewness, kurtosis, wd_lower,
-    wd_upper, lower_share`` (``wd_lower / (wd_lower + wd_upper)``), as numpy arrays per neuron."""
+    """The sign view's columns of :func:`wnb.neuron_table`, as numpy arrays per neuron: ``frac_negative,
+    skewness, kurtosis``; ``wd_below_zero, wd_above_zero`` (:func:`wasserstein_split` at the raw zero) and
+    ``wd_share_below_zero`` (``wd_below_zero / wd``); ``wd_below_mean, wd_above_mean, wd_share_below_mean``
+    (split at the mean instead)."""
     stats = shape_statistics(outputs)
-    lower, upper = wasserstein_split(outputs)
     cols = {k: v.numpy() for k, v in stats.items()}
-    cols.update(wd_lower=lower.numpy(), wd_upper=upper.numpy(), lower_share=(lower / (lower + upper)).numpy())
+    for at, (lower, upper) in _splits(outputs, None, SPLITS).items():
+        cols.update({f"wd_below_{at}": lower.numpy(), f"wd_above_{at}": upper.numpy(),
+                     f"wd_share_below_{at}": (lower / (lower + upper)).numpy()})
     return cols
 
 

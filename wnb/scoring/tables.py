@@ -40,8 +40,10 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
     Sorted by WD, highest first; ``rank`` 1 is the most entangled neuron.
 
     ``sign=True`` adds the sign view (:func:`wnb.scoring.sign.sign_columns`): ``frac_negative, skewness,
-    kurtosis`` (excess), ``wd_lower, wd_upper`` (the WD integral over t < 0 and t > 0; they add up to
-    ``wd``) and ``lower_share``. Given ``seq_len`` (the capture's window length: rows are flattened
+    kurtosis`` (excess), ``wd_below_zero, wd_above_zero`` (the WD integral over negative and positive
+    outputs, split at the raw zero; they add up to ``wd``), ``wd_share_below_zero`` and the same split at the
+    mean (``wd_below_mean, wd_above_mean, wd_share_below_mean``). Given ``seq_len`` (the capture's window
+    length: rows are flattened
     window-major), ``skip_first`` positions of every window are dropped from every statistic, and the
     columns ``pos0_tail_share`` (:func:`wnb.position_tail_share`: share of the neuron's outputs beyond ±2.5σ
     at the first position kept) and ``sink`` (that share ``>= wnb.data.positions.SINK_SHARE``) are added.

@@ -13,6 +13,7 @@ from wnb import plots
 from wnb.app.budgets import SCOPES
 from wnb.app.limits import BOUNDS, bounded
 from wnb.app.session import Session
+from wnb.sign_ablation import study_words
 from wnb.errors import WnbError
 from wnb.widgets.panel import CSS, Panel, cost_message, csv_link, png_link, slug
 
@@ -29,6 +30,42 @@ SIDES = {"negative": "negative side: y → max(y, 0)", "positive": "positive sid
 # perplexity passes per layer) has its own button.
 APP_DEFAULTS = {"small": (1, 5), "medium": (3, 20), "large": (3, 50)}
 STEPS = ("WD of every neuron", "study: dense, Wasserstein and controls", "Δ surprisal by token class")
+
+
+def _span(value: float, low: float, high: float, scale: float = 1.0, digits: int = 3, sign: str = "+") -> str:
+    if pd.isna(value):
+        return ""
+    return f"{scale * value:{sign}.{digits}f} [{scale * low:{sign}.{digits}f}, {scale * high:{sign}.{digits}f}]"
+
+
+def study_view(study: pd.DataFrame) -> pd.DataFrame:
+    """The study as the tab shows it: one row per ablation, each number with its interval, each comparison a
+    paired difference with its verdict (the full table is the CSV download)."""
+    out = pd.DataFrame({
+        "selection": [s if pd.isna(seed) else f"{s} {seed}" for s, seed in zip(study["selection"], study["seed"])],
+        "neurons": study["n_neurons"].astype(int),
+        "perplexity [95%]": [_span(*v, sign="") for v in study[["perplexity", "ppl_low", "ppl_high"]].to_numpy()]})
+    columns = [("Δ perplexity", "delta_perplexity", "delta_ppl", "nll_verdict", 1.0, 3),
+               ("W − this, Δ perplexity", "w_delta_perplexity", "w_delta_ppl", "w_nll_verdict", 1.0, 3)]
+    if "accuracy" in study:
+        out["accuracy % [95%]"] = [_span(*v, scale=100, digits=1, sign="")
+                                   for v in study[["accuracy", "acc_low", "acc_high"]].to_numpy()]
+        columns += [("Δ accuracy, points", "delta_accuracy", "delta_acc", "acc_verdict", 100.0, 1),
+                    ("W − this, Δ accuracy", "w_delta_accuracy", "w_delta_acc", "w_acc_verdict", 100.0, 1)]
+    for title, column, stem, verdict, scale, digits in columns:
+        if column not in study:
+            continue
+        out[title] = [_span(*v, scale=scale, digits=digits)
+                      for v in study[[column, f"{stem}_low", f"{stem}_high"]].to_numpy(float)]
+        out[f"{title}: verdict"] = study[verdict].fillna("").to_numpy()
+    for name, column in (("McNemar p vs dense", "mcnemar_p"), ("McNemar p, W vs this", "w_mcnemar_p")):
+        if column in study:
+            out[name] = [f"{p:.2g}" if pd.notna(p) else "" for p in study[column]]
+    if "perplexity_seeds_mean" in study:
+        out["perplexity over seeds (mean ± sd)"] = [
+            "" if pd.isna(m) else f"{m:.3f} ± {sd:.3f}" if pd.notna(sd) else f"{m:.3f} (one seed)"
+            for m, sd in zip(study["perplexity_seeds_mean"], study["perplexity_seeds_sd"])]
+    return out
 
 
 def negative_layers(session: Session, scope: str, layer: str) -> list[str]:
@@ -251,24 +288,16 @@ class NegativeView(Panel):
                              plots.minimal_pair_bars(study, title="agreement minimal pairs"))
         else:
             self.pairs_out.outputs = ()
-        by = study.set_index("selection")
-        parts = [f"dense perplexity <b>{by.loc['dense', 'perplexity']:.3f}</b>",
-                 f"Wasserstein ablation <b>{by.loc['wasserstein', 'perplexity']:.3f}</b> "
-                 f"({int(by.loc['wasserstein', 'n_neurons']):,} neurons)"]
-        rand = study[study["selection"] == "random"]
-        if len(rand):
-            parts.append(f"random (same count) mean <b>{rand['perplexity'].mean():.3f}</b>")
+        parts = [html.escape(part) for part in study_words(study).split("; ")]  # paired, with intervals
         matched = study[study["selection"] == "matched"]
         if len(matched):
-            m = matched.iloc[0]
-            parts.append(f"matched control {int(m['n_neurons']):,} neurons: {m['perplexity']:.3f} — "
-                         f"{html.escape(str(m['note']))}")
+            parts.append(f"matched control: {html.escape(str(matched.iloc[0]['note']))}")
         if not with_pairs:
             parts.append("no minimal pairs: the model has no tokenizer")
-        self.summary.value = " · ".join(parts)
-        shown = [c for c in study.columns if c not in ("side", "note")]
-        self.study_table.value = study[shown].to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0,
-                                                      na_rep="")
+        self.summary.value = "<br>".join(parts)
+        legend = ("<small>Δ: this row − dense; W − this: the Wasserstein ablation − this control (paired over the "
+                  "same windows and pairs, 95% intervals); every column is in the study CSV below.</small>")
+        self.study_table.value = study_view(study).to_html(index=False, border=0, na_rep="", escape=True) + legend
 
     def _draw_surprisal(self) -> None:
         table = self.surprisal["by_class"]

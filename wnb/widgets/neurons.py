@@ -209,14 +209,14 @@ class NeuronView(Panel):
     def _fill_table(self, view: LayerView) -> None:
         t = view.table
         has_md = "md" in t.columns
-        signs = {"frac_negative", "wd_lower"} <= set(t.columns)
+        signs = {"frac_negative", "wd_share_below_zero"} <= set(t.columns)
         self.head.value = ('<div class="wnb-head">' + html.escape(
             f"{'rank':>5} {'neuron':>6} {'WD':>7} {'MD':>7} {'mean':>8} {'variance':>9}" +
-            (f" {'<0':>4} {'W<0':>4}" if signs else "")) + "</div>")
+            (f" {'y<0':>4} {'WD y<0':>6}" if signs else "")) + "</div>")  # outputs, and WD, below the raw zero
         options = []
         for row in t.head(TABLE_ROWS).itertuples():
             md = f"{row.md:7.3f}" if has_md else f"{'':7}"
-            sign = (f" {row.frac_negative:4.0%} {row.wd_lower / row.wd:4.0%}" if row.wd > 0 else "") if signs else ""
+            sign = (f" {row.frac_negative:4.0%} {row.wd_share_below_zero:6.0%}" if row.wd > 0 else "") if signs else ""
             sink = " ⚓" if getattr(row, "sink", False) is True else ""
             options.append((f"{row.rank:>5} {row.neuron:>6} {row.wd:7.4f} {md} {row.mean:8.3f} {row.variance:9.4f}"
                             f"{sign}{sink}", int(row.rank)))
