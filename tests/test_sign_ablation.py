@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from scipy import stats
 
 import wnb
-import wnb.statistics
+import wnb.core.inference
 
-sa = importlib.import_module("wnb.sign_ablation")  # wnb.sign_ablated is the function, not the module
+sa = importlib.import_module("wnb.experiments.sign_ablation")  # wnb.sign_ablated is the function, not the module
 
 
 def _picks(lm, per_layer=5, seed=0):
@@ -366,11 +366,11 @@ def test_study_paired_differences_against_a_plain_loop(tiny_llama, windows, scor
             assert row["w_delta_perplexity"] == pytest.approx(versus(np.arange(n)), rel=1e-5, abs=1e-9)
             assert (row["w_delta_ppl_low"], row["w_delta_ppl_high"]) == pytest.approx(tuple(_loop(versus, n)),
                                                                                    rel=1e-5, abs=1e-9)
-            assert row["w_nll_verdict"] == wnb.statistics.verdict(row["w_delta_nll_low"], row["w_delta_nll_high"],
+            assert row["w_nll_verdict"] == wnb.core.inference.verdict(row["w_delta_nll_low"], row["w_delta_nll_high"],
                                                                   "greater", minimum=sa.MINIMUM_DELTA_NLL)
         else:
             assert pd.isna(row["w_delta_perplexity"])
-        assert row["nll_verdict"] in wnb.statistics.VERDICTS
+        assert row["nll_verdict"] in wnb.core.inference.VERDICTS
     random = table.loc["random"]  # the per-seed rows stay; the spread over seeds beside them
     assert len(random) == 2 and (random["n_seeds"] == 2).all()
     assert random["perplexity_seeds_mean"].iloc[0] == pytest.approx(statistics.mean(random["perplexity"]))
@@ -496,14 +496,14 @@ def test_study_with_minimal_pairs_and_computed_scores():
         want = 1.0 if lost + gained == 0 else stats.binomtest(lost, lost + gained, 0.5).pvalue
         assert row["mcnemar_p"] == pytest.approx(want)
         assert row["delta_accuracy"] == pytest.approx(b.mean() - a.mean())
-        paired = wnb.statistics.accuracy_difference(a, b)  # on flags scored here, outside the study
+        paired = wnb.core.inference.accuracy_difference(a, b)  # on flags scored here, outside the study
         assert (row["delta_acc_low"], row["delta_acc_high"]) == pytest.approx((paired.low, paired.high))
         assert row["delta_acc_low"] < row["delta_accuracy"] < row["delta_acc_high"]  # never a point
     lost, gained = int((rand & ~w).sum()), int((~rand & w).sum())
     want = 1.0 if lost + gained == 0 else stats.binomtest(lost, lost + gained, 0.5).pvalue
     assert table.iloc[2]["w_mcnemar_p"] == pytest.approx(want)
     assert pd.isna(table.iloc[0]["mcnemar_p"]) and pd.isna(table.iloc[1]["w_mcnemar_p"])
-    assert table.iloc[2]["w_acc_verdict"] in wnb.statistics.VERDICTS
+    assert table.iloc[2]["w_acc_verdict"] in wnb.core.inference.VERDICTS
     # accuracy_<phenomenon> names the phenomena (the plots read them): nothing else starts so
     phenomena_columns = sorted(c for c in table.columns if c.startswith("accuracy_"))
     assert phenomena_columns == ["accuracy_simple", "accuracy_vp_coordination"]

@@ -1,4 +1,4 @@
-"""wnb.statistics against independent references: plain bootstrap loops, scipy's binomial and chi-square
+"""wnb.core.inference against independent references: plain bootstrap loops, scipy's binomial and chi-square
 tests, the Wilson interval solved numerically, the stdlib's statistics, and verdicts on planted effects."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from scipy import optimize, stats
 
 import wnb
-from wnb import statistics as st
+from wnb.core import inference as st
 
 
 def _loop_interval(stat, n, n_boot, seed, level=0.95):

@@ -662,7 +662,7 @@ def _negative_pairs(args):
 
 def _validate_negative(args) -> None:
     """``wnb negative``'s own arguments, before the model loads (the minimal pairs are read here too)."""
-    from wnb.sign_ablation import check_side
+    from wnb.compression.clamp import check_side
 
     check_side(args.side)  # --fraction, --control-seeds, --pairs-per-phenomenon, --tolerance: their argparse types
     if args.eval_windows is not None and args.eval_windows < 1:
@@ -672,7 +672,7 @@ def _validate_negative(args) -> None:
 
 def _negative(args, run: RunFolder, session) -> str:
     from wnb import plots
-    from wnb.sign_ablation import study_words
+    from wnb.experiments.sign_statistics import study_words
 
     lm = session.lm
     layers = _layers(lm, args.layers)
@@ -780,7 +780,7 @@ def _real(low: float, high: float, low_open: bool = True, high_open: bool = Fals
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wnb.sign_ablation import MATCHED_EXCLUDE
+    from wnb.scoring.selection import MATCHED_EXCLUDE
 
     common = argparse.ArgumentParser(add_help=False)
     model = common.add_argument_group("model")

@@ -15,7 +15,7 @@ class Negative:
     def sign_scores(self, layers, tokens: int | None = None, progress: bool = True) -> dict:
         """WD of every neuron of ``layers`` over the first ``tokens`` calibration tokens (default: the
         budget's overview tokens), as :func:`wnb.wasserstein_scores` returns it; cached."""
-        from wnb.sign_ablation import wasserstein_scores
+        from wnb.experiments.sign_ablation import wasserstein_scores
 
         layers = [self.check_layer(n) for n in layers]
         tokens = min(int(tokens or self.budget.overview_tokens), self.calib.numel())
@@ -27,9 +27,9 @@ class Negative:
 
     def ablated_nll(self, lm, held_out, selection, side: str = "negative", batch_size: int = 8,
                     progress: bool = True) -> torch.Tensor:
-        """:func:`wnb.sign_ablation.ablated_nll`, cached by the neurons themselves, so the study, its
+        """:func:`wnb.experiments.sign_ablation.ablated_nll`, cached by the neurons themselves, so the study, its
         surprisal and the depth profile share their held-out passes (e.g. the dense one)."""
-        from wnb.sign_ablation import ablated_nll
+        from wnb.experiments.sign_ablation import ablated_nll
 
         neurons = {name: torch.as_tensor(idx).tolist() for name, idx in selection.items()}
         key = cache.key(model=self.model_key, held_out=held_out, neurons=neurons,
@@ -53,7 +53,7 @@ class Negative:
                       progress: bool = True) -> pd.DataFrame:
         """:func:`wnb.sign_ablation_study` on the held-out windows, random controls with seeds
         ``seed .. seed + n_seeds - 1``, WD from :meth:`sign_scores`; cached (keyed by the pairs themselves)."""
-        from wnb.sign_ablation import sign_ablation_study
+        from wnb.experiments.sign_ablation import sign_ablation_study
 
         scores = self.sign_scores(layers, tokens, progress)
         seeds = [self.seed + i for i in range(int(n_seeds))]
@@ -71,7 +71,7 @@ class Negative:
     def sign_depth(self, layers, fraction: float = 0.01, side: str = "negative", pairs=None,
                    tokens: int | None = None, progress: bool = True) -> pd.DataFrame:
         """:func:`wnb.sign_ablation_depth` (one layer at a time and cumulative) on the held-out windows; cached."""
-        from wnb.sign_ablation import sign_ablation_depth
+        from wnb.experiments.sign_ablation import sign_ablation_depth
 
         scores = self.sign_scores(layers, tokens, progress)
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, pairs=pairs,
@@ -95,11 +95,7 @@ class Negative:
             token_surprisal,
             top_surprisal_tokens,
         )
-        from wnb.sign_ablation import (
-            matched_candidates,
-            select_matched,
-            select_wasserstein,
-        )
+        from wnb.scoring.selection import matched_candidates, select_matched, select_wasserstein
 
         scores = self.sign_scores(layers, tokens, progress)
         matched_seed = self.seed if matched_seed is None else int(matched_seed)

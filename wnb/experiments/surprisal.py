@@ -170,7 +170,7 @@ def token_surprisal(lm, windows, neurons, side: str = "negative", batch_size: in
     ``[n_windows, seq_len − 1]`` from :func:`wnb.token_nll`) may be passed to skip those passes.
     Aggregate with :func:`surprisal_by_class` and :func:`top_surprisal_tokens`.
     """
-    from wnb.sign_ablation import check_neurons, check_side, sign_ablated
+    from wnb.compression.clamp import check_neurons, check_side, sign_ablated
 
     check_side(side)
     plan = check_neurons(lm, neurons)

@@ -1,6 +1,10 @@
-"""Choosing neurons of a layer: the one selector, by WD, at random, by output mean, by variance or by
-weight norm (the paper's Fig. 3 criteria)."""
+"""Choosing neurons of a layer, in one place: by WD, at random, by output mean, by variance or by weight
+norm (the paper's Fig. 3 criteria, :func:`select_neurons`), and the follow-up's selections over many
+layers — the Wasserstein neurons, random neurons of the same count per layer, and the candidates and
+draws of a matched control."""
 from __future__ import annotations
+
+from typing import Mapping
 
 import torch
 
@@ -49,3 +53,86 @@ def select_neurons(criterion: str, outputs: torch.Tensor | None = None, weight: 
     else:
         scores = outputs.double().var(0, correction=0).cpu()
     return top_neurons(scores, k=k)
+
+
+MATCHED_EXCLUDE = 0.10  # the matched control draws from outside the top 10% of each layer by WD
+
+
+def _check_fraction(fraction: float) -> float:
+    if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise WnbError(f"fraction must be in (0, 1), the share of each layer's neurons (got {fraction!r}); "
+                       "the follow-up uses 0.01")
+    return float(fraction)
+
+
+def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
+    from wnb.model.architectures import check_layers, layer_weight
+
+    if not isinstance(scores, Mapping) or not scores:
+        raise WnbError("scores must be {layer: WD per neuron}, as wnb.wasserstein_scores returns")
+    names = check_layers(lm, list(scores) if layers is None else layers)
+    missing = [n for n in names if n not in scores]
+    if missing:
+        raise WnbError(f"scores has no WD for {missing}; compute them with wnb.wasserstein_scores(lm, calib, layers)")
+    out = {}
+    for name in names:
+        wd = torch.as_tensor(scores[name]).double().flatten()
+        if wd.numel() != layer_weight(lm, name).shape[0]:
+            raise WnbError(f"scores[{name!r}] has {wd.numel()} entries but the layer has "
+                           f"{layer_weight(lm, name).shape[0]} neurons")
+        out[name] = wd
+    return out
+
+
+def select_wasserstein(scores: Mapping, fraction: float = 0.01) -> dict[str, torch.Tensor]:
+    """The Wasserstein neurons: the top ``fraction`` of each layer by WD (at least one), highest first."""
+    from wnb.scoring.wasserstein import top_neurons
+
+    _check_fraction(fraction)
+    return {name: top_neurons(torch.as_tensor(wd), fraction=fraction) for name, wd in scores.items()}
+
+
+def select_random(scores: Mapping, counts: Mapping, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``counts[layer]`` neurons per layer drawn uniformly from all of the layer's neurons (seeded; the
+    draw may include Wasserstein neurons, as in the follow-up's random control)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for name, wd in scores.items():
+        n = torch.as_tensor(wd).numel()
+        k = int(counts.get(name, 0))
+        if not 0 <= k <= n:
+            raise WnbError(f"cannot draw {k} of the {n} neurons of {name}")
+        out[name] = torch.randperm(n, generator=gen)[:k]
+    return out
+
+
+def matched_candidates(scores: Mapping, exclude: float = MATCHED_EXCLUDE, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per layer, its ranked neurons outside the top ``exclude`` by WD, in a seeded random order; the
+    perplexity-matched control takes a prefix of each (:func:`select_matched`)."""
+    from wnb.scoring.wasserstein import top_neurons
+
+    if not 0 < exclude < 1:
+        raise WnbError(f"exclude must be in (0, 1) (got {exclude})")
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for name, wd in scores.items():
+        wd = torch.as_tensor(wd).double()
+        ranked = top_neurons(wd, k=wd.numel())  # every non-constant neuron, highest WD first
+        top = max(1, round(exclude * wd.numel()))
+        pool = ranked[top:]
+        out[name] = pool[torch.randperm(pool.numel(), generator=gen)]
+    return out
+
+
+def select_matched(candidates: Mapping, count: int) -> dict[str, torch.Tensor]:
+    """The first ``count`` candidates of the widest pool and the same share of every other pool."""
+    widest = max(c.numel() for c in candidates.values())
+    count = max(0, min(int(count), widest))
+    return {name: c[:min(c.numel(), round(count * c.numel() / widest))] for name, c in candidates.items()}
+
+
+def _count(selection: Mapping) -> int:
+    return int(sum(idx.numel() for idx in selection.values()))
+
+
+CONTROLS = ("random", "matched")

@@ -13,7 +13,7 @@ from wnb import plots
 from wnb.app.budgets import SCOPES
 from wnb.app.limits import BOUNDS, bounded
 from wnb.app.session import Session
-from wnb.sign_ablation import study_words
+from wnb.experiments.sign_statistics import study_words
 from wnb.errors import WnbError
 from wnb.widgets.panel import CSS, Panel, cost_message, csv_link, png_link, slug
 

@@ -1,14 +1,12 @@
 """Sign-specific ablation of neurons (Kong, Ning, Adler, Shavit, "Negative Pre-activations Differentiate
-Syntax", ICLR 2026; PAPER.md §8): the clamp, the study with its controls, and the depth profile.
+Syntax", ICLR 2026; PAPER.md §8): the study with its controls, and the depth profile. The clamp itself
+is :func:`wnb.compression.clamp.sign_ablated`; the selections are :mod:`wnb.scoring.selection`'s.
 
-- :func:`sign_ablated` clamps chosen outputs of linear layers during every forward pass
-  (``"negative"``: y → max(y, 0), ``"positive"``: y → min(y, 0), ``"both"``: y → 0) with forward hooks;
-  weights are never touched and the hooks are gone when the ``with`` block ends, however it ends.
 - :func:`sign_ablation_study` ablates the top ``fraction`` of each layer's neurons by WD (the
   Wasserstein neurons), random neurons of the same count per layer, and a perplexity-matched set of
   neurons from outside the top 10% by WD, and measures held-out perplexity (and minimal-pair accuracy),
   each also as a paired difference to dense and to the Wasserstein ablation with its bootstrap interval,
-  McNemar's test and a verdict worded by the interval (:mod:`wnb.statistics`).
+  McNemar's test and a verdict worded by the interval (:mod:`wnb.core.inference`, :mod:`wnb.experiments.sign_statistics`).
 - :func:`sign_ablation_depth` applies the Wasserstein ablation one layer at a time and cumulatively.
 
 Selections are ``{layer: LongTensor of neuron indices}``; :func:`wasserstein_scores` gives the WD they
@@ -16,7 +14,6 @@ are chosen by, and can be computed once and passed to every function here as ``s
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -25,108 +22,26 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from wnb.compression.clamp import check_side, sign_ablated
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.state import changed
+from wnb.experiments.sign_statistics import MINIMUM_DELTA_ACCURACY, MINIMUM_DELTA_NLL, _accuracy_columns, _compare
+from wnb.scoring.selection import (
+    CONTROLS,
+    MATCHED_EXCLUDE,
+    _check_fraction,
+    _check_scores,
+    _count,
+    matched_candidates,
+    select_matched,
+    select_random,
+    select_wasserstein,
+)
 
-SIDES = ("negative", "positive", "both")
-CONTROLS = ("random", "matched")
-MATCHED_EXCLUDE = 0.10  # the matched control draws from outside the top 10% of each layer by WD
 MATCHED_TOLERANCE = 0.02  # ... and its perplexity must be within 2% of the Wasserstein ablation's
-# The smallest effects the study's verdicts look for (wnb.statistics.verdict), declared before any data: the
-# follow-up states no effect size in these units. 0.01 nats per token is a 1% change of perplexity.
-MINIMUM_DELTA_NLL = 0.01
-MINIMUM_DELTA_ACCURACY = 0.02  # 2 points of minimal-pair accuracy
 
 
 # ---------------------------------------------------------------- the clamp
-
-def check_side(side: str) -> str:
-    if side not in SIDES:
-        raise WnbError(f"unknown side {side!r}; choose one of {', '.join(SIDES)} (negative: y -> max(y, 0), "
-                       "positive: y -> min(y, 0), both: y -> 0)")
-    return side
-
-
-def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
-    """Validate ``{layer: neuron indices}`` (indices or a boolean mask per layer); return the layers in
-    forward order with sorted unique ``LongTensor`` indices."""
-    from wnb.compression.sparsity import check_rows
-    from wnb.model.architectures import check_layers, layer_weight
-
-    if not isinstance(neurons, Mapping):
-        raise WnbError("neurons must map layer names to neuron indices, e.g. "
-                       "{'model.layers.1.mlp.gate_proj': [3, 17]} (see wnb.select_wasserstein)")
-    if not neurons:
-        return {}
-    plan = {}
-    for name in check_layers(lm, list(neurons)):
-        value = neurons[name]
-        if value is None:
-            raise WnbError(f"no neuron indices given for {name!r}")
-        n_out = layer_weight(lm, name).shape[0]
-        try:
-            plan[name] = check_rows(value, n_out)
-        except WnbError as exc:
-            raise WnbError(f"{name} has {n_out} neurons: {exc}") from None
-    return plan
-
-
-class _Clamp:
-    """Forward hook: return a copy of the output with the chosen features (last dimension) clamped.
-
-    Not in place: nnsight reads a layer's output inside its ``forward``, before PyTorch's forward hooks
-    run, and keeps a reference; an in-place clamp would reach that reference or not depending on whether
-    the trace stopped at this layer (``wnb.tracing.capture`` stops after its deepest layer, before its hooks).
-    With a copy, a capture of an ablated layer always gives its output before the clamp."""
-
-    def __init__(self, index: torch.Tensor, side: str):
-        self.index = index
-        self.side = side
-        self._on: dict[torch.device, torch.Tensor] = {}
-
-    def __call__(self, module, args, output):
-        if not isinstance(output, torch.Tensor):
-            raise WnbError(f"sign ablation needs a layer that returns one tensor (got {type(output).__name__})")
-        idx = self._on.get(output.device)
-        if idx is None:
-            idx = self._on[output.device] = self.index.to(output.device)
-        if self.side == "both":
-            return output.index_fill(-1, idx, 0)
-        part = output.index_select(-1, idx)
-        part = part.clamp_(min=0) if self.side == "negative" else part.clamp_(max=0)
-        return output.index_copy(-1, idx, part)
-
-
-@contextlib.contextmanager
-def sign_ablated(lm, neurons, side: str = "negative"):
-    """Clamp the chosen outputs of linear layers during every forward pass inside the ``with`` block.
-
-    ``neurons`` maps layer names (``wnb.linear_layers(lm)``) to neuron indices (output features).
-    ``side="negative"`` zeroes only their negative values (y → max(y, 0), the follow-up's intervention),
-    ``"positive"`` only the positive ones (y → min(y, 0)), ``"both"`` all (y → 0). Forward hooks do it, so
-    :func:`wnb.perplexity`, :func:`wnb.tracing.capture`, nnsight traces and ``lm.model.generate`` all run the
-    ablated model; the weights are never touched. The clamp acts as the layer returns, after nnsight
-    reads its output: a capture of an ablated layer itself gives its output before the clamp (what it
-    computes from its, possibly ablated, inputs), every later layer sees the clamped values. The hooks
-    are removed on exit, also after an exception or Ctrl-C. Yields the validated ``{layer: indices}``.
-    """
-    from wnb.model.architectures import module
-    from wnb.model.lm import require_local
-
-    check_side(side)
-    plan = check_neurons(lm, neurons)
-    require_local(lm, "sign ablation")
-    with changed(lm, f"sign ablation ({side} side)"):  # hooks: the weights stay dense, the outputs do not
-        handles = []
-        try:
-            for name, idx in plan.items():
-                if idx.numel():
-                    handles.append(module(lm, name).register_forward_hook(_Clamp(idx, side)))
-            yield plan
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 # ---------------------------------------------------------------- selections
@@ -162,82 +77,6 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     return {name: scores[name] for name in layers}
 
 
-def _check_fraction(fraction: float) -> float:
-    if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise WnbError(f"fraction must be in (0, 1), the share of each layer's neurons (got {fraction!r}); "
-                       "the follow-up uses 0.01")
-    return float(fraction)
-
-
-def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
-    from wnb.model.architectures import check_layers, layer_weight
-
-    if not isinstance(scores, Mapping) or not scores:
-        raise WnbError("scores must be {layer: WD per neuron}, as wnb.wasserstein_scores returns")
-    names = check_layers(lm, list(scores) if layers is None else layers)
-    missing = [n for n in names if n not in scores]
-    if missing:
-        raise WnbError(f"scores has no WD for {missing}; compute them with wnb.wasserstein_scores(lm, calib, layers)")
-    out = {}
-    for name in names:
-        wd = torch.as_tensor(scores[name]).double().flatten()
-        if wd.numel() != layer_weight(lm, name).shape[0]:
-            raise WnbError(f"scores[{name!r}] has {wd.numel()} entries but the layer has "
-                           f"{layer_weight(lm, name).shape[0]} neurons")
-        out[name] = wd
-    return out
-
-
-def select_wasserstein(scores: Mapping, fraction: float = 0.01) -> dict[str, torch.Tensor]:
-    """The Wasserstein neurons: the top ``fraction`` of each layer by WD (at least one), highest first."""
-    from wnb.scoring.wasserstein import top_neurons
-
-    _check_fraction(fraction)
-    return {name: top_neurons(torch.as_tensor(wd), fraction=fraction) for name, wd in scores.items()}
-
-
-def select_random(scores: Mapping, counts: Mapping, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``counts[layer]`` neurons per layer drawn uniformly from all of the layer's neurons (seeded; the
-    draw may include Wasserstein neurons, as in the follow-up's random control)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    out = {}
-    for name, wd in scores.items():
-        n = torch.as_tensor(wd).numel()
-        k = int(counts.get(name, 0))
-        if not 0 <= k <= n:
-            raise WnbError(f"cannot draw {k} of the {n} neurons of {name}")
-        out[name] = torch.randperm(n, generator=gen)[:k]
-    return out
-
-
-def matched_candidates(scores: Mapping, exclude: float = MATCHED_EXCLUDE, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Per layer, its ranked neurons outside the top ``exclude`` by WD, in a seeded random order; the
-    perplexity-matched control takes a prefix of each (:func:`select_matched`)."""
-    from wnb.scoring.wasserstein import top_neurons
-
-    if not 0 < exclude < 1:
-        raise WnbError(f"exclude must be in (0, 1) (got {exclude})")
-    gen = torch.Generator().manual_seed(int(seed))
-    out = {}
-    for name, wd in scores.items():
-        wd = torch.as_tensor(wd).double()
-        ranked = top_neurons(wd, k=wd.numel())  # every non-constant neuron, highest WD first
-        top = max(1, round(exclude * wd.numel()))
-        pool = ranked[top:]
-        out[name] = pool[torch.randperm(pool.numel(), generator=gen)]
-    return out
-
-
-def select_matched(candidates: Mapping, count: int) -> dict[str, torch.Tensor]:
-    """The first ``count`` candidates of the widest pool and the same share of every other pool."""
-    widest = max(c.numel() for c in candidates.values())
-    count = max(0, min(int(count), widest))
-    return {name: c[:min(c.numel(), round(count * c.numel() / widest))] for name, c in candidates.items()}
-
-
-def _count(selection: Mapping) -> int:
-    return int(sum(idx.numel() for idx in selection.values()))
-
 
 # ---------------------------------------------------------------- evaluation
 
@@ -272,79 +111,8 @@ def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size,
     return row, {"nll": torch.as_tensor(nll, dtype=torch.float64).mean(1).numpy(), "scores": scores}
 
 
-def _accuracy_columns(scores: pd.DataFrame) -> dict:
-    out = {"accuracy": float(scores["correct"].mean())}
-    for phenomenon, group in scores.groupby("phenomenon", sort=False):
-        out[f"accuracy_{phenomenon}"] = float(group["correct"].mean())
-    return out
 
-
-# ---------------------------------------------------------------- paired comparisons (wnb.statistics)
-
-def _accuracy_intervals(scores: pd.DataFrame) -> dict:
-    """Wilson intervals of the accuracy, overall (``acc_low, acc_high``) and per phenomenon
-    (``acc_low_<phenomenon>, acc_high_<phenomenon>``; not ``accuracy_*``, which names phenomena)."""
-    from wnb.statistics import accuracy_interval
-
-    overall = accuracy_interval(scores["correct"].to_numpy())
-    out = {"acc_low": overall.low, "acc_high": overall.high}
-    for phenomenon, acc in accuracy_interval(scores["correct"].to_numpy(), groups=scores["phenomenon"]).items():
-        out[f"acc_low_{phenomenon}"], out[f"acc_high_{phenomenon}"] = acc.low, acc.high
-    return out
-
-
-def _versus(a: dict, b: dict, prefix: str, minimum_nll: float, minimum_accuracy: float) -> dict:
-    """``b − a`` paired over the same held-out windows (Δ perplexity, Δ NLL per token, 95% bootstrap) and,
-    with minimal pairs, over the same pairs (Δ accuracy, McNemar p), with their verdicts: the ablation
-    ``b`` raises NLL / lowers accuracy (Bonett–Price interval). Column names start with ``prefix``
-    (``delta`` or ``w_delta``)."""
-    from wnb.statistics import accuracy_difference, mcnemar, nll_difference, perplexity_difference, verdict
-
-    ppl, nll = perplexity_difference(a["nll"], b["nll"]), nll_difference(a["nll"], b["nll"])
-    short = prefix.removesuffix("delta")  # "" or "w_"
-    out = {f"{prefix}_perplexity": ppl.delta, f"{prefix}_ppl_low": ppl.low, f"{prefix}_ppl_high": ppl.high,
-           f"{prefix}_nll": nll.delta, f"{prefix}_nll_low": nll.low, f"{prefix}_nll_high": nll.high,
-           f"{short}nll_verdict": verdict(nll.low, nll.high, "greater", minimum=minimum_nll)}
-    if a["scores"] is not None:
-        right_a, right_b = a["scores"]["correct"].to_numpy(), b["scores"]["correct"].to_numpy()
-        acc = accuracy_difference(right_a, right_b)
-        out.update({f"{prefix}_accuracy": acc.delta, f"{prefix}_acc_low": acc.low, f"{prefix}_acc_high": acc.high,
-                    f"{short}mcnemar_p": mcnemar(right_a, right_b).p,
-                    f"{short}acc_verdict": verdict(acc.low, acc.high, "less", minimum=minimum_accuracy)})
-    return out
-
-
-def _seed_spread(table: pd.DataFrame) -> pd.DataFrame:
-    """On the rows of each control, ``n_seeds`` and ``<name>_seeds_mean / _sd / _min / _max`` over its seeds
-    (:func:`wnb.statistics.across_seeds`) of perplexity, w_delta_perplexity, accuracy (named ``acc``: columns
-    that start with ``accuracy`` are the phenomena's) and w_delta_accuracy."""
-    from wnb.statistics import across_seeds
-
-    names = {"perplexity": "perplexity", "w_delta_perplexity": "w_delta_perplexity", "accuracy": "acc",
-             "w_delta_accuracy": "w_delta_accuracy"}
-    for control in CONTROLS:
-        rows = table["selection"] == control
-        if not rows.any():
-            continue
-        table.loc[rows, "n_seeds"] = int(rows.sum())
-        for column in (c for c in names if c in table):
-            spread = across_seeds(table.loc[rows, column].to_numpy(float))
-            for stat in ("mean", "sd", "min", "max"):
-                table.loc[rows, f"{names[column]}_seeds_{stat}"] = getattr(spread, stat)
-    return table
-
-
-def _compare(rows: list[dict], raws: list[dict], minimum_nll: float, minimum_accuracy: float) -> pd.DataFrame:
-    """The study's table with its paired columns (:func:`sign_ablation_study`); ``rows[0]`` is dense."""
-    w = next((raw for row, raw in zip(rows, raws) if row["selection"] == "wasserstein"), None)
-    for row, raw in zip(rows, raws):
-        if raw["scores"] is not None:
-            row.update(_accuracy_intervals(raw["scores"]))
-        if row["selection"] != "dense":
-            row.update(_versus(raws[0], raw, "delta", minimum_nll, minimum_accuracy))
-        if row["selection"] in CONTROLS and w is not None:
-            row.update(_versus(raw, w, "w_delta", minimum_nll, minimum_accuracy))
-    return _seed_spread(pd.DataFrame(rows))
+# ---------------------------------------------------------------- paired comparisons (wnb.core.inference)
 
 
 def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress):
@@ -403,20 +171,20 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
     :func:`ablated_nll`, same arguments) computes each held-out pass; a cached one lets the surprisal
     and the depth profile reuse the study's passes.
 
-    Paired comparisons (:mod:`wnb.statistics`; the same held-out windows, resampled together, and the same
+    Paired comparisons (:mod:`wnb.core.inference`; the same held-out windows, resampled together, and the same
     minimal pairs, so no extra model pass), 95% percentile bootstrap intervals, seed 0:
 
     - every ablation row against dense (this row − dense): ``delta_perplexity, delta_ppl_low,
       delta_ppl_high`` (``exp(mean NLL)`` difference), ``delta_nll, delta_nll_low, delta_nll_high`` (nats per
       token) and ``nll_verdict`` (that the ablation raises NLL: holds / reversed / not observed / inconclusive,
-      :func:`wnb.statistics.verdict` against ``minimum_nll``);
+      :func:`wnb.core.inference.verdict` against ``minimum_nll``);
     - every control row against the Wasserstein ablation (the Wasserstein row − this row): the same
       columns prefixed ``w_`` (``w_delta_perplexity, w_delta_ppl_low, …, w_nll_verdict``: that ablating the
       Wasserstein neurons raises NLL more than this control). These intervals are over windows, for one
       draw of the control; the spread over draws is in the seed columns;
     - with pairs, ``acc_low, acc_high`` and ``acc_low_<phenomenon>, acc_high_<phenomenon>`` (Wilson) on
       every row; ``delta_accuracy, delta_acc_low, delta_acc_high`` (the Bonett–Price interval of a paired
-      difference of proportions, :func:`wnb.statistics.accuracy_difference`), ``mcnemar_p`` (McNemar's
+      difference of proportions, :func:`wnb.core.inference.accuracy_difference`), ``mcnemar_p`` (McNemar's
       test against dense on the same pairs) and ``acc_verdict`` (that the ablation lowers accuracy,
       against ``minimum_accuracy``); on control rows ``w_delta_accuracy, w_delta_acc_low, w_delta_acc_high,
       w_mcnemar_p, w_acc_verdict`` (the Wasserstein ablation against this control);
@@ -603,56 +371,6 @@ def selection_table(selections: Mapping, scores: Mapping | None = None) -> pd.Da
     return table
 
 
-def _span(row, column: str, stem: str, scale: float = 1.0, digits: int = 2) -> str:
-    """``+x [+low, +high]`` of a paired difference column and its ``<stem>_low`` / ``<stem>_high`` interval."""
-    return (f"{scale * row[column]:+.{digits}f} [{scale * row[stem + '_low']:+.{digits}f}, "
-            f"{scale * row[stem + '_high']:+.{digits}f}]")
-
-
-def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
-                minimum_accuracy: float = MINIMUM_DELTA_ACCURACY) -> str:
-    """A :func:`sign_ablation_study` table in words, for the command's last line and the app's summary: every
-    comparison as a paired difference with its 95% interval, and its verdict worded by that interval
-    (:func:`wnb.statistics.wording`; pass the study's minimum effects if they were not the defaults)."""
-    from wnb.statistics import wording
-
-    def says(row, prefix: str, what: str = "nll") -> str:
-        short = prefix.removesuffix("delta")
-        if what == "nll":
-            return wording(row[f"{short}nll_verdict"], row[f"{prefix}_nll_low"], row[f"{prefix}_nll_high"],
-                           minimum=minimum_nll)
-        return wording(row[f"{short}acc_verdict"], 100 * row[f"{prefix}_acc_low"], 100 * row[f"{prefix}_acc_high"],
-                       minimum=100 * minimum_accuracy) + (" points" if row[f"{short}acc_verdict"] == "inconclusive"
-                                                          else "")
-
-    dense, w = (study[study["selection"] == s].iloc[0] for s in ("dense", "wasserstein"))
-    rand, matched = (study[study["selection"] == s] for s in ("random", "matched"))
-    parts = [f"perplexity {dense['perplexity']:.2f} [{dense['ppl_low']:.2f}, {dense['ppl_high']:.2f}] dense, "
-             f"{w['perplexity']:.2f} with the {w.get('side', 'negative')} side of {int(w['n_neurons']):,} "
-             f"Wasserstein neurons: Δ "
-             f"{_span(w, 'delta_perplexity', 'delta_ppl')}, Δ NLL/token {_span(w, 'delta_nll', 'delta_nll', digits=3)}"
-             f" ({says(w, 'delta')})"]
-    if len(rand):
-        r = rand.iloc[0]
-        over = (f"over {int(r['n_seeds'])} seeds: Δ perplexity mean {r['w_delta_perplexity_seeds_mean']:+.2f} (sd "
-                f"{r['w_delta_perplexity_seeds_sd']:.2f}, range {r['w_delta_perplexity_seeds_min']:+.2f} to "
-                f"{r['w_delta_perplexity_seeds_max']:+.2f}); per seed" if len(rand) > 1 else
-                f"(one seed): Δ perplexity {_span(r, 'w_delta_perplexity', 'w_delta_ppl')}")
-        parts.append(f"Wasserstein − random {over}: {', '.join(says(row, 'w_delta') for _, row in rand.iterrows())}")
-    if len(matched):
-        m = matched.iloc[0]
-        parts.append(f"Wasserstein − matched ({int(m['n_neurons']):,} neurons): Δ perplexity "
-                     f"{_span(m, 'w_delta_perplexity', 'w_delta_ppl')}")
-    if "accuracy" in study.columns:
-        text = (f"minimal pairs {dense['accuracy']:.1%} [{dense['acc_low']:.1%}, {dense['acc_high']:.1%}] dense, "
-                f"{w['accuracy']:.1%} Wasserstein: Δ {_span(w, 'delta_accuracy', 'delta_acc', 100, 1)} points, "
-                f"McNemar p {w['mcnemar_p']:.2g} ({says(w, 'delta', 'accuracy')})")
-        if len(matched):
-            text += (f"; Wasserstein − matched Δ {_span(m, 'w_delta_accuracy', 'w_delta_acc', 100, 1)} points, "
-                     f"McNemar p {m['w_mcnemar_p']:.2g} ({says(m, 'w_delta', 'accuracy')})")
-        parts.append(text)
-    return "; ".join(parts)
-
 
 # ---------------------------------------------------------------- depth profile
 
@@ -668,8 +386,8 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
     cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation. ``nll_fn`` as there.
     """
+    from wnb.core.inference import perplexity_difference
     from wnb.model.architectures import block_of
-    from wnb.statistics import perplexity_difference
 
     held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
                                        progress)
