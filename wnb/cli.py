@@ -34,6 +34,7 @@ from wnb.core import cache, files
 from wnb.core.folders import check_replaceable, remove_written, written_list
 from wnb.core.version import VERSION as __version__
 from wnb.errors import WnbError
+from wnb.scoring.layers import FIELDS, STREAMING_FIELDS, choose_method, exact_bytes, score_layers
 
 COMMANDS = ("score", "prune", "expand", "sweep", "neuron", "negative")
 LAYER_SETS = ("ffn", "first-ffn", "all-linear")
@@ -353,17 +354,14 @@ def _score(args, run: RunFolder, session) -> str:
     from wnb.model.architectures import block_of, layer_weight
     from wnb.scoring.streaming import estimate_stream_bytes
     from wnb.scoring.tables import overview_table
-    from wnb.tracing.capture import estimate_bytes
 
     lm = session.lm
     layers = _layers(lm, args.layers)
     tokens = min(args.max_tokens or session.budget.overview_tokens, session.calib.numel())
-    widest = max(layers, key=lambda n: layer_weight(lm, n).shape[0])
-    exact_need = 3 * estimate_bytes(lm, [widest], tokens, inputs=False)  # outputs, sorted copy, float64 pieces
     limit = int(0.6 * available_memory())
     # auto: exact whenever one layer's scoring fits (layers are captured in as many passes as memory needs)
-    method = args.wd if args.wd != "auto" else ("exact" if exact_need <= limit else "streaming")
-    need = exact_need if method == "exact" else estimate_stream_bytes(lm, layers, args.bins)
+    method = choose_method(lm, layers, tokens, args.wd, max_bytes=limit)
+    need = exact_bytes(lm, layers, tokens) if method == "exact" else estimate_stream_bytes(lm, layers, args.bins)
     if need > limit:
         raise WnbError(f"{method} WD of {len(layers)} layer(s) over {tokens:,} tokens needs about {need / 2**30:.2f} GiB "
                        f"but the limit is {limit / 2**30:.2f} GiB; use --wd streaming or fewer --max-tokens")
@@ -373,7 +371,9 @@ def _score(args, run: RunFolder, session) -> str:
 
     stats = cache.cached("neuron_stats", session.key(layers=layers, tokens=tokens, wd=method, bins=args.bins,
                                                      positions=True),
-                         lambda: _neuron_stats(lm, layers, session.calib, tokens, method, args),
+                         lambda: score_layers(lm, session.calib, layers, FIELDS if method == "exact" else STREAMING_FIELDS,
+                                              wd=method, max_tokens=tokens, batch_size=args.batch_size,
+                                              n_bins=args.bins, progress=not args.quiet),
                          enabled=not args.no_cache)
     scores = {name: s["wd"] for name, s in stats.items()}
     if method == "exact" and layers == session.ffn_layers():
@@ -436,33 +436,6 @@ def _layer_view(session, name: str, args):
     acts = capture(session.lm, [name], session.calib, batch_size=args.batch_size, progress=not args.quiet)[name]
     table = neuron_table(acts.outputs, acts.inputs, None, n_pairs=args.pairs, seed=args.seed)
     return LayerView(name, acts.inputs, acts.outputs, table, args.pairs, args.seed)
-
-
-def _neuron_stats(lm, layers, calib, tokens, method, args) -> dict[str, dict[str, torch.Tensor]]:
-    """Per layer: WD, mean and variance of every neuron, exact (layers captured in groups that fit) or streaming."""
-    from wnb.core.memory import available_memory
-    from wnb.data.positions import position_tail_share
-    from wnb.scoring.streaming import stream_scores
-    from wnb.scoring.tables import output_moments
-    from wnb.scoring.wasserstein import wasserstein_to_gaussian
-    from wnb.tracing.capture import capture, split_by_memory
-
-    progress = not args.quiet
-    if method == "streaming":
-        accs = stream_scores(lm, calib, layers, max_tokens=tokens, batch_size=args.batch_size, n_bins=args.bins,
-                             progress=progress)
-        return {n: {"wd": a.wasserstein(), "mean": a.mean, "variance": a.variance} for n, a in accs.items()}
-    limit = int(0.3 * available_memory())  # outputs kept per capture pass
-    groups = split_by_memory(lm, layers, tokens, limit)
-    stats = {}
-    for group in groups:
-        acts = capture(lm, group, calib, max_tokens=tokens, batch_size=args.batch_size, inputs=False, progress=progress)
-        for name in group:
-            y = acts.pop(name).outputs
-            variance, mean = output_moments(y)
-            stats[name] = {"wd": wasserstein_to_gaussian(y), "mean": mean, "variance": variance,
-                           "pos0_tail_share": position_tail_share(y, calib.shape[1])}
-    return stats
 
 
 # ---------------------------------------------------------------- prune
@@ -682,8 +655,7 @@ def _negative(args, run: RunFolder, session) -> str:
         raise WnbError(f"{lm.name} has no tokenizer, which minimal pairs need; pass --minimal-pairs none")
     tokens = args.max_tokens
     controls = tuple(args.controls)
-    run.note(negative={"layers": len(layers), "wd_tokens": min(tokens or session.budget.overview_tokens,
-                                                               session.calib.numel()),
+    run.note(negative={"layers": len(layers), "wd_tokens": min(tokens or session.calib.numel(), session.calib.numel()),
                        "pairs": 0 if pairs is None else len(pairs),
                        "control_seeds": [args.seed + i for i in range(args.control_seeds)]})
     study = session.sign_ablation(layers, args.fraction, args.side, controls, args.control_seeds, pairs, tokens,
@@ -941,7 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimal pairs per phenomenon (TSE: per construction; BLiMP: per paradigm), drawn with "
                         "--seed (default 100)")
     p.add_argument("--max-tokens", type=_whole(1), default=None,
-                   help="calibration tokens the WD is computed over (default: the budget's overview tokens)")
+                   help="calibration tokens the WD is computed over (default: all of them, as the follow-up)")
     p.add_argument("--depth", action=argparse.BooleanOptionalAction, default=True,
                    help="also the depth profile: each layer alone and layers 0..l (2 perplexity passes per layer; "
                         "--no-depth skips it)")

@@ -10,8 +10,9 @@ from wnb.core import cache
 from wnb.errors import WnbError
 from wnb.model.architectures import layer_weight
 from wnb.model.lm import LM
-from wnb.scoring.tables import layer_statistics, neuron_table, overview_table
-from wnb.tracing.capture import capture, split_by_memory
+from wnb.scoring.layers import score_layers
+from wnb.scoring.tables import neuron_table, overview_table
+from wnb.tracing.capture import capture
 
 # The overview captures every FFN layer's outputs; more than this many bytes at once is split into
 # several capture passes (each stops after its deepest layer) so the app stays within Binder's 2 GB.
@@ -111,12 +112,10 @@ class Layers:
                      enabled=self.use_cache)
 
     def _layer_statistics(self, tokens: int, progress: bool) -> dict[str, dict[str, torch.Tensor]]:
-        stats: dict[str, dict[str, torch.Tensor]] = {}
-        for group in split_by_memory(self.lm, self.ffn_layers(), tokens, OVERVIEW_MAX_BYTES):
-            batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
-            stats.update(layer_statistics(self.lm, self.calib, group, max_tokens=tokens, batch_size=batch,
-                                          progress=progress, skip_first=self.skip_first))
-        return stats
+        batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
+        return score_layers(self.lm, self.calib, self.ffn_layers(), ("wd", "pos0_tail_share"), max_tokens=tokens,
+                            max_bytes=OVERVIEW_MAX_BYTES, skip_first=self.skip_first, batch_size=batch,
+                            progress=progress)
 
     def held_inputs(self, name: str, progress: bool = True) -> torch.Tensor:
         """The layer's inputs on the held-out windows, from the dense model (cached)."""

@@ -5,25 +5,29 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from wnb.app.layers import OVERVIEW_BATCH_TOKENS, OVERVIEW_MAX_BYTES
+from wnb.app.layers import OVERVIEW_BATCH_TOKENS
 from wnb.core import cache
+from wnb.scoring.layers import score_layers
 
 
 class Negative:
     """The sign-ablation study, cached."""
 
     def sign_scores(self, layers, tokens: int | None = None, progress: bool = True) -> dict:
-        """WD of every neuron of ``layers`` over the first ``tokens`` calibration tokens (default: the
-        budget's overview tokens), as :func:`wnb.wasserstein_scores` returns it; cached."""
-        from wnb.experiments.sign_ablation import wasserstein_scores
-
+        """WD of every neuron of ``layers`` over the first ``tokens`` calibration tokens (default: all of
+        them, as the follow-up ranks its Wasserstein neurons; streaming where exact scores do not fit),
+        ``{layer: [n_neurons]}`` from the one many-layer scorer (:func:`wnb.scoring.layers.score_layers`);
+        cached."""
         layers = [self.check_layer(n) for n in layers]
-        tokens = min(int(tokens or self.budget.overview_tokens), self.calib.numel())
+        tokens = min(int(tokens or self.calib.numel()), self.calib.numel())
         batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
-        return self._cached("sign_scores", self.key(layers=layers, tokens=tokens),
-                            lambda: wasserstein_scores(self.lm, self.calib, layers, max_tokens=tokens, batch_size=batch,
-                                                       max_bytes=OVERVIEW_MAX_BYTES, progress=progress),
-                            enabled=self.use_cache)
+
+        def compute():
+            stats = score_layers(self.lm, self.calib, layers, ("wd",), wd="auto", max_tokens=tokens, batch_size=batch,
+                                 progress=progress)
+            return {name: s["wd"] for name, s in stats.items()}
+
+        return self._cached("sign_scores", self.key(layers=layers, tokens=tokens), compute, enabled=self.use_cache)
 
     def ablated_nll(self, lm, held_out, selection, side: str = "negative", batch_size: int = 8,
                     progress: bool = True) -> torch.Tensor:

@@ -23,9 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.compression.clamp import check_side, sign_ablated
+from wnb.core.memory import available_memory
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.experiments.sign_statistics import MINIMUM_DELTA_ACCURACY, MINIMUM_DELTA_NLL, _accuracy_columns, _compare
+from wnb.model.architectures import check_layers, first_ffn_layers
+from wnb.scoring.layers import score_layers
 from wnb.scoring.selection import (
     CONTROLS,
     MATCHED_EXCLUDE,
@@ -52,29 +55,17 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     """WD (to N(0, 1), PAPER.md §2) of every neuron of ``layers`` (default: the first FFN projection of
     every block) over the calibration tokens, as ``{layer: [n_neurons] float64}``.
 
-    Exact WD (:func:`wnb.layer_scores`) captures the layers' outputs in as few passes as ``max_bytes``
+    The one many-layer scorer (:func:`wnb.scoring.layers.score_layers`): exact WD captures the layers'
+    outputs in as few passes as ``max_bytes``
     allows (default: the smaller of 1 GiB and 60% of free memory; each pass stops after its deepest
     layer); ``streaming=True`` uses :func:`wnb.stream_scores` instead (one pass, memory per neuron, WD
     within ~1e-3).
     """
-    from wnb.core.memory import available_memory
-    from wnb.model.architectures import check_layers, first_ffn_layers
-    from wnb.scoring.streaming import stream_scores
-    from wnb.scoring.tables import layer_scores
-    from wnb.tracing.capture import split_by_memory
-
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
-    calib = check_windows(calib, lm)
-    if streaming:
-        acc = stream_scores(lm, calib, layers, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
-        return {name: acc[name].wasserstein() for name in layers}
-    n_tokens = calib.numel() if max_tokens is None else min(int(max_tokens), calib.numel())
     limit = min(1 << 30, int(0.6 * available_memory())) if max_bytes is None else int(max_bytes)
-    scores: dict[str, torch.Tensor] = {}
-    for group in split_by_memory(lm, layers, n_tokens, limit):
-        scores.update(layer_scores(lm, calib, group, max_tokens=max_tokens, batch_size=batch_size,
-                                   progress=progress))
-    return {name: scores[name] for name in layers}
+    stats = score_layers(lm, calib, layers, ("wd",), wd="streaming" if streaming else "exact", max_tokens=max_tokens,
+                         max_bytes=limit, batch_size=batch_size, progress=progress)
+    return {name: s["wd"] for name, s in stats.items()}
 
 
 

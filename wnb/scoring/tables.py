@@ -8,18 +8,15 @@ import pandas as pd
 import torch
 
 from wnb.data.positions import (
-    check_skip,
     drop_positions,
     position_tail_share,
     sink_flags,
 )
-from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.architectures import block_of, ffn_layers
+from wnb.model.architectures import block_of
 from wnb.scoring.mapping import mapping_difficulty
 from wnb.scoring.sign import sign_columns
 from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
-from wnb.tracing.capture import capture
 
 
 def output_moments(y: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,36 +72,6 @@ def neuron_table(outputs: torch.Tensor, inputs: torch.Tensor | None = None, weig
     return table
 
 
-def _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first):
-    """One capture pass of outputs only; yields ``(layer, outputs without the first skip_first positions,
-    the kept window length)`` and frees each layer once the caller is done with it."""
-
-    windows = check_windows(windows, lm)
-    seq_len, skip_first = check_skip(windows.shape[1], skip_first)
-    layers = ffn_layers(lm) if layers is None else layers
-    acts = capture(lm, layers, windows, max_tokens=max_tokens, batch_size=batch_size, inputs=False,
-                   progress=progress)
-    for name in list(acts):
-        yield name, drop_positions(acts.pop(name).outputs, seq_len, skip_first), seq_len - skip_first
-
-
-def layer_statistics(lm, windows, layers=None, max_tokens: int | None = 2048, batch_size: int = 8,
-                     progress: bool = True, skip_first: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """Per FFN layer (or ``layers``), from one capture pass of outputs only: ``{"wd": [d], "pos0_tail_share":
-    [d]}`` (WD, and the share of each neuron's tails at the first position kept, see
-    :func:`wnb.position_tail_share`). ``skip_first`` drops that many positions from every window first."""
-
-    return {name: {"wd": wasserstein_to_gaussian(y), "pos0_tail_share": position_tail_share(y, seq_len)}
-            for name, y, seq_len in _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first)}
-
-
-def layer_scores(lm, windows, layers=None, max_tokens: int | None = 2048, batch_size: int = 8,
-                 progress: bool = True, skip_first: int = 0) -> dict[str, torch.Tensor]:
-    """WD of every neuron of every FFN layer (or ``layers``), from one capture pass of outputs only;
-    ``skip_first`` drops that many positions from every window (0: all, as in the paper)."""
-    return {name: wasserstein_to_gaussian(y)
-            for name, y, _ in _layer_outputs(lm, windows, layers, max_tokens, batch_size, progress, skip_first)}
-
 
 def overview_table(lm, scores: dict[str, torch.Tensor], fraction: float = 0.03, top: int = 5,
                    pos0_shares: dict[str, torch.Tensor] | None = None) -> pd.DataFrame:
@@ -141,11 +108,3 @@ def overview_table(lm, scores: dict[str, torch.Tensor], fraction: float = 0.03, 
     return pd.DataFrame(rows)
 
 
-def overview(lm, windows, layers=None, fraction: float = 0.03, max_tokens: int | None = 2048,
-             batch_size: int = 8, progress: bool = True, skip_first: int = 0) -> pd.DataFrame:
-    """Whole-model overview: :func:`layer_statistics` of every FFN layer summarized by :func:`overview_table`
-    (with the first-position ``sinks`` columns); ``skip_first`` drops positions from every window."""
-    stats = layer_statistics(lm, windows, layers, max_tokens=max_tokens, batch_size=batch_size, progress=progress,
-                             skip_first=skip_first)
-    return overview_table(lm, {n: s["wd"] for n, s in stats.items()}, fraction,
-                          pos0_shares={n: s["pos0_tail_share"] for n, s in stats.items()})

@@ -134,7 +134,7 @@ class NegativeView(Panel):
                 "bisection so that perplexity comes within 2% of the Wasserstein ablation's. Grammar: "
                 "subject–verb agreement minimal pairs (<i>pairs each</i> per construction; wnb's agreement "
                 "constructions, generated offline), each scored by total sentence log-probability. WD is computed over "
-                "the budget's model-overview tokens. Each perplexity pass and each scoring of the pairs takes "
+                "all calibration tokens. Each perplexity pass and each scoring of the pairs takes "
                 "seconds on a laptop CPU, so the small budget starts with one random seed and 5 pairs per "
                 "construction (about a minute on the bundled model); the medium budget with 3 seeds and 20 pairs. "
                 "The depth profile (two perplexity passes per layer) has its own button. Results are cached.</p>")
