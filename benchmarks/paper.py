@@ -31,7 +31,7 @@ import torch
 import wnb
 from wnb import plots
 from wnb.core.stats import r_squared
-from wnb.cli import RunFolder
+from wnb.cli.run_folder import RunFolder
 from wnb.errors import WnbError
 
 PAPER_RI = {1: 1.00, 2: 1.24, 4: 1.31, 8: 1.65, 16: 1.87}  # Pythia-1.4B, layer 1 dense_h_to_4h, neuron 2402, 90%

@@ -446,7 +446,7 @@ def test_interrupted_run_is_marked_incomplete(tmp_path, isolated_cache, monkeypa
         run_folder.table("neurons.csv", pd.DataFrame({"neuron": [0]}), "partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(cli.RUNNERS, "score", interrupted)
+    monkeypatch.setattr(cli.COMMANDS["score"], "run", interrupted)
     out = tmp_path / "cut"
     assert run("score", *SMALL, "-o", out) == 130
     info = manifest(out)

@@ -10,6 +10,7 @@ from conftest import run_cli
 
 import wnb
 from wnb import cli
+import wnb.cli.negative
 
 LAYERS = [f"model.layers.{i}.mlp.gate_proj" for i in (0, 1, 2)]
 SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "2", "-q"]
@@ -19,7 +20,7 @@ run = run_cli
 
 
 def test_listed_in_help(capsys):
-    assert "negative" in cli.COMMANDS and cli.RUNNERS["negative"] is cli._negative
+    assert "negative" in cli.COMMANDS and cli.COMMANDS["negative"].run is wnb.cli.negative.run
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "negative" in capsys.readouterr().out

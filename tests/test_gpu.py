@@ -5,6 +5,7 @@ import torch
 
 import wnb
 from wnb import cli
+from wnb.cli.setup import OFFLOAD_ACTIVATIONS, check_fits
 from wnb.errors import WnbError
 
 NO_CUDA = "needs a CUDA device (none on this machine); run on a GPU machine"
@@ -118,8 +119,8 @@ def test_command_on_cuda_bf16(tmp_path):
     not torch.cuda.is_available(), reason=NO_CUDA))])
 def test_memory_check_refuses_what_cannot_fit(device):
     with pytest.raises(WnbError, match="GiB"):
-        cli._check_fits(1 << 60, torch.device(device), "this run")
-    cli._check_fits(1 << 20, torch.device(device), "this run")
+        check_fits(1 << 60, torch.device(device), "this run")
+    check_fits(1 << 20, torch.device(device), "this run")
 
 
 @pytest.mark.integration
@@ -235,4 +236,4 @@ def test_command_with_offload_records_it(tmp_path):
     info = __import__("json").loads((out / "manifest.json").read_text())
     assert info["status"] == "complete" and info["model"]["offload"] is True
     estimate = info["memory_estimate_bytes"]
-    assert estimate["gpu_with_offload"] - cli.OFFLOAD_ACTIVATIONS < estimate["model_weights"]
+    assert estimate["gpu_with_offload"] - OFFLOAD_ACTIVATIONS < estimate["model_weights"]

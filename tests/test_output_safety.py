@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from wnb import cli
+from wnb.cli.run_folder import RunFolder
 from wnb.app import report
 from wnb.core.spreadsheet import safe_csv
 
@@ -102,7 +102,7 @@ def test_the_app_download_links_are_spreadsheet_safe():
 
 
 def test_the_command_tables_are_spreadsheet_safe(tmp_path):
-    run = cli.RunFolder(tmp_path / "out", "neuron", [])
+    run = RunFolder(tmp_path / "out", "neuron", [])
     run.start({})
     run.table("neuron_5_tokens.csv", _frame(), "tokens")
     with open(tmp_path / "out" / "neuron_5_tokens.csv", encoding="utf-8", newline="") as f:

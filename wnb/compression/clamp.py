@@ -15,6 +15,9 @@ from wnb.errors import WnbError
 from wnb.model.state import changed
 
 SIDES = ("negative", "positive", "both")
+# the words for each side, in widgets and figures
+SIDE_LABELS = {"negative": "negative side: y → max(y, 0)", "positive": "positive side: y → min(y, 0)",
+         "both": "both sides: y → 0"}
 
 
 def check_side(side: str) -> str:

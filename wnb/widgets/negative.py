@@ -13,8 +13,9 @@ from wnb import plots
 from wnb.app.budgets import SCOPES
 from wnb.app.limits import BOUNDS, bounded
 from wnb.app.session import Session
-from wnb.experiments.sign_statistics import study_words
+from wnb.compression.clamp import SIDE_LABELS, SIDES, check_side
 from wnb.errors import WnbError
+from wnb.experiments.sign_statistics import study_words
 from wnb.widgets.panel import CSS, Panel, cost_message, csv_link, png_link, slug
 
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 # What the tab's layers box offers: the follow-up ablates the first FFN projection of every block.
 NEGATIVE_SCOPES = {"all": "the first FFN layer of every block", "block": SCOPES["block"], "layer": SCOPES["layer"]}
-SIDES = {"negative": "negative side: y → max(y, 0)", "positive": "positive side: y → min(y, 0)",
-         "both": "both sides: y → 0"}
 # Per budget: random-control seeds and agreement pairs per construction. On the bundled model every
 # perplexity pass and every pair scoring costs seconds on a laptop CPU, so the small budget keeps one
 # random seed and 5 pairs per construction (30 pairs) to stay near a minute; the depth profile (two
@@ -91,7 +90,7 @@ class NegativeView(Panel):
         self.fraction = widgets.BoundedFloatText(value=0.01, min=BOUNDS["negative_fraction"][0],
                                                  max=BOUNDS["negative_fraction"][1], step=0.005, description="neurons",
                                                  layout=widgets.Layout(width="180px"))
-        self.side = widgets.Dropdown(options=[(text, key) for key, text in SIDES.items()], value="negative",
+        self.side = widgets.Dropdown(options=[(SIDE_LABELS[key], key) for key in SIDES], value="negative",
                                      description="side", layout=widgets.Layout(width="320px"))
         seeds, n_pairs = APP_DEFAULTS.get(settings.session.budget_name, (3, 20))
         self.random = widgets.Checkbox(value=True, description="random control", indent=False,
@@ -206,8 +205,7 @@ class NegativeView(Panel):
 
     def _arguments(self) -> tuple[list[str], float, str]:
         fraction = bounded("negative_fraction", self.fraction.value)
-        if self.side.value not in SIDES:
-            raise WnbError(f"side must be one of {', '.join(SIDES)}")
+        check_side(self.side.value)
         return self.selected_layers(), fraction, self.side.value
 
     def compute(self, job=None) -> None:

@@ -1,0 +1,156 @@
+"""``wnb score``: entanglement (WD, mean, variance) of every neuron of every layer, the per-layer table and
+overview figure, one layer in detail (MD, histograms), and optionally every layer's contexts for the app."""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from wnb.cli import setup
+from wnb.cli.options import DETAIL_HELP, LAYERS_HELP, real, whole
+from wnb.cli.run_folder import RunFolder
+from wnb.cli.setup import detail_layer, layer_set
+from wnb.core import cache
+from wnb.errors import WnbError
+from wnb.scoring.layers import (
+    FIELDS,
+    STREAMING_FIELDS,
+    WD_METHODS,
+    choose_method,
+    exact_bytes,
+    score_layers,
+)
+
+
+def add_parser(sub, parents) -> None:
+    """``wnb score``'s options."""
+    p = sub.add_parser("score", parents=parents, help="entanglement (WD) of every neuron of every layer",
+                       description="Score every neuron by the Wasserstein distance of its standardized outputs to "
+                       "N(0, 1) (PAPER.md §2), with mean and variance; rank the Wasserstein neurons; MD and figures "
+                       "for one detail layer. Writes neurons.csv, layers.csv, detail_*.csv and PNG figures.")
+    p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=LAYERS_HELP)
+    p.add_argument("--max-tokens", type=whole(1), default=None,
+                   help="tokens per layer (default: the budget's overview tokens)")
+    p.add_argument("--wd", choices=WD_METHODS, default="auto",
+                   help="exact WD from all captured outputs, or streaming histograms (memory per neuron, not per "
+                        "token; within 1e-3); auto: exact when all outputs fit in memory at once (default)")
+    p.add_argument("--bins", type=whole(16, even=True), default=512,
+                   help="histogram bins per neuron for streaming WD (default 512)")
+    p.add_argument("--fraction", type=real(0, 1), default=0.03,
+                   help="share of a layer called Wasserstein neurons (paper: 0.03)")
+    p.add_argument("--detail", default=None, metavar="LAYER", help=DETAIL_HELP)
+    p.add_argument("--pairs", type=whole(1), default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
+
+    p.add_argument("--contexts", type=whole(1), default=None, metavar="K",
+                   help="also keep every scored layer's K highest and lowest outputs with their contexts (one more "
+                        "pass per layer), in the cache the app's 'What it reads' uses (it shows K = 20)")
+
+
+def validate(args) -> None:
+    """``wnb score``'s own checks, before the model loads."""
+    setup.validate(args, measures_perplexity=False)
+    if args.contexts is not None and (args.no_cache or args.remote):
+        raise WnbError("--contexts stores the contexts in the cache the app reads: it needs the cache and "
+                       "local weights (drop --no-cache / --remote)")
+
+
+def run(args, run: RunFolder, session) -> str:
+    from wnb import plots
+    from wnb.core.memory import available_memory
+    from wnb.model.architectures import block_of, layer_weight
+    from wnb.scoring.streaming import estimate_stream_bytes
+    from wnb.scoring.tables import overview_table
+
+    lm = session.lm
+    layers = layer_set(lm, args.layers)
+    tokens = min(args.max_tokens or session.budget.overview_tokens, session.calib.numel())
+    limit = int(0.6 * available_memory())
+    # auto: exact whenever one layer's scoring fits (layers are captured in as many passes as memory needs)
+    method = choose_method(lm, layers, tokens, args.wd, max_bytes=limit)
+    need = exact_bytes(lm, layers, tokens) if method == "exact" else estimate_stream_bytes(lm, layers, args.bins)
+    if need > limit:
+        raise WnbError(f"{method} WD of {len(layers)} layer(s) over {tokens:,} tokens needs about {need / 2**30:.2f} GiB "
+                       f"but the limit is {limit / 2**30:.2f} GiB; use --wd streaming or fewer --max-tokens")
+    run.note(memory_estimate_bytes={**run.manifest["memory_estimate_bytes"], "scores": need},
+             scoring={"layers": len(layers), "tokens_per_layer": tokens, "wd": method,
+                      "bins": args.bins if method == "streaming" else None})
+
+    stats = cache.cached("neuron_stats", session.key(layers=layers, tokens=tokens, wd=method, bins=args.bins,
+                                                     positions=True),
+                         lambda: score_layers(lm, session.calib, layers, FIELDS if method == "exact" else STREAMING_FIELDS,
+                                              wd=method, max_tokens=tokens, batch_size=args.batch_size,
+                                              n_bins=args.bins, progress=not args.quiet),
+                         enabled=not args.no_cache)
+    scores = {name: s["wd"] for name, s in stats.items()}
+    if method == "exact" and layers == session.ffn_layers():
+        session.store_overview(stats, tokens)  # what the app's model overview reads
+
+    rows = []
+    for name, s in stats.items():
+        frame = pd.DataFrame({"layer": name, "block": block_of(lm, name), "kind": name.rsplit(".", 1)[-1],
+                              "neuron": range(s["wd"].numel()), "wd": s["wd"].numpy(), "mean": s["mean"].numpy(),
+                              "variance": s["variance"].numpy()})
+        if not lm.remote:
+            frame["weight_norm"] = torch.linalg.vector_norm(layer_weight(lm, name).detach().double(), dim=1).cpu().numpy()
+        frame["rank"] = frame["wd"].rank(ascending=False, method="first", na_option="bottom").astype(int)
+        if "pos0_tail_share" in s:  # exact scoring keeps positions: flag the first-token (attention sink) tails
+            from wnb.data.positions import sink_flags
+            frame["pos0_tail_share"] = s["pos0_tail_share"].numpy()
+            frame["sink"] = sink_flags(s["pos0_tail_share"]).numpy()
+        rows.append(frame)
+    neurons = pd.concat(rows, ignore_index=True)
+    run.table("neurons.csv", neurons, "one row per neuron: layer, block, kind, neuron, wd, mean, variance, "
+              "weight_norm, rank within the layer (1 = most entangled)")
+    shares = {n: s["pos0_tail_share"] for n, s in stats.items() if "pos0_tail_share" in s}
+    overview = overview_table(lm, scores, args.fraction, pos0_shares=shares if len(shares) == len(stats) else None)
+    overview["top_neurons"] = overview["top_neurons"].map(lambda v: " ".join(map(str, v)))
+    run.table("layers.csv", overview, f"one row per layer: WD quantiles, mean WD of the top {args.fraction:.0%} "
+              "(the Wasserstein neurons) and its ratio to the median, top neuron indices")
+    run.figure("wd_overview.png", plots.wd_overview(scores), "WD of every neuron per block and layer kind")
+    if args.contexts:
+        store_contexts(args, session, layers)
+        run.note(contexts={"k": args.contexts, "layers": len(layers)})
+
+    detail = detail_layer(session, args.detail)
+    if detail is not None:
+        view = layer_view(session, detail, args)
+        run.table("detail_neurons.csv", view.table.assign(layer=detail),
+                  f"{detail}: every neuron with exact WD and mapping difficulty (MD) over all calibration tokens")
+        top, ordinary = view.neuron_at(1), view.ordinary_neuron()
+        run.figure("detail_histograms.png", plots.histogram_grid(
+            {f"neuron {top} (rank 1)": view.outputs[:, top], f"neuron {ordinary} (median rank)": view.outputs[:, ordinary]},
+            ncols=2, title=detail), "output histograms of the most entangled and a median neuron, with N(0, 1)")
+        run.figure("detail_wd_vs_md.png", plots.neuron_scatter(view.table, "wd", "md",
+                                                                highlight=view.wasserstein_neurons(), title=detail),
+                   "WD vs mapping difficulty per neuron (paper Fig. 2e)")
+    best = neurons.loc[neurons["wd"].idxmax()]
+    top_ratio = overview["top_over_median"].median()
+    return (f"scored {len(layers)} layer(s) of {lm.name} on {tokens:,} tokens ({method} WD): median WD "
+            f"{neurons['wd'].median():.3f}, Wasserstein neurons {top_ratio:.1f}x the median; most entangled "
+            f"{best['layer']} neuron {int(best['neuron'])} (WD {best['wd']:.3f})")
+
+
+def store_contexts(args, session, layers) -> None:
+    """``wnb score --contexts K``: every scored layer's contexts, where the app's Session.contexts reads them."""
+    from wnb.app.layers import CONTEXT_WIDTH, contexts_key
+    from wnb.reading.accumulator import neuron_contexts
+
+    for name in layers:
+        cache.cached("contexts", contexts_key(session, name, args.contexts),
+                     lambda: neuron_contexts(session.lm, name, session.calib, k=args.contexts, width=CONTEXT_WIDTH,
+                                             progress=not args.quiet, batch_size=args.batch_size,
+                                             seed=args.seed).to_state(),
+                     enabled=not args.no_cache)
+
+
+def layer_view(session, name: str, args):
+    """The session's cached capture and neuron table of one layer; for a remote model (no weights here)
+    the same without the weight norms."""
+    from wnb.app.views import LayerView
+    from wnb.scoring.tables import neuron_table
+    from wnb.tracing.capture import capture
+
+    if not session.lm.remote:
+        return session.layer(name, progress=not args.quiet)
+    acts = capture(session.lm, [name], session.calib, batch_size=args.batch_size, progress=not args.quiet)[name]
+    table = neuron_table(acts.outputs, acts.inputs, None, n_pairs=args.pairs, seed=args.seed)
+    return LayerView(name, acts.inputs, acts.outputs, table, args.pairs, args.seed)
