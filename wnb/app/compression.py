@@ -6,9 +6,20 @@ from __future__ import annotations
 import pandas as pd
 
 from wnb.app.views import PruneView
-from wnb.compression.quantize import key_parts
+from wnb.compression.expansion import RoutedLayer
+from wnb.compression.prune import prune_layer
+from wnb.compression.quantize import key_parts, quant_label
+from wnb.compression.router import Router
+from wnb.compression.sparsity import check_method, sparsity_label
 from wnb.core import cache
-from wnb.model.architectures import layer_bias, layer_weight
+from wnb.experiments import layer_study as analysis
+from wnb.experiments import sweeps
+from wnb.experiments.layer_study import LayerStudy, study_layer
+from wnb.experiments.sweeps import expansion_sweep
+from wnb.experiments.tasks import compare_tasks
+from wnb.model.architectures import layer_bias, layer_outputs, layer_weight
+from wnb.scoring.comparison import neuron_errors
+from wnb.tracing.capture import Activations
 
 # Experts of a whole-model expansion held at once in the app: stays inside Binder's 2 GB with the model.
 APP_EXPERT_BYTES = 640 << 20
@@ -22,11 +33,6 @@ class Compression:
         """Prune one layer with ``method`` at ``sparsity`` (wnb.prune_layer on its calibration capture; with
         ``bits``, the kept weights quantized too) and compare its held-out outputs with the dense ones
         (wnb.neuron_errors). Cached."""
-        from wnb.compression.prune import prune_layer
-        from wnb.compression.sparsity import check_method, sparsity_label
-        from wnb.model.architectures import layer_outputs
-        from wnb.scoring.comparison import neuron_errors
-        from wnb.tracing.capture import Activations
 
         check_method(method)
         label = sparsity_label(sparsity)
@@ -44,15 +50,12 @@ class Compression:
         errors = neuron_errors(dense, pruned).merge(view.table[["neuron", "rank", "wd", "mean", "variance"]],
                                                     on="neuron").sort_values("rank").reset_index(drop=True)
         if bits is not None:
-            from wnb.compression.quantize import quant_label
             label = f"{label} + {quant_label(bits)}"
         return PruneView(view.name, method, label, dense, pruned, errors)
 
     def sweep(self, methods, sparsities, layers, progress: bool = True, true_sequential: bool = True,
               on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity vs sparsity of every method (wnb.sweep on ``layers``; ``bits`` quantizes too), cached."""
-        from wnb.compression.sparsity import sparsity_label
-        from wnb.experiments import sweeps
 
         labels = [sparsity_label(s) for s in sparsities]
         return self._cached("sweep", self.sweep_key(methods, sparsities, layers, true_sequential, bits),
@@ -62,7 +65,6 @@ class Compression:
                             enabled=self.use_cache)
 
     def sweep_key(self, methods, sparsities, layers, true_sequential: bool = True, bits=None) -> str:
-        from wnb.compression.sparsity import sparsity_label
 
         return self.key(methods=list(methods), sparsities=[sparsity_label(s) for s in sparsities],
                         layers=list(layers), held_out=self.held_out, true_sequential=true_sequential,
@@ -71,7 +73,6 @@ class Compression:
     def ablation(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                  progress: bool = True, true_sequential: bool = True, on_run=None) -> pd.DataFrame:
         """The paper's Fig. 3 (wnb.ablation on ``layers``), cached."""
-        from wnb.experiments import sweeps
 
         return self._cached("ablation", self.ablation_key(layers, fraction, sparsity, method, true_sequential),
                             lambda: sweeps.ablation(self.lm, self.calib, self.held_out, fraction=fraction,
@@ -81,15 +82,12 @@ class Compression:
                             enabled=self.use_cache)
 
     def ablation_key(self, layers, fraction, sparsity, method, true_sequential: bool = True) -> str:
-        from wnb.compression.sparsity import sparsity_label
 
         return self.key(layers=list(layers), fraction=fraction, sparsity=sparsity_label(sparsity), method=method,
                         held_out=self.held_out, true_sequential=true_sequential)
 
     def study(self, name: str, n_experts: int = 16, sparsity=0.5, progress: bool = True, bits: int | None = None):
         """Dense vs SparseGPT vs Sparse Expansion of one layer (wnb.study_layer; ``bits`` quantizes both), cached."""
-        from wnb.compression.sparsity import sparsity_label
-        from wnb.experiments.layer_study import study_layer
 
         name = self.check_layer(name)
         key = self.key(layer=name, n_experts=int(n_experts), sparsity=sparsity_label(sparsity), held_out=self.held_out,
@@ -112,8 +110,6 @@ class Compression:
         """The layer study's tables, cached: ``ri`` (wnb.relative_improvement), ``regression``
         (wnb.ri_regression), ``shares`` (wnb.token_shares) and ``change`` (wnb.entanglement_change of
         the layer's Wasserstein neurons, WD and MD before vs after)."""
-        from wnb.compression.sparsity import sparsity_label
-        from wnb.experiments import layer_study as analysis
 
         view = self.layer(name, progress)
         study = self.study(view.name, n_experts, sparsity, progress, bits)
@@ -132,7 +128,6 @@ class Compression:
                              true_sequential: bool = True, on_run=None, bits: int | None = None) -> pd.DataFrame:
         """Perplexity of dense, SparseGPT (k = 1) and Sparse Expansion with ``n_experts`` on ``layers``
         (wnb.expansion_sweep), cached. The experts held at once are capped at ``APP_EXPERT_BYTES``."""
-        from wnb.experiments.sweeps import expansion_sweep
 
         key = self.expansion_key(layers, n_experts, sparsity, true_sequential, bits)
         return self._cached("expansion_perplexity", key,
@@ -146,7 +141,6 @@ class Compression:
                        group_size=None, **extra) -> str:
         """The key of :meth:`expansion_perplexity` (``wnb expand`` stores its table under it too, with
         ``extra`` parts such as a ``pca_factor`` other than the app's)."""
-        from wnb.compression.sparsity import sparsity_label
 
         return self.key(layers=list(layers), n_experts=list(expert_counts(n_experts)),
                         sparsity=sparsity_label(sparsity), held_out=self.held_out, true_sequential=true_sequential,
@@ -157,8 +151,6 @@ class Compression:
         """Downstream task scores of the dense, SparseGPT and Sparse Expansion models on ``layers``
         (:func:`wnb.experiments.tasks.compare_tasks`; the experts held at once capped at ``APP_EXPERT_BYTES``), cached.
         ``wnb_agreement`` (wnb's minimal pairs) needs no network; lm-eval's standard tasks do."""
-        from wnb.compression.sparsity import sparsity_label
-        from wnb.experiments.tasks import compare_tasks
 
         tasks = list(tasks)
         key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
@@ -186,9 +178,6 @@ def _study_tensors(study) -> dict:
 
 
 def _study_from_tensors(d: dict):
-    from wnb.compression.expansion import RoutedLayer
-    from wnb.compression.router import Router
-    from wnb.experiments.layer_study import LayerStudy
 
     router = Router(d["mean"], d["components"], d["centroids"])
     routed = RoutedLayer(router, d["experts"], d["expert_bias"], d["tokens"], d["damping"])

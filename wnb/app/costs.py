@@ -2,10 +2,15 @@
 (from :mod:`wnb.app.estimates`), whether it is cached already, and whether it is large enough to ask first."""
 from __future__ import annotations
 
+from wnb.app import estimates
 from wnb.app.compression import APP_EXPERT_BYTES, expert_counts
 from wnb.compression.quantize import key_parts
+from wnb.compression.sparsity import sparsity_label
 from wnb.core import cache
-from wnb.model.architectures import layer_weight
+from wnb.experiments.tasks import AGREEMENT_TASK
+from wnb.model.architectures import block_of, layer_weight
+from wnb.scoring.selection import CRITERIA
+from wnb.tracing.capture import estimate_bytes
 
 # A layer whose capture holds more outputs than this (tokens × neurons) is analysed only after the user
 # confirms (lm_head: 49,152 neurons); the rough time per output comes from the neuron table on 2 cores.
@@ -23,7 +28,6 @@ class Costs:
         """What analysing ``name`` will take: ``outputs`` (tokens × neurons), ``bytes`` of the capture,
         a rough ``seconds`` (ranking every neuron dominates), whether it is ``cached`` already, and
         ``large`` when its outputs pass ``LARGE_LAYER_OUTPUTS`` (the app then asks before it starts)."""
-        from wnb.tracing.capture import estimate_bytes
 
         name = self.check_layer(name)
         if self.use_cache and cache.entry_path("capture", self.key(layer=name)).exists():
@@ -43,7 +47,6 @@ class Costs:
     def ablation_cost(self, layers, fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt",
                       true_sequential: bool = True) -> dict:
         """What :meth:`ablation` will take (see :meth:`job_cost`): one run per selection criterion."""
-        from wnb.scoring.selection import CRITERIA
 
         key = self.ablation_key(layers, fraction, sparsity, method, true_sequential)
         return self.job_cost("ablation", key, layers, [(method, 1)] * len(CRITERIA))
@@ -60,9 +63,6 @@ class Costs:
         """What :meth:`task_scores` will take: a SparseGPT run and an expansion (as :meth:`job_cost`) and
         the tasks' items scored on three models (rough: an agreement pair is 2 choices of ~16 tokens, an
         item of another task 4 choices of ~128 tokens; ``limit=None`` counts 1,000 items)."""
-        from wnb.app import estimates
-        from wnb.compression.sparsity import sparsity_label
-        from wnb.experiments.tasks import AGREEMENT_TASK
 
         tasks = list(tasks)
         key = self.key(tasks=tasks, layers=list(layers), n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
@@ -83,8 +83,6 @@ class Costs:
         for the matched control's bisection; the depth profile two per layer and one) and the minimal pairs
         (2 sentences of ~12 tokens each per pair, scored once per selection: dense, Wasserstein, each
         random seed, the matched control's final set)."""
-        from wnb.app import estimates
-        from wnb.model.architectures import block_of
 
         layers = [self.check_layer(n) for n in layers]
         depth_of = max(block_of(self.lm, n) for n in layers) + 1
@@ -109,7 +107,6 @@ class Costs:
         ``seconds`` (a dense pass plus every ``(method, n_experts)`` run, see :mod:`wnb.app.estimates`),
         ``bytes`` held beside the model by its largest run, and ``large`` when either passes
         ``LARGE_JOB_SECONDS`` / ``LARGE_JOB_BYTES`` (the app then asks before it starts)."""
-        from wnb.app import estimates
 
         if self.use_cache and cache.entry_path(kind, key).exists():
             return {"cached": True, "large": False}

@@ -10,7 +10,10 @@ from wnb.core import cache
 from wnb.errors import WnbError
 from wnb.model.architectures import layer_weight
 from wnb.model.lm import LM
+from wnb.reading.accumulator import contexts_from_outputs
+from wnb.reading.contexts import NeuronContexts
 from wnb.scoring.layers import score_layers
+from wnb.scoring.sign import sign_quadrants, up_projection_of
 from wnb.scoring.tables import neuron_table, overview_table
 from wnb.tracing.capture import capture
 
@@ -53,7 +56,6 @@ class Layers:
         """For a gated MLP's gate_proj: every neuron's share of calibration tokens in each sign quadrant of
         (gate, up) (:func:`wnb.sign_quadrants`; the up_proj capture is cached like any layer's); None for
         other layers."""
-        from wnb.scoring.sign import sign_quadrants, up_projection_of
 
         view = self.layer(name, progress)
         try:
@@ -72,8 +74,6 @@ class Layers:
     def contexts(self, name: str, progress: bool = True, k: int = CONTEXT_K):
         """:class:`wnb.NeuronContexts` of every neuron of ``name`` (from its calibration capture, no second
         pass; cached on disk and kept for the last layer, so re-selecting a neuron is instant)."""
-        from wnb.reading.accumulator import contexts_from_outputs
-        from wnb.reading.contexts import NeuronContexts
 
         view = self.layer(name, progress)
         key = contexts_key(self, view.name, k)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from wnb.app.budgets import SCOPES
+from wnb.app.sources import app_corpus, fetch_hub_model
 from wnb.core import cache
 from wnb.data.corpora import load_corpus
 from wnb.data.windows import token_windows
@@ -45,7 +46,6 @@ class Loading:
         if self._folder is not None:  # a folder offered by the server
             folder = self._folder
         else:
-            from wnb.app.sources import fetch_hub_model
 
             folder, commit = fetch_hub_model(self.model, on_file=on_file)
         try:
@@ -74,7 +74,6 @@ class Loading:
         if self._calib is None:
             b = self.budget
             if self.restricted:
-                from wnb.app.sources import app_corpus
                 text = app_corpus(self.corpus, self.upload)
             else:
                 text = load_corpus(self.corpus)

@@ -7,7 +7,19 @@ import torch
 
 from wnb.app.layers import OVERVIEW_BATCH_TOKENS
 from wnb.core import cache
+from wnb.experiments.minimal_pairs import minimal_pairs
+from wnb.experiments.sign_ablation import (
+    ablated_nll,
+    sign_ablation_depth,
+    sign_ablation_study,
+)
+from wnb.experiments.surprisal import (
+    surprisal_by_class,
+    token_surprisal,
+    top_surprisal_tokens,
+)
 from wnb.scoring.layers import score_layers
+from wnb.scoring.selection import matched_candidates, select_matched, select_wasserstein
 
 
 class Negative:
@@ -33,7 +45,6 @@ class Negative:
                     progress: bool = True) -> torch.Tensor:
         """:func:`wnb.experiments.sign_ablation.ablated_nll`, cached by the neurons themselves, so the study, its
         surprisal and the depth profile share their held-out passes (e.g. the dense one)."""
-        from wnb.experiments.sign_ablation import ablated_nll
 
         neurons = {name: torch.as_tensor(idx).tolist() for name, idx in selection.items()}
         key = cache.key(model=self.model_key, held_out=held_out, neurons=neurons,
@@ -46,7 +57,6 @@ class Negative:
     def sign_pairs(self, name: str | None = "agreement", n: int | None = 10) -> list[dict] | None:
         """Minimal pairs for the sign-ablation study (:func:`wnb.experiments.minimal_pairs` with the session's seed),
         or None when ``name`` is None or the model has no tokenizer."""
-        from wnb.experiments.minimal_pairs import minimal_pairs
 
         if name is None or self.lm.tokenizer is None:
             return None
@@ -57,7 +67,6 @@ class Negative:
                       progress: bool = True) -> pd.DataFrame:
         """:func:`wnb.sign_ablation_study` on the held-out windows, random controls with seeds
         ``seed .. seed + n_seeds - 1``, WD from :meth:`sign_scores`; cached (keyed by the pairs themselves)."""
-        from wnb.experiments.sign_ablation import sign_ablation_study
 
         scores = self.sign_scores(layers, tokens, progress)
         seeds = [self.seed + i for i in range(int(n_seeds))]
@@ -75,7 +84,6 @@ class Negative:
     def sign_depth(self, layers, fraction: float = 0.01, side: str = "negative", pairs=None,
                    tokens: int | None = None, progress: bool = True) -> pd.DataFrame:
         """:func:`wnb.sign_ablation_depth` (one layer at a time and cumulative) on the held-out windows; cached."""
-        from wnb.experiments.sign_ablation import sign_ablation_depth
 
         scores = self.sign_scores(layers, tokens, progress)
         key = self.key(layers=list(scores), tokens=tokens, fraction=float(fraction), side=side, pairs=pairs,
@@ -94,12 +102,6 @@ class Negative:
         (the matched control's per-layer count from the study), of the matched control, aggregated:
         ``by_class`` and ``by_group`` (:func:`wnb.surprisal_by_class`, one block per ``selection``) and
         ``top`` (:func:`wnb.top_surprisal_tokens` of the Wasserstein ablation); cached."""
-        from wnb.experiments.surprisal import (
-            surprisal_by_class,
-            token_surprisal,
-            top_surprisal_tokens,
-        )
-        from wnb.scoring.selection import matched_candidates, select_matched, select_wasserstein
 
         scores = self.sign_scores(layers, tokens, progress)
         matched_seed = self.seed if matched_seed is None else int(matched_seed)

@@ -11,6 +11,7 @@ still take paths: their user owns the machine.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -201,7 +202,6 @@ def config_params(config: dict) -> int:
 def check_config(name: str, folder: Path, limit: int | None = None) -> int:
     """Parameters of the model ``folder/config.json`` describes, built on the meta device (no memory);
     refused above :func:`max_params` (or when the config is not one transformers knows without code)."""
-    import json
 
 
     limit = max_params() if limit is None else limit

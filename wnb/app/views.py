@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from wnb.data.positions import drop_positions
 from wnb.errors import WnbError
 from wnb.scoring.mapping import pair_distances
 from wnb.scoring.wasserstein import top_neurons
@@ -34,7 +35,6 @@ class LayerView:
         """Rows of a capture of this layer without the first ``skip_first`` positions of every window."""
         if not self.skip_first:
             return t
-        from wnb.data.positions import drop_positions
         return drop_positions(t, self.seq_len, self.skip_first)
 
     @property

@@ -3,6 +3,8 @@ layer in detail (RI, token shares, WD and MD before vs after), optionally downst
 expansion saved."""
 from __future__ import annotations
 
+from wnb import plots
+from wnb.app.compression import expert_counts
 from wnb.cli import setup
 from wnb.cli.options import (
     DETAIL_HELP,
@@ -14,10 +16,13 @@ from wnb.cli.options import (
 )
 from wnb.cli.run_folder import RunFolder
 from wnb.cli.setup import detail_layer, layer_set
-from wnb.compression.quantize import check_quant
+from wnb.compression.expansion import check_expansion, expanded
+from wnb.compression.expansion_io import save_expanded
+from wnb.compression.quantize import check_quant, key_parts
 from wnb.compression.sparsity import parse_sparsity
 from wnb.core import cache
-from wnb.experiments.tasks import require_lm_eval
+from wnb.experiments.sweeps import expansion_sweep
+from wnb.experiments.tasks import compare_tasks, require_lm_eval
 
 
 def add_parser(sub, parents) -> None:
@@ -56,11 +61,6 @@ def validate(args) -> None:
 
 
 def run(args, run: RunFolder, session) -> str:
-    from wnb import plots
-    from wnb.app.compression import expert_counts
-    from wnb.compression.expansion import check_expansion
-    from wnb.compression.quantize import key_parts
-    from wnb.experiments.sweeps import expansion_sweep
 
     lm = session.lm
     layers = layer_set(lm, args.layers)
@@ -80,8 +80,6 @@ def run(args, run: RunFolder, session) -> str:
                                                  **quant),
                          enabled=not args.no_cache)
     if args.save_model:
-        from wnb.compression.expansion import expanded
-        from wnb.compression.expansion_io import save_expanded
 
         with expanded(lm, args.experts, args.sparsity, calib=session.calib, layers=layers, pca_factor=args.pca_factor,
                       seed=args.seed, batch_size=args.batch_size, progress=progress,
@@ -93,7 +91,6 @@ def run(args, run: RunFolder, session) -> str:
               f"SparseGPT (k = 1) and Sparse Expansion (k = {args.experts})")
     run.figure("perplexity.png", plots.perplexity_curves(table, title=lm.name), "perplexity per method")
     if args.tasks:
-        from wnb.experiments.tasks import compare_tasks
 
         tasks = compare_tasks(lm, session.calib, args.tasks, layers, args.experts, args.sparsity, args.bits,
                               limit=args.task_limit, seed=args.seed, batch_size=args.batch_size, progress=progress)

@@ -7,12 +7,15 @@ import argparse
 
 import pandas as pd
 
+from wnb import plots
 from wnb.cli import setup
 from wnb.cli.options import LAYERS_HELP, real, whole
 from wnb.cli.run_folder import RunFolder
 from wnb.cli.setup import layer_set
 from wnb.compression.clamp import SIDES, check_side
 from wnb.errors import WnbError
+from wnb.experiments.minimal_pairs import minimal_pairs
+from wnb.experiments.sign_statistics import study_words
 from wnb.scoring.selection import CONTROLS, MATCHED_EXCLUDE
 
 
@@ -66,8 +69,6 @@ def validate(args) -> None:
 
 
 def run(args, run: RunFolder, session) -> str:
-    from wnb import plots
-    from wnb.experiments.sign_statistics import study_words
 
     lm = session.lm
     layers = layer_set(lm, args.layers)
@@ -125,7 +126,6 @@ def run(args, run: RunFolder, session) -> str:
 def minimal_pairs_of(args):
     """The minimal pairs of ``--minimal-pairs`` (None for ``none``); raises WnbError for BLiMP offline or
     an empty / malformed file."""
-    from wnb.experiments.minimal_pairs import minimal_pairs
 
     if args.minimal_pairs == "none":
         return None

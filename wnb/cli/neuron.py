@@ -1,11 +1,12 @@
 """``wnb neuron``: one self-contained HTML page per neuron (what it reads) and its tables as CSV."""
 from __future__ import annotations
 
+from wnb.app.report import neuron_page
 from wnb.cli import setup
 from wnb.cli.options import whole
 from wnb.cli.run_folder import RunFolder
 from wnb.errors import WnbError
-from wnb.model.architectures import check_layers
+from wnb.model.architectures import check_layers, layer_weight
 
 
 def add_parser(sub, parents) -> None:
@@ -30,8 +31,6 @@ def validate(args) -> None:
 
 
 def run(args, run: RunFolder, session) -> str:
-    from wnb.app.report import neuron_page
-    from wnb.model.architectures import layer_weight
 
     (layer,) = check_layers(session.lm, [args.layer])
     n = layer_weight(session.lm, layer).shape[0]

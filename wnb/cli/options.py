@@ -8,6 +8,8 @@ import argparse
 import math
 
 from wnb.app.budgets import BUDGETS
+from wnb.compression.quantize import MAX_BITS, MIN_BITS
+from wnb.compression.sparsity import parse_sparsity
 from wnb.errors import WnbError
 from wnb.model.lm import DTYPES
 
@@ -19,7 +21,6 @@ DETAIL_HELP = "one layer analysed neuron by neuron (default: the first FFN proje
 
 def sparsity_arg(text: str):
     """argparse type of --sparsity: a fraction such as 0.5 or 50%, or N:M such as 2:4."""
-    from wnb.compression.sparsity import parse_sparsity
 
     try:
         parse_sparsity(text)
@@ -68,7 +69,6 @@ def real(low: float, high: float, low_open: bool = True, high_open: bool = False
 
 def add_quant_flags(p) -> None:
     """--bits and --group-size: joint quantization of the kept weights."""
-    from wnb.compression.quantize import MAX_BITS, MIN_BITS
 
     p.add_argument("--bits", type=whole(MIN_BITS, MAX_BITS), default=None,
                    help="also quantize the kept weights to this many bits (2-8): "

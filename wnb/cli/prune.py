@@ -7,6 +7,7 @@ import time
 import pandas as pd
 import torch
 
+from wnb import plots
 from wnb.cli import setup
 from wnb.cli.options import (
     DETAIL_HELP,
@@ -18,12 +19,26 @@ from wnb.cli.options import (
 )
 from wnb.cli.run_folder import RunFolder
 from wnb.cli.setup import check_fits, detail_layer, layer_set, ppl_text
-from wnb.compression.checkpoint import FORMATS
-from wnb.compression.quantize import check_quant
-from wnb.compression.sparsity import METHODS, check_method, parse_sparsity
+from wnb.compression.checkpoint import FORMATS, save_pruned
+from wnb.compression.pruned import pruned, streams_inputs
+from wnb.compression.quantize import (
+    check_quant,
+    key_parts,
+    model_effective_bits,
+    quant_label,
+)
+from wnb.compression.sparsity import (
+    METHODS,
+    check_method,
+    parse_sparsity,
+    sparsity_label,
+)
 from wnb.core import cache
 from wnb.errors import WnbError
+from wnb.model.architectures import block_of, layer_weight
 from wnb.scoring.selection import CRITERIA
+from wnb.tracing.nll import perplexity_interval
+from wnb.tracing.sequential import KEEP_BYTES
 
 
 def add_parser(sub, parents) -> None:
@@ -62,11 +77,6 @@ def validate(args) -> None:
 
 
 def run(args, run: RunFolder, session) -> str:
-    from wnb import plots
-    from wnb.compression.pruned import pruned, streams_inputs
-    from wnb.compression.quantize import key_parts, model_effective_bits, quant_label
-    from wnb.compression.sparsity import check_method, sparsity_label
-    from wnb.tracing.nll import perplexity_interval
 
     lm = session.lm
     check_method(args.method)
@@ -90,7 +100,6 @@ def run(args, run: RunFolder, session) -> str:
         middle = time.perf_counter()
         ppl = perplexity_interval(lm, session.held_out, batch_size=args.batch_size, progress=progress)
         if args.save_model:
-            from wnb.compression.checkpoint import save_pruned
 
             run.folder("model", f"the pruned model ({args.save_format} checkpoint, safetensors; "
                        "AutoModelForCausalLM.from_pretrained loads the folder)",
@@ -123,8 +132,6 @@ def prune_bytes(lm, layers, tokens: int, method: str, keeps_inputs: bool = True)
     outputs (at most ``sequential.KEEP_BYTES``), and the largest block's float64 statistics (SparseGPT's
     Hessians, Wanda's column norms) plus, where they are kept (neuron criteria), its float32 calibration
     inputs."""
-    from wnb.model.architectures import block_of, layer_weight
-    from wnb.tracing.sequential import KEEP_BYTES
 
     per_block: dict[int, int] = {}
     widest = 0

@@ -16,8 +16,10 @@ import torch
 
 from wnb.core import files
 from wnb.core.folders import check_replaceable, remove_written, written_list
+from wnb.core.spreadsheet import safe_csv
 from wnb.core.version import VERSION as __version__
 from wnb.errors import WnbError
+from wnb.plots import to_png
 
 MANIFEST = "manifest.json"
 
@@ -58,7 +60,6 @@ class RunFolder:
 
     def table(self, name: str, frame: pd.DataFrame, what: str) -> None:
         """``frame`` as CSV, text cells that a spreadsheet would run as a formula defused (:func:`safe_csv`)."""
-        from wnb.core.spreadsheet import safe_csv
 
         self._write(name, what, lambda tmp: tmp.write_bytes(safe_csv(frame).encode("utf-8")))
 
@@ -69,7 +70,6 @@ class RunFolder:
         self._write(name, what, lambda tmp: tmp.write_text(content))
 
     def figure(self, name: str, fig, what: str) -> None:
-        from wnb.plots import to_png
 
         self._write(name, what, lambda tmp: tmp.write_bytes(to_png(fig)))
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from wnb import plots
+from wnb.app.layers import CONTEXT_WIDTH, contexts_key
+from wnb.app.views import LayerView
 from wnb.cli import setup
 from wnb.cli.options import DETAIL_HELP, LAYERS_HELP, real, whole
 from wnb.cli.run_folder import RunFolder
 from wnb.cli.setup import detail_layer, layer_set
 from wnb.core import cache
+from wnb.core.memory import available_memory
+from wnb.data.positions import sink_flags
 from wnb.errors import WnbError
+from wnb.model.architectures import block_of, layer_weight
+from wnb.reading.accumulator import neuron_contexts
 from wnb.scoring.layers import (
     FIELDS,
     STREAMING_FIELDS,
@@ -19,6 +26,9 @@ from wnb.scoring.layers import (
     exact_bytes,
     score_layers,
 )
+from wnb.scoring.streaming import estimate_stream_bytes
+from wnb.scoring.tables import neuron_table, overview_table
+from wnb.tracing.capture import capture
 
 
 def add_parser(sub, parents) -> None:
@@ -54,11 +64,6 @@ def validate(args) -> None:
 
 
 def run(args, run: RunFolder, session) -> str:
-    from wnb import plots
-    from wnb.core.memory import available_memory
-    from wnb.model.architectures import block_of, layer_weight
-    from wnb.scoring.streaming import estimate_stream_bytes
-    from wnb.scoring.tables import overview_table
 
     lm = session.lm
     layers = layer_set(lm, args.layers)
@@ -93,7 +98,6 @@ def run(args, run: RunFolder, session) -> str:
             frame["weight_norm"] = torch.linalg.vector_norm(layer_weight(lm, name).detach().double(), dim=1).cpu().numpy()
         frame["rank"] = frame["wd"].rank(ascending=False, method="first", na_option="bottom").astype(int)
         if "pos0_tail_share" in s:  # exact scoring keeps positions: flag the first-token (attention sink) tails
-            from wnb.data.positions import sink_flags
             frame["pos0_tail_share"] = s["pos0_tail_share"].numpy()
             frame["sink"] = sink_flags(s["pos0_tail_share"]).numpy()
         rows.append(frame)
@@ -131,8 +135,6 @@ def run(args, run: RunFolder, session) -> str:
 
 def store_contexts(args, session, layers) -> None:
     """``wnb score --contexts K``: every scored layer's contexts, where the app's Session.contexts reads them."""
-    from wnb.app.layers import CONTEXT_WIDTH, contexts_key
-    from wnb.reading.accumulator import neuron_contexts
 
     for name in layers:
         cache.cached("contexts", contexts_key(session, name, args.contexts),
@@ -145,9 +147,6 @@ def store_contexts(args, session, layers) -> None:
 def layer_view(session, name: str, args):
     """The session's cached capture and neuron table of one layer; for a remote model (no weights here)
     the same without the weight norms."""
-    from wnb.app.views import LayerView
-    from wnb.scoring.tables import neuron_table
-    from wnb.tracing.capture import capture
 
     if not session.lm.remote:
         return session.layer(name, progress=not args.quiet)

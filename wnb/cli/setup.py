@@ -7,13 +7,27 @@ import os
 import torch
 
 from wnb.app.budgets import check_budget
+from wnb.app.session import Session
 from wnb.cli.options import LAYER_SETS
 from wnb.cli.run_folder import RunFolder
 from wnb.core import cache
+from wnb.core.memory import available_memory
+from wnb.data.corpora import load_corpus
+from wnb.data.windows import token_windows
 from wnb.errors import WnbError
-from wnb.model.architectures import check_layers
+from wnb.model.architectures import (
+    check_layers,
+    ffn_layers,
+    first_ffn_layers,
+    linear_layers,
+)
 from wnb.model.lm import resolve_device, resolve_dtype
-from wnb.model.loading import check_revision
+from wnb.model.loading import (
+    check_revision,
+    estimate_block_bytes,
+    estimate_model_bytes,
+    load_model,
+)
 from wnb.model.offload import check_offload
 
 OFFLOAD_ACTIVATIONS = 2 << 30  # GPU bytes kept free for activations and logits when blocks are offloaded
@@ -60,11 +74,6 @@ def check_experts(args, most: int | None) -> None:
 def open_session(args, run: RunFolder):
     """Load the model (once its estimated size is known to fit) and cut the windows; returns a
     :class:`wnb.app.session.Session` holding both, whose cached analyses the app reads too."""
-    from wnb.app.session import Session
-    from wnb.data.corpora import load_corpus
-    from wnb.data.windows import token_windows
-    from wnb.model.lm import resolve_device, resolve_dtype
-    from wnb.model.loading import estimate_block_bytes, estimate_model_bytes, load_model
 
     if args.quiet:  # transformers' own loading bars too
         from transformers.utils import logging as hf_logging
@@ -120,7 +129,6 @@ def remote_of(args) -> bool | str:
 def check_fits(need: int, device: torch.device, what: str, hint: str = "") -> None:
     """Refuse work whose memory estimate exceeds 90% of what the device has free now; ``hint`` is added
     to the list of ways out."""
-    from wnb.core.memory import available_memory
 
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
     if need > 0.9 * free:
@@ -131,11 +139,6 @@ def check_fits(need: int, device: torch.device, what: str, hint: str = "") -> No
 
 
 def layer_set(lm, spec: list[str] | None) -> list[str]:
-    from wnb.model.architectures import (
-        ffn_layers,
-        first_ffn_layers,
-        linear_layers,
-    )
 
     spec = spec or ["ffn"]
     if len(spec) == 1 and spec[0] in LAYER_SETS:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import pandas as pd
 
+from wnb import plots
 from wnb.cli import setup
 from wnb.cli.options import LAYERS_HELP, add_true_sequential_flag, sparsity_arg, whole
 from wnb.cli.run_folder import RunFolder
 from wnb.cli.setup import layer_set
-from wnb.compression.sparsity import METHODS, check_method, parse_sparsity
+from wnb.compression.sparsity import (
+    METHODS,
+    check_method,
+    parse_sparsity,
+    sparsity_label,
+)
 from wnb.core import cache
+from wnb.experiments.sweeps import expansion_sweep
 
 
 def add_parser(sub, parents) -> None:
@@ -36,9 +43,6 @@ def validate(args) -> None:
 
 
 def run(args, run: RunFolder, session) -> str:
-    from wnb import plots
-    from wnb.compression.sparsity import check_method, sparsity_label
-    from wnb.experiments.sweeps import expansion_sweep
 
     lm = session.lm
     layers = layer_set(lm, args.layers)

@@ -11,7 +11,10 @@ from typing import Mapping
 
 import torch
 
+from wnb.compression.sparsity import check_rows
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, layer_weight, module
+from wnb.model.lm import require_local
 from wnb.model.state import changed
 
 SIDES = ("negative", "positive", "both")
@@ -30,8 +33,6 @@ def check_side(side: str) -> str:
 def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
     """Validate ``{layer: neuron indices}`` (indices or a boolean mask per layer); return the layers in
     forward order with sorted unique ``LongTensor`` indices."""
-    from wnb.compression.sparsity import check_rows
-    from wnb.model.architectures import check_layers, layer_weight
 
     if not isinstance(neurons, Mapping):
         raise WnbError("neurons must map layer names to neuron indices, e.g. "
@@ -90,8 +91,6 @@ def sign_ablated(lm, neurons, side: str = "negative"):
     computes from its, possibly ablated, inputs), every later layer sees the clamped values. The hooks
     are removed on exit, also after an exception or Ctrl-C. Yields the validated ``{layer: indices}``.
     """
-    from wnb.model.architectures import module
-    from wnb.model.lm import require_local
 
     check_side(side)
     plan = check_neurons(lm, neurons)

@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -83,7 +84,6 @@ class PruneReport(dict):
 
     def table(self):
         """One row per layer; the ``bits`` and ``group_size`` columns only when some layer was quantized."""
-        import pandas as pd
 
         frame = pd.DataFrame([vars(r) for r in self.values()])
         for col in ("bits", "group_size"):

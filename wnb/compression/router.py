@@ -9,7 +9,7 @@ import weakref
 import torch
 from torch import nn
 
-from wnb.compression.kmeans import N_INIT, check_finite_points, sq_distances, kmeans
+from wnb.compression.kmeans import N_INIT, check_finite_points, kmeans, sq_distances
 from wnb.core.checks import check_int
 from wnb.core.tensors import tensor_version
 from wnb.errors import WnbError

@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,7 +74,6 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _renameat2():
     import ctypes
-    import sys
 
     if not sys.platform.startswith("linux"):
         return None
@@ -122,7 +123,6 @@ def _host_tag() -> str:
     """This machine's name as it appears in temporaries' names: letters, digits, ``-`` and ``_`` kept, every
     other character (the dots of a domain name too) written ``%XX``, so the name splits at dots; a long
     name is shortened to a hash."""
-    import socket
 
     host = socket.gethostname() or "localhost"
     tag = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "".join(f"%{b:02X}" for b in c.encode())

@@ -4,6 +4,7 @@ disjoint calibration and held-out sets drawn by seed; and the one check of windo
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from wnb.core.checks import check_int
 from wnb.errors import WnbError
@@ -20,7 +21,6 @@ def tokenize(lm, text: str, progress: bool = True) -> torch.Tensor:
     if lm.tokenizer is None:
         raise WnbError(f"{lm.name} has no tokenizer; pass token windows directly")
     pieces = [text] if len(text) <= CHUNK_CHARS else _pieces(text, CHUNK_CHARS)
-    from tqdm.auto import tqdm
 
     ids = [lm.tokenizer(piece, return_tensors="pt", add_special_tokens=False, verbose=False).input_ids[0]
            for piece in tqdm(pieces, desc=f"tokenizing {len(text) / 1e6:.1f}M characters", leave=False,

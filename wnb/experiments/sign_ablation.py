@@ -23,23 +23,33 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.compression.clamp import check_side, sign_ablated
+from wnb.core.inference import perplexity_difference
 from wnb.core.memory import available_memory
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.experiments.sign_statistics import MINIMUM_DELTA_ACCURACY, MINIMUM_DELTA_NLL, _accuracy_columns, _compare
-from wnb.model.architectures import check_layers, first_ffn_layers
+from wnb.experiments.minimal_pairs import check_pairs
+from wnb.experiments.pair_scoring import minimal_pair_scores
+from wnb.experiments.sign_statistics import (
+    MINIMUM_DELTA_ACCURACY,
+    MINIMUM_DELTA_NLL,
+    accuracy_columns,
+    compare_rows,
+)
+from wnb.model.architectures import block_of, check_layers, first_ffn_layers
+from wnb.model.lm import require_local
 from wnb.scoring.layers import score_layers
 from wnb.scoring.selection import (
     CONTROLS,
     MATCHED_EXCLUDE,
-    _check_fraction,
-    _check_scores,
-    _count,
+    check_fraction,
+    check_scores,
+    count_per_layer,
     matched_candidates,
     select_matched,
     select_random,
     select_wasserstein,
 )
+from wnb.tracing.nll import interval_of, token_nll
 
 MATCHED_TOLERANCE = 0.02  # ... and its perplexity must be within 2% of the Wasserstein ablation's
 
@@ -76,7 +86,6 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
     """Per-token NLL of ``held_out`` (:func:`wnb.token_nll`) with ``selection`` sign-ablated on ``side``:
     what every row of the study, the matched search and the depth profile measure. ``nll_fn`` of those
     functions replaces it (same arguments, e.g. a cached version)."""
-    from wnb.tracing.nll import token_nll
 
     with sign_ablated(lm, selection, side):
         return token_nll(lm, held_out, batch_size=batch_size, progress=progress)
@@ -86,8 +95,6 @@ def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size,
               nll=None) -> tuple[dict, dict]:
     """One row's perplexity (and accuracy) columns, and what the paired comparisons need: ``{"nll": NLL per
     window [n_windows], "scores": the minimal_pair_scores table or None}``."""
-    from wnb.experiments.pair_scoring import minimal_pair_scores
-    from wnb.tracing.nll import interval_of
 
     start = time.perf_counter()
     if nll is None:
@@ -97,7 +104,7 @@ def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size,
     with sign_ablated(lm, selection, side):
         if pairs is not None:
             scores = minimal_pair_scores(lm, pairs, batch_size=pair_batch_size, progress=progress)
-            row.update(_accuracy_columns(scores))
+            row.update(accuracy_columns(scores))
     row["seconds"] = time.perf_counter() - start
     return row, {"nll": torch.as_tensor(nll, dtype=torch.float64).mean(1).numpy(), "scores": scores}
 
@@ -108,13 +115,10 @@ def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size,
 
 def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress):
     """Validate everything and return (held_out, pairs, scores) — WD computed here if not given."""
-    from wnb.experiments.minimal_pairs import check_pairs
-    from wnb.model.architectures import check_layers, first_ffn_layers
-    from wnb.model.lm import require_local
 
     require_local(lm, "sign ablation")
     check_side(side)
-    _check_fraction(fraction)
+    check_fraction(fraction)
     held_out = check_windows(held_out, lm)
     if held_out.shape[1] < 2:
         raise WnbError("held-out windows need at least 2 tokens each")
@@ -123,7 +127,7 @@ def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_s
         if lm.tokenizer is None:
             raise WnbError(f"{lm.name} has no tokenizer; minimal pairs need one (pass pairs=None)")
     if scores is not None:
-        scores = _check_scores(lm, scores, layers)
+        scores = check_scores(lm, scores, layers)
     else:
         names = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
         if calib is None:
@@ -212,7 +216,7 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
                 target = next(r["perplexity"] for r in rows if r["selection"] == "wasserstein")
                 chosen, extra = _match(lm, held_out, scores, target, seed, exclude, tolerance, opts)
             row = {"selection": selection, "seed": seed, "side": side, "fraction": fraction,
-                   "n_neurons": _count(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0)}
+                   "n_neurons": count_per_layer(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0)}
             measured, raw = _evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts)
             row.update(measured)
             if extra:
@@ -220,7 +224,7 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
                 row.update(extra)
             rows.append(row)
             raws.append(raw)
-    table = _compare(rows, raws, minimum_nll, minimum_accuracy)
+    table = compare_rows(rows, raws, minimum_nll, minimum_accuracy)
     table["seed"] = table["seed"].astype("Int64")
     return table
 
@@ -228,7 +232,7 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
 def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance, minimum_nll, minimum_accuracy):
     """:func:`sign_ablation_study`'s own arguments, before any work; returns (controls, seeds, matched_seeds)."""
     check_side(side)
-    _check_fraction(fraction)
+    check_fraction(fraction)
     controls = (controls,) if isinstance(controls, str) else tuple(controls)
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
@@ -292,7 +296,7 @@ def _match(lm, held_out, scores, target, seed, exclude, tolerance, opts):
 
     best, reached = _bisect(ppl, widest, target, tolerance)
     within = abs(cache[best] / target - 1) <= tolerance
-    total = _count(candidates)
+    total = count_per_layer(candidates)
     if not reached:
         note = (f"all {total} candidates (outside the top {exclude:.0%} by WD) reach perplexity only "
                 f"{cache[widest]:.4g} < target {target:.4g}")
@@ -329,9 +333,9 @@ def study_selections(table: pd.DataFrame, scores: Mapping, exclude: float = MATC
                 chosen = select_matched(matched_candidates(scores, exclude, seed), int(row.per_layer))
             else:
                 raise WnbError(f"unknown selection {row.selection!r} in the table")
-        if _count(chosen) != row.n_neurons:
+        if count_per_layer(chosen) != row.n_neurons:
             raise WnbError(f"the {row.selection} row has {row.n_neurons} neurons but these scores give "
-                           f"{_count(chosen)}: pass the scores (and exclude) the study used")
+                           f"{count_per_layer(chosen)}: pass the scores (and exclude) the study used")
         out[(row.selection, seed)] = chosen
     return out
 
@@ -377,8 +381,6 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
     cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation. ``nll_fn`` as there.
     """
-    from wnb.core.inference import perplexity_difference
-    from wnb.model.architectures import block_of
 
     held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
                                        progress)
@@ -394,7 +396,7 @@ def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01
     with tqdm(plan, desc="depth profile", disable=not progress, leave=False) as bar:
         for mode, name, chosen in bar:
             row = {"mode": mode, "block": block_of(lm, name) if name else None, "layer": name,
-                   "n_neurons": _count(chosen)}
+                   "n_neurons": count_per_layer(chosen)}
             measured, raw = _evaluate(lm, held_out, chosen, **opts)
             rows.append({**row, **measured})
             nlls.append(raw["nll"])

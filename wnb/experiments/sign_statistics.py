@@ -5,6 +5,16 @@ from __future__ import annotations
 
 import pandas as pd
 
+from wnb.core.inference import (
+    accuracy_difference,
+    accuracy_interval,
+    across_seeds,
+    mcnemar,
+    nll_difference,
+    perplexity_difference,
+    verdict,
+    wording,
+)
 from wnb.scoring.selection import CONTROLS
 
 # The smallest effects the study's verdicts look for (wnb.core.inference.verdict), declared before any data: the
@@ -13,7 +23,7 @@ MINIMUM_DELTA_NLL = 0.01
 MINIMUM_DELTA_ACCURACY = 0.02  # 2 points of minimal-pair accuracy
 
 
-def _accuracy_columns(scores: pd.DataFrame) -> dict:
+def accuracy_columns(scores: pd.DataFrame) -> dict:
     out = {"accuracy": float(scores["correct"].mean())}
     for phenomenon, group in scores.groupby("phenomenon", sort=False):
         out[f"accuracy_{phenomenon}"] = float(group["correct"].mean())
@@ -23,7 +33,6 @@ def _accuracy_columns(scores: pd.DataFrame) -> dict:
 def _accuracy_intervals(scores: pd.DataFrame) -> dict:
     """Wilson intervals of the accuracy, overall (``acc_low, acc_high``) and per phenomenon
     (``acc_low_<phenomenon>, acc_high_<phenomenon>``; not ``accuracy_*``, which names phenomena)."""
-    from wnb.core.inference import accuracy_interval
 
     overall = accuracy_interval(scores["correct"].to_numpy())
     out = {"acc_low": overall.low, "acc_high": overall.high}
@@ -37,7 +46,6 @@ def _versus(a: dict, b: dict, prefix: str, minimum_nll: float, minimum_accuracy:
     with minimal pairs, over the same pairs (Δ accuracy, McNemar p), with their verdicts: the ablation
     ``b`` raises NLL / lowers accuracy (Bonett–Price interval). Column names start with ``prefix``
     (``delta`` or ``w_delta``)."""
-    from wnb.core.inference import accuracy_difference, mcnemar, nll_difference, perplexity_difference, verdict
 
     ppl, nll = perplexity_difference(a["nll"], b["nll"]), nll_difference(a["nll"], b["nll"])
     short = prefix.removesuffix("delta")  # "" or "w_"
@@ -57,7 +65,6 @@ def _seed_spread(table: pd.DataFrame) -> pd.DataFrame:
     """On the rows of each control, ``n_seeds`` and ``<name>_seeds_mean / _sd / _min / _max`` over its seeds
     (:func:`wnb.core.inference.across_seeds`) of perplexity, w_delta_perplexity, accuracy (named ``acc``: columns
     that start with ``accuracy`` are the phenomena's) and w_delta_accuracy."""
-    from wnb.core.inference import across_seeds
 
     names = {"perplexity": "perplexity", "w_delta_perplexity": "w_delta_perplexity", "accuracy": "acc",
              "w_delta_accuracy": "w_delta_accuracy"}
@@ -73,7 +80,7 @@ def _seed_spread(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _compare(rows: list[dict], raws: list[dict], minimum_nll: float, minimum_accuracy: float) -> pd.DataFrame:
+def compare_rows(rows: list[dict], raws: list[dict], minimum_nll: float, minimum_accuracy: float) -> pd.DataFrame:
     """The study's table with its paired columns (:func:`sign_ablation_study`); ``rows[0]`` is dense."""
     w = next((raw for row, raw in zip(rows, raws) if row["selection"] == "wasserstein"), None)
     for row, raw in zip(rows, raws):
@@ -97,7 +104,6 @@ def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
     """A :func:`sign_ablation_study` table in words, for the command's last line and the app's summary: every
     comparison as a paired difference with its 95% interval, and its verdict worded by that interval
     (:func:`wnb.core.inference.wording`; pass the study's minimum effects if they were not the defaults)."""
-    from wnb.core.inference import wording
 
     def says(row, prefix: str, what: str = "nll") -> str:
         short = prefix.removesuffix("delta")

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from wnb.compression.clamp import check_neurons, check_side, sign_ablated
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.tracing.nll import token_nll
@@ -170,7 +171,6 @@ def token_surprisal(lm, windows, neurons, side: str = "negative", batch_size: in
     ``[n_windows, seq_len − 1]`` from :func:`wnb.token_nll`) may be passed to skip those passes.
     Aggregate with :func:`surprisal_by_class` and :func:`top_surprisal_tokens`.
     """
-    from wnb.compression.clamp import check_neurons, check_side, sign_ablated
 
     check_side(side)
     plan = check_neurons(lm, neurons)

@@ -31,7 +31,6 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
     Other keywords go to :func:`wnb.pruned`; with ``bits=`` (joint quantization) the pruned rows get a
     ``bits`` column (and ``group_size`` with groups).
     """
-    import pandas as pd
 
 
     for method in methods:
@@ -64,7 +63,6 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
 
     Returns a DataFrame ``criterion, fraction, sparsity, perplexity, prune_seconds, eval_seconds``.
     """
-    import pandas as pd
 
 
     for criterion in criteria:

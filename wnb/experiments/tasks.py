@@ -15,10 +15,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import json
 import logging
 import math
 import random
+import shutil
+import tempfile
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
 
 from wnb.compression.expansion import expanded
 from wnb.compression.pruned import pruned
@@ -93,8 +100,6 @@ def _network_failure(exc: BaseException) -> bool:
 def _kept_state(model):
     """lm-eval seeds Python's, NumPy's and torch's global generators, logs a lot, and switches the model to
     eval mode: put the generators, the log level and the mode back afterwards."""
-    import numpy as np
-    import torch
 
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
@@ -164,8 +169,6 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
 
 @contextlib.contextmanager
 def _fresh_folder():
-    import shutil
-    import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="wnb-task-"))
     try:
@@ -202,7 +205,6 @@ def _evaluate(lm, names, limit, batch_size, include_path, num_fewshot, bootstrap
 
 def results_table(results: dict):
     """lm-eval's results dict as rows ``task, metric, value, stderr, filter, n``."""
-    import pandas as pd
 
     rows = []
     samples = results.get("n-samples", {}) or {}
@@ -247,8 +249,6 @@ def agreement_task(n: int = 20, seed: int = 0, folder=None) -> Path:
     temporary folder that the caller removes. :func:`evaluate_tasks` writes it afresh for every run and
     removes it afterwards: lm-eval runs Python that a task YAML names (``!function``), so it is never read
     from a place others can write, such as the shared cache."""
-    import json
-    import tempfile
 
 
     n, seed = check_int(n, "n"), check_int(seed, "seed", 0)
@@ -279,7 +279,6 @@ def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0
     FFN layers) and of Sparse Expansion with ``n_experts`` experts (skipped for ``n_experts=1``), each
     calibrated on ``calib``; ``bits`` quantizes both. One table with a ``model`` column first
     (``dense``, ``sparsegpt``, ``expansion``). ``on_run(index, total, label)`` before each model."""
-    import pandas as pd
 
 
     models = ["dense", "sparsegpt"] + (["expansion"] if int(n_experts) > 1 else [])

@@ -4,6 +4,7 @@ imported), dequantized once into a float32 safetensors copy in wnb's cache whose
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -30,7 +31,6 @@ def bundled_folder() -> Path:
 def _gguf_bar_follows_transformers():
     """transformers' GGUF de-quantization draws a tqdm bar that ignores its own progress-bar switch
     (``transformers.utils.logging.disable_progress_bar``, which the app uses); make it obey it."""
-    import functools
 
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging

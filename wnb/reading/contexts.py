@@ -10,9 +10,9 @@ import torch
 
 from wnb.core.checks import check_int
 from wnb.data.positions import SINK_SHARE, sink_flags
-from wnb.data.tokens import tokenizer_of, decode_contexts
+from wnb.data.tokens import decode_contexts, tokenizer_of
 from wnb.errors import WnbError
-from wnb.reading.extremes import EDGES, BAND_LABELS, BANDS
+from wnb.reading.extremes import BAND_LABELS, BANDS, EDGES
 
 """Bands of the standardized output ``z``, each ``(low, high]``: below −3σ, −3…−2σ, …, the bulk −1…1σ, …, above 3σ."""
 STATE_FORMAT = "wnb-contexts-1"

@@ -2,6 +2,8 @@
 std) on the same tokens, and the Wasserstein-1 shift between the two output distributions."""
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import torch
 
 from wnb.errors import WnbError
@@ -54,8 +56,6 @@ def output_shift(dense: torch.Tensor, approx: torch.Tensor, chunk: int = 256) ->
 def neuron_errors(dense: torch.Tensor, approx: torch.Tensor):
     """One row per neuron: ``rmse``, ``rel_rmse`` (RMSE / dense std) and ``shift`` (W1 between the dense
     and approximate output distributions), for outputs ``[tokens, n_neurons]`` on the same held-out tokens."""
-    import numpy as np
-    import pandas as pd
 
     rmse, rel = output_rmse(dense, approx)
     return pd.DataFrame({"neuron": np.arange(dense.shape[1]), "rmse": rmse.numpy(), "rel_rmse": rel.numpy(),

@@ -6,6 +6,8 @@ their ratio. The pairs of the last inputs tensor are kept while it lives unchang
 neuron after neuron of one layer samples once."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from wnb.core.checks import check_int
@@ -35,7 +37,6 @@ def input_pairs(inputs: torch.Tensor, n_pairs: int, seed: int):
 
     The last result is kept while the same inputs tensor lives unchanged: selecting neuron after neuron
     of one layer (the app, the reading section) asks for the same pairs every time."""
-    import weakref
 
 
     if _last_pairs:

@@ -9,6 +9,7 @@ from typing import Mapping
 import torch
 
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, layer_weight
 from wnb.scoring.wasserstein import top_neurons, wasserstein_to_gaussian
 
 CRITERIA = ("wd", "random", "mean", "variance", "weight_norm")
@@ -58,15 +59,14 @@ def select_neurons(criterion: str, outputs: torch.Tensor | None = None, weight: 
 MATCHED_EXCLUDE = 0.10  # the matched control draws from outside the top 10% of each layer by WD
 
 
-def _check_fraction(fraction: float) -> float:
+def check_fraction(fraction: float) -> float:
     if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise WnbError(f"fraction must be in (0, 1), the share of each layer's neurons (got {fraction!r}); "
                        "the follow-up uses 0.01")
     return float(fraction)
 
 
-def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
-    from wnb.model.architectures import check_layers, layer_weight
+def check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
 
     if not isinstance(scores, Mapping) or not scores:
         raise WnbError("scores must be {layer: WD per neuron}, as wnb.wasserstein_scores returns")
@@ -86,9 +86,8 @@ def _check_scores(lm, scores, layers=None) -> dict[str, torch.Tensor]:
 
 def select_wasserstein(scores: Mapping, fraction: float = 0.01) -> dict[str, torch.Tensor]:
     """The Wasserstein neurons: the top ``fraction`` of each layer by WD (at least one), highest first."""
-    from wnb.scoring.wasserstein import top_neurons
 
-    _check_fraction(fraction)
+    check_fraction(fraction)
     return {name: top_neurons(torch.as_tensor(wd), fraction=fraction) for name, wd in scores.items()}
 
 
@@ -109,7 +108,6 @@ def select_random(scores: Mapping, counts: Mapping, seed: int = 0) -> dict[str, 
 def matched_candidates(scores: Mapping, exclude: float = MATCHED_EXCLUDE, seed: int = 0) -> dict[str, torch.Tensor]:
     """Per layer, its ranked neurons outside the top ``exclude`` by WD, in a seeded random order; the
     perplexity-matched control takes a prefix of each (:func:`select_matched`)."""
-    from wnb.scoring.wasserstein import top_neurons
 
     if not 0 < exclude < 1:
         raise WnbError(f"exclude must be in (0, 1) (got {exclude})")
@@ -131,7 +129,7 @@ def select_matched(candidates: Mapping, count: int) -> dict[str, torch.Tensor]:
     return {name: c[:min(c.numel(), round(count * c.numel() / widest))] for name, c in candidates.items()}
 
 
-def _count(selection: Mapping) -> int:
+def count_per_layer(selection: Mapping) -> int:
     return int(sum(idx.numel() for idx in selection.values()))
 
 

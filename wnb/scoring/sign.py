@@ -18,7 +18,11 @@ import torch
 
 from wnb.core.checks import check_int
 from wnb.core.stats import normal_cdf_integral, normal_sf_integral
+from wnb.data.positions import check_skip
+from wnb.data.windows import check_windows
 from wnb.errors import WnbError
+from wnb.model.architectures import check_layers, forward_order, layer_weight
+from wnb.tracing.capture import capture
 
 
 def _pieces(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
@@ -148,7 +152,6 @@ QUADRANTS = ("gate_neg_up_neg", "gate_neg_up_pos", "gate_pos_up_neg", "gate_pos_
 
 def up_projection_of(lm, layer: str) -> str:
     """The ``up_proj`` beside a gated MLP's ``gate_proj`` (SwiGLU / GeGLU); WnbError for any other layer."""
-    from wnb.model.architectures import check_layers, forward_order
 
     (layer,) = check_layers(lm, [layer])
     parent, _, leaf = layer.rpartition(".")
@@ -199,10 +202,6 @@ def gate_up_quadrants(lm, layer: str, windows, neurons=None, max_tokens: int | N
                       skip_first: int = 0, progress: bool = True) -> pd.DataFrame:
     """:func:`sign_quadrants` of a gate_proj ``layer`` and its up_proj over ``windows``, counted batch by batch
     in one capture pass (memory per neuron, not per token). ``skip_first`` drops positions of every window."""
-    from wnb.data.positions import check_skip
-    from wnb.data.windows import check_windows
-    from wnb.model.architectures import layer_weight
-    from wnb.tracing.capture import capture
 
     up = up_projection_of(lm, layer)
     windows = check_windows(windows, lm)

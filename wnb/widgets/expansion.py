@@ -9,6 +9,9 @@ import pandas as pd
 
 from wnb import plots
 from wnb.app.limits import BOUNDS, EXPERTS, bounded, experts
+from wnb.app.report import SHOWN, contexts_block, section
+from wnb.experiments import layer_study as analysis
+from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
 from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 from wnb.widgets.sparsity import bits_dropdown, bits_of, bits_tag, scope_dropdown
 
@@ -110,7 +113,6 @@ class ExpansionView(LayerNeuronPanel):
                    f"'WD after' with the random-partition control in the before/after table" if small else ""))
 
     def redraw(self) -> None:
-        from wnb.experiments import layer_study as analysis
 
         study = self.current()
         if study is None:
@@ -141,8 +143,6 @@ class ExpansionView(LayerNeuronPanel):
     def _expert_texts(self, study, neuron: int) -> None:
         """Whether the router separates the neuron's tails (against random groups of the same sizes), and
         each expert's highest and lowest held-out contexts."""
-        from wnb.app.report import SHOWN, contexts_block, section
-        from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
 
         routing = tail_routing(study, neuron, seed=self.session.seed)
         summary = expert_summary(study, neuron)

@@ -7,6 +7,7 @@ import html
 import os
 import re
 import sys
+import tempfile
 import threading
 import traceback
 from typing import TYPE_CHECKING, Callable
@@ -21,6 +22,8 @@ from wnb.app import limits
 from wnb.app.session import Session
 from wnb.app.views import LayerView
 from wnb.core import jobs
+from wnb.core.cache import cache_dir
+from wnb.core.spreadsheet import safe_csv
 from wnb.errors import WnbError
 from wnb.model import state
 from wnb.model.architectures import block_modules
@@ -66,7 +69,6 @@ def data_link(data: bytes, filename: str, mime: str, text: str) -> str:
 
 def csv_link(table: pd.DataFrame, filename: str) -> str:
     """A download link of ``table`` as CSV, formula-like text cells defused for spreadsheets (:func:`safe_csv`)."""
-    from wnb.core.spreadsheet import safe_csv
 
     return data_link(safe_csv(table).encode(), filename, "text/csv", f"⬇ {filename}")
 
@@ -91,9 +93,7 @@ PAGE_WORDS = {" (all: wnb.linear_layers(lm))": " (every layer is in the layer li
 def server_roots() -> list[str]:
     """Folders of the server whose paths a page must not show: wnb's cache, the home, temporary and
     working folders, Python's prefix (longest first, so the most specific is replaced)."""
-    import tempfile
 
-    from wnb.core.cache import cache_dir
 
     roots = {os.path.expanduser("~"), tempfile.gettempdir(), os.getcwd(), sys.prefix, sys.base_prefix}
     try:

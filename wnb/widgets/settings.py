@@ -8,6 +8,8 @@ import ipywidgets as widgets
 from wnb.app.budgets import BUDGETS, budget_from_env
 from wnb.app.limits import BOUNDS, bounded
 from wnb.app.session import Session
+from wnb.app.sources import MAX_UPLOAD_BYTES, UPLOAD, offered_models
+from wnb.data.corpora import CORPORA
 from wnb.errors import WnbError
 from wnb.widgets.panel import Panel
 
@@ -17,8 +19,6 @@ class Settings(Panel):
     """Model, corpus, token budget and seed shared by every view; ``session`` is the current one."""
 
     def __init__(self, budget: str | None = None, session: Session | None = None):
-        from wnb.app.sources import MAX_UPLOAD_BYTES, UPLOAD, offered_models
-        from wnb.data.corpora import CORPORA
 
         budget = budget or budget_from_env()
         # No box takes a server path: models are the bundled one, a hub id or a folder offered by name;
@@ -64,7 +64,6 @@ class Settings(Panel):
     def uploaded(self) -> bytes | None:
         """The bytes of the uploaded corpus file, if any (ipywidgets 8: a tuple of dicts with 'content'),
         its name and size checked before anything is copied."""
-        from wnb.app.sources import MAX_UPLOAD_BYTES
 
         files = self.upload.value
         if not files:

@@ -9,6 +9,8 @@ import pandas as pd
 from wnb import plots
 from wnb.app.budgets import SCOPES
 from wnb.app.limits import BOUNDS, MAX_SPARSITIES, bounded
+from wnb.compression.quantize import effective_bits
+from wnb.compression.sparsity import parse_sparsity
 from wnb.errors import WnbError
 from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
 
@@ -20,7 +22,6 @@ if TYPE_CHECKING:
 
 def parse_sparsities(text: str) -> list[str]:
     """``"0.3, 0.5, 2:4"`` → ``["0.3", "0.5", "2:4"]``, each checked by wnb's sparsity parser."""
-    from wnb.compression.sparsity import parse_sparsity
 
     items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
     if not items:
@@ -156,7 +157,6 @@ class SparsityView(LayerNeuronPanel):
         bits = bits_of(self.bits)
         storage = ""
         if bits is not None:  # what the pruned and quantized layer costs per weight
-            from wnb.compression.quantize import effective_bits
             columns = self._need_view().inputs.shape[1]
             storage = f" · {effective_bits(bits, self.sparsity_value, columns=columns):.2f} bits per weight"
         self.summary.value = (f"<b>neuron {neuron}</b> · WD rank {int(row['rank'])} · WD {row['wd']:.4f} · "

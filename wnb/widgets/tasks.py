@@ -8,6 +8,7 @@ import ipywidgets as widgets
 
 from wnb import plots
 from wnb.app.limits import BOUNDS, bounded
+from wnb.errors import WnbError
 from wnb.experiments.tasks import AGREEMENT_TASK, INSTALL_EVAL
 from wnb.widgets.panel import cost_message, csv_link, png_link, slug
 from wnb.widgets.sparsity import bits_of
@@ -62,7 +63,6 @@ class TasksSection(widgets.VBox):
         view = self.view
         session = view.session
         if not self.tasks.value:
-            from wnb.errors import WnbError
             raise WnbError("pick at least one task")
         offered = {value for _, value in TASK_CHOICES}
         tasks = [t for t in self.tasks.value if t in offered]  # names from the server's list only
