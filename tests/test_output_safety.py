@@ -94,7 +94,7 @@ def test_safe_csv_defuses_formulas_and_keeps_numbers():
 
 def test_the_app_download_links_are_spreadsheet_safe():
     pytest.importorskip("ipywidgets")
-    from wnb.widgets.panel import csv_link
+    from wnb.widgets.links import csv_link
 
     link = csv_link(_frame(), "tokens.csv")
     data = re.search(r'href="data:text/csv;base64,([^"]+)"', link).group(1)

@@ -345,7 +345,7 @@ def test_the_upload_is_checked_before_it_is_copied(tiny_llama):
 
 
 def test_messages_on_the_page_hide_server_paths(tmp_path):
-    from wnb.widgets.panel import error_text
+    from wnb.widgets.messages import error_text
 
     where = cache.cache_dir() / "models" / "x" / "config.json"
     text = error_text(wnb.WnbError(f"could not read {where}; typed '/etc/passwd'; pass trust_remote_code=True "

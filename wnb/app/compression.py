@@ -12,12 +12,14 @@ from wnb.compression.quantize import key_parts, quant_label
 from wnb.compression.router import Router
 from wnb.compression.sparsity import check_method, sparsity_label
 from wnb.core import cache
+from wnb.errors import WnbError
 from wnb.experiments import layer_study as analysis
 from wnb.experiments import sweeps
-from wnb.experiments.layer_study import LayerStudy, study_layer
+from wnb.experiments.layer_study import LayerStudy, expert_outputs, study_layer
 from wnb.experiments.sweeps import expansion_sweep
 from wnb.experiments.tasks import compare_tasks
 from wnb.model.architectures import layer_bias, layer_outputs, layer_weight
+from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
 from wnb.scoring.comparison import neuron_errors
 from wnb.tracing.capture import Activations
 
@@ -123,6 +125,26 @@ class Compression:
         key = self.key(layer=view.name, n_experts=int(n_experts), sparsity=sparsity_label(sparsity),
                        held_out=self.held_out, n_pairs=self.n_pairs, **key_parts(bits))
         return cache.cached("expansion_analysis", key, compute, enabled=self.use_cache)
+
+    def expert_view(self, name: str, neuron: int, n_experts: int = 16, sparsity=0.5, progress: bool = True,
+                    bits: int | None = None) -> dict:
+        """One neuron of the layer study, expert by expert, cached: ``outputs`` (dense, SparseGPT and expansion
+        outputs on every held-out token with its expert, :func:`wnb.expert_outputs`), ``tail_routing``
+        (whether the router separates its tails, against random groups of the same sizes),
+        ``expert_summary`` and ``expert_contexts`` (each expert's highest and lowest held-out contexts)."""
+        study = self.study(name, n_experts, sparsity, progress, bits)
+        if not 0 <= int(neuron) < study.weight.shape[0]:
+            raise WnbError(f"neuron must be between 0 and {study.weight.shape[0] - 1} (got {neuron})")
+
+        def compute():
+            return {"outputs": expert_outputs(study, int(neuron)),
+                    "tail_routing": tail_routing(study, int(neuron), seed=self.seed),
+                    "expert_summary": expert_summary(study, int(neuron)),
+                    "expert_contexts": expert_contexts(study, int(neuron), self.held_out, self.lm.tokenizer, k=3)}
+
+        key = self.key(layer=study.layer, neuron=int(neuron), n_experts=int(n_experts),
+                       sparsity=sparsity_label(sparsity), held_out=self.held_out, **key_parts(bits))
+        return self._cached("expert_view", key, compute)
 
     def expansion_perplexity(self, layers, n_experts: int = 16, sparsity=0.5, progress: bool = True,
                              true_sequential: bool = True, on_run=None, bits: int | None = None) -> pd.DataFrame:

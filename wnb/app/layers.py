@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from wnb.app.report import PAIRS_SHOWN
 from wnb.app.views import LayerView
 from wnb.core import cache
 from wnb.errors import WnbError
@@ -12,6 +13,8 @@ from wnb.model.architectures import layer_weight
 from wnb.model.lm import LM
 from wnb.reading.accumulator import contexts_from_outputs
 from wnb.reading.contexts import NeuronContexts
+from wnb.reading.highlight import activation_html
+from wnb.reading.neuron import differentiating_pairs, output_effect, tail_concentration, token_table
 from wnb.scoring.layers import score_layers
 from wnb.scoring.sign import sign_quadrants, up_projection_of
 from wnb.scoring.tables import neuron_table, overview_table
@@ -88,6 +91,25 @@ class Layers:
         self._contexts = (key, ctx)
         return ctx
 
+    def reading(self, name: str, neuron: int, progress: bool = True) -> dict:
+        """What "What it reads" shows of ``neuron``: ``contexts`` (both tails), ``band_samples``, ``tokens``,
+        ``tail_concentration``, ``differentiating_pairs`` and ``output_effect`` (absent, with the reason under
+        ``effect_note``, for layers whose rows are not FFN hidden neurons) and, for a gate projection,
+        ``sign_quadrants``; cached."""
+        view = self.layer(name, progress)
+        if not 0 <= int(neuron) < view.n_neurons:
+            raise WnbError(f"neuron must be between 0 and {view.n_neurons - 1} (got {neuron})")
+        ctx = self.contexts(view.name, progress)
+        key = self.key(layer=view.name, neuron=int(neuron), n_pairs=view.n_pairs, skip_first=view.skip_first,
+                       k=ctx.k, shown=PAIRS_SHOWN)
+        return self._cached("reading", key, lambda: _reading_tables(self, view, ctx, int(neuron)))
+
+    def probe(self, name: str, neuron: int, text: str, progress: bool = True) -> str:
+        """``neuron``'s output on every token of a visitor's ``text`` as escaped HTML (diverging colours on
+        the scale of its calibration outputs): one pass of the model over the text."""
+        ctx = self.contexts(name, progress)
+        return activation_html(self.lm, text, name, neuron, scale=ctx.scale(neuron))
+
     def overview(self, progress: bool = True) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
         """WD of every neuron of every FFN layer (``budget.overview_tokens`` tokens) and its per-layer table,
         whose ``sinks`` column counts the neurons with first-token (attention sink) tails."""
@@ -141,3 +163,27 @@ def contexts_key(session, layer: str, k: int = CONTEXT_K) -> str:
 def _capture_one(lm: LM, name: str, windows: torch.Tensor, progress: bool) -> dict[str, torch.Tensor]:
     acts = capture(lm, [name], windows, progress=progress)[name]
     return {"inputs": acts.inputs, "outputs": acts.outputs}
+
+
+def _reading_tables(session, view, ctx, neuron: int) -> dict:
+    """What "What it reads" shows of ``neuron`` (a session's layer ``view`` and its contexts ``ctx``):
+    ``contexts`` (both tails), ``band_samples``, ``tokens``, ``tail_concentration``,
+    ``differentiating_pairs`` and ``output_effect`` (absent, with the reason under ``effect_note``, for
+    layers whose rows are not FFN hidden neurons)."""
+
+    high, low = ctx.top(neuron, "high"), ctx.top(neuron, "low")
+    tokens = token_table(session.calib, view.outputs, session.lm.tokenizer, neuron=neuron, skip_first=view.skip_first)
+    tables = {"contexts": pd.concat([high.assign(side="high"), low.assign(side="low")], ignore_index=True),
+              "band_samples": ctx.samples(neuron, seed=session.seed), "tokens": tokens,
+              "tail_concentration": tail_concentration(tokens, seed=session.seed),
+              "differentiating_pairs": differentiating_pairs(
+                  view.inputs, view.outputs, neuron, session.calib, session.lm.tokenizer, n_pairs=view.n_pairs,
+                  seed=view.seed, top=PAIRS_SHOWN, skip_first=view.skip_first)}
+    try:
+        tables["output_effect"] = output_effect(session.lm, view.name, neuron, k=10)
+    except WnbError as exc:
+        tables["effect_note"] = str(exc)
+    quadrants = session.sign_quadrants(view.name)
+    if quadrants is not None:
+        tables["sign_quadrants"] = quadrants[quadrants["neuron"] == neuron].reset_index(drop=True)
+    return tables

@@ -12,14 +12,7 @@ import pandas as pd
 
 from wnb import plots
 from wnb.data.positions import SINK_SHARE
-from wnb.errors import WnbError
 from wnb.reading.highlight import context_html, contexts_html
-from wnb.reading.neuron import (
-    differentiating_pairs,
-    output_effect,
-    tail_concentration,
-    token_table,
-)
 from wnb.scoring.sign import QUADRANTS
 
 SHOWN = 10       # contexts per tail on a page (the CSV holds all that are kept)
@@ -115,30 +108,6 @@ def position_note(ctx, neuron: int, skip_first: int, share: float) -> str:
     return f"<div style='margin:6px 0'>{note}</div>"
 
 
-def reading_tables(session, view, ctx, neuron: int) -> dict:
-    """What "What it reads" shows of ``neuron`` (a session's layer ``view`` and its contexts ``ctx``):
-    ``contexts`` (both tails), ``band_samples``, ``tokens``, ``tail_concentration``,
-    ``differentiating_pairs`` and ``output_effect`` (absent, with the reason under ``effect_note``, for
-    layers whose rows are not FFN hidden neurons)."""
-
-    high, low = ctx.top(neuron, "high"), ctx.top(neuron, "low")
-    tokens = token_table(session.calib, view.outputs, session.lm.tokenizer, neuron=neuron, skip_first=view.skip_first)
-    tables = {"contexts": pd.concat([high.assign(side="high"), low.assign(side="low")], ignore_index=True),
-              "band_samples": ctx.samples(neuron, seed=session.seed), "tokens": tokens,
-              "tail_concentration": tail_concentration(tokens, seed=session.seed),
-              "differentiating_pairs": differentiating_pairs(
-                  view.inputs, view.outputs, neuron, session.calib, session.lm.tokenizer, n_pairs=view.n_pairs,
-                  seed=view.seed, top=PAIRS_SHOWN, skip_first=view.skip_first)}
-    try:
-        tables["output_effect"] = output_effect(session.lm, view.name, neuron, k=10)
-    except WnbError as exc:
-        tables["effect_note"] = str(exc)
-    quadrants = session.sign_quadrants(view.name)
-    if quadrants is not None:
-        tables["sign_quadrants"] = quadrants[quadrants["neuron"] == neuron].reset_index(drop=True)
-    return tables
-
-
 def reading_sections(tables: dict, scale: float) -> dict[str, str]:
     """The HTML of each part of "What it reads" from :func:`reading_tables` (every text escaped)."""
     contexts = tables["contexts"]
@@ -181,7 +150,7 @@ def neuron_page(session, layer: str, neuron: int, progress: bool = True) -> tupl
     view = session.layer(layer, progress)
     ctx = session.contexts(view.name, progress)
     row = view.row(neuron)
-    tables = reading_tables(session, view, ctx, neuron)
+    tables = session.reading(view.name, neuron, progress=progress)
     parts = reading_sections(tables, ctx.scale(neuron))
     hist = plots.to_png(plots.output_histogram({f"neuron {neuron}": view.kept_outputs[:, neuron]},
                                                title=f"{view.name} · neuron {neuron}"))

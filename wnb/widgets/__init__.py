@@ -9,25 +9,19 @@ and sends tqdm progress bars into the panel.
                                 # Negative differentiation
     display(app)
     app.start()                 # analyze the default layer
+
+May import: every package except wnb.cli.
 """
 from wnb import plots  # noqa: F401  (tests patch wnb.widgets.plots)
 from wnb.widgets.app import App, EntangledNeurons, Page
 from wnb.widgets.expansion import ExpansionView
+from wnb.widgets.layer_panel import LayerNeuronPanel
+from wnb.widgets.links import csv_link, data_link, png_link, show_figure, slug
+from wnb.widgets.messages import error_text
 from wnb.widgets.negative import NegativeView
 from wnb.widgets.neurons import TABLE_ROWS, NeuronView
 from wnb.widgets.overview import OverviewView
-from wnb.widgets.panel import (
-                    CSS,
-                    STRICT_ENV,
-                    LayerNeuronPanel,
-                    Panel,
-                    csv_link,
-                    data_link,
-                    error_text,
-                    png_link,
-                    show_figure,
-                    slug,
-)
+from wnb.widgets.panel import CSS, STRICT_ENV, Panel
 from wnb.widgets.settings import Settings
 from wnb.widgets.sparsity import SparsityView, parse_sparsities, scope_dropdown
 

@@ -10,10 +10,11 @@ import pandas as pd
 from wnb import plots
 from wnb.app.limits import BOUNDS, EXPERTS, bounded, experts
 from wnb.app.report import SHOWN, contexts_block, section
-from wnb.experiments import layer_study as analysis
-from wnb.reading.per_expert import expert_contexts, expert_summary, tail_routing
-from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
+from wnb.widgets.layer_panel import LayerNeuronPanel
+from wnb.widgets.links import csv_link, png_link, slug
+from wnb.widgets.messages import cost_message
 from wnb.widgets.sparsity import bits_dropdown, bits_of, bits_tag, scope_dropdown
+from wnb.widgets.tasks import TasksSection
 
 if TYPE_CHECKING:
     from wnb.widgets.settings import Settings
@@ -65,8 +66,6 @@ class ExpansionView(LayerNeuronPanel):
             control.observe(self.callback(lambda _: self.recompute() if self.view is not None else None),
                             names="value")
         self.job_button(self.run_ppl, "expansion perplexity", lambda job: self.compute_perplexity(job))
-        from wnb.widgets.tasks import TasksSection
-
         self.tasks = TasksSection(self)
         self.tasks_box.children = (self.tasks,)
 
@@ -118,7 +117,9 @@ class ExpansionView(LayerNeuronPanel):
         if study is None:
             return
         neuron = self.neuron
-        frame = analysis.expert_outputs(study, neuron)
+        experts_of = self.session.expert_view(study.layer, neuron, self.k_value, self.sparsity_value,
+                                              progress=self.bars, bits=bits_of(self.bits))
+        frame = experts_of["outputs"]
         row = self.ri[self.ri["neuron"] == neuron].iloc[0]
         self.summary.value = (f"<b>neuron {neuron}</b> · WD rank {self.rank.value} · WD {row['wd']:.4f} · held-out "
                               f"RMSE SparseGPT {row['rmse_sparsegpt']:.4g}, expansion {row['rmse_expansion']:.4g} · "
@@ -137,16 +138,13 @@ class ExpansionView(LayerNeuronPanel):
         fig = plots.histogram_grid(experts, standardize_by="each", weights=weights, ncols=4,
                                    title=f"{name}: each expert's outputs on its own tokens, standardized per expert")
         self.draw_figure("experts", self.experts_out, fig)
-        self._expert_texts(study, neuron)
+        self._expert_texts(experts_of)
         self._links()
 
-    def _expert_texts(self, study, neuron: int) -> None:
+    def _expert_texts(self, experts_of: dict) -> None:
         """Whether the router separates the neuron's tails (against random groups of the same sizes), and
-        each expert's highest and lowest held-out contexts."""
-
-        routing = tail_routing(study, neuron, seed=self.session.seed)
-        summary = expert_summary(study, neuron)
-        contexts = expert_contexts(study, neuron, self.session.held_out, self.session.lm.tokenizer, k=3)
+        each expert's highest and lowest held-out contexts (:meth:`wnb.app.session.Session.expert_view`)."""
+        routing, summary, contexts = (experts_of[k] for k in ("tail_routing", "expert_summary", "expert_contexts"))
         self.expert_tables = {"tail_routing": routing, "expert_summary": summary, "expert_contexts": contexts}
         lines = [f"{html.escape(r.tail)} tail, {r.tail_tokens} tokens: {r.largest_share:.0%} in expert "
                  f"{r.largest_expert} (random groups of the same sizes: {r.control_share:.0%}); entropy "

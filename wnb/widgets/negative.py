@@ -16,7 +16,9 @@ from wnb.app.session import Session
 from wnb.compression.clamp import SIDE_LABELS, SIDES, check_side
 from wnb.errors import WnbError
 from wnb.experiments.sign_statistics import study_words
-from wnb.widgets.panel import CSS, Panel, cost_message, csv_link, png_link, slug
+from wnb.widgets.links import csv_link, png_link, slug
+from wnb.widgets.messages import cost_message
+from wnb.widgets.panel import CSS, Panel
 
 if TYPE_CHECKING:
     from wnb.widgets.settings import Settings

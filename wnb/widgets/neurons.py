@@ -11,7 +11,10 @@ from wnb import plots
 from wnb.app.session import Session
 from wnb.app.views import LayerView
 from wnb.errors import WnbError
-from wnb.widgets.panel import CSS, Panel, csv_link, png_link, rough_duration, slug
+from wnb.widgets.links import csv_link, png_link, slug
+from wnb.widgets.messages import rough_duration
+from wnb.widgets.panel import CSS, Panel
+from wnb.widgets.reading import ReadingSection
 
 TABLE_ROWS = 200  # neurons listed in the pick list (all of them are in the CSV download)
 
@@ -72,8 +75,6 @@ class NeuronView(Panel):
         self.skip_first.add_class("wnb-skip-first")
         self.view: LayerView | None = None
         self._syncing = False
-        from wnb.widgets.reading import ReadingSection
-
         self.reading = ReadingSection(self)
         self.reading_box = widgets.Accordion(children=[self.reading], selected_index=None)
         self.reading_box.set_title(0, "What it reads: contexts of both tails, tokens, differentiating pairs, "

@@ -10,7 +10,8 @@ import ipywidgets as widgets
 import pandas as pd
 
 from wnb import plots
-from wnb.widgets.panel import CSS, Panel, csv_link, png_link, slug
+from wnb.widgets.links import csv_link, png_link, slug
+from wnb.widgets.panel import CSS, Panel
 
 if TYPE_CHECKING:
     from wnb.widgets.settings import Settings

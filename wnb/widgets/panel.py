@@ -1,32 +1,26 @@
 """The shared base of every panel: status line, progress area, guarded callbacks, downloads."""
 from __future__ import annotations
 
-import base64
 import contextlib
 import html
 import os
-import re
 import sys
-import tempfile
 import threading
 import traceback
 from typing import TYPE_CHECKING, Callable
 
 import ipywidgets as widgets
-import pandas as pd
-from IPython.display import Image
 from transformers.utils import logging as hf_logging
 
 from wnb import plots
 from wnb.app import limits
-from wnb.app.session import Session
 from wnb.app.views import LayerView
 from wnb.core import jobs
-from wnb.core.cache import cache_dir
-from wnb.core.spreadsheet import safe_csv
 from wnb.errors import WnbError
 from wnb.model import state
 from wnb.model.architectures import block_modules
+from wnb.widgets.links import png_link, show_figure
+from wnb.widgets.messages import error_text
 
 # The panels say what they are doing in their status line; transformers' own loading and conversion bars
 # (some drawn from worker threads, outside the panel's progress area) would stay on the page for good.
@@ -47,98 +41,11 @@ CSS = """
 """
 
 if TYPE_CHECKING:
-    from wnb.widgets.settings import Settings
+    pass
 
 
 # ---------------------------------------------------------------- small helpers
 
-def show_figure(out: widgets.Output, fig) -> bytes:
-    """Replace the contents of ``out`` with the figure as a PNG image; return the PNG bytes."""
-    png = plots.to_png(fig)
-    out.outputs = ()
-    out.append_display_data(Image(data=png, format="png"))
-    return png
-
-
-def data_link(data: bytes, filename: str, mime: str, text: str) -> str:
-    """An HTML link that downloads ``data`` as ``filename`` (a data: URI, so it works in Voila and Lab)."""
-    b64 = base64.b64encode(data).decode()
-    return (f'<a download="{html.escape(filename)}" href="data:{mime};base64,{b64}" target="_blank">'
-            f'{html.escape(text)}</a>')
-
-
-def csv_link(table: pd.DataFrame, filename: str) -> str:
-    """A download link of ``table`` as CSV, formula-like text cells defused for spreadsheets (:func:`safe_csv`)."""
-
-    return data_link(safe_csv(table).encode(), filename, "text/csv", f"⬇ {filename}")
-
-
-def png_link(png: bytes, filename: str) -> str:
-    return data_link(png, filename, "image/png", f"⬇ {filename}")
-
-
-def slug(name: str) -> str:
-    """``name`` as part of a file name (no slashes, spaces, colons or percent signs)."""
-    text = str(name).replace(":", "of").replace("%", "pct")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
-
-
-# The API's messages point at Python calls; on the page they point at the controls instead.
-PAGE_WORDS = {" (all: wnb.linear_layers(lm))": " (every layer is in the layer list)",
-              "pick names from wnb.ffn_layers(lm) or wnb.linear_layers(lm)": "pick one from the layer list",
-              ", e.g. from wnb.ffn_layers(lm)": " from the layer list",
-              "; pass trust_remote_code=True if you trust it": "; this server never runs a model's own code"}
-
-
-def server_roots() -> list[str]:
-    """Folders of the server whose paths a page must not show: wnb's cache, the home, temporary and
-    working folders, Python's prefix (longest first, so the most specific is replaced)."""
-
-
-    roots = {os.path.expanduser("~"), tempfile.gettempdir(), os.getcwd(), sys.prefix, sys.base_prefix}
-    try:
-        roots.add(str(cache_dir()))
-    except WnbError:
-        pass
-    for variable in ("HF_HOME", "XDG_CACHE_HOME", "WNB_MODEL_DIRS"):
-        roots.update(p for p in os.environ.get(variable, "").split(os.pathsep) if p.strip())
-    return sorted((r.rstrip("/") for r in roots if len(r.rstrip("/")) > 1), key=len, reverse=True)
-
-
-def visitor_words(text: str) -> str:
-    """``text`` with the server's own paths replaced by "…" (the visitor's input, e.g. a typed path, stays)."""
-    for root in server_roots():
-        text = re.sub(re.escape(root) + r"(/[^\s'\",;)]*)?", "…", text)
-    return text
-
-
-def error_text(exc: BaseException) -> str:
-    """One readable line: a WnbError's own message (Python advice replaced by what to pick on the page),
-    otherwise the exception type and its first line; server paths never shown (:func:`visitor_words`)."""
-    if isinstance(exc, WnbError):
-        text = str(exc)
-        for api, page in PAGE_WORDS.items():
-            text = text.replace(api, page)
-        return visitor_words(text)
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return visitor_words(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
-
-
-def rough_duration(seconds: float) -> str:
-    """``95`` → ``"2 min"``; under a minute in seconds, from 2 hours on in hours."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def cost_message(cost: dict, what: str, button: str) -> str:
-    """The size guard's words for a large whole-model job (``cost`` from the session's ``*_cost``);
-    empty when the job is not large."""
-    if not cost.get("large"):
-        return ""
-    return (f"{what}: {cost['runs']} runs changing {cost['layers']} layer(s) take roughly "
-            f"{rough_duration(cost['seconds'])} here and hold {cost['bytes'] / 2**30:.1f} GiB beside the model. "
-            f"Press {button} again to go ahead, or choose fewer layers (the layers list) or fewer settings.")
 
 
 class Panel(widgets.VBox):
@@ -412,91 +319,3 @@ class Panel(widgets.VBox):
         return lambda *args: self.guarded(fn, *args)
 
 
-class LayerNeuronPanel(Panel):
-    """A panel with its own layer dropdown and WD-rank slider (neurons ranked as in Entangled neurons).
-
-    Subclasses implement ``recompute()`` (the layer-level work, run when the layer or a setting
-    changes) and ``redraw()`` (the neuron-level figures, run when the rank changes).
-    """
-
-    def __init__(self, settings: Settings, controls, body, head_text: str, lazy: bool = False):
-        """``lazy``: on new settings only clear (the app restarts the view when its tab is shown);
-        otherwise recompute the default layer at once."""
-        self.settings = settings
-        self.layer = widgets.Dropdown(options=[], description="layer", layout=widgets.Layout(width="420px"))
-        self.rank = widgets.IntSlider(value=1, min=1, max=1, description="WD rank", continuous_update=False,
-                                      layout=widgets.Layout(width="420px"))
-        self.summary = widgets.HTML()
-        self.downloads = widgets.HTML()
-        self.view: LayerView | None = None
-        self._syncing = False
-        for part, name in ((self.layer, "layer"), (self.rank, "rank"), (self.summary, "summary"),
-                           (self.downloads, "downloads")):
-            part.add_class(f"wnb-{name}")
-        super().__init__([widgets.HTML(CSS), widgets.HTML(head_text), widgets.HBox([self.layer, self.rank]),
-                          *controls, self.summary, *body, self.downloads], head=3 + len(controls))
-        self.layer.observe(self.callback(self._layer_changed), names="value")
-        self.rank.observe(self.callback(lambda change: None if self._syncing else self.redraw()), names="value")
-        settings.on_change(lambda _: self.guarded(self.clear if lazy else self.reset))
-
-    @property
-    def session(self) -> Session:
-        return self.settings.session
-
-    def clear(self) -> None:
-        """Forget the layer and the results (new settings)."""
-        self.view = self.result = None
-        self.summary.value = self.downloads.value = ""
-        for child in self._outputs():
-            child.outputs = ()
-        self.info("")
-
-    def _outputs(self) -> list[widgets.Output]:
-        return [w for w in vars(self).values() if isinstance(w, widgets.Output) and w is not self.progress]
-
-    @property
-    def neuron(self) -> int:
-        return self._need_view().neuron_at(self.rank.value)
-
-    def reset(self) -> None:
-        """Fill the layer list from the current session and compute the default layer."""
-        with self.busy(f"loading {self.session.model_name} and the corpus…"):
-            layers = self.session.ffn_layers()
-            default = self.session.default_layer()
-        with self._quiet():
-            self.layer.options = layers
-            self.layer.value = default
-        self.load()
-
-    def start(self) -> None:
-        self.guarded(self.reset)
-
-    def load(self) -> None:
-        """Rank the layer's neurons (cached), then recompute the layer-level results and redraw."""
-        with self.busy(f"capturing {self.layer.value} and ranking its neurons…"):
-            self.view = self.session.layer(self.layer.value)
-        with self._quiet():
-            self.rank.max = len(self.view.table)
-            self.rank.value = 1
-        self.recompute()
-
-    def _layer_changed(self, change) -> None:
-        if not self._syncing and change["new"]:
-            self.load()
-
-    _missing_view = "no layer analyzed yet: pick a layer"
-
-    def short_name(self) -> str:
-        parts = self.layer.value.split(".")
-        return ".".join(parts[-3:]) if len(parts) > 3 else self.layer.value
-
-    def current(self):
-        """The layer-level result if it belongs to the selected layer (else None: nothing to redraw)."""
-        result = self.result
-        return result if result is not None and result.layer == self.layer.value else None
-
-    def recompute(self) -> None:  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
-
-    def redraw(self) -> None:  # pragma: no cover
-        raise NotImplementedError

@@ -15,11 +15,10 @@ import pandas as pd
 from wnb.app.report import (
     position_note,
     reading_sections,
-    reading_tables,
     tail_share_at_first,
 )
-from wnb.reading.highlight import MAX_CHARS, activation_html
-from wnb.widgets.panel import csv_link
+from wnb.reading.highlight import MAX_CHARS
+from wnb.widgets.links import csv_link
 
 if TYPE_CHECKING:
     from wnb.widgets.neurons import NeuronView
@@ -62,7 +61,7 @@ class ReadingSection(widgets.VBox):
         """Fill every part for ``neuron`` of the view's layer."""
         view, session = self.view.view, self.view.session
         ctx = session.contexts(view.name, progress=self.view.bars)
-        tables = reading_tables(session, view, ctx, neuron)
+        tables = session.reading(view.name, neuron, progress=self.view.bars)
         parts = reading_sections(tables, ctx.scale(neuron))
         for name, part in parts.items():
             getattr(self, name).value = part
@@ -76,9 +75,8 @@ class ReadingSection(widgets.VBox):
     def probe(self) -> None:
         view = self.view._need_view()
         neuron = self.view.neuron.value
-        ctx = self.view.session.contexts(view.name, progress=self.view.bars)
-        self.probe_out.value = activation_html(self.view.session.lm, self.probe_text.value, view.name, neuron,
-                                               scale=ctx.scale(neuron))
+        self.probe_out.value = self.view.session.probe(view.name, neuron, self.probe_text.value,
+                                                       progress=self.view.bars)
 
     def clear(self) -> None:
         for part in (self.tails, self.position, self.bands, self.tokens, self.pairs, self.effect, self.probe_out,

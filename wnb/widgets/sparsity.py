@@ -12,7 +12,9 @@ from wnb.app.limits import BOUNDS, MAX_SPARSITIES, bounded
 from wnb.compression.quantize import effective_bits
 from wnb.compression.sparsity import parse_sparsity
 from wnb.errors import WnbError
-from wnb.widgets.panel import LayerNeuronPanel, cost_message, csv_link, png_link, slug
+from wnb.widgets.layer_panel import LayerNeuronPanel
+from wnb.widgets.links import csv_link, png_link, slug
+from wnb.widgets.messages import cost_message
 
 SWEEP_METHODS = ("magnitude", "wanda", "sparsegpt")
 

@@ -10,7 +10,8 @@ from wnb import plots
 from wnb.app.limits import BOUNDS, bounded
 from wnb.errors import WnbError
 from wnb.experiments.tasks import AGREEMENT_TASK, INSTALL_EVAL
-from wnb.widgets.panel import cost_message, csv_link, png_link, slug
+from wnb.widgets.links import csv_link, png_link, slug
+from wnb.widgets.messages import cost_message
 from wnb.widgets.sparsity import bits_of
 
 if TYPE_CHECKING:
