@@ -2,7 +2,6 @@
 the matched control's bisection, the depth profile, and bad input refused before any work."""
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import signal
@@ -18,8 +17,9 @@ from scipy import stats
 
 import wnb
 import wnb.core.inference
-
-sa = importlib.import_module("wnb.experiments.sign_ablation")  # wnb.sign_ablated is the function, not the module
+from wnb.compression import clamp
+from wnb.experiments import sign_ablation as sa
+from wnb.experiments import sign_statistics
 
 
 def _picks(lm, per_layer=5, seed=0):
@@ -59,7 +59,7 @@ def _logits(lm, ids):
 
 # ---------------------------------------------------------------- the clamp
 
-@pytest.mark.parametrize("side", sa.SIDES)
+@pytest.mark.parametrize("side", clamp.SIDES)
 def test_clamp_equals_a_plain_forward_hook(tiny, tiny_windows, side):
     neurons = _picks(tiny, per_layer=8)
     dense = _logits(tiny, tiny_windows)
@@ -83,7 +83,7 @@ def test_clamp_equals_a_plain_forward_hook(tiny, tiny_windows, side):
         assert torch.equal(v, weights[k]), k
 
 
-@pytest.mark.parametrize("side", sa.SIDES)
+@pytest.mark.parametrize("side", clamp.SIDES)
 def test_only_the_chosen_outputs_change(tiny, tiny_windows, side):
     layer = wnb.first_ffn_layers(tiny)[1]
     chosen = torch.tensor([0, 5, 9, 31])
@@ -367,7 +367,7 @@ def test_study_paired_differences_against_a_plain_loop(tiny_llama, windows, scor
             assert (row["w_delta_ppl_low"], row["w_delta_ppl_high"]) == pytest.approx(tuple(_loop(versus, n)),
                                                                                    rel=1e-5, abs=1e-9)
             assert row["w_nll_verdict"] == wnb.core.inference.verdict(row["w_delta_nll_low"], row["w_delta_nll_high"],
-                                                                  "greater", minimum=sa.MINIMUM_DELTA_NLL)
+                                                                  "greater", minimum=sign_statistics.MINIMUM_DELTA_NLL)
         else:
             assert pd.isna(row["w_delta_perplexity"])
         assert row["nll_verdict"] in wnb.core.inference.VERDICTS
@@ -407,7 +407,7 @@ def test_the_summary_words_each_comparison_by_its_interval():
                "w_delta_ppl_high": 0.4, "w_delta_accuracy": -0.005, "w_delta_acc_low": -0.01,
                "w_delta_acc_high": 0.004, "w_mcnemar_p": 0.75, "w_acc_verdict": "not observed"}
     study = pd.DataFrame([{**base, "selection": "dense", "mcnemar_p": nan}, w, *rand, matched])
-    text = sa.study_words(study.assign(side="negative"))
+    text = sign_statistics.study_words(study.assign(side="negative"))
     assert text.startswith("perplexity 20.00 [19.00, 21.00] dense, 22.50 with the negative side of 45 Wasserstein "
                            "neurons: Δ +2.50 [+1.50, +3.25], Δ NLL/token +0.118 [+0.070, +0.151] (holds)")
     assert ("Wasserstein − random over 2 seeds: Δ perplexity mean +2.00 (sd 0.50, range +1.60 to +2.40); per "
@@ -417,7 +417,7 @@ def test_the_summary_words_each_comparison_by_its_interval():
     assert ("minimal pairs 90.0% [80.0%, 95.0%] dense, 70.0% Wasserstein: Δ -20.0 [-30.0, -10.0] points, McNemar "
             "p 0.0012 (holds); Wasserstein − matched Δ -0.5 [-1.0, +0.4] points, McNemar p 0.75 (not observed at "
             "this sample size)") in text
-    one = sa.study_words(study.drop(index=3).assign(side="negative", w_delta_perplexity=1.0, w_delta_ppl_low=0.5,
+    one = sign_statistics.study_words(study.drop(index=3).assign(side="negative", w_delta_perplexity=1.0, w_delta_ppl_low=0.5,
                                                      w_delta_ppl_high=1.5, acc_verdict="inconclusive"))
     assert "Wasserstein − random (one seed): Δ perplexity +1.00 [+0.50, +1.50]: holds;" in one
     assert ("McNemar p 0.0012 (inconclusive: the interval [-30, -10] includes both 0 and the declared minimum "
