@@ -492,3 +492,16 @@ def test_sigint_leaves_an_incomplete_manifest(tmp_path, isolated_cache):
     assert "Loading weights" not in err.decode()  # -q silences transformers' bars too
     info = manifest(out)
     assert info["status"] == "incomplete" and info["error"] == "interrupted"
+
+
+def test_the_summary_sets_first_token_artefacts_aside():
+    """The summary names the most entangled neuron whose tails are not at the first token, and counts the
+    artefacts above it (issue 23: the old summary named a neuron its own table flags as one)."""
+    from wnb.cli.score import most_entangled
+
+    neurons = pd.DataFrame({"layer": ["a", "a", "b", "b"], "neuron": [0, 1, 0, 1], "wd": [0.9, 0.2, 0.8, 0.5],
+                            "sink": [True, False, True, False]})
+    text = most_entangled(neurons)
+    assert text.startswith("most entangled b neuron 1 (WD 0.500)") and "2 neuron(s) with a higher WD set aside" in text
+    assert most_entangled(neurons.drop(columns="sink")) == "most entangled a neuron 0 (WD 0.900)"
+    assert "no neuron left" in most_entangled(neurons.assign(sink=True))

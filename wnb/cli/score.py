@@ -64,12 +64,52 @@ def validate(args) -> None:
 
 
 def run(args, run: RunFolder, session) -> str:
-
+    """Score every neuron of the layers, write the tables and figures; the summary names the most entangled
+    neuron that is not a first-token artefact."""
     lm = session.lm
     layers = layer_set(lm, args.layers)
     tokens = min(args.max_tokens or session.budget.overview_tokens, session.calib.numel())
+    stats, method = _scored(args, run, session, layers, tokens)
+    scores = {name: s["wd"] for name, s in stats.items()}
+    neurons = _neurons_frame(lm, stats)
+    run.table("neurons.csv", neurons, "one row per neuron: layer, block, kind, neuron, wd, mean, variance, "
+              "weight_norm, rank within the layer (1 = most entangled), and with exact scores pos0_tail_share and "
+              "sink (its tails sit at the first token of the windows)")
+    shares = {n: s["pos0_tail_share"] for n, s in stats.items() if "pos0_tail_share" in s}
+    overview = overview_table(lm, scores, args.fraction, pos0_shares=shares if len(shares) == len(stats) else None)
+    overview["top_neurons"] = overview["top_neurons"].map(lambda v: " ".join(map(str, v)))
+    run.table("layers.csv", overview, f"one row per layer: WD quantiles, mean WD of the top {args.fraction:.0%} "
+              "(the Wasserstein neurons) and its ratio to the median, top neuron indices")
+    run.figure("wd_overview.png", plots.wd_overview(scores), "WD of every neuron per block and layer kind")
+    if args.contexts:
+        store_contexts(args, session, layers)
+        run.note(contexts={"k": args.contexts, "layers": len(layers)})
+    _write_detail(args, run, session)
+    return (f"scored {len(layers)} layer(s) of {lm.name} on {tokens:,} tokens ({method} WD): median WD "
+            f"{neurons['wd'].median():.3f}, Wasserstein neurons {overview['top_over_median'].median():.1f}x the "
+            f"median; {most_entangled(neurons)}")
+
+
+def most_entangled(neurons: pd.DataFrame) -> str:
+    """The summary's words for the most entangled neuron that is not a first-token artefact (its tails at the
+    first position of the windows, ``sink``), and how many neurons above it were set aside as such."""
+    ranked = neurons.sort_values("wd", ascending=False, na_position="last", kind="stable")
+    sinks = ranked["sink"].fillna(False).astype(bool) if "sink" in ranked else pd.Series(False, index=ranked.index)
+    real = ranked[~sinks]
+    if real.empty or not pd.notna(real["wd"].iloc[0]):
+        return "every neuron's tails sit at the first token (no neuron left to name)"
+    best = real.iloc[0]
+    above = int(sinks.loc[:best.name].sum()) if sinks.any() else 0
+    aside = (f"; {above} neuron(s) with a higher WD set aside as first-token artefacts (their tails sit at the "
+             "first position)") if above else ""
+    return f"most entangled {best['layer']} neuron {int(best['neuron'])} (WD {best['wd']:.3f}){aside}"
+
+
+def _scored(args, run: RunFolder, session, layers, tokens: int) -> tuple[dict, str]:
+    """The one many-layer scorer's statistics (cached) and the method used: exact whenever one layer's
+    scoring fits 60% of the memory available (layers captured in as many passes as memory needs)."""
+    lm = session.lm
     limit = int(0.6 * available_memory())
-    # auto: exact whenever one layer's scoring fits (layers are captured in as many passes as memory needs)
     method = choose_method(lm, layers, tokens, args.wd, max_bytes=limit)
     need = exact_bytes(lm, layers, tokens) if method == "exact" else estimate_stream_bytes(lm, layers, args.bins)
     if need > limit:
@@ -78,17 +118,19 @@ def run(args, run: RunFolder, session) -> str:
     run.note(memory_estimate_bytes={**run.manifest["memory_estimate_bytes"], "scores": need},
              scoring={"layers": len(layers), "tokens_per_layer": tokens, "wd": method,
                       "bins": args.bins if method == "streaming" else None})
-
     stats = cache.cached("neuron_stats", session.key(layers=layers, tokens=tokens, wd=method, bins=args.bins,
                                                      positions=True),
                          lambda: score_layers(lm, session.calib, layers, FIELDS if method == "exact" else STREAMING_FIELDS,
                                               wd=method, max_tokens=tokens, batch_size=args.batch_size,
                                               n_bins=args.bins, progress=not args.quiet),
                          enabled=not args.no_cache)
-    scores = {name: s["wd"] for name, s in stats.items()}
     if method == "exact" and layers == session.ffn_layers():
         session.store_overview(stats, tokens)  # what the app's model overview reads
+    return stats, method
 
+
+def _neurons_frame(lm, stats: dict) -> pd.DataFrame:
+    """One row per neuron of every scored layer."""
     rows = []
     for name, s in stats.items():
         frame = pd.DataFrame({"layer": name, "block": block_of(lm, name), "kind": name.rsplit(".", 1)[-1],
@@ -101,36 +143,24 @@ def run(args, run: RunFolder, session) -> str:
             frame["pos0_tail_share"] = s["pos0_tail_share"].numpy()
             frame["sink"] = sink_flags(s["pos0_tail_share"]).numpy()
         rows.append(frame)
-    neurons = pd.concat(rows, ignore_index=True)
-    run.table("neurons.csv", neurons, "one row per neuron: layer, block, kind, neuron, wd, mean, variance, "
-              "weight_norm, rank within the layer (1 = most entangled)")
-    shares = {n: s["pos0_tail_share"] for n, s in stats.items() if "pos0_tail_share" in s}
-    overview = overview_table(lm, scores, args.fraction, pos0_shares=shares if len(shares) == len(stats) else None)
-    overview["top_neurons"] = overview["top_neurons"].map(lambda v: " ".join(map(str, v)))
-    run.table("layers.csv", overview, f"one row per layer: WD quantiles, mean WD of the top {args.fraction:.0%} "
-              "(the Wasserstein neurons) and its ratio to the median, top neuron indices")
-    run.figure("wd_overview.png", plots.wd_overview(scores), "WD of every neuron per block and layer kind")
-    if args.contexts:
-        store_contexts(args, session, layers)
-        run.note(contexts={"k": args.contexts, "layers": len(layers)})
+    return pd.concat(rows, ignore_index=True)
 
+
+def _write_detail(args, run: RunFolder, session) -> None:
+    """One layer neuron by neuron: exact WD and MD of every neuron, two histograms, WD vs MD."""
     detail = detail_layer(session, args.detail)
-    if detail is not None:
-        view = layer_view(session, detail, args)
-        run.table("detail_neurons.csv", view.table.assign(layer=detail),
-                  f"{detail}: every neuron with exact WD and mapping difficulty (MD) over all calibration tokens")
-        top, ordinary = view.neuron_at(1), view.ordinary_neuron()
-        run.figure("detail_histograms.png", plots.histogram_grid(
-            {f"neuron {top} (rank 1)": view.outputs[:, top], f"neuron {ordinary} (median rank)": view.outputs[:, ordinary]},
-            ncols=2, title=detail), "output histograms of the most entangled and a median neuron, with N(0, 1)")
-        run.figure("detail_wd_vs_md.png", plots.neuron_scatter(view.table, "wd", "md",
-                                                                highlight=view.wasserstein_neurons(), title=detail),
-                   "WD vs mapping difficulty per neuron (paper Fig. 2e)")
-    best = neurons.loc[neurons["wd"].idxmax()]
-    top_ratio = overview["top_over_median"].median()
-    return (f"scored {len(layers)} layer(s) of {lm.name} on {tokens:,} tokens ({method} WD): median WD "
-            f"{neurons['wd'].median():.3f}, Wasserstein neurons {top_ratio:.1f}x the median; most entangled "
-            f"{best['layer']} neuron {int(best['neuron'])} (WD {best['wd']:.3f})")
+    if detail is None:
+        return
+    view = layer_view(session, detail, args)
+    run.table("detail_neurons.csv", view.table.assign(layer=detail),
+              f"{detail}: every neuron with exact WD and mapping difficulty (MD) over all calibration tokens")
+    top, ordinary = view.neuron_at(1), view.ordinary_neuron()
+    run.figure("detail_histograms.png", plots.histogram_grid(
+        {f"neuron {top} (rank 1)": view.outputs[:, top], f"neuron {ordinary} (median rank)": view.outputs[:, ordinary]},
+        ncols=2, title=detail), "output histograms of the most entangled and a median neuron, with N(0, 1)")
+    run.figure("detail_wd_vs_md.png", plots.neuron_scatter(view.table, "wd", "md",
+                                                            highlight=view.wasserstein_neurons(), title=detail),
+               "WD vs mapping difficulty per neuron (paper Fig. 2e)")
 
 
 def store_contexts(args, session, layers) -> None:

@@ -267,47 +267,20 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
     Returns the folder.
     """
 
-    require_local(lm, "saving a model")
-    if format not in FORMATS:
-        raise WnbError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    if routed_layers(lm):
-        raise WnbError("the model holds Sparse Expansion layers (inside `with wnb.expanded(...)`), which a plain "
-                       "checkpoint cannot hold; save them with wnb.save_expanded(lm, path)")
+    bits, group_size = _checked_save(lm, format, report, bits, group_size)
     min_sparsity = check_float(min_sparsity, "min_sparsity", 0, 1, low_open=True)
-    if format == "hf":
-        if bits is not None or group_size is not None:
-            raise WnbError("bits= writes integer weights with scales, which only format='compressed-tensors' "
-                           "holds; format='hf' stores the (already quantized) weights as they are: leave bits out")
-    else:
-        bits, group_size = _bits_from(report, bits, group_size)
-    if format == "compressed-tensors":
-        _import_compressed_tensors()
     path = check_replaceable(path, overwrite, (PRUNED_MANIFEST,), hint="give a new folder")
     _check_tied(lm)
     layers = _sparse_layers(lm, report, min_sparsity)
     if format == "compressed-tensors" and not layers:
         raise WnbError(f"no pruned layers found (none has {min_sparsity:.0%} or more exact zeros); call save_pruned "
                        "inside `with wnb.pruned(...)`, or use format='hf' to save a dense model")
-    model = lm.model
-    structure = sparsity_structure(layers.values()) if layers else None
-    params = {id(p): p for p in model.parameters()}.values()
-    total = sum(p.numel() for p in params)
-    zeros = sum(int((p.detach() == 0).sum()) for p in params)
-    manifest = {"format": PRUNED_FORMAT, "checkpoint": format, "wnb": VERSION, "model": lm.name,
-                "sparsity_structure": structure, "global_sparsity": zeros / total if total else 0.0,
-                "bits": bits, "group_size": group_size,
-                "layers": {n: {"zeros": (w == 0).double().mean().item(), "two_four": is_two_four(w)}
-                           for n, w in layers.items()}}
-    state = None
-    quant_config = None
+    manifest = _pruned_manifest(lm, format, layers, bits, group_size)
+    state = quant_config = None
     if bits is not None:
-        for name, weight in layers.items():
-            rows = getattr((report or {}).get(name), "neurons", None)
-            if isinstance(rows, int) and rows < weight.shape[0]:
-                raise WnbError(f"only {rows} of the {weight.shape[0]} rows of {name} were pruned and quantized "
-                               "(neurons=...), but compressed-tensors quantizes whole layers; save this model "
-                               "with format='hf' (or bits=None)")
+        _check_whole_layers(layers, report)
         state, quant_config = _quantized_state(lm, layers, bits, group_size)
+    model = lm.model
     with atomic_path(path) as tmp, _plain_for_saving(model):
         if state is not None:
             full = {k: v for k, v in model.state_dict().items()
@@ -319,10 +292,51 @@ def save_pruned(lm, path, format: str = "hf", report=None, bits: int | None = No
         if lm.tokenizer is not None and hasattr(lm.tokenizer, "save_pretrained"):
             lm.tokenizer.save_pretrained(tmp)
         if format == "compressed-tensors":
-            _write_compression_config(tmp, layers, structure, manifest["global_sparsity"], quant_config)
+            _write_compression_config(tmp, layers, manifest["sparsity_structure"], manifest["global_sparsity"],
+                                      quant_config)
         manifest["written"] = written_list(tmp)
         (tmp / PRUNED_MANIFEST).write_text(json.dumps(manifest, indent=1))
     return path
+
+
+def _checked_save(lm, format: str, report, bits, group_size) -> tuple[int | None, int | None]:
+    """Refuse what :func:`save_pruned` cannot write, before any work; the quantization to write."""
+    require_local(lm, "saving a model")
+    if format not in FORMATS:
+        raise WnbError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if routed_layers(lm):
+        raise WnbError("the model holds Sparse Expansion layers (inside `with wnb.expanded(...)`), which a plain "
+                       "checkpoint cannot hold; save them with wnb.save_expanded(lm, path)")
+    if format == "hf":
+        if bits is not None or group_size is not None:
+            raise WnbError("bits= writes integer weights with scales, which only format='compressed-tensors' "
+                           "holds; format='hf' stores the (already quantized) weights as they are: leave bits out")
+        return None, None
+    _import_compressed_tensors()
+    return _bits_from(report, bits, group_size)
+
+
+def _pruned_manifest(lm, format: str, layers: dict, bits, group_size) -> dict:
+    """What ``wnb-saved.json`` says of a pruned model: its structure, global sparsity, quantization and
+    the zeros of each pruned layer (``written`` is added once the files are)."""
+    params = {id(p): p for p in lm.model.parameters()}.values()
+    total = sum(p.numel() for p in params)
+    zeros = sum(int((p.detach() == 0).sum()) for p in params)
+    return {"format": PRUNED_FORMAT, "checkpoint": format, "wnb": VERSION, "model": lm.name,
+            "sparsity_structure": sparsity_structure(layers.values()) if layers else None,
+            "global_sparsity": zeros / total if total else 0.0, "bits": bits, "group_size": group_size,
+            "layers": {n: {"zeros": (w == 0).double().mean().item(), "two_four": is_two_four(w)}
+                       for n, w in layers.items()}}
+
+
+def _check_whole_layers(layers: dict, report) -> None:
+    """compressed-tensors quantizes whole layers: refuse a report whose pruning touched only some rows."""
+    for name, weight in layers.items():
+        rows = getattr((report or {}).get(name), "neurons", None)
+        if isinstance(rows, int) and rows < weight.shape[0]:
+            raise WnbError(f"only {rows} of the {weight.shape[0]} rows of {name} were pruned and quantized "
+                           "(neurons=...), but compressed-tensors quantizes whole layers; save this model "
+                           "with format='hf' (or bits=None)")
 
 
 def _write_compression_config(folder: Path, layers: dict, structure: str, global_sparsity: float,

@@ -83,48 +83,11 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
     """
     from safetensors.torch import save_file
 
-
-    require_local(lm, "saving an expansion")
-    present = routed_layers(lm)
-    bits = group_size = None
-    if expansion is None:
-        layers = present
-        percdamp = None
-    else:
-        if not isinstance(expansion, Expansion):
-            raise WnbError("expansion must be what `with wnb.expanded(...) as expansion` gives")
-        layers, percdamp = dict(expansion.layers), expansion.percdamp
-        bits, group_size = getattr(expansion, "bits", None), getattr(expansion, "group_size", None)
-        for name, layer in layers.items():
-            if present.get(name) is not layer:
-                raise WnbError(f"{name} is not expanded in the model any more: call save_expanded inside the "
-                               "`with wnb.expanded(...)` block")
-    if not layers:
-        raise WnbError("the model holds no Sparse Expansion; call save_expanded inside `with wnb.expanded(...)`")
+    layers, percdamp, bits, group_size = _layers_to_save(lm, expansion)
     settings = _json_settings(settings)
     path = check_replaceable(path, overwrite, (EXPANSION_MANIFEST,), hint="give a new folder")
     order = [n for n, _ in lm.model.named_modules() if n in layers]
-    routers: dict[int, int] = {}
-    router_tensors: dict[str, torch.Tensor] = {}
-    router_rows = []
-    entries = {}
-    for name in order:
-        layer: RoutedLayer = layers[name]
-        router = layer.router
-        if id(router) not in routers:
-            index = routers[id(router)] = len(router_rows)
-            router_tensors[f"router{index}.mean"] = router.mean.detach().cpu().contiguous()
-            router_tensors[f"router{index}.centroids"] = router.centroids.detach().cpu().contiguous()
-            if router.components is not None:
-                router_tensors[f"router{index}.components"] = router.components.detach().cpu().contiguous()
-            router_rows.append({"d_in": int(router.mean.shape[0]), "pca": router.components is not None,
-                                "dim": int(router.centroids.shape[1]), "n_experts": int(router.n_experts)})
-        tokens = [int(t) for t in layer.tokens] if layer.tokens is not None else None
-        damping = [float(d) for d in layer.damping] if layer.damping is not None else None
-        entries[name] = {"router": routers[id(router)], "file": f"experts-{len(entries):05d}.safetensors",
-                         "n_experts": layer.n_experts, "out_features": layer.out_features,
-                         "in_features": layer.in_features, "dtype": str(layer.experts.dtype).removeprefix("torch."),
-                         "bias": layer.bias is not None, "tokens": tokens, "damping": damping}
+    router_tensors, router_rows, entries = _described(layers, order)
     manifest = {"format": EXPANSION_FORMAT, "wnb": VERSION, "model": lm.name,
                 "model_class": type(lm.model).__name__, "percdamp": percdamp, "bits": bits,
                 "group_size": group_size, "settings": settings,
@@ -146,6 +109,53 @@ def save_expanded(lm, path, expansion=None, settings: dict | None = None, overwr
         manifest["written"] = written_list(tmp)
         (tmp / EXPANSION_MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
     return path
+
+
+def _layers_to_save(lm, expansion) -> tuple[dict, float | None, int | None, int | None]:
+    """``(layers, percdamp, bits, group_size)`` of what to save: ``expansion``'s routed layers (checked to be
+    the model's now) or every routed layer of the model."""
+    require_local(lm, "saving an expansion")
+    present = routed_layers(lm)
+    if expansion is None:
+        layers, percdamp, bits, group_size = present, None, None, None
+    else:
+        if not isinstance(expansion, Expansion):
+            raise WnbError("expansion must be what `with wnb.expanded(...) as expansion` gives")
+        layers, percdamp = dict(expansion.layers), expansion.percdamp
+        bits, group_size = getattr(expansion, "bits", None), getattr(expansion, "group_size", None)
+        for name, layer in layers.items():
+            if present.get(name) is not layer:
+                raise WnbError(f"{name} is not expanded in the model any more: call save_expanded inside the "
+                               "`with wnb.expanded(...)` block")
+    if not layers:
+        raise WnbError("the model holds no Sparse Expansion; call save_expanded inside `with wnb.expanded(...)`")
+    return layers, percdamp, bits, group_size
+
+
+def _described(layers: dict, order: list[str]) -> tuple[dict, list, dict]:
+    """The routers' tensors (one entry per router, shared by the layers fed the same input), their rows and
+    each layer's manifest entry."""
+    routers: dict[int, int] = {}
+    router_tensors: dict[str, torch.Tensor] = {}
+    router_rows, entries = [], {}
+    for name in order:
+        layer: RoutedLayer = layers[name]
+        router = layer.router
+        if id(router) not in routers:
+            index = routers[id(router)] = len(router_rows)
+            router_tensors[f"router{index}.mean"] = router.mean.detach().cpu().contiguous()
+            router_tensors[f"router{index}.centroids"] = router.centroids.detach().cpu().contiguous()
+            if router.components is not None:
+                router_tensors[f"router{index}.components"] = router.components.detach().cpu().contiguous()
+            router_rows.append({"d_in": int(router.mean.shape[0]), "pca": router.components is not None,
+                                "dim": int(router.centroids.shape[1]), "n_experts": int(router.n_experts)})
+        tokens = [int(t) for t in layer.tokens] if layer.tokens is not None else None
+        damping = [float(d) for d in layer.damping] if layer.damping is not None else None
+        entries[name] = {"router": routers[id(router)], "file": f"experts-{len(entries):05d}.safetensors",
+                         "n_experts": layer.n_experts, "out_features": layer.out_features,
+                         "in_features": layer.in_features, "dtype": str(layer.experts.dtype).removeprefix("torch."),
+                         "bias": layer.bias is not None, "tokens": tokens, "damping": damping}
+    return router_tensors, router_rows, entries
 
 
 def _need(obj, key, kinds, where: str):
@@ -260,8 +270,21 @@ def _check_fingerprint(lm, saved, skip: list[str]) -> None:
 
 def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[list, float | None, dict]:
     """Everything checked and read into memory before the model is touched: ``[(name, RoutedLayer)]``."""
-    from transformers.pytorch_utils import Conv1D
+    layers, routers, files, percdamp, quant, names = _checked_manifest(lm, manifest, check_model)
+    handle = _open_checked(folder, ROUTERS_FILE, files)
+    built: dict[int, Router] = {}
+    plan = []
+    for name in names:
+        if not isinstance(layers[name], dict):
+            raise WnbError(f"{EXPANSION_MANIFEST}: the entry of {name} must be an object")
+        plan.append((name, _loaded_layer(lm, folder, name, layers[name], routers, files, handle, built)))
+    return plan, percdamp, quant
 
+
+def _checked_manifest(lm, manifest: dict, check_model: bool):
+    """The manifest's parts, their JSON types checked, and its layers: dense linear layers of this model
+    (and, with ``check_model``, the rest of the model the one the expansion was built on)."""
+    from transformers.pytorch_utils import Conv1D
 
     where = EXPANSION_MANIFEST
     layers = _need(manifest, "layers", dict, where)
@@ -283,55 +306,56 @@ def _plan_load(lm, folder: Path, manifest: dict, check_model: bool) -> tuple[lis
                            "already in place? Leave its `with` block first")
     if check_model:
         _check_fingerprint(lm, manifest.get("fingerprint"), names)
-    handle = _open_checked(folder, ROUTERS_FILE, files)
-    built: dict[int, Router] = {}
-    plan = []
-    for name in names:
-        entry = layers[name]
-        what = f"layer {name}"
-        if not isinstance(entry, dict):
-            raise WnbError(f"{where}: the entry of {name} must be an object")
-        index = _need(entry, "router", int, what)
-        k = _need(entry, "n_experts", int, what)
-        out_f, in_f = _need(entry, "out_features", int, what), _need(entry, "in_features", int, what)
-        has_bias = _need(entry, "bias", bool, what)
-        file = _need(entry, "file", str, what)
-        tokens = _count_list(entry.get("tokens"), k, int, f"{what}: tokens")
-        damping = _count_list(entry.get("damping"), k, (int, float), f"{what}: damping")
-        weight = layer_weight(lm, name)
-        if (out_f, in_f) != tuple(weight.shape):
-            raise WnbError(f"{what} is [{out_f}, {in_f}] in the saved expansion but {list(weight.shape)} in "
-                           f"{lm.name}: another model")
-        bias = layer_bias(lm, name)
-        if has_bias != (bias is not None):
-            raise WnbError(f"{what} {'has' if bias is not None else 'has no'} bias here but the saved one "
-                           f"{'has' if has_bias else 'has none'}: another model")
-        if not 0 <= index < len(routers) or not isinstance(routers[index], dict):
-            raise WnbError(f"{what} names router {index}, but the manifest has {len(routers)}")
-        row = routers[index]
-        pca, dim = _need(row, "pca", bool, f"router {index}"), _need(row, "dim", int, f"router {index}")
-        if _need(row, "n_experts", int, f"router {index}") != k or _need(row, "d_in", int, f"router {index}") != in_f:
-            raise WnbError(f"router {index} does not fit {name} (its experts or input width differ)")
-        if not 1 <= k or not 1 <= dim <= in_f:
-            raise WnbError(f"router {index} has impossible sizes (k={k}, dim={dim})")
-        if index not in built:
-            rw = f"router {index}"
-            mean = _tensor(handle, f"router{index}.mean", (in_f,), rw)
-            comps = _tensor(handle, f"router{index}.components", (in_f, dim), rw) if pca else None
-            if not pca and dim != in_f:
-                raise WnbError(f"{rw} has no PCA, so its centroids must be {in_f} wide (got {dim})")
-            centroids = _tensor(handle, f"router{index}.centroids", (k, dim), rw)
-            built[index] = Router(mean, comps, centroids).to(weight.device)
-        experts_file = _open_checked(folder, file, files)
-        experts = _tensor(experts_file, "experts", (k, out_f, in_f), what)
-        saved_bias = _tensor(experts_file, "bias", (out_f,), what) if has_bias else None
-        extra = set(experts_file.keys()) - {"experts", "bias"}
-        if extra:
-            raise WnbError(f"{what}: unexpected tensors {sorted(extra)[:3]} in {file}")
-        layer = RoutedLayer(built[index], experts.to(weight.device), None if saved_bias is None else
-                            saved_bias.to(weight.device), tokens, damping, dtype=weight.dtype)
-        plan.append((name, layer))
-    return plan, percdamp, quant
+    return layers, routers, files, percdamp, quant, names
+
+
+def _loaded_layer(lm, folder: Path, name: str, entry: dict, routers: list, files: dict, handle, built: dict):
+    """One saved layer as a :class:`RoutedLayer` on the weight's device, its sizes, bias and router checked
+    against this model (routers shared by several layers are built once, in ``built``)."""
+    what = f"layer {name}"
+    index = _need(entry, "router", int, what)
+    k = _need(entry, "n_experts", int, what)
+    out_f, in_f = _need(entry, "out_features", int, what), _need(entry, "in_features", int, what)
+    has_bias = _need(entry, "bias", bool, what)
+    file = _need(entry, "file", str, what)
+    tokens = _count_list(entry.get("tokens"), k, int, f"{what}: tokens")
+    damping = _count_list(entry.get("damping"), k, (int, float), f"{what}: damping")
+    weight = layer_weight(lm, name)
+    if (out_f, in_f) != tuple(weight.shape):
+        raise WnbError(f"{what} is [{out_f}, {in_f}] in the saved expansion but {list(weight.shape)} in "
+                       f"{lm.name}: another model")
+    bias = layer_bias(lm, name)
+    if has_bias != (bias is not None):
+        raise WnbError(f"{what} {'has' if bias is not None else 'has no'} bias here but the saved one "
+                       f"{'has' if has_bias else 'has none'}: another model")
+    if index not in built:
+        built[index] = _loaded_router(handle, routers, index, name, k, in_f).to(weight.device)
+    experts_file = _open_checked(folder, file, files)
+    experts = _tensor(experts_file, "experts", (k, out_f, in_f), what)
+    saved_bias = _tensor(experts_file, "bias", (out_f,), what) if has_bias else None
+    extra = set(experts_file.keys()) - {"experts", "bias"}
+    if extra:
+        raise WnbError(f"{what}: unexpected tensors {sorted(extra)[:3]} in {file}")
+    return RoutedLayer(built[index], experts.to(weight.device), None if saved_bias is None else
+                       saved_bias.to(weight.device), tokens, damping, dtype=weight.dtype)
+
+
+def _loaded_router(handle, routers: list, index: int, name: str, k: int, in_f: int) -> Router:
+    """Router ``index`` of the routers file, its row of the manifest checked against the layer it serves."""
+    if not 0 <= index < len(routers) or not isinstance(routers[index], dict):
+        raise WnbError(f"layer {name} names router {index}, but the manifest has {len(routers)}")
+    row, rw = routers[index], f"router {index}"
+    pca, dim = _need(row, "pca", bool, rw), _need(row, "dim", int, rw)
+    if _need(row, "n_experts", int, rw) != k or _need(row, "d_in", int, rw) != in_f:
+        raise WnbError(f"router {index} does not fit {name} (its experts or input width differ)")
+    if not 1 <= k or not 1 <= dim <= in_f:
+        raise WnbError(f"router {index} has impossible sizes (k={k}, dim={dim})")
+    if not pca and dim != in_f:
+        raise WnbError(f"{rw} has no PCA, so its centroids must be {in_f} wide (got {dim})")
+    mean = _tensor(handle, f"router{index}.mean", (in_f,), rw)
+    comps = _tensor(handle, f"router{index}.components", (in_f, dim), rw) if pca else None
+    centroids = _tensor(handle, f"router{index}.centroids", (k, dim), rw)
+    return Router(mean, comps, centroids)
 
 
 @contextlib.contextmanager

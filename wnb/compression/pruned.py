@@ -178,12 +178,42 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
     (same result up to summation order).
     """
 
+    run = _checked_run(lm, method, sparsity, calib, layers, neurons, fraction, blocksize, percdamp, batch_size,
+                       bits, group_size)
+    layers = run["layers"]
+    with changed(lm, f"pruned ({run['desc']})"):  # holds the model; is_dense(lm) is False until restored
+        dense = {name: module(lm, name).weight.detach().to("cpu", copy=True) for name in layers}
+        report = PruneReport()
+        bar = tqdm(total=len(layers), desc=run["desc"], disable=not progress, leave=False)
+        try:
+            opts = dict(method=method, sparsity=sparsity, label=run["label"], plan=run["plan"], fraction=fraction,
+                        seed=seed, blocksize=run["blocksize"], percdamp=run["percdamp"], report=report, bar=bar,
+                        **run["quant"])
+            if run["needs_walk"]:
+                stats = _Accumulators(lm, method) if streams_inputs(method, run["plan"]) and not keep_inputs else None
+                for _, inputs in walk(lm, run["calib"], layers, batch_size=run["batch_size"], progress=False,
+                                      on_inputs=stats, true_sequential=true_sequential):
+                    _prune_block(lm, inputs, stats=stats, **opts)
+                    if stats is not None:
+                        stats.clear()
+            else:
+                for name in layers:
+                    _prune_block(lm, {name: None}, **opts)
+            bar.close()
+            yield report
+        finally:
+            bar.close()
+            with torch.no_grad():
+                for name, weight in dense.items():
+                    module(lm, name).weight.copy_(weight)
+
+
+def _checked_run(lm, method, sparsity, calib, layers, neurons, fraction, blocksize, percdamp, batch_size, bits,
+                 group_size) -> dict:
+    """Everything :func:`pruned` is asked, checked before any work: the layers in forward order, the neuron
+    plan, the windows (when the method needs a calibration walk), the numbers, the quantization."""
     require_local(lm, "pruning")
     check_method(method)
-    batch_size = check_int(batch_size, "batch_size")
-    blocksize = check_int(blocksize, "blocksize")
-    percdamp = check_float(percdamp, "percdamp", 0)
-    label = sparsity_label(sparsity)
     _, _, m = parse_sparsity(sparsity)
     layers = check_layers(lm, list(neurons) if isinstance(neurons, dict) and layers is None
                           else ffn_layers(lm) if layers is None else layers)
@@ -202,38 +232,15 @@ def pruned(lm, method: str = "sparsegpt", sparsity=0.5, calib=None, layers=None,
         calib = check_windows(calib, lm)
     if isinstance(plan, str) and not 0 < fraction <= 1:
         raise WnbError(f"fraction must be in (0, 1] (got {fraction})")
-    if blocksize < 1 or (m and blocksize % m):
+    blocksize = check_int(blocksize, "blocksize")
+    if m and blocksize % m:
         raise WnbError(f"blocksize must be a positive multiple of M (got {blocksize})")
-
-    desc = f"prune {method} {label}" + (f" {quant_label(bits, group_size)}" if bits is not None else "")
-    with changed(lm, f"pruned ({desc})"):  # holds the model; is_dense(lm) is False until restored
-        dense = {name: module(lm, name).weight.detach().to("cpu", copy=True) for name in layers}
-        report = PruneReport()
-        bar = tqdm(total=len(layers), desc=desc, disable=not progress, leave=False)
-        try:
-            opts = dict(method=method, sparsity=sparsity, label=label, plan=plan, fraction=fraction, seed=seed,
-                        blocksize=blocksize, percdamp=percdamp, report=report, bar=bar)
-            if bits is not None:
-                opts.update(bits=bits, group_size=group_size)
-            if needs_walk:
-
-                stream = streams_inputs(method, plan) and not keep_inputs
-                stats = _Accumulators(lm, method) if stream else None
-                for _, inputs in walk(lm, calib, layers, batch_size=batch_size, progress=False, on_inputs=stats,
-                                     true_sequential=true_sequential):
-                    _prune_block(lm, inputs, stats=stats, **opts)
-                    if stats is not None:
-                        stats.clear()
-            else:
-                for name in layers:
-                    _prune_block(lm, {name: None}, **opts)
-            bar.close()
-            yield report
-        finally:
-            bar.close()
-            with torch.no_grad():
-                for name, weight in dense.items():
-                    module(lm, name).weight.copy_(weight)
+    label = sparsity_label(sparsity)
+    quant = {"bits": bits, "group_size": group_size} if bits is not None else {}
+    return {"layers": layers, "plan": plan, "needs_walk": needs_walk, "calib": calib, "blocksize": blocksize,
+            "percdamp": check_float(percdamp, "percdamp", 0), "batch_size": check_int(batch_size, "batch_size"),
+            "label": label, "quant": quant,
+            "desc": f"prune {method} {label}" + (f" {quant_label(bits, group_size)}" if bits is not None else "")}
 
 
 def _prune_block(lm, inputs: dict, method, sparsity, label, plan, fraction, seed, blocksize, percdamp,

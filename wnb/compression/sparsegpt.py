@@ -168,12 +168,7 @@ def _sparsegpt_blocks(W: torch.Tensor, hinv: torch.Tensor, fraction: float, n: i
         Q1 = torch.empty_like(W1) if quant else None
         Hinv1 = hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
-        if m:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-            scale = torch.zeros_like(W1)
-        else:
-            mask1 = lowest_mask(W1.square() / d.square()[:, None], count_of(fraction, W1.numel()))
-            scale = mask1 / d[:, None]
+        mask1, scale = _block_mask(W1, d, fraction, m)
         # err_i = (w_i − q_i) / d_i = w_i · mask_i / d_i; pushed onto the later columns. Columns go in
         # sub-blocks of ~32: rank-1 updates stay inside the sub-block, the rest of the block gets one
         # matmul per sub-block (same arithmetic, far less memory traffic).
@@ -205,6 +200,15 @@ def _sparsegpt_blocks(W: torch.Tensor, hinv: torch.Tensor, fraction: float, n: i
         if i2 < cols:
             WT[i2:].addmm_(hinv[i1:i2, i2:].T, Err1, alpha=-1)
     return WT.T
+
+
+def _block_mask(W1: torch.Tensor, d: torch.Tensor, fraction: float, m: int):
+    """A block's mask (True = pruned) and ``mask / d``: for unstructured sparsity the lowest ``w² / d²`` of the
+    whole block at once; for N:M empty, filled group by group as the sweep reaches them."""
+    if m:
+        return torch.zeros_like(W1, dtype=torch.bool), torch.zeros_like(W1)
+    mask = lowest_mask(W1.square() / d.square()[:, None], count_of(fraction, W1.numel()))
+    return mask, mask / d[:, None]
 
 
 def _columns_now(WT, W1, Err1, hinv, i1, i2, s1, s2, i, size) -> torch.Tensor:

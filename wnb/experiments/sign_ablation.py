@@ -164,31 +164,9 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
     are given, the matched columns, ``seconds``. :func:`study_selections` gives each row's neurons back
     from ``scores``. The model is unchanged afterwards (also after Ctrl-C). ``nll_fn`` (default
     :func:`ablated_nll`, same arguments) computes each held-out pass; a cached one lets the surprisal
-    and the depth profile reuse the study's passes.
-
-    Paired comparisons (:mod:`wnb.core.inference`; the same held-out windows, resampled together, and the same
-    minimal pairs, so no extra model pass), 95% percentile bootstrap intervals, seed 0:
-
-    - every ablation row against dense (this row − dense): ``delta_perplexity, delta_ppl_low,
-      delta_ppl_high`` (``exp(mean NLL)`` difference), ``delta_nll, delta_nll_low, delta_nll_high`` (nats per
-      token) and ``nll_verdict`` (that the ablation raises NLL: holds / reversed / not observed / inconclusive,
-      :func:`wnb.core.inference.verdict` against ``minimum_nll``);
-    - every control row against the Wasserstein ablation (the Wasserstein row − this row): the same
-      columns prefixed ``w_`` (``w_delta_perplexity, w_delta_ppl_low, …, w_nll_verdict``: that ablating the
-      Wasserstein neurons raises NLL more than this control). These intervals are over windows, for one
-      draw of the control; the spread over draws is in the seed columns;
-    - with pairs, ``acc_low, acc_high`` and ``acc_low_<phenomenon>, acc_high_<phenomenon>`` (Wilson) on
-      every row; ``delta_accuracy, delta_acc_low, delta_acc_high`` (the Bonett–Price interval of a paired
-      difference of proportions, :func:`wnb.core.inference.accuracy_difference`), ``mcnemar_p`` (McNemar's
-      test against dense on the same pairs) and ``acc_verdict`` (that the ablation lowers accuracy,
-      against ``minimum_accuracy``); on control rows ``w_delta_accuracy, w_delta_acc_low, w_delta_acc_high,
-      w_mcnemar_p, w_acc_verdict`` (the Wasserstein ablation against this control);
-    - on the rows of each control (the per-seed rows are kept), ``n_seeds`` and ``<column>_seeds_mean,
-      _sd, _min, _max`` over its seeds of ``perplexity, w_delta_perplexity`` (and, with pairs,
-      ``acc_seeds_*`` of the accuracy and ``w_delta_accuracy_seeds_*``; sd is NaN for one seed).
-
-    Every column that starts with ``accuracy`` is the overall accuracy or a phenomenon's (the plots read
-    them so); the accuracy's other columns start with ``acc_``.
+    and the depth profile reuse the study's passes. Every row also gets its paired comparisons, accuracy
+    intervals, McNemar's p, verdicts against ``minimum_nll`` and ``minimum_accuracy`` and each control's
+    spread over its seeds (:func:`wnb.experiments.sign_statistics.compare_rows` names every column).
     """
     controls, seeds, matched_seeds = _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance,
                                                   minimum_nll, minimum_accuracy)
@@ -196,37 +174,39 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
                                        progress)
     wasserstein = select_wasserstein(scores, fraction)
     counts = {name: idx.numel() for name, idx in wasserstein.items()}
-    plan = [("dense", None), ("wasserstein", None)]
-    plan += [("random", s) for s in seeds if "random" in controls]
-    plan += [("matched", s) for s in matched_seeds if "matched" in controls]
+    plan = [("dense", None), ("wasserstein", None)] + [("random", s) for s in seeds if "random" in controls] + \
+        [("matched", s) for s in matched_seeds if "matched" in controls]
     opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
                 progress=progress, seed=0, nll_fn=nll_fn or ablated_nll)
     rows, raws = [], []
     with tqdm(plan, desc="sign ablation study", disable=not progress, leave=False) as bar:
         for selection, seed in bar:
             bar.set_postfix_str(selection if seed is None else f"{selection} {seed}")
-            extra = {}
-            if selection == "dense":
-                chosen = {}
-            elif selection == "wasserstein":
-                chosen = wasserstein
-            elif selection == "random":
-                chosen = select_random(scores, counts, seed)
-            else:
+            extra: dict = {}
+            if selection == "matched":
                 target = next(r["perplexity"] for r in rows if r["selection"] == "wasserstein")
                 chosen, extra = _match(lm, held_out, scores, target, seed, exclude, tolerance, opts)
-            row = {"selection": selection, "seed": seed, "side": side, "fraction": fraction,
-                   "n_neurons": count_per_layer(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0)}
-            measured, raw = _evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts)
-            row.update(measured)
-            if extra:
-                row["seconds"] += extra.pop("search_seconds")
-                row.update(extra)
+            else:
+                chosen = {"dense": {}, "wasserstein": wasserstein}.get(selection) if selection != "random" \
+                    else select_random(scores, counts, seed)
+            row, raw = _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction)
             rows.append(row)
             raws.append(raw)
     table = compare_rows(rows, raws, minimum_nll, minimum_accuracy)
     table["seed"] = table["seed"].astype("Int64")
     return table
+
+
+def _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction) -> tuple[dict, dict]:
+    """One row of the study (its selection measured) and what the paired comparisons need of it."""
+    row = {"selection": selection, "seed": seed, "side": opts["side"], "fraction": fraction,
+           "n_neurons": count_per_layer(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0)}
+    measured, raw = _evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts)
+    row.update(measured)
+    if extra:
+        row["seconds"] += extra.pop("search_seconds")
+        row.update(extra)
+    return row, raw
 
 
 def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance, minimum_nll, minimum_accuracy):

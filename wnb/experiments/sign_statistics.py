@@ -81,7 +81,33 @@ def _seed_spread(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare_rows(rows: list[dict], raws: list[dict], minimum_nll: float, minimum_accuracy: float) -> pd.DataFrame:
-    """The study's table with its paired columns (:func:`sign_ablation_study`); ``rows[0]`` is dense."""
+    """The study's table with its paired columns (:func:`wnb.experiments.sign_ablation.sign_ablation_study`);
+    ``rows[0]`` is dense.
+
+    Paired comparisons (:mod:`wnb.core.inference`; the same held-out windows, resampled together, and the same
+    minimal pairs, so no extra model pass), 95% percentile bootstrap intervals, seed 0:
+
+    - every ablation row against dense (this row − dense): ``delta_perplexity, delta_ppl_low,
+      delta_ppl_high`` (``exp(mean NLL)`` difference), ``delta_nll, delta_nll_low, delta_nll_high`` (nats per
+      token) and ``nll_verdict`` (that the ablation raises NLL: holds / reversed / not observed / inconclusive,
+      :func:`wnb.core.inference.verdict` against ``minimum_nll``);
+    - every control row against the Wasserstein ablation (the Wasserstein row − this row): the same
+      columns prefixed ``w_`` (``w_delta_perplexity, w_delta_ppl_low, …, w_nll_verdict``: that ablating the
+      Wasserstein neurons raises NLL more than this control). These intervals are over windows, for one
+      draw of the control; the spread over draws is in the seed columns;
+    - with pairs, ``acc_low, acc_high`` and ``acc_low_<phenomenon>, acc_high_<phenomenon>`` (Wilson) on
+      every row; ``delta_accuracy, delta_acc_low, delta_acc_high`` (the Bonett–Price interval of a paired
+      difference of proportions, :func:`wnb.core.inference.accuracy_difference`), ``mcnemar_p`` (McNemar's
+      test against dense on the same pairs) and ``acc_verdict`` (that the ablation lowers accuracy,
+      against ``minimum_accuracy``); on control rows ``w_delta_accuracy, w_delta_acc_low, w_delta_acc_high,
+      w_mcnemar_p, w_acc_verdict`` (the Wasserstein ablation against this control);
+    - on the rows of each control (the per-seed rows are kept), ``n_seeds`` and ``<column>_seeds_mean,
+      _sd, _min, _max`` over its seeds of ``perplexity, w_delta_perplexity`` (and, with pairs,
+      ``acc_seeds_*`` of the accuracy and ``w_delta_accuracy_seeds_*``; sd is NaN for one seed).
+
+    Every column that starts with ``accuracy`` is the overall accuracy or a phenomenon's (the plots read
+    them so); the accuracy's other columns start with ``acc_``.
+    """
     w = next((raw for row, raw in zip(rows, raws) if row["selection"] == "wasserstein"), None)
     for row, raw in zip(rows, raws):
         if raw["scores"] is not None:
