@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+import wnb.model
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-
-import wnb
 from _util import machine, table, timed
 from bench_core import authors_wd
+
+import wnb
+import wnb.scoring
 from wnb.scoring.streaming import state_bytes
 
 LAYER = "model.layers.1.mlp.gate_proj"

@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 import torch
+from _util import machine, peak_rss_mib, table, timed
 from scipy import stats
 
 import wnb
-from _util import machine, peak_rss_mib, table, timed
 
 LAYER = "model.layers.1.mlp.gate_proj"
 

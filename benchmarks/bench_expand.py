@@ -18,12 +18,14 @@ import argparse
 import time
 
 import torch
+from _util import machine, table, timed
 
 import wnb
-from _util import machine, table, timed
-from wnb.compression.router import Router
+import wnb.compression
+import wnb.compression.sparsity
 from wnb.compression.expansion import build_experts, expand_layer
 from wnb.compression.prune import prune_weight
+from wnb.compression.router import Router
 
 BLOCK = 5
 LAYER = "model.layers.1.mlp.gate_proj"

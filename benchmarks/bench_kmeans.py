@@ -14,11 +14,11 @@ import argparse
 import time
 
 import torch
+from _util import machine, table
 
 import wnb
+import wnb.compression
 from wnb.compression.router import _pca, pca_dim
-
-from _util import machine, table
 
 SETTINGS = {
     "plain, 4 restarts, 100 it (old default)": dict(greedy=False, n_init=4, max_iter=100),

@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 
 import torch
+from _util import machine, table, timed
 
 import wnb
-from _util import machine, table, timed
+import wnb.compression
+import wnb.model
 from wnb.compression.sparsegpt import SparseGPT
 
 HERE = Path(__file__).resolve().parent

@@ -15,12 +15,16 @@ import argparse
 import time
 
 import torch
+from _util import machine, table
 
 import wnb
-from _util import machine, table
-from wnb.tracing.nll import perplexity_interval
-from wnb.compression.quantize import quant_label
+import wnb.app
+import wnb.compression
+import wnb.compression.sparsity
+import wnb.tracing
 from wnb.app.budgets import BUDGETS
+from wnb.compression.quantize import quant_label
+from wnb.tracing.nll import perplexity_interval
 
 
 def ppl_cell(ppl: dict) -> str:

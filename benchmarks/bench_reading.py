@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import wnb
 from _util import machine, table
+
+import wnb
+import wnb.app
+import wnb.tracing
 
 LAYER = "model.layers.1.mlp.gate_proj"
 

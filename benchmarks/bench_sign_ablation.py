@@ -22,10 +22,13 @@ import time
 
 import pandas as pd
 import torch
+from _util import machine, table
 
 import wnb
+import wnb.app
+import wnb.app.budgets
+import wnb.experiments
 from wnb.app.budgets import BUDGETS
-from _util import machine, table
 
 
 def windows(lm, budget: str):

@@ -170,8 +170,14 @@ def weights_digest(lm) -> str:
 
 def tiny_models(families=("llama", "neox", "gpt2")) -> dict:
     """The tests' tiny random models (tests/conftest.py): 3 blocks, width 32, vocabulary 128, seed 0."""
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     configs = {
         "llama": lambda: (LlamaForCausalLM, LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,

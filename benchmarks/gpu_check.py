@@ -61,6 +61,14 @@ if str(ROOT) not in sys.path:  # `python benchmarks/gpu_check.py` from a checkou
     sys.path.insert(0, str(ROOT))
 
 import wnb  # noqa: E402
+import wnb.app
+import wnb.app.session
+import wnb.core
+import wnb.model
+import wnb.model.architectures
+import wnb.model.lm
+import wnb.model.offload
+import wnb.tracing
 from wnb.core.memory import available_memory  # noqa: E402
 from wnb.errors import WnbError  # noqa: E402
 

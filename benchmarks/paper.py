@@ -29,9 +29,11 @@ import pandas as pd
 import torch
 
 import wnb
+import wnb.cli
+import wnb.core
 from wnb import plots
-from wnb.core.stats import r_squared
 from wnb.cli.run_folder import RunFolder
+from wnb.core.stats import r_squared
 from wnb.errors import WnbError
 
 PAPER_RI = {1: 1.00, 2: 1.24, 4: 1.31, 8: 1.65, 16: 1.87}  # Pythia-1.4B, layer 1 dense_h_to_4h, neuron 2402, 90%

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import wnb
+import wnb.model.bundled
 
 VOCAB = 128
 

@@ -5,6 +5,8 @@ import torch
 from conftest import VOCAB
 
 import wnb
+import wnb.model
+import wnb.model.bundled
 from wnb.errors import WnbError
 
 

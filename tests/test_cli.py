@@ -14,8 +14,17 @@ import torch
 from conftest import run_cli
 
 import wnb
+import wnb.app
 import wnb.app.costs
 import wnb.app.layers
+import wnb.app.session
+import wnb.cli
+import wnb.compression
+import wnb.experiments
+import wnb.model
+import wnb.model.bundled
+import wnb.model.lm
+import wnb.tracing
 from wnb import cli
 from wnb.errors import WnbError
 

@@ -9,8 +9,11 @@ import pytest
 from conftest import run_cli
 
 import wnb
-from wnb import cli
+import wnb.cli
 import wnb.cli.negative
+import wnb.experiments
+import wnb.model
+from wnb import cli
 
 LAYERS = [f"model.layers.{i}.mlp.gate_proj" for i in (0, 1, 2)]
 SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "2", "-q"]

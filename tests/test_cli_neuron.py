@@ -8,6 +8,8 @@ import pytest
 from conftest import run_cli
 
 import wnb
+import wnb.app
+import wnb.reading
 
 LAYER = "model.layers.1.mlp.gate_proj"
 SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "1", "-q"]

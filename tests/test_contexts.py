@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import wnb
+import wnb.reading
+import wnb.reading.extremes
 from wnb.errors import WnbError
 from wnb.reading.accumulator import ContextAccumulator
 from wnb.reading.extremes import BANDS, token_keys

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import wnb
+import wnb.model.bundled
 
 pytestmark = pytest.mark.integration
 

@@ -5,6 +5,7 @@ import torch
 from scipy import integrate, stats
 
 import wnb
+import wnb.scoring.mapping
 from wnb.errors import WnbError
 
 NORMAL_QUANTILES = stats.norm.ppf((np.arange(10**6) + 0.5) / 10**6)

@@ -8,6 +8,8 @@ import torch
 from scipy import stats
 
 import wnb
+import wnb.model.architectures
+import wnb.tracing
 from wnb.errors import WnbError
 
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import wnb
+import wnb.compression
+import wnb.experiments
 from wnb.compression.expansion import (
     RoutedLayer,
     build_experts,

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import wnb
+import wnb.compression
 from wnb.compression.expansion import expand_layer
 
 pytestmark = pytest.mark.integration

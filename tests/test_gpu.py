@@ -4,6 +4,9 @@ import pytest
 import torch
 
 import wnb
+import wnb.cli
+import wnb.model.architectures
+import wnb.model.loading
 from wnb import cli
 from wnb.cli.setup import OFFLOAD_ACTIVATIONS, check_fits
 from wnb.errors import WnbError

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 import wnb
+import wnb.model.bundled
+import wnb.model.loading
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"

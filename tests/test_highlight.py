@@ -8,6 +8,7 @@ import torch
 from conftest import VOCAB
 
 import wnb
+import wnb.reading
 from wnb.errors import WnbError
 from wnb.reading.highlight import colour
 

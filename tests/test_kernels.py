@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+import wnb.model.bundled
+
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import wnb
+import wnb.core.cache
+import wnb.model.lm
 from wnb.errors import WnbError
 from wnb.model import architectures, bundled
 

@@ -12,6 +12,9 @@ import torch
 from matplotlib.container import BarContainer
 
 import wnb
+import wnb.app
+import wnb.app.session
+import wnb.tracing
 import wnb.widgets as ww
 from wnb.app.session import Session
 
@@ -108,11 +111,15 @@ def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
 def test_the_surprisal_and_depth_profile_reuse_the_study_passes(app, monkeypatch):
     """Every held-out pass (dense, Wasserstein, each matched count) is computed once: the surprisal after
     the study runs none, and the depth profile only the layer sets it has not seen."""
-    import wnb.tracing.nll
+    import wnb.experiments.sign_ablation
+    import wnb.experiments.surprisal
 
     passes = []
-    real = wnb.tracing.nll.token_nll
-    monkeypatch.setattr(wnb.tracing.nll, "token_nll", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real = wnb.experiments.sign_ablation.token_nll
+    counted = lambda *a, **k: passes.append(1) or real(*a, **k)  # noqa: E731
+    for where in (wnb.experiments.sign_ablation, wnb.experiments.surprisal):  # every held-out pass of the tab
+        if hasattr(where, "token_nll"):
+            monkeypatch.setattr(where, "token_nll", counted)
     app.tabs.selected_index = 4
     view = app.negative
     view.fraction.value = 0.05

@@ -14,6 +14,10 @@ from transformers import (
 )
 
 import wnb
+import wnb.model
+import wnb.model.architectures
+import wnb.model.lm
+import wnb.model.loading
 from wnb import cli
 from wnb.errors import WnbError
 from wnb.model import offload

@@ -11,8 +11,11 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from wnb.cli.run_folder import RunFolder
+import wnb.cli
+import wnb.core
+import wnb.widgets
 from wnb.app import report
+from wnb.cli.run_folder import RunFolder
 from wnb.core.spreadsheet import safe_csv
 
 CRAFTED = "<img src=x onerror=alert(1)>"

@@ -9,6 +9,8 @@ from matplotlib.collections import PathCollection, QuadMesh
 from matplotlib.patches import StepPatch
 from scipy import stats
 
+import wnb.core
+import wnb.model
 from wnb import plots
 from wnb.core.stats import r_squared
 from wnb.errors import WnbError

@@ -5,6 +5,8 @@ import torch
 from scipy import integrate, stats
 
 import wnb
+import wnb.data
+import wnb.scoring
 from wnb.data.positions import SINK_SHARE
 from wnb.errors import WnbError
 from wnb.scoring.sign import up_projection_of

@@ -9,6 +9,10 @@ import pytest
 import torch
 
 import wnb
+import wnb.compression
+import wnb.model.architectures
+import wnb.scoring
+import wnb.tracing
 from wnb.compression.prune import prune_weight
 from wnb.compression.pruned import pruned
 from wnb.compression.sparsegpt import SparseGPT

@@ -10,7 +10,11 @@ import torch
 from test_prune import make_layer
 
 import wnb
+import wnb.compression
+import wnb.compression.masks
 import wnb.compression.pruned as prune_mod
+import wnb.experiments
+import wnb.tracing
 from wnb.compression.expansion import build_experts, expand_layer
 from wnb.compression.masks import lowest_mask, nm_mask
 from wnb.compression.prune import prune_weight

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import wnb
+import wnb.scoring
 from wnb.errors import WnbError
 from wnb.scoring.mapping import sample_pairs
 

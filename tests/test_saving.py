@@ -14,6 +14,7 @@ import torch
 from _tiny_words import tiny_word_llama
 
 import wnb
+import wnb.model
 from wnb.compression import checkpoint, expansion_io
 from wnb.core import files
 from wnb.model.architectures import layer_weight

@@ -10,12 +10,18 @@ import pytest
 import torch
 
 import wnb
+import wnb.app
+import wnb.core
+import wnb.experiments
 import wnb.experiments.sweeps
+import wnb.model.bundled
+import wnb.tracing
 import wnb.tracing.nll
+import wnb.widgets
 import wnb.widgets as ww
+from wnb.app.session import Session
 from wnb.core import cache, jobs
 from wnb.model import state
-from wnb.app.session import Session
 
 USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
 BUNDLED_COPY = USER_CACHE / "models" / f"{wnb.model.bundled.BUNDLED}-float32"  # made by the `bundled` fixture

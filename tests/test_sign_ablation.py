@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 import wnb
+import wnb.core
 import wnb.core.inference
 from wnb.compression import clamp
 from wnb.experiments import sign_ablation as sa

@@ -11,6 +11,7 @@ import torch
 from scipy import optimize, stats
 
 import wnb
+import wnb.core
 from wnb.core import inference as st
 
 

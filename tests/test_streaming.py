@@ -5,6 +5,7 @@ import torch
 from scipy import stats
 
 import wnb
+import wnb.scoring
 from wnb.errors import WnbError
 from wnb.scoring.streaming import StreamingWD, estimate_stream_bytes, stream_scores
 

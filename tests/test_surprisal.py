@@ -8,6 +8,8 @@ import torch
 from _tiny_words import tiny_word_llama
 
 import wnb
+import wnb.tracing
+import wnb.tracing.nll
 from wnb.experiments import surprisal
 
 

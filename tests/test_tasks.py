@@ -14,6 +14,8 @@ import torch
 from _tiny_words import tiny_word_llama
 
 import wnb
+import wnb.app
+import wnb.experiments
 
 pytest.importorskip("lm_eval")
 

@@ -15,10 +15,16 @@ import torch
 from scipy import stats
 
 import wnb
+import wnb.app
+import wnb.app.budgets
 import wnb.app.costs
 import wnb.app.layers
-import wnb.experiments.sweeps
 import wnb.app.session
+import wnb.data
+import wnb.experiments
+import wnb.experiments.sweeps
+import wnb.model
+import wnb.tracing
 import wnb.tracing.nll
 import wnb.widgets as ww
 from wnb.app.session import Session

@@ -76,12 +76,19 @@ _HOME = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_HOME, key=str.lower)
 
 
+_PACKAGES = ("app", "cli", "compression", "core", "data", "errors", "experiments", "model", "plots", "reading",
+             "scoring", "tracing", "widgets")
+
+
 def __getattr__(name: str):
     if name in _HOME:
         value = getattr(importlib.import_module(_HOME[name]), name)
-        globals()[name] = value  # found once, then a plain attribute
-        return value
-    raise AttributeError(f"module 'wnb' has no attribute {name!r}")
+    elif name in _PACKAGES:  # wnb.model.lm etc. without importing them first, as before the names were lazy
+        value = importlib.import_module(f"wnb.{name}")
+    else:
+        raise AttributeError(f"module 'wnb' has no attribute {name!r}")
+    globals()[name] = value  # found once, then a plain attribute
+    return value
 
 
 def __dir__() -> list[str]:
