@@ -40,7 +40,7 @@ test: $(STAMP) chromium
 	WNB_BUDGET=small WNB_STRICT=1 $(PY) -m pytest -q --nbval-lax -p no:cacheprovider
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not integration and not browser" -p no:cacheprovider tests
+	$(PY) -m pytest -q -m "not integration and not browser and not gpu and not slow" -p no:cacheprovider tests/unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -432,7 +432,7 @@ def record_app(rec: Recorder, work: Path, models: Path) -> None:
     with environment(WNB_CACHE=str(cache), WNB_STRICT=None, WNB_BUDGET=None):
         session_cls = type(wnb.widgets.Settings(budget="small").session)  # wherever the Session class lives
         gen = torch.Generator().manual_seed(5)
-        calib = torch.randint(0, VOCAB, (8, 16), generator=gen)  # as tests/test_widgets.py
+        calib = torch.randint(0, VOCAB, (8, 16), generator=gen)  # as tests/unit/widgets/test_widgets.py
         held_out = torch.randint(0, VOCAB, (2, 16), generator=gen)
         lm = tiny_models(["llama"])["llama"]
         seed_all()

@@ -8,7 +8,7 @@ Steps, in order (``--steps`` picks some, e.g. ``--steps a,c``), each timed with 
 recorded with the last line of its traceback and the next steps still run; once ``--budget-s`` seconds
 have passed the remaining steps are recorded as ``skipped: time budget``:
 
-  a. ``pytest tests/test_gpu.py`` in a subprocess (its summary line in the report; the log beside it).
+  a. ``pytest tests/gpu/test_gpu.py`` in a subprocess (its summary line in the report; the log beside it).
   b. models built from configs with random weights (the machine has no hub): a Pythia-1.4B-shaped
      GPT-NeoX and a Llama-3-8B-shaped Llama in bf16, layers trimmed to ``--neox-layers`` /
      ``--llama-layers``. Token windows are random ids: these steps time the code, not the science.
@@ -73,7 +73,7 @@ from wnb.core.memory import available_memory  # noqa: E402
 from wnb.errors import WnbError  # noqa: E402
 
 STEPS = {
-    "a": "pytest tests/test_gpu.py",
+    "a": "pytest tests/gpu/test_gpu.py",
     "b": "models from configs (bf16, random weights)",
     "c": "capture + exact and streaming WD of every FFN layer",
     "d": "whole-model SparseGPT and Wanda, 50% and 2:4",
@@ -107,7 +107,7 @@ TINY_LLAMA = dict(vocab_size=256, hidden_size=64, intermediate_size=192, num_hid
                   tie_word_embeddings=False)
 
 # Python packages of the GPU machine's image (/work/.library/device/KINDS.md, read on 2026-11-17);
-# benchmarks/gpu_wheels.sh carries the rest. tests/test_gpu_check.py checks that every distribution the
+# benchmarks/gpu_wheels.sh carries the rest. tests/gpu/test_gpu_check.py checks that every distribution the
 # dry run imports is in one of the two.
 DEVICE_PACKAGES = frozenset("""
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
@@ -360,7 +360,7 @@ def compare_weights(got: dict, want: dict) -> dict:
 
 
 def weights_agree(cmp: dict, mask: float = 0.999, rel: float = 1e-3) -> bool:
-    """The bar tests/test_gpu.py sets for offloaded against in-memory pruning."""
+    """The bar tests/gpu/test_gpu.py sets for offloaded against in-memory pruning."""
     return cmp["min_same_mask"] > mask and cmp["max_rel_diff"] <= rel
 
 
@@ -550,7 +550,7 @@ class Check:
             tmp.write_text(text)
             os.replace(tmp, self.out / name)
 
-    # ------------------------------------------------------------- a. pytest tests/test_gpu.py
+    # ------------------------------------------------------------- a. pytest tests/gpu/test_gpu.py
 
     def step_a(self, res: dict) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -571,7 +571,7 @@ class Check:
             self._pytest(res, env)
 
     def _pytest(self, res: dict, env: dict) -> None:
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/gpu/test_gpu.py"]
         if self.tiny:
             cmd += ["-m", "not integration"]  # the dry run: no bundled-model tests on the CPU
         res["command"] = " ".join(["python", *cmd[1:]])

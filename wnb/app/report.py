@@ -11,13 +11,13 @@ import html
 import pandas as pd
 
 from wnb import plots
+from wnb.app.layers import PAIRS_SHOWN
 from wnb.data.positions import SINK_SHARE
 from wnb.reading.highlight import context_html, contexts_html
 from wnb.scoring.sign import QUADRANTS
 
 SHOWN = 10       # contexts per tail on a page (the CSV holds all that are kept)
 TOKENS_SHOWN = 12
-PAIRS_SHOWN = 6
 _TABLE = "font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;border-collapse:collapse"
 
 

@@ -30,6 +30,7 @@ from wnb.core.memory import available_memory
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
+from wnb.model.lm import require_local
 from wnb.model.offload import follow
 from wnb.model.state import changed
 from wnb.tracing.sequential import walk
@@ -234,7 +235,7 @@ def _free_bytes(device: torch.device) -> int:
 def check_expansion(lm, n_experts, sparsity, calib, layers, pca_factor, max_bytes=None, bits=None,
                     group_size=None) -> tuple[list[str], torch.Tensor]:
     """Validate a whole-model expansion before any work; return ``(layers in forward order, windows)``."""
-
+    require_local(lm, "Sparse Expansion")
     check_quant(bits, group_size)
 
     if calib is None:

@@ -20,7 +20,7 @@ bin. WD is ``∫ |F(z) − Φ(z)| dz`` with ``z = (y − mean) / std`` from the 
 piece the integral of ``F − Φ`` has a closed form (``∫Φ = zΦ(z) + φ(z)``), split where ``F − Φ`` changes
 sign (crossing found by linear interpolation). With the defaults the result is within 1e-4 of
 :func:`wnb.wasserstein_to_gaussian` on float32 outputs of real layers and within 4e-4 on bf16 ones
-(tests/test_streaming.py; benchmarks/README.md). On CUDA the float64 bin sums are added with atomics,
+(tests/unit/scoring/test_streaming.py; benchmarks/README.md). On CUDA the float64 bin sums are added with atomics,
 so repeated runs may differ in the last bits.
 """
 from __future__ import annotations

@@ -1,0 +1,91 @@
+"""Helpers shared by the tests (importable: ``from helpers import ...``): tiny random models of three
+families and a word-level tokenizer with tiny models using it (no download), a layer's outputs from a
+plain forward hook, and the ``wnb`` command's exit status."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import wnb
+from wnb import cli
+from wnb.experiments import agreement
+
+VOCAB = 128
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
+
+def tiny_model(config_cls, model_cls, **kwargs):
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**kwargs)).eval()
+    return wnb.wrap_model(model, name=model_cls.__name__)
+
+
+def hooked_outputs(lm, name, windows):
+    """The layer's outputs [tokens, d_out] from a plain forward hook."""
+    seen = []
+    handle = lm.model.get_submodule(name).register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    try:
+        with torch.no_grad():
+            lm.model(windows)
+    finally:
+        handle.remove()
+    return seen[0].reshape(-1, seen[0].shape[-1])
+
+
+def run_cli(*argv) -> int:
+    """The ``wnb`` command's exit status; argparse's own refusals (SystemExit 2) count as one too."""
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
+
+
+# ---------------------------------------------------------------- a word-level tokenizer
+
+SPECIAL = ["[UNK]", "<s>", "</s>"]
+EXTRA = ["the", "The", "that", "and", "to", "of", "in", ".", ",", "she", "is", "cat", "1990", "ory"]
+
+
+def words() -> list[str]:
+    vocab = dict.fromkeys(SPECIAL)
+    for pair in agreement.NOUNS + agreement.INTRANSITIVE + agreement.TRANSITIVE:
+        vocab.update(dict.fromkeys(pair))
+    for phrase in agreement.PREPOSITIONS + agreement.SAYING:
+        vocab.update(dict.fromkeys(phrase.split()))
+    vocab.update(dict.fromkeys(EXTRA))
+    return list(vocab)
+
+
+def word_tokenizer(bos: bool = True, eos: bool = True, chat_template: str | None = None,
+                   prepend_bos: bool = False):
+    """A fast word-level tokenizer (split on spaces and punctuation) with optional BOS/EOS tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(words())}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    if prepend_bos:
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    kwargs = {"unk_token": "[UNK]"}
+    if bos:
+        kwargs["bos_token"] = "<s>"
+    if eos:
+        kwargs["eos_token"] = "</s>"
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, **kwargs)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    return tok
+
+
+def tiny_word_llama(tokenizer=None, seed: int = 0, layers: int = 2):
+    """A tiny random Llama over the word vocabulary (its own copy: wrapped with its own tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(words()), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(config).eval()
+    return wnb.wrap_model(model, tokenizer if tokenizer is not None else word_tokenizer(), name="tiny-word-llama")

@@ -1,0 +1,107 @@
+"""Drive the widget callbacks like a user (slider values, clicks, typed names) on a tiny model.
+
+References are independent of wnb: layer outputs come from plain PyTorch forward hooks and WD from
+scipy's wasserstein_distance against 10^6 exact normal quantiles.
+"""
+
+import numpy as np
+import pytest
+import torch
+from helpers import hooked_outputs as plain_hook
+from scipy import stats
+
+import wnb
+import wnb.app
+import wnb.app.budgets
+import wnb.app.costs
+import wnb.app.layers
+import wnb.app.session
+import wnb.data
+import wnb.experiments
+import wnb.experiments.sweeps
+import wnb.model
+import wnb.tracing
+import wnb.tracing.nll
+import wnb.widgets as ww
+from wnb.app.session import Session
+
+NORMAL_QUANTILES = stats.norm.ppf((np.arange(10**6) + 0.5) / 10**6)
+USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
+LAYER = "model.layers.1.mlp.gate_proj"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("WNB_STRICT", raising=False)
+
+
+@pytest.fixture
+def windows():
+    g = torch.Generator().manual_seed(5)
+    return torch.randint(0, 128, (8, 16), generator=g), torch.randint(0, 128, (2, 16), generator=g)
+
+
+def make_session(lm, windows, seed=0):
+    calib, held_out = windows
+    return Session(lm=lm, calib=calib, held_out=held_out, budget="small", seed=seed)
+
+
+def hooked_outputs(lm, name, windows):
+    """:func:`helpers.hooked_outputs` as a float64 numpy array."""
+    return plain_hook(lm, name, windows).double().numpy()
+
+
+def table_rows(view):
+    """(rank, neuron, wd) parsed from the pick list the user sees."""
+    return [tuple(float(v) for v in label.split()[:3]) for label, _ in view.table.options]
+
+
+@pytest.fixture
+def app(tiny_llama, windows):
+    app = ww.App(session=make_session(tiny_llama, windows))
+    app.start()
+    assert app.neurons.last_error is None, app.neurons.last_error
+    return app
+
+
+@pytest.mark.integration
+def test_warm_visit_does_not_load_the_model(bundled, tmp_path, monkeypatch):
+    from wnb.model.bundled import BUNDLED
+
+    converted = USER_CACHE / "models" / f"{BUNDLED}-float32"  # made by the `bundled` fixture
+    monkeypatch.setenv("WNB_CACHE", str(tmp_path / "warm"))
+    (tmp_path / "warm" / "models").mkdir(parents=True)
+    (tmp_path / "warm" / "models" / converted.name).symlink_to(converted)
+    cold = ww.App(session=Session(budget="small"))
+    cold.start()
+    assert cold.neurons.last_error is None and cold.settings.session._lm is not None
+    warm = ww.App(session=Session(budget="small"))
+    warm.start()
+    assert warm.neurons.last_error is None
+    assert warm.settings.session._lm is None  # everything came from the disk cache
+    assert table_rows(warm.neurons) == table_rows(cold.neurons) and len(table_rows(warm.neurons)) == 200
+    warm.neurons.rank.value = 7
+    assert warm.neurons.last_error is None and warm.settings.session._lm is None
+    warm.neurons.other.value = "model.layers.1.mlp.gate_prj"  # a typo still gets wnb's suggestions
+    assert "model.layers.1.mlp.gate_proj" in warm.neurons.last_error
+
+
+@pytest.mark.integration
+def test_the_text_probe_escapes_what_it_shows(bundled, monkeypatch):
+    calib, held_out = wnb.token_windows(bundled, wnb.load_corpus(), seq_len=32, n_calib=4, n_eval=1, seed=0)
+    app = ww.App(session=Session(lm=bundled, calib=calib, held_out=held_out, budget="small"))
+    app.start()
+    view = app.neurons
+    view.reading_box.selected_index = 0
+    assert view.last_error is None, view.last_error
+    assert "<script" not in view.reading.tails.value
+    view.reading.probe_text.value = "<script>alert(1)</script> & the cat sat on the mat"
+    view.reading.probe_button.click()
+    assert view.last_error is None, view.last_error
+    probe = view.reading.probe_out.value
+    assert "<script" not in probe and "&lt;" in probe and "&gt;" in probe  # shown as text, never as markup
+    assert "&amp;" in probe and probe.count("title=") >= 8  # every token carries its value
+    view.reading.probe_text.value = ""
+    view.reading.probe_button.click()
+    assert "empty" in view.last_error
