@@ -15,7 +15,8 @@ References:
 
 - Percentile bootstrap: Efron & Tibshirani, *An Introduction to the Bootstrap* (1993), ch. 13; paired
   (resampling the same windows or items for both conditions), ch. 6–7 on the bootstrap of a difference
-  from matched data. Windows are the resampled unit, as in :func:`wnb.evaluate.bootstrap_interval`.
+  from matched data. Windows are the resampled unit; the perplexity intervals of
+  :mod:`wnb.tracing.nll` come from :func:`perplexity_of` here.
 - McNemar, "Note on the sampling error of the difference between correlated proportions or percentages",
   Psychometrika 12 (1947); Edwards' continuity correction (1948); the exact conditional (binomial) test on
   the discordant pairs, and the rule of thumb b + c < 25 for it: Fagerland, Lydersen & Laake, "The McNemar
@@ -133,7 +134,7 @@ def _check_level(level: float, n_boot: int | None = None) -> None:
         raise WnbError(f"n_boot must be a positive whole number of resamples (got {n_boot!r})")
 
 
-def _bootstrap(stat, columns, n_boot: int, level: float, seed: int) -> tuple[float, float]:
+def bootstrap_interval(stat, columns, n_boot: int, level: float, seed: int) -> tuple[float, float]:
     """Percentile interval of ``stat(*resampled)`` over ``n_boot`` resamples: every resample draws n
     indices with replacement (``numpy.random.default_rng(seed).integers(0, n, n)``, one resample after
     the other) and takes those rows of every column, so paired columns stay paired."""
@@ -158,7 +159,7 @@ def paired_difference(a, b, n_boot: int = N_BOOT, level: float = LEVEL, seed: in
     per window or item, ``[n]``, in the same order. With one pair the interval is a point."""
     a, b = _pair(a, b)
     d = b - a
-    low, high = _bootstrap(lambda x: x.mean(1), [d], n_boot, level, seed)
+    low, high = bootstrap_interval(lambda x: x.mean(1), [d], n_boot, level, seed)
     return Difference(float(d.mean()), low, high, int(d.size), float(level))
 
 
@@ -174,8 +175,17 @@ def perplexity_difference(nll_a, nll_b, n_boot: int = N_BOOT, level: float = LEV
     """Δ perplexity ``exp(mean NLL_b) − exp(mean NLL_a)`` from per-window NLLs (as :func:`nll_difference`),
     with its paired percentile bootstrap interval: each resample takes the same windows for a and b."""
     a, b = _pair(nll_a, nll_b, per_window=True)
-    low, high = _bootstrap(lambda x, y: np.exp(y.mean(1)) - np.exp(x.mean(1)), [a, b], n_boot, level, seed)
+    low, high = bootstrap_interval(lambda x, y: np.exp(y.mean(1)) - np.exp(x.mean(1)), [a, b], n_boot, level, seed)
     return Difference(math.exp(b.mean()) - math.exp(a.mean()), low, high, int(a.size), float(level))
+
+
+def perplexity_of(nll, n_boot: int = 1000, level: float = LEVEL, seed: int = 0) -> dict:
+    """``{"perplexity", "ppl_low", "ppl_high"}`` from NLLs per window ``[n_windows]`` or per token
+    ``[n_windows, tokens]`` (averaged per window first): exp of the mean and the percentile bootstrap
+    interval over windows (:func:`bootstrap_interval`). With one window the interval is a point."""
+    x = _values(nll, "nll", per_window=True)
+    low, high = bootstrap_interval(lambda w: np.exp(w.mean(1)), [x], n_boot, level, seed)
+    return {"perplexity": math.exp(x.mean()), "ppl_low": low, "ppl_high": high}
 
 
 # ---------------------------------------------------------------- classifiers on the same items
@@ -256,7 +266,7 @@ def accuracy_interval(correct, groups=None, level: float = LEVEL, method: str = 
         if method == "wilson":
             low, high = _wilson(int(part.sum()), part.size, level)
         else:
-            low, high = _bootstrap(lambda x: x.mean(1), [part.astype(np.float64)], n_boot, level, seed)
+            low, high = bootstrap_interval(lambda x: x.mean(1), [part.astype(np.float64)], n_boot, level, seed)
         return Accuracy(float(part.mean()), low, high, int(part.size), method)
 
     if groups is None:

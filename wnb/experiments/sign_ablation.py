@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.compression.clamp import check_side, sign_ablated
-from wnb.core.inference import perplexity_difference
+from wnb.core.inference import perplexity_difference, perplexity_of
 from wnb.core.memory import available_memory
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
@@ -49,7 +49,7 @@ from wnb.scoring.selection import (
     select_random,
     select_wasserstein,
 )
-from wnb.tracing.nll import interval_of, token_nll
+from wnb.tracing.nll import token_nll
 
 MATCHED_TOLERANCE = 0.02  # ... and its perplexity must be within 2% of the Wasserstein ablation's
 
@@ -99,7 +99,7 @@ def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size,
     start = time.perf_counter()
     if nll is None:
         nll = nll_fn(lm, held_out, selection, side, batch_size=batch_size, progress=progress)
-    row = interval_of(nll, seed=seed)
+    row = perplexity_of(nll, seed=seed)
     scores = None
     with sign_ablated(lm, selection, side):
         if pairs is not None:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wnb.core.checks import check_int
+from wnb.core.inference import perplexity_of
 from wnb.data.windows import check_windows
-from wnb.errors import WnbError
 from wnb.model.lm import require_local
 from wnb.model.state import holding
 
@@ -47,37 +47,11 @@ def window_nll(lm, windows, batch_size: int = 8, progress: bool = True) -> torch
     return token_nll(lm, windows, batch_size, progress, desc="perplexity").double().mean(1)
 
 
-def bootstrap_interval(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the perplexity from per-window NLLs (:func:`window_nll`): the
-    windows are resampled with replacement ``n_boot`` times (seeded). With one window it is a point."""
-
-    nll = torch.as_tensor(nll, dtype=torch.float64).flatten()
-    if nll.numel() == 0:
-        raise WnbError("no windows to bootstrap")
-    gen = torch.Generator().manual_seed(int(seed))
-    picks = torch.randint(nll.numel(), (n_boot, nll.numel()), generator=gen)
-    ppl = nll[picks].mean(1).exp()
-    tail = (1 - level) / 2
-    low, high = torch.quantile(ppl, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return low, high
-
-
-def interval_of(nll, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
-    """``{"perplexity", "ppl_low", "ppl_high"}`` from NLLs per window ``[n_windows]`` or per token
-    ``[n_windows, tokens]`` (:func:`token_nll`; averaged per window first): :func:`bootstrap_interval`."""
-
-    nll = torch.as_tensor(nll, dtype=torch.float64)
-    if nll.numel() == 0 or nll.dim() not in (1, 2):
-        raise WnbError(f"nll must be non-empty, [n_windows] or [n_windows, tokens] (got shape {tuple(nll.shape)})")
-    per_window = nll.mean(1) if nll.dim() == 2 else nll
-    low, high = bootstrap_interval(per_window, n_boot, level, seed)
-    return {"perplexity": math.exp(float(per_window.mean())), "ppl_low": low, "ppl_high": high}
-
-
 def perplexity_interval(lm, windows, batch_size: int = 8, progress: bool = True, n_boot: int = 1000,
                         level: float = 0.95, seed: int = 0) -> dict:
-    """``{"perplexity", "ppl_low", "ppl_high"}``: the perplexity and its 95% bootstrap interval over windows."""
-    return interval_of(window_nll(lm, windows, batch_size, progress), n_boot, level, seed)
+    """``{"perplexity", "ppl_low", "ppl_high"}``: the perplexity and its 95% bootstrap interval over windows
+    (:func:`wnb.core.inference.perplexity_of`)."""
+    return perplexity_of(window_nll(lm, windows, batch_size, progress), n_boot, level, seed)
 
 
 # ---------------------------------------------------------------- per-neuron comparison

@@ -82,21 +82,21 @@ def test_token_nll_matches_perplexity(tiny, tiny_windows):
 
 
 def test_intervals_from_token_nll():
-    """wnb.tracing.nll.interval_of on per-token NLLs: exp of the mean, and the percentile bootstrap over
-    windows recomputed here from the same seeded draws of window indices."""
-    from wnb.tracing.nll import interval_of
+    """wnb.core.inference.perplexity_of on per-token NLLs: exp of the mean, and the percentile bootstrap over
+    windows recomputed here from numpy's seeded draws of window indices (one resample after the other)."""
+    from wnb.core.inference import perplexity_of
 
     nll = torch.rand(10, 30, generator=torch.Generator().manual_seed(0)) * 4
-    row = interval_of(nll, seed=3)
+    row = perplexity_of(nll, seed=3)
     assert row["perplexity"] == pytest.approx(float(torch.exp(nll.double().mean())))
-    picks = torch.randint(10, (1000, 10), generator=torch.Generator().manual_seed(3))
-    draws = np.exp(nll.double().mean(1).numpy()[picks.numpy()].mean(1))
+    picks = np.random.default_rng(3).integers(0, 10, size=(1000, 10))
+    draws = np.exp(nll.double().mean(1).numpy()[picks].mean(1))
     assert (row["ppl_low"], row["ppl_high"]) == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])))
-    assert row["ppl_low"] < row["perplexity"] < row["ppl_high"] and row == interval_of(nll, seed=3)
-    one = interval_of(nll[:1])
+    assert row["ppl_low"] < row["perplexity"] < row["ppl_high"] and row == perplexity_of(nll, seed=3)
+    one = perplexity_of(nll[:1])
     assert one["ppl_low"] == one["ppl_high"] == pytest.approx(one["perplexity"])  # one window: a point
     with pytest.raises(wnb.WnbError):
-        interval_of(torch.empty(0, 3))
+        perplexity_of(torch.empty(0, 3))
 
 
 def test_token_surprisal_tables(word_lm, word_windows):

@@ -29,21 +29,21 @@ def test_window_nll_equals_hf_loss_per_window(tiny, tiny_windows):
     np.testing.assert_allclose(window_nll(tiny, tiny_windows, batch_size=4, progress=False).numpy(), losses, rtol=1e-5)
 
 
-def test_bootstrap_interval_matches_an_independent_resampling():
-    from wnb.tracing.nll import bootstrap_interval
+def test_perplexity_interval_matches_an_independent_resampling():
+    from wnb.core.inference import perplexity_of
 
     nll = np.random.default_rng(3).gamma(9.0, 0.3, size=40)  # per-window NLLs, spread like real windows
-    low, high = bootstrap_interval(torch.tensor(nll), n_boot=20_000, seed=1)
+    row = perplexity_of(nll, n_boot=20_000, seed=1)
     rng = np.random.default_rng(11)
     boot = np.exp(nll[rng.integers(0, nll.size, size=(20_000, nll.size))].mean(1))
     ref_low, ref_high = np.percentile(boot, [2.5, 97.5])
     width = ref_high - ref_low
-    assert abs(low - ref_low) < 0.05 * width and abs(high - ref_high) < 0.05 * width
-    assert low < math.exp(nll.mean()) < high
-    assert bootstrap_interval(torch.tensor(nll), n_boot=500, seed=1) == bootstrap_interval(torch.tensor(nll),
-                                                                                          n_boot=500, seed=1)
-    point = bootstrap_interval(torch.tensor([2.0]))
-    assert point[0] == pytest.approx(math.exp(2.0)) and point[1] == pytest.approx(math.exp(2.0))
+    assert abs(row["ppl_low"] - ref_low) < 0.05 * width and abs(row["ppl_high"] - ref_high) < 0.05 * width
+    assert row["ppl_low"] < math.exp(nll.mean()) < row["ppl_high"]
+    assert row["perplexity"] == pytest.approx(math.exp(nll.mean()))
+    assert perplexity_of(nll, n_boot=500, seed=1) == perplexity_of(nll, n_boot=500, seed=1)
+    point = perplexity_of(torch.tensor([2.0]))
+    assert point["ppl_low"] == pytest.approx(math.exp(2.0)) and point["ppl_high"] == pytest.approx(math.exp(2.0))
 
 
 def test_sweep_rows_carry_intervals(tiny_llama, tiny_windows):
