@@ -1,6 +1,5 @@
 """The ``wnb`` command end to end on the bundled model with small budgets: files, values equal to the
 Python API's for the same arguments, the shared cache, --help, and the error cases."""
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import run_cli
+from helpers.cli import DOWN, GATE, SMALL, UP, manifest, run, windows
 
 import wnb
 import wnb.app
@@ -27,21 +26,13 @@ import wnb.model.lm
 import wnb.tracing
 from wnb import cli
 
-GATE, UP, DOWN = (f"model.layers.1.mlp.{leaf}" for leaf in ("gate_proj", "up_proj", "down_proj"))
 # 4 calibration windows of 64 tokens, 1 held-out window: every command runs in seconds.
-SMALL = ["--seq-len", "64", "--windows", "4", "--eval-windows", "1", "-q"]
 
 
-run = run_cli
 
 
-def manifest(folder):
-    return json.loads((folder / "manifest.json").read_text())
 
 
-def windows(seq_len=64, n_calib=4, n_eval=1, seed=0):
-    lm = wnb.load_model(device="cpu")
-    return lm, *wnb.token_windows(lm, wnb.load_corpus(), seq_len, n_calib, n_eval, seed)
 
 
 # ---------------------------------------------------------------- help

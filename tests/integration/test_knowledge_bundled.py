@@ -6,13 +6,6 @@ import pytest
 
 import wnb
 
-WEEK = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-YEAR = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-        "November", "December"]
-CAPITAL = {"France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
-           "Russia": "Moscow", "China": "Beijing", "Egypt": "Cairo", "Greece": "Athens", "England": "London"}
-NUMBER = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "ten": 10, "twelve": 12}
-
 
 @pytest.mark.integration
 def test_bundled_model_knows_most_sums_and_capitals(bundled):

@@ -7,22 +7,13 @@ import json
 
 import pytest
 import torch
+from helpers.saving import (
+    logits_of,
+    no_grad,  # noqa: F401 (fixtures)
+)
 
 import wnb
 import wnb.model
-
-ct = pytest.importorskip("compressed_tensors")
-
-
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():
-        yield
-
-
-def _logits(lm, ids):
-    return lm.model(ids).logits
-
 
 # ---------------------------------------------------------------- pruned checkpoints
 
@@ -34,7 +25,7 @@ def test_bundled_hf_checkpoint_keeps_tied_embeddings(bundled, tmp_path):
     layers = wnb.ffn_layers(bundled)[:3]
     ids = bundled.tokenizer("The cat sat on the mat because it was warm.", return_tensors="pt").input_ids
     with wnb.pruned(bundled, method="magnitude", sparsity="2:4", layers=layers, progress=False) as report:
-        expected = _logits(bundled, ids)
+        expected = logits_of(bundled, ids)
         path = wnb.save_pruned(bundled, tmp_path / "smol", format="compressed-tensors", report=report)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     assert model.lm_head.weight is model.model.embed_tokens.weight

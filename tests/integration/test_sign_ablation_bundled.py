@@ -3,7 +3,7 @@ the matched control's bisection, the depth profile, and bad input refused before
 from __future__ import annotations
 
 import pytest
-import torch
+from helpers.sign import scores, windows  # noqa: F401 (fixtures)
 
 import wnb
 import wnb.core
@@ -12,15 +12,8 @@ import wnb.core.inference
 # ---------------------------------------------------------------- the clamp
 
 
-@pytest.fixture(scope="module")
-def windows():
-    gen = torch.Generator().manual_seed(7)
-    return torch.randint(0, 128, (6, 24), generator=gen), torch.randint(0, 128, (6, 24), generator=gen)
 
 
-@pytest.fixture(scope="module")
-def scores(tiny_llama, windows):
-    return wnb.wasserstein_scores(tiny_llama, windows[0], progress=False)
 
 
 @pytest.mark.integration

@@ -4,11 +4,8 @@ References are independent of wnb: layer outputs come from plain PyTorch forward
 scipy's wasserstein_distance against 10^6 exact normal quantiles.
 """
 
-import numpy as np
 import pytest
-import torch
-from helpers import hooked_outputs as plain_hook
-from scipy import stats
+from helpers.widgets import USER_CACHE, app, isolated_widget_cache, table_rows, windows  # noqa: F401 (fixtures)
 
 import wnb
 import wnb.app
@@ -24,45 +21,6 @@ import wnb.tracing
 import wnb.tracing.nll
 import wnb.widgets as ww
 from wnb.app.session import Session
-
-NORMAL_QUANTILES = stats.norm.ppf((np.arange(10**6) + 0.5) / 10**6)
-USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
-LAYER = "model.layers.1.mlp.gate_proj"
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("WNB_STRICT", raising=False)
-
-
-@pytest.fixture
-def windows():
-    g = torch.Generator().manual_seed(5)
-    return torch.randint(0, 128, (8, 16), generator=g), torch.randint(0, 128, (2, 16), generator=g)
-
-
-def make_session(lm, windows, seed=0):
-    calib, held_out = windows
-    return Session(lm=lm, calib=calib, held_out=held_out, budget="small", seed=seed)
-
-
-def hooked_outputs(lm, name, windows):
-    """:func:`helpers.hooked_outputs` as a float64 numpy array."""
-    return plain_hook(lm, name, windows).double().numpy()
-
-
-def table_rows(view):
-    """(rank, neuron, wd) parsed from the pick list the user sees."""
-    return [tuple(float(v) for v in label.split()[:3]) for label, _ in view.table.options]
-
-
-@pytest.fixture
-def app(tiny_llama, windows):
-    app = ww.App(session=make_session(tiny_llama, windows))
-    app.start()
-    assert app.neurons.last_error is None, app.neurons.last_error
-    return app
 
 
 @pytest.mark.integration

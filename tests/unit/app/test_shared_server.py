@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 from helpers import hooked_outputs
+from helpers.widgets import LAYER, USER_CACHE, isolated_widget_cache, windows  # noqa: F401 (fixtures)
 
 import wnb
 import wnb.app
@@ -24,24 +25,10 @@ from wnb.app.session import Session
 from wnb.core import cache, jobs
 from wnb.model import state
 
-USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
 BUNDLED_COPY = USER_CACHE / "models" / f"{wnb.model.bundled.BUNDLED}-float32"  # made by the `bundled` fixture
-LAYER = "model.layers.1.mlp.gate_proj"
 DOWNSTREAM = "model.layers.2.mlp.gate_proj"  # its outputs change when LAYER is pruned
 DENSE_KINDS = ("capture", "neuron_table", "held_capture", "pruned_weight", "overview", "sign_quadrants",
                "layer_study", "sign_scores")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("WNB_STRICT", raising=False)
-
-
-@pytest.fixture
-def windows():
-    g = torch.Generator().manual_seed(5)
-    return torch.randint(0, 128, (8, 16), generator=g), torch.randint(0, 128, (2, 16), generator=g)
 
 
 def entries():

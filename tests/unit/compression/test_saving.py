@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import tiny_word_llama
+from helpers.saving import (
+    logits_of,
+    no_grad,  # noqa: F401 (fixtures)
+)
 
 import wnb
 import wnb.model
@@ -19,21 +23,11 @@ from wnb.compression import checkpoint, expansion_io
 from wnb.core import files
 from wnb.model.architectures import layer_weight
 
-ct = pytest.importorskip("compressed_tensors")
-
-
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():
-        yield
-
 
 def _windows(vocab: int, seed: int = 1, n: int = 6, length: int = 16) -> torch.Tensor:
     return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _logits(lm, ids):
-    return lm.model(ids).logits
 
 
 # ---------------------------------------------------------------- pruned checkpoints
@@ -46,7 +40,7 @@ def test_hf_checkpoint_reloads_with_transformers_alone(tmp_path, sparsity):
     vocab = lm.model.config.vocab_size
     ids = _windows(vocab, seed=2, n=2, length=12)
     with wnb.pruned(lm, method="sparsegpt", sparsity=sparsity, calib=_windows(vocab), progress=False) as report:
-        expected = _logits(lm, ids)
+        expected = logits_of(lm, ids)
         weights = {n: layer_weight(lm, n).detach().clone() for n in report}
         path = wnb.save_pruned(lm, tmp_path / "ckpt", format="hf")
     assert path == tmp_path / "ckpt"
@@ -63,7 +57,7 @@ def test_hf_checkpoint_reloads_with_transformers_alone(tmp_path, sparsity):
     manifest = json.loads((path / checkpoint.PRUNED_MANIFEST).read_text())
     assert manifest["sparsity_structure"] == ("2:4" if sparsity == "2:4" else "unstructured")
     assert set(manifest["layers"]) == set(report)
-    assert not torch.equal(_logits(lm, ids), expected)  # the live model is dense again; the checkpoint is not
+    assert not torch.equal(logits_of(lm, ids), expected)  # the live model is dense again; the checkpoint is not
 
 
 def test_hf_checkpoint_of_each_family(tiny, tmp_path):
@@ -72,7 +66,7 @@ def test_hf_checkpoint_of_each_family(tiny, tmp_path):
 
     ids = _windows(tiny.model.config.vocab_size, seed=4, n=2, length=10)
     with wnb.pruned(tiny, method="magnitude", sparsity="2:4", progress=False):
-        expected = _logits(tiny, ids)
+        expected = logits_of(tiny, ids)
         path = wnb.save_pruned(tiny, tmp_path / "ckpt", format="compressed-tensors")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     assert torch.equal(model(ids).logits, expected)
@@ -95,7 +89,7 @@ def test_compressed_tensors_config_names_the_structure(tmp_path, sparsity, struc
     vocab = lm.model.config.vocab_size
     ids = _windows(vocab, seed=2, n=2, length=12)
     with wnb.pruned(lm, method="wanda", sparsity=sparsity, calib=_windows(vocab), progress=False) as report:
-        expected = _logits(lm, ids)
+        expected = logits_of(lm, ids)
         path = wnb.save_pruned(lm, tmp_path / "ct", format="compressed-tensors", report=report)
         detected = wnb.save_pruned(lm, tmp_path / "ct-detected", format="compressed-tensors")  # no report
     block = json.loads((path / "config.json").read_text())["quantization_config"]
@@ -210,10 +204,10 @@ def test_save_pruned_refusals(tmp_path, tiny_llama, tiny_windows):
 
 def _expand_and_save(lm, windows, folder, **kw):
     ids = _windows(lm.model.config.vocab_size, seed=3, n=2, length=12)
-    dense = _logits(lm, ids)
+    dense = logits_of(lm, ids)
     with wnb.expanded(lm, n_experts=2, calib=windows, pca_factor=kw.pop("pca_factor", 4), progress=False,
                       **kw) as expansion:
-        expected = _logits(lm, ids)
+        expected = logits_of(lm, ids)
         report = expansion.report()
         wnb.save_expanded(lm, folder, expansion, settings={"n_experts": 2, "sparsity": "50%", "seed": 0})
     return ids, dense, expected, report
@@ -222,9 +216,9 @@ def _expand_and_save(lm, windows, folder, **kw):
 @pytest.mark.parametrize("pca_factor", [4, None])
 def test_load_expanded_gives_identical_logits(tiny, tiny_windows, tmp_path, pca_factor):
     ids, dense, expected, report = _expand_and_save(tiny, tiny_windows, tmp_path / "exp", pca_factor=pca_factor)
-    assert torch.equal(_logits(tiny, ids), dense)
+    assert torch.equal(logits_of(tiny, ids), dense)
     with wnb.load_expanded(tiny, tmp_path / "exp") as expansion:
-        assert torch.equal(_logits(tiny, ids), expected)
+        assert torch.equal(logits_of(tiny, ids), expected)
         assert isinstance(expansion, wnb.Expansion)
         assert expansion.report().equals(report)
         routers = {id(layer.router) for layer in expansion.layers.values()}
@@ -234,7 +228,7 @@ def test_load_expanded_gives_identical_logits(tiny, tiny_windows, tmp_path, pca_
         with pytest.raises(wnb.WnbError, match="already in place"):
             with wnb.load_expanded(tiny, tmp_path / "exp"):
                 pass
-    assert torch.equal(_logits(tiny, ids), dense)
+    assert torch.equal(logits_of(tiny, ids), dense)
     manifest = json.loads((tmp_path / "exp" / expansion_io.EXPANSION_MANIFEST).read_text())
     assert manifest["settings"] == {"n_experts": 2, "sparsity": "50%", "seed": 0}
     assert {p.name for p in (tmp_path / "exp").iterdir()} == {expansion_io.EXPANSION_MANIFEST, expansion_io.ROUTERS_FILE,
@@ -246,7 +240,7 @@ def test_load_expanded_keeps_quantized_experts(tiny_llama, tiny_windows, tmp_pat
     manifest = json.loads((tmp_path / "exp" / expansion_io.EXPANSION_MANIFEST).read_text())
     assert (manifest["bits"], manifest["group_size"]) == (4, 16)
     with wnb.load_expanded(tiny_llama, tmp_path / "exp") as expansion:
-        assert torch.equal(_logits(tiny_llama, ids), expected)
+        assert torch.equal(logits_of(tiny_llama, ids), expected)
         assert (expansion.bits, expansion.group_size) == (4, 16)
 
 
@@ -254,9 +248,9 @@ def test_load_expanded_restores_dense_after_an_error(tiny_llama, tiny_windows, t
     ids, dense, expected, _ = _expand_and_save(tiny_llama, tiny_windows, tmp_path / "exp")
     with pytest.raises(RuntimeError, match="inside"):
         with wnb.load_expanded(tiny_llama, tmp_path / "exp"):
-            assert torch.equal(_logits(tiny_llama, ids), expected)
+            assert torch.equal(logits_of(tiny_llama, ids), expected)
             raise RuntimeError("inside")
-    assert torch.equal(_logits(tiny_llama, ids), dense)
+    assert torch.equal(logits_of(tiny_llama, ids), dense)
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +288,7 @@ def _refused(lm, folder, saved, match):
     with pytest.raises(wnb.WnbError, match=match):
         with wnb.load_expanded(lm, folder):
             pass
-    assert torch.equal(_logits(lm, saved[1]), saved[2])  # the model was not touched
+    assert torch.equal(logits_of(lm, saved[1]), saved[2])  # the model was not touched
 
 
 def test_a_pickle_renamed_to_safetensors_cannot_run(tiny_llama, saved, tmp_path):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.sign import scores, windows  # noqa: F401 (fixtures)
 from scipy import stats
 
 import wnb
@@ -229,15 +230,8 @@ def test_bad_input_is_refused_before_any_hook(tiny_llama, neurons, side, match):
 
 # ---------------------------------------------------------------- selections and the study
 
-@pytest.fixture(scope="module")
-def windows():
-    gen = torch.Generator().manual_seed(7)
-    return torch.randint(0, 128, (6, 24), generator=gen), torch.randint(0, 128, (6, 24), generator=gen)
 
 
-@pytest.fixture(scope="module")
-def scores(tiny_llama, windows):
-    return wnb.wasserstein_scores(tiny_llama, windows[0], progress=False)
 
 
 def test_wasserstein_scores_match_layer_wd(tiny_llama, windows, scores):

@@ -6,13 +6,12 @@ import re
 import pytest
 import torch
 from helpers import VOCAB
+from helpers.highlight import HOSTILE, hook_values
 
 import wnb
 import wnb.reading
 from wnb.errors import WnbError
 from wnb.reading.highlight import colour
-
-HOSTILE = 'Hi <script>alert(1)</script> & "you" &amp; <b>bold</b>\nnext'
 
 
 class CharTokenizer:
@@ -35,13 +34,6 @@ def char_llama(tiny_llama):
     return dataclasses.replace(tiny_llama, tokenizer=CharTokenizer())
 
 
-def hook_values(lm, layer, ids, neuron):
-    seen = []
-    handle = lm.model.get_submodule(layer).register_forward_hook(lambda m, a, o: seen.append(o[0, :, neuron].clone()))
-    with torch.no_grad():
-        lm.model(torch.tensor([ids]))
-    handle.remove()
-    return seen[0]
 
 
 def spans(page):

@@ -12,7 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import hooked_outputs as plain_hook
+from helpers.widgets import (  # noqa: F401 (fixtures)
+    LAYER,
+    NORMAL_QUANTILES,
+    app,
+    hooked_outputs,
+    isolated_widget_cache,
+    make_session,
+    table_rows,
+    windows,
+)
 from scipy import stats
 
 import wnb
@@ -30,32 +39,6 @@ import wnb.tracing.nll
 import wnb.widgets as ww
 from wnb.app.session import Session
 
-NORMAL_QUANTILES = stats.norm.ppf((np.arange(10**6) + 0.5) / 10**6)
-USER_CACHE = wnb.cache_dir()  # before the fixtures point WNB_CACHE at a temporary folder
-LAYER = "model.layers.1.mlp.gate_proj"
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("WNB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("WNB_STRICT", raising=False)
-
-
-@pytest.fixture
-def windows():
-    g = torch.Generator().manual_seed(5)
-    return torch.randint(0, 128, (8, 16), generator=g), torch.randint(0, 128, (2, 16), generator=g)
-
-
-def make_session(lm, windows, seed=0):
-    calib, held_out = windows
-    return Session(lm=lm, calib=calib, held_out=held_out, budget="small", seed=seed)
-
-
-def hooked_outputs(lm, name, windows):
-    """:func:`helpers.hooked_outputs` as a float64 numpy array."""
-    return plain_hook(lm, name, windows).double().numpy()
-
 
 def reference_wd(column):
     z = (column - column.mean()) / column.std()
@@ -66,17 +49,8 @@ def png_of(out):
     return base64.b64decode(out.outputs[0]["data"]["image/png"]) if out.outputs else None
 
 
-def table_rows(view):
-    """(rank, neuron, wd) parsed from the pick list the user sees."""
-    return [tuple(float(v) for v in label.split()[:3]) for label, _ in view.table.options]
 
 
-@pytest.fixture
-def app(tiny_llama, windows):
-    app = ww.App(session=make_session(tiny_llama, windows))
-    app.start()
-    assert app.neurons.last_error is None, app.neurons.last_error
-    return app
 
 
 def test_start_lists_every_neuron_ranked_by_wd(app, tiny_llama, windows):

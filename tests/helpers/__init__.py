@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import wnb
-from wnb import cli
+from wnb.cli import main as wnb_main
 from wnb.experiments import agreement
 
 VOCAB = 128
@@ -36,7 +36,7 @@ def hooked_outputs(lm, name, windows):
 def run_cli(*argv) -> int:
     """The ``wnb`` command's exit status; argparse's own refusals (SystemExit 2) count as one too."""
     try:
-        return cli.main([str(a) for a in argv])
+        return wnb_main([str(a) for a in argv])
     except SystemExit as exit_:
         return exit_.code
 
