@@ -12,7 +12,7 @@ from wnb.cli import main as wnb_main
 from wnb.experiments import agreement
 
 VOCAB = 128
-ROOT = Path(__file__).resolve().parents[1]  # the repository
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 def tiny_model(config_cls, model_cls, **kwargs):

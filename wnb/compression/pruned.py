@@ -38,6 +38,7 @@ from wnb.model.architectures import (
     ffn_layers,
     forward_order,
     layer_bias,
+    layer_outputs,
     layer_weight,
     module,
     set_layer_weight,
@@ -290,9 +291,6 @@ def _rows_for(lm, name, x, weight, plan, fraction, seed):
 
     outputs = None
     if plan in ("wd", "mean", "variance"):
-        outputs = x @ weight.to("cpu", torch.float32).T
-        bias = layer_bias(lm, name)
-        if bias is not None:
-            outputs += bias.detach().to("cpu", torch.float32)
+        outputs = layer_outputs(x.to("cpu"), weight, layer_bias(lm, name))
     layer_seed = int(seed) * 1_000_003 + forward_order(lm).index(name)
     return select_neurons(plan, outputs=outputs, weight=weight, fraction=fraction, seed=layer_seed)

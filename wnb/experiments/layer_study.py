@@ -27,7 +27,12 @@ from wnb.compression.router import check_router_args
 from wnb.compression.sparsity import check_nm, parse_sparsity
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.architectures import check_layers, layer_bias, layer_weight
+from wnb.model.architectures import (
+    check_layers,
+    layer_bias,
+    layer_outputs,
+    layer_weight,
+)
 from wnb.scoring.comparison import output_rmse
 from wnb.scoring.mapping import mapping_difficulty
 from wnb.scoring.tables import output_moments
@@ -57,8 +62,7 @@ class LayerStudy:
             weights = {"dense": self.weight, "sparsegpt": self.sparsegpt}
             if which not in weights:
                 raise WnbError(f"unknown outputs {which!r}; choose dense, sparsegpt or expansion")
-            y = x @ weights[which].T
-            return y + self.bias if self.bias is not None else y
+            return layer_outputs(x, weights[which], self.bias)
 
     def labels(self, on: str = "held_out") -> torch.Tensor:
         """Expert of every token."""

@@ -16,7 +16,13 @@ from wnb.compression.quantize import check_quant, key_parts
 from wnb.compression.sparsity import check_method, sparsity_label
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.architectures import check_layers, ffn_layers, layer_bias, layer_weight
+from wnb.model.architectures import (
+    check_layers,
+    ffn_layers,
+    layer_bias,
+    layer_outputs,
+    layer_weight,
+)
 from wnb.scoring.selection import CRITERIA
 from wnb.tracing.nll import perplexity_interval
 
@@ -111,9 +117,7 @@ class _ErrorMeter:
 
     def __call__(self, module, args, output):
         x = args[0].reshape(-1, args[0].shape[-1]).float()
-        dense = x @ self.weight.to(x.device).T
-        if self.bias is not None:
-            dense += self.bias.to(x.device)
+        dense = layer_outputs(x, self.weight, self.bias)
         self.err += float((output.reshape(dense.shape).float() - dense).square().sum())
         self.ref += float(dense.square().sum())
 
