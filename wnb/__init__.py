@@ -45,7 +45,7 @@ _API = {
     "wnb.experiments.sign_ablation": ("selection_table", "sign_ablation_depth", "sign_ablation_study",
         "study_selections", "wasserstein_scores"),
     "wnb.experiments.surprisal": ("FUNCTION_WORDS", "surprisal_by_class", "token_class", "token_classes",
-        "token_surprisal", "top_surprisal_tokens"),
+        "token_surprisal", "token_tags", "top_surprisal_tokens"),
     "wnb.experiments.sweeps": ("ablation", "expansion_sweep", "sweep"),
     "wnb.experiments.tasks": ("evaluate_tasks",),
     "wnb.experiments.tse": ("tse_pairs",),
