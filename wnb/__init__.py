@@ -21,6 +21,7 @@ from wnb.core.version import VERSION as __version__
 # home module: the public names it gives
 _API = {
     "wnb.compression.checkpoint": ("save_pruned",),
+    "wnb.compression.patches": ("activation_patched",),
     "wnb.compression.clamp": ("sign_ablated",),
     "wnb.compression.expansion": ("expand_layer", "expanded", "Expansion", "RoutedLayer"),
     "wnb.compression.expansion_io": ("load_expanded", "save_expanded"),
@@ -36,6 +37,7 @@ _API = {
     "wnb.data.positions": ("drop_positions", "position_profile", "position_tail_share"),
     "wnb.data.windows": ("token_windows",),
     "wnb.errors": ("WnbError",),
+    "wnb.experiments.interventions": ("intervention_study",),
     "wnb.experiments.knowledge": ("knowledge_pairs",),
     "wnb.experiments.layer_study": ("entanglement_change", "expert_outputs", "LayerStudy", "relative_improvement",
         "ri_regression", "study_layer", "token_shares"),
