@@ -65,6 +65,7 @@ _API = {
     "wnb.scoring.comparison": ("neuron_errors", "output_rmse", "output_shift"),
     "wnb.scoring.layers": ("layer_scores", "layer_statistics", "overview"),
     "wnb.scoring.mapping": ("mapping_difficulty", "pair_distances"),
+    "wnb.scoring.negative_mass": ("negative_mass",),
     "wnb.scoring.selection": ("matched_candidates", "select_matched", "select_neurons", "select_random",
         "select_wasserstein"),
     "wnb.scoring.sign": ("gate_up_quadrants", "shape_statistics", "sign_quadrants", "wasserstein_split"),
