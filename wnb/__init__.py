@@ -37,6 +37,7 @@ _API = {
     "wnb.data.positions": ("drop_positions", "position_profile", "position_tail_share"),
     "wnb.data.windows": ("token_windows",),
     "wnb.errors": ("WnbError",),
+    "wnb.experiments.checkpoints": ("checkpoint_study",),
     "wnb.experiments.dissociation": ("dissociation_summary", "double_dissociation"),
     "wnb.experiments.interventions": ("intervention_study",),
     "wnb.experiments.knowledge": ("knowledge_pairs",),
