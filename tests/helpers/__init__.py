@@ -89,3 +89,12 @@ def tiny_word_llama(tokenizer=None, seed: int = 0, layers: int = 2):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     model = LlamaForCausalLM(config).eval()
     return wnb.wrap_model(model, tokenizer if tokenizer is not None else word_tokenizer(), name="tiny-word-llama")
+
+
+def tiny_opt(layers: int = 3):
+    """A tiny random OPT (ReLU after ``fc1``: the follow-up's contrast to smooth activations), no tokenizer."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    return tiny_model(OPTConfig, OPTForCausalLM, vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=layers,
+                      num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=0,
+                      eos_token_id=0, pad_token_id=1)

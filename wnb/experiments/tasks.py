@@ -31,6 +31,7 @@ from wnb.compression.expansion import expanded
 from wnb.compression.pruned import pruned
 from wnb.core.checks import check_float, check_int
 from wnb.errors import WnbError
+from wnb.experiments.knowledge import knowledge_pairs
 from wnb.experiments.minimal_pairs import minimal_pairs
 from wnb.experiments.sweeps import run_counter
 from wnb.model.lm import require_local
@@ -128,7 +129,8 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     ``tasks`` is a task (or group) name or a list of them; ``limit`` caps the documents per task (an
     integer, or a fraction below 1); ``batch_size`` documents per forward. ``include_path`` is a folder
     of your own task YAMLs (lm-eval's ``TaskManager(include_path=...)``); without one, ``wnb_agreement``
-    is :func:`agreement_task` with ``seed``, written into a fresh temporary folder for this run. ``num_fewshot`` overrides the
+    is :func:`agreement_task` and ``wnb_knowledge`` :func:`knowledge_task`, with ``seed``, written into a
+    fresh temporary folder for this run. ``num_fewshot`` overrides the
     tasks' own; ``bootstrap_iters`` sizes the bootstrap of metrics whose standard error has no closed
     form (means have one); ``seed`` seeds lm-eval's sampling (the global generators are put back
     afterwards). Runs under the model's own dtype and device; call it inside ``with wnb.pruned(...)``,
@@ -159,9 +161,11 @@ def evaluate_tasks(lm, tasks, limit=None, batch_size: int = 8, include_path=None
     if max_length is not None:
         max_length = check_int(max_length, "max_length")
     with contextlib.ExitStack() as stack:
-        if include_path is None and AGREEMENT_TASK in names:  # wnb's own task, written afresh for this run
+        own = [t for t in names if t in OWN_TASKS]
+        if include_path is None and own:  # wnb's own tasks, written afresh for this run
             include_path = stack.enter_context(_fresh_folder())
-            agreement_task(seed=seed, folder=include_path)
+            for name in own:
+                OWN_TASKS[name](seed=seed, folder=include_path)
             stack.callback(_managers.pop, (str(Path(include_path).resolve()), False), None)
             stack.callback(_managers.pop, (str(Path(include_path).resolve()), True), None)
         return _evaluate(lm, names, limit, batch_size, include_path, num_fewshot, bootstrap_iters, seed, max_length)
@@ -245,31 +249,54 @@ def agreement_task(n: int = 20, seed: int = 0, folder=None) -> Path:
     sentence first, each scored by its total log-probability after the tokenizer's start token (lm-eval's
     empty context), so ``acc`` is the minimal-pair accuracy. Needs no network, which the standard tasks do.
 
-    Written into ``folder`` (made if missing; it must not hold a task already), by default a fresh
+    Written into ``folder`` (made if missing; it must not hold this task already), by default a fresh
     temporary folder that the caller removes. :func:`evaluate_tasks` writes it afresh for every run and
     removes it afterwards: lm-eval runs Python that a task YAML names (``!function``), so it is never read
     from a place others can write, such as the shared cache."""
 
 
     n, seed = check_int(n, "n"), check_int(seed, "seed", 0)
+    return pairs_task(AGREEMENT_TASK, minimal_pairs("agreement", n=n, seed=seed), seed, folder,
+                      f"wnb's agreement minimal pairs ({n} per construction, seed {seed}); written by wnb.agreement_task")
+
+
+KNOWLEDGE_TASK = "wnb_knowledge"
+
+
+def knowledge_task(n: int = 20, seed: int = 0, folder=None) -> Path:
+    """A folder holding an lm-eval task ``wnb_knowledge``: wnb's knowledge items (facts, sums, counts:
+    :func:`wnb.knowledge_pairs`, ``n`` per phenomenon, ``seed``), both sentences grammatical, as two-choice
+    items written and scored as :func:`agreement_task`'s. The non-grammatical side of the follow-up's double
+    dissociation, offline (:func:`wnb.experiments.dissociation.double_dissociation`)."""
+    n, seed = check_int(n, "n"), check_int(seed, "seed", 0)
+    return pairs_task(KNOWLEDGE_TASK, knowledge_pairs(n=n, seed=seed), seed, folder,
+                      f"wnb's knowledge items ({n} per phenomenon, seed {seed}); written by wnb.experiments.tasks.knowledge_task")
+
+
+def pairs_task(name: str, pairs: list[dict], seed: int, folder, comment: str) -> Path:
+    """Write pairs (``{"good", "bad", "phenomenon"}``) as the lm-eval task ``name`` into ``folder`` (made if
+    missing; a fresh temporary folder by default), shuffled with ``seed``; refuses a folder that already
+    holds a task of that name. See :func:`agreement_task`."""
     folder = Path(tempfile.mkdtemp(prefix="wnb-task-")) if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if any(folder.iterdir()):
-        raise WnbError(f"{folder} is not empty; agreement_task writes into a new or empty folder")
-    pairs = minimal_pairs("agreement", n=n, seed=seed)
-    order = random.Random(seed).sample(range(len(pairs)), len(pairs))  # so that a limit takes every construction
+    if any((folder / f"{name}{suffix}").exists() for suffix in (".jsonl", ".yaml")):
+        raise WnbError(f"{folder} already holds a task {name}; write it into a new folder")
+    order = random.Random(seed).sample(range(len(pairs)), len(pairs))  # so that a limit takes every phenomenon
     docs = [{"query": "", "choices": [pairs[i]["good"], pairs[i]["bad"]], "label": 0,
              "phenomenon": pairs[i]["phenomenon"]} for i in order]
-    (folder / f"{AGREEMENT_TASK}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    data = json.dumps(str(folder / f"{AGREEMENT_TASK}.jsonl"))  # a JSON string is a YAML string
-    (folder / f"{AGREEMENT_TASK}.yaml").write_text(
-        f"# wnb's agreement minimal pairs ({n} per construction, seed {seed}); written by wnb.agreement_task\n"
-        f"task: {AGREEMENT_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    data = json.dumps(str(folder / f"{name}.jsonl"))  # a JSON string is a YAML string
+    (folder / f"{name}.yaml").write_text(
+        f"# {comment}\n"
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{query}}\"\n"
         "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{label}}\"\ntarget_delimiter: \"\"\n"
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
         "metadata:\n  version: 1.0\n")
     return folder
+
+
+OWN_TASKS = {AGREEMENT_TASK: agreement_task, KNOWLEDGE_TASK: knowledge_task}
 
 
 def compare_tasks(lm, calib, tasks, layers=None, n_experts: int = 16, sparsity=0.5, bits: int | None = None,

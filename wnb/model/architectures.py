@@ -177,3 +177,28 @@ def block_index(name: str) -> int:
         if re.fullmatch(r"\d+", part):
             return int(part)
     raise WnbError(f"layer name {name!r} has no block number; pass blocks= explicitly")
+
+
+# ---------------------------------------------------------------- the activation after a first FFN projection
+
+# The attribute that holds the activation applied to the first projection's output, on the module holding
+# that projection: Llama/Mistral/Qwen2/Gemma mlp.act_fn, GPT-NeoX and GPT-2 mlp.act, OPT's decoder layer
+# activation_fn (fc1 and fc2 sit on the layer itself).
+ACTIVATION_ATTRIBUTES = ("act_fn", "act", "activation_fn")
+
+
+def activation_module(lm: LM, layer: str) -> str:
+    """Name of the activation module applied to the outputs of ``layer``, a first FFN projection
+    (``model.layers.3.mlp.gate_proj`` → ``model.layers.3.mlp.act_fn``); WnbError for any other layer or a
+    family whose activation is not a module."""
+    (layer,) = check_layers(lm, [layer])
+    parent, _, leaf = layer.rpartition(".")
+    if leaf not in FIRST_FFN_LEAVES:
+        raise WnbError(f"{layer!r} is not the first projection of an FFN ({', '.join(FIRST_FFN_LEAVES)}); the "
+                       f"activation follows those (wnb.first_ffn_layers(lm) lists them)")
+    holder = lm.model.get_submodule(parent)
+    for attribute in ACTIVATION_ATTRIBUTES:
+        if isinstance(getattr(holder, attribute, None), nn.Module):
+            return f"{parent}.{attribute}"
+    raise WnbError(f"no activation module found beside {layer!r} (looked for {', '.join(ACTIVATION_ATTRIBUTES)} "
+                   f"on {parent or 'the model'})")
