@@ -18,7 +18,14 @@ from collections.abc import Mapping
 import pandas as pd
 from tqdm.auto import tqdm
 
-from wnb.compression.patches import INTERVENTIONS, PATCHES, check_intervention, intervened, patch_plan
+from wnb.compression.patches import (
+    INTERVENTIONS,
+    PATCHES,
+    check_intervention,
+    intervened,
+    patch_plan,
+)
+from wnb.core.inference import perplexity_of
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.experiments.minimal_pairs import check_pairs
@@ -30,8 +37,14 @@ from wnb.experiments.sign_statistics import (
     compare_rows,
 )
 from wnb.model.lm import require_local
-from wnb.scoring.selection import check_fraction, check_scores, count_per_layer, select_random, select_wasserstein
-from wnb.tracing.nll import interval_of, token_nll
+from wnb.scoring.selection import (
+    check_fraction,
+    check_scores,
+    count_per_layer,
+    select_random,
+    select_wasserstein,
+)
+from wnb.tracing.nll import token_nll
 
 # the negative-side clamp (the follow-up's intervention), its mirror, and the two patches
 DEFAULT_INTERVENTIONS = ("negative", "positive", "posrelu", "signflip")
@@ -49,7 +62,7 @@ def measure(lm, held_out, selection: Mapping, intervention: str = "negative", pa
     with intervened(lm, selection, intervention):
         if held_out is not None:
             nll = token_nll(lm, held_out, batch_size=batch_size, progress=progress)
-            row.update(interval_of(nll))
+            row.update(perplexity_of(nll))
             raw["nll"] = nll.double().mean(1).numpy()
         if pairs is not None:
             raw["scores"] = minimal_pair_scores(lm, pairs, batch_size=pair_batch_size, progress=progress, score=score)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from helpers import hooked_outputs, tiny_opt
 from matplotlib.figure import Figure
 from scipy import stats
