@@ -8,11 +8,8 @@ import torch
 from wnb.app.layers import OVERVIEW_BATCH_TOKENS
 from wnb.core import cache
 from wnb.experiments.minimal_pairs import minimal_pairs
-from wnb.experiments.sign_ablation import (
-    ablated_nll,
-    sign_ablation_depth,
-    sign_ablation_study,
-)
+from wnb.experiments.sign_ablation import ablated_nll, sign_ablation_study
+from wnb.experiments.sign_depth import sign_ablation_depth
 from wnb.experiments.surprisal import (
     surprisal_by_class,
     token_surprisal,

@@ -165,3 +165,4 @@ neurons as it takes to cost the same perplexity), and one twin per Wasserstein n
 ``variance`` (the closest output variance), ``tokens`` (tails on the same tokens), ``positions`` (tails at the
 same positions in the window); :mod:`wnb.scoring.controls`."""
 DEFAULT_CONTROLS = ("random", "matched")
+SEEDED_CONTROLS = ("random", "matched")  # a row per seed; the twins have none
