@@ -54,10 +54,10 @@ def first_token_prefix(tokenizer, rule: str = "wnb") -> str | None:
     return None if rule == "wnb" else tokenizer_prefix(tokenizer)
 
 
-def pair_sets(names, n: int | None = 100, seed: int = 0) -> list[dict]:
+def pair_sets(names, n=100, seed: int = 0) -> list[dict]:
     """The pairs of every set in ``names`` (sources or JSONL paths, :func:`minimal_pairs`), ``n`` per
-    phenomenon of each (None: all), each pair with its ``set``; with several sets each phenomenon reads
-    ``<set>/<phenomenon>``."""
+    phenomenon of each (None: all; a mapping gives each set's, by name, default 100), each pair with its
+    ``set``; with several sets each phenomenon reads ``<set>/<phenomenon>``."""
     names = [names] if isinstance(names, (str, Path)) else list(names)
     if not names:
         raise WnbError("no minimal-pair sets named; choose from " + ", ".join(SOURCES) + " or a JSONL path")
@@ -66,7 +66,8 @@ def pair_sets(names, n: int | None = 100, seed: int = 0) -> list[dict]:
     out = []
     for name in names:
         short = set_of(name)
-        for pair in minimal_pairs(str(name), n=n, seed=seed):
+        count = n.get(str(name), 100) if isinstance(n, dict) else n
+        for pair in minimal_pairs(str(name), n=count, seed=seed):
             phenomenon = pair["phenomenon"] if len(names) == 1 else f"{short}/{pair['phenomenon']}"
             out.append({**pair, "phenomenon": phenomenon, "set": short})
     return out
