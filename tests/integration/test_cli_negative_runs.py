@@ -29,6 +29,8 @@ def test_files_and_values_equal_the_api(tmp_path, isolated_cache, capsys):
     assert run(*argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["command"] == "negative"
+    differences = " ".join(manifest["differences_from_the_paper"])
+    assert "no TSE" in differences and "ranked on 128 tokens of bundled in windows of 64" in differences
     for name in ("study.csv", "stability.csv", "neurons.csv", "minimal_pairs.csv", "perplexity.png",
                  "minimal_pairs.png", "surprisal_by_class.csv", "surprisal_by_group.csv", "top_tokens.csv",
                  "surprisal.png", "depth.csv", "depth.png"):

@@ -15,6 +15,7 @@ from wnb.experiments.pair_sets import first_token_prefix, pair_sets
 from wnb.experiments.sign_ablation import ablated_nll, selection_table, sign_ablation_study, study_selections
 from wnb.experiments.sign_controls import study_fields, study_statistics
 from wnb.experiments.sign_depth import sign_ablation_depth
+from wnb.experiments.sign_setting import setting_differences
 from wnb.experiments.surprisal import surprisal_by_class, token_surprisal, top_surprisal_tokens
 from wnb.scoring.layers import default_budget
 from wnb.scoring.selection import DEFAULT_CONTROLS, matched_candidates, select_matched, select_wasserstein
@@ -136,6 +137,15 @@ class Negative:
         scores = {n: s["wd"] for n, s in stats.items()}
         chosen = study_selections(study, scores, statistics=stats, windows=self.sign_windows()[0])
         return selection_table(chosen, scores)
+
+    def sign_setting(self, study: pd.DataFrame, tokens: int | None = None) -> list[str]:
+        """How the run of ``study`` differs from the follow-up's setting, in words
+        (:func:`wnb.experiments.sign_setting.setting_differences`)."""
+        calib, held_out = self.sign_windows()
+        return setting_differences(study, {
+            "model": self.model_name, "corpus": self.corpus, "seq_len": calib.shape[1],
+            "calib_tokens": min(int(tokens or calib.numel()), calib.numel()), "held_out_windows": len(held_out),
+            "held_out_text": self.held_out_text})
 
     def sign_depth(self, layers, fraction: float = 0.01, side: str = "negative", pairs=None,
                    tokens: int | None = None, progress: bool = True, skip_first: int = 0,

@@ -129,6 +129,7 @@ def run(args, run: RunFolder, session) -> str:
                                   tolerance=args.tolerance, progress=not args.quiet, pool=args.pool,
                                   pair_score=args.pair_score, first_token=args.first_token, **options)
     stability = session.sign_stability(layers, args.fraction, progress=False, **options)
+    run.note(differences_from_the_paper=session.sign_setting(study, args.max_tokens))
     _write_study(args, run, session, study, stability, pairs, layers)
     what = f"{lm.name}: {args.side} side, top {args.fraction:.1%} of {len(layers)} layer(s)"
     _write_surprisal(args, run, session, study, layers, what)

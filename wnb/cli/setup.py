@@ -135,6 +135,8 @@ def open_session(args, run: RunFolder):
     calib, held_out = cut_windows(args, lm, text, eval_text, (seq_len, n_calib, n_eval))
     session = Session(args.model, args.corpus, args.budget, args.seed, lm=lm, calib=calib, held_out=held_out,
                       use_cache=not args.no_cache, n_pairs=getattr(args, "pairs", 50_000))
+    if source is not None:
+        session.held_out_text = "{} ({})".format(*source)
     run.note(model={"name": lm.name, "revision": args.revision, "remote": remote or False, "offload": args.offload,
                     "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.") if not remote else "remote"},
              windows={"corpus": args.corpus, "seq_len": seq_len, "calibration": n_calib, "held_out": len(held_out),

@@ -108,8 +108,8 @@ def evaluate_selection(lm, held_out, selection, side, pairs, batch_size, pair_ba
                        nll=None, pair_score=None, prefix=None) -> tuple[dict, dict]:
     """One row's perplexity (and accuracy) columns, and what the paired comparisons need: ``{"nll": NLL per
     window [n_windows], "scores": the pairs' scores (:func:`wnb.experiments.pair_sets.score_pair_sets`) or
-    None}``. With pairs the row says how they were scored: ``pair_score`` and ``scoring_rule`` (what
-    comes before each sentence)."""
+    None}``. With pairs the row says which and how they were scored: ``pair_sets``, ``pair_score`` and
+    ``scoring_rule`` (what comes before each sentence)."""
 
     start = time.perf_counter()
     if nll is None:
@@ -121,7 +121,8 @@ def evaluate_selection(lm, held_out, selection, side, pairs, batch_size, pair_ba
             scores = score_pair_sets(lm, pairs, score=pair_score, prefix=prefix, batch_size=pair_batch_size,
                                      progress=progress)
             row.update(accuracy_columns(scores))
-            row.update(pair_score=scores.attrs["score"], scoring_rule=scores.attrs["scoring_rule"])
+            row.update(pair_sets=", ".join(dict.fromkeys(scores["set"])), pair_score=scores.attrs["score"],
+                       scoring_rule=scores.attrs["scoring_rule"])
     row["seconds"] = time.perf_counter() - start
     return row, {"nll": torch.as_tensor(nll, dtype=torch.float64).mean(1).numpy(), "scores": scores}
 

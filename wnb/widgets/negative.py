@@ -153,6 +153,7 @@ class NegativeView(Panel):
         self.layers: list[str] = []
         self.options = StudyOptions()
         self.stability = widgets.HTML()
+        self.differences = widgets.HTML()
         super().__init__([widgets.HTML(CSS), widgets.HTML(HEAD),
                           widgets.HBox([self.scope, self.layer]),
                           widgets.HBox([self.fraction, self.side, self.random, self.seeds, self.matched,
@@ -160,7 +161,7 @@ class NegativeView(Panel):
                           self.options.box, self.summary, self.stability,
                           widgets.HTML("<h4>Perplexity and grammar</h4>"),
                           widgets.HBox([self.ppl_out, self.pairs_out], layout=widgets.Layout(flex_flow="row wrap")),
-                          self.study_table,
+                          self.study_table, self.differences,
                           widgets.HTML("<h4>Where the excess surprisal falls: Δ NLL by token class</h4>"
                                        "<p>Token classes come from a closed English word list shipped in wnb "
                                        "(determiners, prepositions, pronouns, auxiliaries, conjunctions), not a "
@@ -202,7 +203,7 @@ class NegativeView(Panel):
         for out in (self.ppl_out, self.pairs_out, self.surprisal_out, self.depth_out):
             out.outputs = ()
         for part in (self.study_table, self.surprisal_table, self.depth_table, self.downloads, self.summary,
-                     self.stability):
+                     self.stability, self.differences):
             part.value = ""
         self.info("")
 
@@ -257,6 +258,9 @@ class NegativeView(Panel):
             self.study = session.sign_ablation(layers, fraction, side, controls, seeds, pairs,
                                                progress=self.bars, **options)
         self._draw_study(pairs is not None)
+        self.differences.value = ("<b>What differs from the follow-up's setting</b><ul>"
+                                  + "".join(f"<li>{html.escape(d)}</li>" for d in session.sign_setting(self.study))
+                                  + "</ul>")
         step(2)
         matched = self.study[self.study["selection"] == "matched"]
         with self.busy("per-token NLL, dense vs ablated, by token class…"):

@@ -257,6 +257,8 @@ def test_pair_sets_scoring_rules_and_the_grammar_depth_profile():
     np.testing.assert_allclose(view.study[columns].to_numpy(float), ref[columns].to_numpy(float))
     assert (view.study["scoring_rule"] == "from the second token").all() and (view.study["pair_score"] == "mean").all()
     assert "Pairs scored by mean, from the second token." in view.study_table.value
+    assert "What differs from the follow-up" in view.differences.value and "no BLiMP" in view.differences.value
+    assert "TSE scored by" not in view.differences.value  # the follow-up scores TSE by the mean: no difference
     view.run_depth.click()
     assert view.last_error is None, view.last_error
     depth = wnb.sign_ablation_depth(lm, calib, held_out, fraction=0.05, pairs=pairs, pair_score="mean", prefix="",
