@@ -3,9 +3,10 @@ manifest, values equal to the Python API's for the same arguments, bad arguments
 before the model loads."""
 
 import json
+import shlex
 
 import pytest
-from helpers import run_cli
+from helpers import ROOT, run_cli
 
 import wnb
 import wnb.cli
@@ -76,9 +77,18 @@ def test_blimp_offline_is_refused_before_any_work(tmp_path, capsys, monkeypatch)
     assert "BLiMP" in capsys.readouterr().err
 
 
-PAPER = ["--model", "EleutherAI/pythia-1.4b-deduped", "--corpus", "wikitext2", "--eval-split", "validation",
-         "--seq-len", "2048", "--minimal-pairs", "blimp", "tse", "--controls", "random", "matched", "variance",
-         "tokens", "positions", "--device", "cpu"]  # the README's command for the follow-up's setting
+def readme_command(start: str) -> list[str]:
+    """The arguments of the README's command line that starts with ``start`` (continuation lines joined),
+    without the program, the sub-command and the output folder."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.strip().startswith(start))
+    argv = shlex.split(line.split("#")[0])[2:]
+    out = argv.index("-o")
+    return argv[:out] + argv[out + 2:]
+
+
+# The README's command for the follow-up's setting; this machine has no GPU, so its device is the CPU.
+PAPER = [("cpu" if a == "cuda" else a) for a in readme_command("wnb negative --model EleutherAI/pythia-1.4b")]
 
 
 @pytest.fixture
@@ -105,6 +115,7 @@ def test_the_papers_setting_offline_gets_to_the_first_download(tmp_path, capsys,
 
 def test_the_papers_setting_without_blimp_gets_to_the_corpus_download(tmp_path, capsys, offline):
     """Without BLiMP the run starts and stops at WikiText-2's download, before the model is asked for."""
+    assert {"--eval-split", "validation", "--seq-len", "2048", "blimp", "tse"} <= set(PAPER)
     argv = [a for a in PAPER if a != "blimp"]
     out = tmp_path / "out"
     assert run("negative", *argv, "-o", out) == 1
