@@ -29,7 +29,7 @@ BUNDLED_COPY = USER_CACHE / "models" / f"{wnb.model.bundled.BUNDLED}-float32"  #
 LAYER = "model.layers.1.mlp.gate_proj"
 DOWNSTREAM = "model.layers.2.mlp.gate_proj"  # its outputs change when LAYER is pruned
 DENSE_KINDS = ("capture", "neuron_table", "held_capture", "pruned_weight", "overview", "sign_quadrants",
-               "layer_study", "sign_scores")
+               "layer_study", "sign_field")
 
 
 @pytest.fixture(autouse=True)
