@@ -166,7 +166,12 @@ def main():
     parser.add_argument("--pairs", type=int, default=20, help="pairs per phenomenon (findings' study)")
     parser.add_argument("--depth-pairs", type=int, default=5, help="pairs per phenomenon (findings' depth profile)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 makes CPU seconds a steadier measure on a shared "
+                             "machine, where waiting threads spin")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"Machine: {machine()}; load average {load()}\n")
     if "run" in args.parts:
         rows = [r for b in args.budgets for r in run_times(b, args.label)]

@@ -54,18 +54,21 @@ class Negative:
         tokens = min(int(tokens or calib.numel()), calib.numel())
         keys = {f: self.key(layers=layers, tokens=tokens, skip_first=int(skip_first), field=f, study_calib=calib)
                 for f in fields}
+        if -(-tokens // calib.shape[1]) < 2:  # one window: no halves to compare
+            fields = [f for f in fields if f != "wd_halves"]
         missing = [f for f in fields if not (self.use_cache and cache.entry_path("sign_field", keys[f]).exists())]
-        computed = {}
-        if missing:
-            computed = study_statistics(self.lm, calib, layers, missing, skip_first=skip_first, max_tokens=tokens,
-                                        batch_size=max(1, OVERVIEW_BATCH_TOKENS // calib.shape[1]),
-                                        max_bytes=default_budget(), progress=progress)
+        computed: dict = {}
+
+        def compute(field: str) -> dict:  # every missing field in one pass, inside the first one's dense-only guard
+            if not computed:
+                computed.update(study_statistics(self.lm, calib, layers, missing, skip_first=skip_first,
+                                                 max_tokens=tokens, max_bytes=default_budget(), progress=progress,
+                                                 batch_size=max(1, OVERVIEW_BATCH_TOKENS // calib.shape[1])))
+            return {name: computed[name][field] for name in layers}
+
         out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in layers}
         for field in fields:
-            if field in missing and field not in computed[layers[0]]:
-                continue  # wd_halves of a single window
-            values = self._cached("sign_field", keys[field], lambda f=field: {n: computed[n][f] for n in layers},
-                                  enabled=self.use_cache)
+            values = self._cached("sign_field", keys[field], lambda f=field: compute(f), enabled=self.use_cache)
             for name in layers:
                 out[name][field] = values[name]
         return out
