@@ -47,6 +47,7 @@ _API = {
         "wasserstein_scores"),
     "wnb.experiments.sign_controls": ("study_statistics",),
     "wnb.experiments.sign_depth": ("sign_ablation_depth",),
+    "wnb.experiments.sign_setting": ("setting_differences",),
     "wnb.experiments.surprisal": ("FUNCTION_WORDS", "surprisal_by_class", "token_class", "token_classes",
         "token_surprisal", "top_surprisal_tokens"),
     "wnb.experiments.sweeps": ("ablation", "expansion_sweep", "sweep"),
