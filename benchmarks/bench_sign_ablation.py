@@ -145,8 +145,8 @@ def findings(n_pairs: int, depth_pairs: int) -> None:
     print("\n" + study_words(study))
     print("\nmatched: " + "; ".join(study["note"].dropna()))
     m = study[study.selection == "matched"].iloc[0]
-    surprisal = session.sign_surprisal(layers, 0.01, "negative", matched=int(m["per_layer"]), matched_seed=int(m["seed"]),
-                                       progress=False)
+    surprisal = session.sign_surprisal(layers, 0.01, "negative", matched=int(m["per_layer"]),
+                                       matched_seed=int(m["seed"]), progress=False)
     print("\n### Δ NLL by group\n")
     print(table(surprisal["by_group"].to_dict("records")))
     depth_set = session.sign_pairs(("agreement", "tse"), depth_pairs)

@@ -50,9 +50,10 @@ def test_files_and_values_equal_the_api(tmp_path, isolated_cache, capsys):
     for column in ("n_neurons", "perplexity", "ppl_low", "ppl_high", "accuracy", "accuracy_simple"):
         np.testing.assert_allclose(study[column], ref[column].to_numpy(float), rtol=1e-5)
     assert (study["scoring_rule"] == "after <|endoftext|>").all() and (study["pair_score"] == "sum").all()
+    # --max-tokens 128: the first two windows of 64, one per half
     halves = [wnb.wasserstein_scores(lm, part, LAYERS, progress=False) for part in (calib[:1], calib[1:2])]
-    shared = sum(len(set(wnb.top_neurons(halves[0][n], 0.02).tolist()) & set(wnb.top_neurons(halves[1][n], 0.02).tolist()))
-                 for n in LAYERS)  # --max-tokens 128: the first two windows of 64, one per half
+    tops = [{n: set(wnb.top_neurons(half[n], 0.02).tolist()) for n in LAYERS} for half in halves]
+    shared = sum(len(tops[0][n] & tops[1][n]) for n in LAYERS)
     assert study.iloc[1]["top_overlap"] == pytest.approx(shared / (3 * 31))
     neurons = pd.read_csv(out / "neurons.csv")
     w = neurons[neurons["selection"] == "wasserstein"]

@@ -165,7 +165,8 @@ def _write_study(args, run: RunFolder, session, study, stability, pairs, layers)
     run.table("neurons.csv", session.sign_neurons(study, layers, args.side, args.max_tokens, args.skip_first),
               "every ablated neuron of every row with its WD and its rank by WD in its layer (1 = highest)")
     if pairs is not None:
-        scored = pd.DataFrame(pairs).assign(pair_score=study["pair_score"].iloc[0], scoring_rule=study["scoring_rule"].iloc[0])
+        scored = pd.DataFrame(pairs).assign(pair_score=study["pair_score"].iloc[0],
+                                            scoring_rule=study["scoring_rule"].iloc[0])
         run.table("minimal_pairs.csv", scored, "the minimal pairs scored (good, bad, phenomenon, set) and how "
                   "(pair_score, scoring_rule)")
     what = f"{session.lm.name}: {args.side} side, top {args.fraction:.1%} of {len(layers)} layer(s)"

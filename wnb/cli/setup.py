@@ -82,7 +82,8 @@ def held_out_source(args) -> tuple[str, str] | None:
     corpus = corpus or args.corpus
     split = split or ("validation" if is_wikitext(corpus) else "train")
     check_split(corpus, split)
-    if (corpus, split) == (args.corpus, "train") or (is_wikitext(corpus) and is_wikitext(args.corpus) and split == "train"):
+    same = corpus == args.corpus or (is_wikitext(corpus) and is_wikitext(args.corpus))
+    if same and split == "train":
         raise WnbError(f"the held-out text would be the calibration text ({corpus}, {split}); leave --eval-corpus and "
                        "--eval-split out to draw held-out windows from it disjoint from the calibration ones")
     return corpus, split

@@ -87,7 +87,8 @@ def held_out_windows(lm, text: str, seq_len: int = 256, n: int | None = None, se
     seq_len = check_int(seq_len, "seq_len", minimum=2)
     context = context_length(lm)
     if context is not None and seq_len > context:
-        raise WnbError(f"seq_len {seq_len} is longer than {lm.name}'s context of {context} tokens; use at most {context}")
+        raise WnbError(f"seq_len {seq_len} is longer than {lm.name}'s context of {context} tokens; "
+                       f"use at most {context}")
     ids = tokenize(lm, text)
     available = ids.numel() // seq_len
     if available == 0 or (n is not None and check_int(n, "n") > available):
