@@ -28,7 +28,6 @@ from pathlib import Path
 
 import psutil
 
-import wnb.model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 from _util import machine, table
 
 import wnb

@@ -1,23 +1,26 @@
-"""Sign-specific ablation (issue 12) on the bundled model: time of the default study and where it goes,
+"""Sign-specific ablation (issues 12 and 21) on the bundled model: the time of the tab's Run at each budget,
 the clamp's overhead on a forward pass, and what the bundled model shows.
 
-1. ``study``: ``wnb.sign_ablation_study(lm, calib, held_out)`` at its defaults (first FFN projection of
-   every block, fraction 0.01, side negative, random controls for seeds 0, 1, 2, the perplexity-matched
-   control) on the app's small and medium budgets (``wnb.app.budgets.BUDGETS``; windows from
-   ``token_windows(lm, load_corpus(), seq_len, n_calib, n_eval, seed=0)``), timed end to end and split
-   into its parts (WD scoring, one perplexity pass, one scoring of the minimal pairs) timed on their
-   own; then the same study with the agreement minimal pairs. Wall and CPU seconds: on a shared machine
+1. ``run``: what the Negative differentiation tab's Run does at its defaults (``wnb.widgets.negative.APP_DEFAULTS``:
+   the first FFN projection of every block, fraction 0.01, side negative, random controls and the matched
+   control, agreement pairs), through a session on an empty cache of its own (as a first visit: each result
+   is computed once and then read back by the next step): the statistics the set is ranked on (WD over every
+   calibration token of the study's windows, and its halves), the study, Δ surprisal. Only
+   session calls that exist before and after issue 21 are timed, so ``PYTHONPATH=<an older checkout>``
+   times that code the same way (``--label``). Wall and CPU seconds of this process: on a shared machine
    the CPU time is the steadier number.
 2. ``clamp``: one forward pass of 8 × 256 tokens dense vs inside ``wnb.sign_ablated``, alternating,
    ``--repeat`` pairs (median ratio of neighbours); target ≤ 1.05×.
-3. ``findings`` (medium budget): the study table with minimal pairs, Δ surprisal by token class for the
-   Wasserstein ablation and the matched control, the tokens whose NLL rises most, and the depth profile.
+3. ``findings`` (medium budget, the study's windows): the study with every control, agreement and TSE pairs,
+   the set's stability, Δ surprisal by token class, and the depth profile with the pairs per phenomenon.
 
-    python benchmarks/bench_sign_ablation.py [study clamp findings] [--budgets small medium] [--pairs 100]
+    python benchmarks/bench_sign_ablation.py [run clamp findings] [--budgets small medium large] [--pairs 20]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 
 import pandas as pd
@@ -25,20 +28,14 @@ import torch
 from _util import machine, table
 
 import wnb
-import wnb.app
-import wnb.app.budgets
-import wnb.experiments
 from wnb.app.budgets import BUDGETS
-
-
-def windows(lm, budget: str):
-    b = BUDGETS[budget]
-    return wnb.token_windows(lm, wnb.load_corpus(), b.seq_len, b.n_calib, b.n_eval, seed=0)
+from wnb.experiments.sign_statistics import study_words
+from wnb.app.session import Session
+from wnb.widgets.negative import APP_DEFAULTS, negative_layers
 
 
 class Clock:
-    """Wall and CPU seconds (this process, all threads) of a block: CPU time moves much less than wall
-    time when other jobs share the cores."""
+    """Wall and CPU seconds (this process, all threads) of a block."""
 
     def __enter__(self):
         self.wall, self.cpu = time.perf_counter(), time.process_time()
@@ -48,33 +45,39 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def study_times(lm, budget: str, pairs) -> list[dict]:
-    """The whole default study (and with pairs), and its parts timed on their own."""
-    from wnb.experiments.pair_scoring import minimal_pair_scores
+def load() -> str:
+    return open("/proc/loadavg").read().split()[0]
 
-    calib, held_out = windows(lm, budget)
-    with Clock() as wd:
-        scores = wnb.wasserstein_scores(lm, calib, progress=False)
-    with Clock() as ppl:
-        wnb.token_nll(lm, held_out, progress=False)
-    with Clock() as mp:
-        minimal_pair_scores(lm, pairs, progress=False)
-    rows = [{"budget": budget, "what": "WD of 30 × 1,536 gate_proj neurons", "tokens": calib.numel(),
-             "wall s": wd.wall, "CPU s": wd.cpu},
-            {"budget": budget, "what": "one perplexity pass (held-out)", "tokens": held_out.numel(),
-             "wall s": ppl.wall, "CPU s": ppl.cpu},
-            {"budget": budget, "what": f"one scoring of {len(pairs)} agreement pairs", "tokens": "",
-             "wall s": mp.wall, "CPU s": mp.cpu}]
-    for label, kw in (("default", {}), (f"+ {len(pairs)} agreement pairs", {"pairs": pairs})):
-        with Clock() as whole:
-            study = wnb.sign_ablation_study(lm, calib, held_out, progress=False, **kw)
-        passes = 5 + int(study.loc[study.selection == "matched", "evaluations"].iloc[0])
-        model = wd.cpu + passes * ppl.cpu + (len(study) * mp.cpu if kw else 0)
-        rows.append({"budget": budget, "what": f"study, {label}: {passes} perplexity passes"
-                     + (f" + {len(study)} pair scorings" if kw else ""), "tokens": "",
-                     "wall s": whole.wall, "CPU s": whole.cpu, "CPU of the parts": model})
-        print(f"{budget} {label}: {whole.wall:.1f} s wall, {whole.cpu:.1f} s CPU", flush=True)
-    del scores
+
+def run_times(budget: str, label: str) -> list[dict]:
+    """The tab's Run at ``budget``'s defaults on an empty cache, split into its three steps."""
+    os.environ["WNB_CACHE"] = tempfile.mkdtemp(prefix="wnb-bench-sign-")
+    session = Session(budget=budget)
+    session.lm, session.calib  # loading the model and cutting the windows are not the Run's
+    windows = session.sign_windows() if hasattr(session, "sign_windows") else (session.calib, session.held_out)
+    layers = negative_layers(session, "all", None)
+    seeds, n_pairs = APP_DEFAULTS[budget]
+    before = load()
+    with Clock() as whole:
+        pairs = session.sign_pairs("agreement", n_pairs)
+        with Clock() as scores:
+            session.sign_scores(layers, progress=False)
+        with Clock() as study_clock:
+            study = session.sign_ablation(layers, 0.01, "negative", ("random", "matched"), seeds, pairs, progress=False)
+        m = study[study["selection"] == "matched"]
+        with Clock() as surprisal:
+            session.sign_surprisal(layers, 0.01, "negative", matched=int(m["per_layer"].iloc[0]),
+                                   matched_seed=int(m["seed"].iloc[0]), progress=False)
+    passes = 4 + seeds - 1 + int(m["evaluations"].iloc[0]) - 1
+    common = {"code": label, "budget": budget, "windows": f"{windows[0].shape[0]} + {windows[1].shape[0]} × "
+              f"{windows[0].shape[1]}", "load before": before}
+    rows = [{**common, "step": "WD of 30 × 1,536 gate_proj" + (" (and halves)" if "top_overlap" in study else ""),
+             "wall s": scores.wall, "CPU s": scores.cpu},
+            {**common, "step": f"study: {passes} perplexity passes + {len(study)} scorings of {len(pairs)} pairs",
+             "wall s": study_clock.wall, "CPU s": study_clock.cpu},
+            {**common, "step": "Δ surprisal", "wall s": surprisal.wall, "CPU s": surprisal.cpu},
+            {**common, "step": "**Run**", "wall s": whole.wall, "CPU s": whole.cpu}]
+    print(f"{label} {budget}: Run {whole.wall:.1f} s wall, {whole.cpu:.1f} s CPU (load {before})", flush=True)
     return rows
 
 
@@ -83,7 +86,8 @@ def clamp_overhead(lm, repeat: int) -> list[dict]:
     the ratio is the median of the ratios of neighbouring pairs."""
     import statistics
 
-    calib, held_out = windows(lm, "medium")
+    b = BUDGETS["medium"]
+    calib, held_out = wnb.token_windows(lm, wnb.load_corpus(), b.seq_len, b.n_calib, b.n_eval, seed=0)
     ids = held_out[:8]
     scores = wnb.wasserstein_scores(lm, calib, progress=False)
 
@@ -112,73 +116,72 @@ def clamp_overhead(lm, repeat: int) -> list[dict]:
     return rows
 
 
-def findings(lm, n_pairs: int) -> None:
-    calib, held_out = windows(lm, "medium")
-    pairs = wnb.minimal_pairs("agreement", n=n_pairs)
-    start = time.perf_counter()
-    scores = wnb.wasserstein_scores(lm, calib, progress=False)
-    study = wnb.sign_ablation_study(lm, None, held_out, scores=scores, pairs=pairs, progress=False)
-    print(f"\n### Study at the defaults, medium budget, {len(pairs)} agreement pairs "
-          f"({time.perf_counter() - start:.0f} s)\n")
-    cols = ["selection", "seed", "n_neurons", "perplexity", "ppl_low", "ppl_high", "accuracy"]
-    cols += [c for c in study.columns if c.startswith("accuracy_")]
-    print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in study[cols].to_dict("records")]))
+STUDY_COLUMNS = ["selection", "seed", "n_neurons", "wd_rank_median", "perplexity", "delta_perplexity", "delta_ppl_low",
+                 "delta_ppl_high", "nll_verdict", "w_delta_perplexity", "w_delta_ppl_low", "w_delta_ppl_high",
+                 "w_nll_verdict", "accuracy", "acc_low", "acc_high", "delta_accuracy", "delta_acc_low",
+                 "delta_acc_high", "mcnemar_p", "w_delta_accuracy", "w_delta_acc_low", "w_delta_acc_high",
+                 "w_mcnemar_p", "w_acc_verdict"]
+
+
+def findings(n_pairs: int, depth_pairs: int) -> None:
+    from wnb.scoring.stability import stability_words  # issue 21's: not in older checkouts the run part times
+
+    session = Session(budget="medium", use_cache=os.environ.get("WNB_BENCH_CACHE") == "1")
+    layers = negative_layers(session, "all", None)
+    calib, held_out = session.sign_windows()
+    pairs = session.sign_pairs(("agreement", "tse"), n_pairs)
+    controls = ("random", "matched", "variance", "tokens", "positions")
+    with Clock() as clock:
+        study = session.sign_ablation(layers, 0.01, "negative", controls, 3, pairs, progress=False)
+    print(f"\n### Study, medium budget ({calib.shape[0]} + {held_out.shape[0]} windows of {calib.shape[1]}), "
+          f"{len(pairs)} pairs ({clock.wall:.0f} s)\n")
+    print(f"scored by {study['pair_score'].iloc[0]}, {study['scoring_rule'].iloc[0]}; stability: "
+          f"{stability_words(study.iloc[1], 0.01)}\n")
+    print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                 for r in study[[c for c in STUDY_COLUMNS if c in study]].to_dict("records")]))
+    phenomena = [c for c in study.columns if c.startswith("accuracy_")]
+    print("\n" + table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                        for r in study[["selection", "seed"] + phenomena].to_dict("records")]))
+    print("\n" + study_words(study))
     print("\nmatched: " + "; ".join(study["note"].dropna()))
-
-    wasserstein = wnb.select_wasserstein(scores, 0.01)
     m = study[study.selection == "matched"].iloc[0]
-    matched = wnb.select_matched(wnb.matched_candidates(scores, seed=int(m["seed"])), int(m["per_layer"]))
-    dense_nll = wnb.token_nll(lm, held_out, progress=False)
-    rows = []
-    tables = {}
-    for name, neurons in (("wasserstein", wasserstein), ("matched", matched)):
-        tables[name] = wnb.token_surprisal(lm, held_out, neurons, dense_nll=dense_nll, progress=False)
-    for by in ("group", "token_class"):
-        merged = None
-        for name, t in tables.items():
-            s = wnb.surprisal_by_class(t, by=by)[[by, "n_tokens", "token_share", "delta_nll", "excess_share"]]
-            s = s.rename(columns={"delta_nll": f"Δ NLL {name}", "excess_share": f"excess share {name}"})
-            merged = s if merged is None else merged.merge(s.drop(columns=["n_tokens", "token_share"]), on=by)
-        rows = merged.to_dict("records")
-        print(f"\n### Δ NLL per token by {by} (held-out medium windows, {len(tables['wasserstein']):,} tokens)\n")
-        print(table(rows))
-    top = wnb.top_surprisal_tokens(tables["wasserstein"], n=15, min_count=5)
-    print("\n### Tokens whose NLL rises most under the Wasserstein ablation (≥ 5 occurrences)\n")
-    print(table([{"token": repr(r["token"]), "class": r["token_class"], "count": r["count"],
-                  "dense NLL": r["dense_nll"], "Δ NLL": r["delta_nll"]} for r in top.to_dict("records")]))
-
-    start = time.perf_counter()
-    depth = wnb.sign_ablation_depth(lm, None, held_out, scores=scores, progress=False)
-    print(f"\n### Depth profile, medium budget ({time.perf_counter() - start:.0f} s)\n")
-    single = depth[depth["mode"] == "layer"].set_index("block")
-    cumulative = depth[depth["mode"] == "cumulative"].set_index("block")
-    print(table([{"block": int(b), "Δ ppl this layer alone": single.loc[b, "delta_perplexity"],
-                  "Δ ppl layers 0..l": cumulative.loc[b, "delta_perplexity"]} for b in single.index]))
-    print(f"\nsum of the single-layer Δ ppl: {single['delta_perplexity'].sum():.3f}; all layers at once: "
-          f"{cumulative['delta_perplexity'].iloc[-1]:.3f}")
+    surprisal = session.sign_surprisal(layers, 0.01, "negative", matched=int(m["per_layer"]),
+                                       matched_seed=int(m["seed"]), progress=False)
+    print("\n### Δ NLL by group\n")
+    print(table(surprisal["by_group"].to_dict("records")))
+    depth_set = session.sign_pairs(("agreement", "tse"), depth_pairs)
+    with Clock() as clock:
+        depth = session.sign_depth(layers, 0.01, "negative", depth_set, progress=False)
+    print(f"\n### Depth profile, {len(depth_set)} pairs per step ({clock.wall:.0f} s)\n")
+    keep = ["mode", "block", "delta_perplexity", "delta_ppl_low", "delta_ppl_high", "delta_accuracy", "mcnemar_p"]
+    keep += [c for c in depth.columns if c.startswith("delta_accuracy_")]
+    print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in depth[keep].to_dict("records")]))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", default=["study", "clamp", "findings"])
+    parser.add_argument("parts", nargs="*", default=["run", "clamp", "findings"])
     parser.add_argument("--budgets", nargs="+", default=["small", "medium"], choices=list(BUDGETS))
-    parser.add_argument("--pairs", type=int, default=100, help="agreement pairs per phenomenon")
+    parser.add_argument("--label", default="this checkout", help="the code timed, for the run table")
+    parser.add_argument("--pairs", type=int, default=20, help="pairs per phenomenon (findings' study)")
+    parser.add_argument("--depth-pairs", type=int, default=5, help="pairs per phenomenon (findings' depth profile)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 makes CPU seconds a steadier measure on a shared "
+                             "machine, where waiting threads spin")
     args = parser.parse_args()
-    lm = wnb.load_model(device="cpu")
-    load = open("/proc/loadavg").read().split()[0]
-    print(f"Machine: {machine()}; load average {load}\n")
-    if "study" in args.parts:
-        pairs = wnb.minimal_pairs("agreement", n=args.pairs)
-        rows = [r for b in args.budgets for r in study_times(lm, b, pairs)]
-        print(f"\n### Time of the study (load average before: {load})\n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"Machine: {machine()}; load average {load()}\n")
+    if "run" in args.parts:
+        rows = [r for b in args.budgets for r in run_times(b, args.label)]
+        print("\n### Time of the tab's Run (empty cache)\n")
         print(table(rows))
     if "clamp" in args.parts:
-        load = open("/proc/loadavg").read().split()[0]
-        print(f"\n### Clamp overhead on one forward pass (load average before: {load})\n")
-        print(table(clamp_overhead(lm, args.repeat)))
+        print(f"\n### Clamp overhead on one forward pass (load average before: {load()})\n")
+        print(table(clamp_overhead(wnb.load_model(device="cpu"), args.repeat)))
     if "findings" in args.parts:
-        findings(lm, args.pairs)
+        findings(args.pairs, args.depth_pairs)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from wnb.core.version import VERSION as __version__
+from wnb.core.version import VERSION as __version__  # noqa: F401  (the package version, read by setup and the app)
 
 # home module: the public names it gives
 _API = {
@@ -46,8 +46,12 @@ _API = {
     "wnb.experiments.minimal_pairs": ("minimal_pairs",),
     "wnb.experiments.pair_scoring": ("minimal_pair_accuracy", "minimal_pair_scores", "scoring_rule",
         "sentence_logprobs", "tokenizer_prefix"),
-    "wnb.experiments.sign_ablation": ("selection_table", "sign_ablation_depth", "sign_ablation_study",
-        "study_selections", "wasserstein_scores"),
+    "wnb.experiments.pair_sets": ("pair_sets", "score_pair_sets"),
+    "wnb.experiments.sign_ablation": ("selection_table", "sign_ablation_study", "study_selections",
+        "wasserstein_scores"),
+    "wnb.experiments.sign_controls": ("study_statistics",),
+    "wnb.experiments.sign_depth": ("sign_ablation_depth",),
+    "wnb.experiments.sign_setting": ("setting_differences",),
     "wnb.experiments.surprisal": ("FUNCTION_WORDS", "surprisal_by_class", "token_class", "token_classes",
         "token_surprisal", "token_tags", "top_surprisal_tokens"),
     "wnb.experiments.sweeps": ("ablation", "expansion_sweep", "sweep"),
@@ -64,12 +68,14 @@ _API = {
     "wnb.reading.neuron": ("differentiating_pairs", "output_effect", "tail_concentration", "token_table"),
     "wnb.reading.per_expert": ("expert_contexts", "expert_summary", "tail_routing"),
     "wnb.scoring.comparison": ("neuron_errors", "output_rmse", "output_shift"),
+    "wnb.scoring.controls": ("select_twins",),
     "wnb.scoring.layers": ("layer_scores", "layer_statistics", "overview"),
     "wnb.scoring.mapping": ("mapping_difficulty", "pair_distances"),
     "wnb.scoring.negative_mass": ("negative_mass",),
     "wnb.scoring.selection": ("matched_candidates", "select_matched", "select_neurons", "select_random",
         "select_wasserstein"),
     "wnb.scoring.sign": ("gate_up_quadrants", "shape_statistics", "sign_quadrants", "wasserstein_split"),
+    "wnb.scoring.stability": ("set_stability",),
     "wnb.scoring.streaming": ("stream_scores", "StreamingWD"),
     "wnb.scoring.tables": ("neuron_table", "overview_table"),
     "wnb.scoring.wasserstein": ("top_neurons", "wasserstein_to_gaussian"),

@@ -38,6 +38,21 @@ BUDGETS = {
 }
 
 
+PAPER_SEQ_LEN = 2048  # the follow-up's windows (WikiText-2, 2048 tokens)
+STUDY_EVAL_WINDOWS = 8  # the fewest held-out windows the sign study's paired bootstrap resamples
+
+
+def study_sizes(budget: Budget, context: int | None = None) -> tuple[int, int, int]:
+    """``(seq_len, calibration windows, held-out windows)`` for the sign study within ``budget``'s tokens: the
+    longest window the model's ``context`` allows, up to the follow-up's 2048, that still leaves
+    :data:`STUDY_EVAL_WINDOWS` held-out windows, and never shorter than the budget's own (long windows make
+    the first-token sink a small share of the tokens, as in the paper)."""
+    held_tokens = budget.n_eval * budget.seq_len
+    longest = min(PAPER_SEQ_LEN, context or PAPER_SEQ_LEN, held_tokens // STUDY_EVAL_WINDOWS)
+    seq_len = max(budget.seq_len, longest)
+    return seq_len, max(1, budget.calib_tokens // seq_len), max(1, held_tokens // seq_len)
+
+
 def budget_from_env(default: str = DEFAULT_BUDGET) -> str:
     """The budget named by ``$WNB_BUDGET`` (tests set ``small``), else ``default``."""
     name = os.environ.get(BUDGET_ENV, "").strip() or default

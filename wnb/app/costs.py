@@ -9,6 +9,7 @@ from wnb.compression.sparsity import sparsity_label
 from wnb.core import cache
 from wnb.experiments.tasks import AGREEMENT_TASK
 from wnb.model.architectures import block_of, layer_weight
+from wnb.scoring.controls import TWIN_CONTROLS
 from wnb.scoring.selection import CRITERIA
 from wnb.tracing.capture import estimate_bytes
 
@@ -78,20 +79,23 @@ class Costs:
 
     def negative_cost(self, layers, n_seeds: int = 3, pairs: int | None = 0, controls=("random", "matched"),
                       depth: bool = False) -> dict:
-        """What the sign-ablation study (or, with ``depth``, its depth profile) will take: the WD capture
-        over the calibration tokens, then held-out passes (dense, Wasserstein, one per random seed, about 8
-        for the matched control's bisection; the depth profile two per layer and one) and the minimal pairs
-        (2 sentences of ~12 tokens each per pair, scored once per selection: dense, Wasserstein, each
-        random seed, the matched control's final set)."""
+        """What the sign-ablation study (or, with ``depth``, its depth profile) will take on the study's windows:
+        the statistics' capture over the calibration tokens, then held-out passes (dense, Wasserstein, one per
+        random seed, about 8 for the matched control's bisection, one per twin control; the depth profile two
+        per layer and one) and the minimal pairs (2 sentences of ~12 tokens each per pair, scored once per
+        row: dense, Wasserstein, each random seed, the matched control's final set, each twin; the depth
+        profile once per row too)."""
 
         layers = [self.check_layer(n) for n in layers]
+        calib, held_out = self.sign_windows()
         depth_of = max(block_of(self.lm, n) for n in layers) + 1
-        passes = 2 * len(layers) + 1 if depth else (
-            2 + (int(n_seeds) if "random" in controls else 0) + (8 if "matched" in controls else 0))
-        selections = 2 + (int(n_seeds) if "random" in controls else 0) + (1 if "matched" in controls else 0)
-        pair_tokens = 0 if depth or not pairs else int(pairs) * 2 * 12 * selections
-        flops = (estimates.forward_flops(self.lm, self.calib.numel(), depth_of)
-                 + passes * estimates.forward_flops(self.lm, self.held_out.numel())
+        seeded = int(n_seeds) if "random" in controls else 0
+        twins = sum(c in controls for c in TWIN_CONTROLS)
+        passes = 2 * len(layers) + 1 if depth else 2 + seeded + (8 if "matched" in controls else 0) + twins
+        rows = 2 * len(layers) + 1 if depth else 2 + seeded + (1 if "matched" in controls else 0) + twins
+        pair_tokens = int(pairs or 0) * 2 * 12 * rows
+        flops = (estimates.forward_flops(self.lm, calib.numel(), depth_of)
+                 + passes * estimates.forward_flops(self.lm, held_out.numel())
                  + estimates.forward_flops(self.lm, pair_tokens))
         cost = {"cached": False, "seconds": estimates.seconds(self.lm, flops), "runs": passes,
                 "layers": len(layers), "bytes": 0}

@@ -70,13 +70,14 @@ class Loading:
             return self.lm.name
         return self._lm.name if self._lm is not None else (self.model or BUNDLED)
 
+    def corpus_text(self) -> str:
+        """The session's corpus as text (the app: only what its server offers, :func:`wnb.app.sources.app_corpus`)."""
+        return app_corpus(self.corpus, self.upload) if self.restricted else load_corpus(self.corpus)
+
     def _windows(self):
         if self._calib is None:
             b = self.budget
-            if self.restricted:
-                text = app_corpus(self.corpus, self.upload)
-            else:
-                text = load_corpus(self.corpus)
+            text = self.corpus_text()
             key = cache.key(model=self.model_key, text=cache.text_digest(text), seq_len=b.seq_len, n_calib=b.n_calib, n_eval=b.n_eval,
                             seed=self.seed)
             self._calib, self._held_out = cache.cached(

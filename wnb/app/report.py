@@ -11,7 +11,6 @@ import html
 import pandas as pd
 
 from wnb import plots
-from wnb.app.layers import PAIRS_SHOWN
 from wnb.data.positions import SINK_SHARE
 from wnb.reading.highlight import context_html, contexts_html
 from wnb.scoring.sign import QUADRANTS

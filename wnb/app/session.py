@@ -65,6 +65,10 @@ class Session(Loading, Layers, Compression, Negative, Costs):
         self._lm = lm
         self._calib = calib
         self._held_out = held_out
+        self.given_windows = calib is not None  # the sign study then uses them as they are (wnb.app.negative)
+        # what the held-out windows are, in words (the command says so when they come from a text of their own)
+        self.held_out_text = f"{self.corpus} (windows disjoint from the calibration ones)"
+        self._sign_windows = None
         self._layer: LayerView | None = None
         self._study = None  # (key, LayerStudy) of the last layer study
         self._names: dict[str, list[str]] | None = None

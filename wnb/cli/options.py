@@ -10,6 +10,7 @@ import math
 from wnb.app.budgets import BUDGETS
 from wnb.compression.quantize import MAX_BITS, MIN_BITS
 from wnb.compression.sparsity import parse_sparsity
+from wnb.data.corpora import SPLITS
 from wnb.errors import WnbError
 from wnb.model.lm import DTYPES
 
@@ -113,7 +114,14 @@ def common_options() -> argparse.ArgumentParser:
                       default=None, help="tokens per window (paper: 2048)")
     data.add_argument("--windows", type=whole(1), default=None, help="calibration windows (paper: 128)")
     data.add_argument("--eval-windows", type=whole(0), default=None,
-                      help="held-out windows for perplexity (disjoint from the calibration ones)")
+                      help="held-out windows for perplexity (disjoint from the calibration ones; with --eval-corpus "
+                           "or --eval-split: drawn from that text, default every window of it, as the follow-up)")
+    data.add_argument("--eval-corpus", default=None, metavar="CORPUS",
+                      help="the held-out text, if not windows of --corpus: bundled, wikitext2 (needs network) or a "
+                           ".txt path")
+    data.add_argument("--eval-split", default=None, choices=SPLITS,
+                      help="WikiText-2 split of the held-out text (default with a wikitext2 --eval-corpus: "
+                           "validation, the follow-up's); alone, the held-out text is that split of --corpus")
     data.add_argument("--seed", type=whole(0), default=0,
                       help="seed of the window draw and every random choice (default 0)")
     data.add_argument("--batch-size", type=whole(1), default=8, help="windows per forward pass (default 8)")

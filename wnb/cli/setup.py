@@ -6,14 +6,14 @@ import os
 
 import torch
 
-from wnb.app.budgets import check_budget
+from wnb.app.budgets import check_budget, study_sizes
 from wnb.app.session import Session
 from wnb.cli.options import LAYER_SETS
 from wnb.cli.run_folder import RunFolder
 from wnb.core import cache
 from wnb.core.memory import available_memory
-from wnb.data.corpora import load_corpus
-from wnb.data.windows import token_windows
+from wnb.data.corpora import check_split, is_wikitext, load_corpus
+from wnb.data.windows import context_length, held_out_windows, token_windows
 from wnb.errors import WnbError
 from wnb.model.architectures import (
     check_layers,
@@ -49,6 +49,7 @@ def validate(args, measures_perplexity: bool = True) -> None:
     if measures_perplexity and args.eval_windows is not None and args.eval_windows < 1:
         raise WnbError(f"wnb {args.command} measures perplexity on held-out windows: --eval-windows must be at least 1")
     check_budget(args.budget)
+    held_out_source(args)  # a split the corpus lacks, or the calibration text itself
     if not args.no_cache:
         where = cache.cache_dir()
         if not os.access(where, os.W_OK | os.X_OK):
@@ -56,11 +57,36 @@ def validate(args, measures_perplexity: bool = True) -> None:
                            "or pass --no-cache")
 
 
-def window_sizes(args) -> tuple[int, int, int]:
-    """``(seq_len, calibration windows, held-out windows)``: the flags, else the budget's."""
+def window_sizes(args, context: int | None = None) -> tuple[int, int, int | None]:
+    """``(seq_len, calibration windows, held-out windows)``: the flags, else the budget's — for a command that
+    asks for the longest context (``args.longest_context``, the sign study) and a model's ``context``, the
+    longest windows within the budget's tokens (:func:`wnb.app.budgets.study_sizes`). With a held-out text
+    of its own (:func:`held_out_source`) the held-out windows default to all of it (None)."""
     budget = check_budget(args.budget)
-    return (args.seq_len or budget.seq_len, budget.n_calib if args.windows is None else args.windows,
-            budget.n_eval if args.eval_windows is None else args.eval_windows)
+    seq_len, n_calib, n_eval = args.seq_len or budget.seq_len, budget.n_calib, budget.n_eval
+    if args.seq_len is None and getattr(args, "longest_context", False) and context is not None:
+        seq_len, n_calib, n_eval = study_sizes(budget, context)
+    if held_out_source(args) is not None:
+        n_eval = None
+    return (seq_len, n_calib if args.windows is None else args.windows,
+            n_eval if args.eval_windows is None else args.eval_windows)
+
+
+def held_out_source(args) -> tuple[str, str] | None:
+    """``(corpus, split)`` of a held-out text of its own (``--eval-corpus`` / ``--eval-split``; a wikitext2
+    one defaults to its validation split), or None: held-out windows drawn from ``--corpus``, disjoint
+    from the calibration ones. Refuses a split the corpus does not have and the calibration text itself."""
+    corpus, split = getattr(args, "eval_corpus", None), getattr(args, "eval_split", None)
+    if corpus is None and split is None:
+        return None
+    corpus = corpus or args.corpus
+    split = split or ("validation" if is_wikitext(corpus) else "train")
+    check_split(corpus, split)
+    same = corpus == args.corpus or (is_wikitext(corpus) and is_wikitext(args.corpus))
+    if same and split == "train":
+        raise WnbError(f"the held-out text would be the calibration text ({corpus}, {split}); leave --eval-corpus and "
+                       "--eval-split out to draw held-out windows from it disjoint from the calibration ones")
+    return corpus, split
 
 
 def check_experts(args, most: int | None) -> None:
@@ -84,8 +110,9 @@ def open_session(args, run: RunFolder):
     else:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
-    seq_len, n_calib, n_eval = window_sizes(args)
     text = load_corpus(args.corpus)
+    source = held_out_source(args)
+    eval_text = load_corpus(*source) if source is not None else None
 
     estimate = {}
     if not remote:
@@ -105,20 +132,35 @@ def open_session(args, run: RunFolder):
     lm = load_model(args.model, device=args.device if not remote else "auto", dtype=args.dtype if not remote else None,
                     revision=args.revision, trust_remote_code=args.trust_remote_code, remote=remote,
                     offload=args.offload)
-    key = cache.key(model=lm.name, text=cache.text_digest(text), seq_len=seq_len, n_calib=n_calib, n_eval=n_eval, seed=args.seed)
-    calib, held_out = cache.cached("windows", key,
-                                   lambda: token_windows(lm, text, seq_len, n_calib, n_eval, args.seed),
-                                   enabled=not args.no_cache)
+    seq_len, n_calib, n_eval = window_sizes(args, None if remote else context_length(lm))
+    calib, held_out = cut_windows(args, lm, text, eval_text, (seq_len, n_calib, n_eval))
     session = Session(args.model, args.corpus, args.budget, args.seed, lm=lm, calib=calib, held_out=held_out,
                       use_cache=not args.no_cache, n_pairs=getattr(args, "pairs", 50_000))
+    if source is not None:
+        session.held_out_text = "{} ({})".format(*source)
     run.note(model={"name": lm.name, "revision": args.revision, "remote": remote or False, "offload": args.offload,
                     "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.") if not remote else "remote"},
-             windows={"corpus": args.corpus, "seq_len": seq_len, "calibration": n_calib, "held_out": n_eval,
+             windows={"corpus": args.corpus, "seq_len": seq_len, "calibration": n_calib, "held_out": len(held_out),
+                      "held_out_text": "windows of the corpus" if source is None else "{} ({})".format(*source),
                       "seed": args.seed}, memory_estimate_bytes=estimate)
     layer_set(lm, getattr(args, "layers", None))  # names that need the model, checked before any long work
     if hasattr(args, "detail"):
         detail_layer(session, args.detail)
     return session
+
+
+def cut_windows(args, lm, text: str, eval_text: str | None, sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibration and held-out windows (cached): disjoint draws from ``text``, or the held-out ones from
+    ``eval_text`` (every window of it when their count is None)."""
+    seq_len, n_calib, n_eval = sizes
+    key = cache.key(model=lm.name, text=cache.text_digest(text), seq_len=seq_len, n_calib=n_calib, n_eval=n_eval,
+                    seed=args.seed, **({"eval_text": cache.text_digest(eval_text)} if eval_text is not None else {}))
+    if eval_text is None:
+        compute = lambda: token_windows(lm, text, seq_len, n_calib, n_eval, args.seed)  # noqa: E731
+    else:
+        compute = lambda: (token_windows(lm, text, seq_len, n_calib, 0, args.seed)[0],  # noqa: E731
+                           held_out_windows(lm, eval_text, seq_len, n_eval, args.seed))
+    return cache.cached("windows", key, compute, enabled=not args.no_cache)
 
 
 def remote_of(args) -> bool | str:

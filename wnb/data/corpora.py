@@ -1,26 +1,70 @@
 """Corpora as text: the bundled one is the standard library's ``pydoc_data.topics`` (English prose about
 Python, on every Python install); ``"wikitext2"`` is the paper's corpus (needs ``datasets`` and a
-network); any other string is read as the path of a UTF-8 text file."""
+network the first time; its ``train``, ``validation`` and ``test`` splits); any other string is read as
+the path of a UTF-8 text file. :func:`network_available` tells, in seconds rather than after ``datasets``'
+retries, whether the Hugging Face hub can be reached."""
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from wnb.errors import WnbError
 
 CORPORA = ("bundled", "wikitext2")
+SPLITS = ("train", "validation", "test")  # WikiText-2's; the other corpora have one text
+
+
+def network_available(url: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face hub (``$HF_ENDPOINT`` or huggingface.co) opens."""
+    parsed = urlparse(url or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def offline_mode() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` ask for cached copies only."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def is_wikitext(name) -> bool:
+    return name in ("wikitext2", "wikitext-2")
+
+
+def check_split(name, split: str = "train") -> str:
+    """``split`` if ``name`` has it: WikiText-2 has :data:`SPLITS`, every other corpus only its one text
+    (``"train"``)."""
+    if split not in SPLITS:
+        raise WnbError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if split != "train" and not is_wikitext(name):
+        raise WnbError(f"the {split} split exists for wikitext2 only; the corpus {name!r} is one text "
+                       "(give another corpus or file for the held-out text instead)")
+    return split
 
 
 def load_corpus(name: str = "bundled", split: str = "train") -> str:
-    """Return a corpus as one string. ``split`` applies to WikiText-2 (``train``/``validation``/``test``)."""
+    """Return a corpus as one string. ``split`` applies to WikiText-2 (``train``/``validation``/``test``);
+    without a network (and no ``HF_HUB_OFFLINE=1`` for a cached copy) WikiText-2 is refused at once."""
+    check_split(name, split)
     if name in (None, "bundled", "pydoc"):
         from pydoc_data.topics import topics
 
         return "\n\n".join(topics[k].strip() for k in sorted(topics))
-    if name in ("wikitext2", "wikitext-2"):
+    if is_wikitext(name):
         try:
             from datasets import load_dataset
         except ImportError as exc:
             raise WnbError("the WikiText-2 corpus needs the `datasets` package: pip install datasets") from exc
+        if not offline_mode() and not network_available():
+            raise WnbError(f"WikiText-2 ({split}) is downloaded through `datasets` and needs a network connection the "
+                           "first time, but the Hugging Face hub cannot be reached from here; the bundled corpus works "
+                           "offline (--corpus bundled, load_corpus()); with a cached copy, set HF_HUB_OFFLINE=1")
         try:
             rows = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
         except Exception as exc:

@@ -80,6 +80,27 @@ def token_windows(lm, text: str, seq_len: int = 256, n_calib: int = 32, n_eval: 
     return windows[order[:n_calib]].clone(), windows[order[n_calib:n_calib + n_eval]].clone()
 
 
+def held_out_windows(lm, text: str, seq_len: int = 256, n: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Held-out windows from a text of their own (e.g. WikiText-2 validation): every non-overlapping
+    ``seq_len`` window of it in order (``n=None``, as the follow-up measures perplexity), or ``n`` of them
+    drawn with ``seed`` (kept in text order). ``[n, seq_len]`` LongTensor."""
+    seq_len = check_int(seq_len, "seq_len", minimum=2)
+    context = context_length(lm)
+    if context is not None and seq_len > context:
+        raise WnbError(f"seq_len {seq_len} is longer than {lm.name}'s context of {context} tokens; "
+                       f"use at most {context}")
+    ids = tokenize(lm, text)
+    available = ids.numel() // seq_len
+    if available == 0 or (n is not None and check_int(n, "n") > available):
+        raise WnbError(f"the held-out text has {ids.numel():,} tokens = {available} windows of {seq_len}, but "
+                       f"{n if n is not None else 'at least one'} were asked for")
+    windows = ids[: available * seq_len].view(available, seq_len)
+    if n is None:
+        return windows.clone()
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(check_int(seed, "seed", 0)))
+    return windows[order[:n].sort().values].clone()
+
+
 def check_windows(windows, lm: LM | None = None, min_len: int = 1) -> torch.Tensor:
     """Accept ``[n, seq_len]`` (or one ``[seq_len]``) integer token ids; refuse empty input, windows shorter
     than ``min_len`` and, given the model, windows longer than its context (:func:`wnb.data.windows.context_length`)

@@ -21,15 +21,13 @@ Scoring: :mod:`wnb.experiments.pair_scoring`.
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from wnb.data.corpora import network_available, offline_mode
 from wnb.errors import WnbError
 from wnb.experiments.agreement import AGREEMENT_PHENOMENA, agreement_pairs
 from wnb.experiments.knowledge import knowledge_pairs
@@ -123,22 +121,6 @@ def _sample(pairs: list[dict], n, seed: int, phenomena, where: str) -> list[dict
     return out
 
 
-def network_available(url: str | None = None, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hugging Face hub (``$HF_ENDPOINT`` or huggingface.co) opens."""
-    parsed = urlparse(url or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = parsed.port or (443 if parsed.scheme != "http" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline_mode() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _blimp(n, seed: int, phenomena) -> list[dict]:
     hint = "use minimal_pairs('tse') or minimal_pairs('agreement') offline, or a JSONL file of your own pairs"
     try:
@@ -147,7 +129,7 @@ def _blimp(n, seed: int, phenomena) -> list[dict]:
         raise WnbError(f"BLiMP needs the `datasets` package (pip install datasets); {hint}") from exc
     # Without a network datasets retries for ~20 s per call before failing: look first. In offline
     # mode (HF_HUB_OFFLINE=1) a cached copy is read without the network.
-    if not _offline_mode() and not network_available():
+    if not offline_mode() and not network_available():
         raise WnbError(f"BLiMP is downloaded through `datasets` ({BLIMP}) and needs a network connection the "
                        f"first time, but the Hugging Face hub cannot be reached from here; {hint} (with a cached "
                        "copy, set HF_HUB_OFFLINE=1)")

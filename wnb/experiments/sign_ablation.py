@@ -1,13 +1,25 @@
 """Sign-specific ablation of neurons (Kong, Ning, Adler, Shavit, "Negative Pre-activations Differentiate
-Syntax", ICLR 2026; PAPER.md §8): the study with its controls, and the depth profile. The clamp itself
-is :func:`wnb.compression.clamp.sign_ablated`; the selections are :mod:`wnb.scoring.selection`'s.
+Syntax", ICLR 2026; PAPER.md §8): the study with its controls. The clamp itself is
+:func:`wnb.compression.clamp.sign_ablated`; the selections are :mod:`wnb.scoring.selection`'s and
+:mod:`wnb.scoring.controls`'; the statistics the set is picked on and the matched search are
+:mod:`wnb.experiments.sign_controls`'; the depth profile is :mod:`wnb.experiments.sign_depth`.
 
-- :func:`sign_ablation_study` ablates the top ``fraction`` of each layer's neurons by WD (the
-  Wasserstein neurons), random neurons of the same count per layer, and a perplexity-matched set of
-  neurons from outside the top 10% by WD, and measures held-out perplexity (and minimal-pair accuracy),
-  each also as a paired difference to dense and to the Wasserstein ablation with its bootstrap interval,
-  McNemar's test and a verdict worded by the interval (:mod:`wnb.core.inference`, :mod:`wnb.experiments.sign_statistics`).
-- :func:`sign_ablation_depth` applies the Wasserstein ablation one layer at a time and cumulatively.
+:func:`sign_ablation_study` ablates the top ``fraction`` of each layer's neurons by WD (the Wasserstein
+neurons) and its controls, and measures held-out perplexity (and minimal-pair accuracy), each also as a
+paired difference to dense and to the Wasserstein ablation with its bootstrap interval, McNemar's test
+and a verdict worded by the interval (:mod:`wnb.core.inference`, :mod:`wnb.experiments.sign_statistics`).
+The controls (:data:`wnb.scoring.selection.CONTROLS`):
+
+- ``random``, one per seed: the same count per layer, uniform over all of the layer's neurons (they may
+  overlap the Wasserstein set, as in the follow-up);
+- ``matched``, one per ``matched_seeds`` (default: the first seed): neurons from ``pool`` —
+  ``"outside"`` the top ``exclude`` (10%) of each layer by WD in a seeded random order, or the
+  ``"bottom"`` of the WD ranking (the authors' ``location="bottom"``) — as many per layer as bisection
+  finds for the held-out perplexity to come within ``tolerance`` (2%) of the Wasserstein ablation's
+  (``target_perplexity``, ``within_tolerance``, ``evaluations``, ``pool`` and ``note`` report the search);
+- ``variance``, ``tokens``, ``positions``: one twin per Wasserstein neuron from outside the top 10%, with
+  the closest output variance, or a tail on the same tokens or at the same positions
+  (:mod:`wnb.scoring.controls`).
 
 Selections are ``{layer: LongTensor of neuron indices}``; :func:`wasserstein_scores` gives the WD they
 are chosen by, and can be computed once and passed to every function here as ``scores=``.
@@ -23,60 +35,62 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.compression.clamp import check_side, sign_ablated
-from wnb.core.inference import perplexity_difference, perplexity_of
-from wnb.core.memory import available_memory
+from wnb.core.inference import perplexity_of
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.experiments.minimal_pairs import check_pairs
-from wnb.experiments.pair_scoring import minimal_pair_scores
+from wnb.experiments.pair_sets import check_score, score_pair_sets
+from wnb.experiments.sign_controls import (
+    MATCHED_TOLERANCE,
+    check_controls,
+    match_perplexity,
+    rank_columns,
+    stability_columns,
+    study_fields,
+    study_statistics,
+)
 from wnb.experiments.sign_statistics import (
     MINIMUM_DELTA_ACCURACY,
     MINIMUM_DELTA_NLL,
     accuracy_columns,
     compare_rows,
 )
-from wnb.model.architectures import block_of, check_layers, first_ffn_layers
+from wnb.model.architectures import check_layers, first_ffn_layers
 from wnb.model.lm import require_local
-from wnb.scoring.layers import score_layers
+from wnb.scoring.controls import TWIN_CONTROLS, select_twins
 from wnb.scoring.selection import (
     CONTROLS,
+    DEFAULT_CONTROLS,
     MATCHED_EXCLUDE,
     check_fraction,
+    check_pool,
     check_scores,
     count_per_layer,
     matched_candidates,
     select_matched,
     select_random,
     select_wasserstein,
+    wd_ranks,
 )
 from wnb.tracing.nll import token_nll
 
-MATCHED_TOLERANCE = 0.02  # ... and its perplexity must be within 2% of the Wasserstein ablation's
-
-
-# ---------------------------------------------------------------- the clamp
-
-
-# ---------------------------------------------------------------- selections
 
 def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, batch_size: int = 8,
                        streaming: bool = False, max_bytes: int | None = None,
-                       progress: bool = True) -> dict[str, torch.Tensor]:
+                       progress: bool = True, skip_first: int = 0) -> dict[str, torch.Tensor]:
     """WD (to N(0, 1), PAPER.md §2) of every neuron of ``layers`` (default: the first FFN projection of
-    every block) over the calibration tokens, as ``{layer: [n_neurons] float64}``.
+    every block) over the calibration tokens (the first ``skip_first`` positions of every window left
+    out), as ``{layer: [n_neurons] float64}``.
 
-    The one many-layer scorer (:func:`wnb.scoring.layers.score_layers`): exact WD captures the layers'
-    outputs in as few passes as ``max_bytes``
-    allows (default: the smaller of 1 GiB and 60% of free memory; each pass stops after its deepest
-    layer); ``streaming=True`` uses :func:`wnb.stream_scores` instead (one pass, memory per neuron, WD
-    within ~1e-3).
-    """
+    Exact WD captures the layers' outputs in as few passes as ``max_bytes`` allows (default: the smaller
+    of 1 GiB and 60% of free memory; each pass stops after its deepest layer); ``streaming=True`` scores
+    in one pass with memory per neuron (WD within ~1e-3); :func:`wnb.experiments.sign_controls.study_statistics`
+    gives the other fields the study uses."""
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
-    limit = min(1 << 30, int(0.6 * available_memory())) if max_bytes is None else int(max_bytes)
-    stats = score_layers(lm, calib, layers, ("wd",), wd="streaming" if streaming else "exact", max_tokens=max_tokens,
-                         max_bytes=limit, batch_size=batch_size, progress=progress)
+    stats = study_statistics(lm, calib, layers, ("wd",), skip_first=skip_first, max_tokens=max_tokens,
+                             batch_size=batch_size, max_bytes=max_bytes, wd="streaming" if streaming else "exact",
+                             progress=progress)
     return {name: s["wd"] for name, s in stats.items()}
-
 
 
 # ---------------------------------------------------------------- evaluation
@@ -91,10 +105,12 @@ def ablated_nll(lm, held_out, selection, side: str = "negative", batch_size: int
         return token_nll(lm, held_out, batch_size=batch_size, progress=progress)
 
 
-def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
-              nll=None) -> tuple[dict, dict]:
+def evaluate_selection(lm, held_out, selection, side, pairs, batch_size, pair_batch_size, progress, seed, nll_fn,
+                       nll=None, pair_score=None, prefix=None) -> tuple[dict, dict]:
     """One row's perplexity (and accuracy) columns, and what the paired comparisons need: ``{"nll": NLL per
-    window [n_windows], "scores": the minimal_pair_scores table or None}``."""
+    window [n_windows], "scores": the pairs' scores (:func:`wnb.experiments.pair_sets.score_pair_sets`) or
+    None}``. With pairs the row says which and how they were scored: ``pair_sets``, ``pair_score`` and
+    ``scoring_rule`` (what comes before each sentence)."""
 
     start = time.perf_counter()
     if nll is None:
@@ -103,18 +119,19 @@ def _evaluate(lm, held_out, selection, side, pairs, batch_size, pair_batch_size,
     scores = None
     with sign_ablated(lm, selection, side):
         if pairs is not None:
-            scores = minimal_pair_scores(lm, pairs, batch_size=pair_batch_size, progress=progress)
+            scores = score_pair_sets(lm, pairs, score=pair_score, prefix=prefix, batch_size=pair_batch_size,
+                                     progress=progress)
             row.update(accuracy_columns(scores))
+            row.update(pair_sets=", ".join(dict.fromkeys(scores["set"])), pair_score=scores.attrs["score"],
+                       scoring_rule=scores.attrs["scoring_rule"])
     row["seconds"] = time.perf_counter() - start
     return row, {"nll": torch.as_tensor(nll, dtype=torch.float64).mean(1).numpy(), "scores": scores}
 
 
-
-# ---------------------------------------------------------------- paired comparisons (wnb.core.inference)
-
-
-def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress):
-    """Validate everything and return (held_out, pairs, scores) — WD computed here if not given."""
+def prepare_study(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size, progress,
+                  statistics=None, fields=("wd",), skip_first: int = 0):
+    """Validate everything and return (held_out, pairs, scores, statistics): WD and the other ``fields``
+    computed over ``calib`` where ``scores`` / ``statistics`` do not give them."""
 
     require_local(lm, "sign ablation")
     check_side(side)
@@ -126,82 +143,105 @@ def _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_s
         pairs = check_pairs(pairs)
         if lm.tokenizer is None:
             raise WnbError(f"{lm.name} has no tokenizer; minimal pairs need one (pass pairs=None)")
+    statistics = {name: dict(s) for name, s in (statistics or {}).items()}
     if scores is not None:
         scores = check_scores(lm, scores, layers)
-    else:
-        names = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
-        if calib is None:
-            raise WnbError("calibration windows are needed to compute WD: pass calib= (or scores=)")
+        fields = [f for f in fields if f not in ("wd", "wd_halves")]
+    names = list(scores) if scores is not None else check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
+    missing = [f for f in fields if any(f not in statistics.get(n, {}) for n in names)]
+    if missing and calib is not None:
         calib = check_windows(calib, lm)
-        scores = wasserstein_scores(lm, calib, names, batch_size=batch_size, progress=progress)
-    return held_out, pairs, scores
+        for name, stats in study_statistics(lm, calib, names, missing, skip_first=skip_first, batch_size=batch_size,
+                                            progress=progress).items():
+            statistics.setdefault(name, {}).update(stats)
+    elif scores is None and "wd" in missing:
+        raise WnbError("calibration windows are needed to compute WD: pass calib= (or scores=)")
+    if scores is None:
+        scores = {name: statistics[name]["wd"] for name in names}
+    return held_out, pairs, scores, statistics
 
 
 def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01, side: str = "negative",
-                        controls=("random", "matched"), seeds=(0, 1, 2), pairs=None, progress: bool = True,
+                        controls=DEFAULT_CONTROLS, seeds=(0, 1, 2), pairs=None, progress: bool = True,
                         scores: Mapping | None = None, matched_seeds=None, exclude: float = MATCHED_EXCLUDE,
                         tolerance: float = MATCHED_TOLERANCE, batch_size: int = 8,
                         pair_batch_size: int = 32, nll_fn=None, minimum_nll: float = MINIMUM_DELTA_NLL,
-                        minimum_accuracy: float = MINIMUM_DELTA_ACCURACY) -> pd.DataFrame:
-    """The follow-up's main experiment: held-out perplexity (and minimal-pair accuracy) of the model
-    with the sign-specific ablation of its Wasserstein neurons, of random neurons and of a
-    perplexity-matched set of non-Wasserstein neurons.
+                        minimum_accuracy: float = MINIMUM_DELTA_ACCURACY, pool: str = "outside",
+                        skip_first: int = 0, statistics: Mapping | None = None, pair_score: str | None = None,
+                        prefix: str | None = None) -> pd.DataFrame:
+    """The follow-up's main experiment (module docstring: the controls): held-out perplexity (and
+    minimal-pair accuracy) with the sign-specific ablation of the Wasserstein neurons — the top ``fraction``
+    of each of ``layers`` (default: the first FFN projection of every block) by WD over all of ``calib``
+    (the first ``skip_first`` positions of every window left out), or ``scores`` — and of each control.
 
-    - ``wasserstein``: the top ``fraction`` of each of ``layers`` (default: the first FFN projection of
-      every block) by WD over ``calib`` (or ``scores`` from :func:`wasserstein_scores`).
-    - ``random``, one per seed: the same count per layer, uniform over all of the layer's neurons
-      (they may overlap the Wasserstein set; nothing keeps them disjoint).
-    - ``matched``, one per ``matched_seeds`` (default: the first seed): neurons from outside the top
-      ``exclude`` (10%) of each layer by WD, in a seeded random order; the count per layer is found by
-      bisection so that the held-out perplexity is within ``tolerance`` (2%) of the Wasserstein
-      ablation's. ``target_perplexity``, ``within_tolerance``, ``evaluations`` (perplexity passes) and
-      ``note`` report the search; when even all candidates stay below the target the row says so.
+    ``statistics`` (``{layer: {field: tensor}}``, :func:`wnb.experiments.sign_controls.study_statistics`)
+    gives what ``calib`` would otherwise be scored for: ``wd_halves`` (the set's stability: the Wasserstein
+    row's ``top_overlap``, ``top_overlap_min``, ``top_overlap_layer``), ``variance`` and the tails.
+    ``pairs``: minimal pairs (a list, a set's name, or :func:`wnb.experiments.pair_sets.pair_sets`) scored
+    for every row by ``pair_score`` (None: each set's own rule) after ``prefix`` (None: wnb's rule).
 
-    ``pairs``: minimal pairs (:func:`wnb.experiments.minimal_pairs`, or its name) scored for every row.
-    Returns one row per ablation (and a ``dense`` row first): ``selection, seed, side, fraction,
-    n_neurons, per_layer`` (neurons in the widest layer), ``perplexity, ppl_low, ppl_high`` (95%
-    bootstrap interval over held-out windows), ``accuracy`` and ``accuracy_<phenomenon>`` when pairs
-    are given, the matched columns, ``seconds``. :func:`study_selections` gives each row's neurons back
-    from ``scores``. The model is unchanged afterwards (also after Ctrl-C). ``nll_fn`` (default
-    :func:`ablated_nll`, same arguments) computes each held-out pass; a cached one lets the surprisal
-    and the depth profile reuse the study's passes. Every row also gets its paired comparisons, accuracy
-    intervals, McNemar's p, verdicts against ``minimum_nll`` and ``minimum_accuracy`` and each control's
-    spread over its seeds (:func:`wnb.experiments.sign_statistics.compare_rows` names every column).
+    Returns one row per ablation (``dense`` first): ``selection, seed, side, fraction, skip_first,
+    n_neurons, per_layer`` (neurons in the widest layer), ``wd_rank_min / _median / _max`` (where its
+    neurons rank by WD), ``perplexity, ppl_low, ppl_high`` (95% bootstrap over windows), with pairs
+    ``accuracy``, ``accuracy_<phenomenon>``, ``pair_score``, ``scoring_rule``; the matched search's columns,
+    ``seconds``, and every paired comparison (:func:`wnb.experiments.sign_statistics.compare_rows`). The
+    model is unchanged afterwards (also after Ctrl-C). ``nll_fn`` (default :func:`ablated_nll`) computes
+    each held-out pass; :func:`study_selections` gives each row's neurons back.
     """
     controls, seeds, matched_seeds = _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance,
-                                                  minimum_nll, minimum_accuracy)
-    held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
-                                       progress)
+                                                  minimum_nll, minimum_accuracy, pool, pair_score)
+    held_out, pairs, scores, statistics = prepare_study(lm, calib, held_out, layers, fraction, side, pairs, scores,
+                                                        batch_size, progress, statistics,
+                                                        study_fields(controls, side), skip_first)
+    check_controls(controls, statistics, side, calib)
     wasserstein = select_wasserstein(scores, fraction)
-    counts = {name: idx.numel() for name, idx in wasserstein.items()}
-    plan = [("dense", None), ("wasserstein", None)] + [("random", s) for s in seeds if "random" in controls] + \
-        [("matched", s) for s in matched_seeds if "matched" in controls]
-    opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
-                progress=progress, seed=0, nll_fn=nll_fn or ablated_nll)
+    context = dict(lm=lm, held_out=held_out, scores=scores, statistics=statistics, calib=calib, fraction=fraction,
+                   wasserstein=wasserstein, exclude=exclude, tolerance=tolerance, pool=pool)
+    opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size, progress=progress,
+                seed=0, nll_fn=nll_fn or ablated_nll, pair_score=pair_score, prefix=prefix)
     rows, raws = [], []
-    with tqdm(plan, desc="sign ablation study", disable=not progress, leave=False) as bar:
+    with tqdm(_plan(controls, seeds, matched_seeds), desc="sign ablation study", disable=not progress,
+              leave=False) as bar:
         for selection, seed in bar:
             bar.set_postfix_str(selection if seed is None else f"{selection} {seed}")
-            extra: dict = {}
-            if selection == "matched":
-                target = next(r["perplexity"] for r in rows if r["selection"] == "wasserstein")
-                chosen, extra = _match(lm, held_out, scores, target, seed, exclude, tolerance, opts)
-            else:
-                chosen = {"dense": {}, "wasserstein": wasserstein}.get(selection) if selection != "random" \
-                    else select_random(scores, counts, seed)
-            row, raw = _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction)
+            chosen, extra = _choose(selection, seed, rows, context, opts)
+            row, raw = _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction, scores, skip_first)
             rows.append(row)
             raws.append(raw)
+    rows[1].update(stability_columns(statistics, fraction))
     table = compare_rows(rows, raws, minimum_nll, minimum_accuracy)
     table["seed"] = table["seed"].astype("Int64")
     return table
 
 
-def _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction) -> tuple[dict, dict]:
+def _plan(controls, seeds, matched_seeds) -> list[tuple[str, int | None]]:
+    """The study's rows in order: dense, Wasserstein, each random seed, each matched seed, each twin control."""
+    return ([("dense", None), ("wasserstein", None)] + [("random", s) for s in seeds if "random" in controls]
+            + [("matched", s) for s in matched_seeds if "matched" in controls]
+            + [(c, None) for c in TWIN_CONTROLS if c in controls])
+
+
+def _choose(selection, seed, rows, context, opts) -> tuple[dict, dict]:
+    """The neurons of one row of the plan and what its search reports (matched)."""
+    c = context
+    if selection == "matched":
+        target = next(r["perplexity"] for r in rows if r["selection"] == "wasserstein")
+        return match_perplexity(c["lm"], c["held_out"], c["scores"], target, seed, c["exclude"], c["tolerance"], opts,
+                                c["pool"])
+    if selection == "random":
+        return select_random(c["scores"], {n: i.numel() for n, i in c["wasserstein"].items()}, seed), {}
+    if selection in TWIN_CONTROLS:
+        return select_twins(selection, c["scores"], c["statistics"], c["fraction"], c["calib"], opts["side"],
+                            c["exclude"]), {}
+    return {"dense": {}, "wasserstein": c["wasserstein"]}[selection], {}
+
+
+def _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction, scores, skip_first) -> tuple[dict, dict]:
     """One row of the study (its selection measured) and what the paired comparisons need of it."""
-    row = {"selection": selection, "seed": seed, "side": opts["side"], "fraction": fraction,
-           "n_neurons": count_per_layer(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0)}
-    measured, raw = _evaluate(lm, held_out, chosen, nll=extra.pop("nll", None), **opts)
+    row = {"selection": selection, "seed": seed, "side": opts["side"], "fraction": fraction, "skip_first": skip_first,
+           "n_neurons": count_per_layer(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0),
+           **rank_columns(scores, chosen)}
+    measured, raw = evaluate_selection(lm, held_out, chosen, nll=extra.pop("nll", None), **opts)
     row.update(measured)
     if extra:
         row["seconds"] += extra.pop("search_seconds")
@@ -209,17 +249,20 @@ def _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction) -> 
     return row, raw
 
 
-def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance, minimum_nll, minimum_accuracy):
+def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance, minimum_nll, minimum_accuracy,
+                 pool, pair_score):
     """:func:`sign_ablation_study`'s own arguments, before any work; returns (controls, seeds, matched_seeds)."""
     check_side(side)
     check_fraction(fraction)
+    check_pool(pool)
+    check_score(pair_score)
     controls = (controls,) if isinstance(controls, str) else tuple(controls)
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise WnbError(f"unknown controls {unknown}; choose from {', '.join(CONTROLS)}")
     seeds = [int(s) for s in seeds]
-    if controls and not seeds:
-        raise WnbError("seeds is empty; the controls need at least one seed")
+    if any(c in controls for c in ("random", "matched")) and not seeds:
+        raise WnbError("seeds is empty; the random and matched controls need at least one seed")
     matched_seeds = seeds[:1] if matched_seeds is None else [int(s) for s in matched_seeds]
     if not 0 < tolerance < 1:
         raise WnbError(f"tolerance must be in (0, 1) (got {tolerance})")
@@ -233,91 +276,46 @@ def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolera
     return controls, seeds, matched_seeds
 
 
-def _bisect(ppl, widest: int, target: float, tolerance: float) -> tuple[int, bool]:
-    """The count in [0, widest] whose ``ppl(count)`` is within ``tolerance`` of ``target``, by bisection
-    (assuming perplexity rises with the count; ``ppl(0)`` is the dense model's). Returns (count,
-    reached): ``reached`` is False when even ``ppl(widest)`` stays below the target band, and the count
-    is then ``widest``; when no count gets within the band, the closest one evaluated."""
-    seen: dict[int, float] = {}
-
-    def at(count: int) -> float:
-        if count not in seen:
-            seen[count] = ppl(count)
-        return seen[count]
-
-    if at(widest) < target * (1 - tolerance):
-        return widest, False
-    lo, hi = 0, widest
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if abs(at(mid) / target - 1) <= tolerance:
-            return mid, True
-        if at(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return min(seen, key=lambda c: (abs(seen[c] / target - 1), c)), True
-
-
-def _match(lm, held_out, scores, target, seed, exclude, tolerance, opts):
-    """Bisection over the per-layer count of the matched control; returns (selection, report)."""
-    start = time.perf_counter()
-    candidates = matched_candidates(scores, exclude, seed)
-    widest = max(c.numel() for c in candidates.values())
-    cache: dict[int, float] = {}
-    nlls: dict[int, torch.Tensor] = {}
-
-    def ppl(count: int) -> float:
-        if count not in cache:
-            nlls[count] = opts["nll_fn"](lm, held_out, select_matched(candidates, count), opts["side"],
-                                         batch_size=opts["batch_size"], progress=opts["progress"])
-            cache[count] = math.exp(nlls[count].double().mean().item())
-        return cache[count]
-
-    best, reached = _bisect(ppl, widest, target, tolerance)
-    within = abs(cache[best] / target - 1) <= tolerance
-    total = count_per_layer(candidates)
-    if not reached:
-        note = (f"all {total} candidates (outside the top {exclude:.0%} by WD) reach perplexity only "
-                f"{cache[widest]:.4g} < target {target:.4g}")
-    elif within:
-        note = f"within {tolerance * 100:g}% of the Wasserstein ablation's perplexity"
-    else:
-        note = (f"closest count found: perplexity {cache[best]:.4g} vs target {target:.4g} "
-                f"(perplexity does not rise smoothly enough with the count to get within {tolerance * 100:g}%)")
-    return select_matched(candidates, best), {
-        "target_perplexity": target, "within_tolerance": within, "evaluations": len(cache),
-        "candidates": total, "note": note, "search_seconds": time.perf_counter() - start, "nll": nlls[best]}
-
+# ---------------------------------------------------------------- the neurons of each row
 
 def study_selections(table: pd.DataFrame, scores: Mapping, exclude: float = MATCHED_EXCLUDE,
-                     fraction: float | None = None) -> dict[tuple[str, int | None], dict[str, torch.Tensor]]:
+                     fraction: float | None = None, statistics: Mapping | None = None,
+                     windows=None) -> dict[tuple[str, int | None], dict[str, torch.Tensor]]:
     """The neurons each row of a :func:`sign_ablation_study` table ablated, rebuilt from the same
-    ``scores`` (and ``exclude``; ``fraction`` from the table's column unless given):
-    ``{(selection, seed): {layer: indices}}`` (seed None for dense and wasserstein)."""
+    ``scores`` (and ``exclude``; ``fraction`` from the table's column unless given; the twin controls
+    from the same ``statistics`` and calibration ``windows``): ``{(selection, seed): {layer: indices}}``
+    (seed None for dense, wasserstein and the twins)."""
     out = {}
     for row in table.itertuples(index=False):
         seed = None if pd.isna(row.seed) else int(row.seed)
-        if row.selection == "dense":
-            chosen = {}
-        else:
-            share = fraction if fraction is not None else getattr(row, "fraction", None)
-            if share is None:
-                raise WnbError("the table has no fraction column; pass fraction= (the study's)")
-            wasserstein = select_wasserstein(scores, float(share))
-            if row.selection == "wasserstein":
-                chosen = wasserstein
-            elif row.selection == "random":
-                chosen = select_random(scores, {n: i.numel() for n, i in wasserstein.items()}, seed)
-            elif row.selection == "matched":
-                chosen = select_matched(matched_candidates(scores, exclude, seed), int(row.per_layer))
-            else:
-                raise WnbError(f"unknown selection {row.selection!r} in the table")
+        share = fraction if fraction is not None else getattr(row, "fraction", None)
+        if share is None and row.selection != "dense":
+            raise WnbError("the table has no fraction column; pass fraction= (the study's)")
+        chosen = _rebuild(row, seed, scores, exclude, share, statistics, windows)
         if count_per_layer(chosen) != row.n_neurons:
             raise WnbError(f"the {row.selection} row has {row.n_neurons} neurons but these scores give "
                            f"{count_per_layer(chosen)}: pass the scores (and exclude) the study used")
         out[(row.selection, seed)] = chosen
     return out
+
+
+def _rebuild(row, seed, scores, exclude, share, statistics, windows) -> dict[str, torch.Tensor]:
+    if row.selection == "dense":
+        return {}
+    wasserstein = select_wasserstein(scores, float(share))
+    if row.selection == "wasserstein":
+        return wasserstein
+    if row.selection == "random":
+        return select_random(scores, {n: i.numel() for n, i in wasserstein.items()}, seed)
+    if row.selection == "matched":
+        pool = getattr(row, "pool", "outside")
+        pool = "outside" if not isinstance(pool, str) else pool
+        return select_matched(matched_candidates(scores, exclude, seed, pool), int(row.per_layer))
+    if row.selection in TWIN_CONTROLS:
+        if statistics is None:
+            raise WnbError(f"the {row.selection} row's neurons need the study's statistics= (and windows=)")
+        return select_twins(row.selection, scores, statistics, float(share), windows, row.side, exclude)
+    raise WnbError(f"unknown selection {row.selection!r} in the table")
 
 
 def selection_table(selections: Mapping, scores: Mapping | None = None) -> pd.DataFrame:
@@ -327,66 +325,15 @@ def selection_table(selections: Mapping, scores: Mapping | None = None) -> pd.Da
     if selections and all(isinstance(k, str) for k in selections):
         selections = {("selection", None): selections}
     rows = []
-    ranks = {}
     for (selection, seed), chosen in selections.items():
         for layer, idx in chosen.items():
-            for neuron in torch.as_tensor(idx).tolist():
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            ranks = wd_ranks(scores, {layer: idx}).tolist() if scores is not None else [None] * idx.numel()
+            for neuron, rank in zip(idx.tolist(), ranks):
                 row = {"selection": selection, "seed": seed, "layer": layer, "neuron": int(neuron)}
                 if scores is not None:
-                    if layer not in ranks:
-                        wd = torch.as_tensor(scores[layer]).double()
-                        order = torch.argsort(torch.nan_to_num(wd, nan=-math.inf), descending=True, stable=True)
-                        ranks[layer] = torch.empty_like(order)
-                        ranks[layer][order] = torch.arange(1, wd.numel() + 1)
-                    row["wd"] = float(torch.as_tensor(scores[layer])[neuron])
-                    row["wd_rank"] = int(ranks[layer][neuron])
+                    row.update(wd=float(torch.as_tensor(scores[layer])[neuron]), wd_rank=int(rank))
                 rows.append(row)
     table = pd.DataFrame(rows, columns=["selection", "seed", "layer", "neuron"] + (["wd", "wd_rank"] if scores else []))
     table["seed"] = table["seed"].astype("Int64")
-    return table
-
-
-
-# ---------------------------------------------------------------- depth profile
-
-def sign_ablation_depth(lm, calib, held_out, layers=None, fraction: float = 0.01, side: str = "negative",
-                        pairs=None, progress: bool = True, scores: Mapping | None = None,
-                        cumulative: bool = True, batch_size: int = 8, pair_batch_size: int = 32,
-                        nll_fn=None) -> pd.DataFrame:
-    """The Wasserstein ablation one layer at a time (``mode="layer"``) and over layers 0..l
-    (``mode="cumulative"``), against the dense model (``mode="dense"``, first row).
-
-    Columns: ``mode, block, layer, n_neurons, perplexity, ppl_low, ppl_high, delta_perplexity,
-    delta_ppl_low, delta_ppl_high`` (the paired bootstrap interval over the same windows) and,
-    with ``pairs``, ``accuracy, delta_accuracy, accuracy_<phenomenon>``, and ``seconds``. The last
-    cumulative row is the whole :func:`sign_ablation_study` Wasserstein ablation. ``nll_fn`` as there.
-    """
-
-    held_out, pairs, scores = _prepare(lm, calib, held_out, layers, fraction, side, pairs, scores, batch_size,
-                                       progress)
-    wasserstein = select_wasserstein(scores, fraction)
-    names = list(wasserstein)
-    plan = [("dense", None, {})]
-    plan += [("layer", name, {name: wasserstein[name]}) for name in names]
-    if cumulative:
-        plan += [("cumulative", name, {n: wasserstein[n] for n in names[:i + 1]}) for i, name in enumerate(names)]
-    opts = dict(side=side, pairs=pairs, batch_size=batch_size, pair_batch_size=pair_batch_size,
-                progress=progress, seed=0, nll_fn=nll_fn or ablated_nll)
-    rows, nlls = [], []
-    with tqdm(plan, desc="depth profile", disable=not progress, leave=False) as bar:
-        for mode, name, chosen in bar:
-            row = {"mode": mode, "block": block_of(lm, name) if name else None, "layer": name,
-                   "n_neurons": count_per_layer(chosen)}
-            measured, raw = _evaluate(lm, held_out, chosen, **opts)
-            rows.append({**row, **measured})
-            nlls.append(raw["nll"])
-    table = pd.DataFrame(rows)
-    dense = table.iloc[0]
-    table.insert(7, "delta_perplexity", table["perplexity"] - dense["perplexity"])
-    paired = [perplexity_difference(nlls[0], nll) for nll in nlls]  # over the same windows
-    table.insert(8, "delta_ppl_low", [d.low for d in paired])
-    table.insert(9, "delta_ppl_high", [d.high for d in paired])
-    if pairs is not None:
-        table.insert(table.columns.get_loc("accuracy") + 1, "delta_accuracy", table["accuracy"] - dense["accuracy"])
-    table["block"] = table["block"].astype("Int64")
     return table

@@ -15,7 +15,7 @@ from wnb.core.inference import (
     verdict,
     wording,
 )
-from wnb.scoring.selection import CONTROLS
+from wnb.scoring.selection import CONTROLS, SEEDED_CONTROLS
 
 # The smallest effects the study's verdicts look for (wnb.core.inference.verdict), declared before any data: the
 # follow-up states no effect size in these units. 0.01 nats per token is a 1% change of perplexity.
@@ -68,7 +68,7 @@ def _seed_spread(table: pd.DataFrame) -> pd.DataFrame:
 
     names = {"perplexity": "perplexity", "w_delta_perplexity": "w_delta_perplexity", "accuracy": "acc",
              "w_delta_accuracy": "w_delta_accuracy"}
-    for control in CONTROLS:
+    for control in SEEDED_CONTROLS:
         rows = table["selection"] == control
         if not rows.any():
             continue
@@ -158,6 +158,9 @@ def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
         m = matched.iloc[0]
         parts.append(f"Wasserstein − matched ({int(m['n_neurons']):,} neurons): Δ perplexity "
                      f"{_span(m, 'w_delta_perplexity', 'w_delta_ppl')}")
+    for _, t in study[~study["selection"].isin(("dense", "wasserstein", *SEEDED_CONTROLS))].iterrows():
+        parts.append(f"Wasserstein − {t['selection']} twins: Δ perplexity {_span(t, 'w_delta_perplexity', 'w_delta_ppl')}"
+                     f" ({says(t, 'w_delta')})")
     if "accuracy" in study.columns:
         text = (f"minimal pairs {dense['accuracy']:.1%} [{dense['acc_low']:.1%}, {dense['acc_high']:.1%}] dense, "
                 f"{w['accuracy']:.1%} Wasserstein: Δ {_span(w, 'delta_accuracy', 'delta_acc', 100, 1)} points, "

@@ -123,25 +123,39 @@ def surprisal_bars(table: pd.DataFrame, by: str = "token_class", title: str | No
 
 def depth_profile(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Δ perplexity per block of :func:`wnb.sign_ablation_depth`: the ablation of that block's layer
-    alone and of layers 0..l (cumulative), with the sum of the single-layer Δ as a dotted line."""
+    alone and of layers 0..l (cumulative), with the sum of the single-layer Δ as a dotted line; when the
+    table has minimal pairs, a second panel with Δ accuracy (points) of each layer alone per phenomenon."""
     for column in ("mode", "block", "delta_perplexity"):
         if column not in table.columns:
             raise WnbError(f"the depth table has no column {column!r}")
+    grammar = [c for c in table.columns if c.startswith("delta_accuracy_")]
     palette = _sign_palette()
-    fig, (ax,) = new_figure(width=6.0, height=3.8, right=1.6)
+    fig, axes = new_figure(ncols=2 if grammar else 1, width=6.0, height=3.8, right=1.6, wspace=0.45)
+    ax = axes[0]
     single = table[table["mode"] == "layer"]
     cumulative = table[table["mode"] == "cumulative"]
-    ax.plot(single["block"].to_numpy(float), single["delta_perplexity"].to_numpy(float), marker="o", markersize=3,
+    blocks = single["block"].to_numpy(float)
+    ax.plot(blocks, single["delta_perplexity"].to_numpy(float), marker="o", markersize=3,
             color=palette["wasserstein"], label="this layer alone")
     if len(cumulative):
         ax.plot(cumulative["block"].to_numpy(float), cumulative["delta_perplexity"].to_numpy(float), marker="s",
                 markersize=3, color=palette["random"], label="layers 0..l")
-        ax.plot(single["block"].to_numpy(float), np.cumsum(single["delta_perplexity"].to_numpy(float)),
+        ax.plot(blocks, np.cumsum(single["delta_perplexity"].to_numpy(float)),
                 linestyle=":", color="#555", label="sum of single layers")
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("block")
     ax.set_ylabel("Δ perplexity")
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    finish(ax, title, legend=False)
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    if grammar:
+        colors = sns.color_palette(PALETTE, len(grammar))
+        for column, color in zip(grammar, colors):
+            axes[1].plot(blocks, 100 * single[column].to_numpy(float), marker="o", markersize=3, color=color,
+                         label=column.removeprefix("delta_accuracy_"))
+        axes[1].set_ylabel("Δ accuracy, this layer alone (points)")
+        axes[1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for a in axes:
+        a.axhline(0, color="black", linewidth=0.8)
+        a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        a.set_xlabel("block")
+        finish(a, None, legend=False)
+    if title:
+        axes[0].set_title(title, fontsize=10)
     return fig

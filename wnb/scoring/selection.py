@@ -57,6 +57,9 @@ def select_neurons(criterion: str, outputs: torch.Tensor | None = None, weight: 
 
 
 MATCHED_EXCLUDE = 0.10  # the matched control draws from outside the top 10% of each layer by WD
+POOLS = {"outside": "neurons outside the top 10% by WD, in a seeded random order",
+         "bottom": "the lowest WD first (the authors' location=\"bottom\")"}
+"""Where the perplexity-matched control takes its neurons (:func:`matched_candidates`)."""
 
 
 def check_fraction(fraction: float) -> float:
@@ -105,21 +108,44 @@ def select_random(scores: Mapping, counts: Mapping, seed: int = 0) -> dict[str, 
     return out
 
 
-def matched_candidates(scores: Mapping, exclude: float = MATCHED_EXCLUDE, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Per layer, its ranked neurons outside the top ``exclude`` by WD, in a seeded random order; the
-    perplexity-matched control takes a prefix of each (:func:`select_matched`)."""
+def check_pool(pool: str) -> str:
+    if pool not in POOLS:
+        raise WnbError(f"unknown pool {pool!r} for the matched control; choose from "
+                       + "; ".join(f"{k} ({v})" for k, v in POOLS.items()))
+    return pool
+
+
+def matched_candidates(scores: Mapping, exclude: float = MATCHED_EXCLUDE, seed: int = 0,
+                       pool: str = "outside") -> dict[str, torch.Tensor]:
+    """Per layer, its ranked neurons outside the top ``exclude`` by WD, in the order the perplexity-matched
+    control takes a prefix of each (:func:`select_matched`): ``pool="outside"`` a seeded random order,
+    ``"bottom"`` the lowest WD first (the follow-up's only non-Wasserstein selector; ``seed`` unused)."""
 
     if not 0 < exclude < 1:
         raise WnbError(f"exclude must be in (0, 1) (got {exclude})")
+    check_pool(pool)
     gen = torch.Generator().manual_seed(int(seed))
     out = {}
     for name, wd in scores.items():
         wd = torch.as_tensor(wd).double()
         ranked = top_neurons(wd, k=wd.numel())  # every non-constant neuron, highest WD first
         top = max(1, round(exclude * wd.numel()))
-        pool = ranked[top:]
-        out[name] = pool[torch.randperm(pool.numel(), generator=gen)]
+        rest = ranked[top:]
+        out[name] = rest.flip(0) if pool == "bottom" else rest[torch.randperm(rest.numel(), generator=gen)]
     return out
+
+
+def wd_ranks(scores: Mapping, selection: Mapping) -> torch.Tensor:
+    """The rank by WD in its layer (1 = highest; constant neurons last) of every neuron of ``selection``
+    (``{layer: indices}``), all layers together."""
+    ranks = []
+    for name, idx in selection.items():
+        wd = torch.nan_to_num(torch.as_tensor(scores[name]).double(), nan=-torch.inf)
+        order = torch.argsort(wd, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(1, wd.numel() + 1)
+        ranks.append(rank[torch.as_tensor(idx, dtype=torch.long)])
+    return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
 
 
 def select_matched(candidates: Mapping, count: int) -> dict[str, torch.Tensor]:
@@ -133,4 +159,10 @@ def count_per_layer(selection: Mapping) -> int:
     return int(sum(idx.numel() for idx in selection.values()))
 
 
-CONTROLS = ("random", "matched")
+CONTROLS = ("random", "matched", "variance", "tokens", "positions")
+"""The sign study's controls: ``random`` (same count per layer, per seed), ``matched`` (as many non-Wasserstein
+neurons as it takes to cost the same perplexity), and one twin per Wasserstein neuron from outside the top 10%:
+``variance`` (the closest output variance), ``tokens`` (tails on the same tokens), ``positions`` (tails at the
+same positions in the window); :mod:`wnb.scoring.controls`."""
+DEFAULT_CONTROLS = ("random", "matched")
+SEEDED_CONTROLS = ("random", "matched")  # a row per seed; the twins have none

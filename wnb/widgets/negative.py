@@ -17,7 +17,9 @@ from wnb.compression.clamp import SIDE_LABELS, SIDES, check_side
 from wnb.errors import WnbError
 from wnb.experiments.sign_statistics import study_words
 from wnb.widgets.links import csv_link, png_link, slug
+from wnb.scoring.stability import stability_summary, stability_words
 from wnb.widgets.messages import cost_message
+from wnb.widgets.negative_options import StudyOptions
 from wnb.widgets.panel import CSS, Panel
 
 if TYPE_CHECKING:
@@ -31,6 +33,25 @@ NEGATIVE_SCOPES = {"all": "the first FFN layer of every block", "block": SCOPES[
 # perplexity passes per layer) has its own button.
 APP_DEFAULTS = {"small": (1, 5), "medium": (3, 20), "large": (3, 50)}
 STEPS = ("WD of every neuron", "study: dense, Wasserstein and controls", "Δ surprisal by token class")
+HEAD = ("<p>The follow-up paper (Kong et al., <i>Negative Pre-activations Differentiate Syntax</i>, ICLR "
+        "2026) zeroes only the <b>negative</b> outputs of the Wasserstein neurons of each block's first FFN "
+        "projection (gate_proj / dense_h_to_4h): the top 1% by WD over all calibration tokens (optionally without "
+        "the first token of every window, an attention sink). Weights are untouched; forward hooks clamp the "
+        "outputs and are removed afterwards. Beside the set: how many of its neurons two disjoint halves of the "
+        "calibration tokens pick alike (its stability).</p>"
+        "<p>Controls: random neurons of the same count per layer (one set per seed); a <b>perplexity-matched</b> "
+        "set of non-Wasserstein neurons (from outside the top 10% by WD, or the bottom of the ranking as the "
+        "authors' code), its count found by bisection so that perplexity comes within 2% of the Wasserstein "
+        "ablation's, its WD ranks in the table; and optional twins of each Wasserstein neuron (closest output "
+        "variance, tail on the same tokens, tail at the same positions). Grammar: the minimal-pair sets chosen "
+        "(<i>pairs each</i> per phenomenon or construction): wnb's six hand-made agreement templates, Marvin & "
+        "Linzen's TSE constructions (wnb's generator and vocabulary), wnb's knowledge pairs, or BLiMP (downloaded: "
+        "needs a network); TSE scored by the mean log-probability per token as the follow-up, the others by the "
+        "sum, after wnb's first-token rule unless the authors' is chosen; every table says which. The study's "
+        "windows are the longest the model allows within the budget. The small budget starts with one random seed "
+        "and 5 pairs per construction (about a minute on the bundled model); the medium budget with 3 seeds and "
+        "20 pairs. The depth profile (two perplexity passes per layer, the pairs scored at each) has its own "
+        "button. Results are cached.</p>")
 
 
 def _span(value: float, low: float, high: float, scale: float = 1.0, digits: int = 3, sign: str = "+") -> str:
@@ -45,6 +66,10 @@ def study_view(study: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "selection": [s if pd.isna(seed) else f"{s} {seed}" for s, seed in zip(study["selection"], study["seed"])],
         "neurons": study["n_neurons"].astype(int),
+        "WD ranks (min / median / max)": [
+            "" if pd.isna(low) else f"{int(low)} / {median:g} / {int(high)}"
+            for low, median, high in study[["wd_rank_min", "wd_rank_median", "wd_rank_max"]].to_numpy(float)]
+        if "wd_rank_min" in study else "",
         "perplexity [95%]": [_span(*v, sign="") for v in study[["perplexity", "ppl_low", "ppl_high"]].to_numpy()]})
     columns = [("Δ perplexity", "delta_perplexity", "delta_ppl", "nll_verdict", 1.0, 3),
                ("W − this, Δ perplexity", "w_delta_perplexity", "w_delta_ppl", "w_nll_verdict", 1.0, 3)]
@@ -126,27 +151,17 @@ class NegativeView(Panel):
         self.surprisal: dict | None = None
         self.depth: pd.DataFrame | None = None
         self.layers: list[str] = []
-        head = ("<p>The follow-up paper (Kong et al., <i>Negative Pre-activations Differentiate Syntax</i>, ICLR "
-                "2026) zeroes only the <b>negative</b> outputs of the Wasserstein neurons of each block's first FFN "
-                "projection (gate_proj / dense_h_to_4h): the top 1% by WD. Weights are untouched; forward hooks "
-                "clamp the outputs and are removed afterwards.</p>"
-                "<p>Controls: random neurons of the same count per layer (one set per seed), and a "
-                "<b>perplexity-matched</b> set of neurons from outside the top 10% by WD whose count is found by "
-                "bisection so that perplexity comes within 2% of the Wasserstein ablation's. Grammar: "
-                "subject–verb agreement minimal pairs (<i>pairs each</i> per construction; wnb's agreement "
-                "constructions, generated offline), each scored by total sentence log-probability. WD is computed over "
-                "all calibration tokens. Each perplexity pass and each scoring of the pairs takes "
-                "seconds on a laptop CPU, so the small budget starts with one random seed and 5 pairs per "
-                "construction (about a minute on the bundled model); the medium budget with 3 seeds and 20 pairs. "
-                "The depth profile (two perplexity passes per layer) has its own button. Results are cached.</p>")
-        super().__init__([widgets.HTML(CSS), widgets.HTML(head),
+        self.options = StudyOptions()
+        self.stability = widgets.HTML()
+        self.differences = widgets.HTML()
+        super().__init__([widgets.HTML(CSS), widgets.HTML(HEAD),
                           widgets.HBox([self.scope, self.layer]),
                           widgets.HBox([self.fraction, self.side, self.random, self.seeds, self.matched,
                                         self.pairs, self.run], layout=widgets.Layout(flex_flow="row wrap")),
-                          self.summary,
+                          self.options.box, self.summary, self.stability,
                           widgets.HTML("<h4>Perplexity and grammar</h4>"),
                           widgets.HBox([self.ppl_out, self.pairs_out], layout=widgets.Layout(flex_flow="row wrap")),
-                          self.study_table,
+                          self.study_table, self.differences,
                           widgets.HTML("<h4>Where the excess surprisal falls: Δ NLL by token class</h4>"
                                        "<p>Token classes come from a closed English word list shipped in wnb "
                                        "(determiners, prepositions, pronouns, auxiliaries, conjunctions), not a "
@@ -187,7 +202,8 @@ class NegativeView(Panel):
         self.pngs, self.figs = {}, {}
         for out in (self.ppl_out, self.pairs_out, self.surprisal_out, self.depth_out):
             out.outputs = ()
-        for part in (self.study_table, self.surprisal_table, self.depth_table, self.downloads, self.summary):
+        for part in (self.study_table, self.surprisal_table, self.depth_table, self.downloads, self.summary,
+                     self.stability, self.differences):
             part.value = ""
         self.info("")
 
@@ -196,7 +212,8 @@ class NegativeView(Panel):
 
     @property
     def controls(self) -> tuple[str, ...]:
-        return tuple(c for c, box in (("random", self.random), ("matched", self.matched)) if box.value)
+        basic = tuple(c for c, box in (("random", self.random), ("matched", self.matched)) if box.value)
+        return basic + self.options.twin_controls
 
     def selected_layers(self) -> list[str]:
         if not self.layer.value and self.scope.value != "all":
@@ -216,9 +233,11 @@ class NegativeView(Panel):
         layers, fraction, side = self._arguments()
         controls = self.controls
         seeds, n_pairs = bounded("control_seeds", self.seeds.value), bounded("pairs", self.pairs.value)
-        pairs = session.sign_pairs("agreement", n_pairs)
+        pairs = session.sign_pairs(self.options.pair_sets, n_pairs)
+        options = self.options.study_options()
         cost = session.negative_cost(layers, seeds, len(pairs or []), controls)
-        if not self.confirmed(f"study {layers} {fraction} {side} {controls} {seeds} {n_pairs}", cost,
+        if not self.confirmed(f"study {layers} {fraction} {side} {controls} {seeds} {n_pairs} {options} "
+                              f"{self.options.pair_sets}", cost,
                               cost_message(cost, "this study", "Run")):
             return
         self.clear()
@@ -230,44 +249,54 @@ class NegativeView(Panel):
 
         step(0)
         with self.busy(f"WD of every neuron of {len(layers)} layer(s) (cached afterwards)…"):
-            session.sign_scores(layers, progress=self.bars)
+            stability = session.sign_stability(layers, fraction, skip_first=options["skip_first"], progress=self.bars)
+        self.stability.value = html.escape(stability_words(stability_summary(stability), fraction))
         step(1)
         with self.busy(f"ablating the {side} side of the top {fraction:.1%} of {len(layers)} layer(s) and "
                        f"{len(controls)} control(s), measuring perplexity"
                        f"{' and minimal pairs' if pairs else ''}…"):
             self.study = session.sign_ablation(layers, fraction, side, controls, seeds, pairs,
-                                               progress=self.bars)
+                                               progress=self.bars, **options)
         self._draw_study(pairs is not None)
+        self.differences.value = ("<b>What differs from the follow-up's setting</b><ul>"
+                                  + "".join(f"<li>{html.escape(d)}</li>" for d in session.sign_setting(self.study))
+                                  + "</ul>")
         step(2)
         matched = self.study[self.study["selection"] == "matched"]
         with self.busy("per-token NLL, dense vs ablated, by token class…"):
             self.surprisal = session.sign_surprisal(layers, fraction, side,
                                                     matched=int(matched["per_layer"].iloc[0]) if len(matched) else None,
                                                     matched_seed=int(matched["seed"].iloc[0]) if len(matched) else None,
-                                                    progress=self.bars)
+                                                    progress=self.bars, pool=options["pool"],
+                                                    skip_first=options["skip_first"])
         self._draw_surprisal()
         self._links()
         self.info(f"done: {side} side of the top {fraction:.1%} of {len(layers)} layer(s) by WD, "
-                  f"{session.held_out.numel():,} held-out tokens; the depth profile runs with its own button")
+                  f"{session.sign_windows()[1].numel():,} held-out tokens; the depth profile runs with its own "
+                  "button")
 
     def compute_depth(self, job=None) -> None:
         """The Wasserstein ablation one layer at a time and over layers 0..l."""
         session = self.session
         layers, fraction, side = self._arguments()
-        cost = session.negative_cost(layers, depth=True)
-        if not self.confirmed(f"depth {layers} {fraction} {side}", cost,
+        pairs = session.sign_pairs(self.options.pair_sets, bounded("pairs", self.pairs.value))
+        options = self.options.study_options()
+        cost = session.negative_cost(layers, pairs=len(pairs or []), depth=True)
+        if not self.confirmed(f"depth {layers} {fraction} {side} {options} {self.options.pair_sets}", cost,
                               cost_message(cost, "this depth profile", "Run depth profile")):
             return
         self.layers = layers
         if job is not None:
             job.begin(0, 2, STEPS[0])
         with self.busy(f"WD of every neuron of {len(layers)} layer(s) (cached afterwards)…"):
-            session.sign_scores(layers, progress=self.bars)
+            session.sign_scores(layers, progress=self.bars, skip_first=options["skip_first"])
         if job is not None:
             job.begin(1, 2, f"depth profile: {2 * len(layers) + 1} perplexity passes")
         with self.busy(f"depth profile: {len(layers)} layer(s) one at a time and cumulatively "
                        f"({2 * len(layers) + 1} perplexity passes)…"):
-            self.depth = session.sign_depth(layers, fraction, side, progress=self.bars)
+            self.depth = session.sign_depth(layers, fraction, side, pairs, progress=self.bars,
+                                            skip_first=options["skip_first"], pair_score=options["pair_score"],
+                                            first_token=options["first_token"])
         self._draw_depth()
         self._links()
         self.info(f"depth profile done: {len(layers)} layer(s), {side} side, top {fraction:.1%}")
@@ -285,7 +314,7 @@ class NegativeView(Panel):
         self.draw_figure("perplexity", self.ppl_out, plots.sign_ablation_bars(study, title=what))
         if with_pairs and any(c.startswith("accuracy_") for c in study.columns):
             self.draw_figure("minimal_pairs", self.pairs_out,
-                             plots.minimal_pair_bars(study, title="agreement minimal pairs"))
+                             plots.minimal_pair_bars(study, title=f"minimal pairs: {', '.join(self.options.pair_sets)}"))
         else:
             self.pairs_out.outputs = ()
         parts = [html.escape(part) for part in study_words(study).split("; ")]  # paired, with intervals
@@ -295,8 +324,12 @@ class NegativeView(Panel):
         if not with_pairs:
             parts.append("no minimal pairs: the model has no tokenizer")
         self.summary.value = "<br>".join(parts)
+        scoring = (f" Pairs scored by {study['pair_score'].iloc[0]}, {study['scoring_rule'].iloc[0]}."
+                   if "scoring_rule" in study else "")
         legend = ("<small>Δ: this row − dense; W − this: the Wasserstein ablation − this control (paired over the "
-                  "same windows and pairs, 95% intervals); every column is in the study CSV below.</small>")
+                  "same windows and pairs, 95% intervals); WD ranks: where the row's neurons rank by WD in their "
+                  f"layers (1 = highest).{html.escape(scoring)} {html.escape(self.options.words())}; every column is "
+                  "in the study CSV below.</small>")
         self.study_table.value = study_view(study).to_html(index=False, border=0, na_rep="", escape=True) + legend
 
     def _draw_surprisal(self) -> None:

@@ -28,7 +28,7 @@ from wnb.model import state
 BUNDLED_COPY = USER_CACHE / "models" / f"{wnb.model.bundled.BUNDLED}-float32"  # made by the `bundled` fixture
 DOWNSTREAM = "model.layers.2.mlp.gate_proj"  # its outputs change when LAYER is pruned
 DENSE_KINDS = ("capture", "neuron_table", "held_capture", "pruned_weight", "overview", "sign_quadrants",
-               "layer_study", "sign_scores")
+               "layer_study", "sign_field")
 
 
 def entries():

@@ -21,6 +21,7 @@ import wnb.core
 import wnb.core.inference
 from wnb.compression import clamp
 from wnb.experiments import sign_ablation as sa
+from wnb.experiments import sign_controls
 from wnb.experiments import sign_statistics
 
 
@@ -275,13 +276,13 @@ def test_bisection_finds_the_count_within_tolerance():
         calls.append(count)
         return 10.0 + 0.5 * count
 
-    count, reached = sa._bisect(ppl, widest=1000, target=60.0, tolerance=0.02)
+    count, reached = sign_controls.bisect_count(ppl, widest=1000, target=60.0, tolerance=0.02)
     assert reached and abs((10 + 0.5 * count) / 60 - 1) <= 0.02
     assert len(calls) <= 12
-    count, reached = sa._bisect(ppl, widest=50, target=60.0, tolerance=0.02)  # 35 at most: unreachable
+    count, reached = sign_controls.bisect_count(ppl, widest=50, target=60.0, tolerance=0.02)  # 35 at most: unreachable
     assert (count, reached) == (50, False)
     step = lambda c: 10.0 if c < 300 else 100.0  # jumps over the band: the closest
-    count, reached = sa._bisect(step, widest=1000, target=60.0, tolerance=0.02)
+    count, reached = sign_controls.bisect_count(step, widest=1000, target=60.0, tolerance=0.02)
     assert reached and count in (299, 300)
 
 
@@ -441,7 +442,7 @@ def test_study_selections_rebuild_every_row(tiny_llama, windows, scores):
 
 def test_matched_control_that_cannot_reach_the_target(tiny_llama, windows, scores):
     opts = dict(side="negative", batch_size=8, progress=False, nll_fn=sa.ablated_nll)
-    chosen, report = sa._match(tiny_llama, windows[1], scores, target=1e9, seed=0, exclude=0.1,
+    chosen, report = sign_controls.match_perplexity(tiny_llama, windows[1], scores, target=1e9, seed=0, exclude=0.1,
                                tolerance=0.02, opts=opts)
     assert not report["within_tolerance"] and report["evaluations"] == 1
     assert "all" in report["note"] and "candidates" in report["note"]
@@ -538,7 +539,7 @@ def test_study_refuses_bad_input_before_any_work(tiny_llama, windows, monkeypatc
         raise AssertionError("work started before the input was checked")
 
     from wnb.experiments import surprisal
-    monkeypatch.setattr(sa, "wasserstein_scores", no_work)
+    monkeypatch.setattr(sa, "study_statistics", no_work)
     monkeypatch.setattr(surprisal, "token_nll", no_work)
     with pytest.raises(wnb.WnbError, match=match):
         wnb.sign_ablation_study(tiny_llama, windows[0], windows[1], progress=False, **kw)

@@ -81,3 +81,18 @@ def test_depth_profile_lines():
     np.testing.assert_allclose(summed.get_ydata(), [1.0, 1.5, 3.5])
     with pytest.raises(WnbError, match="no column 'mode'"):
         plots.depth_profile(table.drop(columns="mode"))
+
+
+def test_depth_profile_grammar_panel_per_phenomenon():
+    table = pd.DataFrame({"mode": ["dense", "layer", "layer", "cumulative", "cumulative"],
+                          "block": pd.array([None, 0, 1, 0, 1], dtype="Int64"),
+                          "delta_perplexity": [0.0, 1.0, 0.5, 1.0, 1.6],
+                          "delta_accuracy_simple": [0.0, -0.1, 0.02, -0.1, -0.05],
+                          "delta_accuracy_tse/npi": [0.0, 0.0, -0.25, 0.0, -0.3]})
+    fig = plots.depth_profile(table)
+    assert len(fig.axes) == 2
+    simple, npi = fig.axes[1].lines[:2]
+    assert (simple.get_label(), npi.get_label()) == ("simple", "tse/npi")
+    np.testing.assert_allclose(simple.get_ydata(), [-10.0, 2.0])  # points, each layer alone
+    np.testing.assert_allclose(npi.get_ydata(), [0.0, -25.0])
+    assert len(plots.depth_profile(table.drop(columns=["delta_accuracy_simple", "delta_accuracy_tse/npi"])).axes) == 1

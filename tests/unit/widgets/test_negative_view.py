@@ -204,3 +204,65 @@ def test_minimal_pairs_on_a_model_with_a_tokenizer():
     means = view.study.groupby("selection", sort=False)[[f"accuracy_{p}" for p in dense.index]].mean()
     for container, (selection, row) in zip(bars, means.iterrows()):
         np.testing.assert_allclose([b.get_height() for b in container], row.to_numpy(float))
+
+
+def test_study_options_reach_the_study(app, tiny_llama):
+    """The matched pool, the ranking without the first token and a twin control, as the API gives them; the
+    set's stability and the rows' WD ranks shown."""
+    app.tabs.selected_index = 4
+    view = app.negative
+    view.fraction.value = 0.05
+    view.random.value = False
+    view.options.pool.value = "bottom"
+    view.options.skip_first.value = True
+    view.options.twins["variance"].value = True
+    view.run.click()
+    assert view.last_error is None, view.last_error
+    session = app.settings.session
+    ref = wnb.sign_ablation_study(tiny_llama, session.calib, session.held_out, fraction=0.05,
+                                  controls=("matched", "variance"), seeds=(0,), pool="bottom", skip_first=1,
+                                  progress=False)
+    study = view.study
+    assert list(study["selection"]) == ["dense", "wasserstein", "matched", "variance"]
+    for column in ("n_neurons", "perplexity", "wd_rank_min", "wd_rank_max", "top_overlap", "w_delta_perplexity"):
+        np.testing.assert_allclose(study[column].to_numpy(float), ref[column].to_numpy(float), rtol=1e-6, atol=1e-9)
+    assert study.iloc[2]["pool"] == "bottom" and (study["skip_first"] == 1).all()
+    assert "WD ranks (min / median / max)" in view.study_table.value
+    m = study.iloc[2]
+    assert f"{int(m['wd_rank_min'])} / {m['wd_rank_median']:g} / {int(m['wd_rank_max'])}" in view.study_table.value
+    assert f"share {study.iloc[1]['top_overlap']:.0%} of their neurons" in view.stability.value
+    assert "matched pool: the lowest WD first" in view.study_table.value
+
+
+def test_pair_sets_scoring_rules_and_the_grammar_depth_profile():
+    from helpers import tiny_word_llama
+
+    lm = tiny_word_llama(layers=3)
+    calib, held_out = windows(len(lm.tokenizer.get_vocab()))
+    page = ww.Page(ww.NegativeView, session=Session(lm=lm, calib=calib, held_out=held_out, budget="small"))
+    page.start()
+    view = page.view
+    view.fraction.value = 0.05
+    view.pairs.value = 2
+    view.options.sets.value = ("agreement", "tse")
+    view.options.score.value = "mean"
+    view.options.first_token.value = "authors"
+    view.run.click()
+    assert view.last_error is None, view.last_error
+    pairs = wnb.pair_sets(["agreement", "tse"], n=2, seed=0)
+    ref = wnb.sign_ablation_study(lm, calib, held_out, fraction=0.05, seeds=(0,), pairs=pairs, pair_score="mean",
+                                  prefix="", progress=False)
+    columns = [c for c in ref.columns if c.startswith("accuracy")]
+    assert "accuracy_tse/reflexive_anaphora" in columns
+    np.testing.assert_allclose(view.study[columns].to_numpy(float), ref[columns].to_numpy(float))
+    assert (view.study["scoring_rule"] == "from the second token").all() and (view.study["pair_score"] == "mean").all()
+    assert "Pairs scored by mean, from the second token." in view.study_table.value
+    assert "What differs from the follow-up" in view.differences.value and "no BLiMP" in view.differences.value
+    assert "TSE scored by" not in view.differences.value  # the follow-up scores TSE by the mean: no difference
+    view.run_depth.click()
+    assert view.last_error is None, view.last_error
+    depth = wnb.sign_ablation_depth(lm, calib, held_out, fraction=0.05, pairs=pairs, pair_score="mean", prefix="",
+                                    progress=False)
+    grammar = [c for c in depth.columns if c.startswith("delta_accuracy_")]
+    np.testing.assert_allclose(view.depth[grammar].to_numpy(float), depth[grammar].to_numpy(float))
+    assert len(view.figs["depth"].axes) == 2  # Δ perplexity and Δ accuracy per phenomenon
