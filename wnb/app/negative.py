@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from wnb.app.layers import OVERVIEW_BATCH_TOKENS
+from wnb.app.layers import READ_BATCH, READ_BINS
 from wnb.core import cache
 from wnb.experiments.minimal_pairs import minimal_pairs
 from wnb.experiments.sign_ablation import (
@@ -18,6 +18,7 @@ from wnb.experiments.surprisal import (
     token_surprisal,
     top_surprisal_tokens,
 )
+from wnb.reading.readout import Readout
 from wnb.scoring.layers import score_layers
 from wnb.scoring.selection import matched_candidates, select_matched, select_wasserstein
 
@@ -28,15 +29,19 @@ class Negative:
     def sign_scores(self, layers, tokens: int | None = None, progress: bool = True) -> dict:
         """WD of every neuron of ``layers`` over the first ``tokens`` calibration tokens (default: all of
         them, as the follow-up ranks its Wasserstein neurons; streaming where exact scores do not fit),
-        ``{layer: [n_neurons]}`` from the one many-layer scorer (:func:`wnb.scoring.layers.score_layers`);
-        cached."""
+        ``{layer: [n_neurons]}``: from the session's whole reading when it is stored and covers them (every
+        calibration token of FFN layers, no position skipped), else from the one many-layer scorer
+        (:func:`wnb.scoring.layers.score_layers`); cached."""
         layers = [self.check_layer(n) for n in layers]
         tokens = min(int(tokens or self.calib.numel()), self.calib.numel())
-        batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
 
         def compute():
-            stats = score_layers(self.lm, self.calib, layers, ("wd",), wd="auto", max_tokens=tokens, batch_size=batch,
-                                 progress=progress)
+            covered = tokens == self.calib.numel() and not self.skip_first and set(layers) <= set(self.ffn_layers())
+            state = cache.lookup("reading", self.whole_reading_key()) if covered and self.use_cache else None
+            if state is not None:
+                return {name: Readout.from_state(state).stats[name]["wd"] for name in layers}
+            stats = score_layers(self.lm, self.calib, layers, ("wd",), wd="auto", max_tokens=tokens,
+                                 batch_size=READ_BATCH, n_bins=READ_BINS, progress=progress)
             return {name: s["wd"] for name, s in stats.items()}
 
         return self._cached("sign_scores", self.key(layers=layers, tokens=tokens), compute, enabled=self.use_cache)

@@ -65,11 +65,10 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     """WD (to N(0, 1), PAPER.md §2) of every neuron of ``layers`` (default: the first FFN projection of
     every block) over the calibration tokens, as ``{layer: [n_neurons] float64}``.
 
-    The one many-layer scorer (:func:`wnb.scoring.layers.score_layers`): exact WD captures the layers'
-    outputs in as few passes as ``max_bytes``
-    allows (default: the smaller of 1 GiB and 60% of free memory; each pass stops after its deepest
-    layer); ``streaming=True`` uses :func:`wnb.stream_scores` instead (one pass, memory per neuron, WD
-    within ~1e-3).
+    The one many-layer scorer (:func:`wnb.scoring.layers.score_layers`, the one-pass reader): exact WD keeps
+    the layers' outputs during the pass, in as few passes as ``max_bytes`` allows (default: the smaller of
+    1 GiB and 60% of free memory; each pass stops after its deepest layer); ``streaming=True`` keeps a sketch
+    per neuron instead (one pass, memory per neuron, WD within 1e-3).
     """
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
     limit = min(1 << 30, int(0.6 * available_memory())) if max_bytes is None else int(max_bytes)

@@ -7,8 +7,8 @@ below zero, moments, outputs by position, the first position's share of the tail
 per-layer *feed* (what :mod:`wnb.reading` keeps: the contexts). The hook of the deepest requested layer then
 stops the forward (the rest of the model never runs). Nothing per token is kept beyond one batch, except the
 outputs themselves when the plan says exact WD (``wd="exact"``, or ``"auto"`` when they fit the memory
-budget; then WD and the first-position share are computed exactly from them at the end, everything else
-still from the sketch). Batches are whole windows, sized by the plan (:func:`wnb.scoring.read_plan.plan_pass`).
+budget; then WD, mean, variance and the first-position share are computed exactly from them at the end,
+everything else still from the sketch). Batches are whole windows, sized by the plan (:func:`wnb.scoring.read_plan.plan_pass`).
 
 A feed is any object with ``k`` (how many extremes per side it keeps, for the first batch's candidate
 bounds), ``update(y, start, t, t2, grid, moments, bounds)`` and ``finish(windows, layer, stats)``; see
@@ -34,6 +34,7 @@ from wnb.model.architectures import layer_weight, module
 from wnb.model.state import holding
 from wnb.scoring.read_plan import ReadPlan
 from wnb.scoring.sketch import NeuronSketch, Scratch
+from wnb.scoring.tables import output_moments
 from wnb.scoring.wasserstein import wasserstein_to_gaussian
 from wnb.tracing.capture import capture
 
@@ -106,6 +107,7 @@ class _LayerReader:
         if self.kept is not None:
             kept = self.kept[:self.filled]
             stats["wd"] = wasserstein_to_gaussian(kept)
+            stats["variance"], stats["mean"] = output_moments(kept)
             stats["pos0_tail_share"] = position_tail_share(kept, self.seq_len - self.sketch.skip_first)
             self.kept = None
         return stats, (self.feed.finish(windows, self.name, stats) if self.feed is not None else None)
@@ -193,8 +195,8 @@ def read_layers(lm, windows, plan: ReadPlan, feeds: dict | None = None, progress
     """Read every layer of ``plan`` over ``windows`` in one forward pass (see the module docstring).
 
     Returns ``(stats, fed, windows read)``: ``stats[layer]`` the float64 CPU results of
-    :meth:`wnb.scoring.sketch.NeuronSketch.results` (WD and the first-position share exact when the plan says
-    ``wd="exact"``), ``fed[layer]`` what each layer's feed (``feeds[layer]``) gives at the end, and the token
+    :meth:`wnb.scoring.sketch.NeuronSketch.results` (WD, mean, variance and the first-position share exact when
+    the plan says ``wd="exact"``), ``fed[layer]`` what each layer's feed (``feeds[layer]``) gives at the end, and the token
     windows read (``[n, seq_len]``, the last maybe read in part)."""
     windows = check_windows(windows, lm)
     feeds = feeds or {}

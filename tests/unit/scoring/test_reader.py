@@ -11,6 +11,7 @@ import wnb
 from wnb.core.jobs import Cancelled
 from wnb.data.positions import position_tail_share
 from wnb.errors import WnbError
+from wnb.scoring.layers import score_layers
 from wnb.scoring.read_plan import plan_pass
 from wnb.scoring.reader import read_layers
 from wnb.scoring.wasserstein import wasserstein_to_gaussian
@@ -115,3 +116,30 @@ def test_plan_states_memory_and_refuses_what_does_not_fit(tiny_llama, tiny_windo
             plan_pass(tiny_llama, tiny_windows, **bad)
     with pytest.raises(WnbError, match="not a linear layer"):
         plan_pass(tiny_llama, tiny_windows, ["model.layers.0.mlp"])
+
+
+def test_score_layers_reads_every_layer_in_one_pass(tiny_neox, tiny_windows):
+    """auto and streaming: one forward for every layer; exact: as many as the memory budget needs; every
+    method equals the per-layer reference (exact WD of plain-hook captures) and keeps the fields asked for."""
+    layers = wnb.ffn_layers(tiny_neox)
+    ref = hooked_layers(tiny_neox, layers, tiny_windows)
+    calls = count_forwards(tiny_neox)
+    for wd, tol in (("auto", 1e-9), ("streaming", 1e-3)):
+        calls.clear()
+        stats = score_layers(tiny_neox, tiny_windows, layers, ("wd", "pos0_tail_share"), wd=wd, batch_size=6,
+                             progress=False)
+        assert len(calls) == 1 and list(stats) == layers
+        for name in layers:
+            assert set(stats[name]) == {"wd", "pos0_tail_share"}
+            torch.testing.assert_close(stats[name]["wd"], wasserstein_to_gaussian(ref[name]), atol=tol, rtol=0)
+    one = plan_pass(tiny_neox, tiny_windows, layers[:1], wd="exact", batch_size=6)
+    calls.clear()  # room for the kept outputs and sketches of about two layers beside one batch
+    stats = score_layers(tiny_neox, tiny_windows, layers, ("wd", "mean"), wd="exact", batch_size=6,
+                         max_bytes=one.total_bytes + one.state_bytes + one.exact_bytes, progress=False)
+    calls.handle.remove()
+    assert 1 < len(calls) <= len(layers)
+    for name in layers:
+        torch.testing.assert_close(stats[name]["wd"], wasserstein_to_gaussian(ref[name]), atol=1e-9, rtol=0)
+        torch.testing.assert_close(stats[name]["mean"], ref[name].double().mean(0), atol=1e-5, rtol=1e-5)
+    with pytest.raises(WnbError, match="fields"):
+        score_layers(tiny_neox, tiny_windows, layers, ("md",))
