@@ -52,7 +52,8 @@ def score_layers(lm, windows, layers=None, fields=("wd",), wd: str = "exact", ma
     ``fields`` from :data:`FIELDS`. One reading pass (:func:`wnb.scoring.reader.read_layers`) reads every layer
     at once, holding at most ``max_bytes`` beside the model (default :func:`default_budget`). ``wd``:
     ``"exact"`` keeps the outputs for exact WD and first-position share, in as many passes as ``max_bytes``
-    needs (groups of layers whose outputs fit beside one batch, :func:`exact_groups`); ``"streaming"`` keeps ``n_bins`` bins per neuron instead
+    needs (groups of layers whose outputs fit beside one batch, :func:`exact_groups`; a layer that does not
+    fit alone is still read, refused only beyond 60% of the memory available); ``"streaming"`` keeps ``n_bins`` bins per neuron instead
     (:class:`wnb.scoring.sketch.NeuronSketch`: WD within 1e-3, the first-position share from the bins);
     ``"auto"`` is one pass, exact when every layer's outputs fit, streaming otherwise. ``skip_first`` leaves
     that many positions of every window out of every statistic. ``batch_size``: windows per forward."""
@@ -66,16 +67,17 @@ def score_layers(lm, windows, layers=None, fields=("wd",), wd: str = "exact", ma
     seq_len, skip_first = check_skip(windows.shape[1], skip_first)
     n_tokens = windows.numel() if max_tokens is None else min(int(max_tokens), windows.numel())
     limit = default_budget() if max_bytes is None else int(max_bytes)
-    groups = [layers]
+    groups, pass_limit = [layers], limit
     if wd == "exact":  # room for the kept outputs: the limit less one batch (planned for the widest layer)
         widest = max(layers, key=lambda n: layer_weight(lm, n).shape[0])
         batch = plan_pass(lm, windows, [widest], skip_first=skip_first, max_tokens=n_tokens, wd="streaming",
-                          n_bins=n_bins, max_bytes=limit, batch_size=batch_size).batch_bytes
+                          n_bins=n_bins, batch_size=batch_size).batch_bytes
         groups = exact_groups(lm, layers, n_tokens, seq_len, skip_first, limit - batch, n_bins)
+        pass_limit = None  # a layer alone is read even beyond max_bytes, up to the plan's own default
     stats: dict[str, dict[str, torch.Tensor]] = {}
     for group in groups:
         plan = plan_pass(lm, windows, group, skip_first=skip_first, max_tokens=n_tokens, wd=wd, n_bins=n_bins,
-                         max_bytes=limit, batch_size=batch_size)
+                         max_bytes=pass_limit, batch_size=batch_size)
         read, _, _ = read_layers(lm, windows, plan, progress=progress)
         stats.update({name: {f: read[name][f] for f in fields} for name in group})
     return {name: stats[name] for name in layers}
