@@ -120,16 +120,20 @@ class Layers:
             return self._cached("contexts", contexts_key(self.model_key, self.calib, name, k=k, **self.read_settings()),
                                 lambda: state, enabled=self.use_cache)
         layers = self.ffn_layers()
-        if name in layers:
-            try:
-                plan_read(self.lm, self.calib, layers, contexts=k, wd="streaming",
-                          max_bytes=int(READ_SHARE * available_memory()), **self._plan_settings())
-                return self.whole_reading(progress, k=k).contexts_state(name)
-            except WnbError:
-                pass  # every layer at once does not fit: this one alone
+        if name in layers and self._whole_fits(k):
+            return self.whole_reading(progress, k=k).contexts_state(name)
         reading = cached_reading(self.lm, self.calib, [name], contexts=k, wd="streaming", progress=progress,
                                  enabled=self.use_cache, **self.read_settings())
         return reading.contexts_state(name)
+
+    def _whole_fits(self, k: int) -> bool:
+        """Whether :meth:`whole_reading` fits the memory (streaming, the least it can hold)."""
+        try:
+            plan_read(self.lm, self.calib, self.ffn_layers(), contexts=k, wd="streaming",
+                      max_bytes=int(READ_SHARE * available_memory()), **self._plan_settings())
+        except WnbError:
+            return False
+        return True
 
     def _plan_settings(self) -> dict:
         return {k: v for k, v in self.read_settings().items() if k != "seed"}
