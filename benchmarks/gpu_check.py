@@ -25,6 +25,10 @@ have passed the remaining steps are recorded as ``skipped: time budget``:
      offloaded against the same without the cap (same weights), forward passes compared.
   g. the app's computations (``wnb.app.session.Session(device=...)``: layer view, prune view, expansion
      analysis, then the same views from the on-disk cache) on a small model.
+  h. the one-pass reader (``wnb.read_model``) over the Llama-3-8B-shaped model's 32 gate_proj layers (458,752
+     neurons; Llama-3.1-8B has the same shapes) for ``reader_windows`` windows, without and with contexts,
+     against the bare forward over the same tokens: tokens/s and the time 10 M tokens would take. It needs
+     CUDA (without it, and without ``--tiny``, it is skipped); ``--tiny`` runs it on a tiny Llama.
 
 Writes ``gpu_check.json``, ``gpu_check.md`` (tables) and ``pytest_gpu.log`` into the ``-o`` folder,
 rewritten after every step, so a run stopped from outside still leaves what it measured.
@@ -80,12 +84,14 @@ STEPS = {
     "e": "Sparse Expansion k=16 of one layer",
     "f": "offload under a GPU memory cap vs resident",
     "g": "Session (the app's views)",
+    "h": "one-pass reader over 32 gate_proj layers",
 }
 DEFAULT_BUDGET_S = 480          # the whole check; the device machine allows 600 s per command
 # Expected seconds of each step at the full sizes on one H200 (estimates: nothing has run there yet).
 # Optional parts of a step (the CPU sides, the later pruning runs) are left out when what is left of
 # the budget would not cover the later steps' estimates.
-NOMINAL_S = {"a": 100, "b": 20, "c": 150, "d": 60, "e": 30, "f": 70, "g": 30}
+NOMINAL_S = {"a": 100, "b": 20, "c": 150, "d": 60, "e": 30, "f": 70, "g": 30, "h": 60}
+READER_GOAL_TOKENS = 10_000_000  # h: the time this many tokens would take is extrapolated
 PYTEST_TIMEOUT_S = 180
 WD_TOLERANCE = 1e-3             # streaming vs exact WD (README: "within 1e-3 of the exact WD")
 BUNDLED_CONFIG = ROOT / ".whl" / "smollm2"  # written by benchmarks/gpu_wheels.sh
@@ -156,15 +162,22 @@ class Sizes:
     batch_size: int = 8
     exact_group_gib: float = 24.0  # c: CPU memory of one capture group for exact WD
     wd_threads: int = 0           # c: threads for exact WD (0: one per CPU core, at most 16)
+    reader_windows: int = 32      # h: windows read (65,536 tokens at seq_len 2048)
+    reader_contexts: int = 20     # h: top and bottom k of the second read (0: skip it)
 
 
 TINY = Sizes(neox=TINY_NEOX, llama=TINY_LLAMA, small=dict(TINY_LLAMA, num_hidden_layers=2), seq_len=32,
              windows=8, cpu_tokens=64, prune_windows=4, ratio_tokens=128, expand_tokens=1024, eval_tokens=256,
-             offload_windows=4, session_windows=8, session_seq_len=32, batch_size=4, exact_group_gib=0.001)
+             offload_windows=4, session_windows=8, session_seq_len=32, batch_size=4, exact_group_gib=0.001,
+             reader_windows=4)
 
 
 class StepFailed(Exception):
     """A check inside a step did not hold (the step's results so far are kept)."""
+
+
+class StepSkipped(Exception):
+    """The step cannot run here (its reason becomes the status: ``skipped: <reason>``)."""
 
 
 # ---------------------------------------------------------------- measuring
@@ -520,6 +533,9 @@ class Check:
                 raise StepFailed(f"forced failure (--fail {key})")
             getattr(self, f"step_{key}")(results)
             row["status"] = "ok"
+        except StepSkipped as exc:
+            row["status"] = f"skipped: {exc}"
+            results.setdefault("summary", str(exc))
         except Exception as exc:  # recorded; the next step still runs
             row["status"] = "failed"
             row["error"] = traceback.format_exception_only(type(exc), exc)[-1].strip()[:600]
@@ -867,6 +883,56 @@ class Check:
         if len(pv.errors) != view.n_neurons or not {"ri", "regression", "shares", "change"} <= set(ea):
             raise StepFailed(f"unexpected views: {len(pv.errors)} error rows, tables {sorted(ea)}")
 
+    # ------------------------------------------------------------- h. the one-pass reader
+
+    def step_h(self, res: dict) -> None:
+        if self.device.type != "cuda" and not self.tiny:
+            raise StepSkipped("needs CUDA (the dry run, --tiny, runs it on the CPU)")
+        s = self.sizes
+        self.drop("neox")
+        lm = self.model("llama")
+        layers = wnb.first_ffn_layers(lm)
+        windows = self.windows(lm, s.reader_windows, seed=11)
+        plan = wnb.plan_read(lm, windows, layers, wd="streaming", contexts=s.reader_contexts)
+        res.update(model=f"Llama-3-8B-shaped, {len(layers)} gate_proj layers" if not self.tiny else "tiny Llama",
+                   layers=len(layers), neurons=plan.neurons, tokens=windows.numel(), batch_windows=plan.batch_windows,
+                   plan=plan.describe())
+        runs = {"forward": lambda: bare_forward(lm, windows, plan.batch_windows),
+                "read": lambda: wnb.read_model(lm, windows, layers, wd="streaming", progress=False)}
+        if s.reader_contexts:
+            runs["read_contexts"] = lambda: wnb.read_model(lm, windows, layers, wd="streaming",
+                                                           contexts=s.reader_contexts, progress=False)
+        reading = None
+        for name, fn in runs.items():
+            if name == "read_contexts" and self.spare("h") < 3 * res["read_s"]:
+                res["read_contexts"] = "skipped: time budget"
+                continue
+            with timer(self.device, res, f"{name}_s"):
+                out = fn()
+            reading = out if name == "read" else reading
+            res[f"{name}_tokens_per_s"] = round(res["tokens"] / res[f"{name}_s"])
+            res[f"{name}_10m_tokens_min"] = round(READER_GOAL_TOKENS / res[f"{name}_tokens_per_s"] / 60, 1)
+        res["read_over_forward"] = round(res["read_s"] / res["forward_s"], 2)
+        if "read_contexts_s" in res:
+            res["read_contexts_over_forward"] = round(res["read_contexts_s"] / res["forward_s"], 2)
+        wd = torch.cat([reading.stats[n]["wd"] for n in layers])
+        res.update(wd_median=round(float(wd.nanmedian()), 4), constant=int(torch.isnan(wd).sum()))
+        res["summary"] = (f"{len(layers)} layers, {plan.neurons:,} neurons, {res['tokens']:,} tokens: read "
+                          f"{res['read_tokens_per_s']:,} tokens/s ({res['read_over_forward']}x the forward; 10 M tokens "
+                          f"in {res['read_10m_tokens_min']} min)")
+        if "read_contexts_s" in res:
+            res["summary"] += (f", with contexts {res['read_contexts_tokens_per_s']:,} tokens/s "
+                               f"({res['read_contexts_10m_tokens_min']} min)")
+        if not (torch.isfinite(wd) | torch.isnan(wd)).all() or not 0 <= res["wd_median"] < 10:
+            raise StepFailed(f"implausible WD from the reader (median {res['wd_median']})")
+
+
+def bare_forward(lm, windows: torch.Tensor, batch: int) -> None:
+    """The model over ``windows`` in batches of ``batch`` windows, nothing kept (the reader's baseline)."""
+    with torch.no_grad():
+        for start in range(0, windows.shape[0], batch):
+            lm.model(windows[start:start + batch].to(lm.device), use_cache=False)
+
 
 def best_time(fn, device: torch.device, repeat: int = 5, before=None) -> float:
     """Best of ``repeat`` timed calls of ``fn`` after a warm-up; ``before`` runs untimed ahead of each."""
@@ -989,6 +1055,13 @@ def markdown(report: dict) -> str:
         if r["step"] == "f" and "resident" in res:
             rows = [{"where": k, **{x: y for x, y in res[k].items()}} for k in ("resident", "offloaded") if k in res]
             lines += ["", "## f. offload", "", _table(rows)]
+        if r["step"] == "h" and "read_s" in res:
+            rows = [{"what": k, "seconds": res[f"{k}_s"], "tokens/s": res[f"{k}_tokens_per_s"],
+                     "x forward": round(res[f"{k}_s"] / res["forward_s"], 2),
+                     f"{READER_GOAL_TOKENS / 1e6:.0f} M tokens, min": res[f"{k}_10m_tokens_min"]}
+                    for k in ("forward", "read", "read_contexts") if f"{k}_s" in res]
+            lines += ["", f"## h. one-pass reader, {res['layers']} layers, {res['tokens']:,} tokens", "", _table(rows),
+                      "", res["plan"]]
     return "\n".join(lines) + "\n"
 
 

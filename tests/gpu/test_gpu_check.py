@@ -22,7 +22,7 @@ import wnb.model.loading
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 WHEELS = ROOT / "benchmarks" / "gpu_wheels.sh"
-STEP_KEYS = list("abcdefg")
+STEP_KEYS = list("abcdefgh")
 ROW_FIELDS = {"step", "name", "status", "seconds", "peak_gpu_mib", "peak_rss_mib"}
 # Imported here only because they are installed here; the GPU machine runs without them.
 OPTIONAL_HERE = {
@@ -105,6 +105,12 @@ def test_dry_run_results_hold_what_the_issue_asks(dry_run):
     assert "CUDA only" in f["cap"] and f["load_model_offload"].startswith("refused on cpu")
     g = res["g"]
     assert g["prune_rows"] == g["neurons"] and {"ri", "regression", "shares", "change"} <= set(g["expansion_tables"])
+    h = res["h"]
+    assert h["layers"] == gpu_check.TINY.llama["num_hidden_layers"] and h["tokens"] == 4 * gpu_check.TINY.seq_len
+    for run in ("forward", "read", "read_contexts"):
+        assert h[f"{run}_tokens_per_s"] > 0
+        assert h[f"{run}_10m_tokens_min"] == pytest.approx(1e7 / h[f"{run}_tokens_per_s"] / 60, abs=0.1)
+    assert 0 <= h["wd_median"] < 10 and "bytes per neuron" in h["plan"]
 
 
 def test_dry_run_markdown_table(dry_run):
@@ -114,11 +120,12 @@ def test_dry_run_markdown_table(dry_run):
     header = next(line for line in md.splitlines() if line.startswith("| step |"))
     assert [c.strip() for c in header.strip("|").split("|")] == ["step", "what", "status", "seconds", "peak GPU MiB",
                                                                  "peak RSS MiB", "result"]
-    rows = [line for line in md.splitlines() if re.match(r"\| [a-g] \|", line)]
+    rows = [line for line in md.splitlines() if re.match(r"\| [a-h] \|", line)]
     assert [r.split("|")[1].strip() for r in rows] == STEP_KEYS
     for row, step in zip(rows, report["steps"]):
         assert f"| {step['status']} |" in row
     assert "## c. capture and WD" in md and "## d. whole-model pruning" in md and "## f. offload" in md
+    assert "## h. one-pass reader" in md
 
 
 def test_dry_run_imports_only_what_the_gpu_machine_has_or_gets(dry_run):
@@ -161,7 +168,7 @@ def test_a_failing_step_is_recorded_and_the_next_steps_still_run(tmp_path):
     assert rows["b"]["status"] == "failed" and "forced failure (--fail b)" in rows["b"]["error"]
     assert rows["b"]["where"].startswith("gpu_check.py:")
     assert rows["f"]["status"] == "ok" and gpu_check.weights_agree(rows["f"]["results"]["weights"])
-    assert all(rows[k]["status"] == "skipped: not selected (--steps)" for k in "acdeg")
+    assert all(rows[k]["status"] == "skipped: not selected (--steps)" for k in "acdegh")
     md = (tmp_path / "gpu_check.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| b | "))
     assert "| failed: " in row and "forced failure (--fail b)" in row
@@ -184,8 +191,16 @@ def test_an_exception_inside_a_step_keeps_its_results_so_far(tmp_path, monkeypat
 def test_the_time_budget_skips_the_remaining_steps(tmp_path):
     assert gpu_check.main(["--tiny", "--device", "cpu", "--budget-s", "0", "-o", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert [r["status"] for r in report["steps"]] == ["skipped: time budget"] * 7
+    assert [r["status"] for r in report["steps"]] == ["skipped: time budget"] * 8
     assert report["status"] == "complete"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the step runs where CUDA is")
+def test_the_reader_step_is_skipped_without_cuda_unless_tiny(tmp_path):
+    assert gpu_check.main(["--device", "cpu", "--steps", "h", "-o", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "gpu_check.json").read_text())["steps"][-1]
+    assert row["step"] == "h" and row["status"] == "skipped: needs CUDA (the dry run, --tiny, runs it on the CPU)"
+    assert row["seconds"] < 5
 
 
 def test_bad_arguments_are_refused(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Helpers shared by the tests (importable: ``from helpers import ...``): tiny random models of three
 families and a word-level tokenizer with tiny models using it (no download), a layer's outputs from a
-plain forward hook, and the ``wnb`` command's exit status."""
+plain forward hook (one or many layers), a counter of the model's forward passes, and the ``wnb`` command's
+exit status."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,6 +32,37 @@ def hooked_outputs(lm, name, windows):
     finally:
         handle.remove()
     return seen[0].reshape(-1, seen[0].shape[-1])
+
+
+def hooked_layers(lm, layers, windows, n_tokens=None) -> dict:
+    """``{layer: [tokens, d_out] float32}`` from full forwards of one window at a time with plain forward hooks
+    (no wnb code), window-major, the first ``n_tokens`` tokens."""
+    seen = {name: [] for name in layers}
+    handles = [lm.model.get_submodule(name).register_forward_hook(
+        lambda mod, args, out, name=name: seen[name].append(out.reshape(-1, out.shape[-1]).detach().float()))
+        for name in layers]
+    try:
+        with torch.no_grad():
+            for w in windows:
+                lm.model(w[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.cat(v)[:n_tokens] for name, v in seen.items()}
+
+
+def count_forwards(lm) -> list:
+    """A list that grows by one on every forward of the whole model (a plain forward pre-hook on
+    ``lm.model``); ``calls.handle.remove()`` removes the hook."""
+    calls = _Calls()
+    calls.handle = lm.model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    return calls
+
+
+class _Calls(list):
+    """The calls counted, with the hook's handle."""
+
+    handle = None
 
 
 def run_cli(*argv) -> int:

@@ -1,5 +1,11 @@
 """One layer's neurons for the app: its capture and neuron table, the sign quadrants of a gated MLP, the
-contexts of "What it reads", the held-out inputs, and the model overview of every FFN layer."""
+contexts of "What it reads", the held-out inputs, and the model overview of every FFN layer.
+
+The overview and the contexts come from reading passes (:mod:`wnb.reading.reader`, one forward for every
+layer at once): the session's whole reading (:meth:`Layers.whole_reading`: every FFN layer over every
+calibration token, with the contexts of every neuron) serves both once it is stored, whoever made it (the app
+or ``wnb score --contexts 20``); before that the overview reads the budget's ``overview_tokens`` without
+contexts."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,26 +13,28 @@ import torch
 
 from wnb.app.views import LayerView
 from wnb.core import cache
+from wnb.core.memory import available_memory
 from wnb.errors import WnbError
 from wnb.model.architectures import layer_weight
 from wnb.model.lm import LM
-from wnb.reading.accumulator import contexts_from_outputs
 from wnb.reading.contexts import NeuronContexts
 from wnb.reading.highlight import activation_html
 from wnb.reading.neuron import differentiating_pairs, output_effect, tail_concentration, token_table
+from wnb.reading.reader import cached_reading, contexts_key, contexts_of_outputs, plan_read, reading_key
+from wnb.reading.readout import Readout
 from wnb.scoring.layers import score_layers
 from wnb.scoring.sign import sign_quadrants, up_projection_of
 from wnb.scoring.tables import neuron_table, overview_table
 from wnb.tracing.capture import capture
 
-# The overview captures every FFN layer's outputs; more than this many bytes at once is split into
-# several capture passes (each stops after its deepest layer) so the app stays within Binder's 2 GB.
-# Batches of at most 256 tokens keep nnsight's per-batch copies of the saved outputs small beside that store.
-OVERVIEW_MAX_BYTES = 192 << 20
-OVERVIEW_BATCH_TOKENS = 256
-CONTEXT_K = 20      # highest and lowest outputs kept per neuron for "What it reads"
-CONTEXT_WIDTH = 8   # tokens of context shown on each side
-PAIRS_SHOWN = 6     # differentiating token pairs shown per neuron
+# How the app reads (``wnb score --contexts 20`` reads the same way by default, so the app finds its result):
+READ_BATCH = 8        # windows per forward pass
+READ_BINS = 256       # bins per neuron of the streaming sketch (wnb.scoring.sketch)
+READ_SHARE = 0.6      # share of the memory available now that a reading pass may hold beside the model
+CONTEXT_K = 20        # highest and lowest outputs kept per neuron for "What it reads"
+CONTEXT_SAMPLES = 8   # examples kept per band of each neuron's distribution
+CONTEXT_WIDTH = 8     # tokens of context shown on each side
+PAIRS_SHOWN = 6       # differentiating token pairs shown per neuron
 
 
 class Layers:
@@ -75,21 +83,60 @@ class Layers:
                             enabled=self.use_cache)
 
     def contexts(self, name: str, progress: bool = True, k: int = CONTEXT_K):
-        """:class:`wnb.NeuronContexts` of every neuron of ``name`` (from its calibration capture, no second
-        pass; cached on disk and kept for the last layer, so re-selecting a neuron is instant)."""
-
-        view = self.layer(name, progress)
-        key = contexts_key(self, view.name, k)
+        """:class:`wnb.NeuronContexts` of every neuron of ``name``: stored by a reading pass (no pass when the
+        session's whole reading or ``wnb score --contexts`` stored it); else, when the session holds the
+        layer's capture (:meth:`layer`), the same from its outputs fed as the pass would feed them (no pass);
+        else read now by :meth:`whole_reading` (every FFN layer at once; ``name`` alone when that does not fit
+        the memory, or ``name`` is not an FFN layer). Cached, and kept for the last layer, so re-selecting a
+        neuron is instant."""
+        name = self.check_layer(name)
+        key = contexts_key(self.model_key, self.calib, name, k=k, **self.read_settings())
         if self._contexts is not None and self._contexts[0] == key:
             return self._contexts[1]
-        state = cache.cached("contexts", key,
-                             lambda: contexts_from_outputs(view.outputs, self.calib, None, view.name, k=k,
-                                                           width=CONTEXT_WIDTH, skip_first=self.skip_first,
-                                                           seed=self.seed).to_state(),
-                             enabled=self.use_cache)
+        state = cache.lookup("contexts", key) if self.use_cache else None
+        if state is None:
+            state = self._read_contexts(name, k, progress)
         ctx = NeuronContexts.from_state(state, self.lm.tokenizer, width=CONTEXT_WIDTH)
         self._contexts = (key, ctx)
         return ctx
+
+    def read_settings(self) -> dict:
+        """The settings of the app's reading passes besides the layers, contexts and WD method."""
+        return dict(n_samples=CONTEXT_SAMPLES, seed=self.seed, skip_first=self.skip_first, n_bins=READ_BINS,
+                    batch_size=READ_BATCH)
+
+    def whole_reading(self, progress: bool = True, callback=None, k: int = CONTEXT_K) -> Readout:
+        """Every FFN layer over every calibration token in one pass (:func:`wnb.reading.reader.cached_reading`):
+        WD, sign and position statistics and the contexts (``k`` per side) of every neuron; cached (the
+        statistics once, each layer's contexts where :meth:`contexts` finds them)."""
+        return cached_reading(self.lm, self.calib, self.ffn_layers(), contexts=k, wd="auto",
+                              max_bytes=int(READ_SHARE * available_memory()), progress=progress, callback=callback,
+                              enabled=self.use_cache, **self.read_settings())
+
+    def _read_contexts(self, name: str, k: int, progress: bool) -> dict:
+        held = self._layer
+        if held is not None and held.name == name and held.skip_first == self.skip_first:
+            state = contexts_of_outputs(held.outputs, self.calib, name, k=k, **self._plan_settings(), seed=self.seed)
+            return self._cached("contexts", contexts_key(self.model_key, self.calib, name, k=k, **self.read_settings()),
+                                lambda: state, enabled=self.use_cache)
+        layers = self.ffn_layers()
+        if name in layers and self._whole_fits(k):
+            return self.whole_reading(progress, k=k).contexts_state(name)
+        reading = cached_reading(self.lm, self.calib, [name], contexts=k, wd="streaming", progress=progress,
+                                 enabled=self.use_cache, **self.read_settings())
+        return reading.contexts_state(name)
+
+    def _whole_fits(self, k: int) -> bool:
+        """Whether :meth:`whole_reading` fits the memory (streaming, the least it can hold)."""
+        try:
+            plan_read(self.lm, self.calib, self.ffn_layers(), contexts=k, wd="streaming",
+                      max_bytes=int(READ_SHARE * available_memory()), **self._plan_settings())
+        except WnbError:
+            return False
+        return True
+
+    def _plan_settings(self) -> dict:
+        return {k: v for k, v in self.read_settings().items() if k != "seed"}
 
     def reading(self, name: str, neuron: int, progress: bool = True) -> dict:
         """What "What it reads" shows of ``neuron``: ``contexts`` (both tails), ``band_samples``, ``tokens``,
@@ -111,15 +158,30 @@ class Layers:
         return activation_html(self.lm, text, name, neuron, scale=ctx.scale(neuron))
 
     def overview(self, progress: bool = True) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-        """WD of every neuron of every FFN layer (``budget.overview_tokens`` tokens) and its per-layer table,
-        whose ``sinks`` column counts the neurons with first-token (attention sink) tails."""
-        tokens = min(self.budget.overview_tokens, self.calib.numel())
+        """WD of every neuron of every FFN layer and its per-layer table, whose ``sinks`` column counts the
+        neurons with first-token (attention sink) tails: from the session's whole reading (every calibration
+        token) when it is stored, else from a reading pass over ``budget.overview_tokens`` tokens; cached."""
+        full = self.calib.numel()
+        if self.use_cache:
+            found = cache.lookup("overview", self.overview_key(full))
+            state = cache.lookup("reading", self.whole_reading_key()) if found is None else None
+            if state is not None:
+                stats = Readout.from_state(state).layer_statistics()
+                found = self._cached("overview", self.overview_key(full), lambda: _overview_of(self.lm, stats))
+            if found is not None:
+                return found
+        tokens = min(self.budget.overview_tokens, full)
 
         def compute():
             stats = self._layer_statistics(tokens, progress)
             return _overview_of(self.lm, stats)
 
         return self._cached("overview", self.overview_key(tokens), compute, enabled=self.use_cache)
+
+    def whole_reading_key(self, k: int = CONTEXT_K) -> str:
+        """The cache key of :meth:`whole_reading`'s statistics (known without loading the model)."""
+        return reading_key(self.model_key, self.calib, self.ffn_layers(), contexts=k, wd="auto",
+                           **self.read_settings())
 
     def overview_key(self, tokens: int) -> str:
         extra = {"skip_first": self.skip_first} if self.skip_first else {}
@@ -134,10 +196,9 @@ class Layers:
                      enabled=self.use_cache)
 
     def _layer_statistics(self, tokens: int, progress: bool) -> dict[str, dict[str, torch.Tensor]]:
-        batch = max(1, OVERVIEW_BATCH_TOKENS // self.calib.shape[1])
-        return score_layers(self.lm, self.calib, self.ffn_layers(), ("wd", "pos0_tail_share"), max_tokens=tokens,
-                            max_bytes=OVERVIEW_MAX_BYTES, skip_first=self.skip_first, batch_size=batch,
-                            progress=progress)
+        return score_layers(self.lm, self.calib, self.ffn_layers(), ("wd", "pos0_tail_share"), wd="auto",
+                            max_tokens=tokens, max_bytes=int(READ_SHARE * available_memory()),
+                            skip_first=self.skip_first, batch_size=READ_BATCH, n_bins=READ_BINS, progress=progress)
 
     def held_inputs(self, name: str, progress: bool = True) -> torch.Tensor:
         """The layer's inputs on the held-out windows, from the dense model (cached)."""
@@ -153,11 +214,6 @@ def _overview_of(lm: LM, stats: dict) -> tuple[dict[str, torch.Tensor], pd.DataF
     """The overview's value: WD per layer and the per-layer table with the first-token ``sinks`` columns."""
     scores = {name: s["wd"] for name, s in stats.items()}
     return scores, overview_table(lm, scores, pos0_shares={name: s["pos0_tail_share"] for name, s in stats.items()})
-
-
-def contexts_key(session, layer: str, k: int = CONTEXT_K) -> str:
-    """The cache key of a layer's contexts (``wnb score --contexts`` stores them under it for the app)."""
-    return session.key(layer=layer, k=int(k), width=CONTEXT_WIDTH, skip_first=session.skip_first)
 
 
 def _capture_one(lm: LM, name: str, windows: torch.Tensor, progress: bool) -> dict[str, torch.Tensor]:

@@ -8,17 +8,32 @@ import pandas as pd
 import torch
 
 from wnb.app.budgets import study_sizes
-from wnb.app.layers import OVERVIEW_BATCH_TOKENS
+from wnb.app.layers import READ_BATCH
 from wnb.core import cache
 from wnb.data.windows import context_length, token_windows
 from wnb.experiments.pair_sets import first_token_prefix, pair_sets
-from wnb.experiments.sign_ablation import ablated_nll, selection_table, sign_ablation_study, study_selections
+from wnb.experiments.sign_ablation import (
+    ablated_nll,
+    selection_table,
+    sign_ablation_study,
+    study_selections,
+)
 from wnb.experiments.sign_controls import study_fields, study_statistics
 from wnb.experiments.sign_depth import sign_ablation_depth
 from wnb.experiments.sign_setting import setting_differences
-from wnb.experiments.surprisal import surprisal_by_class, token_surprisal, top_surprisal_tokens
+from wnb.experiments.surprisal import (
+    surprisal_by_class,
+    token_surprisal,
+    top_surprisal_tokens,
+)
+from wnb.reading.readout import Readout
 from wnb.scoring.layers import default_budget
-from wnb.scoring.selection import DEFAULT_CONTROLS, matched_candidates, select_matched, select_wasserstein
+from wnb.scoring.selection import (
+    DEFAULT_CONTROLS,
+    matched_candidates,
+    select_matched,
+    select_wasserstein,
+)
 from wnb.scoring.stability import set_stability
 
 
@@ -48,7 +63,8 @@ class Negative:
         """``{layer: {field: tensor}}`` over the first ``tokens`` of the study's calibration windows (default:
         all of them, as the follow-up ranks its Wasserstein neurons; streaming where exact scores do not fit),
         the first ``skip_first`` positions of every window left out (:func:`wnb.experiments.sign_controls.
-        study_statistics`); each field cached on its own, the missing ones computed in one pass."""
+        study_statistics`); each field cached on its own, the missing ones taken from the session's whole
+        reading where it is stored and covers them (:meth:`read_fields`), the rest computed in one pass."""
         layers = [self.check_layer(n) for n in layers]
         calib, _ = self.sign_windows()
         tokens = min(int(tokens or calib.numel()), calib.numel())
@@ -57,13 +73,15 @@ class Negative:
         if -(-tokens // calib.shape[1]) < 2:  # one window: no halves to compare
             fields = [f for f in fields if f != "wd_halves"]
         missing = [f for f in fields if not (self.use_cache and cache.entry_path("sign_field", keys[f]).exists())]
-        computed: dict = {}
+        computed: dict = self.read_fields(layers, missing, calib, tokens, skip_first)
+        missing = [f for f in missing if f not in computed.get(layers[0], {})]
 
         def compute(field: str) -> dict:  # every missing field in one pass, inside the first one's dense-only guard
-            if not computed:
-                computed.update(study_statistics(self.lm, calib, layers, missing, skip_first=skip_first,
-                                                 max_tokens=tokens, max_bytes=default_budget(), progress=progress,
-                                                 batch_size=max(1, OVERVIEW_BATCH_TOKENS // calib.shape[1])))
+            if field not in computed.get(layers[0], {}):
+                stats = study_statistics(self.lm, calib, layers, missing, skip_first=skip_first, max_tokens=tokens,
+                                         max_bytes=default_budget(), progress=progress, batch_size=READ_BATCH)
+                for name in layers:
+                    computed.setdefault(name, {}).update(stats[name])
             return {name: computed[name][field] for name in layers}
 
         out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in layers}
@@ -73,9 +91,21 @@ class Negative:
                 out[name][field] = values[name]
         return out
 
+    def read_fields(self, layers, fields, calib, tokens: int, skip_first: int) -> dict:
+        """``{layer: {field: tensor}}`` of the ``fields`` the session's stored whole reading has (WD, mean,
+        variance), when it read exactly these windows and tokens with no position skipped; else ``{}``."""
+        from_reading = [f for f in fields if f in ("wd", "mean", "variance")]
+        covered = (from_reading and calib is self.calib and tokens == calib.numel() and not skip_first
+                   and not self.skip_first and set(layers) <= set(self.ffn_layers()) and self.use_cache)
+        state = cache.lookup("reading", self.whole_reading_key()) if covered else None
+        if state is None:
+            return {}
+        stats = Readout.from_state(state).stats
+        return {name: {f: stats[name][f] for f in from_reading} for name in layers}
+
     def sign_scores(self, layers, tokens: int | None = None, progress: bool = True, skip_first: int = 0) -> dict:
         """WD of every neuron of ``layers`` (:meth:`sign_statistics`' ``wd``), ``{layer: [n_neurons]}``."""
-        stats = self.sign_statistics(layers, study_fields(), tokens, skip_first, progress)
+        stats = self.sign_statistics(layers, ("wd",), tokens, skip_first, progress)
         return {name: s["wd"] for name, s in stats.items()}
 
     def sign_stability(self, layers, fraction: float = 0.01, tokens: int | None = None, skip_first: int = 0,

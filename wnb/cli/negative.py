@@ -66,7 +66,7 @@ def _control_options(p) -> None:
                         "Wasserstein neuron with the closest output variance, or its tail on the same tokens or "
                         "positions); default: random matched; none: give the flag alone")
     p.add_argument("--pool", default="outside", choices=tuple(POOLS),
-                   help="where the matched control draws: " + "; ".join(f"{k}: {v}" for k, v in POOLS.items()))
+                   help="where the matched control draws: " + "; ".join(f"{k}: {v}" for k, v in POOLS.items()).replace("%", "%%"))
     p.add_argument("--control-seeds", type=whole(1), default=3,
                    help="random control sets, seeds --seed .. --seed + N - 1; the matched control uses --seed "
                         "(default 3)")

@@ -1,32 +1,24 @@
-"""``wnb score``: entanglement (WD, mean, variance) of every neuron of every layer, the per-layer table and
-overview figure, one layer in detail (MD, histograms), and optionally every layer's contexts for the app."""
+"""``wnb score``: entanglement (WD, mean, variance, first-token tails) of every neuron of every layer from one
+reading pass (:func:`wnb.reading.reader.cached_reading`), the per-layer table and overview figure, one layer
+in detail (MD, histograms), and optionally every layer's contexts for the app, from the same pass."""
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
 from wnb import plots
-from wnb.app.layers import CONTEXT_WIDTH, contexts_key
+from wnb.app.layers import CONTEXT_SAMPLES, READ_BATCH, READ_BINS
 from wnb.app.views import LayerView
 from wnb.cli import setup
 from wnb.cli.options import DETAIL_HELP, LAYERS_HELP, real, whole
 from wnb.cli.run_folder import RunFolder
 from wnb.cli.setup import detail_layer, layer_set
-from wnb.core import cache
 from wnb.core.memory import available_memory
 from wnb.data.positions import sink_flags
 from wnb.errors import WnbError
 from wnb.model.architectures import block_of, layer_weight
-from wnb.reading.accumulator import neuron_contexts
-from wnb.scoring.layers import (
-    FIELDS,
-    STREAMING_FIELDS,
-    WD_METHODS,
-    choose_method,
-    exact_bytes,
-    score_layers,
-)
-from wnb.scoring.streaming import estimate_stream_bytes
+from wnb.reading.reader import cached_reading, plan_read
+from wnb.scoring.read_plan import WD_METHODS
 from wnb.scoring.tables import neuron_table, overview_table
 from wnb.tracing.capture import capture
 
@@ -39,20 +31,23 @@ def add_parser(sub, parents) -> None:
                        "for one detail layer. Writes neurons.csv, layers.csv, detail_*.csv and PNG figures.")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help=LAYERS_HELP)
     p.add_argument("--max-tokens", type=whole(1), default=None,
-                   help="tokens per layer (default: the budget's overview tokens)")
+                   help="tokens per layer (default: the budget's overview tokens; with --contexts every calibration "
+                        "token, as the app reads them)")
     p.add_argument("--wd", choices=WD_METHODS, default="auto",
-                   help="exact WD from all captured outputs, or streaming histograms (memory per neuron, not per "
-                        "token; within 1e-3); auto: exact when all outputs fit in memory at once (default)")
-    p.add_argument("--bins", type=whole(16, even=True), default=512,
-                   help="histogram bins per neuron for streaming WD (default 512)")
+                   help="exact WD from the outputs kept during the pass, or streaming (a sketch per neuron: memory "
+                        "per neuron, not per token; within 1e-3); auto: exact when every layer's outputs fit in "
+                        "memory at once (default). Either way one forward pass reads every layer")
+    p.add_argument("--bins", type=whole(16, even=True), default=READ_BINS,
+                   help=f"bins per neuron of the streaming sketch (default {READ_BINS}, as the app reads)")
     p.add_argument("--fraction", type=real(0, 1), default=0.03,
                    help="share of a layer called Wasserstein neurons (paper: 0.03)")
     p.add_argument("--detail", default=None, metavar="LAYER", help=DETAIL_HELP)
     p.add_argument("--pairs", type=whole(1), default=50_000, help="token pairs for mapping difficulty (paper: 50,000)")
 
     p.add_argument("--contexts", type=whole(1), default=None, metavar="K",
-                   help="also keep every scored layer's K highest and lowest outputs with their contexts (one more "
-                        "pass per layer), in the cache the app's 'What it reads' uses (it shows K = 20)")
+                   help="also keep every scored layer's K highest and lowest outputs with their contexts and band "
+                        "samples, from the same pass, in the cache the app's 'What it reads' uses (it reads K = 20 "
+                        f"over every calibration token with --batch-size {READ_BATCH} and --bins {READ_BINS})")
 
 
 def validate(args) -> None:
@@ -68,22 +63,22 @@ def run(args, run: RunFolder, session) -> str:
     neuron that is not a first-token artefact."""
     lm = session.lm
     layers = layer_set(lm, args.layers)
-    tokens = min(args.max_tokens or session.budget.overview_tokens, session.calib.numel())
+    default = session.calib.numel() if args.contexts else session.budget.overview_tokens
+    tokens = min(args.max_tokens or default, session.calib.numel())
     stats, method = _scored(args, run, session, layers, tokens)
     scores = {name: s["wd"] for name, s in stats.items()}
     neurons = _neurons_frame(lm, stats)
     run.table("neurons.csv", neurons, "one row per neuron: layer, block, kind, neuron, wd, mean, variance, "
-              "weight_norm, rank within the layer (1 = most entangled), and with exact scores pos0_tail_share and "
-              "sink (its tails sit at the first token of the windows)")
-    shares = {n: s["pos0_tail_share"] for n, s in stats.items() if "pos0_tail_share" in s}
-    overview = overview_table(lm, scores, args.fraction, pos0_shares=shares if len(shares) == len(stats) else None)
+              "weight_norm, rank within the layer (1 = most entangled), pos0_tail_share and sink (its tails sit at "
+              "the first token of the windows)")
+    shares = {n: s["pos0_tail_share"] for n, s in stats.items()}
+    overview = overview_table(lm, scores, args.fraction, pos0_shares=shares)
     overview["top_neurons"] = overview["top_neurons"].map(lambda v: " ".join(map(str, v)))
     run.table("layers.csv", overview, f"one row per layer: WD quantiles, mean WD of the top {args.fraction:.0%} "
               "(the Wasserstein neurons) and its ratio to the median, top neuron indices")
     run.figure("wd_overview.png", plots.wd_overview(scores), "WD of every neuron per block and layer kind")
     if args.contexts:
-        store_contexts(args, session, layers)
-        run.note(contexts={"k": args.contexts, "layers": len(layers)})
+        run.note(contexts={"k": args.contexts, "layers": len(layers), "tokens": tokens})
     _write_detail(args, run, session)
     return (f"scored {len(layers)} layer(s) of {lm.name} on {tokens:,} tokens ({method} WD): median WD "
             f"{neurons['wd'].median():.3f}, Wasserstein neurons {overview['top_over_median'].median():.1f}x the "
@@ -106,27 +101,24 @@ def most_entangled(neurons: pd.DataFrame) -> str:
 
 
 def _scored(args, run: RunFolder, session, layers, tokens: int) -> tuple[dict, str]:
-    """The one many-layer scorer's statistics (cached) and the method used: exact whenever one layer's
-    scoring fits 60% of the memory available (layers captured in as many passes as memory needs)."""
+    """The statistics of one reading pass over every layer (cached, with the contexts when asked for) and the
+    WD method it used; the plan's memory is stated (and refused beyond 60% of the memory available) first."""
     lm = session.lm
-    limit = int(0.6 * available_memory())
-    method = choose_method(lm, layers, tokens, args.wd, max_bytes=limit)
-    need = exact_bytes(lm, layers, tokens) if method == "exact" else estimate_stream_bytes(lm, layers, args.bins)
-    if need > limit:
-        raise WnbError(f"{method} WD of {len(layers)} layer(s) over {tokens:,} tokens needs about {need / 2**30:.2f} GiB "
-                       f"but the limit is {limit / 2**30:.2f} GiB; use --wd streaming or fewer --max-tokens")
-    run.note(memory_estimate_bytes={**run.manifest["memory_estimate_bytes"], "scores": need},
-             scoring={"layers": len(layers), "tokens_per_layer": tokens, "wd": method,
-                      "bins": args.bins if method == "streaming" else None})
-    stats = cache.cached("neuron_stats", session.key(layers=layers, tokens=tokens, wd=method, bins=args.bins,
-                                                     positions=True),
-                         lambda: score_layers(lm, session.calib, layers, FIELDS if method == "exact" else STREAMING_FIELDS,
-                                              wd=method, max_tokens=tokens, batch_size=args.batch_size,
-                                              n_bins=args.bins, progress=not args.quiet),
-                         enabled=not args.no_cache)
-    if method == "exact" and layers == session.ffn_layers():
+    settings = dict(contexts=args.contexts or 0, n_samples=CONTEXT_SAMPLES, skip_first=session.skip_first,
+                    max_tokens=tokens, wd=args.wd, n_bins=args.bins, max_bytes=int(0.6 * available_memory()),
+                    batch_size=args.batch_size)
+    plan = plan_read(lm, session.calib, layers, **settings)
+    if not args.quiet:
+        print(f"wnb score: reading {plan.describe()}")
+    run.note(memory_estimate_bytes={**run.manifest["memory_estimate_bytes"], "scores": plan.total_bytes},
+             scoring={"layers": len(layers), "tokens_per_layer": tokens, "wd": plan.wd,
+                      "bins": args.bins if plan.wd == "streaming" else None, "plan": plan.describe()})
+    reading = cached_reading(lm, session.calib, layers, seed=args.seed, progress=not args.quiet,
+                             enabled=not args.no_cache, **settings)
+    stats = reading.neuron_stats()
+    if layers == session.ffn_layers():
         session.store_overview(stats, tokens)  # what the app's model overview reads
-    return stats, method
+    return stats, reading.meta["wd"]
 
 
 def _neurons_frame(lm, stats: dict) -> pd.DataFrame:
@@ -161,17 +153,6 @@ def _write_detail(args, run: RunFolder, session) -> None:
     run.figure("detail_wd_vs_md.png", plots.neuron_scatter(view.table, "wd", "md",
                                                             highlight=view.wasserstein_neurons(), title=detail),
                "WD vs mapping difficulty per neuron (paper Fig. 2e)")
-
-
-def store_contexts(args, session, layers) -> None:
-    """``wnb score --contexts K``: every scored layer's contexts, where the app's Session.contexts reads them."""
-
-    for name in layers:
-        cache.cached("contexts", contexts_key(session, name, args.contexts),
-                     lambda: neuron_contexts(session.lm, name, session.calib, k=args.contexts, width=CONTEXT_WIDTH,
-                                             progress=not args.quiet, batch_size=args.batch_size,
-                                             seed=args.seed).to_state(),
-                     enabled=not args.no_cache)
 
 
 def layer_view(session, name: str, args):

@@ -118,6 +118,25 @@ def entry_path(kind: str, cache_key: str) -> Path:
     return cache_dir() / kind / f"{cache_key}{SUFFIX}"
 
 
+_MISSING = object()
+
+
+def lookup(kind: str, cache_key: str, default: Any = None) -> Any:
+    """The stored result for (kind, key), or ``default`` when there is none (or it cannot be used:
+    unreadable, tampered with, another key's, evicted meanwhile). Nothing is computed."""
+    path = entry_path(kind, cache_key)
+    if not path.exists():
+        return default
+    try:
+        mark_used(path)  # in use from now: eviction in another process leaves it alone while it is read
+        value = read_entry(path, kind, cache_key)
+        mark_used(path)
+    except Exception:
+        return default
+    _record(path)
+    return value
+
+
 def cached(kind: str, cache_key: str, compute: Callable[[], Any], enabled: bool = True) -> Any:
     """Return the stored result for (kind, key) or compute, store and return it.
 
@@ -132,15 +151,9 @@ def cached(kind: str, cache_key: str, compute: Callable[[], Any], enabled: bool 
         return value.value if isinstance(value, Uncached) else value
     limit = max_bytes()  # a bad $WNB_CACHE_MAX_BYTES is refused before the work starts
     path = entry_path(kind, cache_key)
-    if path.exists():
-        try:
-            mark_used(path)  # in use from now: eviction in another process leaves it alone while it is read
-            value = read_entry(path, kind, cache_key)
-            mark_used(path)
-            _record(path)
-            return value
-        except Exception:  # unreadable, tampered with, another key's, or evicted meanwhile: rebuild it
-            pass
+    found = lookup(kind, cache_key, _MISSING)
+    if found is not _MISSING:
+        return found
     value = compute()
     if isinstance(value, Uncached):
         return value.value

@@ -32,6 +32,17 @@ def check_skip(seq_len, skip_first) -> tuple[int, int]:
     return seq_len, skip_first
 
 
+def position_bins(seq_len: int, skip_first: int = 0) -> list[int]:
+    """Edges of the position bins over the kept positions: ``skip_first + (0, 1, 2, 3, 4, 8, 16, …)`` up to
+    ``seq_len`` (last edge exclusive)."""
+    edges, step = [0, 1, 2, 3, 4], 8
+    while step < seq_len - skip_first:
+        edges.append(step)
+        step *= 2
+    edges = [e for e in edges if e < seq_len - skip_first] + [seq_len - skip_first]
+    return [skip_first + e for e in edges]
+
+
 def kept_rows(n_tokens: int, seq_len: int, skip_first: int = 0) -> torch.Tensor:
     """Flat indices (window-major, ``[n_kept]`` long) of the rows left once the first ``skip_first``
     positions of every window are dropped, in their original order."""

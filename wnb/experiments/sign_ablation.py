@@ -82,10 +82,11 @@ def wasserstein_scores(lm, calib, layers=None, max_tokens: int | None = None, ba
     every block) over the calibration tokens (the first ``skip_first`` positions of every window left
     out), as ``{layer: [n_neurons] float64}``.
 
-    Exact WD captures the layers' outputs in as few passes as ``max_bytes`` allows (default: the smaller
-    of 1 GiB and 60% of free memory; each pass stops after its deepest layer); ``streaming=True`` scores
-    in one pass with memory per neuron (WD within ~1e-3); :func:`wnb.experiments.sign_controls.study_statistics`
-    gives the other fields the study uses."""
+    The one many-layer scorer (:func:`wnb.scoring.layers.score_layers`, the one-pass reader): exact WD keeps
+    the layers' outputs during the pass, in as few passes as ``max_bytes`` allows (default: the smaller of
+    1 GiB and 60% of free memory; each pass stops after its deepest layer); ``streaming=True`` keeps a sketch
+    per neuron instead (one pass, memory per neuron, WD within 1e-3);
+    :func:`wnb.experiments.sign_controls.study_statistics` gives the other fields the study uses."""
     layers = check_layers(lm, first_ffn_layers(lm) if layers is None else layers)
     stats = study_statistics(lm, calib, layers, ("wd",), skip_first=skip_first, max_tokens=max_tokens,
                              batch_size=batch_size, max_bytes=max_bytes, wd="streaming" if streaming else "exact",

@@ -31,24 +31,13 @@ import torch
 
 from wnb.core.checks import check_int
 from wnb.core.tensors import to_numpy
-from wnb.data.positions import check_skip
+from wnb.data.positions import check_skip, position_bins
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.model.architectures import check_layers, layer_weight
 from wnb.reading.contexts import STATE_FORMAT, NeuronContexts
 from wnb.reading.extremes import RARE, BandSamples, RunningExtremes
 from wnb.tracing.capture import capture
-
-
-def position_bins(seq_len: int, skip_first: int = 0) -> list[int]:
-    """Edges of the position bins over the kept positions: ``skip_first + (0, 1, 2, 3, 4, 8, 16, …)`` up to
-    ``seq_len`` (last edge exclusive)."""
-    edges, step = [0, 1, 2, 3, 4], 8
-    while step < seq_len - skip_first:
-        edges.append(step)
-        step *= 2
-    edges = [e for e in edges if e < seq_len - skip_first] + [seq_len - skip_first]
-    return [skip_first + e for e in edges]
 
 
 class ContextAccumulator:

@@ -5,7 +5,7 @@ respect's.
 
 - ``variance``: the closest output variance (on a log scale: variances span orders of magnitude);
 - ``tokens``: the tail on the same tokens — the cosine similarity of the two neurons' counts of token ids
-  over their tails (:data:`wnb.scoring.layers.SAMPLE_FIELDS`: ``low_tail`` for the negative side,
+  over their tails (:data:`wnb.scoring.samples.SAMPLE_FIELDS`: ``low_tail`` for the negative side,
   ``high_tail`` for the positive, both for both), so frequent and rare tokens are matched as such;
 - ``positions``: the tail at the same positions in the window — the same cosine over position bins
   (0, 1, 2, 3, then 4–7, 8–15, … : the first positions, where attention sinks sit, one by one).

@@ -103,7 +103,7 @@ class OverviewView(Panel):
         self.map_box.children = ()
         self.table.value = self.downloads.value = ""
         self.open_button.disabled = True
-        self.info("press Compute overview (one capture pass over the model; cached afterwards)")
+        self.info("press Compute overview (one reading pass over the model; cached afterwards)")
 
     def start(self) -> None:
         """Compute (or load from the cache) and draw the overview; errors go to the panel."""
@@ -112,8 +112,9 @@ class OverviewView(Panel):
     def compute(self) -> None:
         session = self.settings.session
         t0 = time.perf_counter()
-        with self.busy(f"scoring every FFN layer of {session.model_name} "
-                       f"({session.budget.overview_tokens:,} tokens per layer)…"):
+        with self.busy(f"scoring every FFN layer of {session.model_name} in one pass "
+                       f"({session.budget.overview_tokens:,} tokens per layer, or every calibration token when the "
+                       "whole reading is stored)…"):
             self.scores, self.frame = session.overview(progress=self.bars)
         self.pick.options = list(self.frame["layer"])
         self.pick.value = self.frame.sort_values("top_over_median", ascending=False)["layer"].iloc[0]

@@ -16,7 +16,7 @@ from scipy import stats
 
 import wnb
 from wnb.experiments import pair_sets, sign_controls
-from wnb.scoring.layers import tail_count
+from wnb.scoring.samples import tail_count
 
 FRACTION = 0.05  # 3 of 64 neurons per layer
 

@@ -10,6 +10,7 @@ from helpers import hooked_outputs
 import wnb
 from wnb.errors import WnbError
 from wnb.scoring import controls, layers, selection, stability
+from wnb.scoring.samples import tail_count
 
 LAYER = "model.layers.1.mlp.gate_proj"
 
@@ -26,7 +27,7 @@ def test_halves_and_tails_against_a_plain_hook(tiny_llama, tiny_windows, skip_fi
     second = kept & (rows >= (n // 2) * seq_len)
     torch.testing.assert_close(stats["wd_halves"][0], wnb.wasserstein_to_gaussian(y[first]))
     torch.testing.assert_close(stats["wd_halves"][1], wnb.wasserstein_to_gaussian(y[second]))
-    k = layers.tail_count(int(kept.sum()))
+    k = tail_count(int(kept.sum()))
     assert k == 8 and stats["low_tail"].shape == (k, y.shape[1])  # 90 tokens: 1% is below the floor of 8
     for neuron in (0, 17, 63):
         values = y[kept, neuron]
