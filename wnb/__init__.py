@@ -36,6 +36,8 @@ _API = {
     "wnb.data.positions": ("drop_positions", "position_profile", "position_tail_share"),
     "wnb.data.windows": ("token_windows",),
     "wnb.errors": ("WnbError",),
+    "wnb.experiments.claim_runner": ("ClaimContext", "ClaimPlan", "claims_frame", "run_claims"),
+    "wnb.experiments.claims": ("CLAIMS",),
     "wnb.experiments.knowledge": ("knowledge_pairs",),
     "wnb.experiments.layer_study": ("entanglement_change", "expert_outputs", "LayerStudy", "relative_improvement",
         "ri_regression", "study_layer", "token_shares"),
