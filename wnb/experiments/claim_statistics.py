@@ -2,8 +2,9 @@
 data whose truth is known by construction (tests/unit/experiments/test_claim_statistics.py).
 
 Every interval is a 95% percentile bootstrap (:func:`wnb.core.inference.bootstrap`) over the unit that
-carries the noise — held-out or calibration windows, neurons, items — or, where only per-layer accuracies
-exist (N6), a normal interval that treats the layers as independent (conservative: they share the pairs).
+carries the noise — held-out windows, neurons, items —, a delete-half jackknife over calibration windows
+for a layer's WD ratio (W1), or, where only per-layer accuracies exist (N6), a normal interval that treats
+the layers as independent (conservative: they share the pairs).
 The verdicts are :func:`wnb.core.inference.verdict`'s, on the claim's own direction and minimum effect.
 """
 from __future__ import annotations
@@ -77,19 +78,18 @@ def tail_ratio(wd) -> torch.Tensor:
 MEDIAN_NEURONS = 128  # a wide layer's resamples take the median over this many neurons drawn at random
 
 
-def _resampled_ratios(y: torch.Tensor, seq_len: int, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
-    """:func:`tail_ratio` of ``y`` and of ``n_boot`` resamples of its windows. A layer wider than
-    ``3 x top + MEDIAN_NEURONS`` is resampled on its ``2 x top`` highest neurons (where the resampled top 3%
-    comes from) and ``MEDIAN_NEURONS`` drawn at random (the median), the resamples shifted by the difference
-    this makes on the full sample, so a resample costs one WD of a few hundred neurons."""
+def _half_sample_ratios(y: torch.Tensor, seq_len: int, n_half: int, seed: int) -> tuple[float, np.ndarray]:
+    """:func:`tail_ratio` of ``y`` and of ``n_half`` half-samples of its windows (each a random half of the
+    windows, drawn without replacement: no repeated tokens, whose ties would bias WD). A layer wider than
+    ``3 x top + MEDIAN_NEURONS`` is re-scored on its ``2 x top`` highest neurons (where a half-sample's top 3%
+    comes from) and ``MEDIAN_NEURONS`` drawn at random (the median), so a half-sample costs one WD of a few
+    hundred neurons; only the half-samples' spread is used."""
     n, d = y.shape
     k = max(1, round(0.03 * d))
     wd = torch.nan_to_num(wasserstein_to_gaussian(y), nan=0.0)
-    full = float(tail_ratio(wd))
     gen = torch.Generator().manual_seed(int(seed))
     if d > 3 * k + MEDIAN_NEURONS:
-        top = wd.topk(2 * k).indices
-        cols = torch.cat([top, torch.randperm(d, generator=gen)[:MEDIAN_NEURONS]])
+        cols = torch.cat([wd.topk(2 * k).indices, torch.randperm(d, generator=gen)[:MEDIAN_NEURONS]])
 
         def ratio(w):
             return float(w[:2 * k].topk(k).values.mean() / w[2 * k:].median())
@@ -98,39 +98,41 @@ def _resampled_ratios(y: torch.Tensor, seq_len: int, n_boot: int, seed: int) -> 
 
         def ratio(w):
             return float(tail_ratio(w))
-    shift = full - ratio(wd[cols])
     rng = np.random.default_rng(int(seed))
     windows = n // seq_len
-    out = np.empty(int(n_boot))
-    for b in range(int(n_boot)):
-        pick = torch.as_tensor(rng.integers(0, windows, windows))
+    out = np.empty(int(n_half))
+    for b in range(int(n_half)):
+        pick = torch.as_tensor(np.sort(rng.permutation(windows)[:max(1, windows // 2)]))
         rows = (pick[:, None] * seq_len + torch.arange(seq_len)).reshape(-1)
-        out[b] = ratio(torch.nan_to_num(wasserstein_to_gaussian(y[rows][:, cols]), nan=0.0)) + shift
-    return full, out
+        out[b] = ratio(torch.nan_to_num(wasserstein_to_gaussian(y[rows][:, cols]), nan=0.0))
+    return float(tail_ratio(wd)), out
 
 
 @functools.lru_cache(maxsize=8)
-def gaussian_reference(n: int, d: int, seq_len: int, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
-    """:func:`_resampled_ratios` of ``d`` Gaussian neurons over ``n`` tokens (seeded): what a layer without
+def gaussian_reference(n: int, d: int, seq_len: int, n_half: int, seed: int) -> tuple[float, np.ndarray]:
+    """:func:`_half_sample_ratios` of ``d`` Gaussian neurons over ``n`` tokens (seeded): what a layer without
     non-Gaussian neurons shows (a top 3% sits above the median for any sample). Kept for the layers of one size."""
     gauss = torch.randn(n, d, generator=torch.Generator().manual_seed(int(seed) + 1), dtype=torch.float32)
-    return _resampled_ratios(gauss, seq_len, n_boot, seed)
+    return _half_sample_ratios(gauss, seq_len, n_half, seed)
 
 
 def tail_excess(outputs: torch.Tensor, seq_len: int, n_boot: int = 50, seed: int = 0) -> dict:
     """W1 for one layer: :func:`tail_ratio` of its WD (``ratio``), the same ratio for Gaussian neurons of the
-    same size (``null``, :func:`gaussian_reference`), and their difference (``value``) with a 95% bootstrap
-    interval over windows of ``seq_len`` tokens (the same window draws for the layer and the reference)."""
+    same size (``null``, :func:`gaussian_reference`), and their difference (``value``) with a 95% normal
+    interval whose standard error is the spread of the difference over ``n_boot`` half-samples of the windows
+    (the same halves for the layer and the reference): the delete-half jackknife (Shao & Wu, Ann. Statist. 17,
+    1989), whose variance of half-sample means is exactly that of the full mean. A bootstrap with replacement
+    repeats windows, and the ties inflate WD and the top 3% more than the median."""
     y = torch.as_tensor(outputs)
     n, d = y.shape
     if n % seq_len or n // seq_len < 2:
         raise WnbError(f"outputs must be whole windows of {seq_len} tokens, at least 2 (got {n} tokens)")
-    ratio, resampled = _resampled_ratios(y, seq_len, n_boot, seed)
-    null, null_resampled = gaussian_reference(n, d, seq_len, int(n_boot), int(seed))
-    diffs = resampled - null_resampled
-    tail = (1 - LEVEL) / 2
-    low, high = np.quantile(diffs, [tail, 1 - tail]) if diffs.size else (ratio - null, ratio - null)
-    return {"ratio": ratio, "null": null, "value": ratio - null, "low": float(low), "high": float(high)}
+    ratio, halves = _half_sample_ratios(y, seq_len, n_boot, seed)
+    null, null_halves = gaussian_reference(n, d, seq_len, int(n_boot), int(seed))
+    spread = float(np.std(halves - null_halves, ddof=1)) if n_boot > 1 else 0.0
+    z = float(stats.norm.ppf(1 - (1 - LEVEL) / 2))
+    value = ratio - null
+    return {"ratio": ratio, "null": null, "value": value, "low": value - z * spread, "high": value + z * spread}
 
 
 # ---------------------------------------------------------------- W2, W5: correlations over neurons
