@@ -215,7 +215,8 @@ def markdown(lm, layer, neuron, args, parts) -> str:
         lines += [f"| {r.method} | {int(r.n_experts)} | {r.perplexity:.2f} |" for r in parts["models"].itertuples()]
         lines.append("")
     if "claims" in parts:
-        lines += ["## Claims (wnb claims)", "", "| claim | statistic [95%] | verdict | comparable |", "|---|---|---|---|"]
+        lines += ["## Claims (wnb claims)", "", "| claim | statistic [95%] | verdict | comparable |",
+                  "|---|---|---|---|"]
         lines += [f"| {r.id} | {r.value:+.3g} [{r.low:+.3g}, {r.high:+.3g}] | {r.verdict} | {r.comparable} |"
                   for r in parts["claims"].itertuples()]
         lines.append("")

@@ -65,7 +65,7 @@ def claim_figure(row: dict):
     detail = row.get("detail")
     if not isinstance(detail, pd.DataFrame) or detail.empty:
         return None
-    return plots.claim_forest(detail, title=f"{row['id']}: {row['statistic'][:70]}", null=row.get("null", 0.0),
+    return plots.claim_forest(detail, title=f"{row['id']}: {row['verdict']}", null=row.get("null", 0.0),
                               minimum=row.get("minimum"), direction=row.get("direction", "greater"),
                               verdict=row.get("verdict"))
 

@@ -6,8 +6,8 @@ calibration windows — so corpus, budget and seed —, layer, analysis paramete
 part per domain, each in its own module: :class:`~wnb.app.loading.Loading` (the model, the windows,
 keys and the dense-only cache), :class:`~wnb.app.layers.Layers` (one layer's neurons, its contexts, the
 model overview), :class:`~wnb.app.compression.Compression` (pruning, sweeps, the ablation, Sparse
-Expansion, downstream tasks), :class:`~wnb.app.negative.Negative` (the follow-up's sign ablation), :class:`~wnb.app.claims.Claims` (every
-claim of both papers tested, with verdicts) and
+Expansion, downstream tasks), :class:`~wnb.app.negative.Negative` (the follow-up's sign ablation),
+:class:`~wnb.app.claims.Claims` (every claim of both papers tested, with verdicts) and
 :class:`~wnb.app.costs.Costs` (what a job will take, before it starts). Every number comes from a wnb
 function; the widgets in :mod:`wnb.widgets` only draw what a session returns.
 """

@@ -107,7 +107,8 @@ def run_w3(ctx, entry: Claim) -> dict:
                    + f"; {out.pop('parts_holding')} comparisons hold")
     every = len(layers) == len(ffn_layers(ctx.lm))
     return {**out, "detail": detail, "table": table,
-            "settings": {"layers": "every FFN layer" if every else f"the FFN layers of blocks 0-{ctx.plan.ablation_blocks - 1}",
+            "settings": {"layers": "every FFN layer" if every else
+                         f"the FFN layers of blocks 0-{ctx.plan.ablation_blocks - 1}",
                          "sparsity": ctx.plan.sparsity, "fraction": 0.03}}
 
 

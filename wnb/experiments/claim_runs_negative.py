@@ -70,14 +70,16 @@ def sign_study(ctx, kind: str | None = "grammar") -> pd.DataFrame:
 def _rows(study: pd.DataFrame, selections, stem: str) -> pd.DataFrame:
     part = study[study["selection"].isin(selections)]
     labels = [s if pd.isna(seed) else f"{s} {int(seed)}" for s, seed in zip(part["selection"], part["seed"])]
-    return pd.DataFrame({"label": [f"W − {label}" for label in labels], "value": part[VALUE_COLUMNS[stem]].to_numpy(float),
+    return pd.DataFrame({"label": [f"W − {label}" for label in labels],
+                         "value": part[VALUE_COLUMNS[stem]].to_numpy(float),
                          "low": part[f"w_delta_{stem}_low"].to_numpy(float),
                          "high": part[f"w_delta_{stem}_high"].to_numpy(float)})
 
 
 def _pairs_settings(ctx, kind: str) -> dict:
     pairs = _pairs(ctx, kind)
-    return {"fraction": FRACTION, "pairs": f"{ctx.plan.pairs if kind == 'grammar' else 'knowledge'}, {len(pairs)} items"}
+    source = ctx.plan.pairs if kind == "grammar" else "knowledge"
+    return {"fraction": FRACTION, "pairs": f"{source}, {len(pairs)} items"}
 
 
 def run_n2(ctx, entry: Claim) -> dict:

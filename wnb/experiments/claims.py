@@ -78,7 +78,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("W1", SAWMYA, "§3, Fig. 1", "Every linear layer has a few strongly non-Gaussian neurons.",
           "wnb.capture of every first FFN projection, wnb.wasserstein_to_gaussian, the first token left out",
           "per layer, mean WD of the top 3% / median WD, minus the same ratio for Gaussian neurons of the same "
-          "token count; the weakest layer, 95% bootstrap over windows", "greater", 0.5,
+          "token count; the weakest layer, 95% interval from half-samples of the windows", "greater", 0.5,
           "no number: top neurons far above the rest in every layer",
           {"fraction": 0.03, "layers": "every linear layer"}, tab="Model overview"),
     Claim("W2", SAWMYA, "Fig. 2e", "WD and mapping difficulty go together across a layer's neurons.",

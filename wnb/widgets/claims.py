@@ -111,7 +111,8 @@ class ClaimsView(Panel):
 
     def _draw(self) -> None:
         rows = [self.rows[c.id] if c.id in self.rows else _pending(c) for c in CLAIMS]
-        self.table.value = table_html(rows, links={c.id: html.escape(c.id) for c in CLAIMS})
+        self.table.value = table_html(rows, links={c.id: f"{html.escape(c.id)}<div class='muted'>in detail: "
+                                                   f"{html.escape(c.tab)}</div>" for c in CLAIMS})
         done = [self.rows[c.id] for c in CLAIMS if c.id in self.rows]
         if done:
             stem = f"claims_{slug(self.session.model_name)}_{self.settings_tag()}"
