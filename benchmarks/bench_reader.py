@@ -28,9 +28,9 @@ import os
 import time
 
 import torch
+from _util import machine, peak_rss_mib, table
 
 import wnb
-from _util import machine, peak_rss_mib, table
 from wnb.reading.reader import plan_read
 
 SETUP = """
@@ -113,7 +113,8 @@ def memory(windows: int, threads: int) -> dict[str, float]:
 
 def profile(lm, calib) -> None:
     """Where the reader's time goes: torch's operators, top 15 by self time (contexts on)."""
-    from torch.profiler import ProfilerActivity, profile as prof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
 
     with prof(activities=[ProfilerActivity.CPU]) as p:
         wnb.read_model(lm, calib, wd="streaming", contexts=20, progress=False)

@@ -29,8 +29,8 @@ from _util import machine, table
 
 import wnb
 from wnb.app.budgets import BUDGETS
-from wnb.experiments.sign_statistics import study_words
 from wnb.app.session import Session
+from wnb.experiments.sign_statistics import study_words
 from wnb.widgets.negative import APP_DEFAULTS, negative_layers
 
 
@@ -124,7 +124,9 @@ STUDY_COLUMNS = ["selection", "seed", "n_neurons", "wd_rank_median", "perplexity
 
 
 def findings(n_pairs: int, depth_pairs: int) -> None:
-    from wnb.scoring.stability import stability_words  # issue 21's: not in older checkouts the run part times
+    from wnb.scoring.stability import (
+        stability_words,  # issue 21's: not in older checkouts the run part times
+    )
 
     session = Session(budget="medium", use_cache=os.environ.get("WNB_BENCH_CACHE") == "1")
     layers = negative_layers(session, "all", None)

@@ -13,6 +13,8 @@ the same on the bundled SmolLM2 and the bundled corpus with small budgets, offli
              neuron (paper: 1.00 / 1.24 / 1.31 / 1.65 / 1.87), of the Wasserstein neurons and the rest,
              and R² of RI on WD, mean and variance (Fig. 7)
 5. models    whole-model perplexity of SparseGPT (k = 1) and Sparse Expansion with each k that fits
+6. claims    every claim of both papers with its verdict (wnb.run_claims with the papers' own plan,
+             ``--small``: the small budget's), as ``wnb claims``: claims.csv and claims.html
 Writes CSVs, PNGs and paper_table.md into the output folder (manifest.json as the wnb command does).
 
     python benchmarks/paper.py --small -o paper-small
@@ -32,12 +34,14 @@ import wnb
 import wnb.cli
 import wnb.core
 from wnb import plots
+from wnb.app.claims_page import claims_page
 from wnb.cli.run_folder import RunFolder
 from wnb.core.stats import r_squared
 from wnb.errors import WnbError
+from wnb.experiments.claim_runner import claims_frame, run_claims
 
 PAPER_RI = {1: 1.00, 2: 1.24, 4: 1.31, 8: 1.65, 16: 1.87}  # Pythia-1.4B, layer 1 dense_h_to_4h, neuron 2402, 90%
-PARTS = ("overview", "detail", "ablation", "ksweep", "models")
+PARTS = ("overview", "detail", "ablation", "ksweep", "models", "claims")
 # The authors' code: down_proj's calibration inputs come through the dense gate and up projections
 # (block order, not wnb's true-sequential default), and k-means keeps the best of 100 restarts.
 PAPER_ORDER = {"true_sequential": False}
@@ -164,6 +168,17 @@ def models(run, lm, calib, held, args):
     return table
 
 
+def claims(run, lm, calib, held, args):
+    """Every claim of both papers through the same runner as ``wnb claims``, with the papers' plan."""
+    rows = run_claims(lm, calib, held, budget="small" if args.small else "paper", corpus=args.corpus,
+                      seed=args.seed)
+    run.table("claims.csv", claims_frame(rows), "every claim: statistic, 95% interval, paper's value, verdict, "
+              "comparable and the settings that differ")
+    run.text("claims.html", claims_page(rows, f"Does it hold on {lm.name}?", f"{args.corpus}, {args.windows} x "
+                                        f"{args.seq_len} calibration tokens"), "the claims page")
+    return claims_frame(rows)
+
+
 def markdown(lm, layer, neuron, args, parts) -> str:
     lines = [f"# {lm.name}: the paper's setting", "",
              f"Corpus {args.corpus}, {args.windows} x {args.seq_len} calibration tokens, {args.eval_windows} held-out "
@@ -199,6 +214,12 @@ def markdown(lm, layer, neuron, args, parts) -> str:
                   "|---|---|---|"]
         lines += [f"| {r.method} | {int(r.n_experts)} | {r.perplexity:.2f} |" for r in parts["models"].itertuples()]
         lines.append("")
+    if "claims" in parts:
+        lines += ["## Claims (wnb claims)", "", "| claim | statistic [95%] | verdict | comparable |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r.id} | {r.value:+.3g} [{r.low:+.3g}, {r.high:+.3g}] | {r.verdict} | {r.comparable} |"
+                  for r in parts["claims"].itertuples()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -232,6 +253,8 @@ def main(argv=None) -> int:
             results["ksweep"] = ksweep(run, lm, calib, held, layer, neuron, args)
         if "models" in args.parts:
             results["models"] = models(run, lm, calib, held, args)
+        if "claims" in args.parts:
+            results["claims"] = claims(run, lm, calib, held, args)
         text = markdown(lm, layer, neuron, args, results)
         run.text("paper_table.md", text, "the tables in the form of the paper's")
         print(text)

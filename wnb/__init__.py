@@ -38,6 +38,8 @@ _API = {
     "wnb.data.windows": ("token_windows",),
     "wnb.errors": ("WnbError",),
     "wnb.experiments.checkpoints": ("checkpoint_study",),
+    "wnb.experiments.claim_runner": ("ClaimContext", "ClaimPlan", "claims_frame", "run_claims"),
+    "wnb.experiments.claims": ("CLAIMS",),
     "wnb.experiments.dissociation": ("dissociation_summary", "double_dissociation"),
     "wnb.experiments.interventions": ("intervention_study",),
     "wnb.experiments.knowledge": ("knowledge_pairs",),

@@ -19,8 +19,19 @@ from wnb.model.architectures import layer_weight
 from wnb.model.lm import LM
 from wnb.reading.contexts import NeuronContexts
 from wnb.reading.highlight import activation_html
-from wnb.reading.neuron import differentiating_pairs, output_effect, tail_concentration, token_table
-from wnb.reading.reader import cached_reading, contexts_key, contexts_of_outputs, plan_read, reading_key
+from wnb.reading.neuron import (
+    differentiating_pairs,
+    output_effect,
+    tail_concentration,
+    token_table,
+)
+from wnb.reading.reader import (
+    cached_reading,
+    contexts_key,
+    contexts_of_outputs,
+    plan_read,
+    reading_key,
+)
 from wnb.reading.readout import Readout
 from wnb.scoring.layers import score_layers
 from wnb.scoring.sign import sign_quadrants, up_projection_of

@@ -6,7 +6,8 @@ calibration windows — so corpus, budget and seed —, layer, analysis paramete
 part per domain, each in its own module: :class:`~wnb.app.loading.Loading` (the model, the windows,
 keys and the dense-only cache), :class:`~wnb.app.layers.Layers` (one layer's neurons, its contexts, the
 model overview), :class:`~wnb.app.compression.Compression` (pruning, sweeps, the ablation, Sparse
-Expansion, downstream tasks), :class:`~wnb.app.negative.Negative` (the follow-up's sign ablation) and
+Expansion, downstream tasks), :class:`~wnb.app.negative.Negative` (the follow-up's sign ablation),
+:class:`~wnb.app.claims.Claims` (every claim of both papers tested, with verdicts) and
 :class:`~wnb.app.costs.Costs` (what a job will take, before it starts). Every number comes from a wnb
 function; the widgets in :mod:`wnb.widgets` only draw what a session returns.
 """
@@ -19,6 +20,7 @@ import sys
 import torch
 
 from wnb.app.budgets import budget_from_env, check_budget
+from wnb.app.claims import Claims
 from wnb.app.compression import Compression
 from wnb.app.costs import Costs
 from wnb.app.layers import Layers
@@ -31,7 +33,7 @@ from wnb.errors import WnbError
 from wnb.model.lm import LM
 
 
-class Session(Loading, Layers, Compression, Negative, Costs):
+class Session(Loading, Layers, Compression, Negative, Claims, Costs):
     """Model + corpus + budget + seed, with cached analyses.
 
     ``model=None`` is the bundled SmolLM2; any other string is a Hugging Face id or folder. Tests and
@@ -72,6 +74,7 @@ class Session(Loading, Layers, Compression, Negative, Costs):
         self._layer: LayerView | None = None
         self._study = None  # (key, LayerStudy) of the last layer study
         self._names: dict[str, list[str]] | None = None
+        self._claims_shared = None  # the ClaimContext the claims share (wnb.app.claims)
         return_freed_memory()
 
 

@@ -4,6 +4,7 @@
     wnb prune  --method sparsegpt --sparsity 0.5 -o runs/prune
     wnb expand --experts 16 --sparsity 0.5 -o runs/expand
     wnb sweep  --methods magnitude wanda sparsegpt --sparsities 0.5 0.7 2:4 -o runs/sweep
+    wnb claims --budget small -o runs/claims
 
 Every sub-command takes the same model / corpus / windows / device options as the Python API
 (:mod:`wnb.cli.options`), checks its input and the memory it will need before any long work
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from wnb.cli import expand, negative, neuron, prune, score, sweep
+from wnb.cli import claims, expand, negative, neuron, prune, score, sweep
 from wnb.cli.options import common_options
 from wnb.cli.run_folder import MANIFEST, RunFolder
 from wnb.cli.setup import open_session
@@ -34,7 +35,7 @@ from wnb.core.version import VERSION
 from wnb.errors import WnbError
 
 COMMANDS = {"score": score, "neuron": neuron, "prune": prune, "expand": expand, "sweep": sweep,
-            "negative": negative}
+            "negative": negative, "claims": claims}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,13 @@ from wnb.compression.clamp import SIDES, check_side
 from wnb.errors import WnbError
 from wnb.experiments.minimal_pairs import SOURCES
 from wnb.experiments.pair_scoring import SCORES
-from wnb.experiments.pair_sets import FIRST_TOKEN, SET_SCORES, pair_sets, set_label, set_of
+from wnb.experiments.pair_sets import (
+    FIRST_TOKEN,
+    SET_SCORES,
+    pair_sets,
+    set_label,
+    set_of,
+)
 from wnb.experiments.sign_statistics import study_words
 from wnb.scoring.selection import CONTROLS, DEFAULT_CONTROLS, MATCHED_EXCLUDE, POOLS
 from wnb.scoring.stability import stability_summary, stability_words

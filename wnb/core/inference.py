@@ -153,6 +153,19 @@ def bootstrap_interval(stat, columns, n_boot: int, level: float, seed: int) -> t
 
 # ---------------------------------------------------------------- paired differences
 
+def bootstrap(stat, *columns, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of any statistic of paired rows: ``stat(*resampled)`` gets each column
+    resampled as ``[n_boot, n, ...]`` (the same row indices for every column, so paired columns stay
+    paired) and returns ``[n_boot]`` values. ``columns``: arrays with the same first dimension ``n``
+    (windows, neurons, items)."""
+    arrays = [np.asarray(c, dtype=np.float64) for c in columns]
+    if not arrays or arrays[0].ndim == 0 or arrays[0].shape[0] == 0:
+        raise WnbError("bootstrap needs at least one non-empty column of rows")
+    if any(a.shape[0] != arrays[0].shape[0] for a in arrays):
+        raise WnbError(f"bootstrap columns must have the same rows (got {[a.shape[0] for a in arrays]})")
+    return bootstrap_interval(stat, arrays, n_boot, level, seed)
+
+
 def paired_difference(a, b, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> Difference:
     """Mean paired difference ``mean(b − a)`` over windows or items and its percentile bootstrap
     interval, resampling the SAME windows for both (Efron & Tibshirani 1993). ``a``, ``b``: one value

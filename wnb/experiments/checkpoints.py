@@ -26,7 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.compression.clamp import check_side, sign_ablated
-from wnb.core.inference import accuracy_difference, mcnemar, nll_difference, perplexity_difference, verdict
+from wnb.core.inference import (
+    accuracy_difference,
+    mcnemar,
+    nll_difference,
+    perplexity_difference,
+    verdict,
+)
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.experiments.minimal_pairs import check_pairs

@@ -25,7 +25,14 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from wnb.compression.patches import check_intervention, intervened
-from wnb.core.inference import LEVEL, accuracy_difference, accuracy_interval, mcnemar, verdict, wording
+from wnb.core.inference import (
+    LEVEL,
+    accuracy_difference,
+    accuracy_interval,
+    mcnemar,
+    verdict,
+    wording,
+)
 from wnb.errors import WnbError
 from wnb.experiments.interventions import measure
 from wnb.experiments.minimal_pairs import check_pairs, minimal_pairs

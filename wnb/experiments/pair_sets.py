@@ -19,7 +19,12 @@ import pandas as pd
 
 from wnb.errors import WnbError
 from wnb.experiments.minimal_pairs import SOURCES, check_pairs, minimal_pairs
-from wnb.experiments.pair_scoring import SCORES, minimal_pair_scores, scoring_rule, tokenizer_prefix
+from wnb.experiments.pair_scoring import (
+    SCORES,
+    minimal_pair_scores,
+    scoring_rule,
+    tokenizer_prefix,
+)
 
 SET_NAMES = {
     "agreement": "wnb's agreement constructions (six hand-made subject-verb agreement templates, wnb's vocabulary)",

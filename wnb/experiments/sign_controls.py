@@ -15,7 +15,12 @@ from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.scoring.controls import TWIN_CONTROLS, twin_fields
 from wnb.scoring.layers import score_layers
-from wnb.scoring.selection import count_per_layer, matched_candidates, select_matched, wd_ranks
+from wnb.scoring.selection import (
+    count_per_layer,
+    matched_candidates,
+    select_matched,
+    wd_ranks,
+)
 from wnb.scoring.stability import set_stability, stability_summary
 
 MATCHED_TOLERANCE = 0.02  # the matched control's perplexity must be within 2% of the Wasserstein ablation's

@@ -14,6 +14,7 @@ from wnb.compression.expansion import check_expansion, expanded
 from wnb.compression.pruned import pruned
 from wnb.compression.quantize import check_quant, key_parts
 from wnb.compression.sparsity import check_method, sparsity_label
+from wnb.core.inference import perplexity_of
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.model.architectures import (
@@ -24,7 +25,7 @@ from wnb.model.architectures import (
     layer_weight,
 )
 from wnb.scoring.selection import CRITERIA
-from wnb.tracing.nll import perplexity_interval
+from wnb.tracing.nll import perplexity_interval, window_nll
 
 
 def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), sparsities=(0.5, 0.7, "2:4"),
@@ -63,11 +64,14 @@ def sweep(lm, calib, held_out, methods=("magnitude", "wanda", "sparsegpt"), spar
 
 def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", "weight_norm"),
              fraction: float = 0.03, sparsity=0.9, method: str = "sparsegpt", layers=None, seed: int = 0,
-             dense: bool = True, batch_size: int = 8, progress: bool = True, on_run=None, **prune_kw):
+             dense: bool = True, batch_size: int = 8, progress: bool = True, on_run=None, on_nll=None,
+             **prune_kw):
     """The paper's Fig. 3: prune ``fraction`` of the neurons of every FFN layer (or ``layers``) at
     ``sparsity``, choosing them by each criterion, and measure perplexity on ``held_out``.
 
     Returns a DataFrame ``criterion, fraction, sparsity, perplexity, prune_seconds, eval_seconds``.
+    ``on_nll(criterion, nll)`` receives each run's mean NLL per held-out window (``[n_windows]``; ``"dense"``
+    first), for paired comparisons over the same windows (:func:`wnb.core.inference.nll_difference`).
     """
 
 
@@ -81,13 +85,15 @@ def ablation(lm, calib, held_out, criteria=("wd", "random", "mean", "variance", 
     if dense:
         report("dense")
         start = time.perf_counter()
-        ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
+        ppl = _measured(lm, held_out, batch_size, progress, None if on_nll is None else
+                        (lambda nll: on_nll("dense", nll)))
         rows.append({"criterion": "dense", "fraction": 0.0, "sparsity": "0%", **ppl,
                      "prune_seconds": 0.0, "eval_seconds": time.perf_counter() - start})
     for criterion in criteria:
         report(f"{fraction:.0%} of the neurons by {criterion}, {label}")
         rows.append(_pruned_perplexity(lm, calib, held_out, batch_size, progress,
                                        {"criterion": criterion, "fraction": fraction, "sparsity": label},
+                                       on_nll=None if on_nll is None else (lambda nll, c=criterion: on_nll(c, nll)),
                                        method=method, sparsity=sparsity, layers=layers, neurons=criterion,
                                        fraction=fraction, seed=seed, **prune_kw))
     return pd.DataFrame(rows)
@@ -99,13 +105,22 @@ def run_counter(on_run, total: int):
     return (lambda label: on_run(next(count), total, label)) if on_run is not None else (lambda label: None)
 
 
-def _pruned_perplexity(lm, calib, held_out, batch_size, progress, row: dict, **prune_kw) -> dict:
+def _pruned_perplexity(lm, calib, held_out, batch_size, progress, row: dict, on_nll=None, **prune_kw) -> dict:
 
     start = time.perf_counter()
     with pruned(lm, calib=calib, batch_size=batch_size, progress=progress, **prune_kw):
         middle = time.perf_counter()
-        ppl = perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
+        ppl = _measured(lm, held_out, batch_size, progress, on_nll)
     return {**row, **ppl, "prune_seconds": middle - start, "eval_seconds": time.perf_counter() - middle}
+
+
+def _measured(lm, held_out, batch_size, progress, on_nll=None) -> dict:
+    """The perplexity with its interval; with ``on_nll``, from the NLL per window it is handed too."""
+    if on_nll is None:
+        return perplexity_interval(lm, held_out, batch_size=batch_size, progress=progress)
+    nll = window_nll(lm, held_out, batch_size, progress)
+    on_nll(nll)
+    return perplexity_of(nll)
 
 
 class _ErrorMeter:

@@ -2,6 +2,7 @@
 and returning a matplotlib Figure; :func:`to_png` renders one.
 
 May import: every package except wnb.app, wnb.widgets and wnb.cli."""
+from wnb.plots.claims import VERDICT_COLORS, claim_forest
 from wnb.plots.figure import GAUSSIAN_LABEL, LABELS, PALETTE, density, to_png
 from wnb.plots.histograms import (
            histogram_grid,
@@ -20,7 +21,7 @@ from wnb.plots.sign import (
 )
 from wnb.plots.sweeps import ablation_bars, perplexity_curves, task_bars
 
-__all__ = ["ablation_bars", "before_after", "density", "depth_profile", "GAUSSIAN_LABEL", "histogram_grid", "LABELS",
+__all__ = ["ablation_bars", "before_after", "claim_forest", "density", "depth_profile", "GAUSSIAN_LABEL", "histogram_grid", "LABELS",
            "minimal_pair_bars", "neuron_scatter", "output_histogram", "PALETTE", "pair_scatter", "perplexity_curves",
            "scores_frame", "share_grid", "sign_ablation_bars", "sign_label", "standardized", "surprisal_bars",
-           "task_bars", "to_png", "wd_overview"]
+           "task_bars", "to_png", "VERDICT_COLORS", "wd_overview"]

@@ -20,7 +20,11 @@ from typing import Mapping
 import torch
 
 from wnb.errors import WnbError
-from wnb.scoring.selection import MATCHED_EXCLUDE, matched_candidates, select_wasserstein
+from wnb.scoring.selection import (
+    MATCHED_EXCLUDE,
+    matched_candidates,
+    select_wasserstein,
+)
 
 TWIN_CONTROLS = ("variance", "tokens", "positions")
 TAIL_OF_SIDE = {"negative": ("low_tail",), "positive": ("high_tail",), "both": ("low_tail", "high_tail")}

@@ -16,7 +16,13 @@ from wnb.core.memory import available_memory
 from wnb.data.positions import check_skip, drop_positions
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
-from wnb.model.architectures import activation_module, block_of, check_layers, first_ffn_layers, module
+from wnb.model.architectures import (
+    activation_module,
+    block_of,
+    check_layers,
+    first_ffn_layers,
+    module,
+)
 from wnb.scoring.selection import check_fraction
 from wnb.scoring.sign import wasserstein_split
 from wnb.scoring.wasserstein import top_neurons

@@ -52,12 +52,3 @@ def perplexity_interval(lm, windows, batch_size: int = 8, progress: bool = True,
     """``{"perplexity", "ppl_low", "ppl_high"}``: the perplexity and its 95% bootstrap interval over windows
     (:func:`wnb.core.inference.perplexity_of`)."""
     return perplexity_of(window_nll(lm, windows, batch_size, progress), n_boot, level, seed)
-
-
-# ---------------------------------------------------------------- per-neuron comparison
-
-
-
-# ---------------------------------------------------------------- sweeps
-
-

@@ -6,7 +6,7 @@ traceback goes to the server's terminal, never to the page), disables the Run bu
 and sends tqdm progress bars into the panel.
 
     app = wnb.widgets.App()     # settings + tabs: Entangled neurons, Model overview, Sparsity, Sparse Expansion,
-                                # Negative differentiation
+                                # Negative differentiation, Claims
     display(app)
     app.start()                 # analyze the default layer
 
@@ -14,6 +14,7 @@ May import: every package except wnb.cli.
 """
 from wnb import plots  # noqa: F401  (tests patch wnb.widgets.plots)
 from wnb.widgets.app import App, EntangledNeurons, Page
+from wnb.widgets.claims import ClaimsView
 from wnb.widgets.expansion import ExpansionView
 from wnb.widgets.layer_panel import LayerNeuronPanel
 from wnb.widgets.links import csv_link, data_link, png_link, show_figure, slug
@@ -25,6 +26,6 @@ from wnb.widgets.panel import CSS, STRICT_ENV, Panel
 from wnb.widgets.settings import Settings
 from wnb.widgets.sparsity import SparsityView, parse_sparsities, scope_dropdown
 
-__all__ = ["App", "CSS", "csv_link", "data_link", "EntangledNeurons", "error_text", "ExpansionView",
+__all__ = ["App", "ClaimsView", "CSS", "csv_link", "data_link", "EntangledNeurons", "error_text", "ExpansionView",
            "LayerNeuronPanel", "NegativeView", "NeuronView", "OverviewView", "Page", "Panel", "parse_sparsities", "png_link",
            "Settings", "scope_dropdown", "show_figure", "slug", "SparsityView", "STRICT_ENV", "TABLE_ROWS"]

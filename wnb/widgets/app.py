@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from wnb.app.session import Session
+from wnb.widgets.claims import ClaimsView
 from wnb.widgets.expansion import ExpansionView
 from wnb.widgets.negative import NegativeView
 from wnb.widgets.neurons import NeuronView
@@ -39,7 +40,8 @@ class EntangledNeurons(widgets.VBox):
 class App(widgets.VBox):
     """The Voila app: shared settings and one tab per view."""
 
-    TITLES = ("Entangled neurons", "Model overview", "Sparsity", "Sparse Expansion", "Negative differentiation")
+    TITLES = ("Entangled neurons", "Model overview", "Sparsity", "Sparse Expansion", "Negative differentiation",
+              "Claims")
 
     def __init__(self, budget: str | None = None, session: Session | None = None, threaded: bool = False):
         """``threaded`` (the Voila app): buttons run their jobs in a worker thread, so Cancel works."""
@@ -49,7 +51,9 @@ class App(widgets.VBox):
         self.sparsity = SparsityView(self.settings, lazy=True)
         self.expansion = ExpansionView(self.settings, lazy=True)
         self.negative = NegativeView(self.settings, lazy=True)
-        self.tabs = widgets.Tab(children=[self.neurons, self.overview, self.sparsity, self.expansion, self.negative])
+        self.claims = ClaimsView(self.settings, lazy=True, open_tab=self.open_tab)
+        self.tabs = widgets.Tab(children=[self.neurons, self.overview, self.sparsity, self.expansion, self.negative,
+                                          self.claims])
         self.tabs.titles = self.TITLES
         for view in (self.settings, *self.tabs.children):
             view.threaded = threaded
@@ -66,11 +70,16 @@ class App(widgets.VBox):
         self.tabs.selected_index = 0
         self.neurons.select_layer(name)
 
+    def open_tab(self, title: str) -> None:
+        """Show the tab called ``title`` (the Claims tab's links)."""
+        self.tabs.selected_index = self.TITLES.index(title)
+
     def _tab_opened(self, change) -> None:
         """The sparsity and expansion views compute their default layer the first time they are opened; the
-        negative-differentiation view only fills its layer list (its study runs when Run is pressed)."""
+        negative-differentiation view only fills its layer list (its study runs when Run is pressed); the claims
+        view shows the claims already cached."""
         index = change["new"]
-        if index in (2, 3, 4) and index not in self._started:
+        if index in (2, 3, 4, 5) and index not in self._started:
             self._started.add(index)
             self.tabs.children[index].start()
 

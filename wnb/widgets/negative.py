@@ -16,8 +16,8 @@ from wnb.app.session import Session
 from wnb.compression.clamp import SIDE_LABELS, SIDES, check_side
 from wnb.errors import WnbError
 from wnb.experiments.sign_statistics import study_words
-from wnb.widgets.links import csv_link, png_link, slug
 from wnb.scoring.stability import stability_summary, stability_words
+from wnb.widgets.links import csv_link, png_link, slug
 from wnb.widgets.messages import cost_message
 from wnb.widgets.negative_options import StudyOptions
 from wnb.widgets.panel import CSS, Panel

@@ -21,8 +21,7 @@ import wnb.core
 import wnb.core.inference
 from wnb.compression import clamp
 from wnb.experiments import sign_ablation as sa
-from wnb.experiments import sign_controls
-from wnb.experiments import sign_statistics
+from wnb.experiments import sign_controls, sign_statistics
 
 
 def _picks(lm, per_layer=5, seed=0):

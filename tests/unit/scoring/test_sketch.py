@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from scipy import stats as st
 
 from wnb.data.positions import position_tail_share
