@@ -67,3 +67,24 @@ def test_files_and_values_equal_the_api(tmp_path, isolated_cache, capsys):
     mine = by_class[by_class["selection"] == "wasserstein"]
     np.testing.assert_allclose(mine["delta_nll"], wnb.surprisal_by_class(table)["delta_nll"], rtol=1e-5, atol=1e-7)
     assert set(by_class["selection"]) == {"wasserstein", "matched"}
+
+
+@pytest.mark.integration
+def test_interventions_equal_the_api(tmp_path, isolated_cache, capsys):
+    """--interventions: the mirror and the authors' patches beside the clamp, as wnb.intervention_study gives
+    them for the same neurons, windows and seeds."""
+    out = tmp_path / "negative"
+    assert run("negative", *SMALL, "--layers", *LAYERS[:2], "--fraction", "0.02", "--control-seeds", "1",
+               "--controls", "random", "--minimal-pairs", "none", "--no-depth", "--interventions", "-o", out) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"interventions.csv", "interventions.png"} <= set(manifest["files"])
+    assert "interventions (Δ perplexity of the Wasserstein row): negative" in capsys.readouterr().out
+    lm = wnb.load_model(device="cpu")
+    calib, held_out = wnb.token_windows(lm, wnb.load_corpus(), 64, 4, 2, seed=0)
+    scores = wnb.wasserstein_scores(lm, calib, LAYERS[:2], progress=False)
+    ref = wnb.intervention_study(lm, held_out, scores, 0.02, seeds=(0,), progress=False)
+    table = pd.read_csv(out / "interventions.csv")
+    assert list(table["intervention"]) == list(ref["intervention"])
+    assert set(table["intervention"]) == {"none", "negative", "positive", "posrelu", "signflip"}
+    for column in ("n_neurons", "perplexity", "delta_perplexity", "w_delta_perplexity"):
+        np.testing.assert_allclose(table[column], ref[column].to_numpy(float), rtol=1e-5)

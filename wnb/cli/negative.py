@@ -14,6 +14,7 @@ from wnb.cli.run_folder import RunFolder
 from wnb.cli.setup import layer_set
 from wnb.compression.clamp import SIDES, check_side
 from wnb.errors import WnbError
+from wnb.experiments.interventions import intervention_study
 from wnb.experiments.minimal_pairs import SOURCES
 from wnb.experiments.pair_scoring import SCORES
 from wnb.experiments.pair_sets import (
@@ -40,7 +41,7 @@ def add_parser(sub, parents) -> None:
                        "surprisal by token class; the ablation one layer at a time and cumulatively. Without "
                        "--seq-len the windows are the longest the model allows within the budget's tokens (up to "
                        "the paper's 2048). Training checkpoints: --revision. Writes study.csv, stability.csv, "
-                       "neurons.csv, surprisal_*.csv, top_tokens.csv, depth.csv and PNG figures.")
+                       "neurons.csv, interventions.csv (--interventions), surprisal_*.csv, top_tokens.csv, depth.csv and PNG figures.")
     p.set_defaults(longest_context=True)
     p.add_argument("--layers", nargs="+", default=["first-ffn"], metavar="LAYER",
                    help=LAYERS_HELP.replace("(default: ffn)", "(default: first-ffn, as the follow-up)"))
@@ -60,6 +61,10 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--depth", action=argparse.BooleanOptionalAction, default=True,
                    help="also the depth profile: each layer alone and layers 0..l (2 perplexity passes per layer; "
                         "--no-depth skips it)")
+    p.add_argument("--interventions", action="store_true",
+                   help="also the positive-side mirror and the authors' post-activation patches (posrelu, signflip) "
+                        "beside the negative clamp, on the Wasserstein neurons and on random neurons of the same "
+                        "count (one set per control seed), paired against dense (interventions.csv, interventions.png)")
     p.add_argument("--depth-pairs", action=argparse.BooleanOptionalAction, default=True,
                    help="score the minimal pairs at every step of the depth profile, per phenomenon (default; "
                         "--no-depth-pairs: perplexity only)")
@@ -142,6 +147,8 @@ def run(args, run: RunFolder, session) -> str:
     parts = [study_words(study), stability_words(stability_summary(stability), args.fraction)]
     if pairs is not None:
         parts.append(f"pairs scored by {study['pair_score'].iloc[0]}, {study['scoring_rule'].iloc[0]}")
+    if args.interventions:
+        parts.append(_write_interventions(args, run, session, layers, held_out, pairs, what))
     if args.depth:
         depth = session.sign_depth(layers, args.fraction, args.side, pairs if args.depth_pairs else None,
                                    progress=not args.quiet, pair_score=args.pair_score, first_token=args.first_token,
@@ -180,6 +187,24 @@ def _write_study(args, run: RunFolder, session, study, stability, pairs, layers)
     if pairs is not None:
         run.figure("minimal_pairs.png", plots.minimal_pair_bars(study, title=what),
                    "minimal-pair accuracy per phenomenon and selection")
+
+
+def _write_interventions(args, run: RunFolder, session, layers, held_out, pairs, what: str) -> str:
+    scores = session.sign_scores(layers, args.max_tokens, progress=False, skip_first=args.skip_first)
+    score = args.pair_score or "sum"
+    table = intervention_study(session.lm, held_out, scores, args.fraction,
+                               seeds=[args.seed + i for i in range(args.control_seeds)], pairs=pairs, score=score,
+                               progress=not args.quiet)
+    run.table("interventions.csv", table, "per intervention (negative: the follow-up's clamp; positive: its mirror; "
+              "posrelu, signflip: the authors' patches) the Wasserstein neurons and random ones of the same count "
+              "per seed, perplexity with its interval and paired differences to dense (delta_*) and of the "
+              "Wasserstein row to each random row (w_delta_*) with verdicts"
+              + (f"; minimal pairs scored by {score} for every set" if pairs is not None else ""))
+    run.figure("interventions.png", plots.intervention_bars(table, title=what),
+               "Δ perplexity per intervention, Wasserstein vs random")
+    w = table[table["selection"] == "wasserstein"].set_index("intervention")
+    return "interventions (Δ perplexity of the Wasserstein row): " + ", ".join(
+        f"{name} {row.delta_perplexity:+.2f}" for name, row in w.iterrows())
 
 
 def _write_surprisal(args, run: RunFolder, session, study, layers, what: str) -> None:

@@ -10,6 +10,7 @@ from wnb.plots.histograms import (
            share_grid,
            standardized,
 )
+from wnb.plots.interventions import intervention_bars
 from wnb.plots.overview import scores_frame, wd_overview
 from wnb.plots.scatter import before_after, neuron_scatter, pair_scatter
 from wnb.plots.sign import (
@@ -21,7 +22,7 @@ from wnb.plots.sign import (
 )
 from wnb.plots.sweeps import ablation_bars, perplexity_curves, task_bars
 
-__all__ = ["ablation_bars", "before_after", "claim_forest", "density", "depth_profile", "GAUSSIAN_LABEL", "histogram_grid", "LABELS",
+__all__ = ["ablation_bars", "before_after", "claim_forest", "density", "depth_profile", "GAUSSIAN_LABEL", "histogram_grid", "intervention_bars", "LABELS",
            "minimal_pair_bars", "neuron_scatter", "output_histogram", "PALETTE", "pair_scatter", "perplexity_curves",
            "scores_frame", "share_grid", "sign_ablation_bars", "sign_label", "standardized", "surprisal_bars",
            "task_bars", "to_png", "VERDICT_COLORS", "wd_overview"]

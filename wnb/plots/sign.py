@@ -11,7 +11,8 @@ from wnb.errors import WnbError
 from wnb.plots.figure import PALETTE, finish, new_figure
 
 
-def _sign_palette() -> dict[str, tuple]:
+def sign_palette() -> dict[str, tuple]:
+    """The colour of each selection of the sign studies (dense grey, Wasserstein orange, random blue, matched green)."""
     blue, orange, green, red = sns.color_palette(PALETTE)[:4]
     return {"dense": (0.45, 0.45, 0.45), "wasserstein": orange, "random": blue, "matched": green, "other": red}
 
@@ -28,7 +29,7 @@ def sign_ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
     for column in ("selection", "perplexity", "n_neurons"):
         if column not in table.columns:
             raise WnbError(f"the sign-ablation table has no column {column!r}")
-    palette = _sign_palette()
+    palette = sign_palette()
     seeds = table["seed"] if "seed" in table.columns else pd.Series([None] * len(table))
     labels = [f"{sign_label(s, seed)}\n{int(n):,} neurons" for s, seed, n in
               zip(table["selection"], seeds, table["n_neurons"])]
@@ -68,7 +69,7 @@ def minimal_pair_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
     grouped = table.groupby("selection", sort=False)[columns]
     mean, low, high = grouped.mean(), grouped.min(), grouped.max()
     counts = grouped.size()
-    palette = _sign_palette()
+    palette = sign_palette()
     fig, (ax,) = new_figure(width=max(6.0, 1.1 * len(phenomena) + 1.5), height=3.8, right=1.6)
     width = 0.8 / len(mean)
     x = np.arange(len(phenomena))
@@ -101,7 +102,7 @@ def surprisal_bars(table: pd.DataFrame, by: str = "token_class", title: str | No
         table = table.assign(selection="ablated")
     classes = list(dict.fromkeys(table[by]))
     selections = list(dict.fromkeys(table["selection"]))
-    palette = _sign_palette()
+    palette = sign_palette()
     fig, (ax,) = new_figure(width=max(5.5, 0.75 * len(classes) + 1.5), height=3.8, right=1.4)
     width = 0.8 / len(selections)
     x = np.arange(len(classes))
@@ -129,7 +130,7 @@ def depth_profile(table: pd.DataFrame, title: str | None = None) -> Figure:
         if column not in table.columns:
             raise WnbError(f"the depth table has no column {column!r}")
     grammar = [c for c in table.columns if c.startswith("delta_accuracy_")]
-    palette = _sign_palette()
+    palette = sign_palette()
     fig, axes = new_figure(ncols=2 if grammar else 1, width=6.0, height=3.8, right=1.6, wspace=0.45)
     ax = axes[0]
     single = table[table["mode"] == "layer"]
