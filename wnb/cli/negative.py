@@ -148,7 +148,7 @@ def run(args, run: RunFolder, session) -> str:
     if pairs is not None:
         parts.append(f"pairs scored by {study['pair_score'].iloc[0]}, {study['scoring_rule'].iloc[0]}")
     if args.interventions:
-        parts.append(_write_interventions(args, run, session, layers, held_out, pairs, what))
+        parts.append(_write_interventions(args, run, session, layers, held_out, pairs))
     if args.depth:
         depth = session.sign_depth(layers, args.fraction, args.side, pairs if args.depth_pairs else None,
                                    progress=not args.quiet, pair_score=args.pair_score, first_token=args.first_token,
@@ -189,7 +189,7 @@ def _write_study(args, run: RunFolder, session, study, stability, pairs, layers)
                    "minimal-pair accuracy per phenomenon and selection")
 
 
-def _write_interventions(args, run: RunFolder, session, layers, held_out, pairs, what: str) -> str:
+def _write_interventions(args, run: RunFolder, session, layers, held_out, pairs) -> str:
     scores = session.sign_scores(layers, args.max_tokens, progress=False, skip_first=args.skip_first)
     score = args.pair_score or "sum"
     table = intervention_study(session.lm, held_out, scores, args.fraction,
@@ -200,7 +200,8 @@ def _write_interventions(args, run: RunFolder, session, layers, held_out, pairs,
               "per seed, perplexity with its interval and paired differences to dense (delta_*) and of the "
               "Wasserstein row to each random row (w_delta_*) with verdicts"
               + (f"; minimal pairs scored by {score} for every set" if pairs is not None else ""))
-    run.figure("interventions.png", plots.intervention_bars(table, title=what),
+    title = f"{session.lm.name}: interventions on the top {args.fraction:.1%} of {len(layers)} layer(s)"
+    run.figure("interventions.png", plots.intervention_bars(table, title=title),
                "Δ perplexity per intervention, Wasserstein vs random")
     w = table[table["selection"] == "wasserstein"].set_index("intervention")
     return "interventions (Δ perplexity of the Wasserstein row): " + ", ".join(
