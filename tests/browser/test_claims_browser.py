@@ -6,8 +6,6 @@ from __future__ import annotations
 import pytest
 from helpers import run_cli
 from test_browser import (  # noqa: F401
-    ARGS,
-    CHROMIUM,
     READY_S,
     SHOTS,
     STEP_S,
@@ -25,7 +23,10 @@ def test_claims_tab(page):  # noqa: F811
     page.wait_for_selector(".wnb-claims .wnb-claims-table table", timeout=STEP_S * 1000)
     assert "not yet run" in page.inner_text(".wnb-claims .wnb-claims-table") or "holds" in page.inner_text(
         ".wnb-claims .wnb-claims-table")
-    page.select_option(".wnb-claims .wnb-claim-choice select", "W2")
+    choice = ".wnb-claims .wnb-claim-choice select"
+    value = page.evaluate("sel => [...document.querySelector(sel).options].map(o => o.value)"
+                          ".find(v => v.startsWith('W2 '))", choice)  # "W2 · <the claim>" (shown with &nbsp;)
+    page.select_option(choice, value=value)
     page.locator(".wnb-claims button", has_text="Run this claim").click()
     page.wait_for_selector(".wnb-claims .wnb-claim-figure img", timeout=READY_S * 1000)
     section = page.inner_text(".wnb-claims .wnb-claim-section")
@@ -37,17 +38,14 @@ def test_claims_tab(page):  # noqa: F811
     page.wait_for_selector(".wnb-neurons", state="visible", timeout=STEP_S * 1000)
 
 
-def test_claims_page_is_self_contained(tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_claims_page_is_self_contained(tmp_path, page):  # noqa: F811
     out = tmp_path / "claims"
     assert run_cli("claims", "--seq-len", "64", "--windows", "4", "--eval-windows", "2", "--budget", "small",
                    "--only", "W2", "N1", "-q", "--no-cache", "-o", out) == 0
     requests = []
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        tab = browser.new_page(viewport={"width": 1200, "height": 1600})
+    tab = page.context.browser.new_page(viewport={"width": 1200, "height": 1600})  # a context of its own
+    try:
         tab.on("request", lambda r: requests.append(r.url))
         tab.goto((out / "claims.html").as_uri())
         assert tab.locator(".chip").count() >= 2 + 5  # the table's two rows and the legend
@@ -55,5 +53,6 @@ def test_claims_page_is_self_contained(tmp_path):
         assert all(tab.evaluate("img => img.naturalWidth", img.element_handle()) > 0
                    for img in tab.locator("section img").all())
         tab.screenshot(path=str(SHOTS / "21_claims_page.png"), full_page=True)
-        browser.close()
+    finally:
+        tab.close()
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
