@@ -1,11 +1,11 @@
 """The claims for the app and the command: each claim of both papers run on the session's model at its budget
 (:func:`wnb.experiments.claim_runner.run_claim`), cached one by one while the model is dense, with an estimate
-before it starts, and the page that shows them (:mod:`wnb.app.claims_page`)."""
+before it starts, and the line the claims page is subtitled with (the page itself is
+:mod:`wnb.app.claims_page`, which the session does not import: it draws with seaborn)."""
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from wnb.app.claims_page import claims_page
 from wnb.core import cache
 from wnb.experiments.claim_runner import PLANS, ClaimContext, ClaimPlan, run_claim
 from wnb.experiments.claims import check_only, claim
@@ -76,10 +76,9 @@ class Claims:
         return {"cached": False, "seconds": seconds, "runs": len(missing), "bytes": 0,
                 "large": seconds > LARGE_CLAIMS_SECONDS}
 
-    def claims_html(self, rows: list[dict]) -> str:
-        """The self-contained page of ``rows`` for this session's model and budget."""
-        plan = self.claims_plan()
-        setting = (f"{self.model_name} · corpus {self.corpus} · {self.calib.shape[0]} calibration and "
-                   f"{self.held_out.shape[0]} held-out windows of {self.calib.shape[1]} tokens · budget {plan.name} · "
-                   f"seed {self.seed}")
-        return claims_page(rows, f"Does it hold on {self.model_name}?", setting)
+    def claims_setting(self) -> str:
+        """One line on what the claims were run on: model, corpus, windows, budget, seed (the page's subtitle,
+        :func:`wnb.app.claims_page.session_page`)."""
+        return (f"{self.model_name} · corpus {self.corpus} · {self.calib.shape[0]} calibration and "
+                f"{self.held_out.shape[0]} held-out windows of {self.calib.shape[1]} tokens · budget "
+                f"{self.claims_plan().name} · seed {self.seed}")

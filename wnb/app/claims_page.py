@@ -98,3 +98,8 @@ def claims_page(rows: list[dict], title: str, setting: str = "") -> str:
             "replication of the paper.</p>" + table_html(rows) + "".join(section_html(r) for r in rows))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+def session_page(session, rows: list[dict]) -> str:
+    """The self-contained page of ``rows`` for a :class:`wnb.app.session.Session`'s model and budget."""
+    return claims_page(rows, f"Does it hold on {session.model_name}?", session.claims_setting())

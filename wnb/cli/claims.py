@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from wnb.app.claims_page import session_page
 from wnb.cli import setup
 from wnb.cli.run_folder import RunFolder
 from wnb.experiments.claim_runner import claims_frame, plan_dict
@@ -50,7 +51,7 @@ def run(args, run: RunFolder, session) -> str:
               "paper's value, our number (ours), the verdict and its wording, the decision rule, comparable and the "
               "settings that differ from the paper's")
     run.json("claims.json", [_jsonable(r) for r in rows], "every row with its comparisons (detail) and settings")
-    run.text("claims.html", session.claims_html(rows), "the page: verdict table, then one section per claim with "
+    run.text("claims.html", session_page(session, rows), "the page: verdict table, then one section per claim with "
              "its figure, the paper's number beside ours, the rule and the settings that differ")
     counts = table["verdict"].value_counts()
     words = ", ".join(f"{int(counts[v])} {v}" for v in ("holds", "reversed", "not observed", "inconclusive",

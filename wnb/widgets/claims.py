@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Callable
 
 import ipywidgets as widgets
 
-from wnb.app.claims_page import MEANINGS, chip, claim_figure, section_html, table_html
+from wnb.app.claims_page import (
+    MEANINGS,
+    chip,
+    claim_figure,
+    section_html,
+    session_page,
+    table_html,
+)
 from wnb.app.session import Session
 from wnb.experiments.claim_runner import claims_frame
 from wnb.experiments.claims import CLAIMS, VERDICTS, claim
@@ -118,7 +125,7 @@ class ClaimsView(Panel):
             stem = f"claims_{slug(self.session.model_name)}_{self.settings_tag()}"
             self.downloads.value = " · ".join([
                 csv_link(claims_frame(done), f"{stem}.csv"),
-                data_link(self.session.claims_html(done).encode(), f"{stem}.html", "text/html", f"⬇ {stem}.html")])
+                data_link(session_page(self.session, done).encode(), f"{stem}.html", "text/html", f"⬇ {stem}.html")])
         self._show(self.choice.value)
 
     def _show(self, claim_id: str) -> None:
