@@ -20,7 +20,10 @@ def claim_forest(detail: pd.DataFrame, title: str | None = None, null: float = 0
     for column in ("label", "value", "low", "high"):
         if column not in detail.columns:
             raise WnbError(f"the claim's detail table has no column {column!r}")
-    fig, (ax,) = new_figure(width=5.6, height=max(1.6, 0.26 * len(detail) + 1.1), right=0.3)
+    longest = max((len(str(label)) for label in detail["label"]), default=0)
+    left = max(0.75, 0.068 * longest + 0.2)  # inches for the row labels at 8 pt, so none is cut
+    fig, (ax,) = new_figure(width=5.6 + left - 0.75, height=max(1.6, 0.26 * len(detail) + 1.1), right=0.3)
+    fig.subplots_adjust(left=left / fig.get_figwidth())
     y = np.arange(len(detail))[::-1]
     value = detail["value"].to_numpy(float)
     low, high = detail["low"].to_numpy(float), detail["high"].to_numpy(float)
