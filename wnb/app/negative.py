@@ -9,8 +9,11 @@ import torch
 
 from wnb.app.budgets import study_sizes
 from wnb.app.layers import READ_BATCH
+from wnb.app.sources import app_corpus
 from wnb.core import cache
-from wnb.data.windows import context_length, token_windows
+from wnb.data.corpora import CORPORA, held_out_source, load_corpus
+from wnb.data.windows import calibration_and_held_out, context_length
+from wnb.errors import WnbError
 from wnb.experiments.pair_sets import first_token_prefix, pair_sets
 from wnb.experiments.sign_ablation import (
     ablated_nll,
@@ -40,22 +43,47 @@ from wnb.scoring.stability import set_stability
 class Negative:
     """The sign-ablation study, cached."""
 
+    def choose_held_out(self, corpus: str | None = None, split: str | None = None) -> None:
+        """Where the study's held-out windows come from: a text of its own (``corpus`` in ``split``, e.g.
+        ``"wikitext2", "validation"``, the follow-up's; checked by :func:`wnb.data.corpora.held_out_source`; the
+        app offers only the named corpora), or, with neither, windows of the session's corpus disjoint from the
+        calibration ones (the default). The calibration windows, and so the Wasserstein set, stay the same."""
+        if (corpus or split) and self.given_windows:
+            raise WnbError("this session's windows were given (the command cuts its held-out windows itself: "
+                           "--eval-corpus / --eval-split)")
+        source = held_out_source(self.corpus, corpus or None, split or None)
+        if source is not None and self.restricted and source[0] not in CORPORA:
+            raise WnbError(f"the app's held-out texts are the named corpora ({', '.join(CORPORA)}); it opens no file "
+                           "on the server")
+        if source != self.sign_held_out:
+            self.sign_held_out, self._sign_windows = source, None
+
+    def sign_held_out_text(self) -> str:
+        """The study's held-out text in words: ``"wikitext2 (validation)"``, or the session's own."""
+        return self.held_out_text if self.sign_held_out is None else "{} ({})".format(*self.sign_held_out)
+
     def sign_windows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The study's calibration and held-out windows: the session's own where they were given (the
         command cuts them for the study) or already as long as :func:`wnb.app.budgets.study_sizes` allows,
-        else windows of that length cut from the session's corpus with the budget's tokens (cached)."""
+        else windows of that length cut from the session's corpus with the budget's tokens; the held-out ones
+        from the text :meth:`choose_held_out` chose, as many (cached)."""
         if self.given_windows:
             return self.calib, self.held_out
         b = self.budget
         sizes = study_sizes(b, context_length(self.lm))
-        if sizes == (b.seq_len, b.n_calib, b.n_eval):
+        if sizes == (b.seq_len, b.n_calib, b.n_eval) and self.sign_held_out is None:
             return self.calib, self.held_out
         if self._sign_windows is None:
             text = self.corpus_text()
+            eval_text = None
+            if self.sign_held_out is not None:
+                corpus, split = self.sign_held_out
+                eval_text = app_corpus(corpus, split=split) if self.restricted else load_corpus(corpus, split)
             key = cache.key(model=self.model_key, text=cache.text_digest(text), seq_len=sizes[0], n_calib=sizes[1],
-                            n_eval=sizes[2], seed=self.seed)
-            self._sign_windows = cache.cached("windows", key, lambda: token_windows(self.lm, text, *sizes, self.seed),
-                                              enabled=self.use_cache)
+                            n_eval=sizes[2], seed=self.seed,
+                            **({"eval_text": cache.text_digest(eval_text)} if eval_text is not None else {}))
+            self._sign_windows = cache.cached("windows", key, lambda: calibration_and_held_out(
+                self.lm, text, *sizes, self.seed, eval_text), enabled=self.use_cache)
         return self._sign_windows
 
     def sign_statistics(self, layers, fields=("wd",), tokens: int | None = None, skip_first: int = 0,
@@ -178,7 +206,7 @@ class Negative:
         return setting_differences(study, {
             "model": self.model_name, "corpus": self.corpus, "seq_len": calib.shape[1],
             "calib_tokens": min(int(tokens or calib.numel()), calib.numel()), "held_out_windows": len(held_out),
-            "held_out_text": self.held_out_text})
+            "held_out_text": self.sign_held_out_text()})
 
     def sign_depth(self, layers, fraction: float = 0.01, side: str = "negative", pairs=None,
                    tokens: int | None = None, progress: bool = True, skip_first: int = 0,

@@ -71,6 +71,7 @@ class Session(Loading, Layers, Compression, Negative, Claims, Costs):
         # what the held-out windows are, in words (the command says so when they come from a text of their own)
         self.held_out_text = f"{self.corpus} (windows disjoint from the calibration ones)"
         self._sign_windows = None
+        self.sign_held_out: tuple[str, str] | None = None  # the sign study's held-out text, (corpus, split)
         self._layer: LayerView | None = None
         self._study = None  # (key, LayerStudy) of the last layer study
         self._names: dict[str, list[str]] | None = None

@@ -260,11 +260,11 @@ def fetch_hub_model(name: str, on_file=None, limit: int | None = None) -> tuple[
     return folder, commit
 
 
-def app_corpus(choice: str, upload: bytes | None = None) -> str:
-    """The corpus text for the app's corpus choice: a named corpus, or the uploaded file's text."""
+def app_corpus(choice: str, upload: bytes | None = None, split: str = "train") -> str:
+    """The corpus text for the app's corpus choice: a named corpus (in ``split``), or the uploaded file's text."""
 
     if choice in CORPORA:
-        return load_corpus(choice)
+        return load_corpus(choice, split)
     if choice == UPLOAD:
         if upload is None:
             raise WnbError("choose a .txt file to upload first")

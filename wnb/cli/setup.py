@@ -12,8 +12,9 @@ from wnb.cli.options import LAYER_SETS
 from wnb.cli.run_folder import RunFolder
 from wnb.core import cache
 from wnb.core.memory import available_memory
-from wnb.data.corpora import check_split, is_wikitext, load_corpus
-from wnb.data.windows import context_length, held_out_windows, token_windows
+from wnb.data import corpora
+from wnb.data.corpora import load_corpus
+from wnb.data.windows import calibration_and_held_out, context_length
 from wnb.errors import WnbError
 from wnb.model.architectures import (
     check_layers,
@@ -75,18 +76,8 @@ def window_sizes(args, context: int | None = None) -> tuple[int, int, int | None
 def held_out_source(args) -> tuple[str, str] | None:
     """``(corpus, split)`` of a held-out text of its own (``--eval-corpus`` / ``--eval-split``; a wikitext2
     one defaults to its validation split), or None: held-out windows drawn from ``--corpus``, disjoint
-    from the calibration ones. Refuses a split the corpus does not have and the calibration text itself."""
-    corpus, split = getattr(args, "eval_corpus", None), getattr(args, "eval_split", None)
-    if corpus is None and split is None:
-        return None
-    corpus = corpus or args.corpus
-    split = split or ("validation" if is_wikitext(corpus) else "train")
-    check_split(corpus, split)
-    same = corpus == args.corpus or (is_wikitext(corpus) and is_wikitext(args.corpus))
-    if same and split == "train":
-        raise WnbError(f"the held-out text would be the calibration text ({corpus}, {split}); leave --eval-corpus and "
-                       "--eval-split out to draw held-out windows from it disjoint from the calibration ones")
-    return corpus, split
+    from the calibration ones (:func:`wnb.data.corpora.held_out_source`)."""
+    return corpora.held_out_source(args.corpus, getattr(args, "eval_corpus", None), getattr(args, "eval_split", None))
 
 
 def check_experts(args, most: int | None) -> None:
@@ -155,12 +146,8 @@ def cut_windows(args, lm, text: str, eval_text: str | None, sizes) -> tuple[torc
     seq_len, n_calib, n_eval = sizes
     key = cache.key(model=lm.name, text=cache.text_digest(text), seq_len=seq_len, n_calib=n_calib, n_eval=n_eval,
                     seed=args.seed, **({"eval_text": cache.text_digest(eval_text)} if eval_text is not None else {}))
-    if eval_text is None:
-        compute = lambda: token_windows(lm, text, seq_len, n_calib, n_eval, args.seed)  # noqa: E731
-    else:
-        compute = lambda: (token_windows(lm, text, seq_len, n_calib, 0, args.seed)[0],  # noqa: E731
-                           held_out_windows(lm, eval_text, seq_len, n_eval, args.seed))
-    return cache.cached("windows", key, compute, enabled=not args.no_cache)
+    return cache.cached("windows", key, lambda: calibration_and_held_out(lm, text, seq_len, n_calib, n_eval, args.seed,
+                                                                         eval_text), enabled=not args.no_cache)
 
 
 def remote_of(args) -> bool | str:

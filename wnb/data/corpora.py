@@ -48,6 +48,23 @@ def check_split(name, split: str = "train") -> str:
     return split
 
 
+def held_out_source(corpus: str, eval_corpus: str | None = None, eval_split: str | None = None) -> tuple[str, str] | None:
+    """``(corpus, split)`` of a held-out text of its own beside the calibration ``corpus``: ``eval_corpus``
+    (default: ``corpus``) in ``eval_split`` (default: WikiText-2's validation split, the follow-up's; the one
+    text of any other corpus); None when neither is given (held-out windows are then drawn from ``corpus``,
+    disjoint from the calibration ones). Refuses a split the corpus lacks and the calibration text itself."""
+    if eval_corpus is None and eval_split is None:
+        return None
+    eval_corpus = eval_corpus or corpus
+    split = eval_split or ("validation" if is_wikitext(eval_corpus) else "train")
+    check_split(eval_corpus, split)
+    same = eval_corpus == corpus or (is_wikitext(eval_corpus) and is_wikitext(corpus))
+    if same and split == "train":
+        raise WnbError(f"the held-out text would be the calibration text ({eval_corpus}, {split}); choose another "
+                       "corpus or split, or none to draw held-out windows from it disjoint from the calibration ones")
+    return eval_corpus, split
+
+
 def load_corpus(name: str = "bundled", split: str = "train") -> str:
     """Return a corpus as one string. ``split`` applies to WikiText-2 (``train``/``validation``/``test``);
     without a network (and no ``HF_HUB_OFFLINE=1`` for a cached copy) WikiText-2 is refused at once."""

@@ -101,6 +101,20 @@ def held_out_windows(lm, text: str, seq_len: int = 256, n: int | None = None, se
     return windows[order[:n].sort().values].clone()
 
 
+def calibration_and_held_out(lm, text: str, seq_len: int, n_calib: int, n_eval: int | None, seed: int = 0,
+                             eval_text: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibration and held-out windows: disjoint seeded draws from ``text`` (:func:`token_windows`), or, with a
+    held-out text of its own (``eval_text``, e.g. WikiText-2 validation), the held-out ones from it
+    (:func:`held_out_windows`: every window when ``n_eval`` is None, else ``n_eval`` drawn with ``seed``). The
+    calibration windows are the same either way."""
+    if eval_text is None:
+        if n_eval is None:
+            raise WnbError("n_eval=None (every window) needs a held-out text of its own (eval_text=)")
+        return token_windows(lm, text, seq_len, n_calib, n_eval, seed)
+    return (token_windows(lm, text, seq_len, n_calib, 0, seed)[0],
+            held_out_windows(lm, eval_text, seq_len, n_eval, seed))
+
+
 def check_windows(windows, lm: LM | None = None, min_len: int = 1) -> torch.Tensor:
     """Accept ``[n, seq_len]`` (or one ``[seq_len]``) integer token ids; refuse empty input, windows shorter
     than ``min_len`` and, given the model, windows longer than its context (:func:`wnb.data.windows.context_length`)

@@ -51,3 +51,49 @@ def test_study_windows_are_the_longest_the_budget_allows():
     assert study_sizes(BUDGETS["small"], context=8192) == (128, 8, 4)  # never shorter than the budget's own
     wide = Budget(seq_len=128, n_calib=100, n_eval=200, overview_tokens=512)
     assert study_sizes(wide, context=None) == (2048, 6, 12)
+
+
+def _text(lm, n_words: int, seed: int) -> str:
+    vocab = words()[3:]  # no special tokens
+    order = torch.randint(0, len(vocab), (n_words,), generator=torch.Generator().manual_seed(seed))
+    return " ".join(vocab[i] for i in order)
+
+
+def _windows_of(lm, text: str, seq_len: int) -> torch.Tensor:
+    """Every non-overlapping window of the text, from the tokenizer itself."""
+    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    return ids[: ids.numel() // seq_len * seq_len].view(-1, seq_len)
+
+
+def test_calibration_stays_and_the_held_out_windows_come_from_their_own_text():
+    lm = tiny_word_llama()
+    calib_text, eval_text = _text(lm, 600, 0), _text(lm, 300, 1)
+    same_calib, same_held = windows.calibration_and_held_out(lm, calib_text, 16, 6, 4, seed=2)
+    calib, held = windows.calibration_and_held_out(lm, calib_text, 16, 6, 4, seed=2, eval_text=eval_text)
+    assert torch.equal(calib, same_calib)  # the Wasserstein set is ranked on the same windows either way
+    of_calib, of_eval = _windows_of(lm, calib_text, 16), _windows_of(lm, eval_text, 16)
+    assert all((of_calib == row).all(1).any() for row in same_held)
+    assert held.shape == (4, 16) and all((of_eval == row).all(1).any() for row in held)
+    every = windows.calibration_and_held_out(lm, calib_text, 16, 6, None, eval_text=eval_text)[1]
+    assert torch.equal(every, of_eval)
+    with pytest.raises(WnbError, match="held-out text of its own"):
+        windows.calibration_and_held_out(lm, calib_text, 16, 6, None)
+
+
+@pytest.mark.parametrize("corpus, eval_corpus, split, want", [
+    ("bundled", None, None, None), ("bundled", "wikitext2", None, ("wikitext2", "validation")),
+    ("bundled", "wikitext2", "train", ("wikitext2", "train")), ("wikitext2", None, "test", ("wikitext2", "test")),
+    ("notes.txt", "bundled", None, ("bundled", "train")),
+])
+def test_held_out_source(corpus, eval_corpus, split, want):
+    assert corpora.held_out_source(corpus, eval_corpus, split) == want
+
+
+@pytest.mark.parametrize("corpus, eval_corpus, split, match", [
+    ("bundled", "bundled", None, "would be the calibration text"),
+    ("wikitext2", "wikitext-2", "train", "would be the calibration text"),
+    ("bundled", None, "validation", "wikitext2 only"), ("bundled", "wikitext2", "dev", "unknown split"),
+])
+def test_held_out_source_refusals(corpus, eval_corpus, split, match):
+    with pytest.raises(WnbError, match=match):
+        corpora.held_out_source(corpus, eval_corpus, split)
