@@ -23,8 +23,9 @@ def test_bundled_model_study_and_surprisal(bundled, bundled_windows):
     layers = wnb.first_ffn_layers(bundled)[:3]
     scores = wnb.wasserstein_scores(bundled, calib, layers, progress=False)
     table = wnb.sign_ablation_study(bundled, None, held_out, scores=scores, seeds=(0,), progress=False)
-    assert list(table["selection"]) == ["dense", "wasserstein", "random", "matched"]
-    assert table.iloc[1]["n_neurons"] == table.iloc[2]["n_neurons"] == 3 * 15  # 1% of 1,536 per layer
+    assert list(table["selection"]) == ["dense", "wasserstein", "mirror", "random", "matched"]
+    assert table.iloc[1]["n_neurons"] == table.iloc[2]["n_neurons"] == table.iloc[3]["n_neurons"] == 3 * 15  # 1% of 1,536
+    assert list(table["side"][1:3]) == ["negative", "positive"]
     m = table.iloc[-1]
     assert m["within_tolerance"] or "candidates" in m["note"]
     matched = wnb.select_matched(wnb.matched_candidates(scores, seed=0), m["per_layer"])

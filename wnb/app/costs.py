@@ -10,7 +10,7 @@ from wnb.core import cache
 from wnb.experiments.tasks import AGREEMENT_TASK
 from wnb.model.architectures import block_of, layer_weight
 from wnb.scoring.controls import TWIN_CONTROLS
-from wnb.scoring.selection import CRITERIA
+from wnb.scoring.selection import CRITERIA, DEFAULT_CONTROLS
 from wnb.tracing.capture import estimate_bytes
 
 # A layer whose capture holds more outputs than this (tokens × neurons) is analysed only after the user
@@ -77,22 +77,22 @@ class Costs:
             cost["large"] = self._large(cost)
         return cost
 
-    def negative_cost(self, layers, n_seeds: int = 3, pairs: int | None = 0, controls=("random", "matched"),
+    def negative_cost(self, layers, n_seeds: int = 3, pairs: int | None = 0, controls=DEFAULT_CONTROLS,
                       depth: bool = False) -> dict:
         """What the sign-ablation study (or, with ``depth``, its depth profile) will take on the study's windows:
         the statistics' capture over the calibration tokens, then held-out passes (dense, Wasserstein, one per
-        random seed, about 8 for the matched control's bisection, one per twin control; the depth profile two
-        per layer and one) and the minimal pairs (2 sentences of ~12 tokens each per pair, scored once per
-        row: dense, Wasserstein, each random seed, the matched control's final set, each twin; the depth
+        random seed, about 8 for the matched control's bisection, one for the mirror and per twin control; the depth
+        profile two per layer and one) and the minimal pairs (2 sentences of ~12 tokens each per pair, scored once
+        per row: dense, Wasserstein, each random seed, the matched control's final set, the mirror, each twin; the depth
         profile once per row too)."""
 
         layers = [self.check_layer(n) for n in layers]
         calib, held_out = self.sign_windows()
         depth_of = max(block_of(self.lm, n) for n in layers) + 1
         seeded = int(n_seeds) if "random" in controls else 0
-        twins = sum(c in controls for c in TWIN_CONTROLS)
-        passes = 2 * len(layers) + 1 if depth else 2 + seeded + (8 if "matched" in controls else 0) + twins
-        rows = 2 * len(layers) + 1 if depth else 2 + seeded + (1 if "matched" in controls else 0) + twins
+        single = sum(c in controls for c in (*TWIN_CONTROLS, "mirror"))  # one row, one pass each
+        passes = 2 * len(layers) + 1 if depth else 2 + seeded + (8 if "matched" in controls else 0) + single
+        rows = 2 * len(layers) + 1 if depth else 2 + seeded + (1 if "matched" in controls else 0) + single
         pair_tokens = int(pairs or 0) * 2 * 12 * rows
         flops = (estimates.forward_flops(self.lm, calib.numel(), depth_of)
                  + passes * estimates.forward_flops(self.lm, held_out.numel())

@@ -62,8 +62,8 @@ def add_parser(sub, parents) -> None:
                    help="also the depth profile: each layer alone and layers 0..l (2 perplexity passes per layer; "
                         "--no-depth skips it)")
     p.add_argument("--interventions", action="store_true",
-                   help="also the positive-side mirror and the authors' post-activation patches (posrelu, signflip) "
-                        "beside the negative clamp, on the Wasserstein neurons and on random neurons of the same "
+                   help="also the authors' post-activation patches (posrelu, signflip) beside the negative clamp "
+                        "and its positive-side mirror, on the Wasserstein neurons and on random neurons of the same "
                         "count (one set per control seed), paired against dense (interventions.csv, interventions.png)")
     p.add_argument("--depth-pairs", action=argparse.BooleanOptionalAction, default=True,
                    help="score the minimal pairs at every step of the depth profile, per phenomenon (default; "
@@ -73,9 +73,10 @@ def add_parser(sub, parents) -> None:
 def _control_options(p) -> None:
     p.add_argument("--controls", nargs="*", default=list(DEFAULT_CONTROLS), choices=CONTROLS,
                    help="random (same count per layer, one set per seed), matched (non-Wasserstein neurons, count "
-                        "bisected to the Wasserstein ablation's perplexity), variance / tokens / positions (a twin per "
-                        "Wasserstein neuron with the closest output variance, or its tail on the same tokens or "
-                        "positions); default: random matched; none: give the flag alone")
+                        "bisected to the Wasserstein ablation's perplexity), mirror (the Wasserstein neurons with the other "
+                        "side clamped: sign specificity; not with --side both), variance / tokens / positions (a twin "
+                        "per Wasserstein neuron with the closest output variance, or its tail on the same tokens or "
+                        "positions); default: random matched mirror; none: give the flag alone")
     p.add_argument("--pool", default="outside", choices=tuple(POOLS),
                    help="where the matched control draws: " + "; ".join(f"{k}: {v}" for k, v in POOLS.items()).replace("%", "%%"))
     p.add_argument("--control-seeds", type=whole(1), default=3,
@@ -165,7 +166,8 @@ def run(args, run: RunFolder, session) -> str:
 
 def _write_study(args, run: RunFolder, session, study, stability, pairs, layers) -> None:
     run.table("study.csv", study, "one row per ablation: dense, wasserstein (top fraction by WD), random (one per "
-              "seed), matched (perplexity-matched non-Wasserstein neurons from the pool), twins: neurons, their WD "
+              "seed), matched (perplexity-matched non-Wasserstein neurons from the pool), mirror (the Wasserstein neurons, "
+              "the other side clamped; its w_delta_*: this side - the other), twins: neurons, their WD "
               "ranks (wd_rank_min/median/max), perplexity with its 95% interval, paired differences over the same "
               "held-out windows (delta_*: this row - dense; w_delta_*: the Wasserstein row - this control) with 95% "
               "bootstrap intervals and verdicts, each control's spread over its seeds (*_seeds_mean/sd/min/max), the "

@@ -30,6 +30,18 @@ def check_side(side: str) -> str:
     return side
 
 
+MIRRORS = {"negative": "positive", "positive": "negative"}  # "both" clamps everything: it has no other side
+
+
+def mirror_side(side: str) -> str:
+    """The other side of a one-sided clamp: the sign study's ``mirror`` row clamps it on the same neurons."""
+    check_side(side)
+    if side not in MIRRORS:
+        raise WnbError(f"the {side!r} clamp zeroes every output, so it has no mirror (the other side of the same "
+                       "neurons); the mirror needs side 'negative' or 'positive'")
+    return MIRRORS[side]
+
+
 def check_neurons(lm, neurons) -> dict[str, torch.Tensor]:
     """Validate ``{layer: neuron indices}`` (indices or a boolean mask per layer); return the layers in
     forward order with sorted unique ``LongTensor`` indices."""

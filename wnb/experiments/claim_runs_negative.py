@@ -56,6 +56,9 @@ def _pairs(ctx, kind: str):
         raise NotRun(f"the {ctx.plan.pairs} minimal pairs are not available: {exc}") from None
 
 
+CLAIM_CONTROLS = ("random", "matched")  # the controls N2-N4 are stated against (the mirror is in no claim)
+
+
 def sign_study(ctx, kind: str | None = "grammar") -> pd.DataFrame:
     """The follow-up's study (negative side, top 1% of every first FFN projection; random and matched
     controls), with the grammatical pairs, the knowledge items, or none; held-out passes shared."""
@@ -63,7 +66,8 @@ def sign_study(ctx, kind: str | None = "grammar") -> pd.DataFrame:
     pairs = None if kind is None else _pairs(ctx, kind)
     seeds = [ctx.seed + i for i in range(ctx.plan.control_seeds)]
     return ctx.once(("sign_study", kind), lambda: sign_ablation_study(
-        ctx.lm, None, ctx.held_out, fraction=FRACTION, seeds=seeds, pairs=pairs, scores=first_scores(ctx),
+        ctx.lm, None, ctx.held_out, fraction=FRACTION, controls=CLAIM_CONTROLS, seeds=seeds, pairs=pairs,
+        scores=first_scores(ctx),
         batch_size=ctx.batch_size, progress=ctx.progress, nll_fn=ctx.nll))
 
 

@@ -17,6 +17,10 @@ The controls (:data:`wnb.scoring.selection.CONTROLS`):
   ``"bottom"`` of the WD ranking (the authors' ``location="bottom"``) — as many per layer as bisection
   finds for the held-out perplexity to come within ``tolerance`` (2%) of the Wasserstein ablation's
   (``target_perplexity``, ``within_tolerance``, ``evaluations``, ``pool`` and ``note`` report the search);
+- ``mirror``: the Wasserstein neurons themselves with the other side clamped (``side="negative"``: their
+  positive outputs, ``y → min(y, 0)``), the control the follow-up's reviewers asked for. Its ``w_delta_*``
+  columns (this side − the other, paired) test sign specificity; ``side="both"`` has no mirror, and the
+  default controls then leave it out;
 - ``variance``, ``tokens``, ``positions``: one twin per Wasserstein neuron from outside the top 10%, with
   the closest output variance, or a tail on the same tokens or at the same positions
   (:mod:`wnb.scoring.controls`).
@@ -34,7 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from wnb.compression.clamp import check_side, sign_ablated
+from wnb.compression.clamp import check_side, mirror_side, sign_ablated
 from wnb.core.inference import perplexity_of
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
@@ -216,8 +220,10 @@ def sign_ablation_study(lm, calib, held_out, layers=None, fraction: float = 0.01
 
 
 def _plan(controls, seeds, matched_seeds) -> list[tuple[str, int | None]]:
-    """The study's rows in order: dense, Wasserstein, each random seed, each matched seed, each twin control."""
-    return ([("dense", None), ("wasserstein", None)] + [("random", s) for s in seeds if "random" in controls]
+    """The study's rows in order: dense, Wasserstein, its mirror, each random seed, each matched seed, each twin
+    control."""
+    return ([("dense", None), ("wasserstein", None)] + [("mirror", None)] * ("mirror" in controls)
+            + [("random", s) for s in seeds if "random" in controls]
             + [("matched", s) for s in matched_seeds if "matched" in controls]
             + [(c, None) for c in TWIN_CONTROLS if c in controls])
 
@@ -234,11 +240,14 @@ def _choose(selection, seed, rows, context, opts) -> tuple[dict, dict]:
     if selection in TWIN_CONTROLS:
         return select_twins(selection, c["scores"], c["statistics"], c["fraction"], c["calib"], opts["side"],
                             c["exclude"]), {}
-    return {"dense": {}, "wasserstein": c["wasserstein"]}[selection], {}
+    return {"dense": {}, "wasserstein": c["wasserstein"], "mirror": c["wasserstein"]}[selection], {}
 
 
 def _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction, scores, skip_first) -> tuple[dict, dict]:
-    """One row of the study (its selection measured) and what the paired comparisons need of it."""
+    """One row of the study (its selection measured, the mirror on the other side) and what the paired comparisons
+    need of it."""
+    if selection == "mirror":
+        opts = {**opts, "side": mirror_side(opts["side"])}
     row = {"selection": selection, "seed": seed, "side": opts["side"], "fraction": fraction, "skip_first": skip_first,
            "n_neurons": count_per_layer(chosen), "per_layer": max((i.numel() for i in chosen.values()), default=0),
            **rank_columns(scores, chosen)}
@@ -258,6 +267,10 @@ def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolera
     check_pool(pool)
     check_score(pair_score)
     controls = (controls,) if isinstance(controls, str) else tuple(controls)
+    if side == "both" and "mirror" in controls:
+        if controls != DEFAULT_CONTROLS:
+            mirror_side(side)  # raises: asked for by name
+        controls = tuple(c for c in controls if c != "mirror")
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise WnbError(f"unknown controls {unknown}; choose from {', '.join(CONTROLS)}")
@@ -304,7 +317,7 @@ def _rebuild(row, seed, scores, exclude, share, statistics, windows) -> dict[str
     if row.selection == "dense":
         return {}
     wasserstein = select_wasserstein(scores, float(share))
-    if row.selection == "wasserstein":
+    if row.selection in ("wasserstein", "mirror"):
         return wasserstein
     if row.selection == "random":
         return select_random(scores, {n: i.numel() for n, i in wasserstein.items()}, seed)

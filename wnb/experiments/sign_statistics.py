@@ -94,7 +94,8 @@ def compare_rows(rows: list[dict], raws: list[dict], minimum_nll: float, minimum
     - every control row against the Wasserstein ablation (the Wasserstein row − this row): the same
       columns prefixed ``w_`` (``w_delta_perplexity, w_delta_ppl_low, …, w_nll_verdict``: that ablating the
       Wasserstein neurons raises NLL more than this control). These intervals are over windows, for one
-      draw of the control; the spread over draws is in the seed columns;
+      draw of the control; the spread over draws is in the seed columns. On the ``mirror`` row (the same neurons,
+      the other side clamped) they are this side's effect − the other side's: the test of sign specificity;
     - with pairs, ``acc_low, acc_high`` and ``acc_low_<phenomenon>, acc_high_<phenomenon>`` (Wilson) on
       every row; ``delta_accuracy, delta_acc_low, delta_acc_high`` (the Bonett–Price interval of a paired
       difference of proportions, :func:`wnb.core.inference.accuracy_difference`), ``mcnemar_p`` (McNemar's
@@ -158,7 +159,12 @@ def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
         m = matched.iloc[0]
         parts.append(f"Wasserstein − matched ({int(m['n_neurons']):,} neurons): Δ perplexity "
                      f"{_span(m, 'w_delta_perplexity', 'w_delta_ppl')}")
-    for _, t in study[~study["selection"].isin(("dense", "wasserstein", *SEEDED_CONTROLS))].iterrows():
+    mirror = study[study["selection"] == "mirror"]
+    if len(mirror):
+        parts.append(f"{w.get('side', 'negative')} − {mirror.iloc[0]['side']} side of the same neurons (the mirror): Δ "
+                     f"perplexity {_span(mirror.iloc[0], 'w_delta_perplexity', 'w_delta_ppl')} "
+                     f"({says(mirror.iloc[0], 'w_delta')})")
+    for _, t in study[~study["selection"].isin(("dense", "wasserstein", "mirror", *SEEDED_CONTROLS))].iterrows():
         parts.append(f"Wasserstein − {t['selection']} twins: Δ perplexity {_span(t, 'w_delta_perplexity', 'w_delta_ppl')}"
                      f" ({says(t, 'w_delta')})")
     if "accuracy" in study.columns:
@@ -168,5 +174,10 @@ def study_words(study: pd.DataFrame, minimum_nll: float = MINIMUM_DELTA_NLL,
         if len(matched):
             text += (f"; Wasserstein − matched Δ {_span(m, 'w_delta_accuracy', 'w_delta_acc', 100, 1)} points, "
                      f"McNemar p {m['w_mcnemar_p']:.2g} ({says(m, 'w_delta', 'accuracy')})")
+        if len(mirror):
+            r = mirror.iloc[0]
+            text += (f"; {w.get('side', 'negative')} − {r['side']} side Δ "
+                     f"{_span(r, 'w_delta_accuracy', 'w_delta_acc', 100, 1)} points, McNemar p {r['w_mcnemar_p']:.2g} "
+                     f"({says(r, 'w_delta', 'accuracy')})")
         parts.append(text)
     return "; ".join(parts)

@@ -12,9 +12,11 @@ from wnb.plots.figure import PALETTE, finish, new_figure
 
 
 def sign_palette() -> dict[str, tuple]:
-    """The colour of each selection of the sign studies (dense grey, Wasserstein orange, random blue, matched green)."""
-    blue, orange, green, red = sns.color_palette(PALETTE)[:4]
-    return {"dense": (0.45, 0.45, 0.45), "wasserstein": orange, "random": blue, "matched": green, "other": red}
+    """The colour of each selection of the sign studies (dense grey, Wasserstein orange, its mirror purple, random
+    blue, matched green)."""
+    blue, orange, green, red, purple = sns.color_palette(PALETTE)[:5]
+    return {"dense": (0.45, 0.45, 0.45), "wasserstein": orange, "mirror": purple, "random": blue, "matched": green,
+            "other": red}
 
 
 def sign_label(selection: str, seed=None) -> str:
@@ -23,7 +25,7 @@ def sign_label(selection: str, seed=None) -> str:
 
 
 def sign_ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
-    """Held-out perplexity of every row of :func:`wnb.sign_ablation_study` (dense, Wasserstein, each
+    """Held-out perplexity of every row of :func:`wnb.sign_ablation_study` (dense, Wasserstein, its mirror, each
     random seed, matched), one bar per row with its 95% interval (``ppl_low``/``ppl_high`` when present)
     and its neuron count under the label; the dense perplexity is a dashed line."""
     for column in ("selection", "perplexity", "n_neurons"):
@@ -31,8 +33,9 @@ def sign_ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
             raise WnbError(f"the sign-ablation table has no column {column!r}")
     palette = sign_palette()
     seeds = table["seed"] if "seed" in table.columns else pd.Series([None] * len(table))
-    labels = [f"{sign_label(s, seed)}\n{int(n):,} neurons" for s, seed, n in
-              zip(table["selection"], seeds, table["n_neurons"])]
+    sides = table["side"] if "side" in table.columns else pd.Series([None] * len(table))
+    labels = [f"{sign_label(s, seed)}" + (f"\n({side} side)" if s == "mirror" and isinstance(side, str) else "")
+              + f"\n{int(n):,} neurons" for s, seed, side, n in zip(table["selection"], seeds, sides, table["n_neurons"])]
     fig, (ax,) = new_figure(width=max(5.0, 1.0 * len(table) + 1), height=3.8)
     intervals = {"ppl_low", "ppl_high"} <= set(table.columns)
     values = table["perplexity"].to_numpy(float)

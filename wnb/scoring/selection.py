@@ -159,10 +159,11 @@ def count_per_layer(selection: Mapping) -> int:
     return int(sum(idx.numel() for idx in selection.values()))
 
 
-CONTROLS = ("random", "matched", "variance", "tokens", "positions")
+CONTROLS = ("random", "matched", "mirror", "variance", "tokens", "positions")
 """The sign study's controls: ``random`` (same count per layer, per seed), ``matched`` (as many non-Wasserstein
-neurons as it takes to cost the same perplexity), and one twin per Wasserstein neuron from outside the top 10%:
+neurons as it takes to cost the same perplexity), ``mirror`` (the Wasserstein neurons themselves with the other
+side clamped: the test of sign specificity), and one twin per Wasserstein neuron from outside the top 10%:
 ``variance`` (the closest output variance), ``tokens`` (tails on the same tokens), ``positions`` (tails at the
 same positions in the window); :mod:`wnb.scoring.controls`."""
-DEFAULT_CONTROLS = ("random", "matched")
-SEEDED_CONTROLS = ("random", "matched")  # a row per seed; the twins have none
+DEFAULT_CONTROLS = ("random", "matched", "mirror")
+SEEDED_CONTROLS = ("random", "matched")  # a row per seed; the mirror and the twins have none

@@ -42,13 +42,18 @@ HEAD = ("<p>The follow-up paper (Kong et al., <i>Negative Pre-activations Differ
         "<p>Controls: random neurons of the same count per layer (one set per seed); a <b>perplexity-matched</b> "
         "set of non-Wasserstein neurons (from outside the top 10% by WD, or the bottom of the ranking as the "
         "authors' code), its count found by bisection so that perplexity comes within 2% of the Wasserstein "
-        "ablation's, its WD ranks in the table; and optional twins of each Wasserstein neuron (closest output "
+        "ablation's, its WD ranks in the table; the <b>mirror</b>: the same Wasserstein neurons with the other side "
+        "clamped (positive outputs zeroed, y → min(y, 0)), so that its <i>W − this</i> columns test whether the "
+        "effect is specific to the sign; and optional twins of each Wasserstein neuron (closest output "
         "variance, tail on the same tokens, tail at the same positions). Grammar: the minimal-pair sets chosen "
         "(<i>pairs each</i> per phenomenon or construction): wnb's six hand-made agreement templates, Marvin & "
         "Linzen's TSE constructions (wnb's generator and vocabulary), wnb's knowledge pairs, or BLiMP (downloaded: "
         "needs a network); TSE scored by the mean log-probability per token as the follow-up, the others by the "
         "sum, after wnb's first-token rule unless the authors' is chosen; every table says which. The study's "
-        "windows are the longest the model allows within the budget. The small budget starts with one random seed "
+        "windows are the longest the model allows within the budget. Perplexity is measured on held-out windows of "
+        "the calibration corpus (disjoint from the calibration ones) or, in <i>held-out text</i>, of a text of its "
+        "own: WikiText-2 validation as the follow-up (downloaded: needs a network); the Wasserstein set stays the "
+        "same. The small budget starts with one random seed "
         "and 5 pairs per construction (about a minute on the bundled model); the medium budget with 3 seeds and "
         "20 pairs. The depth profile (two perplexity passes per layer, the pairs scored at each) has its own "
         "button. Results are cached.</p>")
@@ -129,6 +134,8 @@ class NegativeView(Panel):
                                             description="pairs each",
                                             layout=widgets.Layout(width="170px"))
         self.matched = widgets.Checkbox(value=True, description="perplexity-matched control", indent=False)
+        self.mirror = widgets.Checkbox(value=True, description="mirror: the other side of the same neurons",
+                                       indent=False, layout=widgets.Layout(width="290px"))
         self.run = widgets.Button(description="Run", icon="play", button_style="primary")
         self.run_depth = widgets.Button(description="Run depth profile", icon="play", button_style="primary",
                                         layout=widgets.Layout(width="auto"))
@@ -142,6 +149,7 @@ class NegativeView(Panel):
         self.depth_table = widgets.HTML()
         self.downloads = widgets.HTML()
         for part, name in ((self.layer, "layer"), (self.fraction, "fraction"), (self.side, "side"),
+                           (self.mirror, "mirror"),
                            (self.summary, "summary"), (self.ppl_out, "negative-perplexity"),
                            (self.pairs_out, "negative-pairs"), (self.study_table, "negative-study"),
                            (self.surprisal_out, "negative-surprisal"), (self.depth_out, "negative-depth"),
@@ -157,7 +165,7 @@ class NegativeView(Panel):
         super().__init__([widgets.HTML(CSS), widgets.HTML(HEAD),
                           widgets.HBox([self.scope, self.layer]),
                           widgets.HBox([self.fraction, self.side, self.random, self.seeds, self.matched,
-                                        self.pairs, self.run], layout=widgets.Layout(flex_flow="row wrap")),
+                                        self.mirror, self.pairs, self.run], layout=widgets.Layout(flex_flow="row wrap")),
                           self.options.box, self.summary, self.stability,
                           widgets.HTML("<h4>Perplexity and grammar</h4>"),
                           widgets.HBox([self.ppl_out, self.pairs_out], layout=widgets.Layout(flex_flow="row wrap")),
@@ -173,6 +181,7 @@ class NegativeView(Panel):
         self.add_class("wnb-negative")
         self.layer.observe(lambda change: None if self._syncing else self._describe_scope(), names="value")
         self.scope.observe(lambda change: self._describe_scope(), names="value")
+        self.side.observe(lambda change: self._describe_side(), names="value")
         self.job_button(self.run, "sign ablation", lambda job: self.compute(job))
         self.job_button(self.run_depth, "depth profile", lambda job: self.compute_depth(job))
         settings.on_change(lambda _: self.guarded(self.clear if lazy else self.start_view))
@@ -210,9 +219,14 @@ class NegativeView(Panel):
     def _describe_scope(self) -> None:
         self.layer.disabled = self.scope.value == "all"
 
+    def _describe_side(self) -> None:
+        """Clamping both sides zeroes every output: there is no other side to mirror."""
+        self.mirror.disabled = self.side.value == "both"
+
     @property
     def controls(self) -> tuple[str, ...]:
-        basic = tuple(c for c, box in (("random", self.random), ("matched", self.matched)) if box.value)
+        boxes = (("random", self.random), ("matched", self.matched), ("mirror", self.mirror))
+        basic = tuple(c for c, box in boxes if box.value and not (c == "mirror" and self.side.value == "both"))
         return basic + self.options.twin_controls
 
     def selected_layers(self) -> list[str]:
@@ -235,9 +249,10 @@ class NegativeView(Panel):
         seeds, n_pairs = bounded("control_seeds", self.seeds.value), bounded("pairs", self.pairs.value)
         pairs = session.sign_pairs(self.options.pair_sets, n_pairs)
         options = self.options.study_options()
+        session.choose_held_out(*self.options.held_out_source)
         cost = session.negative_cost(layers, seeds, len(pairs or []), controls)
         if not self.confirmed(f"study {layers} {fraction} {side} {controls} {seeds} {n_pairs} {options} "
-                              f"{self.options.pair_sets}", cost,
+                              f"{self.options.pair_sets} {self.options.held_out_source}", cost,
                               cost_message(cost, "this study", "Run")):
             return
         self.clear()
@@ -281,8 +296,10 @@ class NegativeView(Panel):
         layers, fraction, side = self._arguments()
         pairs = session.sign_pairs(self.options.pair_sets, bounded("pairs", self.pairs.value))
         options = self.options.study_options()
+        session.choose_held_out(*self.options.held_out_source)
         cost = session.negative_cost(layers, pairs=len(pairs or []), depth=True)
-        if not self.confirmed(f"depth {layers} {fraction} {side} {options} {self.options.pair_sets}", cost,
+        if not self.confirmed(f"depth {layers} {fraction} {side} {options} {self.options.pair_sets} "
+                              f"{self.options.held_out_source}", cost,
                               cost_message(cost, "this depth profile", "Run depth profile")):
             return
         self.layers = layers

@@ -291,8 +291,8 @@ def _study(lm, windows, scores, **kw):
 
 def test_study_table_and_controls(tiny_llama, windows, scores):
     table = _study(tiny_llama, windows, scores, seeds=(0, 1))
-    assert list(table["selection"]) == ["dense", "wasserstein", "random", "random", "matched"]
-    assert table["seed"].tolist()[2:] == [0, 1, 0]
+    assert list(table["selection"]) == ["dense", "wasserstein", "mirror", "random", "random", "matched"]
+    assert table["seed"].tolist()[3:] == [0, 1, 0]
     top = wnb.select_wasserstein(scores, 0.05)
     counts = {n: i.numel() for n, i in top.items()}
     w = table.iloc[1]
@@ -304,6 +304,16 @@ def test_study_table_and_controls(tiny_llama, windows, scores):
     assert table.iloc[0]["perplexity"] == pytest.approx(dense, rel=1e-6)
     with wnb.sign_ablated(tiny_llama, top):
         assert w["perplexity"] == pytest.approx(wnb.perplexity(tiny_llama, windows[1], progress=False), rel=1e-6)
+    mirror = table.iloc[2]  # the same neurons, their positive outputs zeroed: plain hooks as the reference
+    assert mirror["side"] == "positive" and w["side"] == "negative" and mirror["n_neurons"] == w["n_neurons"]
+    assert (mirror["wd_rank_min"], mirror["wd_rank_max"]) == (w["wd_rank_min"], w["wd_rank_max"])
+    handles = _reference_hooks(tiny_llama, top, "positive")
+    try:
+        reference = wnb.perplexity(tiny_llama, windows[1], progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert mirror["perplexity"] == pytest.approx(reference, rel=1e-6) and mirror["perplexity"] != w["perplexity"]
     assert (table["ppl_low"] <= table["perplexity"]).all() and (table["perplexity"] <= table["ppl_high"]).all()
 
     m = table.iloc[-1]
@@ -322,9 +332,9 @@ def test_study_table_and_controls(tiny_llama, windows, scores):
     assert again[cols].equals(table[cols])  # deterministic
 
 
-def _window_nll(lm, windows, neurons=None):
+def _window_nll(lm, windows, neurons=None, side="negative"):
     """Mean NLL per window by hand: logits of one plain forward, cross-entropy of every next token."""
-    with wnb.sign_ablated(lm, neurons or {}), torch.no_grad():
+    with wnb.sign_ablated(lm, neurons or {}, side), torch.no_grad():
         logits = lm.model(windows).logits
     nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), windows[:, 1:], reduction="none")
     return nll.double().mean(1).numpy()
@@ -343,7 +353,8 @@ def test_study_paired_differences_against_a_plain_loop(tiny_llama, windows, scor
     table = _study(tiny_llama, windows, scores, seeds=(0, 1)).set_index(["selection", "seed"])
     chosen = wnb.study_selections(table.reset_index(), scores)
     held = windows[1]
-    nll = {key: _window_nll(tiny_llama, held, neurons) for key, neurons in chosen.items()}
+    sides = {key: table.loc[(key[0], pd.NA if key[1] is None else key[1]), "side"] for key in chosen}
+    nll = {key: _window_nll(tiny_llama, held, neurons, sides[key]) for key, neurons in chosen.items()}
     n = held.shape[0]
     dense, w = nll[("dense", None)], nll[("wasserstein", None)]
     for (selection, seed), value in nll.items():
@@ -356,7 +367,7 @@ def test_study_paired_differences_against_a_plain_loop(tiny_llama, windows, scor
         assert (row["delta_ppl_low"], row["delta_ppl_high"]) == pytest.approx(tuple(_loop(ppl, n)), rel=1e-5, abs=1e-9)
         per_token = lambda i, a=dense, b=value: np.mean(b[i] - a[i])
         assert (row["delta_nll_low"], row["delta_nll_high"]) == pytest.approx(tuple(_loop(per_token, n)), abs=1e-7)
-        if selection in ("random", "matched"):
+        if selection in ("random", "matched", "mirror"):  # the mirror: this side's effect − the other side's
             versus = lambda i, c=value: math.exp(w[i].mean()) - math.exp(c[i].mean())
             assert row["w_delta_perplexity"] == pytest.approx(versus(np.arange(n)), rel=1e-5, abs=1e-9)
             assert (row["w_delta_ppl_low"], row["w_delta_ppl_high"]) == pytest.approx(tuple(_loop(versus, n)),
@@ -401,8 +412,18 @@ def test_the_summary_words_each_comparison_by_its_interval():
     matched = {**base, "selection": "matched", "n_neurons": 300, "w_delta_perplexity": 0.1, "w_delta_ppl_low": -0.2,
                "w_delta_ppl_high": 0.4, "w_delta_accuracy": -0.005, "w_delta_acc_low": -0.01,
                "w_delta_acc_high": 0.004, "w_mcnemar_p": 0.75, "w_acc_verdict": "not observed"}
+    mirror = {**base, "selection": "mirror", "side": "positive", "w_delta_perplexity": 1.2, "w_delta_ppl_low": 0.4,
+              "w_delta_ppl_high": 2.0, "w_delta_nll_low": 0.02, "w_delta_nll_high": 0.09, "w_nll_verdict": "holds",
+              "w_delta_accuracy": -0.15, "w_delta_acc_low": -0.25, "w_delta_acc_high": -0.05, "w_mcnemar_p": 0.004,
+              "w_acc_verdict": "holds"}
     study = pd.DataFrame([{**base, "selection": "dense", "mcnemar_p": nan}, w, *rand, matched])
+    with_mirror = sign_statistics.study_words(pd.concat([study.assign(side="negative"), pd.DataFrame([mirror])],
+                                                        ignore_index=True))
+    assert "negative − positive side of the same neurons (the mirror): Δ perplexity +1.20 [+0.40, +2.00] (holds)" \
+        in with_mirror and "mirror twins" not in with_mirror
+    assert "; negative − positive side Δ -15.0 [-25.0, -5.0] points, McNemar p 0.004 (holds)" in with_mirror
     text = sign_statistics.study_words(study.assign(side="negative"))
+    assert "mirror" not in text
     assert text.startswith("perplexity 20.00 [19.00, 21.00] dense, 22.50 with the negative side of 45 Wasserstein "
                            "neurons: Δ +2.50 [+1.50, +3.25], Δ NLL/token +0.118 [+0.070, +0.151] (holds)")
     assert ("Wasserstein − random over 2 seeds: Δ perplexity mean +2.00 (sd 0.50, range +1.60 to +2.40); per "
@@ -422,15 +443,17 @@ def test_the_summary_words_each_comparison_by_its_interval():
 def test_study_selections_rebuild_every_row(tiny_llama, windows, scores):
     table = _study(tiny_llama, windows, scores, seeds=(0, 1))
     chosen = wnb.study_selections(table, scores)
-    assert list(chosen) == [("dense", None), ("wasserstein", None), ("random", 0), ("random", 1), ("matched", 0)]
+    assert list(chosen) == [("dense", None), ("wasserstein", None), ("mirror", None), ("random", 0), ("random", 1),
+                            ("matched", 0)]
     for row in table.itertuples():
         neurons = chosen[(row.selection, None if pd.isna(row.seed) else row.seed)]
-        with wnb.sign_ablated(tiny_llama, neurons):
+        with wnb.sign_ablated(tiny_llama, neurons, row.side):
             assert wnb.perplexity(tiny_llama, windows[1], progress=False) == pytest.approx(row.perplexity, rel=1e-6)
     long = wnb.selection_table(chosen, scores)
     assert len(long) == table["n_neurons"].sum()
     w = long[long.selection == "wasserstein"]
     assert (w["wd_rank"] <= 3).all() and set(w["layer"]) == set(scores)
+    assert long[long.selection == "mirror"][["layer", "neuron"]].values.tolist() == w[["layer", "neuron"]].values.tolist()
     m = long[long.selection == "matched"]
     assert (m["wd_rank"] > round(0.10 * 64)).all()  # outside the top 10%
     one = wnb.selection_table(chosen[("wasserstein", None)])
@@ -451,7 +474,7 @@ def test_matched_control_that_cannot_reach_the_target(tiny_llama, windows, score
 def test_study_runs_on_every_family(tiny, tiny_windows):
     table = wnb.sign_ablation_study(tiny, tiny_windows[:3], tiny_windows[3:], fraction=0.05, seeds=(0,),
                                     progress=False)
-    assert list(table["selection"]) == ["dense", "wasserstein", "random", "matched"]
+    assert list(table["selection"]) == ["dense", "wasserstein", "mirror", "random", "matched"]
     assert table["perplexity"].notna().all()
     assert table.iloc[1]["n_neurons"] == len(wnb.first_ffn_layers(tiny)) * round(
         0.05 * wnb.layer_weight(tiny, wnb.first_ffn_layers(tiny)[0]).shape[0])
@@ -532,6 +555,7 @@ def test_depth_profile(tiny_llama, windows, scores):
     (dict(pairs=[]), "no minimal pairs"), (dict(pairs="no-such-pairs"), "unknown minimal pairs"),
     (dict(exclude=0.005), "exclude"), (dict(tolerance=0), "tolerance"), (dict(minimum_nll=0), "minimum_nll"),
     (dict(minimum_accuracy=float("nan")), "minimum_accuracy"),
+    (dict(side="both", controls=("random", "mirror")), "no mirror"),
 ])
 def test_study_refuses_bad_input_before_any_work(tiny_llama, windows, monkeypatch, kw, match):
     def no_work(*a, **k):
@@ -558,3 +582,12 @@ def test_study_refuses_an_empty_pair_file_and_bad_scores(tiny_llama, windows, sc
         wnb.sign_ablation_depth(tiny_llama, None, windows[1], scores=scores, side="up", progress=False)
 
 
+
+
+def test_clamping_both_sides_has_no_mirror_row(tiny_llama, windows, scores):
+    """``side="both"`` zeroes every output: the default controls leave the mirror out; asked for, it is refused."""
+    table = _study(tiny_llama, windows, scores, seeds=(0,), side="both")
+    assert list(table["selection"]) == ["dense", "wasserstein", "random", "matched"]
+    with pytest.raises(wnb.WnbError, match="no mirror"):
+        _study(tiny_llama, windows, scores, seeds=(0,), side="both", controls=("mirror",))
+    assert clamp.mirror_side("negative") == "positive" and clamp.mirror_side("positive") == "negative"

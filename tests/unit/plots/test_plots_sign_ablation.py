@@ -6,6 +6,7 @@ from matplotlib.container import BarContainer
 
 from wnb import plots
 from wnb.errors import WnbError
+from wnb.plots.sign import sign_palette
 
 
 def study_table():
@@ -96,3 +97,16 @@ def test_depth_profile_grammar_panel_per_phenomenon():
     np.testing.assert_allclose(simple.get_ydata(), [-10.0, 2.0])  # points, each layer alone
     np.testing.assert_allclose(npi.get_ydata(), [0.0, -25.0])
     assert len(plots.depth_profile(table.drop(columns=["delta_accuracy_simple", "delta_accuracy_tse/npi"])).axes) == 1
+
+
+def test_the_mirror_bar_names_its_side_and_has_its_own_colour():
+    table = study_table()
+    mirror = table.iloc[[1]].assign(selection="mirror", perplexity=21.0, ppl_low=19.5, ppl_high=22.5)
+    table = pd.concat([table.iloc[:2], mirror, table.iloc[2:]], ignore_index=True).assign(side="negative")
+    table.loc[2, "side"] = "positive"
+    ax = plots.sign_ablation_bars(table).axes[0]
+    (bars,) = bar_containers(ax)
+    assert [t.get_text() for t in ax.get_xticklabels()][2] == "mirror\n(positive side)\n30 neurons"
+    colours = [tuple(b.get_facecolor()[:3]) for b in bars]
+    assert colours[2] == pytest.approx(sign_palette()["mirror"])
+    assert len({colours[i] for i in (0, 1, 2, 3, 5)}) == 5  # dense, Wasserstein, mirror, random, matched all differ

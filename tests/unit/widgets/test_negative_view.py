@@ -60,7 +60,12 @@ def test_the_tab_is_listed_and_starts_lazily(app, monkeypatch):
     assert view.layer.value == "model.layers.1.mlp.gate_proj" and view.layer.disabled  # scope "all" by default
     assert view.study is None and not called  # nothing heavy before Run
     assert (view.fraction.value, view.side.value, view.seeds.value, view.pairs.value) == (0.01, "negative", 1, 5)
-    assert view.random.value and view.matched.value
+    assert view.random.value and view.matched.value and view.mirror.value and not view.mirror.disabled
+    assert view.controls == ("random", "matched", "mirror")
+    view.side.value = "both"  # zeroes every output: no other side to mirror
+    assert view.mirror.disabled and view.controls == ("random", "matched")
+    view.side.value = "negative"
+    assert not view.mirror.disabled
 
 
 def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
@@ -75,7 +80,7 @@ def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
     ref = wnb.sign_ablation_study(tiny_llama, None, session.held_out, fraction=0.05, seeds=(0, 1), scores=scores,
                                   progress=False)
     study = view.study
-    assert list(study["selection"]) == ["dense", "wasserstein", "random", "random", "matched"]
+    assert list(study["selection"]) == ["dense", "wasserstein", "mirror", "random", "random", "matched"]
     for column in ("n_neurons", "per_layer", "perplexity", "ppl_low", "ppl_high", "delta_perplexity", "delta_ppl_low",
                    "w_delta_nll_high", "perplexity_seeds_sd"):
         np.testing.assert_allclose(study[column].to_numpy(float), ref[column].to_numpy(float), rtol=1e-6, atol=1e-9)
@@ -85,7 +90,8 @@ def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
     w = study.iloc[1]
     shown = f"{w['delta_perplexity']:+.3f} [{w['delta_ppl_low']:+.3f}, {w['delta_ppl_high']:+.3f}]"
     assert shown in view.study_table.value and "W − this, Δ perplexity: verdict" in view.study_table.value
-    r = study.iloc[2]
+    assert "negative − positive side of the same neurons (the mirror)" in view.summary.value
+    r = study.iloc[3]
     assert f"{r['perplexity_seeds_mean']:.3f} ± {r['perplexity_seeds_sd']:.3f}" in view.study_table.value
     assert "minimal_pairs" not in view.pngs
     # the bars are the table's perplexities, in its order
@@ -103,7 +109,7 @@ def test_run_shows_the_study_surprisal_and_downloads(app, tiny_llama):
     # downloads: the study CSV equals the table; PNGs of both figures
     downloaded = csv_from_link(view.downloads.value, "study_")
     np.testing.assert_allclose(downloaded["perplexity"], study["perplexity"], rtol=1e-9)
-    assert "study_sign_ablation_all_first_ffn_0.05_negative_random-matched_small_seed0.csv" in view.downloads.value
+    assert "study_sign_ablation_all_first_ffn_0.05_negative_random-matched-mirror_small_seed0.csv" in view.downloads.value
     assert "perplexity_sign_ablation" in view.downloads.value and "surprisal_sign_ablation" in view.downloads.value
     assert view.depth is None  # the depth profile has its own button
 
@@ -128,7 +134,7 @@ def test_the_surprisal_and_depth_profile_reuse_the_study_passes(app, monkeypatch
     assert view.last_error is None, view.last_error
     study = view.study
     matched = int(study.loc[study["selection"] == "matched", "evaluations"].iloc[0])
-    assert len(passes) == 3 + matched  # dense, wasserstein, random, the matched search; surprisal: none
+    assert len(passes) == 4 + matched  # dense, wasserstein, its mirror, random, the matched search; surprisal: none
     passes.clear()
     view.run_depth.click()
     assert view.last_error is None, view.last_error
@@ -213,6 +219,7 @@ def test_study_options_reach_the_study(app, tiny_llama):
     view = app.negative
     view.fraction.value = 0.05
     view.random.value = False
+    view.mirror.value = False
     view.options.pool.value = "bottom"
     view.options.skip_first.value = True
     view.options.twins["variance"].value = True
