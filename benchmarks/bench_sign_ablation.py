@@ -2,19 +2,21 @@
 the clamp's overhead on a forward pass, and what the bundled model shows.
 
 1. ``run``: what the Negative differentiation tab's Run does at its defaults (``wnb.widgets.negative.APP_DEFAULTS``:
-   the first FFN projection of every block, fraction 0.01, side negative, random controls and the matched
-   control, agreement pairs), through a session on an empty cache of its own (as a first visit: each result
-   is computed once and then read back by the next step): the statistics the set is ranked on (WD over every
-   calibration token of the study's windows, and its halves), the study, Δ surprisal. Only
-   session calls that exist before and after issue 21 are timed, so ``PYTHONPATH=<an older checkout>``
-   times that code the same way (``--label``). Wall and CPU seconds of this process: on a shared machine
-   the CPU time is the steadier number.
+   the first FFN projection of every block, fraction 0.01, side negative, the default controls — random, matched
+   and, since it is one, the mirror —, agreement pairs), through a session on an empty cache of its own (as a
+   first visit: each result is computed once and then read back by the next step): the statistics the set is
+   ranked on (WD over every calibration token of the study's windows and its halves, as the tab's
+   ``sign_stability``), the study, Δ surprisal. ``PYTHONPATH=<an older checkout>`` times that code the same way
+   (``--label``; before issue 21 the first step is ``sign_scores``). Wall and CPU seconds of this process: on a
+   shared machine the CPU time is the steadier number.
 2. ``clamp``: one forward pass of 8 × 256 tokens dense vs inside ``wnb.sign_ablated``, alternating,
    ``--repeat`` pairs (median ratio of neighbours); target ≤ 1.05×.
 3. ``findings`` (medium budget, the study's windows): the study with every control, agreement and TSE pairs,
    the set's stability, Δ surprisal by token class, and the depth profile with the pairs per phenomenon.
+4. ``mirror`` (the same windows and pairs as ``findings``): dense, the Wasserstein ablation and its mirror (the
+   same neurons, the positive side clamped) alone: whether the effect is specific to the sign.
 
-    python benchmarks/bench_sign_ablation.py [run clamp findings] [--budgets small medium large] [--pairs 20]
+    python benchmarks/bench_sign_ablation.py [run clamp findings mirror] [--budgets small medium large] [--pairs 20]
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import wnb
 from wnb.app.budgets import BUDGETS
 from wnb.app.session import Session
 from wnb.experiments.sign_statistics import study_words
+from wnb.scoring.selection import DEFAULT_CONTROLS
 from wnb.widgets.negative import APP_DEFAULTS, negative_layers
 
 
@@ -60,15 +63,18 @@ def run_times(budget: str, label: str) -> list[dict]:
     before = load()
     with Clock() as whole:
         pairs = session.sign_pairs("agreement", n_pairs)
-        with Clock() as scores:
-            session.sign_scores(layers, progress=False)
+        with Clock() as scores:  # the tab's first step: WD and its halves in one pass (before issue 21: WD)
+            if hasattr(session, "sign_stability"):
+                session.sign_stability(layers, 0.01, progress=False)
+            else:
+                session.sign_scores(layers, progress=False)
         with Clock() as study_clock:
-            study = session.sign_ablation(layers, 0.01, "negative", ("random", "matched"), seeds, pairs, progress=False)
+            study = session.sign_ablation(layers, 0.01, "negative", DEFAULT_CONTROLS, seeds, pairs, progress=False)
         m = study[study["selection"] == "matched"]
         with Clock() as surprisal:
             session.sign_surprisal(layers, 0.01, "negative", matched=int(m["per_layer"].iloc[0]),
                                    matched_seed=int(m["seed"].iloc[0]), progress=False)
-    passes = 4 + seeds - 1 + int(m["evaluations"].iloc[0]) - 1
+    passes = 2 + seeds + int(m["evaluations"].iloc[0]) + int("mirror" in DEFAULT_CONTROLS)
     common = {"code": label, "budget": budget, "windows": f"{windows[0].shape[0]} + {windows[1].shape[0]} × "
               f"{windows[0].shape[1]}", "load before": before}
     rows = [{**common, "step": "WD of 30 × 1,536 gate_proj" + (" (and halves)" if "top_overlap" in study else ""),
@@ -132,7 +138,7 @@ def findings(n_pairs: int, depth_pairs: int) -> None:
     layers = negative_layers(session, "all", None)
     calib, held_out = session.sign_windows()
     pairs = session.sign_pairs(("agreement", "tse"), n_pairs)
-    controls = ("random", "matched", "variance", "tokens", "positions")
+    controls = ("random", "matched", "mirror", "variance", "tokens", "positions")
     with Clock() as clock:
         study = session.sign_ablation(layers, 0.01, "negative", controls, 3, pairs, progress=False)
     print(f"\n### Study, medium budget ({calib.shape[0]} + {held_out.shape[0]} windows of {calib.shape[1]}), "
@@ -160,6 +166,28 @@ def findings(n_pairs: int, depth_pairs: int) -> None:
     print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in depth[keep].to_dict("records")]))
 
 
+def mirror(n_pairs: int) -> None:
+    """Dense, the Wasserstein ablation and its mirror on ``findings``' windows and pairs: the study's
+    ``w_delta_*`` on the mirror row are this side's effect − the other side's, paired."""
+    session = Session(budget="medium", use_cache=os.environ.get("WNB_BENCH_CACHE") == "1")
+    layers = negative_layers(session, "all", None)
+    pairs = session.sign_pairs(("agreement", "tse"), n_pairs)
+    with Clock() as clock:
+        study = session.sign_ablation(layers, 0.01, "negative", ("mirror",), 3, pairs, progress=False)
+    print(f"\n### The mirror, medium budget, {len(pairs)} pairs ({clock.wall:.0f} s)\n")
+    columns = ["selection", "side", "n_neurons", "perplexity", "ppl_low", "ppl_high", "delta_perplexity",
+               "delta_ppl_low", "delta_ppl_high", "nll_verdict", "w_delta_perplexity", "w_delta_ppl_low",
+               "w_delta_ppl_high", "w_delta_nll", "w_delta_nll_low", "w_delta_nll_high", "w_nll_verdict", "accuracy",
+               "acc_low", "acc_high", "delta_accuracy", "delta_acc_low", "delta_acc_high", "mcnemar_p",
+               "w_delta_accuracy", "w_delta_acc_low", "w_delta_acc_high", "w_mcnemar_p", "w_acc_verdict"]
+    print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                 for r in study[[c for c in columns if c in study]].to_dict("records")]))
+    phenomena = [c for c in study.columns if c.startswith("accuracy_")]
+    print("\n" + table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                        for r in study[["selection"] + phenomena].to_dict("records")]))
+    print("\n" + study_words(study))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="*", default=["run", "clamp", "findings"])
@@ -184,6 +212,8 @@ def main():
         print(table(clamp_overhead(wnb.load_model(device="cpu"), args.repeat)))
     if "findings" in args.parts:
         findings(args.pairs, args.depth_pairs)
+    if "mirror" in args.parts:
+        mirror(args.pairs)
 
 
 if __name__ == "__main__":

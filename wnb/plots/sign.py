@@ -24,10 +24,14 @@ def sign_label(selection: str, seed=None) -> str:
     return selection if seed is None or pd.isna(seed) or selection in ("dense", "wasserstein") else f"{selection} s{int(seed)}"
 
 
+LOG_SPAN = 4.0  # the perplexity bars switch to a log axis when the highest is this many times the lowest
+
+
 def sign_ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Held-out perplexity of every row of :func:`wnb.sign_ablation_study` (dense, Wasserstein, its mirror, each
     random seed, matched), one bar per row with its 95% interval (``ppl_low``/``ppl_high`` when present)
-    and its neuron count under the label; the dense perplexity is a dashed line."""
+    and its neuron count under the label; the dense perplexity is a dashed line. The axis is logarithmic when the
+    highest bar is more than :data:`LOG_SPAN` times the lowest (the mirror on SmolLM2: 1,790 against 23)."""
     for column in ("selection", "perplexity", "n_neurons"):
         if column not in table.columns:
             raise WnbError(f"the sign-ablation table has no column {column!r}")
@@ -53,9 +57,15 @@ def sign_ablation_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
     if len(dense):
         ax.axhline(dense["perplexity"].iloc[0], color="black", linestyle="--", linewidth=1, label="dense")
         ax.legend(fontsize=8, frameon=False, loc="upper left")
-    low = (table["ppl_low"] if intervals else table["perplexity"]).min()
-    ax.set_ylim(low * 0.95, np.nanmax(tops) * 1.08)
-    ax.set_ylabel("perplexity (held out" + (", 95% interval)" if intervals else ")"))
+    low, high = (table["ppl_low"] if intervals else table["perplexity"]).min(), np.nanmax(tops)
+    log = high > LOG_SPAN * low  # e.g. the mirror: one row far above the rest would flatten them all
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylim(low * (0.8 if log else 0.95), high * (1.5 if log else 1.08))
+    ax.set_ylabel("perplexity (held out" + (", 95% interval" if intervals else "") + (", log scale)" if log else ")"))
     finish(ax, title, legend=False)
     return fig
 
@@ -86,7 +96,7 @@ def minimal_pair_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
         ax.bar(x - 0.4 + width * (i + 0.5), m, width, yerr=err, capsize=2, label=label,
                color=palette.get(selection, palette["other"]), error_kw={"linewidth": 1, "ecolor": "#333"})
     ax.axhline(0.5, color="black", linestyle=":", linewidth=1)
-    ax.set_xticks(x, [p.replace("_", "\n") for p in phenomena], fontsize=8)
+    ax.set_xticks(x, [p.replace("/", "/\n").replace("_", "\n") for p in phenomena], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("minimal-pair accuracy")
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -110,3 +110,15 @@ def test_the_mirror_bar_names_its_side_and_has_its_own_colour():
     colours = [tuple(b.get_facecolor()[:3]) for b in bars]
     assert colours[2] == pytest.approx(sign_palette()["mirror"])
     assert len({colours[i] for i in (0, 1, 2, 3, 5)}) == 5  # dense, Wasserstein, mirror, random, matched all differ
+
+
+def test_the_perplexity_axis_turns_logarithmic_when_one_row_dwarfs_the_rest():
+    table = study_table()
+    assert plots.sign_ablation_bars(table).axes[0].get_yscale() == "linear"
+    table.loc[2, ["perplexity", "ppl_low", "ppl_high"]] = [1790.0, 1150.0, 2690.0]  # the mirror on SmolLM2
+    ax = plots.sign_ablation_bars(table).axes[0]
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    (bars,) = bar_containers(ax)
+    np.testing.assert_allclose([b.get_height() for b in bars], table["perplexity"])
+    low, high = ax.get_ylim()
+    assert low < table["ppl_low"].min() and high > table["ppl_high"].max()  # every bar and interval in view
