@@ -134,8 +134,8 @@ class NegativeView(Panel):
                                             description="pairs each",
                                             layout=widgets.Layout(width="170px"))
         self.matched = widgets.Checkbox(value=True, description="perplexity-matched control", indent=False)
-        self.mirror = widgets.Checkbox(value=True, description="mirror: the other side of the same neurons",
-                                       indent=False, layout=widgets.Layout(width="290px"))
+        self.mirror = widgets.Checkbox(value=True, description="mirror (the other side)", indent=False,
+                                       layout=widgets.Layout(width="190px"))
         self.run = widgets.Button(description="Run", icon="play", button_style="primary")
         self.run_depth = widgets.Button(description="Run depth profile", icon="play", button_style="primary",
                                         layout=widgets.Layout(width="auto"))
