@@ -89,6 +89,19 @@ def words() -> list[str]:
     return list(vocab)
 
 
+def word_text(n_words: int, seed: int = 0) -> str:
+    """A seeded random text over the word vocabulary (no special tokens): no two long windows of it alike."""
+    vocab = words()[3:]
+    order = torch.randint(0, len(vocab), (n_words,), generator=torch.Generator().manual_seed(seed))
+    return " ".join(vocab[i] for i in order)
+
+
+def windows_of(lm, text: str, seq_len: int) -> torch.Tensor:
+    """Every non-overlapping ``seq_len`` window of ``text``, from the tokenizer itself."""
+    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    return ids[: ids.numel() // seq_len * seq_len].view(-1, seq_len)
+
+
 def word_tokenizer(bos: bool = True, eos: bool = True, chat_template: str | None = None,
                    prepend_bos: bool = False):
     """A fast word-level tokenizer (split on spaces and punctuation) with optional BOS/EOS tokens."""

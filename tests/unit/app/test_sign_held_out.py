@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_word_llama, words
+from helpers import tiny_word_llama, windows_of, word_text
 
 import wnb
 import wnb.widgets as ww
@@ -19,18 +19,6 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.delenv("WNB_STRICT", raising=False)
 
 
-def _text(n_words: int, seed: int) -> str:
-    vocab = words()[3:]  # no special tokens
-    order = torch.randint(0, len(vocab), (n_words,), generator=torch.Generator().manual_seed(seed))
-    return " ".join(vocab[i] for i in order)
-
-
-def _windows_of(lm, text: str, seq_len: int) -> torch.Tensor:
-    """Every non-overlapping window of the text, from the tokenizer itself."""
-    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    return ids[: ids.numel() // seq_len * seq_len].view(-1, seq_len)
-
-
 def _from(rows: torch.Tensor, every: torch.Tensor) -> bool:
     return all(bool((every == row).all(1).any()) for row in rows)
 
@@ -38,8 +26,8 @@ def _from(rows: torch.Tensor, every: torch.Tensor) -> bool:
 @pytest.fixture
 def texts(tmp_path):
     calib, held = tmp_path / "calibration.txt", tmp_path / "held_out.txt"
-    calib.write_text(_text(2000, 0))
-    held.write_text(_text(800, 1))
+    calib.write_text(word_text(2000, 0))
+    held.write_text(word_text(800, 1))
     return calib, held
 
 
@@ -49,12 +37,12 @@ def test_the_chosen_text_gives_the_held_out_windows_and_the_study_measures_them(
     session = Session(lm=lm, corpus=str(calib_path), budget="small")
     calib, held = session.sign_windows()
     assert torch.equal(calib, session.calib) and torch.equal(held, session.held_out)  # the default: the corpus
-    assert _from(held, _windows_of(lm, calib_path.read_text(), held.shape[1]))
+    assert _from(held, windows_of(lm, calib_path.read_text(), held.shape[1]))
 
     session.choose_held_out(str(held_path))
     calib2, held2 = session.sign_windows()
     assert torch.equal(calib2, calib)  # the Wasserstein set is ranked on the same windows
-    assert held2.shape == held.shape and _from(held2, _windows_of(lm, held_path.read_text(), held.shape[1]))
+    assert held2.shape == held.shape and _from(held2, windows_of(lm, held_path.read_text(), held.shape[1]))
     assert session.sign_held_out_text() == f"{held_path} (train)"
     layers = wnb.first_ffn_layers(lm)
     study = session.sign_ablation(layers, 0.05, controls=("random",), n_seeds=1, progress=False)
@@ -92,7 +80,7 @@ def test_the_tab_measures_on_the_chosen_text_and_says_so(texts, monkeypatch):
     view.run.click()
     assert view.last_error is None, view.last_error
     held = page.settings.session.sign_windows()[1]
-    assert _from(held, _windows_of(lm, corpora.load_corpus("bundled"), held.shape[1]))
+    assert _from(held, windows_of(lm, corpora.load_corpus("bundled"), held.shape[1]))
     assert view.study.iloc[0]["perplexity"] == pytest.approx(wnb.perplexity(lm, held, progress=False), rel=1e-6)
     assert "held-out text: bundled (the whole text)" in view.study_table.value
     assert "of bundled (train)" in view.differences.value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_word_llama, words
+from helpers import tiny_word_llama, windows_of, word_text
 
 from wnb.app.budgets import BUDGETS, Budget, study_sizes
 from wnb.data import corpora, windows
@@ -13,9 +13,7 @@ from wnb.errors import WnbError
 
 def test_every_window_of_the_held_out_text_in_order():
     lm = tiny_word_llama()
-    vocab = words()[3:]  # no special tokens
-    order = torch.randint(0, len(vocab), (400,), generator=torch.Generator().manual_seed(0))
-    text = " ".join(vocab[i] for i in order)  # no two windows alike
+    text = word_text(400, 0)  # no two windows alike
     ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
     every = windows.held_out_windows(lm, text, seq_len=16)
     assert every.shape == (ids.numel() // 16, 16)
@@ -53,25 +51,13 @@ def test_study_windows_are_the_longest_the_budget_allows():
     assert study_sizes(wide, context=None) == (2048, 6, 12)
 
 
-def _text(lm, n_words: int, seed: int) -> str:
-    vocab = words()[3:]  # no special tokens
-    order = torch.randint(0, len(vocab), (n_words,), generator=torch.Generator().manual_seed(seed))
-    return " ".join(vocab[i] for i in order)
-
-
-def _windows_of(lm, text: str, seq_len: int) -> torch.Tensor:
-    """Every non-overlapping window of the text, from the tokenizer itself."""
-    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    return ids[: ids.numel() // seq_len * seq_len].view(-1, seq_len)
-
-
 def test_calibration_stays_and_the_held_out_windows_come_from_their_own_text():
     lm = tiny_word_llama()
-    calib_text, eval_text = _text(lm, 600, 0), _text(lm, 300, 1)
+    calib_text, eval_text = word_text(600, 0), word_text(300, 1)
     same_calib, same_held = windows.calibration_and_held_out(lm, calib_text, 16, 6, 4, seed=2)
     calib, held = windows.calibration_and_held_out(lm, calib_text, 16, 6, 4, seed=2, eval_text=eval_text)
     assert torch.equal(calib, same_calib)  # the Wasserstein set is ranked on the same windows either way
-    of_calib, of_eval = _windows_of(lm, calib_text, 16), _windows_of(lm, eval_text, 16)
+    of_calib, of_eval = windows_of(lm, calib_text, 16), windows_of(lm, eval_text, 16)
     assert all((of_calib == row).all(1).any() for row in same_held)
     assert held.shape == (4, 16) and all((of_eval == row).all(1).any() for row in held)
     every = windows.calibration_and_held_out(lm, calib_text, 16, 6, None, eval_text=eval_text)[1]
