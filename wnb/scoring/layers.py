@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from wnb.core.memory import available_memory
+from wnb.core.memory import available_memory, group_by_bytes
 from wnb.data.positions import check_skip
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
@@ -33,16 +33,12 @@ def exact_groups(lm, layers, n_tokens: int, seq_len: int, skip_first: int, room:
     pass each (a layer that does not fit alone is a group of its own, which the pass then refuses)."""
     windows = -(-n_tokens // seq_len)
     rows = windows * (seq_len - skip_first)
-    groups, held = [[]], 0
-    for name in layers:
+
+    def need(name: str) -> int:
         d = layer_weight(lm, name).shape[0]
-        need = rows * d * 4 + sketch_bytes(d, seq_len, n_bins, True, skip_first, windows)
-        if groups[-1] and held + need > room:
-            groups.append([])
-            held = 0
-        groups[-1].append(name)
-        held += need
-    return groups
+        return rows * d * 4 + sketch_bytes(d, seq_len, n_bins, True, skip_first, windows)
+
+    return group_by_bytes(layers, need, room)
 
 
 def score_layers(lm, windows, layers=None, fields=("wd",), wd: str = "exact", max_tokens: int | None = None,

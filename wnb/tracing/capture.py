@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wnb.core.checks import check_int
-from wnb.core.memory import available_memory
+from wnb.core.memory import available_memory, group_by_bytes
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.model.architectures import check_layers, layer_weight
@@ -48,16 +48,7 @@ def split_by_memory(lm: LM, layers, n_tokens: int, max_bytes: int, inputs: bool 
                     outputs: bool = True) -> list[list[str]]:
     """Consecutive runs of ``layers`` whose capture of ``n_tokens`` fits in ``max_bytes`` (at least one
     layer each), for scoring many layers in as few passes as memory allows."""
-    groups: list[list[str]] = [[]]
-    size = 0
-    for name in layers:
-        need = estimate_bytes(lm, [name], n_tokens, inputs, outputs)
-        if groups[-1] and size + need > max_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(name)
-        size += need
-    return groups
+    return group_by_bytes(layers, lambda name: estimate_bytes(lm, [name], n_tokens, inputs, outputs), max_bytes)
 
 
 def capture(lm: LM, layers, windows, max_tokens: int | None = None, batch_size: int = 8,
