@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import ipywidgets as widgets
 from transformers.utils import logging as hf_logging
@@ -39,13 +39,6 @@ CSS = """
 .wnb-downloads, .wnb-print-links { word-break: break-all; }
 </style>
 """
-
-if TYPE_CHECKING:
-    pass
-
-
-# ---------------------------------------------------------------- small helpers
-
 
 
 class Panel(widgets.VBox):
