@@ -24,6 +24,7 @@ from wnb.experiments.pair_sets import (
     set_label,
     set_of,
 )
+from wnb.experiments.sign_ablation import study_controls
 from wnb.experiments.sign_statistics import study_words
 from wnb.scoring.selection import CONTROLS, DEFAULT_CONTROLS, MATCHED_EXCLUDE, POOLS
 from wnb.scoring.stability import stability_summary, stability_words
@@ -130,8 +131,9 @@ def run(args, run: RunFolder, session) -> str:
     if pairs is not None and lm.tokenizer is None:
         raise WnbError(f"{lm.name} has no tokenizer, which minimal pairs need; pass --minimal-pairs none")
     calib, held_out = session.sign_windows()
+    controls = list(study_controls(args.controls, args.side))
     run.note(negative={"layers": len(layers), "wd_tokens": min(args.max_tokens or calib.numel(), calib.numel()),
-                       "skip_first": args.skip_first, "pool": args.pool, "controls": list(args.controls),
+                       "skip_first": args.skip_first, "pool": args.pool, "controls": controls,
                        "pair_sets": {set_of(n): set_label(set_of(n)) for n in args.minimal_pairs if n != "none"},
                        "pairs": 0 if pairs is None else len(pairs), "first_token": FIRST_TOKEN[args.first_token],
                        "held_out_windows": len(held_out), "seq_len": calib.shape[1],

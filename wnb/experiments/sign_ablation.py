@@ -259,6 +259,17 @@ def _study_row(lm, held_out, selection, seed, chosen, extra, opts, fraction, sco
     return row, raw
 
 
+def study_controls(controls, side: str) -> tuple[str, ...]:
+    """The controls a study on ``side`` runs: ``controls`` as a tuple, without the mirror for ``side="both"``
+    (which has no other side) when they are the defaults; asked for by name there, the mirror is refused."""
+    controls = (controls,) if isinstance(controls, str) else tuple(controls)
+    if side == "both" and "mirror" in controls:
+        if controls != DEFAULT_CONTROLS:
+            mirror_side(side)  # raises
+        controls = tuple(c for c in controls if c != "mirror")
+    return controls
+
+
 def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolerance, minimum_nll, minimum_accuracy,
                  pool, pair_score):
     """:func:`sign_ablation_study`'s own arguments, before any work; returns (controls, seeds, matched_seeds)."""
@@ -266,11 +277,7 @@ def _check_study(side, fraction, controls, seeds, matched_seeds, exclude, tolera
     check_fraction(fraction)
     check_pool(pool)
     check_score(pair_score)
-    controls = (controls,) if isinstance(controls, str) else tuple(controls)
-    if side == "both" and "mirror" in controls:
-        if controls != DEFAULT_CONTROLS:
-            mirror_side(side)  # raises: asked for by name
-        controls = tuple(c for c in controls if c != "mirror")
+    controls = study_controls(controls, side)
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise WnbError(f"unknown controls {unknown}; choose from {', '.join(CONTROLS)}")

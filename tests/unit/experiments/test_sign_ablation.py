@@ -591,3 +591,13 @@ def test_clamping_both_sides_has_no_mirror_row(tiny_llama, windows, scores):
     with pytest.raises(wnb.WnbError, match="no mirror"):
         _study(tiny_llama, windows, scores, seeds=(0,), side="both", controls=("mirror",))
     assert clamp.mirror_side("negative") == "positive" and clamp.mirror_side("positive") == "negative"
+
+
+def test_study_controls_leave_the_mirror_out_only_for_both_sides_by_default():
+    from wnb.scoring.selection import DEFAULT_CONTROLS
+
+    assert sa.study_controls(DEFAULT_CONTROLS, "negative") == DEFAULT_CONTROLS
+    assert sa.study_controls(list(DEFAULT_CONTROLS), "both") == tuple(c for c in DEFAULT_CONTROLS if c != "mirror")
+    assert sa.study_controls("random", "both") == ("random",)
+    with pytest.raises(wnb.WnbError, match="no mirror"):
+        sa.study_controls(("random", "mirror"), "both")
