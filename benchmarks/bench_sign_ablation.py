@@ -74,7 +74,7 @@ def run_times(budget: str, label: str) -> list[dict]:
         with Clock() as surprisal:
             session.sign_surprisal(layers, 0.01, "negative", matched=int(m["per_layer"].iloc[0]),
                                    matched_seed=int(m["seed"].iloc[0]), progress=False)
-    passes = 2 + seeds + int(m["evaluations"].iloc[0]) + int("mirror" in DEFAULT_CONTROLS)
+    passes = 2 + seeds + int(m["evaluations"].iloc[0]) + int((study["selection"] == "mirror").any())
     common = {"code": label, "budget": budget, "windows": f"{windows[0].shape[0]} + {windows[1].shape[0]} × "
               f"{windows[0].shape[1]}", "load before": before}
     rows = [{**common, "step": "WD of 30 × 1,536 gate_proj" + (" (and halves)" if "top_overlap" in study else ""),
@@ -122,11 +122,21 @@ def clamp_overhead(lm, repeat: int) -> list[dict]:
     return rows
 
 
-STUDY_COLUMNS = ["selection", "seed", "n_neurons", "wd_rank_median", "perplexity", "delta_perplexity", "delta_ppl_low",
+STUDY_COLUMNS = ["selection", "seed", "side", "n_neurons", "wd_rank_median", "perplexity", "delta_perplexity", "delta_ppl_low",
                  "delta_ppl_high", "nll_verdict", "w_delta_perplexity", "w_delta_ppl_low", "w_delta_ppl_high",
                  "w_nll_verdict", "accuracy", "acc_low", "acc_high", "delta_accuracy", "delta_acc_low",
                  "delta_acc_high", "mcnemar_p", "w_delta_accuracy", "w_delta_acc_low", "w_delta_acc_high",
                  "w_mcnemar_p", "w_acc_verdict"]
+
+
+def print_study(study: pd.DataFrame) -> None:
+    """The study's main columns, its accuracy per phenomenon, and the study in words."""
+    print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                 for r in study[[c for c in STUDY_COLUMNS if c in study]].to_dict("records")]))
+    phenomena = [c for c in study.columns if c.startswith("accuracy_")]
+    print("\n" + table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                        for r in study[["selection", "seed"] + phenomena].to_dict("records")]))
+    print("\n" + study_words(study))
 
 
 def findings(n_pairs: int, depth_pairs: int) -> None:
@@ -145,12 +155,7 @@ def findings(n_pairs: int, depth_pairs: int) -> None:
           f"{len(pairs)} pairs ({clock.wall:.0f} s)\n")
     print(f"scored by {study['pair_score'].iloc[0]}, {study['scoring_rule'].iloc[0]}; stability: "
           f"{stability_words(study.iloc[1], 0.01)}\n")
-    print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
-                 for r in study[[c for c in STUDY_COLUMNS if c in study]].to_dict("records")]))
-    phenomena = [c for c in study.columns if c.startswith("accuracy_")]
-    print("\n" + table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
-                        for r in study[["selection", "seed"] + phenomena].to_dict("records")]))
-    print("\n" + study_words(study))
+    print_study(study)
     print("\nmatched: " + "; ".join(study["note"].dropna()))
     m = study[study.selection == "matched"].iloc[0]
     surprisal = session.sign_surprisal(layers, 0.01, "negative", matched=int(m["per_layer"]),
@@ -175,17 +180,7 @@ def mirror(n_pairs: int) -> None:
     with Clock() as clock:
         study = session.sign_ablation(layers, 0.01, "negative", ("mirror",), 3, pairs, progress=False)
     print(f"\n### The mirror, medium budget, {len(pairs)} pairs ({clock.wall:.0f} s)\n")
-    columns = ["selection", "side", "n_neurons", "perplexity", "ppl_low", "ppl_high", "delta_perplexity",
-               "delta_ppl_low", "delta_ppl_high", "nll_verdict", "w_delta_perplexity", "w_delta_ppl_low",
-               "w_delta_ppl_high", "w_delta_nll", "w_delta_nll_low", "w_delta_nll_high", "w_nll_verdict", "accuracy",
-               "acc_low", "acc_high", "delta_accuracy", "delta_acc_low", "delta_acc_high", "mcnemar_p",
-               "w_delta_accuracy", "w_delta_acc_low", "w_delta_acc_high", "w_mcnemar_p", "w_acc_verdict"]
-    print(table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
-                 for r in study[[c for c in columns if c in study]].to_dict("records")]))
-    phenomena = [c for c in study.columns if c.startswith("accuracy_")]
-    print("\n" + table([{k: (None if pd.isna(v) else v) for k, v in r.items()}
-                        for r in study[["selection"] + phenomena].to_dict("records")]))
-    print("\n" + study_words(study))
+    print_study(study)
 
 
 def main():

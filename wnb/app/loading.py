@@ -70,9 +70,11 @@ class Loading:
             return self.lm.name
         return self._lm.name if self._lm is not None else (self.model or BUNDLED)
 
-    def corpus_text(self) -> str:
-        """The session's corpus as text (the app: only what its server offers, :func:`wnb.app.sources.app_corpus`)."""
-        return app_corpus(self.corpus, self.upload) if self.restricted else load_corpus(self.corpus)
+    def corpus_text(self, name: str | None = None, split: str = "train") -> str:
+        """The session's corpus (or the corpus ``name``, in ``split``) as text (the app: only what its server
+        offers, :func:`wnb.app.sources.app_corpus`)."""
+        name = name or self.corpus
+        return app_corpus(name, self.upload, split) if self.restricted else load_corpus(name, split)
 
     def _windows(self):
         if self._calib is None:

@@ -9,9 +9,8 @@ import torch
 
 from wnb.app.budgets import study_sizes
 from wnb.app.layers import READ_BATCH
-from wnb.app.sources import app_corpus
 from wnb.core import cache
-from wnb.data.corpora import CORPORA, held_out_source, load_corpus
+from wnb.data.corpora import CORPORA, held_out_source
 from wnb.data.windows import calibration_and_held_out, context_length
 from wnb.errors import WnbError
 from wnb.experiments.pair_sets import first_token_prefix, pair_sets
@@ -75,10 +74,7 @@ class Negative:
             return self.calib, self.held_out
         if self._sign_windows is None:
             text = self.corpus_text()
-            eval_text = None
-            if self.sign_held_out is not None:
-                corpus, split = self.sign_held_out
-                eval_text = app_corpus(corpus, split=split) if self.restricted else load_corpus(corpus, split)
+            eval_text = self.corpus_text(*self.sign_held_out) if self.sign_held_out is not None else None
             key = cache.key(model=self.model_key, text=cache.text_digest(text), seq_len=sizes[0], n_calib=sizes[1],
                             n_eval=sizes[2], seed=self.seed,
                             **({"eval_text": cache.text_digest(eval_text)} if eval_text is not None else {}))

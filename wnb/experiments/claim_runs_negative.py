@@ -67,8 +67,7 @@ def sign_study(ctx, kind: str | None = "grammar") -> pd.DataFrame:
     seeds = [ctx.seed + i for i in range(ctx.plan.control_seeds)]
     return ctx.once(("sign_study", kind), lambda: sign_ablation_study(
         ctx.lm, None, ctx.held_out, fraction=FRACTION, controls=CLAIM_CONTROLS, seeds=seeds, pairs=pairs,
-        scores=first_scores(ctx),
-        batch_size=ctx.batch_size, progress=ctx.progress, nll_fn=ctx.nll))
+        scores=first_scores(ctx), batch_size=ctx.batch_size, progress=ctx.progress, nll_fn=ctx.nll))
 
 
 def _rows(study: pd.DataFrame, selections, stem: str) -> pd.DataFrame:
