@@ -27,8 +27,14 @@ def test_claims_tab(page):  # noqa: F811
     value = page.evaluate("sel => [...document.querySelector(sel).options].map(o => o.value)"
                           ".find(v => v.startsWith('W2 '))", choice)  # "W2 · <the claim>" (shown with &nbsp;)
     page.select_option(choice, value=value)
+    # a claim already cached (W1, by an earlier test sharing the cache) shows its figure at once: wait for the
+    # kernel to show W2 before Run, and for Run's own words after it
+    page.wait_for_function("() => document.querySelector('.wnb-claims .wnb-claim-section').innerText"
+                           ".startsWith('W2')", timeout=STEP_S * 1000)
     page.locator(".wnb-claims button", has_text="Run this claim").click()
-    page.wait_for_selector(".wnb-claims .wnb-claim-figure img", timeout=READY_S * 1000)
+    page.wait_for_function("() => document.querySelector('.wnb-claims .wnb-status').innerText"
+                           ".includes('done: W2')", timeout=READY_S * 1000)
+    page.wait_for_selector(".wnb-claims .wnb-claim-figure img", timeout=STEP_S * 1000)
     section = page.inner_text(".wnb-claims .wnb-claim-section")
     assert "W2" in section and "rule" in section and ("comparable" in section)
     assert ".html" in page.inner_text(".wnb-claims .wnb-downloads")
