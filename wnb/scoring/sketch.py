@@ -9,7 +9,11 @@ Grid. From the first batch, per neuron: a centre ``c`` (its mean) and a scale ``
 ``y`` maps to ``t = (y − c)/κ`` and ``q = t/(1 + |t|) ∈ (−1, 1)``; the ``n_bins`` bins are uniform in
 ``q``: ``2κ/n_bins`` wide at the centre, wider as ``(1 + |t|)²`` away from it, the two outermost open.
 ``κ`` is moved so that ``y = 0`` lies on a bin edge (by at most a factor 1.5, or up to 8 when zero is beyond
-the grid's inner bins): the count below zero and the WD split at raw zero need no pass of their own. The count
+the grid's inner bins): the count below zero and the WD split at raw zero need no pass of their own. A neuron
+whose std, a later batch included, reaches 4 grid scales (its first windows far narrower than the rest: quiet,
+nearly constant, or without the rare spikes that come later) gets a grid redrawn from its std so far, and what its
+bins hold moves there (:mod:`wnb.scoring.sketch_regrid`); without that, its outputs would pile into a few coarse
+outer bins (WD off by 0.06 for rare late spikes, and unbounded for a 1,000-fold drift). The count
 is exact but for negative outputs within about 1e-6 of the neuron's std from zero (they count as zero), which
 matters only for a density spiking at zero (``y = g³``, g Gaussian: 0.4% of the outputs), and for outputs
 thousands of std from a mean that far from zero.
@@ -38,10 +42,12 @@ from wnb.core.checks import check_int
 from wnb.data.positions import check_skip, position_bins
 from wnb.errors import WnbError
 from wnb.scoring.sketch_math import finish
+from wnb.scoring.sketch_regrid import rebin
 
 _ZERO_OFFSET = 2.0 ** -15   # raw zero sits this far (in bins) above its bin edge: float32 rounding cannot cross it
 _FAR = 8.0                  # the scale may grow this much (from the std) to put raw zero on the grid's last edge
 _CHUNK = {"cpu": 1 << 18, "cuda": 1 << 24}   # elements of the histogram's temporaries at once
+_REGRID = 4.0               # a neuron's grid is redrawn once its std reaches this many grid scales
 
 
 class Scratch:
@@ -131,7 +137,7 @@ class NeuronSketch:
         """Grid and state from the first batch's kept outputs ``t [n, d]``."""
         dev, d = t.device, self.d
         sample = t[::max(1, t.shape[0] // 512)]  # the grid needs the scale roughly: up to ~1,000 tokens
-        var, mean = (v.double() for v in torch.var_mean(sample, dim=0, correction=0))  # NaN: refused by _moments
+        var, mean = (v.double() for v in torch.var_mean(sample, dim=0, correction=0))  # NaN: refused by _map
         std = var.sqrt()
         good = std > 0
         fallback = std[good].median() if good.any() else torch.ones((), dtype=torch.float64, device=dev)
@@ -166,13 +172,12 @@ class NeuronSketch:
         scratch = scratch or Scratch()
         if self.counts is None:
             self._start(kept.reshape(-1, self.d).float())  # a view unless positions are skipped
-        dev = kept.device
-        t = scratch.get("t", (w, length, self.d), device=dev)
-        torch.addcmul(self.beta, kept, self.alpha, out=t)   # float32 whatever the outputs' dtype
-        tt = scratch.get("tt", (self.d, w * length), device=dev)
+        t, t2, sums = self._map(kept, scratch)
+        if self._regrid(sums, w * length):  # this batch is far wider than the grid: redrawn, then mapped again
+            t, t2, sums = self._map(kept, scratch)
+        self._add(sums, w, length)
+        tt = scratch.get("tt", (self.d, w * length), device=kept.device)
         tt.copy_(t.view(-1, self.d).t())  # neuron-major: each neuron's bins stay in cache while it is counted
-        t2 = torch.mul(t, t, out=scratch.get("t2", t.shape, device=dev))
-        self._moments(t, t2, length)
         self._histogram(tt, scratch)
         self._first(tt.view(self.d, w, length)[:, :, 0])
         self.n_tokens += w * length
@@ -181,17 +186,43 @@ class NeuronSketch:
         self._highs(t, t2)
         return self
 
-    def _moments(self, t: torch.Tensor, t2: torch.Tensor, length: int) -> None:
-        """Σt and Σt² per position bin (float32 within the batch, float64 across)."""
-        w = t.shape[0]
+    def _map(self, kept: torch.Tensor, scratch: Scratch):
+        """``t = y·alpha + beta`` of the kept outputs (float32 whatever their dtype), ``t²``, and their sums per
+        position bin ``[2, P, d]`` (float32 within the batch, float64 after)."""
+        w, length = kept.shape[0], kept.shape[1]
+        t = scratch.get("t", (w, length, self.d), device=kept.device)
+        torch.addcmul(self.beta, kept, self.alpha, out=t)
+        t2 = torch.mul(t, t, out=scratch.get("t2", t.shape, device=kept.device))
         bins = self._bin_of[self.skip_first:self.skip_first + length]
+        sums = torch.zeros_like(self.pos_sums)
         for k, v in enumerate((t, t2)):
             per_pos = v.view(w, -1).sum(0).view(length, self.d)  # sums of few long rows: one streaming pass
-            part = torch.zeros(self.pos_sums.shape[1], self.d, device=v.device).index_add_(0, bins, per_pos)
-            self.pos_sums[k] += part.double()
-        self.pos_count += w * torch.bincount(bins, minlength=self.pos_count.numel()).double()
-        if not torch.isfinite(self.pos_sums[1]).all():
+            sums[k] = torch.zeros(sums.shape[1], self.d, device=v.device).index_add_(0, bins, per_pos).double()
+        if not torch.isfinite(sums[1]).all():
             raise WnbError("the outputs contain NaN or infinite values; check the model's dtype (float16 overflows?)")
+        return t, t2, sums
+
+    def _add(self, sums: torch.Tensor, w: int, length: int) -> None:
+        """Add a batch's sums and its counts per position bin."""
+        self.pos_sums += sums
+        bins = self._bin_of[self.skip_first:self.skip_first + length]
+        self.pos_count += w * torch.bincount(bins, minlength=self.pos_count.numel()).double()
+
+    def _regrid(self, sums: torch.Tensor, n: int) -> bool:
+        """Redraw the grid of the neurons whose std, this batch included, reached :data:`_REGRID` grid scales
+        (the first batch was far narrower than the outputs): their bins and sums move to a grid set from the
+        std so far (:func:`wnb.scoring.sketch_regrid.rebin`). Returns whether any grid moved."""
+        count = self.pos_count.sum() + n
+        s1, s2 = (self.pos_sums[k].sum(0) + sums[k].sum(0) for k in (0, 1))
+        mean_t = s1 / count
+        std_t = (s2 / count - mean_t * mean_t).clamp_min(0).sqrt()
+        rows = torch.nonzero(std_t > _REGRID).flatten()
+        if not rows.numel():
+            return False
+        alpha, beta = self.alpha.double()[rows], self.beta.double()[rows]
+        new = _grid((mean_t[rows] - beta) / alpha, std_t[rows] / alpha, self.half, self.scale)
+        rebin(self, rows, *new)
+        return True
 
     def _highs(self, t: torch.Tensor, t2: torch.Tensor) -> None:
         """Σt³ and Σt⁴ (overwrites ``t`` and ``t2``)."""

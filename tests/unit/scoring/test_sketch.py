@@ -152,3 +152,39 @@ def test_bad_input():
         sk.update(bad)
     with pytest.raises(WnbError, match="even"):
         NeuronSketch(4, SEQ, n_bins=255)
+
+
+def drifting(n: int, seed: int = 0) -> torch.Tensor:
+    """Columns whose first windows are far narrower than the rest (the grid is set from the first batch): a
+    neuron quiet at first, one nearly constant at first, one with rare spikes that the first windows lack,
+    one crowded about zero with many exact zeros, and a Gaussian control."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    quiet, early = g[:, 0].clone(), slice(0, SEQ * 8)
+    quiet[early] *= 1e-3
+    near_constant = g[:, 1] ** 3 + 2.0
+    near_constant[early] = 2.0 + 1e-6 * g[early, 1]
+    spikes = g[:, 2] * 0.01
+    spikes[SEQ * 8:][torch.rand(n - SEQ * 8, generator=gen) < 2e-3] = 50.0
+    zeros = torch.where(g[:, 3] > 0, torch.zeros_like(g[:, 3]), g[:, 3] * 30)
+    zeros[early] *= 1e-4
+    return torch.stack([quiet, near_constant, spikes, zeros, g[:, 4]], 1).float()
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_a_first_batch_far_narrower_than_the_rest(spread):
+    """The grid is redrawn once a neuron outgrows it: WD within 1e-3 of scipy's, the moments against float64 and
+    scipy, the count below zero exact, as if the first batch had been typical."""
+    y = drifting(SEQ * 256)
+    r = read(y, SEQ * 8, spread=spread)
+    torch.testing.assert_close(r["wd"], scipy_wd(y), atol=1e-3, rtol=0)
+    torch.testing.assert_close(r["wd_below_zero"], below_by_integration(y), atol=1e-3, rtol=0)
+    y64 = y.double()
+    torch.testing.assert_close(r["mean"], y64.mean(0), atol=1e-6 * y64.std(0).max().item(), rtol=1e-6)
+    torch.testing.assert_close(r["variance"], y64.var(0, correction=0), atol=0, rtol=1e-5)
+    for name, ref in (("skewness", st.skew(y64.numpy())), ("kurtosis", st.kurtosis(y64.numpy()))):
+        torch.testing.assert_close(r[name], torch.from_numpy(ref), atol=1e-3, rtol=1e-4)
+    assert torch.equal((r["frac_negative"] * y.shape[0]).round().long(), (y < 0).sum(0))
+    exact = position_tail_share(y, SEQ)  # the first position's counts move with their bins
+    assert (r["pos0_tail_share"] - exact).abs().max() < 0.1
+
