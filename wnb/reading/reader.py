@@ -26,7 +26,7 @@ from wnb.model.state import is_dense
 from wnb.reading.feed import ContextFeed, context_bytes
 from wnb.reading.readout import Readout
 from wnb.scoring.read_plan import ReadPlan, plan_pass
-from wnb.scoring.reader import read_layers, read_outputs
+from wnb.scoring.reader import check_outputs, read_layers, read_outputs
 
 
 def plan_read(lm, windows, layers=None, *, contexts: int = 0, n_samples: int = 8, skip_first: int = 0,
@@ -73,8 +73,9 @@ def contexts_of_outputs(outputs: torch.Tensor, windows, layer: str, *, k: int = 
     """The :class:`wnb.NeuronContexts` state :func:`read_model` gives ``layer`` with these settings, from its
     outputs already captured (``outputs [N, d]`` of the first ``N`` tokens of ``windows``, window-major), fed in
     the same batches of ``batch_size`` windows (:func:`wnb.scoring.reader.read_outputs`): no model runs."""
-    seq_len = check_windows(windows).shape[1]
-    feed = ContextFeed(outputs.shape[1], seq_len, k, n_samples, skip_first, check_int(seed, "seed", minimum=0))
+    windows = check_windows(windows)
+    d = check_outputs(outputs, windows).shape[1]
+    feed = ContextFeed(d, windows.shape[1], k, n_samples, skip_first, check_int(seed, "seed", minimum=0))
     _, state = read_outputs(outputs, windows, skip_first=skip_first, n_bins=n_bins, spread=spread,
                             batch_windows=batch_size, feed=feed, layer=layer)
     return state
