@@ -1,10 +1,12 @@
 """Reading a neuron: neuron_contexts against the capture alone, and its state against the outputs it avoids.
 
 1. Time of ``wnb.neuron_contexts`` (k = 20: every neuron's 20 highest and lowest outputs, moments, outputs
-   by position, band samples) of layer 1 gate_proj over 65,536 tokens against ``wnb.tracing.capture`` of the same
-   layer's outputs alone (which keeps them on the CPU); both one pass over the same windows, same batches.
+   by position, band samples; the one-pass reader, ``wnb.read_model(..., contexts=20)``, of that layer alone)
+   of layer 1 gate_proj over 65,536 tokens against ``wnb.tracing.capture`` of the same layer's outputs alone
+   (which keeps them on the CPU); both one pass over the same windows, same batches.
    Runs alternate and each keeps its best time. Target: ratio ≤ 1.15.
-   The accumulator alone is also timed on the captured outputs, in the same batches.
+   The reader's statistics alone (``wnb.contexts_from_outputs``: the layer's sketch and contexts feed, no
+   model) are also timed on the captured outputs, in the same batches.
 2. Bytes of the NeuronContexts state (per neuron, and the token windows it keeps to decode contexts)
    against the float32 outputs [tokens, 1536] a capture holds.
 3. ``--reselect N``: the app's Entangled neurons view on the small budget (the layer analysed and its
@@ -73,7 +75,8 @@ def main():
     rows = [{"what": f"neuron_contexts k=20, {outputs.shape[0]:,} tokens x {outputs.shape[1]:,} neurons",
              "wnb s": best["contexts"], "baseline": "capture of the outputs alone", "baseline s": best["capture"],
              "ratio": best["contexts"] / best["capture"], "target": "≤ 1.15"},
-            {"what": f"its accumulator alone, fed the captured outputs in the same batches of {batch_tokens:,}",
+            {"what": f"contexts_from_outputs: sketch + contexts alone, fed the captured outputs in the same "
+                     f"batches of {batch_tokens:,}",
              "wnb s": t_acc, "baseline": "capture of the outputs alone", "baseline s": best["capture"],
              "ratio": t_acc / best["capture"]},
             {"what": "state kept per neuron (k=20, 8 samples x 7 bands, moments, position bins)",

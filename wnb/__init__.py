@@ -64,12 +64,11 @@ _API = {
     "wnb.model.lm": ("LM", "wrap_model"),
     "wnb.model.loading": ("load_model",),
     "wnb.model.offload": ("offload_blocks", "resident"),
-    "wnb.reading.accumulator": ("ContextAccumulator", "contexts_from_outputs", "neuron_contexts"),
     "wnb.reading.contexts": ("NeuronContexts",),
     "wnb.reading.highlight": ("activation_html", "context_html", "contexts_html", "token_activations", "tokens_html"),
     "wnb.reading.neuron": ("differentiating_pairs", "output_effect", "tail_concentration", "token_table"),
     "wnb.reading.per_expert": ("expert_contexts", "expert_summary", "tail_routing"),
-    "wnb.reading.reader": ("cached_reading", "plan_read", "read_model"),
+    "wnb.reading.reader": ("cached_reading", "contexts_from_outputs", "neuron_contexts", "plan_read", "read_model"),
     "wnb.reading.readout": ("Readout",),
     "wnb.scoring.comparison": ("neuron_errors", "output_rmse", "output_shift"),
     "wnb.scoring.controls": ("select_twins",),
@@ -91,6 +90,13 @@ _API = {
 _HOME = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_HOME, key=str.lower)
 
+# public names taken out of the API: what to use instead
+_RETIRED = {
+    "ContextAccumulator": "wnb.ContextAccumulator was retired; use wnb.neuron_contexts(lm, layer, windows) or "
+                          "wnb.read_model(lm, windows, layers, contexts=k) (one pass, any number of layers), or "
+                          "wnb.contexts_from_outputs(outputs, windows) for outputs already captured",
+}
+
 
 _PACKAGES = ("app", "cli", "compression", "core", "data", "errors", "experiments", "model", "plots", "reading",
              "scoring", "tracing", "widgets")
@@ -101,6 +107,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_HOME[name]), name)
     elif name in _PACKAGES:  # wnb.model.lm etc. without importing them first, as before the names were lazy
         value = importlib.import_module(f"wnb.{name}")
+    elif name in _RETIRED:
+        raise AttributeError(_RETIRED[name])
     else:
         raise AttributeError(f"module 'wnb' has no attribute {name!r}")
     globals()[name] = value  # found once, then a plain attribute

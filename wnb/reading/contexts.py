@@ -1,4 +1,4 @@
-"""What a layer's neurons read, once accumulated (:mod:`wnb.reading.accumulator`): :class:`NeuronContexts`
+"""What a layer's neurons read, once fed through a pass (:mod:`wnb.reading.reader`): :class:`NeuronContexts`
 gives each neuron's highest and lowest outputs with their contexts, seeded examples of every band of its
 standardized distribution, its outputs by position, and a token table; it is stored as plain tensors and
 numbers (its state) in wnb's cache."""
@@ -14,25 +14,8 @@ from wnb.data.tokens import decode_contexts, tokenizer_of
 from wnb.errors import WnbError
 from wnb.reading.extremes import BAND_LABELS, BANDS, EDGES
 
-"""Bands of the standardized output ``z``, each ``(low, high]``: below −3σ, −3…−2σ, …, the bulk −1…1σ, …, above 3σ."""
 STATE_FORMAT = "wnb-contexts-1"
-
-
-# ---------------------------------------------------------------- helpers
-
-
-
-
-# ---------------------------------------------------------------- running extremes
-
-
-# ---------------------------------------------------------------- band samples
-
-
-# ---------------------------------------------------------------- the accumulator
-
-
-# ---------------------------------------------------------------- the result
+"""The format tag of a :class:`NeuronContexts` state (checked by :meth:`NeuronContexts.from_state`)."""
 
 _TENSORS = {"windows": 2, "mean": 1, "std": 1, "high_values": 2, "high_index": 2, "low_values": 2, "low_index": 2,
             "sample_values": 3, "sample_index": 3, "bin_edges": 1, "bin_count": 1, "bin_mean": 2, "bin_std": 2}
@@ -40,7 +23,7 @@ _META = {"layer": str, "k": int, "n_samples": int, "seq_len": int, "skip_first":
 
 
 class NeuronContexts:
-    """The contexts of every neuron of one layer (see :func:`neuron_contexts`).
+    """The contexts of every neuron of one layer (:func:`wnb.neuron_contexts`, :meth:`wnb.Readout.contexts`).
 
     ``top(neuron, side)`` gives the ``k`` highest or lowest outputs with their decoded contexts,
     ``samples(neuron, seed)`` seeded examples of every band, ``positions(neuron)`` the outputs by position,

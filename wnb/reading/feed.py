@@ -1,13 +1,15 @@
 """The contexts of one layer's neurons, fed by the one-pass reader (:mod:`wnb.scoring.reader`).
 
-:class:`ContextFeed` keeps what :class:`wnb.ContextAccumulator` keeps — the ``k`` highest and lowest outputs
-of every neuron with their flat token index (:class:`wnb.reading.extremes.RunningExtremes`, ties to the lower
-index, so the result of a full sort) and ``n_samples`` seeded examples per band of the standardized outputs
-(:class:`wnb.reading.extremes.BandSamples`) — but takes its moments from the layer's
-:class:`wnb.scoring.sketch.NeuronSketch`
-and its candidates from the sketch's squared outputs, so a batch costs one comparison and one ``nonzero``
-beyond the sketch. Bands are assigned with the moments of the batches before (the first batch: its own),
-as in :class:`wnb.ContextAccumulator`. :meth:`finish` gives a :class:`wnb.NeuronContexts` state.
+:class:`ContextFeed` keeps per neuron the ``k`` highest and lowest outputs with their flat token index
+(:class:`wnb.reading.extremes.RunningExtremes`, ties to the lower index, so the result of a full sort whatever
+the batches) and ``n_samples`` seeded examples per band of the standardized outputs
+(:class:`wnb.reading.extremes.BandSamples`). It takes its moments from the layer's
+:class:`wnb.scoring.sketch.NeuronSketch` and its candidates from the sketch's squared outputs, so a batch costs
+one comparison and one ``nonzero`` beyond the sketch. Bands are assigned with the moments of the batches before
+(the first batch: its own), so the examples depend a little on the batches. :meth:`finish` gives a
+:class:`wnb.NeuronContexts` state. It is the one implementation behind ``wnb.read_model(contexts=k)``,
+:func:`wnb.neuron_contexts` and :func:`wnb.contexts_from_outputs` (it replaced ``ContextAccumulator``, which
+computed the same with moments of its own).
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ class ContextFeed:
     def _beyond(self, y, t, t2, start, grid, moments, length, bounds):
         """A superset of the kept elements beyond ±3 std (for the bands) and, once ``k`` are held and this batch
         comes after them, beyond the held k-th values (for the extremes), from one comparison of ``t2``; both
-        are then picked exactly on the CPU. Returns ``(rare, candidates or None)`` as ContextAccumulator does."""
+        are then picked exactly on the CPU. Returns ``(rare, candidates or None)``: what :meth:`BandSamples.update`
+        and :meth:`RunningExtremes.update` take."""
         ext = self.extremes
         thr_hi, thr_lo = ext.thresholds("high"), ext.thresholds("low")
         use = thr_hi is not None and start > ext.max_index

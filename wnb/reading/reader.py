@@ -5,15 +5,19 @@
     reading.scores()                                     # {layer: WD per neuron}
     reading.table("model.layers.3.mlp.gate_proj")        # one row per neuron, most entangled first
     reading.contexts("model.layers.3.mlp.gate_proj")     # wnb.NeuronContexts (with contexts=k)
+    ctx = wnb.neuron_contexts(lm, "model.layers.3.mlp.gate_proj", calib)   # one layer's, in one call
 
 The pass is :func:`wnb.scoring.reader.read_layers` (plain forward hooks, a
 :class:`wnb.scoring.sketch.NeuronSketch` per layer, stopped after the deepest layer); with ``contexts=k`` each
 layer also gets a :class:`wnb.reading.feed.ContextFeed` (top and bottom ``k`` with their tokens, band
-samples), fed from the same batches. :func:`cached_reading` keeps one reading in wnb's cache: its statistics
-once, and each layer's contexts under :func:`contexts_key` (where the app's "What it reads" finds them).
+samples), fed from the same batches. :func:`neuron_contexts` is that pass for one layer, and
+:func:`contexts_from_outputs` (over :func:`contexts_of_outputs`) the same from outputs already captured.
+:func:`cached_reading` keeps one reading in wnb's cache: its statistics once, and each layer's contexts under
+:func:`contexts_key` (where the app's "What it reads" finds them).
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -21,12 +25,14 @@ import torch
 from wnb.core import cache
 from wnb.core.checks import check_int
 from wnb.data.windows import check_windows
+from wnb.errors import WnbError
 from wnb.model.architectures import check_layers, ffn_layers
 from wnb.model.state import is_dense
+from wnb.reading.contexts import NeuronContexts
 from wnb.reading.feed import ContextFeed, context_bytes
 from wnb.reading.readout import Readout
 from wnb.scoring.read_plan import ReadPlan, plan_pass
-from wnb.scoring.reader import read_layers, read_outputs
+from wnb.scoring.reader import check_outputs, read_layers, read_outputs
 
 
 def plan_read(lm, windows, layers=None, *, contexts: int = 0, n_samples: int = 8, skip_first: int = 0,
@@ -73,11 +79,50 @@ def contexts_of_outputs(outputs: torch.Tensor, windows, layer: str, *, k: int = 
     """The :class:`wnb.NeuronContexts` state :func:`read_model` gives ``layer`` with these settings, from its
     outputs already captured (``outputs [N, d]`` of the first ``N`` tokens of ``windows``, window-major), fed in
     the same batches of ``batch_size`` windows (:func:`wnb.scoring.reader.read_outputs`): no model runs."""
-    seq_len = check_windows(windows).shape[1]
-    feed = ContextFeed(outputs.shape[1], seq_len, k, n_samples, skip_first, check_int(seed, "seed", minimum=0))
+    windows = check_windows(windows)
+    d = check_outputs(outputs, windows).shape[1]
+    feed = ContextFeed(d, windows.shape[1], k, n_samples, skip_first, check_int(seed, "seed", minimum=0))
     _, state = read_outputs(outputs, windows, skip_first=skip_first, n_bins=n_bins, spread=spread,
                             batch_windows=batch_size, feed=feed, layer=layer)
     return state
+
+
+def neuron_contexts(lm, layer: str, windows, k: int = 20, width: int = 8, progress: bool = True,
+                    skip_first: int = 0, batch_size: int = 8, max_tokens: int | None = None, n_samples: int = 8,
+                    seed: int = 0) -> NeuronContexts:
+    """The contexts of every neuron of one ``layer`` over ``windows``: :func:`read_model` of that layer alone
+    with ``contexts=k`` (streaming WD: nothing per token is kept), as a :class:`wnb.NeuronContexts`.
+
+    Keeps per neuron the ``k`` highest and lowest outputs (those of a full sort, ties to the lower token
+    index, whatever the batches), ``n_samples`` examples per band drawn with ``seed``, the mean and std and the
+    outputs by position; memory ``O((k + 7·n_samples) · d_out)`` whatever the number of tokens. ``skip_first``
+    leaves the first positions of every window out (positions in the result stay those of the windows);
+    ``width``: tokens of context shown each side; ``max_tokens`` reads the first tokens only; ``batch_size``:
+    windows per batch (the band samples depend on it a little, the rest does not).
+    """
+    if not isinstance(layer, str):
+        raise WnbError(f"layer must be one layer name, e.g. from wnb.ffn_layers(lm) (got {layer!r})")
+    k, width = check_int(k, "k"), check_int(width, "width", minimum=0)  # k = 0 would read no contexts
+    reading = read_model(lm, windows, [layer], contexts=k, n_samples=n_samples, seed=seed, skip_first=skip_first,
+                         max_tokens=max_tokens, wd="streaming", batch_size=batch_size, progress=progress)
+    return reading.contexts(reading.layers[0], lm.tokenizer, width)
+
+
+def contexts_from_outputs(outputs: torch.Tensor, windows, tokenizer=None, layer: str = "", k: int = 20,
+                          width: int = 8, skip_first: int = 0, n_samples: int = 8, seed: int = 0,
+                          batch_tokens: int = 4096) -> NeuronContexts:
+    """:class:`wnb.NeuronContexts` of an already captured layer: ``outputs [N, d]`` of the first ``N`` tokens of
+    ``windows [n, seq_len]``, window-major (:func:`contexts_of_outputs`; no model runs). ``layer`` only names it;
+    ``tokenizer`` (or an ``LM``) decodes the contexts. The outputs are fed as a reading pass feeds them, in
+    whole windows: ``batch_tokens`` is rounded up to whole windows (``ceil(batch_tokens / seq_len)``, at least
+    one), so ``batch_tokens = batch_size · seq_len`` gives what :func:`neuron_contexts` gives with ``batch_size``.
+    """
+    width = check_int(width, "width", minimum=0)
+    windows = check_windows(windows)
+    batch_size = max(1, math.ceil(check_int(batch_tokens, "batch_tokens") / windows.shape[1]))
+    state = contexts_of_outputs(outputs, windows, layer, k=k, n_samples=n_samples, seed=seed, skip_first=skip_first,
+                                batch_size=batch_size)
+    return NeuronContexts.from_state(state, tokenizer, width)
 
 
 def read_tokens(windows, max_tokens: int | None) -> int:

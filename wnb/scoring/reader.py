@@ -241,13 +241,19 @@ def read_outputs(outputs: torch.Tensor, windows, *, skip_first: int = 0, n_bins:
     windows, then the last one cut short), so the result is the pass's for the same outputs; no model runs."""
     windows = check_windows(windows)
     seq_len = windows.shape[1]
-    if outputs.dim() != 2 or not 0 < outputs.shape[0] <= windows.numel():
-        raise WnbError(f"outputs must be [N, d] with 0 < N <= {windows.numel()} tokens of the windows "
-                       f"(got shape {tuple(outputs.shape)})")
-    n, d = outputs.shape
+    n, d = check_outputs(outputs, windows).shape
     reader = _LayerReader(layer, d, n, seq_len, n_bins, spread, skip_first, False, feed)
     scratch = Scratch()
     with torch.no_grad():
         for batch, (start, ids) in enumerate(_batches(windows, n, batch_windows)):
             reader.update(outputs[start:start + ids.numel()], start, batch, scratch)
     return reader.finish(windows[:math.ceil(n / seq_len)])
+
+
+def check_outputs(outputs, windows: torch.Tensor) -> torch.Tensor:
+    """``outputs`` if it is a ``[N, d]`` tensor of the first ``N`` tokens of ``windows`` (checked), else WnbError."""
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2 or not 0 < outputs.shape[0] <= windows.numel():
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise WnbError(f"outputs must be a tensor [N, d] with 0 < N <= {windows.numel()} tokens of the windows "
+                       f"(got {shape})")
+    return outputs

@@ -1,17 +1,17 @@
-"""neuron_contexts against brute force: a full sort of a plain-hook capture, tokenizer.decode of the windows."""
+"""neuron_contexts and contexts_from_outputs (thin functions over the one-pass reader, wnb.reading.reader) against
+brute force: a full sort of a plain-hook capture, direct statistics, tokenizer.decode of the windows."""
 import json
 
 import numpy as np
 import pytest
 import torch
-from helpers.contexts import assert_extremes, hook_outputs
+from helpers.contexts import assert_extremes, brute_force, hook_outputs
 
 import wnb
 import wnb.reading
 import wnb.reading.extremes
 from wnb.errors import WnbError
-from wnb.reading.accumulator import ContextAccumulator
-from wnb.reading.extremes import BANDS, token_keys
+from wnb.reading.extremes import BANDS, RunningExtremes, token_keys
 
 
 class WordTokenizer:
@@ -43,7 +43,7 @@ def test_many_small_batches_equal_one_batch(tiny_llama):
     torch.testing.assert_close(one.std, many.std, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("batch_tokens", [1, 7, 64, 10_000])
+@pytest.mark.parametrize("batch_tokens", [1, 7, 130, 320, 10_000])  # 1, 1, 3, 5 and all 10 windows a batch
 def test_ties_go_to_the_lower_index_for_every_batching(batch_tokens):
     gen = torch.Generator().manual_seed(0)
     y = torch.randint(-3, 4, (640, 5), generator=gen).float()  # seven values: ties everywhere
@@ -53,14 +53,27 @@ def test_ties_go_to_the_lower_index_for_every_batching(batch_tokens):
     assert_extremes(ctx, y, 6)
 
 
-def test_batches_in_any_order_give_the_same_extremes():
+def test_running_extremes_fed_in_any_order_equal_a_full_sort():
     gen = torch.Generator().manual_seed(1)
     y = torch.randint(-2, 3, (300, 4), generator=gen).float()
-    acc = ContextAccumulator(4, seq_len=30, k=5)
+    ext = RunningExtremes(4, k=5)
     for start in (270, 0, 120, 30, 240, 60, 210, 90, 180, 150):  # not in token order
-        acc.update(y[start:start + 30], start)
-    ctx = acc.finish(torch.zeros(10, 30, dtype=torch.long))
-    assert_extremes(ctx, y, 5)
+        ext.update(y[start:start + 30].contiguous(), start)
+    ext.flush()
+    for side in ("high", "low"):
+        assert torch.equal(torch.from_numpy(ext.index[side]), brute_force(y, 5, side)), side
+
+
+def test_batch_tokens_are_rounded_up_to_whole_windows():
+    gen = torch.Generator().manual_seed(10)
+    y = torch.randn(640, 6, generator=gen) ** 3
+    windows = torch.zeros(10, 64, dtype=torch.long)
+    states = {b: wnb.contexts_from_outputs(y, windows, k=3, batch_tokens=b).state for b in (1, 64, 130, 192)}
+    for a, b in ((1, 64), (130, 192)):  # ceil(b / 64) windows a batch: 1 and 1, 3 and 3
+        for name in ("sample_index", "high_index", "low_index"):
+            assert torch.equal(states[a][name], states[b][name]), (a, b, name)
+    with pytest.raises(WnbError, match="batch_tokens"):
+        wnb.contexts_from_outputs(y, windows, batch_tokens=0)
 
 
 def test_fewer_tokens_than_k():
@@ -145,6 +158,31 @@ def test_band_samples_are_the_lowest_keys_of_their_band_beyond_three_sigma():
         assert torch.equal(held[held >= 0].sort().values, expected)
 
 
+def test_band_samples_over_many_batches_are_uniform_draws_of_their_band_and_seeded():
+    """Fed in 10 batches (the bands set with the moments of the batches before), a band's examples are still a
+    uniform draw from it: over 40 seeds (the keys are per token, shared by the neurons, so neurons are not
+    independent draws; seeds are) their tokens spread uniformly over the tokens and their z follow N(0, 1) cut
+    to the band (Kolmogorov–Smirnov, scipy). The same seed draws the same examples, another seed others."""
+    stats = pytest.importorskip("scipy.stats")
+    y = torch.randn(4_000, 2, generator=torch.Generator().manual_seed(11))
+    z_all = (y.double() - y.double().mean(0)) / y.double().std(0, correction=0)
+    windows = torch.zeros(40, 100, dtype=torch.long)
+    drawn = {band: [] for band in ((-1.0, 1.0), (1.0, 2.0))}
+    for seed in range(40):
+        index = wnb.contexts_from_outputs(y, windows, k=2, n_samples=8, seed=seed, batch_tokens=400).state["sample_index"]
+        for band, held in drawn.items():
+            held.append(index[BANDS.index(band), :, 0])
+    for (low, high), held in drawn.items():
+        index = torch.cat(held)
+        assert (index >= 0).all()
+        assert stats.kstest(index.numpy() / 4_000, "uniform").pvalue > 0.01
+        assert stats.kstest(z_all[index, 0].numpy(), stats.truncnorm(low, high).cdf).pvalue > 0.01
+    one, again, other = (wnb.contexts_from_outputs(y, windows, n_samples=8, seed=seed, batch_tokens=400)
+                         for seed in (3, 3, 4))
+    assert torch.equal(one.state["sample_index"], again.state["sample_index"])
+    assert not torch.equal(one.state["sample_index"], other.state["sample_index"])
+
+
 def test_positions_by_bin_equal_direct_statistics():
     seq_len = 40
     gen = torch.Generator().manual_seed(6)
@@ -227,6 +265,19 @@ def test_bad_arguments(tiny_llama, tiny_windows):
         ctx.top(0, side="upper")
     with pytest.raises(WnbError, match="NaN"):
         wnb.contexts_from_outputs(torch.tensor([[1.0], [float("nan")]]), torch.zeros(1, 2, dtype=torch.long))
+    windows = torch.zeros(2, 3, dtype=torch.long)
+    for outputs in (torch.ones(6), torch.ones(7, 2), torch.ones(0, 2), torch.ones(6, 2).numpy()):
+        with pytest.raises(WnbError, match="outputs must be"):
+            wnb.contexts_from_outputs(outputs, windows)
+    for kwargs in ({"width": -1}, {"k": 0}, {"n_samples": 0}, {"skip_first": 3}):
+        with pytest.raises(WnbError):
+            wnb.contexts_from_outputs(torch.randn(6, 2), windows, **kwargs)
+
+
+def test_the_retired_accumulator_names_what_replaced_it():
+    with pytest.raises(AttributeError, match="retired.*neuron_contexts"):
+        wnb.ContextAccumulator
+    assert "ContextAccumulator" not in wnb.__all__ and "neuron_contexts" in wnb.__all__
 
 
 def test_scale_is_the_largest_absolute_output():
