@@ -1,6 +1,6 @@
 """Streaming WD against the authors' per-neuron scipy loop, and whole-model runs of the ``wnb`` command.
 
-1. Streaming WD (wnb.StreamingWD, fed batch by batch) of the bundled model's layer-1 gate_proj over
+1. Streaming WD (wnb.NeuronSketch, fed batch by batch) of the bundled model's layer-1 gate_proj over
    ``--tokens`` tokens vs the authors' method: scipy.stats.wasserstein_distance per neuron against a
    random N(0, 1) sample of the same size (measured on ``--scipy-neurons`` neurons, scaled to the layer);
    the exact wnb WD for reference; largest difference to the exact WD; state bytes vs kept outputs.
@@ -25,25 +25,30 @@ from bench_core import authors_wd
 
 import wnb
 import wnb.scoring
-from wnb.scoring.streaming import state_bytes
+from wnb.scoring.sketch import sketch_bytes
 
 LAYER = "model.layers.1.mlp.gate_proj"
+SEQ_LEN = 256
 
 
 def outputs_of_layer(tokens: int) -> torch.Tensor:
     lm = wnb.load_model(device="cpu")
-    seq_len = 256
-    windows, _ = wnb.token_windows(lm, wnb.load_corpus(), seq_len=seq_len, n_calib=-(-tokens // seq_len), n_eval=0,
+    windows, _ = wnb.token_windows(lm, wnb.load_corpus(), seq_len=SEQ_LEN, n_calib=-(-tokens // SEQ_LEN), n_eval=0,
                                    seed=1)
     return wnb.capture(lm, [LAYER], windows, max_tokens=tokens, inputs=False, progress=False)[LAYER].outputs
 
 
 def streamed(outputs: torch.Tensor, batch: int = 2048):
-    """Feed the outputs batch by batch as a capture would, then finish: (accumulator, WD)."""
-    acc = wnb.StreamingWD()
+    """Feed the outputs batch by batch (whole windows) as the reader would, then finish: (sketch, WD)."""
+    sketch = wnb.NeuronSketch(outputs.shape[1], SEQ_LEN)
     for start in range(0, outputs.shape[0], batch):
-        acc.update(outputs[start:start + batch])
-    return acc, acc.wasserstein()
+        part = outputs[start:start + batch]
+        full = part.shape[0] // SEQ_LEN * SEQ_LEN
+        if full:
+            sketch.update(part[:full].view(-1, SEQ_LEN, part.shape[1]))
+        if part.shape[0] > full:  # the last window, cut short
+            sketch.update(part[full:])
+    return sketch, sketch.results()["wd"]
 
 
 def streaming_rows(tokens: int, scipy_neurons: int) -> tuple[list[dict], str]:
@@ -66,7 +71,7 @@ def streaming_rows(tokens: int, scipy_neurons: int) -> tuple[list[dict], str]:
     note = (f"streaming vs exact WD: largest |difference| {err.max():.1e}, median {err.median():.1e}; "
             f"streaming state {acc.nbytes() / 2**20:.1f} MiB for any number of tokens vs {kept / 2**20:.0f} MiB of "
             f"kept float32 outputs here; at the paper's scale (28,672 neurons x 262,144 tokens) "
-            f"{state_bytes(28_672) / 2**20:.0f} MiB vs {28_672 * 262_144 * 4 / 2**30:.0f} GiB")
+            f"{sketch_bytes(28_672, 2048) / 2**20:.0f} MiB vs {28_672 * 262_144 * 4 / 2**30:.0f} GiB")
     return rows, note
 
 

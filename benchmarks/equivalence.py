@@ -11,7 +11,7 @@ whose ``wnb`` is imported here) and the app through ``wnb.widgets.App``. Parts:
 - tiny: random Llama, GPT-NeoX and GPT-2 models built from configs with seed 0 (as tests/conftest.py):
   capture, WD, MD, top neurons, neuron_table, pruned weights (magnitude, Wanda, SparseGPT at 0.5 and
   2:4, SparseGPT 0.5 with bits=4), whole-model ``pruned`` perplexity per method, ``expanded`` (k=2)
-  logits, ``layer_scores``, ``overview``, ``stream_scores``, ``study_layer`` + ``relative_improvement``,
+  logits, ``layer_scores``, ``overview``, ``read_model`` (streaming), ``study_layer`` + ``relative_improvement``,
   the sign-ablation study (perplexity only: no tokenizer) and the dense weights after it all;
 - bundled: the bundled model on 4 + 2 windows of 64 tokens: WD and MD of layer 1's gate_proj,
   SparseGPT 0.5 perplexity (the FFN layers of blocks 0-1), a Sparse Expansion's (k=2, that layer)
@@ -249,8 +249,7 @@ def record_scores(rec: Recorder, prefix: str, lm, calib, held_out, name: str) ->
     seed_all()
     rec.add(f"{prefix}.layer_scores", wnb.layer_scores(lm, calib, progress=False))
     rec.add(f"{prefix}.overview", wnb.overview(lm, calib, progress=False))
-    streams = wnb.stream_scores(lm, calib, progress=False)
-    rec.add(f"{prefix}.stream_scores", {layer: s.wasserstein() for layer, s in streams.items()})
+    rec.add(f"{prefix}.read_model_streaming", wnb.read_model(lm, calib, wd="streaming", progress=False).scores())
     seed_all()
     study = wnb.study_layer(lm, name, calib, held_out, n_experts=2, sparsity=0.5, progress=False)
     rec.add(f"{prefix}.relative_improvement", wnb.relative_improvement(study))

@@ -14,7 +14,7 @@ have passed the remaining steps are recorded as ``skipped: time budget``:
      ``--llama-layers``. Token windows are random ids: these steps time the code, not the science.
   c. capture of every FFN layer of the GPT-NeoX over ``--windows`` x ``--seq-len`` tokens, exact WD
      (``wnb.tracing.capture`` + ``wnb.wasserstein_to_gaussian``, in groups that fit in CPU memory) and streaming
-     WD (``wnb.stream_scores``) of all of them; the same on the CPU cores on ``--cpu-tokens`` tokens,
+     WD (``wnb.read_model(wd="streaming")``) of all of them; the same on the CPU cores on ``--cpu-tokens`` tokens,
      scaled to the GPU's token count, as ratios.
   d. whole-model SparseGPT and Wanda at 50% and 2:4 (``wnb.pruned``), time per layer and total; one
      layer's SparseGPT on the GPU against the same on the CPU.
@@ -338,9 +338,9 @@ def exact_scores(lm, layers, windows, group_bytes: int, threads: int, batch_size
 
 def streaming_scores(lm, layers, windows, batch_size: int, into: dict) -> dict:
     with timer(lm.device, into, "streaming_s"):
-        accs = wnb.stream_scores(lm, windows, layers, batch_size=batch_size, progress=False)
-        scores = {name: acc.wasserstein() for name, acc in accs.items()}
-    into["streaming_state_mib"] = mib(sum(a.nbytes() for a in accs.values()))
+        reading = wnb.read_model(lm, windows, layers, wd="streaming", batch_size=batch_size, progress=False)
+        scores = reading.scores()
+    into["streaming_state_mib"] = mib(sum(reading.meta["layer_bytes"].values()))
     return scores
 
 

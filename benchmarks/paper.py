@@ -99,8 +99,7 @@ def load_windows(lm, args):
 
 
 def overview(run, lm, calib, args):
-    scores = wnb.stream_scores(lm, calib, wnb.ffn_layers(lm), batch_size=args.batch_size)
-    wd = {name: acc.wasserstein() for name, acc in scores.items()}
+    wd = wnb.read_model(lm, calib, wnb.ffn_layers(lm), wd="streaming", batch_size=args.batch_size).scores()
     table = wnb.overview_table(lm, wd, args.fraction)
     table["top_neurons"] = table["top_neurons"].map(lambda v: " ".join(map(str, v)))
     run.table("overview.csv", table, "per layer: streaming WD quantiles and the Wasserstein neurons")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["core", "prune", "expand", "quantize", "kmeans", "reading", "sign_ablation", "app", "cli"]
+SCRIPTS = ["core", "sketch", "prune", "expand", "quantize", "kmeans", "reading", "sign_ablation", "app", "cli"]
 
 
 def main() -> int:

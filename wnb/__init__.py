@@ -79,8 +79,8 @@ _API = {
     "wnb.scoring.selection": ("matched_candidates", "select_matched", "select_neurons", "select_random",
         "select_wasserstein"),
     "wnb.scoring.sign": ("gate_up_quadrants", "shape_statistics", "sign_quadrants", "wasserstein_split"),
+    "wnb.scoring.sketch": ("NeuronSketch",),
     "wnb.scoring.stability": ("set_stability",),
-    "wnb.scoring.streaming": ("stream_scores", "StreamingWD"),
     "wnb.scoring.tables": ("neuron_table", "overview_table"),
     "wnb.scoring.wasserstein": ("top_neurons", "wasserstein_to_gaussian"),
     "wnb.tracing.capture": ("Activations", "capture", "estimate_bytes"),
@@ -95,6 +95,11 @@ _RETIRED = {
     "ContextAccumulator": "wnb.ContextAccumulator was retired; use wnb.neuron_contexts(lm, layer, windows) or "
                           "wnb.read_model(lm, windows, layers, contexts=k) (one pass, any number of layers), or "
                           "wnb.contexts_from_outputs(outputs, windows) for outputs already captured",
+    "StreamingWD": "wnb.StreamingWD was retired; use wnb.NeuronSketch(n_neurons, seq_len), fed outputs [windows, "
+                   "positions, n_neurons] batch by batch (.results()['wd'] is within 1e-3 of exact, in less memory), "
+                   "or wnb.read_model(lm, windows, layers, wd='streaming') for whole layers in one pass",
+    "stream_scores": "wnb.stream_scores was retired; use wnb.read_model(lm, windows, layers, wd='streaming'): one "
+                     "pass over any number of layers, .scores() gives {layer: WD}, .table(layer) one layer's table",
 }
 
 

@@ -64,13 +64,15 @@ def test_scores_in_float64_and_streaming_on_the_device(lm, windows):
     y = hooked_outputs(lm, GATE, calib)  # bf16/fp16 on the model's device
     exact = wnb.wasserstein_to_gaussian(y.float().cpu())
     assert exact.dtype == torch.float64 and torch.isfinite(exact).all()
-    acc = wnb.StreamingWD()
-    for part in y.split(64):
-        acc.update(part)
-    assert acc.counts.device.type == lm.device.type
-    assert (acc.wasserstein() - exact).abs().max() < 1e-3
+    seq_len = calib.shape[1]
+    sketch = wnb.NeuronSketch(y.shape[1], seq_len)
+    for part in y.view(-1, seq_len, y.shape[1]).split(4):
+        sketch.update(part)
+    assert sketch.counts.device.type == lm.device.type
+    result = sketch.results()
+    assert (result["wd"] - exact).abs().max() < 1e-3
     y64 = y.double().cpu()
-    assert ((acc.mean - y64.mean(0)).abs() <= 1e-6 * y64.std(0)).all()
+    assert ((result["mean"] - y64.mean(0)).abs() <= 1e-6 * y64.std(0)).all()
 
 
 def test_pruned_restores_the_dense_weights_bit_for_bit(lm, windows):

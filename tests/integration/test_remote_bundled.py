@@ -20,8 +20,8 @@ def test_simulated_remote_capture_matches_local(bundled):
     want = wnb.capture(bundled, [LAYER], windows, batch_size=2, progress=False)[LAYER]
     torch.testing.assert_close(got.outputs, want.outputs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.inputs, want.inputs, rtol=1e-5, atol=1e-5)
-    scores = wnb.stream_scores(remote, windows, [LAYER], progress=False)[LAYER]
-    assert (scores.wasserstein() - wnb.wasserstein_to_gaussian(want.outputs)).abs().max() < 1e-3
+    scores = wnb.read_model(remote, windows, [LAYER], wd="streaming", progress=False).scores()[LAYER]
+    assert (scores - wnb.wasserstein_to_gaussian(want.outputs)).abs().max() < 1e-3
 
     for run in (lambda: wnb.perplexity(remote, windows),
                 lambda: wnb.pruned(remote, method="magnitude").__enter__(),

@@ -3,7 +3,7 @@
 The CDF of a neuron's standardized outputs is piecewise linear through 2 knots per bin (the start and the
 end of the samples' model inside it; between bins the CDF is flat); ``∫|F − Φ|`` over each piece
 has a closed form (``∫Φ = zΦ(z) + φ(z)``), split where ``F − Φ`` changes sign (the crossing found by linear
-interpolation, as in :mod:`wnb.scoring.streaming`). Cumulative sums of the pieces give the integral below any knot;
+interpolation). Cumulative sums of the pieces give the integral below any knot;
 a split (at the mean, or at raw zero, which is a bin edge) cuts the one piece that holds it.
 """
 from __future__ import annotations

@@ -63,7 +63,7 @@ def capture(lm: LM, layers, windows, max_tokens: int | None = None, batch_size: 
 
     ``on_batch``: if given, it is called once per batch with ``{layer: Activations}`` of that batch's
     flattened tensors (on the model's device, in the model's dtype) and nothing is kept, so no memory
-    per token is needed; capture then returns an empty dict (used by :mod:`wnb.scoring.streaming`).
+    per token is needed; capture then returns an empty dict (the reader's remote path, :mod:`wnb.scoring.reader`).
     """
     layers = check_layers(lm, layers)
     windows = check_windows(windows, lm)

@@ -25,9 +25,10 @@ def test_skip_first_equals_dropping_position_zero_by_hand(tiny, tiny_windows):
         assert not torch.allclose(scores[name], wnb.wasserstein_to_gaussian(ref[name]))
     stats = wnb.layer_statistics(tiny, tiny_windows, layers, max_tokens=None, skip_first=1, progress=False)
     torch.testing.assert_close(stats[layers[0]]["wd"], scores[layers[0]], rtol=0, atol=0)
-    streamed = wnb.stream_scores(tiny, tiny_windows, layers[:1], batch_size=2, skip_first=1, progress=False)
-    assert (streamed[layers[0]].wasserstein() - scores[layers[0]]).abs().max() < 2e-3
-    assert streamed[layers[0]].n_tokens == tiny_windows.shape[0] * (seq_len - 1)
+    streamed = wnb.read_model(tiny, tiny_windows, layers[:1], wd="streaming", batch_size=2, skip_first=1,
+                              progress=False)
+    assert (streamed.scores()[layers[0]] - scores[layers[0]]).abs().max() < 2e-3
+    assert streamed.stats[layers[0]]["bin_count"].sum() == tiny_windows.shape[0] * (seq_len - 1)  # tokens kept
 
 
 def test_neuron_table_skip_first(tiny_llama, tiny_windows):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy import stats as st
 
+import wnb
 from wnb.data.positions import position_tail_share
 from wnb.errors import WnbError
 from wnb.scoring.sketch import NeuronSketch, Scratch, sketch_bytes
@@ -188,3 +189,50 @@ def test_a_first_batch_far_narrower_than_the_rest(spread):
     exact = position_tail_share(y, SEQ)  # the first position's counts move with their bins
     assert (r["pos0_tail_share"] - exact).abs().max() < 0.1
 
+
+
+def synthetic(n: int, seed: int = 0) -> torch.Tensor:
+    """Nine shapes, from the Gaussian to ties, two modes, a drifting start and sparse spikes."""
+    rng = np.random.default_rng(seed)
+    cols = [rng.standard_normal(n), rng.standard_t(3, n), rng.exponential(2.0, n), rng.lognormal(0.0, 1.0, n),
+            np.concatenate([rng.normal(-3, 0.5, n // 2), rng.normal(2, 1.0, n - n // 2)]), rng.uniform(-1, 3, n),
+            rng.poisson(3.0, n).astype(np.float64),
+            np.concatenate([rng.normal(0, 0.1, 1000), rng.standard_t(2, n - 1000) * 20]),
+            np.where(rng.random(n) < 0.01, rng.normal(50, 5, n), rng.normal(0, 1, n))]
+    return torch.from_numpy(np.stack(cols, axis=1)).float()
+
+
+@pytest.mark.parametrize("batch", [SEQ, SEQ * 37 + 5])
+def test_synthetic_distributions_match_scipy_within_1e3(batch):
+    y = synthetic(SEQ * 600)
+    wd = read(y, batch)["wd"]
+    torch.testing.assert_close(wd, scipy_wd(y), atol=1e-3, rtol=0)
+    assert wd[0] < 0.02 and (wd[1:] > 0.02).all()  # only the Gaussian column is close to Gaussian
+
+
+def test_more_bins_are_more_accurate():
+    y = torch.from_numpy(np.random.default_rng(2).standard_t(3, size=(SEQ * 640, 8))).float()
+    exact = wasserstein_to_gaussian(y)
+    errors = []
+    for bins in (32, 256, 2048):
+        sk = NeuronSketch(8, SEQ, n_bins=bins)
+        for part in y.view(-1, SEQ, 8).split(64):
+            sk.update(part)
+        errors.append((sk.results()["wd"] - exact).abs().max().item())
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 2e-4
+
+
+def test_mean_and_variance_of_outputs_far_from_zero():
+    y = torch.from_numpy(np.random.default_rng(1).lognormal(3.0, 1.0, size=(SEQ * 960, 5))).float() + 1000.0
+    r = read(y, SEQ * 16)
+    y64 = y.double()
+    assert ((r["mean"] - y64.mean(0)).abs() < 1e-6 * y64.std(0)).all()
+    torch.testing.assert_close(r["variance"], y64.var(0, correction=0), rtol=1e-5, atol=0)
+
+
+def test_the_retired_streaming_names_say_what_replaced_them():
+    for name in ("StreamingWD", "stream_scores"):
+        with pytest.raises(AttributeError, match="retired.*read_model"):
+            getattr(wnb, name)
+        assert name not in wnb.__all__
+    assert "NeuronSketch" in wnb.__all__

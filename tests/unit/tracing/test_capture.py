@@ -124,3 +124,21 @@ def test_oversize_request_is_refused_with_estimate(tiny_llama, tiny_windows):
         wnb.capture(tiny_llama, layers, tiny_windows, max_bytes=need - 1)
     acts = wnb.capture(tiny_llama, layers, tiny_windows, max_bytes=need, progress=False)
     assert len(acts) == len(layers)
+
+
+def test_capture_on_batch_sees_the_same_rows(tiny_llama, tiny_windows):
+    layers = wnb.ffn_layers(tiny_llama)[:2]
+    kept = wnb.capture(tiny_llama, layers, tiny_windows, batch_size=4, max_tokens=70, progress=False)
+    seen = {n: [] for n in layers}
+
+    def on_batch(batch):
+        for name, acts in batch.items():
+            seen[name].append(acts.outputs.clone())
+
+    # max_bytes=1 would refuse a stored capture: with on_batch nothing is stored
+    out = wnb.capture(tiny_llama, layers, tiny_windows, batch_size=4, max_tokens=70, inputs=False,
+                      max_bytes=1, progress=False, on_batch=on_batch)
+    assert out == {}
+    for name in layers:
+        assert len(seen[name]) == 2
+        torch.testing.assert_close(torch.cat(seen[name]), kept[name].outputs)
