@@ -22,6 +22,7 @@ from wnb.data.positions import check_skip
 from wnb.data.windows import check_windows
 from wnb.errors import WnbError
 from wnb.model.architectures import check_layers, forward_order, layer_weight
+from wnb.scoring.wasserstein import check_samples
 from wnb.tracing.capture import capture
 
 
@@ -50,17 +51,8 @@ def _split_sorted(z: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torc
 def as_outputs(outputs, name: str = "outputs") -> torch.Tensor:
     """A ``[n_samples, n_neurons]`` tensor (numpy arrays accepted) in float32 or float64 on the CPU;
     lower precisions (bfloat16, float16) are upcast exactly to float32."""
-    if isinstance(outputs, np.ndarray):
-        outputs = torch.from_numpy(outputs)
-    if not isinstance(outputs, torch.Tensor):
-        raise WnbError(f"{name} must be a torch tensor or a numpy array [n_samples, n_neurons] "
-                       f"(got {type(outputs).__name__})")
-    if outputs.dim() != 2:
-        raise WnbError(f"{name} must be [n_samples, n_neurons] (got shape {tuple(outputs.shape)})")
-    outputs = outputs.detach().cpu()
+    outputs = check_samples(outputs, name).detach().cpu()
     if outputs.dtype not in (torch.float32, torch.float64):
-        if outputs.dtype.is_complex or outputs.dtype == torch.bool:
-            raise WnbError(f"{name} must hold real numbers (got {outputs.dtype})")
         outputs = outputs.float() if outputs.dtype.is_floating_point else outputs.double()
     return outputs
 

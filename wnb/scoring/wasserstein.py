@@ -29,17 +29,18 @@ def _quantile_grid(n: int) -> dict[str, torch.Tensor]:
 
 
 
-def _samples(outputs) -> torch.Tensor:
-    """A 2-D tensor of samples: torch tensors as they are, numpy arrays wrapped; anything else refused."""
+def check_samples(outputs, name: str = "outputs") -> torch.Tensor:
+    """A 2-D tensor of samples ``[n_samples, n_neurons]``: torch tensors as they are, numpy arrays wrapped;
+    anything else (another type, another number of dimensions, complex or boolean values) refused."""
     if isinstance(outputs, np.ndarray):
         outputs = torch.from_numpy(outputs)
     if not isinstance(outputs, torch.Tensor):
-        raise WnbError(f"outputs must be a torch tensor or a numpy array [n_samples, n_neurons] "
+        raise WnbError(f"{name} must be a torch tensor or a numpy array [n_samples, n_neurons] "
                        f"(got {type(outputs).__name__})")
     if outputs.dim() != 2:
-        raise WnbError(f"outputs must be [n_samples, n_neurons] (got shape {tuple(outputs.shape)})")
+        raise WnbError(f"{name} must be [n_samples, n_neurons] (got shape {tuple(outputs.shape)})")
     if outputs.dtype.is_complex or outputs.dtype == torch.bool:
-        raise WnbError(f"outputs must hold real numbers (got {outputs.dtype})")
+        raise WnbError(f"{name} must hold real numbers (got {outputs.dtype})")
     return outputs
 
 
@@ -50,7 +51,7 @@ def wasserstein_to_gaussian(outputs: torch.Tensor, chunk: int = 256) -> torch.Te
     and float16 are upcast exactly to float32); returns ``[n_neurons]`` float64. Columns with zero
     variance (constant neurons) get NaN. Work is chunked over ``chunk`` neurons so memory stays bounded.
     """
-    outputs = _samples(outputs)
+    outputs = check_samples(outputs)
     chunk = check_int(chunk, "chunk")
     n, m = outputs.shape
     if n < 2:
