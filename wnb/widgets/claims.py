@@ -16,18 +16,17 @@ from wnb.app.claims_page import (
     session_page,
     table_html,
 )
-from wnb.app.session import Session
 from wnb.experiments.claim_runner import claims_frame
 from wnb.experiments.claims import CLAIMS, VERDICTS, claim
 from wnb.widgets.links import csv_link, data_link, slug
 from wnb.widgets.messages import rough_duration
-from wnb.widgets.panel import CSS, Panel
+from wnb.widgets.panel import CSS, SessionPanel
 
 if TYPE_CHECKING:
     from wnb.widgets.settings import Settings
 
 
-class ClaimsView(Panel):
+class ClaimsView(SessionPanel):
     """The claims table for the session's model and budget; Run one claim, Run all, open its tab."""
 
     def __init__(self, settings: Settings, lazy: bool = True, open_tab: Callable[[str], None] | None = None):
@@ -66,14 +65,7 @@ class ClaimsView(Panel):
         self.job_button(self.run_all, "all claims", lambda job: self.compute(None, job))
         self.goto.on_click(self.callback(lambda _: self.show_tab()))
         self.choice.observe(self.callback(lambda change: self._show(change["new"])), names="value")
-        settings.on_change(lambda _: self.guarded(self.clear if lazy else self.start_view))
-
-    @property
-    def session(self) -> Session:
-        return self.settings.session
-
-    def start(self) -> None:
-        self.guarded(self.start_view)
+        self.follow(settings, lazy)
 
     def start_view(self) -> None:
         """The table with every claim already cached (nothing is computed before Run)."""

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
-from wnb.app.session import Session
 from wnb.app.views import LayerView
-from wnb.widgets.panel import CSS, Panel
+from wnb.widgets.panel import CSS, SessionPanel
 from wnb.widgets.settings import Settings
 
 
-class LayerNeuronPanel(Panel):
+class LayerNeuronPanel(SessionPanel):
     """A panel with its own layer dropdown and WD-rank slider (neurons ranked as in Entangled neurons).
 
     Subclasses implement ``recompute()`` (the layer-level work, run when the layer or a setting
@@ -34,11 +33,7 @@ class LayerNeuronPanel(Panel):
                           *controls, self.summary, *body, self.downloads], head=3 + len(controls))
         self.layer.observe(self.callback(self._layer_changed), names="value")
         self.rank.observe(self.callback(lambda change: None if self._syncing else self.redraw()), names="value")
-        settings.on_change(lambda _: self.guarded(self.clear if lazy else self.reset))
-
-    @property
-    def session(self) -> Session:
-        return self.settings.session
+        self.follow(settings, lazy)
 
     def clear(self) -> None:
         """Forget the layer and the results (new settings)."""
@@ -55,7 +50,7 @@ class LayerNeuronPanel(Panel):
     def neuron(self) -> int:
         return self._need_view().neuron_at(self.rank.value)
 
-    def reset(self) -> None:
+    def start_view(self) -> None:
         """Fill the layer list from the current session and compute the default layer."""
         with self.busy(f"loading {self.session.model_name} and the corpus…"):
             layers = self.session.ffn_layers()
@@ -64,9 +59,6 @@ class LayerNeuronPanel(Panel):
             self.layer.options = layers
             self.layer.value = default
         self.load()
-
-    def start(self) -> None:
-        self.guarded(self.reset)
 
     def load(self) -> None:
         """Rank the layer's neurons (cached), then recompute the layer-level results and redraw."""

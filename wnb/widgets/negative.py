@@ -20,7 +20,7 @@ from wnb.scoring.stability import stability_summary, stability_words
 from wnb.widgets.links import csv_link, png_link, slug
 from wnb.widgets.messages import cost_message
 from wnb.widgets.negative_options import StudyOptions
-from wnb.widgets.panel import CSS, Panel
+from wnb.widgets.panel import CSS, SessionPanel
 
 if TYPE_CHECKING:
     from wnb.widgets.settings import Settings
@@ -107,7 +107,7 @@ def negative_layers(session: Session, scope: str, layer: str) -> list[str]:
     return session.scope_layers(scope, layer)
 
 
-class NegativeView(Panel):
+class NegativeView(SessionPanel):
     """Zero only the negative (or positive, or all) outputs of the top ``fraction`` of each layer's
     neurons by WD, and compare held-out perplexity and minimal-pair accuracy with the dense model, random
     neurons of the same count and a perplexity-matched set of non-Wasserstein neurons; Δ surprisal per
@@ -184,16 +184,9 @@ class NegativeView(Panel):
         self.side.observe(lambda change: self._describe_side(), names="value")
         self.job_button(self.run, "sign ablation", lambda job: self.compute(job))
         self.job_button(self.run_depth, "depth profile", lambda job: self.compute_depth(job))
-        settings.on_change(lambda _: self.guarded(self.clear if lazy else self.start_view))
-
-    @property
-    def session(self) -> Session:
-        return self.settings.session
+        self.follow(settings, lazy)
 
     # -- life cycle
-
-    def start(self) -> None:
-        self.guarded(self.start_view)
 
     def start_view(self) -> None:
         """Fill the layer list (cheap, cached); the study itself runs only when Run is pressed."""

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 
 from wnb import plots
-from wnb.app.session import Session
 from wnb.app.views import LayerView
 from wnb.errors import WnbError
 from wnb.widgets.links import csv_link, png_link, slug
 from wnb.widgets.messages import rough_duration
-from wnb.widgets.panel import CSS, Panel
+from wnb.widgets.panel import CSS, SessionPanel
 from wnb.widgets.reading import ReadingSection
 
 TABLE_ROWS = 200  # neurons listed in the pick list (all of them are in the CSV download)
@@ -36,7 +35,7 @@ def layer_choices(ffn: list[str], linear: list[str]) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------- entangled neurons
 
-class NeuronView(Panel):
+class NeuronView(SessionPanel):
     """Pick a layer, rank its neurons by WD, and look at one neuron against an ordinary one.
 
     Shows the neuron table (rank, neuron, WD, MD, mean, variance), the selected neuron's standardized
@@ -100,15 +99,11 @@ class NeuronView(Panel):
         self.neuron.observe(self.callback(self._neuron_changed), names="value")
         self.skip_first.observe(self.callback(self._skip_changed), names="value")
         self.reading_box.observe(self.callback(self._reading_opened), names="selected_index")
-        settings.on_change(lambda _: self.guarded(self.reset))
-
-    @property
-    def session(self) -> Session:
-        return self.settings.session
+        self.follow(settings, lazy=False)
 
     # -- public actions (also what tests drive)
 
-    def reset(self) -> None:
+    def start_view(self) -> None:
         """Fill the layer list from the current session's model and analyze the default layer."""
         self.view = None
         with self.busy(f"loading {self.session.model_name} and the corpus…"):
@@ -119,9 +114,6 @@ class NeuronView(Panel):
             self.layer.options = layers
             self.layer.value = default
         self.load()
-
-    def start(self) -> None:
-        self.guarded(self.reset)
 
     def load(self, layer: str | None = None) -> None:
         """Analyze ``layer`` (default: the dropdown's), then show its most entangled neuron."""

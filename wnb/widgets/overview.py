@@ -11,7 +11,7 @@ import pandas as pd
 
 from wnb import plots
 from wnb.widgets.links import csv_link, png_link, slug
-from wnb.widgets.panel import CSS, Panel
+from wnb.widgets.panel import CSS, SessionPanel
 
 if TYPE_CHECKING:
     from wnb.widgets.settings import Settings
@@ -56,7 +56,7 @@ def layer_map(frame: pd.DataFrame, on_pick: Callable[[str], None]) -> widgets.Gr
     return grid
 
 
-class OverviewView(Panel):
+class OverviewView(SessionPanel):
     """WD of every neuron of every FFN layer, per block: heat map or violins, and a per-layer table."""
 
     def __init__(self, settings: Settings, open_layer: Callable[[str], None] | None = None):
@@ -95,7 +95,7 @@ class OverviewView(Panel):
         self.job_button(self.run, "model overview", lambda job: self.compute())
         self.style.observe(self.callback(lambda _: self.draw()), names="value")
         self.open_button.on_click(self.callback(lambda _: self._open()))
-        settings.on_change(lambda _: self.guarded(self.clear))
+        self.follow(settings)
 
     def clear(self) -> None:
         self.scores = self.frame = self.png = None
@@ -105,9 +105,9 @@ class OverviewView(Panel):
         self.open_button.disabled = True
         self.info("press Compute overview (one reading pass over the model; cached afterwards)")
 
-    def start(self) -> None:
-        """Compute (or load from the cache) and draw the overview; errors go to the panel."""
-        self.guarded(self.compute)
+    def start_view(self) -> None:
+        """Compute (or load from the cache) and draw the overview."""
+        self.compute()
 
     def compute(self) -> None:
         session = self.settings.session

@@ -312,3 +312,27 @@ class Panel(widgets.VBox):
         return lambda *args: self.guarded(fn, *args)
 
 
+
+
+class SessionPanel(Panel):
+    """A tab that draws what the session of its ``settings`` returns. :attr:`session` is always the current one,
+    :meth:`start` runs the view's first fill (:meth:`start_view`), and :meth:`follow` makes new settings clear the
+    tab (``lazy``: filled again on its next start) or fill it again at once."""
+
+    settings: object  # wnb.widgets.settings.Settings
+
+    @property
+    def session(self):
+        return self.settings.session
+
+    def follow(self, settings, lazy: bool = True) -> None:
+        settings.on_change(lambda _: self.guarded(self.clear if lazy else self.start_view))
+
+    def start(self) -> None:
+        self.guarded(self.start_view)
+
+    def start_view(self) -> None:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        raise NotImplementedError
