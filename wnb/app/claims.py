@@ -9,6 +9,7 @@ from dataclasses import asdict
 from wnb.core import cache
 from wnb.experiments.claim_runner import PLANS, ClaimContext, ClaimPlan, run_claim
 from wnb.experiments.claims import check_only, claim
+from wnb.scoring.sketch import SKETCH_VERSION
 
 # Seconds of each claim on the bundled SmolLM2-135M at the small budget on a 2-core CPU (measured; shared
 # work such as the first projections' outputs and the sign-ablation study counted where it first runs).
@@ -38,7 +39,7 @@ class Claims:
 
     def claim_key(self, claim_id: str) -> str:
         return self.key(claim=claim(claim_id).id, plan=asdict(self.claims_plan()), held_out=self.held_out,
-                        corpus=self.corpus, rule=claim(claim_id).rule)
+                        corpus=self.corpus, rule=claim(claim_id).rule, sketch=SKETCH_VERSION)
 
     def claim_cached(self, claim_id: str) -> bool:
         """Whether the claim's row is on disk already (known without loading the model)."""

@@ -35,6 +35,7 @@ from wnb.reading.reader import (
 from wnb.reading.readout import Readout
 from wnb.scoring.layers import score_layers
 from wnb.scoring.sign import sign_quadrants, up_projection_of
+from wnb.scoring.sketch import SKETCH_VERSION
 from wnb.scoring.tables import neuron_table, overview_table
 from wnb.tracing.capture import capture
 
@@ -196,7 +197,7 @@ class Layers:
 
     def overview_key(self, tokens: int) -> str:
         extra = {"skip_first": self.skip_first} if self.skip_first else {}
-        return self.key(tokens=tokens, positions=True, **extra)
+        return self.key(tokens=tokens, positions=True, sketch=SKETCH_VERSION, **extra)
 
     def store_overview(self, stats: dict[str, dict[str, torch.Tensor]], tokens: int) -> None:
         """Keep whole-model statistics computed elsewhere (``wnb score``: ``{layer: {"wd", "pos0_tail_share"}}``)

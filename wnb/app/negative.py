@@ -36,6 +36,7 @@ from wnb.scoring.selection import (
     select_matched,
     select_wasserstein,
 )
+from wnb.scoring.sketch import SKETCH_VERSION
 from wnb.scoring.stability import set_stability
 
 
@@ -92,7 +93,8 @@ class Negative:
         layers = [self.check_layer(n) for n in layers]
         calib, _ = self.sign_windows()
         tokens = min(int(tokens or calib.numel()), calib.numel())
-        keys = {f: self.key(layers=layers, tokens=tokens, skip_first=int(skip_first), field=f, study_calib=calib)
+        keys = {f: self.key(layers=layers, tokens=tokens, skip_first=int(skip_first), field=f, study_calib=calib,
+                            sketch=SKETCH_VERSION)
                 for f in fields}
         if -(-tokens // calib.shape[1]) < 2:  # one window: no halves to compare
             fields = [f for f in fields if f != "wd_halves"]

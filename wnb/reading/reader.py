@@ -33,6 +33,7 @@ from wnb.reading.feed import ContextFeed, context_bytes
 from wnb.reading.readout import Readout
 from wnb.scoring.read_plan import ReadPlan, plan_pass
 from wnb.scoring.reader import check_outputs, read_layers, read_outputs
+from wnb.scoring.sketch import SKETCH_VERSION
 
 
 def plan_read(lm, windows, layers=None, *, contexts: int = 0, n_samples: int = 8, skip_first: int = 0,
@@ -150,7 +151,7 @@ def reading_key(model: str, windows, layers, *, contexts: int = 0, n_samples: in
     return cache.key(model=model, windows=windows, layers=list(layers), contexts=int(contexts),
                      n_samples=int(n_samples), seed=int(seed), skip_first=int(skip_first),
                      tokens=read_tokens(windows, max_tokens), wd=wd, n_bins=int(n_bins), spread=bool(spread),
-                     batch_size=batch_size)
+                     batch_size=batch_size, sketch=SKETCH_VERSION)
 
 
 def cached_reading(lm, windows, layers=None, *, contexts: int = 0, n_samples: int = 8, seed: int = 0,

@@ -48,6 +48,9 @@ _ZERO_OFFSET = 2.0 ** -15   # raw zero sits this far (in bins) above its bin edg
 _FAR = 8.0                  # the scale may grow this much (from the std) to put raw zero on the grid's last edge
 _CHUNK = {"cpu": 1 << 18, "cuda": 1 << 24}   # elements of the histogram's temporaries at once
 _REGRID = 4.0               # a neuron's grid is redrawn once its std reaches this many grid scales
+# What a sketch computes, in the cache keys of results read through one: bumped when that changes, so that
+# results cached before are computed again (2: grids redrawn for a first batch far narrower than the rest).
+SKETCH_VERSION = 2
 
 
 class Scratch:

@@ -107,6 +107,22 @@ def test_the_cache_holds_the_reading_once_and_a_second_read_runs_no_forward(tiny
     assert len(calls) == 8 and len(list((cache.cache_dir() / "reading").iterdir())) == 2
 
 
+def test_a_reading_cached_by_an_older_sketch_is_read_again(tiny_llama, tiny_windows, monkeypatch):
+    """What a sketch computes changed (its version is bumped): a reading it cached before is not served."""
+    import wnb.reading.reader as reader
+
+    args = dict(seed=2, batch_size=3, wd="streaming", progress=False)
+    calls = count_forwards(tiny_llama)
+    version = reader.SKETCH_VERSION
+    monkeypatch.setattr(reader, "SKETCH_VERSION", version - 1)
+    cached_reading(tiny_llama, tiny_windows, **args)
+    monkeypatch.setattr(reader, "SKETCH_VERSION", version)
+    cached_reading(tiny_llama, tiny_windows, **args)
+    cached_reading(tiny_llama, tiny_windows, **args)
+    calls.handle.remove()
+    assert len(calls) == 4 and len(list((cache.cache_dir() / "reading").iterdir())) == 2
+
+
 def test_readout_tables_and_state(tiny_llama, tiny_windows):
     reading = read_model(tiny_llama, tiny_windows, contexts=2, progress=False)
     name = reading.layers[0]
