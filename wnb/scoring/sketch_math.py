@@ -19,6 +19,18 @@ from wnb.data.positions import TAIL_SIGMA
 _CLAMP_Q = 1 - 1e-12   # the outermost bins are open: their outer edges map to ±1e12 scale units
 
 
+def to_grid(sk, t: torch.Tensor) -> torch.Tensor:
+    """Grid positions ``F = half + scale·t/(1 + |t|)`` of values ``t`` of the sketch ``sk``'s grid."""
+    return sk.half + sk.scale * t / (1 + t.abs())
+
+
+def from_grid(sk, f: torch.Tensor) -> torch.Tensor:
+    """Values ``t`` at grid positions ``f`` (the inverse of :func:`to_grid`; open outer edges: ±1e12)."""
+    bound = sk.scale * _CLAMP_Q
+    u = (f - sk.half).clamp_(-bound, bound)
+    return u.div_(sk.scale - u.abs())
+
+
 def _piece(a, b, fa, fb, ga=None, gb=None):
     """``∫_a^b |F − Φ|`` for ``F`` linear from ``fa`` to ``fb`` (elementwise, ``a <= b``), split at the crossing
     of ``F − Φ`` (linear interpolation) where it changes sign. ``ga``, ``gb``: ``∫Φ`` up to ``a``, ``b``."""
@@ -71,11 +83,9 @@ def _knots(sk, rows: slice, mean_t: torch.Tensor, std_t: torch.Tensor):
     cdf = torch.stack([after - c / total, after], dim=2).flatten(1)
     inv = 1 / std_t[:, None]
     shift = -mean_t[:, None] * inv
-    bound = sk.scale * _CLAMP_Q
 
     def standardize(f: torch.Tensor) -> torch.Tensor:
-        u = (f - sk.half).clamp_(-bound, bound)
-        return torch.addcmul(shift, u.div_(sk.scale - u.abs()), inv)   # t = u / (scale − |u|)
+        return torch.addcmul(shift, from_grid(sk, f), inv)
 
     return standardize(pos), cdf, first, last, standardize
 
@@ -117,10 +127,7 @@ def _below(counts: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 def _first_tail_share(sk, mean_t, std_t) -> torch.Tensor:
     """Share of each neuron's outputs beyond ±2.5σ that come from the first position kept."""
-    def grid(t):
-        return sk.half + sk.scale * t / (1 + t.abs())
-
-    lo, hi = grid(mean_t - TAIL_SIGMA * std_t), grid(mean_t + TAIL_SIGMA * std_t)
+    lo, hi = to_grid(sk, mean_t - TAIL_SIGMA * std_t), to_grid(sk, mean_t + TAIL_SIGMA * std_t)
     main, first = sk.counts.double(), sk.first.double()
     tails = _below(main, lo) + main.sum(1) - _below(main, hi)
     at_first = _below(first, lo) + first.sum(1) - _below(first, hi)

@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from wnb.scoring.sketch_math import from_grid, to_grid
+
 
 def _positions(sk, rows: torch.Tensor):
     """Per old bin of ``rows``: the two points' grid positions ``F`` and their counts (float64)."""
@@ -38,13 +40,9 @@ def _positions(sk, rows: torch.Tensor):
     return (base + mean - spread, base + mean + spread), (low_count, counts - low_count), base + mean
 
 
-def _to_new(sk, f: torch.Tensor, rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _to_new(sk, f: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Old grid positions ``f [r, B]`` → new grid positions (``t' = a·t + b`` per row)."""
-    bound = sk.scale * (1 - 1e-12)
-    u = (f - sk.half).clamp(-bound, bound)
-    t = u / (sk.scale - u.abs())
-    t = a[:, None] * t + b[:, None]
-    return (sk.half + sk.scale * t / (1 + t.abs())).clamp(0, sk.n_bins * (1 - 1e-12))
+    return to_grid(sk, a[:, None] * from_grid(sk, f) + b[:, None])
 
 
 def _count_into(target: list, f: torch.Tensor, weight: torch.Tensor, spread: bool) -> None:
@@ -84,9 +82,9 @@ def rebin(sk, rows: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, zero_
               torch.zeros(shape, dtype=sk.fsum.dtype, device=sk.fsum.device),
               torch.zeros(shape, dtype=sk.fsum.dtype, device=sk.fsum.device) if sk.spread else None]
     for f, weight in zip(points, weights):
-        _count_into(target, _to_new(sk, f, rows, a, b), weight, sk.spread)
+        _count_into(target, _to_new(sk, f, a, b), weight, sk.spread)
     first = torch.zeros(shape, dtype=sk.first.dtype, device=sk.first.device)
-    index = _to_new(sk, centres, rows, a, b).floor().long().clamp_(max=sk.n_bins - 1)
+    index = _to_new(sk, centres, a, b).floor().long().clamp_(max=sk.n_bins - 1)
     first.scatter_add_(1, index, sk.first[rows])
     sk.counts[rows], sk.fsum[rows], sk.first[rows] = target[0], target[1], first
     if sk.spread:
