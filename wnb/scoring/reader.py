@@ -36,7 +36,7 @@ from wnb.scoring.read_plan import ReadPlan
 from wnb.scoring.samples import LayerSamples
 from wnb.scoring.sketch import NeuronSketch, Scratch
 from wnb.scoring.tables import output_moments
-from wnb.scoring.wasserstein import wasserstein_to_gaussian
+from wnb.scoring.wasserstein import check_samples, wasserstein_to_gaussian
 from wnb.tracing.capture import capture
 
 
@@ -241,7 +241,8 @@ def read_outputs(outputs: torch.Tensor, windows, *, skip_first: int = 0, n_bins:
     windows, then the last one cut short), so the result is the pass's for the same outputs; no model runs."""
     windows = check_windows(windows)
     seq_len = windows.shape[1]
-    n, d = check_outputs(outputs, windows).shape
+    outputs = check_outputs(outputs, windows)
+    n, d = outputs.shape
     reader = _LayerReader(layer, d, n, seq_len, n_bins, spread, skip_first, False, feed)
     scratch = Scratch()
     with torch.no_grad():
@@ -251,9 +252,12 @@ def read_outputs(outputs: torch.Tensor, windows, *, skip_first: int = 0, n_bins:
 
 
 def check_outputs(outputs, windows: torch.Tensor) -> torch.Tensor:
-    """``outputs`` if it is a ``[N, d]`` tensor of the first ``N`` tokens of ``windows`` (checked), else WnbError."""
-    if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2 or not 0 < outputs.shape[0] <= windows.numel():
-        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-        raise WnbError(f"outputs must be a tensor [N, d] with 0 < N <= {windows.numel()} tokens of the windows "
-                       f"(got {shape})")
+    """``outputs`` if it is a ``[N, d]`` torch tensor (:func:`wnb.scoring.wasserstein.check_samples`) of the first
+    ``N`` tokens of ``windows`` (checked), else WnbError."""
+    if not isinstance(outputs, torch.Tensor):
+        raise WnbError(f"outputs must be a torch tensor [N, d] (got {type(outputs).__name__})")
+    check_samples(outputs)
+    if not 0 < outputs.shape[0] <= windows.numel():
+        raise WnbError(f"outputs must be [N, d] with 0 < N <= {windows.numel()} tokens of the windows "
+                       f"(got {tuple(outputs.shape)})")
     return outputs
