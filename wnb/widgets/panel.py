@@ -312,8 +312,6 @@ class Panel(widgets.VBox):
         return lambda *args: self.guarded(fn, *args)
 
 
-
-
 class SessionPanel(Panel):
     """A tab that draws what the session of its ``settings`` returns. :attr:`session` is always the current one,
     :meth:`start` runs the view's first fill (:meth:`start_view`), and :meth:`follow` makes new settings clear the
