@@ -1,6 +1,6 @@
 """Streaming WD against the authors' per-neuron scipy loop, and whole-model runs of the ``wnb`` command.
 
-1. Streaming WD (wnb.NeuronSketch, fed batch by batch) of the bundled model's layer-1 gate_proj over
+1. Streaming WD (the reader's NeuronSketch, fed batch by batch) of the bundled model's layer-1 gate_proj over
    ``--tokens`` tokens vs the authors' method: scipy.stats.wasserstein_distance per neuron against a
    random N(0, 1) sample of the same size (measured on ``--scipy-neurons`` neurons, scaled to the layer);
    the exact wnb WD for reference; largest difference to the exact WD; state bytes vs kept outputs.
@@ -25,36 +25,31 @@ from bench_core import authors_wd
 
 import wnb
 import wnb.scoring
+from wnb.scoring.reader import read_outputs
 from wnb.scoring.sketch import sketch_bytes
 
 LAYER = "model.layers.1.mlp.gate_proj"
 SEQ_LEN = 256
 
 
-def outputs_of_layer(tokens: int) -> torch.Tensor:
+def outputs_of_layer(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token windows and layer 1 gate_proj's outputs ``[tokens, 1536]`` over them."""
     lm = wnb.load_model(device="cpu")
     windows, _ = wnb.token_windows(lm, wnb.load_corpus(), seq_len=SEQ_LEN, n_calib=-(-tokens // SEQ_LEN), n_eval=0,
                                    seed=1)
-    return wnb.capture(lm, [LAYER], windows, max_tokens=tokens, inputs=False, progress=False)[LAYER].outputs
+    return windows, wnb.capture(lm, [LAYER], windows, max_tokens=tokens, inputs=False, progress=False)[LAYER].outputs
 
 
-def streamed(outputs: torch.Tensor, batch: int = 2048):
-    """Feed the outputs batch by batch (whole windows) as the reader would, then finish: (sketch, WD)."""
-    sketch = wnb.NeuronSketch(outputs.shape[1], SEQ_LEN)
-    for start in range(0, outputs.shape[0], batch):
-        part = outputs[start:start + batch]
-        full = part.shape[0] // SEQ_LEN * SEQ_LEN
-        if full:
-            sketch.update(part[:full].view(-1, SEQ_LEN, part.shape[1]))
-        if part.shape[0] > full:  # the last window, cut short
-            sketch.update(part[full:])
-    return sketch, sketch.results()["wd"]
+def streamed(outputs: torch.Tensor, windows: torch.Tensor, batch_windows: int = 8) -> torch.Tensor:
+    """Streaming WD of the outputs, fed to the layer's sketch in the batches a reading pass feeds (whole windows)."""
+    stats, _ = read_outputs(outputs, windows, batch_windows=batch_windows)
+    return stats["wd"]
 
 
 def streaming_rows(tokens: int, scipy_neurons: int) -> tuple[list[dict], str]:
-    y = outputs_of_layer(tokens)
+    windows, y = outputs_of_layer(tokens)
     n, m = y.shape
-    t_stream, (acc, wd) = timed(lambda: streamed(y), repeat=3)
+    t_stream, wd = timed(lambda: streamed(y, windows), repeat=3)
     t_exact, exact = timed(lambda: wnb.wasserstein_to_gaussian(y), repeat=2)
     start = time.perf_counter()
     authors_wd(y[:, :scipy_neurons].numpy(), seed=0)
@@ -69,9 +64,9 @@ def streaming_rows(tokens: int, scipy_neurons: int) -> tuple[list[dict], str]:
     ]
     kept = y.numel() * 4
     note = (f"streaming vs exact WD: largest |difference| {err.max():.1e}, median {err.median():.1e}; "
-            f"streaming state {acc.nbytes() / 2**20:.1f} MiB for any number of tokens vs {kept / 2**20:.0f} MiB of "
+            f"streaming state {sketch_bytes(m, SEQ_LEN, max_windows=len(windows)) / 2**20:.1f} MiB for any number of tokens vs {kept / 2**20:.0f} MiB of "
             f"kept float32 outputs here; at the paper's scale (28,672 neurons x 262,144 tokens) "
-            f"{sketch_bytes(28_672, 2048) / 2**20:.0f} MiB vs {28_672 * 262_144 * 4 / 2**30:.0f} GiB")
+            f"{sketch_bytes(28_672, 2048, max_windows=128) / 2**20:.0f} MiB vs {28_672 * 262_144 * 4 / 2**30:.0f} GiB")
     return rows, note
 
 
